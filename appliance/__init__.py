@@ -1,0 +1,13 @@
+"""ipsec-ha: IPsec gateway failover by SA storage and retrieval over Linux XFRM.
+
+The package is laid out by concern (see docs/architecture.md):
+
+- ``appliance.model``   typed state: SAD entries, SPD entries, snapshots
+- ``appliance.xfrm``    kernel XFRM over netlink (pyroute2 nlmsg/nla classes)
+- ``appliance.wire``    SA_Stor / SA_Retr codec, sans-IO
+- ``appliance.channel`` the protected channel (AEAD, anti-replay), sans-IO
+- ``appliance.store``   the SA store (SQLite, etcd)
+- ``appliance.cli``     the ``ipsec-ha`` command, thin over the above
+"""
+
+__version__ = "0.1.0"
