@@ -1,0 +1,74 @@
+"""The protected channel between nodes and the SA store (docs/protocol.md section 6).
+
+Theory of operation
+-------------------
+The draft requires SA_Stor / SA_Retr to travel with confidentiality,
+integrity and replay protection.  A fresh node has no IPsec SA yet (that is
+what it is about to fetch), so the channel provides those properties itself,
+over plain UDP, from a cluster pre-shared key (PSK).  It may also run inside
+ESP.
+
+Rules this package keeps:
+
+* **Sans-IO.**  ``ChannelEndpoint`` never touches a socket or a clock.  Feed
+  it ``receive_datagram(data, addr, now)`` and ``handle_timer(now)``; take
+  its output from ``datagrams_to_send(now)``, ``get_timer()`` and the
+  events (returned by ``receive_datagram``, and ``next_event()`` for those
+  raised by timers).
+* **Fresh keys per association.**  A client sends INIT (its association ID,
+  a 32-byte random nonce Ni, its node ID, HMAC under a key derived from the
+  PSK); the server answers RESP (its association ID, nonce Nr, node ID, HMAC
+  over INIT and RESP).  Session keys = HKDF-SHA256(PSK, Ni | Nr, IDs), one
+  key and nonce salt per direction.  A restarted node draws new nonces, so
+  it can never reuse a (key, nonce) pair.
+* **Every data datagram is AES-256-GCM sealed.**  Its header (type,
+  version, receiver association ID, 64-bit sequence number) is the AAD; the
+  sequence number is the nonce counter and never wraps: the client rekeys
+  after ``rekey_after_messages`` datagrams or ``rekey_after_seconds``.
+* **Sliding anti-replay window** (1024 by default, RFC 4303 3.4.3 style),
+  checked before decryption and advanced only after the tag verified.
+* **Bad input never raises.**  A datagram that is malformed, forged,
+  replayed, or for an unknown association is dropped and counted per
+  ``DropReason`` in ``endpoint.drops``; the drop is logged with reason, peer
+  and length only -- never content.
+* **Cheap state only for authenticated peers.**  Handshake messages are
+  HMAC'd, a replayed INIT is recognised (resent RESP if its association is
+  alive, dropped otherwise), and half-open associations (no authenticated
+  data yet) are limited in number and lifetime.
+
+Usage (client)::
+
+    ep = ChannelEndpoint(psk, "gw-a", Role.CLIENT)
+    ep.connect(("192.0.2.10", 4501), now)
+    ep.send(encode_message(request), now)     # buffered until the handshake is done
+    for datagram, addr in ep.datagrams_to_send(now): sock.sendto(datagram, addr)
+    for event in ep.receive_datagram(data, addr, now): ...  # DataReceived(data=...)
+
+Usage (server): ``ChannelEndpoint(psk, "store-1", Role.SERVER)``; answer a
+``DataReceived`` event with ``ep.send(reply, now, association=event.association)``.
+"""
+
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, ChannelError, Role
+from appliance.channel.events import (
+    AssociationClosed,
+    DataReceived,
+    DropReason,
+    Event,
+    HandshakeCompleted,
+    HandshakeFailed,
+    NetworkAddress,
+)
+
+__all__ = [
+    "AssociationClosed",
+    "ChannelConfig",
+    "ChannelEndpoint",
+    "ChannelError",
+    "DataReceived",
+    "DropReason",
+    "Event",
+    "HandshakeCompleted",
+    "HandshakeFailed",
+    "NetworkAddress",
+    "Role",
+]

@@ -1,0 +1,585 @@
+"""The channel endpoint: handshake, AEAD protection and anti-replay, sans-IO.
+
+See the package docstring for the theory of operation and docs/protocol.md
+section 6 for the bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from appliance.channel import _format as fmt
+from appliance.channel._replay import ReplayWindow
+from appliance.channel.events import (
+    AssociationClosed,
+    DataReceived,
+    DropReason,
+    Event,
+    HandshakeCompleted,
+    HandshakeFailed,
+    NetworkAddress,
+)
+from appliance.errors import ApplianceError
+
+log = logging.getLogger("appliance.channel")
+
+MAX_SEQUENCE = (1 << 64) - 1
+
+
+class ChannelError(ApplianceError):
+    """A local misuse of the channel: bad key or node ID, no association to send on."""
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    """Initiates handshakes (a gateway node talking to the store)."""
+    SERVER = "server"
+    """Answers handshakes (the store); holds one association per client."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """Limits and timers; the defaults suit a store on a LAN or a short WAN hop."""
+
+    replay_window: int = 1024
+    rekey_after_messages: int = 1 << 32
+    """The client starts a new handshake once it has sent this many datagrams."""
+    rekey_after_seconds: float = 3600.0
+    association_lifetime_seconds: float = 7200.0
+    """Hard limit: an association older than this is deleted on both sides."""
+    retire_grace_seconds: float = 30.0
+    """After a rekey the old association still receives for this long."""
+    handshake_initial_timeout: float = 0.5
+    handshake_max_timeout: float = 8.0
+    handshake_attempts: int = 8
+    dead_peer_timeout: float = 10.0
+    """Client: sent data but nothing authenticated back for this long -> new handshake."""
+    half_open_timeout: float = 30.0
+    """Server: an association with no authenticated data yet is dropped after this long."""
+    idle_timeout_seconds: float = 900.0
+    """Server: an association with no authenticated data for this long is dropped (a client
+    that has been quiet for half of it starts a new handshake before sending)."""
+    max_half_open: int = 64
+    max_associations: int = 1024
+    max_queued: int = 1024
+    """Client: plaintexts queued while no association is up."""
+
+
+@dataclass(eq=False)
+class _Association:
+    local_id: bytes
+    peer_id: bytes
+    peer_node_id: str
+    addr: NetworkAddress
+    send_aead: AESGCM
+    send_salt: bytes
+    recv_aead: AESGCM
+    recv_salt: bytes
+    window: ReplayWindow
+    created: float
+    expires: float
+    last_received: float
+    """When authenticated data last arrived (creation time until then)."""
+    send_seq: int = 0
+    confirmed: bool = False
+    """Authenticated data has arrived on it (a server counts unconfirmed ones as half-open)."""
+    resp_datagram: bytes = b""
+    """Server: the handshake response, resent if the same INIT arrives again."""
+    init_key: tuple[bytes, bytes] | None = None
+
+
+@dataclass(eq=False)
+class _PendingHandshake:
+    local_id: bytes
+    ni: bytes
+    datagram: bytes
+    addr: NetworkAddress
+    next_send: float
+    timeout: float
+    attempts: int = 1
+
+
+@dataclass
+class _Counters:
+    sent: int = 0
+    received: int = 0
+    drops: Counter[DropReason] = field(default_factory=Counter)
+
+
+class ChannelEndpoint:
+    """One node's end of the protected channel (client or server role)."""
+
+    def __init__(
+        self,
+        psk: bytes,
+        node_id: str,
+        role: Role | str,
+        config: ChannelConfig | None = None,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not isinstance(psk, bytes) or len(psk) < fmt.MIN_PSK_LENGTH:
+            raise ChannelError(f"the cluster key must be at least {fmt.MIN_PSK_LENGTH} bytes")
+        encoded_id = node_id.encode("utf-8")
+        if not 1 <= len(encoded_id) <= fmt.MAX_NODE_ID_LENGTH:
+            raise ChannelError("the node ID must be 1-255 bytes of UTF-8")
+        self.role = Role(role)
+        self.node_id = node_id
+        self.config = config or ChannelConfig()
+        self._psk = psk
+        self._node_id_bytes = encoded_id
+        self._handshake_key = fmt.handshake_key(psk)
+        self._random = random_bytes
+        self._associations: dict[bytes, _Association] = {}
+        self._by_init: dict[tuple[bytes, bytes], bytes] = {}
+        self._seen_inits: deque[bytes] = deque(maxlen=4096)
+        self._seen_init_set: set[bytes] = set()
+        self._pending: _PendingHandshake | None = None
+        self._current: bytes | None = None
+        self._retiring: dict[bytes, float] = {}
+        self._server_addr: NetworkAddress = None
+        self._want_connection = False
+        self._awaiting_since: float | None = None
+        self._unsent: deque[bytes] = deque()
+        self._outgoing: list[tuple[bytes, NetworkAddress]] = []
+        self._events: deque[Event] = deque()
+        self._counters = _Counters()
+
+    # -- public state ---------------------------------------------------
+    @property
+    def drops(self) -> Counter[DropReason]:
+        """Dropped datagrams per reason since creation."""
+        return self._counters.drops
+
+    @property
+    def datagrams_sent(self) -> int:
+        return self._counters.sent
+
+    @property
+    def datagrams_received(self) -> int:
+        """Authenticated data datagrams accepted."""
+        return self._counters.received
+
+    @property
+    def established(self) -> bool:
+        """Client: an association is up; server: at least one association exists."""
+        if self.role is Role.CLIENT:
+            return self._current is not None
+        return bool(self._associations)
+
+    @property
+    def current_association(self) -> bytes | None:
+        """Client: the association new data goes out on."""
+        return self._current
+
+    def associations(self) -> list[tuple[bytes, str, NetworkAddress]]:
+        """(association ID, peer node ID, peer address) of every association."""
+        return [(a.local_id, a.peer_node_id, a.addr) for a in self._associations.values()]
+
+    def address_of(self, association: bytes) -> NetworkAddress:
+        return self._get(association).addr
+
+    # -- client: handshake ------------------------------------------------
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        """Client: start a handshake with the server at ``addr`` (again, if called again)."""
+        if self.role is not Role.CLIENT:
+            raise ChannelError("only a client endpoint initiates handshakes")
+        self._server_addr = addr
+        self._want_connection = True
+        self._start_handshake(now)
+
+    def _start_handshake(self, now: float) -> None:
+        local_id = self._new_association_id()
+        ni = self._random(fmt.NONCE_LENGTH)
+        datagram = fmt.build_init(self._handshake_key, local_id, ni, self._node_id_bytes)
+        timeout = self.config.handshake_initial_timeout
+        self._pending = _PendingHandshake(
+            local_id, ni, datagram, self._server_addr, now + timeout, timeout
+        )
+        self._awaiting_since = None
+        self._queue(datagram, self._server_addr)
+
+    # -- sending ------------------------------------------------------------
+    def protect(self, plaintext: bytes, association: bytes | None = None) -> bytes:
+        """Seal ``plaintext`` into one data datagram for ``association`` (client: current)."""
+        assoc = self._get(self._resolve(association))
+        if assoc.send_seq + 1 >= MAX_SEQUENCE:
+            # Never reuse a nonce: this association cannot send any more.
+            raise ChannelError("the association's sequence numbers are exhausted; rekey first")
+        assoc.send_seq += 1
+        header = fmt.DATA_HEADER.pack(fmt.TYPE_DATA, fmt.VERSION, 0, assoc.peer_id, assoc.send_seq)
+        sealed = assoc.send_aead.encrypt(
+            fmt.aead_nonce(assoc.send_salt, assoc.send_seq), plaintext, header
+        )
+        self._counters.sent += 1
+        return header + sealed
+
+    def send(self, plaintext: bytes, now: float, association: bytes | None = None) -> None:
+        """Queue ``plaintext`` for ``datagrams_to_send``; a client buffers it until connected."""
+        if self.role is Role.CLIENT and association is None:
+            current = self._associations.get(self._current) if self._current else None
+            stale = (
+                current is not None
+                and now - current.last_received >= self.config.idle_timeout_seconds / 2
+            )
+            if stale and self._pending is None:
+                # The server may have forgotten this quiet association: get a fresh one first.
+                self._start_handshake(now)
+            if current is None or stale:
+                if len(self._unsent) >= self.config.max_queued:
+                    raise ChannelError("too many messages queued while the channel is down")
+                self._unsent.append(plaintext)
+                return
+            if self._awaiting_since is None:
+                self._awaiting_since = now
+        resolved = self._resolve(association)
+        self._queue(self.protect(plaintext, resolved), self._get(resolved).addr)
+        if (
+            self.role is Role.CLIENT
+            and self._pending is None
+            and self._get(resolved).send_seq >= self.config.rekey_after_messages
+        ):
+            self._start_handshake(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Datagrams to put on the wire now, with their destination."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_event(self) -> Event | None:
+        """The oldest event not yet handed out (from timers), or None."""
+        return self._events.popleft() if self._events else None
+
+    # -- receiving ----------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> list[Event]:
+        """Handle one UDP payload; return the events it caused (and any pending ones).
+
+        Never raises for bad input: an invalid datagram is dropped and counted.
+        """
+        if len(data) < 4 or data[1] != fmt.VERSION or data[2:4] != b"\0\0":
+            self._drop(DropReason.MALFORMED, addr, data)
+        elif data[0] == fmt.TYPE_DATA:
+            self._receive_data(data, addr, now)
+        elif data[0] == fmt.TYPE_INIT:
+            self._receive_init(data, addr, now)
+        elif data[0] == fmt.TYPE_RESP:
+            self._receive_resp(data, addr, now)
+        else:
+            self._drop(DropReason.MALFORMED, addr, data)
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def _receive_data(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        if len(data) < fmt.DATA_HEADER_LENGTH + fmt.TAG_LENGTH:
+            self._drop(DropReason.MALFORMED, addr, data)
+            return
+        _, _, _, receiver_id, seq = fmt.DATA_HEADER.unpack_from(data)
+        assoc = self._associations.get(receiver_id)
+        if assoc is None:
+            self._drop(DropReason.UNKNOWN_ASSOCIATION, addr, data)
+            return
+        if seq == 0:
+            self._drop(DropReason.MALFORMED, addr, data)
+            return
+        replay = assoc.window.check(seq)
+        if replay is not None:
+            self._drop(replay, addr, data)
+            return
+        header = data[: fmt.DATA_HEADER_LENGTH]
+        try:
+            plaintext = assoc.recv_aead.decrypt(
+                fmt.aead_nonce(assoc.recv_salt, seq), data[fmt.DATA_HEADER_LENGTH :], header
+            )
+        except InvalidTag:
+            self._drop(DropReason.AUTH_FAILED, addr, data)
+            return
+        assoc.window.update(seq)
+        assoc.addr = addr
+        assoc.last_received = now
+        assoc.confirmed = True
+        if receiver_id == self._current:
+            self._awaiting_since = None
+        self._counters.received += 1
+        if plaintext:  # an empty datagram only confirms the association (see _receive_resp)
+            self._events.append(DataReceived(plaintext, assoc.local_id, assoc.peer_node_id, addr))
+
+    def _receive_init(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        if self.role is not Role.SERVER:
+            self._drop(DropReason.WRONG_ROLE, addr, data)
+            return
+        try:
+            init = fmt.parse_init(data)
+        except fmt.FormatError:
+            self._drop(DropReason.MALFORMED, addr, data)
+            return
+        if not hmac.compare_digest(init.mac, fmt.mac(self._handshake_key, init.signed)):
+            self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
+            return
+        existing = self._by_init.get((init.initiator_aid, init.ni))
+        if existing is not None and existing in self._associations:
+            # A retransmitted INIT: our response was lost. Resend it, allocate nothing.
+            self._queue(self._associations[existing].resp_datagram, addr)
+            return
+        if init.mac in self._seen_init_set:
+            self._drop(DropReason.HANDSHAKE_REPLAYED, addr, data)
+            return
+        if len(self._associations) >= self.config.max_associations:
+            self._drop(DropReason.ASSOCIATION_LIMIT, addr, data)
+            return
+        half_open = sum(1 for a in self._associations.values() if not a.confirmed)
+        if half_open >= self.config.max_half_open:
+            self._drop(DropReason.HALF_OPEN_LIMIT, addr, data)
+            return
+        try:
+            peer_node_id = init.node_id.decode("utf-8")
+        except UnicodeDecodeError:
+            self._drop(DropReason.MALFORMED, addr, data)
+            return
+        self._remember_init(init.mac)
+        local_id = self._new_association_id()
+        nr = self._random(fmt.NONCE_LENGTH)
+        keys = fmt.session_keys(
+            self._psk, init.ni, nr, init.initiator_aid, local_id, init.node_id, self._node_id_bytes
+        )
+        resp = fmt.build_resp(
+            self._handshake_key, data, init.initiator_aid, local_id, nr, self._node_id_bytes
+        )
+        assoc = self._new_association(
+            local_id,
+            init.initiator_aid,
+            peer_node_id,
+            addr,
+            now,
+            send=(keys.r2i_key, keys.r2i_salt),
+            recv=(keys.i2r_key, keys.i2r_salt),
+        )
+        assoc.resp_datagram = resp
+        assoc.init_key = (init.initiator_aid, init.ni)
+        self._by_init[assoc.init_key] = local_id
+        self._queue(resp, addr)
+        self._events.append(HandshakeCompleted(local_id, peer_node_id, addr))
+
+    def _receive_resp(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        if self.role is not Role.CLIENT:
+            self._drop(DropReason.WRONG_ROLE, addr, data)
+            return
+        try:
+            resp = fmt.parse_resp(data)
+        except fmt.FormatError:
+            self._drop(DropReason.MALFORMED, addr, data)
+            return
+        pending = self._pending
+        if pending is None or resp.initiator_aid != pending.local_id:
+            self._drop(DropReason.HANDSHAKE_UNEXPECTED, addr, data)
+            return
+        expected = fmt.mac(self._handshake_key, pending.datagram, resp.signed)
+        if not hmac.compare_digest(resp.mac, expected):
+            self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
+            return
+        try:
+            peer_node_id = resp.node_id.decode("utf-8")
+        except UnicodeDecodeError:
+            self._drop(DropReason.MALFORMED, addr, data)
+            return
+        keys = fmt.session_keys(
+            self._psk,
+            pending.ni,
+            resp.nr,
+            pending.local_id,
+            resp.responder_aid,
+            self._node_id_bytes,
+            resp.node_id,
+        )
+        self._pending = None
+        self._new_association(
+            pending.local_id,
+            resp.responder_aid,
+            peer_node_id,
+            addr,
+            now,
+            send=(keys.i2r_key, keys.i2r_salt),
+            recv=(keys.r2i_key, keys.r2i_salt),
+            confirmed=True,
+        )
+        if self._current is not None:
+            # Rekey: the old association still receives in-flight replies for a while.
+            self._retiring[self._current] = now + self.config.retire_grace_seconds
+        self._current = pending.local_id
+        self._events.append(HandshakeCompleted(pending.local_id, peer_node_id, addr))
+        # An empty datagram tells the server at once that we hold the keys, so the
+        # association stops counting as half-open even if we have nothing to say yet.
+        self._queue(self.protect(b"", pending.local_id), addr)
+        while self._unsent:
+            self.send(self._unsent.popleft(), now)
+
+    # -- timers ----------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next run, or None."""
+        times: list[float] = []
+        if self._pending is not None:
+            times.append(self._pending.next_send)
+        times.extend(self._retiring.values())
+        for assoc in self._associations.values():
+            times.append(assoc.expires)
+            if self.role is Role.SERVER:
+                times.append(assoc.last_received + self.config.idle_timeout_seconds)
+                if not assoc.confirmed:
+                    times.append(assoc.created + self.config.half_open_timeout)
+        current = self._associations.get(self._current) if self._current else None
+        if current is not None and self._pending is None:
+            times.append(current.created + self.config.rekey_after_seconds)
+            if self._awaiting_since is not None:
+                times.append(self._awaiting_since + self.config.dead_peer_timeout)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit, rekey and expire whatever is due at ``now``; events go to ``next_event``."""
+        pending = self._pending
+        if pending is not None and now >= pending.next_send:
+            if pending.attempts >= self.config.handshake_attempts:
+                self._pending = None
+                self._want_connection = False
+                self._events.append(
+                    HandshakeFailed(pending.addr, f"no answer after {pending.attempts} attempts")
+                )
+            else:
+                pending.attempts += 1
+                pending.timeout = min(pending.timeout * 2, self.config.handshake_max_timeout)
+                pending.next_send = now + pending.timeout
+                self._queue(pending.datagram, pending.addr)
+        for local_id, until in list(self._retiring.items()):
+            if now >= until:
+                self._close(local_id, "replaced by a newer association")
+        for assoc in list(self._associations.values()):
+            if now >= assoc.expires:
+                self._close(assoc.local_id, "lifetime expired")
+            elif (
+                self.role is Role.SERVER
+                and not assoc.confirmed
+                and now >= assoc.created + self.config.half_open_timeout
+            ):
+                self._close(assoc.local_id, "no data after the handshake")
+            elif (
+                self.role is Role.SERVER
+                and now >= assoc.last_received + self.config.idle_timeout_seconds
+            ):
+                self._close(assoc.local_id, "idle")
+        self._maybe_rekey(now)
+
+    def _maybe_rekey(self, now: float) -> None:
+        if self.role is not Role.CLIENT or self._pending is not None or self._server_addr is None:
+            return
+        current = self._associations.get(self._current) if self._current else None
+        if current is None:
+            # The association expired or was closed: a client that wants a channel reconnects.
+            if self._want_connection:
+                self._start_handshake(now)
+            return
+        dead = (
+            self._awaiting_since is not None
+            and now >= self._awaiting_since + self.config.dead_peer_timeout
+        )
+        if (
+            dead
+            or current.send_seq >= self.config.rekey_after_messages
+            or now >= current.created + self.config.rekey_after_seconds
+        ):
+            self._start_handshake(now)
+
+    def close(self, association: bytes) -> None:
+        """Forget an association at once (no message is sent)."""
+        self._close(association, "closed locally")
+
+    # -- internals ---------------------------------------------------------------
+    def _resolve(self, association: bytes | None) -> bytes:
+        if association is not None:
+            return association
+        if self._current is None:
+            raise ChannelError("no association to send on: the handshake has not completed")
+        return self._current
+
+    def _get(self, association: bytes) -> _Association:
+        assoc = self._associations.get(association)
+        if assoc is None:
+            raise ChannelError(f"association {association.hex()} does not exist")
+        return assoc
+
+    def _new_association_id(self) -> bytes:
+        while True:
+            candidate = self._random(fmt.ASSOCIATION_ID_LENGTH)
+            if candidate not in self._associations and any(candidate):
+                return candidate
+
+    def _new_association(
+        self,
+        local_id: bytes,
+        peer_id: bytes,
+        peer_node_id: str,
+        addr: NetworkAddress,
+        now: float,
+        *,
+        send: tuple[bytes, bytes],
+        recv: tuple[bytes, bytes],
+        confirmed: bool = False,
+    ) -> _Association:
+        assoc = _Association(
+            local_id=local_id,
+            peer_id=peer_id,
+            peer_node_id=peer_node_id,
+            addr=addr,
+            send_aead=AESGCM(send[0]),
+            send_salt=send[1],
+            recv_aead=AESGCM(recv[0]),
+            recv_salt=recv[1],
+            window=ReplayWindow(self.config.replay_window),
+            created=now,
+            expires=now + self.config.association_lifetime_seconds,
+            last_received=now,
+            confirmed=confirmed,
+        )
+        self._associations[local_id] = assoc
+        return assoc
+
+    def _close(self, local_id: bytes, reason: str) -> None:
+        assoc = self._associations.pop(local_id, None)
+        self._retiring.pop(local_id, None)
+        if assoc is None:
+            return
+        if assoc.init_key is not None:
+            self._by_init.pop(assoc.init_key, None)
+        if local_id == self._current:
+            self._current = None
+            self._awaiting_since = None
+        self._events.append(AssociationClosed(local_id, assoc.peer_node_id, reason))
+
+    def _remember_init(self, init_mac: bytes) -> None:
+        if len(self._seen_inits) == self._seen_inits.maxlen:
+            self._seen_init_set.discard(self._seen_inits[0])
+        self._seen_inits.append(init_mac)
+        self._seen_init_set.add(init_mac)
+
+    def _queue(self, datagram: bytes, addr: NetworkAddress) -> None:
+        self._outgoing.append((datagram, addr))
+
+    def _drop(self, reason: DropReason, addr: NetworkAddress, data: bytes) -> None:
+        count = self._counters.drops[reason] + 1
+        self._counters.drops[reason] = count
+        # Log the 1st, 2nd, 4th, 8th... drop per reason: visible, but a flood cannot flood the log.
+        if count & (count - 1) == 0:
+            log.warning(
+                "channel dropped a datagram: reason=%s peer=%s length=%d (%d so far)",
+                reason.value,
+                addr,
+                len(data),
+                count,
+            )

@@ -1,0 +1,117 @@
+"""SA_Stor / SA_Retr codec: bytes in, objects out (docs/protocol.md section 5).
+
+Theory of operation
+-------------------
+This package only translates.  It never opens a socket, reads a clock or
+keeps state between calls, so every function can be fuzzed with arbitrary
+bytes.
+
+* ``decode_message(data)`` turns one decrypted channel payload into a
+  ``Message``: a header (exchange type, message ID, response and more-pages
+  flags) and a tuple of payload objects.  ``encode_message`` is its inverse.
+  ``decode_message(encode_message(m)) == m`` for every valid ``m``.
+* Anything wrong with the input -- truncated, oversized, an unknown critical
+  payload, a length that does not add up -- raises ``WireError``, never
+  another exception.  ``WireError.status`` is the status code a responder
+  should put in its Notify reply (MALFORMED or UNSUPPORTED).
+* An unknown payload type without the critical bit is kept as
+  ``UnknownPayload`` and otherwise ignored, as in IKEv2.
+* An SPD entry travels as three generic payloads (SPD Entry, TSi, TSr); here
+  it is one ``SpdEntryPayload`` holding both traffic selectors.
+* ``paginate(entries, max_datagram, fixed_payloads)`` splits the entries of
+  a bulk SA_Retr reply (single payloads, or tuples that must stay together
+  such as a SAD Entry and its Replay State) into pages whose protected
+  datagrams stay under ``max_datagram`` bytes, so no reply needs IP
+  fragmentation; ``page_budget`` gives the room one page has for entries.
+* ``entries.py`` converts SAD/SPD payloads to and from the model objects of
+  ``appliance.model`` (``sad_to_payload`` / ``payload_to_sad`` and the SPD
+  pair), losslessly.
+"""
+
+from appliance.wire._errors import WireError
+from appliance.wire.constants import (
+    CHANNEL_OVERHEAD,
+    DEFAULT_MAX_DATAGRAM,
+    DEFAULT_PORT,
+    ExchangeType,
+    IdType,
+    PayloadType,
+    ProtocolId,
+    Status,
+)
+from appliance.wire.entries import (
+    AttributeType,
+    apply_replay_update,
+    payload_to_sad,
+    payload_to_spd,
+    replay_update_for,
+    sad_to_payload,
+    spd_to_payload,
+)
+from appliance.wire.messages import (
+    Message,
+    decode_message,
+    describe,
+    encode_message,
+    encoded_payload_length,
+    page_budget,
+    paginate,
+    peek_header,
+)
+from appliance.wire.payloads import (
+    Attribute,
+    Delete,
+    EpochPayload,
+    IkeSaPayload,
+    Notify,
+    PagePayload,
+    Payload,
+    ReplayStatePayload,
+    SadEntryPayload,
+    SaLookupPayload,
+    ServerIdPayload,
+    SpdEntryPayload,
+    TrafficSelector,
+    UnknownPayload,
+)
+
+__all__ = [
+    "CHANNEL_OVERHEAD",
+    "DEFAULT_MAX_DATAGRAM",
+    "DEFAULT_PORT",
+    "Attribute",
+    "AttributeType",
+    "Delete",
+    "EpochPayload",
+    "ExchangeType",
+    "IdType",
+    "IkeSaPayload",
+    "Message",
+    "Notify",
+    "PagePayload",
+    "Payload",
+    "PayloadType",
+    "ProtocolId",
+    "ReplayStatePayload",
+    "SaLookupPayload",
+    "SadEntryPayload",
+    "ServerIdPayload",
+    "SpdEntryPayload",
+    "Status",
+    "TrafficSelector",
+    "UnknownPayload",
+    "WireError",
+    "apply_replay_update",
+    "decode_message",
+    "describe",
+    "encode_message",
+    "encoded_payload_length",
+    "page_budget",
+    "paginate",
+    "payload_to_sad",
+    "payload_to_spd",
+    "peek_header",
+    "replay_update_for",
+    "sad_to_payload",
+    "spd_to_payload",
+]

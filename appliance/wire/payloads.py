@@ -1,0 +1,601 @@
+"""Payload dataclasses and their ``pull_*`` / ``push_*`` body codecs.
+
+Each payload class knows its Payload Type and how to write and read its body
+(everything after the 4-byte generic payload header).  The header chain
+itself is handled in ``messages.py``.  Layouts are in docs/protocol.md 5.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from appliance.wire._buffer import Buffer
+from appliance.wire._errors import WireError
+from appliance.wire.constants import (
+    MAX_CURSOR_LENGTH,
+    IdType,
+    PayloadType,
+    ProtocolId,
+    Status,
+    TsType,
+)
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+AF_INET = 2
+AF_INET6 = 10
+
+
+def _pull_xfrm_address(buf: Buffer, field_name: str) -> bytes:
+    return buf.pull_bytes(16, field_name)
+
+
+def _check_len(value: bytes, length: int, field_name: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise WireError(f"{field_name} must be {length} bytes")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """One type-length-value attribute inside an SAD or SPD entry payload."""
+
+    type: int
+    """Attribute type (protocol.md 5.1.9); 0x8000 and up carry raw kernel attributes."""
+    value: bytes = field(repr=False)
+    """Value bytes (may hold key material, hence not in repr)."""
+
+    def __repr__(self) -> str:
+        return f"Attribute(type={self.type}, <{len(self.value)} bytes>)"
+
+
+def push_attributes(buf: Buffer, attributes: tuple[Attribute, ...]) -> None:
+    for attribute in attributes:
+        buf.push_uint16(attribute.type, "attribute type")
+        buf.push_uint16(len(attribute.value), "attribute length")
+        buf.push_bytes(attribute.value)
+
+
+def pull_attributes(buf: Buffer) -> tuple[Attribute, ...]:
+    attributes = []
+    while not buf.eof():
+        attr_type = buf.pull_uint16("attribute type")
+        length = buf.pull_uint16("attribute length")
+        attributes.append(Attribute(attr_type, buf.pull_bytes(length, f"attribute {attr_type}")))
+    return tuple(attributes)
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Notify (RFC 7296 3.10): the status of a response, optionally naming one SPI."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.NOTIFY
+
+    status: int
+    """Notify Message Type; our codes are ``constants.Status``."""
+    protocol_id: int = ProtocolId.NONE
+    spi: int | None = None
+    """The SPI (or policy index) the status is about, if any."""
+    data: bytes = b""
+    """Notification data: for errors, a UTF-8 explanation for the operator."""
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint8(self.protocol_id, "notify protocol id")
+        buf.push_uint8(0 if self.spi is None else 4)
+        buf.push_uint16(self.status, "notify message type")
+        if self.spi is not None:
+            buf.push_uint32(self.spi, "notify SPI")
+        buf.push_bytes(self.data)
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> Notify:
+        protocol_id = buf.pull_uint8("notify protocol id")
+        spi_size = buf.pull_uint8("notify SPI size")
+        status = buf.pull_uint16("notify message type")
+        if spi_size not in (0, 4):
+            raise WireError(f"notify SPI size {spi_size} is not 0 or 4")
+        spi = buf.pull_uint32("notify SPI") if spi_size == 4 else None
+        return cls(status, protocol_id, spi, buf.pull_rest())
+
+    @property
+    def known_status(self) -> Status | None:
+        try:
+            return Status(self.status)
+        except ValueError:
+            return None
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+_DELETE_PROTOCOLS = (ProtocolId.AH, ProtocolId.ESP, ProtocolId.IPCOMP, ProtocolId.SPD_INDEX)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete (RFC 7296 3.11): remove SAs by SPI, or SPD entries by index."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.DELETE
+
+    protocol_id: int
+    spis: tuple[int, ...]
+
+    def push_body(self, buf: Buffer) -> None:
+        if self.protocol_id not in _DELETE_PROTOCOLS:
+            raise WireError(f"delete protocol id {self.protocol_id} is not AH, ESP, IPCOMP or SPD")
+        buf.push_uint8(self.protocol_id)
+        buf.push_uint8(4)
+        buf.push_uint16(len(self.spis), "number of SPIs")
+        for spi in self.spis:
+            buf.push_uint32(spi, "delete SPI")
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> Delete:
+        protocol_id = buf.pull_uint8("delete protocol id")
+        spi_size = buf.pull_uint8("delete SPI size")
+        count = buf.pull_uint16("number of SPIs")
+        if protocol_id not in _DELETE_PROTOCOLS:
+            raise WireError(
+                f"delete protocol id {protocol_id} is not supported", Status.UNSUPPORTED
+            )
+        if spi_size != 4:
+            raise WireError(f"delete SPI size is {spi_size}, must be 4")
+        spis = tuple(buf.pull_uint32("delete SPI") for _ in range(count))
+        buf.expect_end()
+        return cls(protocol_id, spis)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelector:
+    """One IKEv2 traffic selector (RFC 7296 3.13.1): a protocol, port range, address range."""
+
+    start_address: Address
+    end_address: Address
+    ip_protocol: int = 0
+    start_port: int = 0
+    end_port: int = 0xFFFF
+
+    def __post_init__(self) -> None:
+        if self.start_address.version != self.end_address.version:
+            raise WireError("traffic selector start and end addresses differ in family")
+
+    @property
+    def ts_type(self) -> TsType:
+        if self.start_address.version == 4:
+            return TsType.IPV4_ADDR_RANGE
+        return TsType.IPV6_ADDR_RANGE
+
+    def push(self, buf: Buffer) -> None:
+        size = 4 if self.ts_type == TsType.IPV4_ADDR_RANGE else 16
+        buf.push_uint8(self.ts_type)
+        buf.push_uint8(self.ip_protocol, "TS IP protocol")
+        buf.push_uint16(8 + 2 * size)
+        buf.push_uint16(self.start_port, "TS start port")
+        buf.push_uint16(self.end_port, "TS end port")
+        buf.push_bytes(self.start_address.packed)
+        buf.push_bytes(self.end_address.packed)
+
+    @classmethod
+    def pull(cls, buf: Buffer) -> TrafficSelector:
+        ts_type = buf.pull_uint8("TS type")
+        ip_protocol = buf.pull_uint8("TS IP protocol")
+        length = buf.pull_uint16("TS selector length")
+        if ts_type == TsType.IPV4_ADDR_RANGE:
+            size = 4
+        elif ts_type == TsType.IPV6_ADDR_RANGE:
+            size = 16
+        else:
+            raise WireError(f"traffic selector type {ts_type} is not supported", Status.UNSUPPORTED)
+        if length != 8 + 2 * size:
+            raise WireError(f"traffic selector length {length} is wrong for type {ts_type}")
+        start_port = buf.pull_uint16("TS start port")
+        end_port = buf.pull_uint16("TS end port")
+        start = ipaddress.ip_address(buf.pull_bytes(size, "TS start address"))
+        end = ipaddress.ip_address(buf.pull_bytes(size, "TS end address"))
+        return cls(start, end, ip_protocol, start_port, end_port)
+
+
+def push_ts_body(buf: Buffer, selectors: tuple[TrafficSelector, ...]) -> None:
+    buf.push_uint8(len(selectors), "number of TSs")
+    buf.push_bytes(b"\0\0\0")
+    for selector in selectors:
+        selector.push(buf)
+
+
+def pull_ts_body(buf: Buffer) -> tuple[TrafficSelector, ...]:
+    count = buf.pull_uint8("number of TSs")
+    buf.pull_bytes(3, "TS reserved")
+    selectors = tuple(TrafficSelector.pull(buf) for _ in range(count))
+    buf.expect_end()
+    return selectors
+
+
+@dataclass(frozen=True, slots=True)
+class SadEntryPayload:
+    """SAD Entry (128): one XFRM state; fixed part + attributes (protocol.md 5.1.9)."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.SAD_ENTRY
+
+    spi: int
+    protocol: int
+    """IP protocol number of the SA: 50 ESP, 51 AH, 108 IPComp."""
+    family: int
+    mode: int
+    flags: int
+    replay_window: int
+    """``xfrm_usersa_info.replay_window`` (the legacy 8-bit window size)."""
+    reqid: int
+    seq: int
+    """``xfrm_usersa_info.seq``: the acquire sequence number the SA answered."""
+    daddr: bytes
+    """16 bytes, as the kernel's ``xfrm_address_t`` (IPv4 in the first 4)."""
+    saddr: bytes
+    attributes: tuple[Attribute, ...] = ()
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint32(self.spi, "SAD SPI")
+        buf.push_uint16(self.family, "SAD family")
+        buf.push_uint8(self.protocol, "SAD protocol")
+        buf.push_uint8(self.mode, "SAD mode")
+        buf.push_uint8(self.flags, "SAD flags")
+        buf.push_uint8(self.replay_window, "SAD replay window")
+        buf.push_uint16(0)
+        buf.push_uint32(self.reqid, "SAD reqid")
+        buf.push_uint32(self.seq, "SAD seq")
+        buf.push_bytes(_check_len(self.daddr, 16, "SAD destination address"))
+        buf.push_bytes(_check_len(self.saddr, 16, "SAD source address"))
+        push_attributes(buf, self.attributes)
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> SadEntryPayload:
+        spi = buf.pull_uint32("SAD SPI")
+        family = buf.pull_uint16("SAD family")
+        protocol = buf.pull_uint8("SAD protocol")
+        mode = buf.pull_uint8("SAD mode")
+        flags = buf.pull_uint8("SAD flags")
+        replay_window = buf.pull_uint8("SAD replay window")
+        buf.pull_uint16("SAD reserved")
+        return cls(
+            spi=spi,
+            protocol=protocol,
+            family=family,
+            mode=mode,
+            flags=flags,
+            replay_window=replay_window,
+            reqid=buf.pull_uint32("SAD reqid"),
+            seq=buf.pull_uint32("SAD seq"),
+            daddr=_pull_xfrm_address(buf, "SAD destination address"),
+            saddr=_pull_xfrm_address(buf, "SAD source address"),
+            attributes=pull_attributes(buf),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SpdEntryPayload:
+    """SPD Entry (129): one XFRM policy; always followed on the wire by its TSi and TSr.
+
+    The selector's addresses, ports and protocol travel in ``tsi`` (source side)
+    and ``tsr`` (destination side); what a range cannot say (prefix lengths,
+    port masks, interface, user) is in the fixed part, so nothing is lost.
+    """
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.SPD_ENTRY
+
+    index: int
+    priority: int
+    direction: int
+    action: int
+    flags: int
+    share: int
+    policy_type: int
+    family: int
+    prefixlen_s: int
+    prefixlen_d: int
+    sport_mask: int
+    dport_mask: int
+    ifindex: int
+    user: int
+    tsi: TrafficSelector
+    tsr: TrafficSelector
+    attributes: tuple[Attribute, ...] = ()
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint32(self.index, "SPD index")
+        buf.push_uint32(self.priority, "SPD priority")
+        buf.push_uint8(self.direction, "SPD direction")
+        buf.push_uint8(self.action, "SPD action")
+        buf.push_uint8(self.flags, "SPD flags")
+        buf.push_uint8(self.share, "SPD share")
+        buf.push_uint8(self.policy_type, "SPD type")
+        buf.push_uint8(self.prefixlen_s, "SPD source prefix length")
+        buf.push_uint8(self.prefixlen_d, "SPD destination prefix length")
+        buf.push_uint8(0)
+        buf.push_uint16(self.family, "SPD family")
+        buf.push_uint16(self.sport_mask, "SPD source port mask")
+        buf.push_uint16(self.dport_mask, "SPD destination port mask")
+        buf.push_uint16(0)
+        buf.push_uint32(self.ifindex, "SPD ifindex")
+        buf.push_uint32(self.user, "SPD user")
+        push_attributes(buf, self.attributes)
+
+    @classmethod
+    def pull_fixed(cls, buf: Buffer) -> dict[str, Any]:
+        """The fields of the SPD payload itself (TSi/TSr follow as separate payloads)."""
+        fixed: dict[str, Any] = {
+            "index": buf.pull_uint32("SPD index"),
+            "priority": buf.pull_uint32("SPD priority"),
+            "direction": buf.pull_uint8("SPD direction"),
+            "action": buf.pull_uint8("SPD action"),
+            "flags": buf.pull_uint8("SPD flags"),
+            "share": buf.pull_uint8("SPD share"),
+            "policy_type": buf.pull_uint8("SPD type"),
+            "prefixlen_s": buf.pull_uint8("SPD source prefix length"),
+            "prefixlen_d": buf.pull_uint8("SPD destination prefix length"),
+        }
+        buf.pull_uint8("SPD reserved")
+        fixed["family"] = buf.pull_uint16("SPD family")
+        fixed["sport_mask"] = buf.pull_uint16("SPD source port mask")
+        fixed["dport_mask"] = buf.pull_uint16("SPD destination port mask")
+        buf.pull_uint16("SPD reserved")
+        fixed["ifindex"] = buf.pull_uint32("SPD ifindex")
+        fixed["user"] = buf.pull_uint32("SPD user")
+        fixed["attributes"] = pull_attributes(buf)
+        return fixed
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaPayload:
+    """IKE SA (130): reserved; carried opaquely until the IKE SA state is specified."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.IKE_SA
+
+    data: bytes = field(repr=False)
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_bytes(self.data)
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> IkeSaPayload:
+        return cls(buf.pull_rest())
+
+
+REPLAY_FLAG_ESN = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayStatePayload:
+    """Replay State (131): the small, frequent update of one SA's counters."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.REPLAY_STATE
+
+    spi: int
+    protocol: int
+    family: int
+    daddr: bytes
+    """16 bytes, ``xfrm_address_t`` form."""
+    oseq: int
+    seq: int
+    oseq_hi: int = 0
+    seq_hi: int = 0
+    replay_window: int = 0
+    bitmap: tuple[int, ...] = ()
+    """The receive window bitmap as 32-bit words (one word for a legacy SA)."""
+    esn: bool = False
+    """True if the SA keeps ESN replay state (``xfrm_replay_state_esn``)."""
+    lifetime_bytes: int = 0
+    lifetime_packets: int = 0
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint32(self.spi, "replay SPI")
+        buf.push_uint8(self.protocol, "replay protocol")
+        buf.push_uint8(REPLAY_FLAG_ESN if self.esn else 0)
+        buf.push_uint16(self.family, "replay family")
+        buf.push_bytes(_check_len(self.daddr, 16, "replay destination address"))
+        buf.push_uint32(self.oseq, "oseq")
+        buf.push_uint32(self.seq, "seq")
+        buf.push_uint32(self.oseq_hi, "oseq_hi")
+        buf.push_uint32(self.seq_hi, "seq_hi")
+        buf.push_uint32(self.replay_window, "replay window")
+        buf.push_uint64(self.lifetime_bytes, "lifetime bytes")
+        buf.push_uint64(self.lifetime_packets, "lifetime packets")
+        buf.push_uint16(len(self.bitmap), "bitmap length")
+        buf.push_uint16(0)
+        for word in self.bitmap:
+            buf.push_uint32(word, "bitmap word")
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> ReplayStatePayload:
+        spi = buf.pull_uint32("replay SPI")
+        protocol = buf.pull_uint8("replay protocol")
+        flags = buf.pull_uint8("replay flags")
+        family = buf.pull_uint16("replay family")
+        daddr = _pull_xfrm_address(buf, "replay destination address")
+        oseq = buf.pull_uint32("oseq")
+        seq = buf.pull_uint32("seq")
+        oseq_hi = buf.pull_uint32("oseq_hi")
+        seq_hi = buf.pull_uint32("seq_hi")
+        window = buf.pull_uint32("replay window")
+        lifetime_bytes = buf.pull_uint64("lifetime bytes")
+        lifetime_packets = buf.pull_uint64("lifetime packets")
+        words = buf.pull_uint16("bitmap length")
+        buf.pull_uint16("replay reserved")
+        bitmap = tuple(buf.pull_uint32("bitmap word") for _ in range(words))
+        buf.expect_end()
+        return cls(
+            spi,
+            protocol,
+            family,
+            daddr,
+            oseq,
+            seq,
+            oseq_hi,
+            seq_hi,
+            window,
+            bitmap,
+            bool(flags & REPLAY_FLAG_ESN),
+            lifetime_bytes,
+            lifetime_packets,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerIdPayload:
+    """Server ID (132): whose state this is; an IP address or an FQDN (draft 4.1)."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.SERVER_ID
+
+    id_type: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_server_id(self.id_type, self.data)
+
+    @classmethod
+    def parse(cls, text: str) -> ServerIdPayload:
+        """An IP address literal becomes an address ID; anything else an FQDN."""
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            return cls(IdType.FQDN, text.encode("ascii", "replace"))
+        if address.version == 4:
+            return cls(IdType.IPV4_ADDR, address.packed)
+        return cls(IdType.IPV6_ADDR, address.packed)
+
+    def __str__(self) -> str:
+        if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+            return str(ipaddress.ip_address(self.data))
+        if self.id_type == IdType.FQDN:
+            return self.data.decode("ascii")
+        return "keyid:" + self.data.hex()
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint8(self.id_type, "server ID type")
+        buf.push_bytes(b"\0\0\0")
+        buf.push_bytes(self.data)
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> ServerIdPayload:
+        id_type = buf.pull_uint8("server ID type")
+        buf.pull_bytes(3, "server ID reserved")
+        return cls(id_type, buf.pull_rest())
+
+
+def _check_server_id(id_type: int, data: bytes) -> None:
+    if id_type == IdType.IPV4_ADDR and len(data) != 4:
+        raise WireError(f"IPv4 server ID must be 4 bytes, got {len(data)}")
+    if id_type == IdType.IPV6_ADDR and len(data) != 16:
+        raise WireError(f"IPv6 server ID must be 16 bytes, got {len(data)}")
+    if id_type == IdType.FQDN:
+        if not 1 <= len(data) <= 255:
+            raise WireError(f"FQDN server ID must be 1-255 bytes, got {len(data)}")
+        if not all(0x21 <= b <= 0x7E for b in data):
+            raise WireError("FQDN server ID must be printable ASCII without spaces")
+    if id_type == IdType.KEY_ID and not 1 <= len(data) <= 255:
+        raise WireError(f"key-ID server ID must be 1-255 bytes, got {len(data)}")
+    if id_type not in tuple(IdType):
+        raise WireError(f"server ID type {id_type} is not supported", Status.UNSUPPORTED)
+
+
+@dataclass(frozen=True, slots=True)
+class EpochPayload:
+    """Epoch (133): the owner epoch of a server ID's state (protocol.md 5.3.3)."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.EPOCH
+
+    epoch: int
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint64(self.epoch, "epoch")
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> EpochPayload:
+        epoch = buf.pull_uint64("epoch")
+        buf.expect_end()
+        return cls(epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class PagePayload:
+    """Page (134): in a request, the largest reply wanted and where to resume;
+    in a response with the M flag, the cursor for the next page."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.PAGE
+
+    max_length: int = 0
+    """Largest UDP payload (after channel protection) the requester accepts; 0 = default."""
+    cursor: bytes = b""
+    """Opaque to the requester; empty = from the start."""
+
+    def push_body(self, buf: Buffer) -> None:
+        if len(self.cursor) > MAX_CURSOR_LENGTH:
+            raise WireError(f"page cursor is {len(self.cursor)} bytes, max {MAX_CURSOR_LENGTH}")
+        buf.push_uint16(self.max_length, "page max length")
+        buf.push_uint16(0)
+        buf.push_bytes(self.cursor)
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> PagePayload:
+        max_length = buf.pull_uint16("page max length")
+        buf.pull_uint16("page reserved")
+        cursor = buf.pull_rest()
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise WireError(f"page cursor is {len(cursor)} bytes, max {MAX_CURSOR_LENGTH}")
+        return cls(max_length, cursor)
+
+
+@dataclass(frozen=True, slots=True)
+class SaLookupPayload:
+    """SA Lookup (135): SA_Retr by SPI; destination optional (family 0 = any)."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.SA_LOOKUP
+
+    spi: int
+    protocol: int = 50
+    family: int = 0
+    daddr: bytes = bytes(16)
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint32(self.spi, "lookup SPI")
+        buf.push_uint8(self.protocol, "lookup protocol")
+        buf.push_uint8(0)
+        buf.push_uint16(self.family, "lookup family")
+        buf.push_bytes(_check_len(self.daddr, 16, "lookup destination address"))
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> SaLookupPayload:
+        spi = buf.pull_uint32("lookup SPI")
+        protocol = buf.pull_uint8("lookup protocol")
+        buf.pull_uint8("lookup reserved")
+        family = buf.pull_uint16("lookup family")
+        daddr = _pull_xfrm_address(buf, "lookup destination address")
+        buf.expect_end()
+        return cls(spi, protocol, family, daddr)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownPayload:
+    """A payload type this code does not know, without the critical bit: kept, not used."""
+
+    payload_type: int
+    body: bytes
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_bytes(self.body)
+
+
+Payload = (
+    Notify
+    | Delete
+    | SadEntryPayload
+    | SpdEntryPayload
+    | IkeSaPayload
+    | ReplayStatePayload
+    | ServerIdPayload
+    | EpochPayload
+    | PagePayload
+    | SaLookupPayload
+    | UnknownPayload
+)

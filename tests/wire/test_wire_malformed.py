@@ -1,0 +1,171 @@
+"""Bad bytes give WireError with a useful status, never another exception."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wire_strategies import messages
+
+from appliance.errors import ApplianceError
+from appliance.wire import (
+    Delete,
+    EpochPayload,
+    ExchangeType,
+    Message,
+    Notify,
+    PagePayload,
+    ProtocolId,
+    ServerIdPayload,
+    SpdEntryPayload,
+    Status,
+    UnknownPayload,
+    WireError,
+    decode_message,
+    encode_message,
+)
+from appliance.wire.constants import MAX_MESSAGE_LENGTH
+
+pytestmark = pytest.mark.unit
+
+
+def _decode_or_wire_error(data: bytes) -> Message | None:
+    try:
+        return decode_message(data)
+    except WireError as error:
+        assert str(error)
+        assert isinstance(error.status, Status)
+        return None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_or_raise_wire_error(data: bytes) -> None:
+    _decode_or_wire_error(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages(), st.data())
+def test_mutated_messages_decode_or_raise_wire_error(message: Message, data: st.DataObject) -> None:
+    encoded = bytearray(encode_message(message))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(encoded) - 1))
+        encoded[position] = data.draw(st.integers(0, 255))
+    _decode_or_wire_error(bytes(encoded))
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages())
+def test_every_truncation_is_a_clean_error(message: Message) -> None:
+    encoded = encode_message(message)
+    for length in range(len(encoded)):
+        with pytest.raises(WireError):
+            decode_message(encoded[:length])
+
+
+def test_wire_error_is_an_appliance_error() -> None:
+    assert issubclass(WireError, ApplianceError)
+
+
+def test_trailing_bytes_are_rejected() -> None:
+    encoded = encode_message(Message(ExchangeType.HEARTBEAT, 1, (EpochPayload(3),)))
+    with pytest.raises(WireError, match="length"):
+        decode_message(encoded + b"\0")
+
+
+def test_oversized_input_is_rejected_before_parsing() -> None:
+    with pytest.raises(WireError, match="exceeds"):
+        decode_message(bytes(MAX_MESSAGE_LENGTH + 1))
+
+
+def test_oversized_message_cannot_be_encoded() -> None:
+    notes = tuple(Notify(Status.OK, data=bytes(60000)) for _ in range(2))
+    with pytest.raises(WireError, match="exceeds"):
+        encode_message(Message(ExchangeType.SA_STOR, 1, notes))
+
+
+def test_unknown_major_version_is_unsupported() -> None:
+    encoded = bytearray(encode_message(Message(ExchangeType.HEARTBEAT, 1)))
+    encoded[1] = 0x20
+    with pytest.raises(WireError) as caught:
+        decode_message(bytes(encoded))
+    assert caught.value.status is Status.UNSUPPORTED
+
+
+def test_unknown_exchange_type_is_unsupported() -> None:
+    encoded = bytearray(encode_message(Message(ExchangeType.HEARTBEAT, 1)))
+    encoded[2] = 34  # IKE_SA_INIT: not ours
+    with pytest.raises(WireError) as caught:
+        decode_message(bytes(encoded))
+    assert caught.value.status is Status.UNSUPPORTED
+
+
+def test_unknown_critical_payload_is_unsupported_and_non_critical_is_kept() -> None:
+    encoded = bytearray(
+        encode_message(Message(ExchangeType.SA_STOR, 1, (UnknownPayload(200, b"x"),)))
+    )
+    assert decode_message(bytes(encoded)).payloads == (UnknownPayload(200, b"x"),)
+    encoded[13] = 0x80  # the critical bit of the first payload
+    with pytest.raises(WireError) as caught:
+        decode_message(bytes(encoded))
+    assert caught.value.status is Status.UNSUPPORTED
+
+
+def test_spd_entry_without_its_traffic_selectors_is_malformed(spd: SpdEntryPayload) -> None:
+    encoded = encode_message(Message(ExchangeType.SA_STOR, 1, (spd,)))
+    spd_length = int.from_bytes(encoded[14:16], "big")
+    # Cut the message after the SPD payload and mark it as the last one.
+    cut = bytearray(encoded[: 12 + spd_length])
+    cut[12] = 0
+    cut[8:12] = len(cut).to_bytes(4, "big")
+    with pytest.raises(WireError, match="followed by TSI"):
+        decode_message(bytes(cut))
+
+
+def test_traffic_selector_outside_an_spd_entry_is_malformed(spd: SpdEntryPayload) -> None:
+    encoded = encode_message(Message(ExchangeType.SA_STOR, 1, (spd,)))
+    spd_length = int.from_bytes(encoded[14:16], "big")
+    stray = bytearray(encoded[:12]) + encoded[12 + spd_length :]
+    stray[0] = 44
+    stray[8:12] = len(stray).to_bytes(4, "big")
+    with pytest.raises(WireError, match="must follow an SPD entry"):
+        decode_message(bytes(stray))
+
+
+def test_more_flag_on_a_request_is_rejected() -> None:
+    with pytest.raises(WireError, match="only valid in a response"):
+        encode_message(Message(ExchangeType.SA_RETR, 1, more=True))
+    encoded = bytearray(encode_message(Message(ExchangeType.SA_RETR, 1)))
+    encoded[3] = 0x01
+    with pytest.raises(WireError, match="M \\(more pages\\) flag"):
+        decode_message(bytes(encoded))
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: EpochPayload(1 << 64), "epoch"),
+        (lambda: Delete(ProtocolId.ESP, (1 << 32,)), "delete SPI"),
+        (lambda: Delete(ProtocolId.IKE, (1,)), "delete protocol id"),
+        (lambda: PagePayload(0, bytes(65)), "cursor"),
+        (lambda: Notify(1 << 16), "notify message type"),
+    ],
+)
+def test_values_that_do_not_fit_are_refused_when_encoding(build: object, match: str) -> None:
+    with pytest.raises(WireError, match=match):
+        encode_message(Message(ExchangeType.SA_STOR, 1, (build(),)))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("id_type", "data", "match"),
+    [
+        (1, b"\1\2\3", "IPv4 server ID"),
+        (5, b"\1" * 4, "IPv6 server ID"),
+        (2, b"", "FQDN"),
+        (2, b"has space", "printable"),
+        (99, b"x", "not supported"),
+    ],
+)
+def test_invalid_server_ids_are_refused(id_type: int, data: bytes, match: str) -> None:
+    with pytest.raises(WireError, match=match):
+        ServerIdPayload(id_type, data)
