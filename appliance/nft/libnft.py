@@ -1,0 +1,92 @@
+"""The thin adapter to libnftables: run a batch or a listing inside a namespace.
+
+Each call builds its own libnftables context inside the namespace's worker
+thread (see :mod:`appliance.nft.netns`), so its netlink socket lives in that
+namespace; a context is never shared between threads.  One ``run_batch``
+call is one ``nft_run_cmd_from_buffer`` call, which libnftables sends as a
+single netlink batch: the kernel commits all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from appliance.errors import KernelError
+from appliance.nft.netns import run_in_netns
+
+T = TypeVar("T")
+
+
+def run_batch(netns: str | None, script: str, purpose: str) -> None:
+    """Run ``script`` as one transaction; on rejection raise ``KernelError`` (nothing changed)."""
+
+    def work(nft: Any) -> None:
+        rc, _output, error = nft.cmd(script)
+        if rc != 0:
+            raise KernelError(
+                f"libnftables rejected the {purpose}{_where(netns)}, nothing was changed: "
+                f"{summarise_error(error, script)}"
+            )
+
+    session(netns, work)
+
+
+def list_json(nft: Any, command: str, netns: str | None) -> list[dict[str, Any]]:
+    """Return the ``nftables`` array of a listing command run on context ``nft``."""
+    nft.set_json_output(True)
+    rc, output, error = nft.cmd(command)
+    if rc != 0:
+        raise KernelError(f"`{command}`{_where(netns)} failed: {summarise_error(error)}")
+    document = json.loads(output)
+    items: list[dict[str, Any]] = document.get("nftables", [])
+    return items
+
+
+def list_text(nft: Any, command: str, netns: str | None) -> str:
+    """Return the nftables-syntax listing of ``command`` run on context ``nft``."""
+    nft.set_json_output(False)
+    rc, output, error = nft.cmd(command)
+    if rc != 0:
+        raise KernelError(f"`{command}`{_where(netns)} failed: {summarise_error(error)}")
+    text: str = output
+    return text
+
+
+def session(netns: str | None, work: Callable[[Any], T]) -> T:
+    """Return ``work(context)`` for a fresh libnftables context inside ``netns``."""
+
+    def inside() -> T:
+        # Imported here so that rendering and config (unit tier) need no libnftables.
+        import nftables
+
+        try:
+            nft = nftables.Nftables()
+        except OSError as exc:
+            raise KernelError(
+                f"cannot load libnftables (Debian package libnftables1): {exc}"
+            ) from None
+        return work(nft)
+
+    return run_in_netns(netns, inside)
+
+
+def summarise_error(error: str, script: str = "") -> str:
+    """Condense libnftables' error report for ``script`` to one line.
+
+    libnftables 1.0.6 quotes line 1 of a buffer whatever line failed, so the
+    quoted command is left out rather than shown wrong.
+    """
+    found = [line.split("Error:", 1)[1].strip() for line in error.splitlines() if "Error:" in line]
+    summary = "; ".join(dict.fromkeys(found)) if found else (error.strip() or "no reason given")
+    if " queue num " in script and "No such file or directory" in summary:
+        summary += (
+            " (this kernel probably lacks nft_queue, CONFIG_NFT_QUEUE: "
+            "remove trap_queue to run without the unknown-SPI trap)"
+        )
+    return summary
+
+
+def _where(netns: str | None) -> str:
+    return f" in network namespace {netns!r}" if netns else ""
