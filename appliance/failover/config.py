@@ -1,0 +1,310 @@
+"""The daemon's TOML configuration (``ipsec-ha daemon --config FILE``).
+
+Every value is checked and an error names the file and the key
+(``config FILE: [sync].max_pps_per_sa: must be ...``); unknown tables and
+keys are errors, so a typo never falls back to a default silently. The
+cluster key stays in its own file, which must be mode 0600 (no group or
+other bits); it is checked here and read by the channel when it connects.
+See ``docs/examples/daemon.toml``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from appliance.errors import ConfigError
+from appliance.failover.seqjump import MAX_JUMP, SeqJumpError, compute_jump
+from appliance.failover.transitions import StandbyMode
+from appliance.store.config import load_psk
+
+DEFAULT_CONFIG = Path("/etc/ipsec-ha/daemon.toml")
+DEFAULT_STORE_PORT = 4501
+ETIMER_UNIT_MS = 100
+"""The kernel counts the async-event timer (``XFRMA_ETIMER_THRESH``) in 100 ms units."""
+
+_T = TypeVar("_T")
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """``[node]``: who this gateway is and whose state it serves."""
+
+    id: str
+    """This node's name in the channel handshake and the logs."""
+    server_id: str
+    """The server ID (draft: the gateway identity the peers see) whose state is stored."""
+    node_index: int
+    """This node's index in the cluster (0..15): orders epoch claims between nodes."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: how to reach the SA store."""
+
+    servers: tuple[str, ...]
+    """Store addresses, tried in order."""
+    port: int
+    psk_file: Path
+    timeout_s: float
+    retries: int
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """``[sync]``: when the active node's kernel reports counters, and what bounds traffic."""
+
+    replay_seq_thresh: int
+    """``XFRMA_REPLAY_THRESH``: report after this many packets (0: timer only)."""
+    replay_timer_ms: int
+    """``XFRMA_ETIMER_THRESH`` in ms (a multiple of 100; 0: threshold only)."""
+    coalesce_ms: int
+    """The daemon batches counter updates for this long before one SA_Stor."""
+    store_rtt_ms: int
+    """Worst round trip to the store (with retransmissions) that the jump must cover."""
+    max_pps_per_sa: int
+    """The highest packet rate one SA may carry."""
+    safety_factor: float
+
+    @property
+    def pipeline_latency_s(self) -> float:
+        """From a kernel event to the store holding it: coalescing + store round trip."""
+        return (self.coalesce_ms + self.store_rtt_ms) / 1000
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    """``[failover]``: standby mode and the takeover's limits."""
+
+    mode: StandbyMode
+    notify_timeout_s: float
+    """How long ``ipsec-ha notify`` waits for the daemon to finish a transition."""
+    oseq_jump_override: int | None
+    """A fixed jump; must not be below what ``[sync]`` needs."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The whole file."""
+
+    path: Path
+    node: NodeConfig
+    store: StoreConfig
+    sync: SyncConfig
+    failover: FailoverConfig
+    netns: str | None
+    """``[xfrm].netns``: the network namespace whose XFRM state is served (None: own)."""
+    oseq_jump: int
+    """The jump to use: the override, or the one computed from ``[sync]``."""
+    computed_jump: int
+    """The jump ``[sync]`` needs (``seqjump.compute_jump``)."""
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+class _Table:
+    """One TOML table that remembers which keys were read."""
+
+    def __init__(self, source: Path, name: str, data: Any) -> None:
+        self.source = source
+        self.name = name
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {source}: [{name}] must be a table")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"config {self.source}: [{self.name}].{key}: {message}")
+
+    def get(
+        self, key: str, check: Callable[[Any], _T | None], what: str, default: Any = _MISSING
+    ) -> _T:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _MISSING:
+                raise self.fail(key, f"is required ({what})")
+            return default  # type: ignore[no-any-return]
+        value = self.data[key]
+        result = check(value)
+        if result is None:
+            raise self.fail(key, f"must be {what}, got {_fmt(value)}")
+        return result
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any], int | None]:
+    def check(v: Any) -> int | None:
+        return v if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else None
+
+    return check
+
+
+def _float_in(lo: float, hi: float) -> Callable[[Any], float | None]:
+    def check(v: Any) -> float | None:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        return float(v) if lo <= v <= hi else None
+
+    return check
+
+
+def _name(v: Any) -> str | None:
+    from appliance.store.base import InvalidRequestError, check_server_id
+
+    try:
+        return check_server_id(v)
+    except InvalidRequestError:
+        return None
+
+
+def _netns_name(v: Any) -> str | None:
+    if not isinstance(v, str) or not v or len(v) > 255 or v in (".", ".."):
+        return None
+    return v if not any(c in v for c in "/\0") and not v.isspace() else None
+
+
+def _servers(v: Any) -> tuple[str, ...] | None:
+    if not isinstance(v, list) or not v or len(v) > 16:
+        return None
+    result = []
+    for item in v:
+        try:
+            result.append(str(ipaddress.ip_address(item)))
+        except (ValueError, TypeError):
+            return None
+    return tuple(result) if len(set(result)) == len(result) else None
+
+
+def _abs_path(v: Any) -> Path | None:
+    return Path(v) if isinstance(v, str) and v.startswith("/") else None
+
+
+def _timer_ms(v: Any) -> int | None:
+    value = _int_in(0, 3_600_000)(v)
+    return value if value is not None and value % ETIMER_UNIT_MS == 0 else None
+
+
+def _mode(v: Any) -> StandbyMode | None:
+    return StandbyMode(v) if v in ("hot", "cold") else None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+
+
+_TABLES = ("node", "store", "sync", "failover", "xfrm")
+
+
+def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
+    """Parse and check ``path``; raise ``ConfigError`` naming the first bad key."""
+    path = Path(path)
+    data = _read(path)
+    unknown = sorted(set(data) - set(_TABLES))
+    if unknown:
+        raise ConfigError(
+            f"config {path}: [{unknown[0]}]: unknown table (expected {', '.join(_TABLES)})"
+        )
+    for required in ("node", "store"):
+        if required not in data:
+            raise ConfigError(f"config {path}: [{required}]: table is required")
+
+    node_t = _Table(path, "node", data["node"])
+    node = NodeConfig(
+        id=node_t.get("id", _name, "a name of letters, digits and .-_:"),
+        server_id=node_t.get("server_id", _name, "the served gateway's server ID (IP or FQDN)"),
+        node_index=node_t.get("node_index", _int_in(0, 15), "an integer 0..15"),
+    )
+    node_t.finish()
+
+    store_t = _Table(path, "store", data["store"])
+    store = StoreConfig(
+        servers=store_t.get("servers", _servers, "a non-empty list of distinct IP addresses"),
+        port=store_t.get("port", _int_in(1, 65535), "an integer 1..65535", DEFAULT_STORE_PORT),
+        psk_file=store_t.get("psk_file", _abs_path, "an absolute path"),
+        timeout_s=store_t.get("timeout_s", _float_in(0.01, 60), "seconds 0.01..60", 0.5),
+        retries=store_t.get("retries", _int_in(0, 20), "an integer 0..20", 5),
+    )
+    store_t.finish()
+    try:
+        load_psk(store.psk_file)
+    except ConfigError as exc:
+        raise store_t.fail("psk_file", str(exc)) from None
+
+    sync_t = _Table(path, "sync", data.get("sync", {}))
+    sync = SyncConfig(
+        replay_seq_thresh=sync_t.get(
+            "replay_seq_thresh", _int_in(0, 0xFFFF_FFFF), "an integer 0..4294967295", 1000
+        ),
+        replay_timer_ms=sync_t.get(
+            "replay_timer_ms", _timer_ms, "milliseconds 0..3600000, a multiple of 100", 500
+        ),
+        coalesce_ms=sync_t.get("coalesce_ms", _int_in(0, 10_000), "milliseconds 0..10000", 20),
+        store_rtt_ms=sync_t.get("store_rtt_ms", _int_in(0, 60_000), "milliseconds 0..60000", 100),
+        max_pps_per_sa=sync_t.get(
+            "max_pps_per_sa", _int_in(1, 100_000_000), "packets/s 1..100000000", 200_000
+        ),
+        safety_factor=sync_t.get("safety_factor", _float_in(1, 1000), "a number 1..1000", 2.0),
+    )
+    if sync.replay_seq_thresh == 0 and sync.replay_timer_ms == 0:
+        raise sync_t.fail(
+            "replay_timer_ms", "must not be 0 when replay_seq_thresh is 0 (nothing would sync)"
+        )
+    sync_t.finish()
+
+    failover_t = _Table(path, "failover", data.get("failover", {}))
+    failover = FailoverConfig(
+        mode=failover_t.get("mode", _mode, '"hot" or "cold"', StandbyMode.COLD),
+        notify_timeout_s=failover_t.get(
+            "notify_timeout_s", _float_in(0.1, 300), "seconds 0.1..300", 10.0
+        ),
+        oseq_jump_override=failover_t.get(
+            "oseq_jump", _int_in(1, MAX_JUMP - 1), f"an integer 1..{MAX_JUMP - 1}", None
+        ),
+    )
+    failover_t.finish()
+
+    xfrm_t = _Table(path, "xfrm", data.get("xfrm", {}))
+    netns = xfrm_t.get("netns", _netns_name, "a network namespace name", None)
+    xfrm_t.finish()
+
+    try:
+        computed = compute_jump(
+            max_pps=sync.max_pps_per_sa,
+            replay_seq_thresh=sync.replay_seq_thresh,
+            replay_timer_s=sync.replay_timer_ms / 1000,
+            safety_factor=sync.safety_factor,
+            pipeline_latency_s=sync.pipeline_latency_s,
+        )
+    except SeqJumpError as exc:
+        raise sync_t.fail("max_pps_per_sa", str(exc)) from None
+    jump = computed
+    if failover.oseq_jump_override is not None:
+        if failover.oseq_jump_override < computed:
+            raise failover_t.fail(
+                "oseq_jump",
+                f"{failover.oseq_jump_override} is below {computed}, the jump the [sync] "
+                "settings need; raise it or remove it",
+            )
+        jump = failover.oseq_jump_override
+    return DaemonConfig(path, node, store, sync, failover, netns, jump, computed)

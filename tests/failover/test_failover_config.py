@@ -1,0 +1,147 @@
+"""The daemon's TOML configuration: every bad key named, nothing guessed."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ConfigError
+from appliance.failover.config import load_daemon_config
+from appliance.failover.seqjump import compute_jump
+from appliance.failover.transitions import StandbyMode
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "daemon.toml"
+
+
+@pytest.fixture
+def psk(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.psk"
+    path.write_text("ab" * 32 + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def write(tmp_path: Path, psk: Path, body: str = "", **tables: str) -> Path:
+    node = tables.get("node", 'id = "gw1"\nserver_id = "192.0.2.1"\nnode_index = 0')
+    store = tables.get("store", f'servers = ["198.51.100.10"]\npsk_file = "{psk}"')
+    path = tmp_path / "daemon.toml"
+    path.write_text(f"[node]\n{node}\n[store]\n{store}\n{body}")
+    return path
+
+
+def test_minimal_config_takes_the_documented_defaults(tmp_path: Path, psk: Path) -> None:
+    cfg = load_daemon_config(write(tmp_path, psk))
+    assert cfg.node.server_id == "192.0.2.1"
+    assert cfg.store.servers == ("198.51.100.10",)
+    assert cfg.store.port == 4501
+    assert cfg.failover.mode is StandbyMode.COLD
+    assert cfg.netns is None
+    assert cfg.sync.replay_seq_thresh == 1000
+    assert cfg.oseq_jump == cfg.computed_jump == compute_jump(200_000, 1000, 0.5, 2.0, 0.12)
+
+
+def test_example_file_parses_once_its_psk_exists(tmp_path: Path, psk: Path) -> None:
+    text = EXAMPLE.read_text().replace("/etc/ipsec-ha/cluster.psk", str(psk))
+    path = tmp_path / "example.toml"
+    path.write_text(text)
+    cfg = load_daemon_config(path)
+    assert cfg.node.id == "gw1"
+    assert cfg.sync.pipeline_latency_s == pytest.approx(0.12)
+
+
+def test_full_config(tmp_path: Path, psk: Path) -> None:
+    body = """
+[sync]
+replay_seq_thresh = 0
+replay_timer_ms = 200
+coalesce_ms = 0
+store_rtt_ms = 0
+max_pps_per_sa = 1000
+safety_factor = 1.5
+[failover]
+mode = "hot"
+notify_timeout_s = 3
+oseq_jump = 5000
+[xfrm]
+netns = "iha-gw1"
+"""
+    cfg = load_daemon_config(write(tmp_path, psk, body))
+    assert cfg.failover.mode is StandbyMode.HOT
+    assert cfg.computed_jump == 300  # 1000 pps * 0.2 s * 1.5
+    assert cfg.oseq_jump == 5000
+    assert cfg.netns == "iha-gw1"
+    assert cfg.failover.notify_timeout_s == 3.0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[sync]\nmax_pps_per_sa = 0\n", r"\[sync\]\.max_pps_per_sa: must be"),
+        ("[sync]\nreplay_timer_ms = 150\n", r"\[sync\]\.replay_timer_ms: must be .*multiple"),
+        ("[sync]\nsafety_factor = 0.5\n", r"\[sync\]\.safety_factor"),
+        ("[sync]\nreplay_seq_thresh = -1\n", r"\[sync\]\.replay_seq_thresh"),
+        (
+            "[sync]\nreplay_seq_thresh = 0\nreplay_timer_ms = 0\n",
+            r"\[sync\]\.replay_timer_ms: must not be 0",
+        ),
+        ("[sync]\ntypo = 1\n", r"\[sync\]\.typo: unknown key"),
+        ('[failover]\nmode = "warm"\n', r"\[failover\]\.mode: must be \"hot\" or \"cold\""),
+        ("[failover]\noseq_jump = 10\n", r"\[failover\]\.oseq_jump: 10 is below"),
+        ("[failover]\nnotify_timeout_s = 0\n", r"\[failover\]\.notify_timeout_s"),
+        ('[xfrm]\nnetns = "a/b"\n', r"\[xfrm\]\.netns"),
+        ("[extra]\n", r"\[extra\]: unknown table"),
+        (
+            "[sync]\nmax_pps_per_sa = 100000000\nreplay_seq_thresh = 0\nreplay_timer_ms = 60000\n",
+            r"\[sync\]\.max_pps_per_sa: .*2\^31",
+        ),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, psk: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_daemon_config(write(tmp_path, psk, body))
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ({"node": 'id = "gw1"\nserver_id = "192.0.2.1"'}, r"\[node\]\.node_index: is required"),
+        ({"node": 'id = "gw 1"\nserver_id = "x"\nnode_index = 0'}, r"\[node\]\.id: must be"),
+        ({"node": 'id = "a"\nserver_id = "b"\nnode_index = 16'}, r"\[node\]\.node_index"),
+        ({"store": 'servers = []\npsk_file = "/x"'}, r"\[store\]\.servers: must be"),
+        ({"store": 'servers = ["1.2.3"]\npsk_file = "/x"'}, r"\[store\]\.servers"),
+        ({"store": 'servers = ["192.0.2.9"]\npsk_file = "rel"'}, r"\[store\]\.psk_file: must"),
+        ({"store": 'servers = ["192.0.2.9"]'}, r"\[store\]\.psk_file: is required"),
+    ],
+)
+def test_bad_node_and_store_values_name_the_key(
+    tmp_path: Path, psk: Path, tables: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_daemon_config(write(tmp_path, psk, **tables))
+
+
+def test_readable_psk_is_refused_with_chmod_advice(tmp_path: Path, psk: Path) -> None:
+    os.chmod(psk, 0o640)
+    with pytest.raises(ConfigError, match=r"\[store\]\.psk_file: .*chmod 600"):
+        load_daemon_config(write(tmp_path, psk))
+
+
+def test_missing_psk_is_refused(tmp_path: Path, psk: Path) -> None:
+    config = write(tmp_path, psk)
+    psk.unlink()
+    with pytest.raises(ConfigError, match=r"\[store\]\.psk_file: .*cannot open"):
+        load_daemon_config(config)
+
+
+def test_missing_table_and_bad_toml(tmp_path: Path, psk: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text('[node]\nid = "a"\nserver_id = "b"\nnode_index = 1\n')
+    with pytest.raises(ConfigError, match=r"\[store\]: table is required"):
+        load_daemon_config(path)
+    path.write_text("[node\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_daemon_config(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_daemon_config(tmp_path / "missing.toml")
