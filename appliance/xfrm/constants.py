@@ -1,0 +1,275 @@
+"""Numbers from ``include/uapi/linux/xfrm.h`` (Linux 6.18) and netlink.
+
+Names and values follow the header one for one, so that each line can be
+checked against it.
+"""
+
+from __future__ import annotations
+
+NETLINK_XFRM = 6
+
+# Netlink header flags (linux/netlink.h)
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_ACK = 0x04
+NLM_F_ECHO = 0x08
+NLM_F_DUMP_INTR = 0x10
+NLM_F_ROOT = 0x100
+NLM_F_MATCH = 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_CAPPED = 0x100
+NLM_F_ACK_TLVS = 0x200
+
+NLMSG_NOOP = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_EXT_ACK = 11
+NETLINK_CAP_ACK = 10
+SOL_NETLINK = 270
+
+# Extended ack attributes (NLMSGERR_ATTR_*)
+NLMSGERR_ATTR_MSG = 1
+NLMSGERR_ATTR_OFFS = 2
+
+XFRM_INF = (1 << 64) - 1
+
+# Address families and protocols used by XFRM
+AF_UNSPEC = 0
+AF_INET = 2
+AF_INET6 = 10
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+IPPROTO_COMP = 108
+IPSEC_PROTO_ANY = 255
+
+# Security context DOI / algorithms
+XFRM_SC_DOI_RESERVED = 0
+XFRM_SC_DOI_LSM = 1
+XFRM_SC_ALG_RESERVED = 0
+XFRM_SC_ALG_SELINUX = 1
+
+XFRMA_REPLAY_ESN_MAX = 4096
+
+XFRM_POLICY_TYPE_MAIN = 0
+XFRM_POLICY_TYPE_SUB = 1
+XFRM_POLICY_TYPE_MAX = 2
+XFRM_POLICY_TYPE_ANY = 255
+
+XFRM_POLICY_IN = 0
+XFRM_POLICY_OUT = 1
+XFRM_POLICY_FWD = 2
+XFRM_POLICY_MASK = 3
+XFRM_POLICY_MAX = 3
+
+XFRM_SHARE_ANY = 0
+XFRM_SHARE_SESSION = 1
+XFRM_SHARE_USER = 2
+XFRM_SHARE_UNIQUE = 3
+
+XFRM_MODE_TRANSPORT = 0
+XFRM_MODE_TUNNEL = 1
+XFRM_MODE_ROUTEOPTIMIZATION = 2
+XFRM_MODE_IN_TRIGGER = 3
+XFRM_MODE_BEET = 4
+XFRM_MODE_IPTFS = 5
+XFRM_MODE_MAX = 6
+
+# Netlink message types
+XFRM_MSG_BASE = 0x10
+XFRM_MSG_NEWSA = 0x10
+XFRM_MSG_DELSA = 0x11
+XFRM_MSG_GETSA = 0x12
+XFRM_MSG_NEWPOLICY = 0x13
+XFRM_MSG_DELPOLICY = 0x14
+XFRM_MSG_GETPOLICY = 0x15
+XFRM_MSG_ALLOCSPI = 0x16
+XFRM_MSG_ACQUIRE = 0x17
+XFRM_MSG_EXPIRE = 0x18
+XFRM_MSG_UPDPOLICY = 0x19
+XFRM_MSG_UPDSA = 0x1A
+XFRM_MSG_POLEXPIRE = 0x1B
+XFRM_MSG_FLUSHSA = 0x1C
+XFRM_MSG_FLUSHPOLICY = 0x1D
+XFRM_MSG_NEWAE = 0x1E
+XFRM_MSG_GETAE = 0x1F
+XFRM_MSG_REPORT = 0x20
+XFRM_MSG_MIGRATE = 0x21
+XFRM_MSG_NEWSADINFO = 0x22
+XFRM_MSG_GETSADINFO = 0x23
+XFRM_MSG_NEWSPDINFO = 0x24
+XFRM_MSG_GETSPDINFO = 0x25
+XFRM_MSG_MAPPING = 0x26
+XFRM_MSG_SETDEFAULT = 0x27
+XFRM_MSG_GETDEFAULT = 0x28
+XFRM_MSG_MAX = XFRM_MSG_GETDEFAULT
+
+XFRM_MSG_NAMES = {
+    value: name
+    for name, value in dict(globals()).items()
+    if name.startswith("XFRM_MSG_") and name not in ("XFRM_MSG_BASE", "XFRM_MSG_MAX")
+}
+
+# xfrm_usersa_info.flags
+XFRM_STATE_NOECN = 1
+XFRM_STATE_DECAP_DSCP = 2
+XFRM_STATE_NOPMTUDISC = 4
+XFRM_STATE_WILDRECV = 8
+XFRM_STATE_ICMP = 16
+XFRM_STATE_AF_UNSPEC = 32
+XFRM_STATE_ALIGN4 = 64
+XFRM_STATE_ESN = 128
+
+# XFRMA_SA_EXTRA_FLAGS
+XFRM_SA_XFLAG_DONT_ENCAP_DSCP = 1
+XFRM_SA_XFLAG_OSEQ_MAY_WRAP = 2
+
+# xfrm_userpolicy_info.action / flags
+XFRM_POLICY_ALLOW = 0
+XFRM_POLICY_BLOCK = 1
+XFRM_POLICY_LOCALOK = 1
+XFRM_POLICY_ICMP = 2
+
+# enum xfrm_ae_ftype_t
+XFRM_AE_UNSPEC = 0
+XFRM_AE_RTHR = 1
+XFRM_AE_RVAL = 2
+XFRM_AE_LVAL = 4
+XFRM_AE_ETHR = 8
+XFRM_AE_CR = 16
+XFRM_AE_CE = 32
+XFRM_AE_CU = 64
+
+# enum xfrm_attr_type_t, in order (the index is the attribute type)
+XFRMA_NAMES: tuple[str, ...] = (
+    "XFRMA_UNSPEC",
+    "XFRMA_ALG_AUTH",  # struct xfrm_algo
+    "XFRMA_ALG_CRYPT",  # struct xfrm_algo
+    "XFRMA_ALG_COMP",  # struct xfrm_algo
+    "XFRMA_ENCAP",  # struct xfrm_encap_tmpl
+    "XFRMA_TMPL",  # 1 or more struct xfrm_user_tmpl
+    "XFRMA_SA",  # struct xfrm_usersa_info
+    "XFRMA_POLICY",  # struct xfrm_userpolicy_info
+    "XFRMA_SEC_CTX",  # struct xfrm_user_sec_ctx + context
+    "XFRMA_LTIME_VAL",  # struct xfrm_lifetime_cur
+    "XFRMA_REPLAY_VAL",  # struct xfrm_replay_state
+    "XFRMA_REPLAY_THRESH",  # __u32
+    "XFRMA_ETIMER_THRESH",  # __u32
+    "XFRMA_SRCADDR",  # xfrm_address_t
+    "XFRMA_COADDR",  # xfrm_address_t
+    "XFRMA_LASTUSED",  # __u64
+    "XFRMA_POLICY_TYPE",  # struct xfrm_userpolicy_type
+    "XFRMA_MIGRATE",  # 1 or more struct xfrm_user_migrate
+    "XFRMA_ALG_AEAD",  # struct xfrm_algo_aead
+    "XFRMA_KMADDRESS",  # struct xfrm_user_kmaddress
+    "XFRMA_ALG_AUTH_TRUNC",  # struct xfrm_algo_auth
+    "XFRMA_MARK",  # struct xfrm_mark
+    "XFRMA_TFCPAD",  # __u32
+    "XFRMA_REPLAY_ESN_VAL",  # struct xfrm_replay_state_esn
+    "XFRMA_SA_EXTRA_FLAGS",  # __u32
+    "XFRMA_PROTO",  # __u8
+    "XFRMA_ADDRESS_FILTER",  # struct xfrm_address_filter
+    "XFRMA_PAD",
+    "XFRMA_OFFLOAD_DEV",  # struct xfrm_user_offload
+    "XFRMA_SET_MARK",  # __u32
+    "XFRMA_SET_MARK_MASK",  # __u32
+    "XFRMA_IF_ID",  # __u32
+    "XFRMA_MTIMER_THRESH",  # __u32, seconds, input SA
+    "XFRMA_SA_DIR",  # __u8
+    "XFRMA_NAT_KEEPALIVE_INTERVAL",  # __u32, seconds
+    "XFRMA_SA_PCPU",  # __u32
+    "XFRMA_IPTFS_DROP_TIME",  # __u32, usec
+    "XFRMA_IPTFS_REORDER_WINDOW",  # __u16, packets
+    "XFRMA_IPTFS_DONT_FRAG",  # flag
+    "XFRMA_IPTFS_INIT_DELAY",  # __u32, usec
+    "XFRMA_IPTFS_MAX_QSIZE",  # __u32, octets
+    "XFRMA_IPTFS_PKT_SIZE",  # __u32, octets
+)
+XFRMA = {name: index for index, name in enumerate(XFRMA_NAMES)}
+XFRMA_UNSPEC = 0
+XFRMA_ALG_AUTH = 1
+XFRMA_ALG_CRYPT = 2
+XFRMA_ALG_COMP = 3
+XFRMA_ENCAP = 4
+XFRMA_TMPL = 5
+XFRMA_SA = 6
+XFRMA_POLICY = 7
+XFRMA_SEC_CTX = 8
+XFRMA_LTIME_VAL = 9
+XFRMA_REPLAY_VAL = 10
+XFRMA_REPLAY_THRESH = 11
+XFRMA_ETIMER_THRESH = 12
+XFRMA_SRCADDR = 13
+XFRMA_COADDR = 14
+XFRMA_LASTUSED = 15
+XFRMA_POLICY_TYPE = 16
+XFRMA_MIGRATE = 17
+XFRMA_ALG_AEAD = 18
+XFRMA_KMADDRESS = 19
+XFRMA_ALG_AUTH_TRUNC = 20
+XFRMA_MARK = 21
+XFRMA_TFCPAD = 22
+XFRMA_REPLAY_ESN_VAL = 23
+XFRMA_SA_EXTRA_FLAGS = 24
+XFRMA_PROTO = 25
+XFRMA_ADDRESS_FILTER = 26
+XFRMA_PAD = 27
+XFRMA_OFFLOAD_DEV = 28
+XFRMA_SET_MARK = 29
+XFRMA_OUTPUT_MARK = XFRMA_SET_MARK  # compatibility name
+XFRMA_SET_MARK_MASK = 30
+XFRMA_IF_ID = 31
+XFRMA_MTIMER_THRESH = 32
+XFRMA_SA_DIR = 33
+XFRMA_NAT_KEEPALIVE_INTERVAL = 34
+XFRMA_SA_PCPU = 35
+XFRMA_IPTFS_DROP_TIME = 36
+XFRMA_IPTFS_REORDER_WINDOW = 37
+XFRMA_IPTFS_DONT_FRAG = 38
+XFRMA_IPTFS_INIT_DELAY = 39
+XFRMA_IPTFS_MAX_QSIZE = 40
+XFRMA_IPTFS_PKT_SIZE = 41
+XFRMA_MAX = XFRMA_IPTFS_PKT_SIZE
+
+XFRM_SA_DIR_IN = 1
+XFRM_SA_DIR_OUT = 2
+
+# xfrm_user_offload.flags
+XFRM_OFFLOAD_IPV6 = 1
+XFRM_OFFLOAD_INBOUND = 2
+XFRM_OFFLOAD_PACKET = 4
+
+# enum xfrm_sadattr_type_t / xfrm_spdattr_type_t
+XFRMA_SAD_CNT = 1
+XFRMA_SAD_HINFO = 2
+XFRMA_SPD_INFO = 1
+XFRMA_SPD_HINFO = 2
+XFRMA_SPD_IPV4_HTHRESH = 3
+XFRMA_SPD_IPV6_HTHRESH = 4
+
+# struct xfrm_userpolicy_default values
+XFRM_USERPOLICY_UNSPEC = 0
+XFRM_USERPOLICY_BLOCK = 1
+XFRM_USERPOLICY_ACCEPT = 2
+
+# enum xfrm_nlgroups (multicast group numbers, for NETLINK_ADD_MEMBERSHIP)
+XFRMNLGRP_NONE = 0
+XFRMNLGRP_ACQUIRE = 1
+XFRMNLGRP_EXPIRE = 2
+XFRMNLGRP_SA = 3
+XFRMNLGRP_POLICY = 4
+XFRMNLGRP_AEVENTS = 5
+XFRMNLGRP_REPORT = 6
+XFRMNLGRP_MIGRATE = 7
+XFRMNLGRP_MAPPING = 8
+XFRMNLGRP_MAX = XFRMNLGRP_MAPPING
+
+# UDP encapsulation types (linux/udp.h), for xfrm_encap_tmpl.encap_type
+UDP_ENCAP_ESPINUDP_NON_IKE = 1
+UDP_ENCAP_ESPINUDP = 2
+TCP_ENCAP_ESPINTCP = 7
