@@ -1,0 +1,221 @@
+"""Between wire payloads, model objects and the bytes the store keeps.
+
+What the store keeps (``SaRecord.entry`` / ``PolicyRecord.entry``) is the
+entry's **protocol encoding** with a one-byte format tag: ``0x01`` followed by
+the SAD Entry payload body, or by the SPD Entry payload body and its TSi/TSr
+bodies (each with a 2-byte length).  That encoding is lossless for the model
+(``entries.payload_to_sad(entries.sad_to_payload(e)) == e``) and
+deterministic, and keeping it lets the server store and serve entries
+without converting them through the model on every request (the model
+codec costs about a millisecond per entry in Python; the wire codec a few
+microseconds).  Clients convert to model objects.
+
+Policies are named by a compact ID: ``I`` + the 32-bit kernel policy index
+(what a wire Delete names), or ``H`` + a digest of the entry when it has no
+index.  The replay state is kept as a Replay State payload body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import socket
+import struct
+
+from appliance.errors import ApplianceError
+from appliance.model import SadEntry, SpdEntry
+from appliance.store.base import PROTO_NAMES, InvalidRequestError, SaKey
+from appliance.wire import entries
+from appliance.wire._buffer import Buffer
+from appliance.wire.constants import PayloadType
+from appliance.wire.payloads import (
+    ReplayStatePayload,
+    SadEntryPayload,
+    SaLookupPayload,
+    SpdEntryPayload,
+    UnknownPayload,
+    pull_ts_body,
+    push_ts_body,
+)
+
+#: Format tag of stored entries: protocol v1 payload bodies.
+ENTRY_FORMAT_WIRE_V1 = b"\x01"
+
+_LEN = struct.Struct("!H")
+
+
+def policy_id_for_index(index: int) -> bytes:
+    return b"I" + index.to_bytes(4, "big")
+
+
+def address_text(family: int, daddr: bytes) -> str:
+    """An ``xfrm_address_t``-style 16-byte field as address text."""
+    return _addr16(family, daddr)
+
+
+def raw_sa_key(spi: int, family: int, daddr: bytes, protocol: int) -> SaKey:
+    """The SA key of a decoded fixed part (the fast path: no address re-parsing)."""
+    if protocol not in PROTO_NAMES:
+        raise InvalidRequestError(f"protocol number {protocol} is not ESP (50), AH or IPComp")
+    return SaKey(spi, _addr16(family, daddr), protocol)
+
+
+def policy_id_for_digest(entry: bytes) -> bytes:
+    return b"H" + hashlib.sha256(entry).digest()[:16]
+
+
+def policy_id_for_identity(body: bytes, tsi: bytes, tsr: bytes) -> bytes:
+    """The ID of a policy without an index: its (selector, direction, type, mark, if_id).
+
+    protocol.md 5.2: such a policy replaces the stored one with the same identity.
+    """
+    fixed = SpdEntryPayload.pull_fixed(Buffer(body, "SPD entry payload"))
+    attributes = fixed["attributes"]
+    assert isinstance(attributes, tuple)
+    identity = [
+        fixed[name] for name in ("direction", "policy_type", "family", "prefixlen_s", "prefixlen_d")
+    ]
+    identity += [fixed[n] for n in ("sport_mask", "dport_mask", "ifindex", "user")]
+    identity += [tsi.hex(), tsr.hex()]
+    identity += [
+        (a.type, a.value.hex())
+        for a in attributes
+        if a.type in (entries.AttributeType.MARK, entries.AttributeType.IF_ID)
+    ]
+    return policy_id_for_digest(repr(identity).encode())
+
+
+def sad_raw_payload(entry: bytes) -> UnknownPayload:
+    """A stored SAD entry as a payload that encodes to exactly its stored body."""
+    _check_format(entry)
+    return UnknownPayload(PayloadType.SAD_ENTRY, entry[1:])
+
+
+def _spd_parts(entry: bytes) -> list[bytes]:
+    _check_format(entry)
+    parts = []
+    pos = 1
+    for _ in range(3):
+        (length,) = _LEN.unpack_from(entry, pos)
+        parts.append(entry[pos + 2 : pos + 2 + length])
+        pos += 2 + length
+    return parts
+
+
+def spd_raw_payloads(entry: bytes) -> list[UnknownPayload]:
+    """A stored SPD entry as its three payloads (SPD Entry, TSi, TSr), bodies as stored."""
+    body, tsi, tsr = _spd_parts(entry)
+    return [
+        UnknownPayload(PayloadType.SPD_ENTRY, body),
+        UnknownPayload(PayloadType.TSI, tsi),
+        UnknownPayload(PayloadType.TSR, tsr),
+    ]
+
+
+def _addr16(family: int, daddr: bytes) -> str:
+    if family == 2:
+        return socket.inet_ntop(socket.AF_INET, daddr[:4])
+    if family == 10:
+        return str(ipaddress.IPv6Address(daddr))
+    raise InvalidRequestError(f"address family {family} is not IPv4 (2) or IPv6 (10)")
+
+
+def sa_key_of_payload(payload: SadEntryPayload) -> SaKey:
+    return SaKey.make(payload.spi, _addr16(payload.family, payload.daddr), payload.protocol)
+
+
+def sa_key_of(entry: SadEntry) -> SaKey:
+    return SaKey.make(entry.spi, str(entry.daddr), entry.proto)
+
+
+def key_of_replay(payload: ReplayStatePayload) -> SaKey:
+    return SaKey.make(payload.spi, _addr16(payload.family, payload.daddr), payload.protocol)
+
+
+def key_of_lookup(payload: SaLookupPayload) -> SaKey:
+    if payload.family == 0:
+        raise InvalidRequestError("an SA lookup needs the destination address (family 0 given)")
+    return SaKey.make(payload.spi, _addr16(payload.family, payload.daddr), payload.protocol)
+
+
+def lookup_payload(key: SaKey) -> SaLookupPayload:
+    addr = ipaddress.ip_address(key.dst)
+    family = 2 if addr.version == 4 else 10
+    return SaLookupPayload(key.spi, key.proto, family, addr.packed.ljust(16, b"\0"))
+
+
+def _body(payload: SadEntryPayload | SpdEntryPayload | ReplayStatePayload) -> bytes:
+    buf = Buffer()
+    try:
+        payload.push_body(buf)
+    except ApplianceError as exc:
+        raise InvalidRequestError(f"entry cannot be encoded: {exc}") from None
+    return buf.getvalue()
+
+
+def sad_entry_bytes(payload: SadEntryPayload) -> bytes:
+    return ENTRY_FORMAT_WIRE_V1 + _body(payload)
+
+
+def sad_payload_from_entry(entry: bytes) -> SadEntryPayload:
+    _check_format(entry)
+    return SadEntryPayload.pull_body(Buffer(entry[1:], "stored SAD entry"))
+
+
+def spd_entry_bytes(payload: SpdEntryPayload) -> bytes:
+    parts = [_body(payload)]
+    for selector in (payload.tsi, payload.tsr):
+        buf = Buffer()
+        push_ts_body(buf, (selector,))
+        parts.append(buf.getvalue())
+    return ENTRY_FORMAT_WIRE_V1 + b"".join(_LEN.pack(len(p)) + p for p in parts)
+
+
+def spd_payload_from_entry(entry: bytes) -> SpdEntryPayload:
+    parts = _spd_parts(entry)
+    fixed = SpdEntryPayload.pull_fixed(Buffer(parts[0], "stored SPD entry"))
+    (tsi,) = pull_ts_body(Buffer(parts[1], "stored TSi"))
+    (tsr,) = pull_ts_body(Buffer(parts[2], "stored TSr"))
+    return SpdEntryPayload(tsi=tsi, tsr=tsr, **fixed)
+
+
+def _check_format(entry: bytes) -> None:
+    if entry[:1] != ENTRY_FORMAT_WIRE_V1:
+        raise InvalidRequestError(f"stored entry has unknown format tag {entry[:1].hex()}")
+
+
+def policy_id_of_payload(payload: SpdEntryPayload, entry: bytes) -> bytes:
+    """The policy's store ID: its kernel index, or a digest when it has none."""
+    if payload.index:
+        return policy_id_for_index(payload.index)
+    return policy_id_for_digest(entry)
+
+
+def replay_to_bytes(payload: ReplayStatePayload) -> bytes:
+    return _body(payload)
+
+
+def replay_from_bytes(data: bytes) -> ReplayStatePayload:
+    return ReplayStatePayload.pull_body(Buffer(data, "stored replay state"))
+
+
+def sad_from_payload(payload: SadEntryPayload) -> SadEntry:
+    try:
+        return entries.payload_to_sad(payload)
+    except (ApplianceError, ValueError) as exc:
+        raise InvalidRequestError(f"SAD entry payload: {exc}") from None
+
+
+def spd_from_payload(payload: SpdEntryPayload) -> SpdEntry:
+    try:
+        return entries.payload_to_spd(payload)
+    except (ApplianceError, ValueError) as exc:
+        raise InvalidRequestError(f"SPD entry payload: {exc}") from None
+
+
+def sad_to_payload(entry: SadEntry) -> SadEntryPayload:
+    return entries.sad_to_payload(entry)
+
+
+def spd_to_payload(entry: SpdEntry) -> SpdEntryPayload:
+    return entries.spd_to_payload(entry)

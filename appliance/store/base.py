@@ -1,0 +1,459 @@
+"""The SA store interface shared by every backend, its records and its errors.
+
+Theory of operation
+-------------------
+The store keeps, per *server ID* (the draft's name for a backend gateway: an
+IP address or an FQDN), the IPsec state that gateway deposited:
+
+* SAs, indexed by ``(SPI, destination, protocol)`` (:class:`SaKey`), each with
+  its canonical serialisation (opaque bytes from :mod:`appliance.model`), its
+  latest replay state (updated on its own, frequently), a reserved slot for
+  the IKE SA it belongs to, and the IDs of the SPD entries that belong to it;
+* SPD entries (policies), identified within their server by a caller-given
+  ``policy_id`` and stored as opaque canonical bytes.  A policy can belong to
+  several SAs (rekeying keeps two SAs on one policy) or to none (bulk state).
+
+The store never decodes entries: it only needs the index keys the caller
+passes with them.  Three rules hold in every backend:
+
+1. **No SPI collisions.**  An SA key belongs to at most one server ID; a write
+   of that key by another server fails with :class:`SpiCollisionError`
+   (the draft: collisions MUST NOT occur).
+2. **Owner epochs.**  Each server ID has an epoch.  A write carrying an older
+   epoch fails with :class:`StaleEpochError`, so a deposed master can never
+   overwrite what its successor took over.  A write with a newer epoch raises
+   the stored one in the same transaction; :meth:`SaStore.claim` raises it
+   without writing anything (the new master takes over).
+3. **One message, one transaction.**  Every mutating call applies all of its
+   entries or none of them.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import enum
+import ipaddress
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from appliance.errors import ApplianceError
+
+#: Largest server ID: an FQDN is at most 253 characters.
+MAX_SERVER_ID_LEN = 253
+#: Largest policy ID; callers derive it from the policy's index (or selector and direction).
+MAX_POLICY_ID_LEN = 32
+#: Largest page cursor a backend hands out (the wire's Page payload limit).
+MAX_CURSOR_LEN = 64
+#: Largest single entry we accept, a sanity bound far above any XFRM state.
+MAX_ENTRY_LEN = 64 * 1024
+#: Largest epoch: SQLite integers are signed 64-bit, so epochs stop at 2**63 - 1.
+MAX_EPOCH = 2**63 - 1
+
+_SERVER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+PROTO_NUMBERS = {"esp": 50, "ah": 51, "comp": 108}
+PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
+
+
+class Status(enum.IntEnum):
+    """Outcome of a store operation; the server sends these codes on the wire."""
+
+    OK = 0
+    SPI_COLLISION = 1
+    STALE_EPOCH = 2
+    NOT_FOUND = 3
+    INVALID = 4
+    UNAVAILABLE = 5
+    INTERNAL = 6
+
+
+class StoreError(ApplianceError):
+    """A store operation failed; ``status`` says how (a :class:`Status`)."""
+
+    status = Status.INTERNAL
+
+
+class SpiCollisionError(StoreError):
+    """The SA key already belongs to another server ID."""
+
+    status = Status.SPI_COLLISION
+
+    def __init__(self, message: str, key: SaKey | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StaleEpochError(StoreError):
+    """The write carries an epoch older than the server ID's current one."""
+
+    status = Status.STALE_EPOCH
+
+    def __init__(self, message: str, current_epoch: int = 0) -> None:
+        super().__init__(message)
+        self.current_epoch = current_epoch
+
+
+class NotFoundError(StoreError):
+    """The SA to update is not in the store (or not under this server ID)."""
+
+    status = Status.NOT_FOUND
+
+
+class InvalidRequestError(StoreError):
+    """The request itself is malformed (bad server ID, oversized entry...)."""
+
+    status = Status.INVALID
+
+
+class StoreUnavailableError(StoreError):
+    """The backend cannot be reached or refused to work (etcd down, disk full)."""
+
+    status = Status.UNAVAILABLE
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer ipsec-ha whose schema we do not know."""
+
+    status = Status.UNAVAILABLE
+
+
+ERRORS_BY_STATUS: dict[Status, type[StoreError]] = {
+    Status.SPI_COLLISION: SpiCollisionError,
+    Status.STALE_EPOCH: StaleEpochError,
+    Status.NOT_FOUND: NotFoundError,
+    Status.INVALID: InvalidRequestError,
+    Status.UNAVAILABLE: StoreUnavailableError,
+    Status.INTERNAL: StoreError,
+}
+
+
+@dataclass(frozen=True, order=True)
+class SaKey:
+    """The SAD index of one SA: ``(SPI, destination address, IP protocol)``."""
+
+    spi: int
+    """The SPI, 0..2**32-1 (host order)."""
+    dst: str
+    """The destination address in its compressed text form."""
+    proto: int
+    """The IP protocol number: 50 (ESP), 51 (AH) or 108 (IPComp)."""
+
+    @classmethod
+    def make(cls, spi: int, dst: str, proto: int | str) -> SaKey:
+        """Validate and normalise (``2001:DB8::1`` and ``2001:db8:0::1`` are one key)."""
+        if isinstance(spi, bool) or not isinstance(spi, int) or not 0 <= spi < 2**32:
+            raise InvalidRequestError(f"SPI must be an integer 0..0xffffffff, got {spi!r}")
+        try:
+            addr = ipaddress.ip_address(dst)
+        except ValueError:
+            raise InvalidRequestError(f"destination {dst!r} is not an IP address") from None
+        if isinstance(proto, str):
+            if proto.lower() not in PROTO_NUMBERS:
+                raise InvalidRequestError(
+                    f"protocol {proto!r} is not one of {', '.join(PROTO_NUMBERS)}"
+                )
+            proto = PROTO_NUMBERS[proto.lower()]
+        if proto not in PROTO_NAMES:
+            raise InvalidRequestError(f"protocol number {proto!r} is not ESP (50), AH or IPComp")
+        return cls(spi, addr.compressed, proto)
+
+    def __str__(self) -> str:
+        return f"{PROTO_NAMES.get(self.proto, self.proto)} spi 0x{self.spi:08x} dst {self.dst}"
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    """One SPD entry as stored: its ID within the server and its canonical bytes."""
+
+    policy_id: bytes
+    entry: bytes
+
+
+@dataclass(frozen=True)
+class SaPut:
+    """One SA to store, with the SPD entries that belong to it."""
+
+    key: SaKey
+    entry: bytes
+    policies: tuple[PolicyRecord, ...] = ()
+    ike_sa: bytes | None = None
+    """Reserved: the IKE SA this SA belongs to, once the IKE state is stored."""
+    replay: bytes | None = None
+    """The replay state at the time of the write, if the caller has a newer one than ``entry``."""
+
+
+@dataclass(frozen=True)
+class SaRecord:
+    """One SA as retrieved."""
+
+    key: SaKey
+    entry: bytes
+    policy_ids: tuple[bytes, ...]
+    replay: bytes | None = None
+    """The latest replay state sent with :meth:`SaStore.update_replay` (None: only ``entry``)."""
+    ike_sa: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SaLookup:
+    """The answer to a lookup by SPI: the SA, its owner and its SPD entries."""
+
+    server_id: str
+    epoch: int
+    sa: SaRecord
+    policies: tuple[PolicyRecord, ...]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a server's state; ``cursor`` is None on the last page."""
+
+    epoch: int
+    sas: tuple[SaRecord, ...]
+    policies: tuple[PolicyRecord, ...]
+    cursor: bytes | None
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Per-server counters."""
+
+    server_id: str
+    epoch: int
+    sas: int
+    policies: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What ``ipsec-ha store stats`` shows about the backend."""
+
+    backend: str
+    servers: tuple[ServerStats, ...]
+    size_bytes: int
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def check_server_id(server_id: str) -> str:
+    """A server ID is an IP address or an FQDN: letters, digits, ``.-_:``."""
+    if not isinstance(server_id, str) or not server_id:
+        raise InvalidRequestError("server ID must be a non-empty string")
+    if len(server_id) > MAX_SERVER_ID_LEN or not _SERVER_ID_RE.match(server_id):
+        raise InvalidRequestError(
+            f"server ID {server_id[:64]!r} must be 1..{MAX_SERVER_ID_LEN} characters "
+            "of letters, digits and . - _ : (an IP address or FQDN)"
+        )
+    return server_id
+
+
+def check_epoch(epoch: int) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+        raise InvalidRequestError(f"epoch must be an integer 0..2**63-1, got {epoch!r}")
+    return epoch
+
+
+def _check_blob(what: object, blob: bytes | None, limit: int = MAX_ENTRY_LEN) -> None:
+    if blob is None:
+        return
+    if not isinstance(blob, bytes) or len(blob) > limit:
+        raise InvalidRequestError(f"{what} must be bytes of at most {limit} bytes")
+
+
+class _Label:
+    """A message part built only when an error is raised (batches hold thousands of entries)."""
+
+    def __init__(self, fmt: str, *args: object) -> None:
+        self.fmt = fmt
+        self.args = args
+
+    def __str__(self) -> str:
+        return self.fmt.format(*self.args)
+
+
+def check_put(sas: Sequence[SaPut], policies: Sequence[PolicyRecord]) -> None:
+    """Reject malformed batches before any backend work (nothing is written)."""
+    seen: set[SaKey] = set()
+    for sa in sas:
+        if not isinstance(sa.key, SaKey):
+            raise InvalidRequestError("SA key must be an SaKey")
+        if sa.key in seen:
+            raise InvalidRequestError(f"SA {sa.key} appears twice in one batch")
+        seen.add(sa.key)
+        _check_blob(_Label("SA {} entry", sa.key), sa.entry)
+        if sa.ike_sa is not None:
+            _check_blob(_Label("SA {} IKE SA", sa.key), sa.ike_sa)
+        if sa.replay is not None:
+            _check_blob(_Label("SA {} replay state", sa.key), sa.replay)
+        if not sa.entry:
+            raise InvalidRequestError(f"SA {sa.key} entry is empty")
+        for pol in sa.policies:
+            check_policy(pol)
+    for pol in policies:
+        check_policy(pol)
+
+
+def check_policy(pol: PolicyRecord) -> None:
+    if not isinstance(pol.policy_id, bytes) or not 0 < len(pol.policy_id) <= MAX_POLICY_ID_LEN:
+        raise InvalidRequestError(f"policy ID must be 1..{MAX_POLICY_ID_LEN} bytes")
+    _check_blob(_Label("policy {} entry", pol.policy_id.hex()[:32]), pol.entry)
+    if not pol.entry:
+        raise InvalidRequestError(f"policy {pol.policy_id.hex()[:32]} entry is empty")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Everything one SA_Stor message changes; applied as one transaction."""
+
+    puts: tuple[SaPut, ...] = ()
+    policies: tuple[PolicyRecord, ...] = ()
+    """Standalone SPD entries (bulk state without an SA)."""
+    delete_sas: tuple[SaKey, ...] = ()
+    delete_policies: tuple[bytes, ...] = ()
+    replay: tuple[tuple[SaKey, bytes], ...] = ()
+    """Replay-state-only updates of SAs already stored."""
+
+    def __bool__(self) -> bool:
+        return any((self.puts, self.policies, self.delete_sas, self.delete_policies, self.replay))
+
+
+def check_batch(batch: Batch) -> None:
+    """Reject malformed batches before any backend work (nothing is written)."""
+    check_put(batch.puts, batch.policies)
+    put_keys = {sa.key for sa in batch.puts}
+    for key in batch.delete_sas:
+        if not isinstance(key, SaKey):
+            raise InvalidRequestError("SA key must be an SaKey")
+        if key in put_keys:
+            raise InvalidRequestError(f"SA {key} is both stored and deleted in one batch")
+    for pid in batch.delete_policies:
+        check_policy(PolicyRecord(pid, b"-"))
+    put_pids = {p.policy_id for p in batch.policies} | {
+        p.policy_id for sa in batch.puts for p in sa.policies
+    }
+    if put_pids & set(batch.delete_policies):
+        raise InvalidRequestError("a policy is both stored and deleted in one batch")
+    seen: set[SaKey] = set()
+    for key, replay in batch.replay:
+        if not isinstance(key, SaKey):
+            raise InvalidRequestError("SA key must be an SaKey")
+        if key in put_keys or key in batch.delete_sas or key in seen:
+            raise InvalidRequestError(f"replay update of SA {key} conflicts in one batch")
+        seen.add(key)
+        _check_blob(_Label("SA {} replay state", key), replay)
+        if not replay:
+            raise InvalidRequestError(f"SA {key} replay state is empty")
+
+
+class SaStore(abc.ABC):
+    """One interface, two backends (:mod:`.sqlite`, :mod:`.etcd`).
+
+    Every method is synchronous and thread-compatible (one caller at a time);
+    the UDP server calls them from a single worker thread.
+    """
+
+    backend_name = "abstract"
+
+    @abc.abstractmethod
+    def claim(self, server_id: str, epoch: int | None = None) -> int:
+        """Raise the server ID's epoch atomically and return the new value.
+
+        ``epoch=None`` takes current + 1.  An explicit epoch must be greater
+        than the current one, or :class:`StaleEpochError` (two claimants can
+        never both win the same epoch).
+        """
+
+    @abc.abstractmethod
+    def epoch(self, server_id: str) -> int:
+        """The server ID's current epoch (0 if it never wrote)."""
+
+    @abc.abstractmethod
+    def apply(self, server_id: str, epoch: int, batch: Batch) -> None:
+        """Apply one message's changes atomically: deletes, then puts, then replay updates.
+
+        Raises :class:`StaleEpochError`, :class:`SpiCollisionError` (an SA key
+        of another server), :class:`NotFoundError` (a replay update for an SA
+        this server does not have) or :class:`InvalidRequestError`; then
+        nothing was changed.
+        """
+
+    def put(
+        self,
+        server_id: str,
+        epoch: int,
+        sas: Sequence[SaPut],
+        policies: Sequence[PolicyRecord] = (),
+    ) -> None:
+        """Store or replace SAs (with their policies) and standalone policies, atomically."""
+        self.apply(server_id, epoch, Batch(puts=tuple(sas), policies=tuple(policies)))
+
+    def delete(
+        self,
+        server_id: str,
+        epoch: int,
+        sa_keys: Sequence[SaKey] = (),
+        policy_ids: Sequence[bytes] = (),
+    ) -> None:
+        """Delete SAs and policies of this server ID atomically; absent ones are ignored."""
+        self.apply(
+            server_id, epoch, Batch(delete_sas=tuple(sa_keys), delete_policies=tuple(policy_ids))
+        )
+
+    def update_replay(
+        self, server_id: str, epoch: int, updates: Sequence[tuple[SaKey, bytes]]
+    ) -> None:
+        """Replace the replay state of existing SAs of this server ID, atomically."""
+        self.apply(server_id, epoch, Batch(replay=tuple(updates)))
+
+    @abc.abstractmethod
+    def keys_for_spi(self, server_id: str, spi: int, proto: int) -> list[SaKey]:
+        """This server's SA keys with this SPI and protocol (a wire Delete names no address)."""
+
+    @abc.abstractmethod
+    def sa_cursor(self, key: SaKey) -> bytes:
+        """The cursor that resumes a page walk after this SA."""
+
+    @abc.abstractmethod
+    def policy_cursor(self, policy_id: bytes) -> bytes:
+        """The cursor that resumes a page walk after this policy."""
+
+    @abc.abstractmethod
+    def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
+        """One page of the server's SAs, then of its policies; pass ``cursor`` on."""
+
+    @abc.abstractmethod
+    def get_by_spi(self, key: SaKey) -> SaLookup | None:
+        """The SA with this key, its owner and its SPD entries; None if absent."""
+
+    @abc.abstractmethod
+    def stats(self) -> StoreStats:
+        """Counts per server, epochs, size."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend's resources."""
+
+    def group(self) -> contextlib.AbstractContextManager[None]:
+        """Group commit of several calls, where the backend has one (SQLite); else a no-op.
+
+        Each call inside stays all-or-nothing; the caller acknowledges them
+        only after the block ends without an error.
+        """
+        return contextlib.nullcontext()
+
+    def iter_server(self, server_id: str, limit: int = 256) -> Iterator[Page]:
+        """Every page of a server's state, in order."""
+        cursor: bytes | None = None
+        while True:
+            page = self.get_page(server_id, cursor, limit)
+            yield page
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    def __enter__(self) -> SaStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,555 @@
+"""The store client the daemon and the CLI use: blocking calls over the protected channel.
+
+Each call encodes requests (:mod:`appliance.wire`), protects them with the
+sans-IO channel endpoint (client role) and drives both over one connected UDP
+socket.  Requests are retransmitted with exponential backoff (``timeout``,
+doubling, ``retries`` times) under the same message ID, which the server
+recognises and answers from its cache, so a retransmission is never applied
+twice.  Up to ``window`` requests are in flight at once for bulk stores.
+
+Errors are :class:`~appliance.store.base.StoreError` subclasses:
+:class:`StoreTimeoutError` (no answer), :class:`SpiCollisionError`,
+:class:`StaleEpochError`, :class:`NotFoundError`, :class:`InvalidRequestError`
+(the store refused the request as malformed) and :class:`StoreRefusedError`
+(any other refusal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import select
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
+from appliance.channel.events import DataReceived, HandshakeFailed
+from appliance.model import SadEntry, Snapshot, SpdEntry
+from appliance.store import _convert as conv
+from appliance.store import _rawwire
+from appliance.store.base import (
+    InvalidRequestError,
+    NotFoundError,
+    SaKey,
+    SpiCollisionError,
+    StaleEpochError,
+    StoreError,
+    StoreUnavailableError,
+)
+from appliance.store.config import ClientConfig, load_psk
+from appliance.wire import entries
+from appliance.wire._errors import WireError
+from appliance.wire.constants import (
+    CHANNEL_OVERHEAD,
+    HEADER_LENGTH,
+    ExchangeType,
+    ProtocolId,
+    Status,
+)
+from appliance.wire.messages import Message, decode_message, encode_message, encoded_payload_length
+from appliance.wire.payloads import (
+    Delete,
+    EpochPayload,
+    IkeSaPayload,
+    Notify,
+    PagePayload,
+    Payload,
+    ReplayStatePayload,
+    SadEntryPayload,
+    ServerIdPayload,
+    SpdEntryPayload,
+)
+
+
+class StoreTimeoutError(StoreUnavailableError):
+    """The store did not answer after every retransmission."""
+
+
+class StoreRefusedError(StoreError):
+    """The store answered with an error status this client has no finer class for."""
+
+
+_ERRORS: dict[int, type[StoreError]] = {
+    Status.SPI_COLLISION: SpiCollisionError,
+    Status.STALE_EPOCH: StaleEpochError,
+    Status.NOT_FOUND: NotFoundError,
+    Status.MALFORMED: InvalidRequestError,
+    Status.BUSY: StoreUnavailableError,
+}
+
+
+@dataclass
+class RetrievedState:
+    """A server ID's whole state, as retrieved page by page.
+
+    The entries are kept as they came (``sad_entries`` / ``spd_entries``: the
+    store's entry encoding, see ``appliance.store._convert``); ``sad`` and
+    ``spd`` convert them to model objects on first use, because the model
+    conversion costs far more than the transfer.
+    """
+
+    server_id: str
+    epoch: int
+    sad_entries: list[bytes] = field(default_factory=list)
+    spd_entries: list[bytes] = field(default_factory=list)
+    replay: dict[SaKey, ReplayStatePayload] = field(default_factory=dict)
+    """The latest replay state sent for an SA since its last full store."""
+    ike_sa: dict[SaKey, bytes] = field(default_factory=dict)
+    pages: int = 0
+    _sad: list[SadEntry] | None = field(default=None, repr=False)
+    _spd: list[SpdEntry] | None = field(default=None, repr=False)
+
+    @property
+    def sad_payloads(self) -> list[SadEntryPayload]:
+        return [conv.sad_payload_from_entry(e) for e in self.sad_entries]
+
+    @property
+    def spd_payloads(self) -> list[SpdEntryPayload]:
+        return [conv.spd_payload_from_entry(e) for e in self.spd_entries]
+
+    @property
+    def sad(self) -> list[SadEntry]:
+        if self._sad is None:
+            self._sad = [conv.sad_from_payload(p) for p in self.sad_payloads]
+        return self._sad
+
+    @property
+    def spd(self) -> list[SpdEntry]:
+        if self._spd is None:
+            self._spd = [conv.spd_from_payload(p) for p in self.spd_payloads]
+        return self._spd
+
+
+@dataclass
+class SaAnswer:
+    """One SA retrieved by (SPI, destination, protocol), with its owner and policies."""
+
+    server_id: str
+    epoch: int
+    sad: SadEntry
+    spd: list[SpdEntry]
+    replay: ReplayStatePayload | None
+    ike_sa: bytes | None
+
+
+def policies_for(sa: SadEntry, spd: Iterable[SpdEntry]) -> list[SpdEntry]:
+    """The policies that use ``sa``: a template with its reqid, protocol and (if set) address."""
+    return PolicyIndex(spd).policies_for(sa)
+
+
+class PolicyIndex:
+    """Policies by template reqid, so that grouping N SAs with N policies is O(N)."""
+
+    def __init__(self, spd: Iterable[SpdEntry]) -> None:
+        self._by_reqid: dict[int, list[SpdEntry]] = {}
+        for pol in spd:
+            for reqid in {t.reqid for t in pol.templates if t.reqid}:
+                self._by_reqid.setdefault(reqid, []).append(pol)
+
+    def policies_for(self, sa: SadEntry) -> list[SpdEntry]:
+        if not sa.reqid:
+            return []
+        out = []
+        for pol in self._by_reqid.get(sa.reqid, ()):
+            for tmpl in pol.templates:
+                if (
+                    tmpl.reqid == sa.reqid
+                    and tmpl.proto == sa.proto
+                    and int(tmpl.daddr) in (0, int(sa.daddr))
+                ):
+                    out.append(pol)
+                    break
+        return out
+
+
+def merge_replay(sa: SadEntry, replay: ReplayStatePayload) -> SadEntry:
+    """``sa`` with the counters of its latest replay update (for restore and snapshots)."""
+    return entries.apply_replay_update(sa, replay)
+
+
+class StoreClient:
+    """A connection to one store server."""
+
+    def __init__(
+        self,
+        server: str,
+        port: int,
+        psk: bytes,
+        node_id: str,
+        *,
+        timeout: float = 0.5,
+        retries: int = 5,
+        max_datagram: int = 1400,
+        window: int = 8,
+    ) -> None:
+        self.server = str(ipaddress.ip_address(server))
+        self.port = port
+        self.node_id = node_id
+        self.timeout = timeout
+        self.retries = retries
+        self.max_datagram = max_datagram
+        # Keep what is in flight well inside the server's receive buffer.
+        self.window = max(1, min(window, 256 * 1024 // max_datagram))
+        self._addr = (self.server, port)
+        family = socket.AF_INET6 if ":" in self.server else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self._sock.connect(self._addr)
+        self._sock.setblocking(False)
+        self._channel = ChannelEndpoint(
+            psk,
+            node_id,
+            Role.CLIENT,
+            ChannelConfig(
+                handshake_initial_timeout=timeout,
+                handshake_attempts=retries + 1,
+                # After a store restart our association is unknown there: re-handshake soon.
+                dead_peer_timeout=max(1.0, timeout * 4),
+            ),
+        )
+        # A random start keeps a restarted client's message IDs apart from its old ones,
+        # which the server may still hold in its retransmission cache.
+        self._next_id = int.from_bytes(os.urandom(4), "big")
+        self.retransmissions = 0
+        self._raw = False
+
+    @classmethod
+    def from_config(cls, cfg: ClientConfig, **overrides: Any) -> StoreClient:
+        params: dict[str, Any] = {
+            "timeout": cfg.timeout,
+            "retries": cfg.retries,
+            "max_datagram": cfg.max_datagram,
+        }
+        params.update(overrides)
+        return cls(cfg.server, cfg.port, load_psk(cfg.psk_file), cfg.node_id, **params)
+
+    def __enter__(self) -> StoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    # -- the I/O loop -----------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"store {self.server} port {self.port}"
+
+    def _flush(self) -> None:
+        for datagram, _ in self._channel.datagrams_to_send(time.monotonic()):
+            # ICMP-refused or buffer full: the retransmission timer covers it.
+            with contextlib.suppress(OSError):
+                self._sock.send(datagram)
+
+    def connect(self) -> None:
+        """Run the handshake (a call does it on demand too); StoreTimeoutError if no answer."""
+        if self._channel.established:
+            return
+        self._channel.connect(self._addr, time.monotonic())
+        self._flush()
+        while not self._channel.established:
+            self._pump(time.monotonic() + self.timeout, {})
+
+    def _pump(self, until: float, waiting: dict[int, Message | None]) -> None:
+        """Wait for datagrams until ``until`` (or the channel's timer); record responses."""
+        now = time.monotonic()
+        timer = self._channel.get_timer()
+        deadline = min(until, timer) if timer is not None else until
+        readable, _, _ = select.select([self._sock], [], [], max(0.0, deadline - now))
+        now = time.monotonic()
+        if readable:
+            while True:
+                try:
+                    data = self._sock.recv(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break  # ICMP port unreachable: keep waiting, the timer retransmits
+                for event in self._channel.receive_datagram(data, self._addr, now):
+                    self._event(event, waiting)
+        timer = self._channel.get_timer()
+        if timer is not None and now >= timer:
+            self._channel.handle_timer(now)
+            while (pending := self._channel.next_event()) is not None:
+                self._event(pending, waiting)
+        self._flush()
+
+    def _event(self, event: object, waiting: dict[int, Message | None]) -> None:
+        if isinstance(event, HandshakeFailed):
+            raise StoreTimeoutError(
+                f"{self._where()} did not answer the handshake ({event.reason}); "
+                "check the address, port, firewall and that both use the same cluster key"
+            )
+        if isinstance(event, DataReceived):
+            try:
+                message: Any = (_rawwire.split if self._raw else decode_message)(event.data)
+            except WireError:
+                return
+            if message.response and message.message_id in waiting:
+                waiting[message.message_id] = message
+
+    def _new_id(self) -> int:
+        mid = self._next_id
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return mid
+
+    def exchange(
+        self, requests: Sequence[tuple[ExchangeType, Sequence[Payload]]], raw: bool = False
+    ) -> list[Any]:
+        """Send requests (``window`` at a time) and return their responses, in order.
+
+        With ``raw``, responses are :class:`~._rawwire.RawMessage` (entries undecoded).
+        """
+        self._raw = raw
+        self.connect()
+        messages = [Message(ex, self._new_id(), tuple(p)) for ex, p in requests]
+        encoded = [encode_message(m) for m in messages]
+        waiting: dict[int, Any] = {}
+        timers: dict[int, tuple[float, float, int]] = {}  # id -> (deadline, timeout, attempts)
+        index_of = {m.message_id: i for i, m in enumerate(messages)}
+        results: list[Any] = [None] * len(messages)
+        next_to_send = 0
+        done = 0
+        while done < len(messages):
+            now = time.monotonic()
+            while next_to_send < len(messages) and len(timers) < self.window:
+                mid = messages[next_to_send].message_id
+                waiting[mid] = None
+                self._channel.send(encoded[next_to_send], now)
+                timers[mid] = (now + self.timeout, self.timeout, 1)
+                next_to_send += 1
+            self._flush()
+            self._pump(min(t[0] for t in timers.values()), waiting)
+            now = time.monotonic()
+            for mid in list(timers):
+                answer = waiting.get(mid)
+                if answer is not None:
+                    results[index_of[mid]] = answer
+                    del timers[mid], waiting[mid]
+                    done += 1
+                    continue
+                deadline, timeout, attempts = timers[mid]
+                if now < deadline:
+                    continue
+                if attempts > self.retries:
+                    raise StoreTimeoutError(
+                        f"{self._where()} did not answer {messages[index_of[mid]].exchange.name} "
+                        f"after {attempts} attempts"
+                    )
+                self.retransmissions += 1
+                self._channel.send(encoded[index_of[mid]], now)
+                timers[mid] = (now + timeout * 2, timeout * 2, attempts + 1)
+        return [r for r in results if r is not None]
+
+    def _call(self, exchange: ExchangeType, payloads: Sequence[Payload]) -> Message:
+        (response,) = self.exchange([(exchange, payloads)])
+        assert isinstance(response, Message)
+        check_response(response)
+        return response
+
+    # -- operations ----------------------------------------------------------------
+
+    def heartbeat(self) -> dict[str, Any]:
+        """Liveness check; returns the store's statistics."""
+        response = self._call(ExchangeType.HEARTBEAT, ())
+        status = response.status
+        try:
+            stats: dict[str, Any] = json.loads(status.data) if status and status.data else {}
+        except ValueError:
+            stats = {}
+        return stats
+
+    stats = heartbeat
+
+    def claim(self, server_id: str, epoch: int = 0) -> int:
+        """Raise ``server_id``'s epoch (0: current + 1); returns the new epoch."""
+        response = self._call(
+            ExchangeType.SA_STOR, [ServerIdPayload.parse(server_id), EpochPayload(epoch)]
+        )
+        ep = response.first(EpochPayload)
+        return epoch if ep is None else ep.epoch
+
+    def _pack(
+        self, server_id: str, epoch: int, groups: Iterable[Sequence[Payload]]
+    ) -> list[list[Payload]]:
+        head: list[Payload] = [ServerIdPayload.parse(server_id), EpochPayload(epoch)]
+        budget = (
+            self.max_datagram
+            - CHANNEL_OVERHEAD
+            - HEADER_LENGTH
+            - sum(encoded_payload_length(p) for p in head)
+        )
+        messages: list[list[Payload]] = []
+        current: list[Payload] = []
+        used = 0
+        for entries_group in groups:
+            # Each entry is encoded once, here; the message encoding then only copies bytes.
+            group = [chunk for p in entries_group for chunk in _pre_encoded(p)]
+            size = sum(encoded_payload_length(p) for p in group)
+            if size > budget:
+                raise InvalidRequestError(
+                    f"one SA with its policies takes {size} bytes, more than a "
+                    f"{self.max_datagram}-byte datagram holds; raise max_datagram"
+                )
+            if current and used + size > budget:
+                messages.append(head + current)
+                current, used = [], 0
+            current += group
+            used += size
+        if current:
+            messages.append(head + current)
+        return messages
+
+    def put_entries(
+        self,
+        server_id: str,
+        epoch: int,
+        sad: Sequence[SadEntry],
+        spd: Sequence[SpdEntry] = (),
+        *,
+        replay: dict[SaKey, ReplayStatePayload] | None = None,
+    ) -> int:
+        """Store SAs with the policies that use them, and the other policies on their own.
+
+        Each datagram is one transaction at the store; a bulk store of many
+        datagrams is not atomic as a whole (a snapshot can be re-sent).
+        Returns the number of SA_Stor messages sent.
+        """
+        used: set[int] = set()
+        groups: list[list[Payload]] = []
+        index = PolicyIndex(spd)
+        for sa in sad:
+            group: list[Payload] = [conv.sad_to_payload(sa)]
+            key = conv.sa_key_of(sa)
+            if replay and key in replay:
+                group.append(replay[key])
+            for pol in index.policies_for(sa):
+                used.add(id(pol))
+                group.append(conv.spd_to_payload(pol))
+            groups.append(group)
+        # Policies without an SA go first in their message, before any SAD entry.
+        standalone = [[conv.spd_to_payload(p)] for p in spd if id(p) not in used]
+        messages = self._pack(server_id, epoch, standalone) + self._pack(server_id, epoch, groups)
+        self._store_messages(messages)
+        return len(messages)
+
+    def _store_messages(self, messages: list[list[Payload]]) -> None:
+        for response in self.exchange([(ExchangeType.SA_STOR, m) for m in messages]):
+            check_response(response)
+
+    def put_snapshot(self, snapshot: Snapshot, epoch: int, server_id: str | None = None) -> int:
+        """Store every SA and policy of a snapshot under ``server_id`` (default: its node ID)."""
+        return self.put_entries(server_id or snapshot.node_id, epoch, snapshot.sad, snapshot.spd)
+
+    def delete(
+        self,
+        server_id: str,
+        epoch: int,
+        spis: Sequence[tuple[int, int]] = (),
+        policy_indexes: Sequence[int] = (),
+    ) -> None:
+        """Delete SAs named by (SPI, IP protocol) and policies by kernel index, in one message."""
+        payloads: list[Payload] = [ServerIdPayload.parse(server_id), EpochPayload(epoch)]
+        by_proto: dict[int, list[int]] = {}
+        for spi, proto in spis:
+            by_proto.setdefault(proto, []).append(spi)
+        for proto, proto_spis in by_proto.items():
+            pid = {50: ProtocolId.ESP, 51: ProtocolId.AH, 108: ProtocolId.IPCOMP}[proto]
+            payloads.append(Delete(pid, tuple(proto_spis)))
+        if policy_indexes:
+            payloads.append(Delete(ProtocolId.SPD_INDEX, tuple(policy_indexes)))
+        self._call(ExchangeType.SA_STOR, payloads)
+
+    def update_replay(
+        self, server_id: str, epoch: int, states: Sequence[ReplayStatePayload]
+    ) -> int:
+        """Send replay-state-only updates (small, frequent); returns the messages sent."""
+        messages = self._pack(server_id, epoch, ([s] for s in states))
+        self._store_messages(messages)
+        return len(messages)
+
+    def get_server(self, server_id: str) -> RetrievedState:
+        """Every SA and policy stored under ``server_id`` (all pages)."""
+        state = RetrievedState(server_id, 0)
+        cursor = b""
+        page_size = min(self.max_datagram, 65535)
+        while True:
+            request: list[Payload] = [
+                ServerIdPayload.parse(server_id),
+                PagePayload(page_size, cursor),
+            ]
+            (raw,) = self.exchange([(ExchangeType.SA_RETR, request)], raw=True)
+            state.pages += 1
+            items = _rawwire.parse_retr_items(raw.chunks)
+            status = tuple(p for p in items if isinstance(p, Notify | EpochPayload))
+            check_response(Message(raw.exchange, raw.message_id, status, True))
+            last: _rawwire.SadBody | None = None
+            next_cursor = None
+            for p in items:
+                if isinstance(p, _rawwire.SadBody):
+                    state.sad_entries.append(conv.ENTRY_FORMAT_WIRE_V1 + p.body)
+                    last = p
+                elif isinstance(p, _rawwire.RawSpd):
+                    state.spd_entries.append(conv.ENTRY_FORMAT_WIRE_V1 + p.stored())
+                elif isinstance(p, ReplayStatePayload):
+                    state.replay[conv.key_of_replay(p)] = p
+                elif isinstance(p, IkeSaPayload) and last is not None:
+                    sad = conv.sad_payload_from_entry(conv.ENTRY_FORMAT_WIRE_V1 + last.body)
+                    state.ike_sa[conv.sa_key_of_payload(sad)] = p.data
+                elif isinstance(p, EpochPayload):
+                    state.epoch = p.epoch
+                elif isinstance(p, PagePayload):
+                    next_cursor = p.cursor
+            if not raw.more or next_cursor is None:
+                return state
+            cursor = next_cursor
+
+    def get_spi(self, spi: int, dst: str, proto: int | str = "esp") -> SaAnswer:
+        """One SA with its SPD entries; NotFoundError if the store has none."""
+        key = SaKey.make(spi, dst, proto)
+        response = self._call(ExchangeType.SA_RETR, [conv.lookup_payload(key)])
+        sid = response.first(ServerIdPayload)
+        ep = response.first(EpochPayload)
+        sad = response.first(SadEntryPayload)
+        if sid is None or sad is None:
+            raise StoreRefusedError(f"{self._where()} answered an SA lookup without the SA")
+        ike = response.first(IkeSaPayload)
+        return SaAnswer(
+            str(sid),
+            ep.epoch if ep else 0,
+            conv.sad_from_payload(sad),
+            [conv.spd_from_payload(p) for p in response.all(SpdEntryPayload)],
+            response.first(ReplayStatePayload),
+            None if ike is None else ike.data,
+        )
+
+
+def _pre_encoded(payload: Payload) -> list[Payload]:
+    """An entry payload as raw chunks (an SPD entry is three: SPD, TSi, TSr)."""
+    if isinstance(payload, SadEntryPayload):
+        return [conv.sad_raw_payload(conv.sad_entry_bytes(payload))]
+    if isinstance(payload, SpdEntryPayload):
+        return list(conv.spd_raw_payloads(conv.spd_entry_bytes(payload)))
+    return [payload]
+
+
+def check_response(response: Message) -> None:
+    """Raise the matching StoreError if the response's status is an error."""
+    status: Notify | None = response.status
+    if status is None:
+        raise StoreRefusedError("the store answered without a status")
+    if status.status == Status.OK:
+        return
+    text = status.text or f"status {status.status}"
+    cls = _ERRORS.get(status.status, StoreRefusedError)
+    if cls is StaleEpochError:
+        ep = response.first(EpochPayload)
+        raise StaleEpochError(f"store refused: {text}", ep.epoch if ep else 0)
+    raise cls(f"store refused: {text}")

@@ -1,0 +1,329 @@
+"""``ipsec-ha store serve``: the asyncio UDP adapter around the channel, the codec and the service.
+
+Theory of operation
+-------------------
+One UDP socket.  Every datagram goes to the sans-IO channel endpoint (server
+role), which answers handshakes itself and hands back authenticated
+plaintexts (:class:`~appliance.channel.events.DataReceived`).  Each plaintext
+is decoded as a request and handed to :class:`~.service.StoreService`, whose
+backend calls run on one worker thread, so the event loop keeps reading (and
+dropping junk) while a transaction commits.  The response is sent only after
+the transaction committed: an acknowledged entry is durable.
+
+Retransmissions: a client resends the same request (same message ID) when a
+response is lost.  Responses are cached per peer node (``response_cache``
+entries each, ``max_peers`` peers, least recently used evicted), so a
+retransmitted request gets the cached response and is never applied twice;
+one that arrives while the original is still being applied is ignored (the
+response is on its way).  Everything invalid is dropped and counted: by the
+channel (forged, replayed, malformed datagrams) or here (undecodable
+requests get an error response with the request's message ID when the
+header is readable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
+from appliance.channel.events import DataReceived
+from appliance.errors import ApplianceError
+from appliance.store.base import SaStore
+from appliance.store.config import ServerConfig, load_psk
+from appliance.store.service import StoreService
+from appliance.wire._errors import WireError
+from appliance.wire.constants import Status
+from appliance.wire.messages import decode_message, peek_header
+
+log = logging.getLogger("appliance.store.server")
+
+
+def open_backend(cfg: ServerConfig) -> SaStore:
+    """The backend the configuration names."""
+    if cfg.backend == "sqlite":
+        from appliance.store.sqlite import SqliteStore
+
+        assert cfg.sqlite is not None
+        return SqliteStore(cfg.sqlite.path)
+    from appliance.store.etcd import EtcdStore
+
+    assert cfg.etcd is not None
+    return EtcdStore(
+        cfg.etcd.endpoints,
+        cfg.etcd.timeout,
+        cfg.etcd.retry_for,
+        None if cfg.etcd.ca_file is None else str(cfg.etcd.ca_file),
+    )
+
+
+@dataclass
+class ServerCounters:
+    datagrams: int = 0
+    served: int = 0
+    retransmits_answered: int = 0
+    undecodable: int = 0
+    in_progress_ignored: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _is_busy(reply: bytes) -> bool:
+    try:
+        status = decode_message(reply).status
+    except WireError:
+        return False
+    return status is not None and status.status == Status.BUSY
+
+
+#: Requests applied in one group commit at most.
+MAX_GROUP = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    data: bytes
+    peer: str
+    message_id: int
+    association: bytes
+
+
+class ResponseCache:
+    """Responses per peer node ID, bounded in peers and in responses per peer."""
+
+    def __init__(self, max_peers: int, per_peer: int) -> None:
+        self._peers: OrderedDict[str, OrderedDict[int, bytes | None]] = OrderedDict()
+        self._max_peers = max_peers
+        self._per_peer = per_peer
+
+    def get(self, peer: str, message_id: int) -> tuple[bool, bytes | None]:
+        """(seen, response): seen with None means the request is still being applied."""
+        entries = self._peers.get(peer)
+        if entries is None or message_id not in entries:
+            return False, None
+        self._peers.move_to_end(peer)
+        return True, entries[message_id]
+
+    def put(self, peer: str, message_id: int, response: bytes | None) -> None:
+        entries = self._peers.get(peer)
+        if entries is None:
+            entries = self._peers[peer] = OrderedDict()
+            while len(self._peers) > self._max_peers:
+                self._peers.popitem(last=False)
+        self._peers.move_to_end(peer)
+        entries[message_id] = response
+        entries.move_to_end(message_id)
+        while len(entries) > self._per_peer:
+            entries.popitem(last=False)
+
+    def forget(self, peer: str, message_id: int) -> None:
+        entries = self._peers.get(peer)
+        if entries is not None:
+            entries.pop(message_id, None)
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self._peers.values())
+
+
+class StoreServer(asyncio.DatagramProtocol):
+    """The UDP adapter: socket <-> channel <-> codec <-> service (on a worker thread)."""
+
+    def __init__(self, cfg: ServerConfig, store: SaStore, psk: bytes) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.channel = ChannelEndpoint(
+            psk, cfg.node_id, Role.SERVER, ChannelConfig(max_associations=cfg.max_peers)
+        )
+        self.service = StoreService(store, self._server_stats)
+        self.cache = ResponseCache(cfg.max_peers, cfg.response_cache)
+        self.counters = ServerCounters()
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-backend")
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = time.monotonic()
+        self._queue: list[_Pending] = []
+        self._busy = False
+
+    # -- asyncio protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._loop = asyncio.get_running_loop()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.counters.datagrams += 1
+        now = time.monotonic()
+        try:
+            events = self.channel.receive_datagram(data, addr, now)
+        except Exception:  # the channel never raises for bad input; keep serving if it does
+            log.exception("channel failed on a datagram from %s", addr)
+            self.counters.extra["channel_errors"] = self.counters.extra.get("channel_errors", 0) + 1
+            events = []
+        for event in events:
+            if isinstance(event, DataReceived):
+                self._request(event, now)
+        self._flush()
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("UDP error: %s", exc)
+
+    # -- requests -------------------------------------------------------------------
+
+    def _request(self, event: DataReceived, now: float) -> None:
+        try:
+            _, message_id, is_response = peek_header(event.data)
+        except WireError:
+            self.counters.undecodable += 1
+            return
+        if is_response:
+            self.counters.undecodable += 1
+            return
+        seen, cached = self.cache.get(event.peer_node_id, message_id)
+        if seen:
+            if cached is None:
+                self.counters.in_progress_ignored += 1
+            else:
+                self.counters.retransmits_answered += 1
+                self._send(cached, event.association, now)
+            return
+        self.cache.put(event.peer_node_id, message_id, None)
+        self._queue.append(_Pending(event.data, event.peer_node_id, message_id, event.association))
+        if not self._busy:
+            self._run_queue()
+
+    def _run_queue(self) -> None:
+        """Hand every queued request to the worker at once: one group commit for them all."""
+        assert self._loop is not None
+        batch = self._queue[:MAX_GROUP]
+        del self._queue[:MAX_GROUP]
+        self._busy = True
+        future = self._loop.run_in_executor(
+            self._worker, self.service.handle_many, [p.data for p in batch]
+        )
+        future.add_done_callback(lambda f: self._respond(f, batch))
+
+    def _respond(self, future: asyncio.Future[list[bytes]], batch: list[_Pending]) -> None:
+        self._busy = False
+        now = time.monotonic()
+        if not future.cancelled():
+            exc = future.exception()
+            if exc is not None:
+                log.error("request group failed: %s", exc)
+                for p in batch:  # not acknowledged: forget them, the clients retransmit
+                    self.cache.forget(p.peer, p.message_id)
+            else:
+                for p, reply in zip(batch, future.result(), strict=True):
+                    if _is_busy(reply):
+                        self.cache.forget(p.peer, p.message_id)  # protocol.md 5.5: not cached
+                    else:
+                        self.cache.put(p.peer, p.message_id, reply)
+                    self.counters.served += 1
+                    self._send(reply, p.association, now)
+        if self._queue:
+            self._run_queue()
+        self._flush()
+
+    def _send(self, plaintext: bytes, association: bytes, now: float) -> None:
+        try:
+            self.channel.send(plaintext, now, association)
+        except ApplianceError as exc:  # the association expired meanwhile: the client retries
+            log.info("cannot answer on association %s: %s", association.hex(), exc)
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        if self._transport is not None:
+            for datagram, addr in self.channel.datagrams_to_send(now):
+                self._transport.sendto(datagram, addr)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._loop is None:
+            return
+        when = self.channel.get_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            delay = max(0.0, when - time.monotonic())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.channel.handle_timer(time.monotonic())
+        while self.channel.next_event() is not None:
+            pass
+        self._flush()
+
+    # -- stats ------------------------------------------------------------------
+
+    def _server_stats(self) -> dict[str, Any]:
+        drops = {r.value: n for r, n in self.channel.drops.items()}
+        return {
+            "uptime_seconds": round(time.monotonic() - self._started, 1),
+            "datagrams_received": self.counters.datagrams,
+            "requests_served": self.counters.served,
+            "retransmits_answered": self.counters.retransmits_answered,
+            "requests_undecodable": self.counters.undecodable,
+            "drops": drops,
+            "drops_total": sum(drops.values()) + self.counters.undecodable,
+            "associations": len(self.channel.associations()),
+            "cached_responses": len(self.cache),
+        }
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._worker.shutdown(wait=True)
+        self.store.close()
+
+
+def _grow_receive_buffer(transport: asyncio.BaseTransport) -> None:
+    """Room for bursts of large requests (several clients, each with a window in flight)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, 8 * 1024 * 1024)
+            return
+        except OSError:
+            continue  # SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by rmem_max
+
+
+async def serve(cfg: ServerConfig, ready: asyncio.Event | None = None) -> None:
+    """Run the store server until SIGTERM/SIGINT."""
+    psk = load_psk(cfg.psk_file)
+    store = open_backend(cfg)
+    loop = asyncio.get_running_loop()
+    try:
+        transport, server = await loop.create_datagram_endpoint(
+            lambda: StoreServer(cfg, store, psk), local_addr=(cfg.listen, cfg.port)
+        )
+    except OSError as exc:
+        store.close()
+        raise ApplianceError(
+            f"cannot listen on {cfg.listen} port {cfg.port}: {exc.strerror}"
+        ) from None
+    _grow_receive_buffer(transport)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("store listening on %s port %d (%s backend)", cfg.listen, cfg.port, cfg.backend)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        transport.close()
+        server.close()

@@ -1,0 +1,535 @@
+"""The embedded SQLite backend (the default): one file, mode 0600, WAL.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL``, so
+SQLite fsyncs the WAL at every commit before ``COMMIT`` returns, and the
+server acknowledges a message only after its transaction committed.  An
+acknowledged entry therefore survives not only ``kill -9`` of the server
+(which ``NORMAL`` would also give: the WAL is in the page cache) but also a
+crash or power loss of the store host, which ``NORMAL`` does not (the last
+commits may roll back).  A store whose job is to outlive a failed gateway
+should not lose what it acknowledged to a failure of its own host; the cost is
+one fsync per message, and a message carries a batch of entries.
+
+Each mutating call is one ``BEGIN IMMEDIATE`` ... ``COMMIT``: all entries of a
+message or none of them.
+
+The schema version lives in ``PRAGMA user_version``; :data:`SCHEMA_VERSION`
+is the one this code writes.  Older versions are migrated step by step in one
+transaction; a newer one is refused (it was written by a newer ipsec-ha).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from appliance.store.base import (
+    MAX_CURSOR_LEN,
+    MAX_POLICY_ID_LEN,
+    Batch,
+    InvalidRequestError,
+    NotFoundError,
+    Page,
+    PolicyRecord,
+    SaKey,
+    SaLookup,
+    SaRecord,
+    SaStore,
+    SchemaVersionError,
+    ServerStats,
+    SpiCollisionError,
+    StaleEpochError,
+    StoreStats,
+    StoreUnavailableError,
+    check_batch,
+    check_epoch,
+    check_server_id,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE server (
+    server_id TEXT PRIMARY KEY,
+    epoch     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE sa (
+    proto     INTEGER NOT NULL,
+    dst       TEXT    NOT NULL,
+    spi       INTEGER NOT NULL,
+    server_id TEXT    NOT NULL REFERENCES server(server_id),
+    entry     BLOB    NOT NULL,
+    replay    BLOB,
+    ike_sa    BLOB,
+    PRIMARY KEY (proto, dst, spi)
+) WITHOUT ROWID;
+CREATE INDEX sa_by_server ON sa(server_id, proto, dst, spi);
+CREATE INDEX sa_by_spi ON sa(spi);
+CREATE TABLE policy (
+    server_id TEXT NOT NULL REFERENCES server(server_id),
+    policy_id BLOB NOT NULL,
+    entry     BLOB NOT NULL,
+    PRIMARY KEY (server_id, policy_id)
+) WITHOUT ROWID;
+CREATE TABLE sa_policy (
+    server_id TEXT    NOT NULL,
+    proto     INTEGER NOT NULL,
+    dst       TEXT    NOT NULL,
+    spi       INTEGER NOT NULL,
+    policy_id BLOB    NOT NULL,
+    PRIMARY KEY (server_id, proto, dst, spi, policy_id)
+) WITHOUT ROWID;
+CREATE INDEX sa_policy_by_policy ON sa_policy(server_id, policy_id);
+"""
+
+
+def _run_statements(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, and a migration must be one transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+#: Step ``n`` brings a database from version ``n`` to ``n + 1``.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: lambda db: _run_statements(db, _SCHEMA_V1),
+}
+
+_FILE_MODE = 0o600
+
+
+def _open_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it; refuse a readable one."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    except OSError as exc:
+        raise StoreUnavailableError(f"cannot open store database {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreUnavailableError(f"store database {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise StoreUnavailableError(
+            f"store database {path} is readable by group/others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
+        )
+
+
+@contextlib.contextmanager
+def _private_umask() -> Iterator[None]:
+    # SQLite creates -wal and -shm itself; it copies the database's mode, and
+    # the umask makes sure even a future SQLite cannot widen it.
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _sa_cursor(proto: int, dst: str, spi: int) -> bytes:
+    return b"S" + bytes([proto]) + spi.to_bytes(4, "big") + dst.encode()
+
+
+def _decode_cursor(cursor: bytes) -> tuple[str, list[object]]:
+    """Cursors are compact (at most 64 bytes): ``S`` proto spi dst, or ``P`` policy ID."""
+    if cursor[:1] == b"S" and 6 < len(cursor) <= MAX_CURSOR_LEN:
+        try:
+            dst = cursor[6:].decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("malformed page cursor") from None
+        return "sa", [cursor[1], dst, int.from_bytes(cursor[2:6], "big")]
+    if cursor[:1] == b"P" and len(cursor) <= MAX_POLICY_ID_LEN + 1:
+        return "pol", [cursor[1:].hex()]
+    raise InvalidRequestError("malformed page cursor")
+
+
+class SqliteStore(SaStore):
+    """The SA store in one SQLite file."""
+
+    backend_name = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._in_group = False
+        _open_private(self.path)
+        try:
+            with _private_umask():
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+                )
+                self._db.execute("PRAGMA journal_mode=WAL").fetchone()
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+
+    # -- schema ---------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"store database {self.path} has schema version {version}, newer than "
+                    f"this ipsec-ha knows ({SCHEMA_VERSION}); upgrade ipsec-ha or use another file"
+                )
+            if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise SchemaVersionError(
+                    f"{self.path} is an SQLite database but not an ipsec-ha store"
+                )
+            while version < SCHEMA_VERSION:
+                _MIGRATIONS[version](db)
+                version += 1
+                db.execute(f"PRAGMA user_version={version}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- transactions ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """Group commit: calls inside share one transaction and one fsync.
+
+        Each mutating call inside is still all-or-nothing (a savepoint of its
+        own); nothing inside is durable until the group commits, so the caller
+        acknowledges only after the ``with`` block ends without an error.
+        """
+        if self._in_group:
+            yield
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+        self._in_group = True
+        try:
+            yield
+        except BaseException:
+            self._in_group = False
+            db.execute("ROLLBACK")
+            raise
+        self._in_group = False
+        try:
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                db.execute("ROLLBACK")
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        if self._in_group:
+            # Inside a group commit: this call's changes stand or fall together.
+            db.execute("SAVEPOINT message")
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK TO message")
+                db.execute("RELEASE message")
+                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            except BaseException:
+                db.execute("ROLLBACK TO message")
+                db.execute("RELEASE message")
+                raise
+            db.execute("RELEASE message")
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                db.execute("ROLLBACK")
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction, so that a page and its links agree (or the group's)."""
+        db = self._db
+        if self._in_group:
+            yield db
+            return
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
+
+    def _current_epoch(self, db: sqlite3.Connection, server_id: str) -> int | None:
+        row = db.execute("SELECT epoch FROM server WHERE server_id=?", (server_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _check_and_raise_epoch(self, db: sqlite3.Connection, server_id: str, epoch: int) -> None:
+        current = self._current_epoch(db, server_id)
+        if current is not None and epoch < current:
+            raise StaleEpochError(
+                f"server {server_id}: write with epoch {epoch} refused, "
+                f"the current epoch is {current} (another node took over)",
+                current,
+            )
+        if current is None:
+            db.execute("INSERT INTO server(server_id, epoch) VALUES (?, ?)", (server_id, epoch))
+        elif epoch > current:
+            db.execute("UPDATE server SET epoch=? WHERE server_id=?", (epoch, server_id))
+
+    # -- interface ------------------------------------------------------------
+
+    def epoch(self, server_id: str) -> int:
+        check_server_id(server_id)
+        return self._current_epoch(self._db, server_id) or 0
+
+    def claim(self, server_id: str, epoch: int | None = None) -> int:
+        check_server_id(server_id)
+        if epoch is not None:
+            check_epoch(epoch)
+        with self._transaction() as db:
+            current = self._current_epoch(db, server_id)
+            new = (current or 0) + 1 if epoch is None else epoch
+            check_epoch(new)
+            if current is not None and new <= current:
+                raise StaleEpochError(
+                    f"server {server_id}: claim of epoch {new} refused, "
+                    f"the current epoch is already {current}",
+                    current,
+                )
+            db.execute(
+                "INSERT INTO server(server_id, epoch) VALUES (?, ?) "
+                "ON CONFLICT(server_id) DO UPDATE SET epoch=excluded.epoch",
+                (server_id, new),
+            )
+        return new
+
+    def apply(self, server_id: str, epoch: int, batch: Batch) -> None:
+        check_server_id(server_id)
+        check_epoch(epoch)
+        check_batch(batch)
+        delete_sas = list(dict.fromkeys(batch.delete_sas))
+        delete_pids = list(dict.fromkeys(batch.delete_policies))
+        with self._transaction() as db:
+            self._check_and_raise_epoch(db, server_id, epoch)
+            owners = self._owners(
+                db, [sa.key for sa in batch.puts] + delete_sas + [k for k, _ in batch.replay]
+            )
+            for sa in batch.puts:
+                owner = owners.get(sa.key)
+                if owner is not None and owner != server_id:
+                    raise SpiCollisionError(
+                        f"SA {sa.key} belongs to server {owner}, not {server_id}: "
+                        "SPI collisions must not occur",
+                        sa.key,
+                    )
+            for k in delete_sas:
+                owner = owners.get(k)
+                if owner is not None and owner != server_id:
+                    raise SpiCollisionError(
+                        f"SA {k} belongs to server {owner}; server {server_id} cannot delete it",
+                        k,
+                    )
+            for k, _ in batch.replay:
+                if owners.get(k) != server_id:
+                    raise NotFoundError(f"SA {k} of server {server_id} is not in the store")
+
+            rows = [(server_id, k.proto, k.dst, k.spi) for k in delete_sas]
+            db.executemany(
+                "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?", rows
+            )
+            db.executemany("DELETE FROM sa WHERE server_id=? AND proto=? AND dst=? AND spi=?", rows)
+            prow = [(server_id, pid) for pid in delete_pids]
+            db.executemany("DELETE FROM sa_policy WHERE server_id=? AND policy_id=?", prow)
+            db.executemany("DELETE FROM policy WHERE server_id=? AND policy_id=?", prow)
+
+            pol_rows = [(server_id, p.policy_id, p.entry) for p in batch.policies]
+            link_rows = []
+            for sa in batch.puts:
+                k = sa.key
+                for p in sa.policies:
+                    pol_rows.append((server_id, p.policy_id, p.entry))
+                    link_rows.append((server_id, k.proto, k.dst, k.spi, p.policy_id))
+            db.executemany(
+                "INSERT INTO policy(server_id, policy_id, entry) VALUES (?, ?, ?) "
+                "ON CONFLICT(server_id, policy_id) DO UPDATE SET entry=excluded.entry",
+                pol_rows,
+            )
+            db.executemany(
+                "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?",
+                # Only a replaced SA has old policy links to drop.
+                [
+                    (server_id, sa.key.proto, sa.key.dst, sa.key.spi)
+                    for sa in batch.puts
+                    if sa.key in owners
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO sa(proto, dst, spi, server_id, entry, replay, ike_sa) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        sa.key.proto,
+                        sa.key.dst,
+                        sa.key.spi,
+                        server_id,
+                        sa.entry,
+                        sa.replay,
+                        sa.ike_sa,
+                    )
+                    for sa in batch.puts
+                ],
+            )
+            db.executemany("INSERT OR IGNORE INTO sa_policy VALUES (?, ?, ?, ?, ?)", link_rows)
+            db.executemany(
+                "UPDATE sa SET replay=? WHERE proto=? AND dst=? AND spi=? AND server_id=?",
+                [(r, k.proto, k.dst, k.spi, server_id) for k, r in batch.replay],
+            )
+
+    def _owners(self, db: sqlite3.Connection, keys: Sequence[SaKey]) -> dict[SaKey, str]:
+        owners: dict[SaKey, str] = {}
+        # One query per few hundred keys (row values in an IN list), not one per key.
+        for i in range(0, len(keys), 300):
+            chunk = keys[i : i + 300]
+            marks = ",".join("(?,?,?)" for _ in chunk)
+            params = [v for k in chunk for v in (k.proto, k.dst, k.spi)]
+            for proto, dst, spi, owner in db.execute(
+                f"SELECT proto, dst, spi, server_id FROM sa WHERE (proto, dst, spi) IN ({marks})",
+                params,
+            ):
+                owners[SaKey(spi, dst, proto)] = owner
+        return owners
+
+    def keys_for_spi(self, server_id: str, spi: int, proto: int) -> list[SaKey]:
+        rows = self._db.execute(
+            "SELECT dst FROM sa WHERE spi=? AND proto=? AND server_id=? ORDER BY dst",
+            (spi, proto, server_id),
+        ).fetchall()
+        return [SaKey(spi, dst, proto) for (dst,) in rows]
+
+    def sa_cursor(self, key: SaKey) -> bytes:
+        return _sa_cursor(key.proto, key.dst, key.spi)
+
+    def policy_cursor(self, policy_id: bytes) -> bytes:
+        return b"P" + policy_id
+
+    def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
+        check_server_id(server_id)
+        if not 0 < limit <= 100_000:
+            raise InvalidRequestError("page limit must be 1..100000")
+        phase, key = ("sa", [-1, "", -1]) if cursor is None else _decode_cursor(cursor)
+        with self._read() as db:
+            epoch = self._current_epoch(db, server_id) or 0
+            sas: list[SaRecord] = []
+            policies: list[PolicyRecord] = []
+            if phase == "sa":
+                rows = db.execute(
+                    "SELECT proto, dst, spi, entry, replay, ike_sa FROM sa "
+                    "WHERE server_id=? AND (proto, dst, spi) > (?, ?, ?) "
+                    "ORDER BY proto, dst, spi LIMIT ?",
+                    (server_id, *key, limit),
+                ).fetchall()
+                links: dict[tuple[int, str, int], list[bytes]] = {}
+                if rows:
+                    for proto, dst, spi, pid in db.execute(
+                        "SELECT proto, dst, spi, policy_id FROM sa_policy WHERE server_id=? "
+                        "AND (proto, dst, spi) > (?, ?, ?) AND (proto, dst, spi) <= (?, ?, ?) "
+                        "ORDER BY proto, dst, spi, policy_id",
+                        (server_id, *key, *rows[-1][:3]),
+                    ):
+                        links.setdefault((proto, dst, spi), []).append(pid)
+                for proto, dst, spi, entry, replay, ike in rows:
+                    sas.append(
+                        SaRecord(
+                            SaKey(spi, dst, proto),
+                            entry,
+                            tuple(links.get((proto, dst, spi), ())),
+                            replay,
+                            ike,
+                        )
+                    )
+                if len(rows) == limit:
+                    last = rows[-1]
+                    return Page(epoch, tuple(sas), (), _sa_cursor(*last[:3]))
+                phase, key, limit = "pol", [""], limit - len(rows)
+                if limit == 0:
+                    return Page(epoch, tuple(sas), (), b"P")
+            after = bytes.fromhex(str(key[0]))
+            prow = db.execute(
+                "SELECT policy_id, entry FROM policy WHERE server_id=? AND policy_id > ? "
+                "ORDER BY policy_id LIMIT ?",
+                (server_id, after, limit),
+            ).fetchall()
+            policies = [PolicyRecord(pid, entry) for pid, entry in prow]
+            next_cursor = b"P" + prow[-1][0] if len(prow) == limit else None
+            return Page(epoch, tuple(sas), tuple(policies), next_cursor)
+
+    def get_by_spi(self, key: SaKey) -> SaLookup | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT sa.server_id, server.epoch, entry, replay, ike_sa FROM sa "
+                "JOIN server USING (server_id) WHERE proto=? AND dst=? AND spi=?",
+                (key.proto, key.dst, key.spi),
+            ).fetchone()
+            if row is None:
+                return None
+            server_id, epoch, entry, replay, ike = row
+            prow = db.execute(
+                "SELECT p.policy_id, p.entry FROM sa_policy l CROSS JOIN policy p "
+                "ON p.server_id=l.server_id AND p.policy_id=l.policy_id "
+                "WHERE l.server_id=? AND l.proto=? AND l.dst=? AND l.spi=? ORDER BY p.policy_id",
+                (server_id, key.proto, key.dst, key.spi),
+            ).fetchall()
+        pols = tuple(PolicyRecord(pid, pentry) for pid, pentry in prow)
+        return SaLookup(
+            server_id,
+            int(epoch),
+            SaRecord(key, entry, tuple(p.policy_id for p in pols), replay, ike),
+            pols,
+        )
+
+    def stats(self) -> StoreStats:
+        db = self._db
+        rows = db.execute(
+            "SELECT s.server_id, s.epoch, "
+            "(SELECT count(*) FROM sa WHERE sa.server_id=s.server_id), "
+            "(SELECT count(*) FROM policy p WHERE p.server_id=s.server_id) "
+            "FROM server s ORDER BY s.server_id"
+        ).fetchall()
+        size = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                size += os.stat(f"{self.path}{suffix}").st_size
+        return StoreStats(
+            self.backend_name,
+            tuple(
+                ServerStats(sid, int(ep), int(n_sa), int(n_pol)) for sid, ep, n_sa, n_pol in rows
+            ),
+            size,
+            {"schema_version": self.schema_version},
+        )
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,136 @@
+"""Store configuration: validation names the key; the PSK file must be private."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ConfigError
+from appliance.store.config import load_client_config, load_psk, load_server_config
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "store.toml"
+
+GOOD = """
+[store]
+port = 4501
+psk_file = "/etc/ipsec-ha/cluster.psk"
+[store.sqlite]
+path = "/var/lib/ipsec-ha/store.db"
+[client]
+server = "192.0.2.10"
+psk_file = "/etc/ipsec-ha/cluster.psk"
+node_id = "gw1"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "store.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_loads() -> None:
+    server = load_server_config(EXAMPLE)
+    client = load_client_config(EXAMPLE)
+    assert (server.port, server.backend, str(server.sqlite.path)) == (  # type: ignore[union-attr]
+        4501,
+        "sqlite",
+        "/var/lib/ipsec-ha/store.db",
+    )
+    assert (client.server, client.node_id, client.retries) == ("192.0.2.10", "gw1.example.net", 5)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = load_server_config(write(tmp_path, GOOD))
+    assert (cfg.listen, cfg.response_cache, cfg.max_datagram) == ("0.0.0.0", 256, 1400)
+    assert load_client_config(write(tmp_path, GOOD)).timeout == 0.5
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("port = 4501", 'port = "abc"', '[store].port: must be an integer 1..65535, got "abc"'),
+        ("port = 4501", "port = 0", "[store].port: must be an integer 1..65535, got 0"),
+        ("port = 4501", "port = true", "[store].port: must be an integer 1..65535, got True"),
+        ("port = 4501", "port = 4501\ncolour = 1", "[store].colour: unknown key"),
+        ('path = "/var', 'path = "var', "[store.sqlite].path: must be an absolute path"),
+        ("port = 4501", 'port = 1\nbackend = "redis"', '[store].backend: must be "sqlite" or'),
+        ("port = 4501", 'port = 1\nbackend = "etcd"', "[store.etcd].endpoints: is required"),
+        ('psk_file = "/etc/ipsec-ha/cluster.psk"\n[store.sqlite]', "[store.sqlite]",
+         "[store].psk_file: is required"),
+        ("[client]", "[clients]", "[clients]: unknown table"),
+    ],
+)  # fmt: skip
+def test_server_config_errors_name_the_key(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_server_config(path)
+    assert str(err.value).startswith(f"config {path}: ")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'server = "192.0.2.10"',
+            'server = "store.local"',
+            "[client].server: must be the store's IP",
+        ),
+        ('node_id = "gw1"', 'node_id = "gw 1"', "[client].node_id: must be this node's server ID"),
+        ('node_id = "gw1"', "", "[client].node_id: is required"),
+        (
+            'node_id = "gw1"',
+            'node_id = "gw1"\nretries = -1',
+            "[client].retries: must be an integer",
+        ),
+        (
+            'node_id = "gw1"',
+            'node_id = "gw1"\ntimeout = "1s"',
+            "[client].timeout: must be a number",
+        ),
+    ],
+)
+def test_client_config_errors_name_the_key(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_client_config(write(tmp_path, GOOD.replace(old, new, 1)))
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_server_config(write(tmp_path, "[store\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_server_config(tmp_path / "absent.toml")
+
+
+def test_psk_file_must_not_be_readable_by_others(tmp_path: Path) -> None:
+    psk = tmp_path / "cluster.psk"
+    psk.write_bytes(b"k" * 40 + b"\n")
+    psk.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        load_psk(psk)
+    assert str(err.value) == (
+        f"psk file {psk} is readable by group/others (mode 0644); chmod 600 it"
+    )
+    psk.chmod(0o640)
+    with pytest.raises(ConfigError, match="mode 0640"):
+        load_psk(psk)
+    psk.chmod(0o600)
+    assert load_psk(psk) == b"k" * 40
+
+
+def test_psk_file_too_short_or_missing(tmp_path: Path) -> None:
+    psk = tmp_path / "cluster.psk"
+    psk.write_bytes(b"short\n")
+    psk.chmod(0o600)
+    with pytest.raises(ConfigError, match="holds 5 bytes; use at least 32"):
+        load_psk(psk)
+    with pytest.raises(ConfigError, match="cannot open"):
+        load_psk(tmp_path / "none")

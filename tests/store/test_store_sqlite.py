@@ -1,0 +1,105 @@
+"""The SQLite backend: the backend contract plus file mode, schema and transactions."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from store_contract import BackendContract, sa_key, sa_put, test_sa_key_validation
+
+from appliance.store.base import SchemaVersionError, StoreUnavailableError
+from appliance.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+pytestmark = pytest.mark.unit
+
+__all__ = ["test_sa_key_validation"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+class TestSqliteContract(BackendContract):
+    pass
+
+
+def test_files_are_0600_even_with_a_permissive_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        s = SqliteStore(tmp_path / "s.db")
+        s.put("gw1", 1, [sa_put(1)])
+    finally:
+        os.umask(old)
+    for name in ("s.db", "s.db-wal", "s.db-shm"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    s.close()
+
+
+def test_world_readable_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    path.chmod(0o644)
+    with pytest.raises(StoreUnavailableError, match="chmod 600"):
+        SqliteStore(path)
+
+
+def test_wal_and_full_sync(store: SqliteStore) -> None:
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_schema_version_is_recorded_and_reopen_keeps_data(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "s.db")
+    s.put("gw1", 1, [sa_put(1)])
+    s.close()
+    s = SqliteStore(tmp_path / "s.db")
+    assert s.schema_version == SCHEMA_VERSION == 1
+    assert s.get_by_spi(sa_key(1)) is not None
+    s.close()
+
+
+def test_future_schema_version_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(SchemaVersionError, match="newer than this ipsec-ha knows"):
+        SqliteStore(path)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    db.close()
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t(x)")
+    db.commit()
+    db.close()
+    with pytest.raises(SchemaVersionError, match="not an ipsec-ha store"):
+        SqliteStore(path)
+
+
+def test_batch_failing_midway_in_sqlite_writes_nothing(store: SqliteStore) -> None:
+    """A real SQLite failure on the 5th SA of a batch rolls back the first four."""
+    store.put("gw1", 1, [sa_put(100)])
+    store._db.execute(
+        "CREATE TRIGGER fail_spi BEFORE INSERT ON sa WHEN NEW.spi = 4100 "
+        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    )
+    batch = [sa_put(n, pols=2) for n in range(10)]  # spi 0x1004 = 4100 is the 5th
+    with pytest.raises(StoreUnavailableError, match="injected failure"):
+        store.put("gw1", 2, batch)
+    assert all(store.get_by_spi(sa_key(n)) is None for n in range(10))
+    assert store.epoch("gw1") == 1  # the epoch raise rolled back too
+    assert store.stats().servers[0].policies == 1
