@@ -1,0 +1,1 @@
+"""Runnable lab scenarios (``python -m netns_lab.scenarios.<name>``), used by scripts/demo."""
