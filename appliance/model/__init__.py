@@ -1,0 +1,108 @@
+"""The typed model of one node's IPsec state: SAD entries, SPD entries, snapshots.
+
+Every object is an immutable, slotted dataclass mirroring the kernel's XFRM
+structures (``include/uapi/linux/xfrm.h``), so that conversion to and from
+netlink (``appliance.xfrm.convert``) is lossless. Every object has a
+versioned, canonical serialisation (``to_dict``/``from_dict``,
+``to_bytes``/``from_bytes``) described in ``docs/model.md``. Key material is
+wrapped in ``Key``, whose repr never shows the bytes.
+"""
+
+from appliance.model._codec import MODEL_VERSION, canonical_json
+from appliance.model._common import (
+    AF_INET,
+    AF_INET6,
+    AF_UNSPEC,
+    IPPROTO_AH,
+    IPPROTO_COMP,
+    IPPROTO_ESP,
+    XFRM_INF,
+    XFRM_PROTO_ANY,
+    Action,
+    Address,
+    Direction,
+    Key,
+    LifetimeCfg,
+    LifetimeCur,
+    Mark,
+    Mode,
+    ModelError,
+    OffloadDev,
+    PolicyFlag,
+    PolicyType,
+    SaDir,
+    SecCtx,
+    Selector,
+    StateExtraFlag,
+    StateFlag,
+    UnsupportedVersionError,
+    address_from_xfrm,
+    address_to_xfrm,
+    family_of,
+    flag_names,
+)
+from appliance.model._direction import classify_outbound
+from appliance.model._sad import (
+    SAD_ENTRY_FORMAT,
+    SPD_ENTRY_FORMAT,
+    AeadAlgorithm,
+    Algorithm,
+    AuthTruncAlgorithm,
+    Encap,
+    ReplayState,
+    ReplayStateEsn,
+    SadEntry,
+    Stats,
+)
+from appliance.model._snapshot import SNAPSHOT_FORMAT, Snapshot
+from appliance.model._spd import SpdEntry, Template
+
+__all__ = [
+    "AF_INET",
+    "AF_INET6",
+    "AF_UNSPEC",
+    "IPPROTO_AH",
+    "IPPROTO_COMP",
+    "IPPROTO_ESP",
+    "MODEL_VERSION",
+    "SAD_ENTRY_FORMAT",
+    "SNAPSHOT_FORMAT",
+    "SPD_ENTRY_FORMAT",
+    "XFRM_INF",
+    "XFRM_PROTO_ANY",
+    "Action",
+    "Address",
+    "AeadAlgorithm",
+    "Algorithm",
+    "AuthTruncAlgorithm",
+    "Direction",
+    "Encap",
+    "Key",
+    "LifetimeCfg",
+    "LifetimeCur",
+    "Mark",
+    "Mode",
+    "ModelError",
+    "OffloadDev",
+    "PolicyFlag",
+    "PolicyType",
+    "ReplayState",
+    "ReplayStateEsn",
+    "SaDir",
+    "SadEntry",
+    "SecCtx",
+    "Selector",
+    "Snapshot",
+    "SpdEntry",
+    "StateExtraFlag",
+    "StateFlag",
+    "Stats",
+    "Template",
+    "UnsupportedVersionError",
+    "address_from_xfrm",
+    "address_to_xfrm",
+    "canonical_json",
+    "classify_outbound",
+    "family_of",
+    "flag_names",
+]
