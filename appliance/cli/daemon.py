@@ -1,0 +1,73 @@
+"""``ipsec-ha daemon --config FILE``: the failover daemon (state sync and transitions)."""
+
+import asyncio
+import logging
+import os
+
+import typer
+
+from appliance import notify as notify_lib
+from appliance.cli._app import app
+from appliance.failover.config import DEFAULT_CONFIG, load_daemon_config
+
+
+@app.command(
+    epilog=(
+        "The daemon follows the notify log that keepalived's hook writes (ipsec-ha notify), "
+        "runs the transition plan for each new record (docs/failover.md) and, while active, "
+        "publishes the namespace's SAs, policies and counters to every configured store."
+    )
+)
+def daemon(
+    config: str = typer.Option(
+        str(DEFAULT_CONFIG), "--config", metavar="FILE", help="The daemon configuration (TOML)."
+    ),
+    notify_log: str | None = typer.Option(
+        None,
+        "--notify-log",
+        metavar="FILE",
+        help=(
+            f"The notify log to follow. Default: ${notify_lib.LOG_ENV}, "
+            f"else {notify_lib.DEFAULT_LOG}."
+        ),
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="Log every timeline step."),
+) -> None:
+    """Run the failover daemon until stopped (SIGTERM/SIGINT).
+
+    Exit status 2 on a bad configuration, 1 if the kernel or the stores cannot be opened.
+    """
+    from appliance.failover.daemon import FailoverDaemon
+    from appliance.store.client import StoreClient
+    from appliance.store.config import load_psk
+    from appliance.xfrm.socket import XfrmSocket
+
+    cfg = load_daemon_config(config)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    psk = load_psk(cfg.store.psk_file)
+    stores = [
+        StoreClient(
+            server,
+            cfg.store.port,
+            psk,
+            cfg.node.id,
+            timeout=cfg.store.timeout_s,
+            retries=cfg.store.retries,
+        )
+        for server in cfg.store.servers
+    ]
+    kernel = XfrmSocket(cfg.netns)
+    runner = FailoverDaemon(
+        cfg, kernel, stores, notify_log=notify_lib.log_path(notify_log, os.environ)
+    )
+    try:
+        asyncio.run(runner.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        kernel.close()
+        for store in stores:
+            store.close()

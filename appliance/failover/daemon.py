@@ -1,0 +1,309 @@
+"""The failover daemon: the asyncio adapter around ``SyncCore`` and ``PlanExecutor``.
+
+Theory of operation
+-------------------
+- **Transitions.** keepalived's hook appends each VRRP transition to the
+  notify log (``appliance.notify``). The daemon follows that file (new
+  lines only) and, for each record, runs ``plan(role, state, mode)`` with
+  the ``PlanExecutor`` in a worker thread, one transition at a time. The
+  role moves to ``role_for(state)`` only when the plan succeeded, so a
+  repeated notify after a failure runs the plan again.
+- **Publishing** (active node). Every XFRM notification of the served
+  namespace (SA, policy, async-event and expire groups) goes to
+  ``SyncCore``; a flusher task sleeps until ``get_timer()`` and carries out
+  ``pending_ops``: NEWAE thresholds on new SAs, SA_Stor to every store with
+  that store's epoch, and full resyncs (dump the kernel, store it, delete
+  from the store what the kernel no longer has). A full resync runs when
+  publishing starts, when the kernel flushed, when events were lost, and
+  when the store asks: it answers a counter update with NOT_FOUND (it lost
+  the SA, e.g. restarted empty). A store that does not answer gets a resync
+  later (``RETRY_S``); a store that says our epoch is stale has a newer
+  owner, and publishing to it stops.
+- **Following** (hot standby): every ``follow_interval_s`` the daemon
+  fetches the state and reconciles the kernel with it, outbound gated.
+
+Blocking calls (netlink requests, the store client) run in worker threads;
+the event reader and the flusher stay on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance.failover.config import DaemonConfig
+from appliance.failover.executor import (
+    ExecutionError,
+    ExecutorSettings,
+    PlanExecutor,
+    StoreAccess,
+    etimer_jiffies,
+    kernel_hz,
+    node_netns_addresses,
+)
+from appliance.failover.sync import (
+    DeleteEntries,
+    FullResync,
+    PutEntries,
+    PutReplay,
+    SetThresholds,
+    SyncCore,
+    SyncOp,
+    is_gate,
+    sa_key,
+)
+from appliance.failover.transitions import Action, Role, plan, role_for
+from appliance.notify import VrrpState
+from appliance.store.base import NotFoundError, StaleEpochError, StoreError
+from appliance.xfrm import constants as c
+from appliance.xfrm.events import EventsOverrun, xfrm_events
+from appliance.xfrm.types import XfrmError
+
+log = logging.getLogger("ipsec_ha.daemon")
+
+RETRY_S = 1.0
+"""Wait before retrying a full resync after a store failure."""
+EVENT_GROUPS = (c.XFRMNLGRP_SA, c.XFRMNLGRP_POLICY, c.XFRMNLGRP_AEVENTS, c.XFRMNLGRP_EXPIRE)
+
+
+class FailoverDaemon:
+    """One served namespace, its stores, its role; see the module docstring."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        kernel: Any,
+        stores: Sequence[Any],
+        *,
+        notify_log: Path,
+        follow_interval_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.kernel = kernel
+        self.stores = list(stores)
+        self.access = StoreAccess(self.stores)
+        self.notify_log = notify_log
+        self.follow_interval_s = follow_interval_s
+        self.role = Role.INIT
+        self.core = SyncCore(config.sync.coalesce_ms / 1000)
+        self.epochs: dict[str, int] = {}
+        self.publishing = False
+        self.following = False
+        self.etimer = etimer_jiffies(config.sync.replay_timer_ms, kernel_hz())
+        self.executor = PlanExecutor(
+            kernel,
+            self.access,
+            self,
+            ExecutorSettings(
+                server_id=config.node.server_id,
+                oseq_jump=config.oseq_jump,
+                timeout_s=config.failover.notify_timeout_s,
+                replay_seq_thresh=config.sync.replay_seq_thresh,
+                etimer_jiffies=self.etimer,
+            ),
+            local_addresses=node_netns_addresses(config.netns),
+        )
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kernel_lock = asyncio.Lock()
+
+    # -- SyncLoops (called by the executor, in its worker thread) ----------------
+
+    def start_publishing(self, epochs: dict[str, int]) -> None:
+        self.epochs = dict(epochs)
+        self.publishing = True
+        self.core.request_resync("publishing started", time.monotonic())
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop_publishing(self) -> None:
+        # Flush what is pending (counters above all) before going quiet.
+        self.apply_ops(self.core.pending_ops(float("inf")))
+        self.publishing = False
+
+    def start_following(self) -> None:
+        self.following = True
+
+    def stop_following(self) -> None:
+        self.following = False
+
+    # -- store operations (worker thread) -----------------------------------------
+
+    def _to_stores(self, what: str, call: Any) -> None:
+        for client in self.stores:
+            epoch = self.epochs.get(client.server)
+            if epoch is None:
+                continue
+            try:
+                call(client, epoch)
+            except StaleEpochError as exc:
+                log.error("%s: store %s has a newer owner (%s); not publishing to it", what,
+                          client.server, exc)  # fmt: skip
+                del self.epochs[client.server]
+            except NotFoundError as exc:
+                log.warning("%s: store %s asks for a resync (%s)", what, client.server, exc)
+                self.core.request_resync(f"store {client.server}: {exc}", time.monotonic())
+            except StoreError as exc:
+                log.warning("%s: store %s failed (%s); resync later", what, client.server, exc)
+                self.core.request_resync(
+                    f"store {client.server} failed", time.monotonic() + RETRY_S
+                )
+
+    def apply_ops(self, ops: Sequence[SyncOp]) -> None:
+        """Carry out the core's operations (blocking)."""
+        sid = self.config.node.server_id
+        for op in ops:
+            if isinstance(op, SetThresholds):
+                self._set_thresholds(op)
+            elif not self.publishing:
+                continue
+            elif isinstance(op, FullResync):
+                log.info("full resync: %s", op.reason)
+                self.full_resync()
+            elif isinstance(op, PutEntries):
+                self._to_stores(
+                    "put", lambda cl, ep, op=op: cl.put_entries(sid, ep, op.sad, op.spd)
+                )
+            elif isinstance(op, PutReplay):
+                self._to_stores(
+                    "replay", lambda cl, ep, op=op: cl.update_replay(sid, ep, op.states)
+                )
+            elif isinstance(op, DeleteEntries):
+                self._to_stores(
+                    "delete",
+                    lambda cl, ep, op=op: cl.delete(sid, ep, op.sas, op.policy_indexes),
+                )
+
+    def _set_thresholds(self, op: SetThresholds) -> None:
+        sa = op.sa
+        try:
+            self.kernel.set_ae(
+                sa.daddr,
+                sa.spi,
+                sa.proto,
+                mark=sa.mark,
+                replay_thresh=self.config.sync.replay_seq_thresh,
+                etimer_thresh=self.etimer,
+            )
+        except XfrmError as exc:  # the SA may be gone already
+            log.warning("thresholds of SA spi 0x%08x not set: %s", sa.spi, exc)
+
+    def full_resync(self) -> None:
+        """Make every store equal to the kernel (blocking)."""
+        sid = self.config.node.server_id
+        sad = self.kernel.dump_sad()
+        spd = [p for p in self.kernel.dump_spd() if not is_gate(p)]
+        kernel_sas = {sa_key(sa) for sa in sad}
+        kernel_pols = {p.index for p in spd}
+
+        def resync(client: Any, epoch: int) -> None:
+            stored = client.get_server(sid)
+            client.put_entries(sid, epoch, sad, spd)
+            stale_sas = [(sa.spi, sa.proto) for sa in stored.sad if sa_key(sa) not in kernel_sas]
+            stale_pols = [p.index for p in stored.spd if p.index not in kernel_pols]
+            if stale_sas or stale_pols:
+                client.delete(sid, epoch, stale_sas, stale_pols)
+
+        self._to_stores("resync", resync)
+        self.core.resynced(sad, time.monotonic())
+        for sa in sad:
+            self._set_thresholds(SetThresholds(sa))
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def _events(self) -> None:
+        while True:
+            try:
+                async for event in xfrm_events(self.config.netns, EVENT_GROUPS):
+                    if self.publishing:
+                        self.core.on_event(event, time.monotonic())
+                        self._wake.set()
+            except EventsOverrun as exc:
+                self.core.request_resync(str(exc), time.monotonic())
+                self._wake.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            timer = self.core.get_timer()
+            timeout = None if timer is None else max(0.0, timer - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            ops = self.core.pending_ops(time.monotonic())
+            if ops:
+                async with self._kernel_lock:
+                    await asyncio.to_thread(self.apply_ops, ops)
+
+    async def _follower(self) -> None:
+        actions = [Action.FETCH_STATE, Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+        while True:
+            await asyncio.sleep(self.follow_interval_s)
+            if not self.following:
+                continue
+            async with self._kernel_lock:
+                try:
+                    await asyncio.to_thread(self.executor.run, actions)
+                except ExecutionError as exc:
+                    log.warning("hot standby: %s", exc)
+
+    async def transition(self, state: VrrpState, received_at: float) -> bool:
+        """Run the plan for ``state``; True if it completed."""
+        actions = plan(self.role, state, self.config.failover.mode)
+        if not actions:
+            return True
+        async with self._kernel_lock:
+            try:
+                report = await asyncio.to_thread(self.executor.run, actions, received_at)
+            except ExecutionError as exc:
+                log.error("%s -> %s failed: %s", self.role.value, state.value, exc)
+                return False
+        log.info("%s", json.dumps({"transition": state.value, "from": self.role.value,
+                                   "report": report.to_dict()}))  # fmt: skip
+        self.role = role_for(state)
+        return True
+
+    async def _notifications(self) -> None:
+        offset = self.notify_log.stat().st_size if self.notify_log.exists() else 0
+        pending = b""
+        while True:
+            await asyncio.sleep(0.05)
+            try:
+                with self.notify_log.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            offset += len(data)
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    state = VrrpState(record["state"])
+                    at = float(record.get("monotonic", time.monotonic()))
+                except (ValueError, KeyError, TypeError):
+                    log.warning("notify log %s: unreadable line skipped", self.notify_log)
+                    continue
+                await self.transition(state, at)
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        tasks = [
+            asyncio.create_task(coro)
+            for coro in (self._events(), self._flusher(), self._follower(), self._notifications())
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,602 @@
+"""Carry out a transition plan (``transitions.plan``) against the kernel and the store.
+
+Theory of operation
+-------------------
+``PlanExecutor.run(actions, received_at)`` performs the actions in order.
+The kernel side goes through the small ``XfrmKernel`` protocol (what
+``XfrmSocket`` offers), the store side through ``StateStore`` (``StoreAccess``
+below wraps one ``StoreClient`` per configured store) and the daemon's loops
+through ``SyncLoops``, so that the logic is tested with fakes.
+
+The served state is the namespace's whole XFRM SAD/SPD: the daemon serves
+one namespace (``[xfrm].netns``) per server ID, and its sync loop publishes
+all of it.
+
+Every action is **idempotent**: it compares what the kernel holds with what
+it should hold and changes only the difference. An SA already installed is
+left alone (its counters have moved on; rewinding them would replay); an
+outbound counter is only ever moved forward (``ADVANCE_OUTBOUND_SEQ`` reads
+it with GETAE first), an inbound window likewise; a policy that is already
+as it should be is not rewritten. Running the same plan again changes
+nothing in the kernel (``CLAIM_OWNERSHIP`` raises this node's epoch once
+more, which fences nobody new).
+
+Outbound SAs get their counter advanced by the jump (``seqjump.advance_sa``)
+before they are added; an SA whose counter would wrap is *not* installed but
+reported (``ExecutionReport.rekey``), for IKE to rekey. Inbound SAs are added
+with the replay window the store holds.
+
+The run is bounded: before each action and each kernel batch the deadline
+is checked, and ``ExecutionTimeout`` names the action it stopped at. Since
+``OPEN_OUTBOUND`` comes last among the kernel actions, a run stopped early
+leaves the outbound side gated (``transitions``).
+
+The timeline (``notify-received``, ``state-fetched``, ``sas-installed``,
+``outbound-opened``, ``done``, and one record per action) is logged as JSON
+with monotonic timestamps; it names SAs by SPI only, never keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gzip
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.errors import ApplianceError
+from appliance.failover.seqjump import AdvancedSa, RekeyRequired, advance_sa
+from appliance.failover.sync import is_gate, sa_key
+from appliance.failover.transitions import Action
+from appliance.model import (
+    Action as PolicyAction,
+)
+from appliance.model import (
+    Address,
+    Direction,
+    LifetimeCur,
+    Mark,
+    ReplayState,
+    ReplayStateEsn,
+    SadEntry,
+    SpdEntry,
+    classify_outbound,
+)
+from appliance.restore import policy_identity, sa_identity
+from appliance.xfrm.types import AeState, BatchFailure
+
+log = logging.getLogger("ipsec_ha.failover")
+
+DEFAULT_HZ = 250
+"""Debian's CONFIG_HZ, used when the kernel's configuration cannot be read."""
+
+
+class ExecutionError(ApplianceError):
+    """An action failed; the message names it and the reason."""
+
+
+class ExecutionTimeout(ExecutionError):
+    """The plan did not finish within its time limit."""
+
+
+class XfrmKernel(Protocol):
+    """The part of ``XfrmSocket`` the executor uses."""
+
+    def dump_sad(self) -> list[SadEntry]: ...
+
+    def dump_spd(self) -> list[SpdEntry]: ...
+
+    def install_batch(
+        self, operations: Sequence[tuple[str, SadEntry | SpdEntry]]
+    ) -> list[BatchFailure]: ...
+
+    def get_ae(
+        self,
+        daddr: Address,
+        spi: int,
+        proto: int = ...,
+        *,
+        mark: Mark | None = ...,
+        saddr: Address | None = ...,
+        reqid: int = ...,
+    ) -> AeState: ...
+
+    def set_replay(self, entry: SadEntry, replay: ReplayState | ReplayStateEsn) -> None: ...
+
+
+@dataclass(frozen=True)
+class FetchedState:
+    """A server ID's state as retrieved: SAs with their latest counters, policies."""
+
+    sad: tuple[SadEntry, ...]
+    spd: tuple[SpdEntry, ...]
+    source: str
+    """Which store answered."""
+
+
+class StateStore(Protocol):
+    """The store operations a plan needs."""
+
+    def claim(self, server_id: str) -> dict[str, int]:
+        """Raise the epoch; returns the new epoch per store that answered."""
+        ...
+
+    def fetch(self, server_id: str) -> FetchedState: ...
+
+
+class SyncLoops(Protocol):
+    """The daemon's loops the plan starts and stops."""
+
+    def start_publishing(self, epochs: dict[str, int]) -> None: ...
+
+    def stop_publishing(self) -> None: ...
+
+    def start_following(self) -> None: ...
+
+    def stop_following(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """What the executor needs from the daemon's configuration."""
+
+    server_id: str
+    oseq_jump: int
+    timeout_s: float
+    replay_seq_thresh: int
+    etimer_jiffies: int
+    """``XFRMA_ETIMER_THRESH`` as the kernel takes it on input: in jiffies."""
+
+
+@dataclass
+class TimelineEntry:
+    """One step of a run."""
+
+    step: str
+    monotonic: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExecutionReport:
+    """What a run did."""
+
+    actions: list[str] = field(default_factory=list)
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    epochs: dict[str, int] = field(default_factory=dict)
+    installed_sas: int = 0
+    installed_policies: int = 0
+    advanced: list[tuple[int, int, int]] = field(default_factory=list)
+    """(SPI, old counter, new counter) of each outbound SA moved."""
+    restored_inbound: int = 0
+    gated: int = 0
+    opened: int = 0
+    removed: int = 0
+    rekey: list[tuple[int, str]] = field(default_factory=list)
+    """(SPI, reason) of SAs not installed because they would wrap."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["timeline"] = [dataclasses.asdict(t) for t in self.timeline]
+        return out
+
+
+def gate_for(policy: SpdEntry) -> SpdEntry:
+    """The block gate standing in for an ``out`` policy: same identity and priority."""
+    return dataclasses.replace(
+        policy, action=PolicyAction.BLOCK, templates=(), lifetime_cur=LifetimeCur()
+    )
+
+
+def _same_policy(a: SpdEntry, b: SpdEntry) -> bool:
+    return (a.action, a.templates, a.priority) == (b.action, b.templates, b.priority)
+
+
+def _seq64(state: ReplayState | ReplayStateEsn | None, *, outbound: bool) -> int:
+    if state is None:
+        return 0
+    if isinstance(state, ReplayStateEsn):
+        return state.oseq64 if outbound else state.seq64
+    return state.oseq if outbound else state.seq
+
+
+def _replay_of(sa: SadEntry) -> ReplayState | ReplayStateEsn | None:
+    return sa.replay_esn if sa.replay_esn is not None else sa.replay
+
+
+def kernel_hz(release: str | None = None) -> int:
+    """CONFIG_HZ of the running kernel (``XFRMA_ETIMER_THRESH`` is read in jiffies).
+
+    The kernel takes the attribute as jiffies on input but reports it in
+    100 ms units (``xfrm_user.c``), so the daemon must know HZ. Read from
+    /boot/config-RELEASE or /proc/config.gz; ``DEFAULT_HZ`` otherwise.
+    """
+    release = release or platform.release()
+    texts: list[str] = []
+    with contextlib.suppress(OSError):
+        texts.append(Path(f"/boot/config-{release}").read_text())
+    with contextlib.suppress(OSError, EOFError, gzip.BadGzipFile):
+        texts.append(gzip.decompress(Path("/proc/config.gz").read_bytes()).decode())
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("CONFIG_HZ="):
+                with contextlib.suppress(ValueError):
+                    return int(line.split("=", 1)[1])
+    return DEFAULT_HZ
+
+
+def etimer_jiffies(timer_ms: int, hz: int) -> int:
+    """``replay_timer_ms`` as the jiffies ``XFRMA_ETIMER_THRESH`` carries on input."""
+    return -(-timer_ms * hz // 1000)
+
+
+class PlanExecutor:
+    """Runs plans; see the module docstring."""
+
+    def __init__(
+        self,
+        kernel: XfrmKernel,
+        store: StateStore,
+        loops: SyncLoops,
+        settings: ExecutorSettings,
+        *,
+        local_addresses: Callable[[], Sequence[Address]] = lambda: (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kernel = kernel
+        self.store = store
+        self.loops = loops
+        self.settings = settings
+        self.local_addresses = local_addresses
+        self.clock = clock
+        self.fetched: FetchedState | None = None
+
+    # -- the run -----------------------------------------------------------------
+
+    def run(self, actions: Sequence[Action], received_at: float | None = None) -> ExecutionReport:
+        """Perform ``actions`` in order; raise ``ExecutionError`` on the first failure."""
+        report = ExecutionReport()
+        start = self.clock() if received_at is None else received_at
+        deadline = start + self.settings.timeout_s
+        self._mark(report, "notify-received", {"actions": [a.value for a in actions]}, start)
+        self.fetched = None
+        for action in actions:
+            self._check_deadline(deadline, action)
+            try:
+                detail = self._do(action, report, deadline)
+            except ExecutionError:
+                raise
+            except ApplianceError as exc:
+                raise ExecutionError(f"{action.value}: {exc}") from exc
+            report.actions.append(action.value)
+            self._mark(report, action.value, detail)
+            milestone = _MILESTONES.get(action)
+            if milestone:
+                self._mark(report, milestone, {})
+        self._mark(report, "done", {"rekey": [f"0x{spi:08x}" for spi, _ in report.rekey]})
+        for spi, reason in report.rekey:
+            log.warning("SA spi 0x%08x needs a rekey: %s", spi, reason)
+        return report
+
+    def _mark(
+        self, report: ExecutionReport, step: str, detail: dict[str, Any], at: float | None = None
+    ) -> None:
+        entry = TimelineEntry(step, self.clock() if at is None else at, detail)
+        report.timeline.append(entry)
+        log.info("%s", json.dumps({"timeline": step, "monotonic": entry.monotonic, **detail}))
+
+    def _check_deadline(self, deadline: float, action: Action) -> None:
+        if self.clock() > deadline:
+            raise ExecutionTimeout(
+                f"the transition did not finish within {self.settings.timeout_s:g} s; "
+                f"stopped before {action.value} (outbound stays gated)"
+            )
+
+    def _do(self, action: Action, report: ExecutionReport, deadline: float) -> dict[str, Any]:
+        sid = self.settings.server_id
+        if action is Action.CLOSE_OUTBOUND:
+            return {"gated": self._close_outbound(report, deadline)}
+        if action is Action.STOP_PUBLISHING:
+            self.loops.stop_publishing()
+            return {}
+        if action is Action.START_PUBLISHING:
+            self.loops.start_publishing(dict(report.epochs))
+            return {}
+        if action is Action.STOP_FOLLOWING:
+            self.loops.stop_following()
+            return {}
+        if action is Action.START_FOLLOWING:
+            self.loops.start_following()
+            return {}
+        if action is Action.CLAIM_OWNERSHIP:
+            report.epochs = self.store.claim(sid)
+            return {"epochs": report.epochs}
+        if action is Action.FETCH_STATE:
+            self.fetched = self.store.fetch(sid)
+            return {
+                "sas": len(self.fetched.sad),
+                "policies": len(self.fetched.spd),
+                "from": self.fetched.source,
+            }
+        fetched = self.fetched
+        if action is Action.REMOVE_STATE:
+            return {"removed": self._remove_state(report, deadline)}
+        if fetched is None:
+            raise ExecutionError(f"{action.value} needs the state from fetch-state first")
+        if action is Action.INSTALL_STATE:
+            return self._install(fetched, report, deadline, reconcile=False)
+        if action is Action.RECONCILE_STATE:
+            return self._install(fetched, report, deadline, reconcile=True)
+        if action is Action.ADVANCE_OUTBOUND_SEQ:
+            return self._advance_outbound(fetched, report, deadline)
+        if action is Action.RESTORE_INBOUND_REPLAY:
+            return self._restore_inbound(fetched, report, deadline)
+        if action is Action.OPEN_OUTBOUND:
+            return {"opened": self._open_outbound(fetched, report, deadline)}
+        raise ExecutionError(f"unknown action {action!r}")
+
+    # -- kernel work -------------------------------------------------------------
+
+    def _batch(
+        self, ops: list[tuple[str, SadEntry | SpdEntry]], what: str, deadline: float
+    ) -> None:
+        if not ops:
+            return
+        failures = self.kernel.install_batch(ops)
+        if failures:
+            first = failures[0]
+            raise ExecutionError(
+                f"{what}: the kernel refused {len(failures)} of {len(ops)} changes; "
+                f"first: {first.message}"
+            )
+        if self.clock() > deadline:
+            raise ExecutionTimeout(
+                f"the transition did not finish within {self.settings.timeout_s:g} s "
+                f"(during {what}; outbound stays gated)"
+            )
+
+    def _close_outbound(self, report: ExecutionReport, deadline: float) -> int:
+        ops: list[tuple[str, SadEntry | SpdEntry]] = [
+            ("update_policy", gate_for(p))
+            for p in self.kernel.dump_spd()
+            if p.dir == Direction.OUT and not is_gate(p)
+        ]
+        self._batch(ops, "close-outbound", deadline)
+        report.gated += len(ops)
+        return len(ops)
+
+    def _outbound_flags(self, fetched: FetchedState) -> list[bool]:
+        return classify_outbound(fetched.sad, fetched.spd, self.local_addresses())
+
+    def _with_thresholds(self, sa: SadEntry) -> SadEntry:
+        return dataclasses.replace(
+            sa,
+            replay_thresh=self.settings.replay_seq_thresh,
+            etimer_thresh=self.settings.etimer_jiffies,
+        )
+
+    def _install(
+        self, fetched: FetchedState, report: ExecutionReport, deadline: float, *, reconcile: bool
+    ) -> dict[str, Any]:
+        kernel_sas = {sa_identity(sa): sa for sa in self.kernel.dump_sad()}
+        kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
+        sa_ops: list[tuple[str, SadEntry | SpdEntry]] = []
+        for sa, outbound in zip(fetched.sad, self._outbound_flags(fetched), strict=True):
+            if sa_identity(sa) in kernel_sas:
+                continue
+            if outbound:
+                outcome = advance_sa(sa, self.settings.oseq_jump)
+                if isinstance(outcome, RekeyRequired):
+                    report.rekey.append((sa.spi, outcome.reason))
+                    continue
+                report.advanced.append((sa.spi, outcome.old_oseq, outcome.new_oseq))
+                sa = outcome.sa
+            sa_ops.append(("add_sa", self._with_thresholds(sa)))
+        pol_ops: list[tuple[str, SadEntry | SpdEntry]] = []
+        for pol in fetched.spd:
+            # Outbound stays gated until open-outbound.
+            target = gate_for(pol) if pol.dir == Direction.OUT else pol
+            present = kernel_pols.get(policy_identity(pol))
+            if present is None:
+                pol_ops.append(("add_policy", target))
+            elif not _same_policy(present, target) and not (
+                pol.dir == Direction.OUT and _same_policy(present, pol)
+            ):
+                # An out policy already open (a re-run after open-outbound) stays open.
+                pol_ops.append(("update_policy", target))
+        removals: list[tuple[str, SadEntry | SpdEntry]] = []
+        if reconcile:
+            wanted_sas = {sa_identity(sa) for sa in fetched.sad}
+            wanted_pols = {policy_identity(p) for p in fetched.spd}
+            removals += [("delete_sa", sa) for k, sa in kernel_sas.items() if k not in wanted_sas]
+            removals += [
+                ("delete_policy", p)
+                for k, p in kernel_pols.items()
+                if k not in wanted_pols and not is_gate(p)
+            ]
+        # SAs before the policies that name them; removals last (policies first).
+        self._batch(sa_ops, "install SAs", deadline)
+        self._batch(pol_ops, "install policies", deadline)
+        removals.sort(key=lambda op: op[0] != "delete_policy")
+        self._batch(removals, "remove stale entries", deadline)
+        report.installed_sas += len(sa_ops)
+        report.installed_policies += len(pol_ops)
+        report.removed += len(removals)
+        return {
+            "sas": len(sa_ops),
+            "policies": len(pol_ops),
+            "removed": len(removals),
+            "rekey": len(report.rekey),
+        }
+
+    def _present(self, fetched: FetchedState) -> list[tuple[SadEntry, bool]]:
+        kernel = {sa_identity(sa) for sa in self.kernel.dump_sad()}
+        return [
+            (sa, out)
+            for sa, out in zip(fetched.sad, self._outbound_flags(fetched), strict=True)
+            if sa_identity(sa) in kernel
+        ]
+
+    def _kernel_replay(self, sa: SadEntry) -> ReplayState | ReplayStateEsn | None:
+        ae = self.kernel.get_ae(sa.daddr, sa.spi, sa.proto, mark=sa.mark)
+        return ae.replay_esn if ae.replay_esn is not None else ae.replay
+
+    def _advance_outbound(
+        self, fetched: FetchedState, report: ExecutionReport, deadline: float
+    ) -> dict[str, Any]:
+        moved = 0
+        for sa, outbound in self._present(fetched):
+            if not outbound:
+                continue
+            self._check_deadline(deadline, Action.ADVANCE_OUTBOUND_SEQ)
+            outcome = advance_sa(sa, self.settings.oseq_jump)
+            if isinstance(outcome, RekeyRequired):
+                report.rekey.append((sa.spi, outcome.reason))
+                continue
+            current = _seq64(self._kernel_replay(sa), outbound=True)
+            if current >= outcome.new_oseq:
+                continue  # already there, or traffic moved it further: never rewind
+            self._set_replay(outcome)
+            report.advanced.append((sa.spi, outcome.old_oseq, outcome.new_oseq))
+            moved += 1
+        return {"advanced": moved, "rekey": len(report.rekey)}
+
+    def _set_replay(self, outcome: AdvancedSa) -> None:
+        state = _replay_of(outcome.sa)
+        assert state is not None  # advance_sa always returns one
+        self.kernel.set_replay(outcome.sa, state)
+
+    def _restore_inbound(
+        self, fetched: FetchedState, report: ExecutionReport, deadline: float
+    ) -> dict[str, Any]:
+        restored = 0
+        for sa, outbound in self._present(fetched):
+            stored = _replay_of(sa)
+            if outbound or stored is None:
+                continue
+            self._check_deadline(deadline, Action.RESTORE_INBOUND_REPLAY)
+            if _seq64(self._kernel_replay(sa), outbound=False) >= _seq64(stored, outbound=False):
+                continue
+            self.kernel.set_replay(sa, stored)
+            restored += 1
+        report.restored_inbound += restored
+        return {"restored": restored}
+
+    def _open_outbound(
+        self, fetched: FetchedState, report: ExecutionReport, deadline: float
+    ) -> int:
+        kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
+        ops: list[tuple[str, SadEntry | SpdEntry]] = []
+        for pol in fetched.spd:
+            if pol.dir != Direction.OUT:
+                continue
+            present = kernel_pols.get(policy_identity(pol))
+            if present is None or not _same_policy(present, pol):
+                ops.append(("update_policy", pol))
+        self._batch(ops, "open-outbound", deadline)
+        report.opened += len(ops)
+        return len(ops)
+
+    def _remove_state(self, report: ExecutionReport, deadline: float) -> int:
+        ops: list[tuple[str, SadEntry | SpdEntry]] = [
+            ("delete_policy", p) for p in self.kernel.dump_spd() if not is_gate(p)
+        ]
+        ops += [("delete_sa", sa) for sa in self.kernel.dump_sad()]
+        self._batch(ops, "remove-state", deadline)
+        report.removed += len(ops)
+        return len(ops)
+
+
+_MILESTONES = {
+    Action.FETCH_STATE: "state-fetched",
+    Action.INSTALL_STATE: "sas-installed",
+    Action.RECONCILE_STATE: "sas-installed",
+    Action.OPEN_OUTBOUND: "outbound-opened",
+}
+
+
+class StoreAccess:
+    """Every configured store: claims and writes go to all, reads to the first that answers.
+
+    In the embedded two-node setup each gateway runs a store and the active
+    node writes to both; at takeover the dead node's store does not answer,
+    so one answering store is enough. Each store keeps its own epoch.
+    """
+
+    def __init__(self, clients: Sequence[Any]) -> None:
+        if not clients:
+            raise ExecutionError("no store configured")
+        self.clients = list(clients)
+
+    def _each(self, what: str, call: Callable[[Any], Any]) -> dict[str, Any]:
+        from appliance.store.base import StaleEpochError, StoreError
+
+        results: dict[str, Any] = {}
+        errors: list[str] = []
+        for client in self.clients:
+            try:
+                results[client.server] = call(client)
+            except StaleEpochError:
+                raise
+            except StoreError as exc:
+                errors.append(f"{client.server}: {exc}")
+        if not results:
+            raise ExecutionError(f"{what}: no store answered ({'; '.join(errors)})")
+        for error in errors:
+            log.warning("%s: %s", what, error)
+        return results
+
+    def claim(self, server_id: str) -> dict[str, int]:
+        return self._each("claim", lambda c: c.claim(server_id))
+
+    def fetch(self, server_id: str) -> FetchedState:
+        from appliance.store.base import StoreError
+        from appliance.store.client import merge_replay
+
+        errors: list[str] = []
+        for client in self.clients:
+            try:
+                state = client.get_server(server_id)
+            except StoreError as exc:
+                errors.append(f"{client.server}: {exc}")
+                continue
+            sad = []
+            for sa in state.sad:
+                update = state.replay.get(sa_key(sa))
+                sad.append(merge_replay(sa, update) if update is not None else sa)
+            return FetchedState(tuple(sad), tuple(state.spd), client.server)
+        raise ExecutionError(f"fetch-state: no store answered ({'; '.join(errors)})")
+
+
+def node_netns_addresses(netns: str | None) -> Callable[[], Sequence[Address]]:
+    """The local-address lookup for ``classify_outbound`` in ``netns``."""
+
+    def lookup() -> Sequence[Address]:
+        from appliance.restore import netns_local_addresses
+
+        return netns_local_addresses(netns)
+
+    return lookup
+
+
+__all__ = [
+    "ExecutionError",
+    "ExecutionReport",
+    "ExecutionTimeout",
+    "ExecutorSettings",
+    "FetchedState",
+    "PlanExecutor",
+    "StateStore",
+    "StoreAccess",
+    "SyncLoops",
+    "XfrmKernel",
+    "etimer_jiffies",
+    "gate_for",
+    "kernel_hz",
+]

@@ -1,0 +1,159 @@
+"""The daemon's store side with fakes: resync mirrors the kernel, the store's NOT_FOUND asks
+for a resync, a stale epoch stops publishing to that store, transitions update the role."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_executor import IN_POL, IN_SA, OUT_POL, OUT_SA, STATE, FakeKernel
+
+from appliance.failover.config import load_daemon_config
+from appliance.failover.daemon import FailoverDaemon
+from appliance.failover.sync import FullResync, PutReplay, sa_key
+from appliance.failover.transitions import Role
+from appliance.notify import VrrpState
+from appliance.store.base import NotFoundError, StaleEpochError
+from appliance.wire.entries import replay_update_for
+
+pytestmark = pytest.mark.unit
+
+
+class Stored:
+    def __init__(self) -> None:
+        self.sad: list[Any] = []
+        self.spd: list[Any] = []
+        self.epoch = 0
+        self.replay: dict[Any, Any] = {}
+
+
+class FakeClient:
+    """The StoreClient calls the daemon makes, over a dict."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.data: dict[Any, Any] = {}
+        self.pols: dict[int, Any] = {}
+        self.epoch = 0
+        self.calls: list[str] = []
+        self.fail_with: Exception | None = None
+
+    def _check(self, epoch: int) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        if epoch < self.epoch:
+            raise StaleEpochError("stale", self.epoch)
+
+    def claim(self, server_id: str) -> int:
+        self.epoch += 1
+        return self.epoch
+
+    def get_server(self, server_id: str) -> Stored:
+        s = Stored()
+        s.sad, s.spd = list(self.data.values()), list(self.pols.values())
+        return s
+
+    def put_entries(self, sid: str, epoch: int, sad: Any, spd: Any = ()) -> int:
+        self._check(epoch)
+        self.calls.append("put")
+        self.data.update({sa_key(sa): sa for sa in sad})
+        self.pols.update({p.index: p for p in spd})
+        return 1
+
+    def update_replay(self, sid: str, epoch: int, states: Any) -> int:
+        self._check(epoch)
+        self.calls.append("replay")
+        return 1
+
+    def delete(self, sid: str, epoch: int, spis: Any = (), policy_indexes: Any = ()) -> None:
+        self._check(epoch)
+        self.calls.append("delete")
+        for spi, _ in spis:
+            self.data = {k: v for k, v in self.data.items() if k.spi != spi}
+        for index in policy_indexes:
+            self.pols.pop(index, None)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Any:
+    psk = tmp_path / "cluster.psk"
+    psk.write_text("ab" * 32)
+    os.chmod(psk, 0o600)
+    path = tmp_path / "daemon.toml"
+    path.write_text(
+        '[node]\nid = "gw1"\nserver_id = "192.0.2.1"\nnode_index = 0\n'
+        f'[store]\nservers = ["198.51.100.10", "198.51.100.11"]\npsk_file = "{psk}"\n'
+    )
+    return load_daemon_config(path)
+
+
+class ThresholdKernel(FakeKernel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.thresholds: list[int] = []
+
+    def set_ae(self, daddr: Any, spi: int, proto: int, **kw: Any) -> None:
+        self.thresholds.append(spi)
+
+
+def make(config: Any, tmp_path: Path) -> tuple[FailoverDaemon, ThresholdKernel, list[FakeClient]]:
+    kernel = ThresholdKernel()
+    clients = [FakeClient("198.51.100.10"), FakeClient("198.51.100.11")]
+    daemon = FailoverDaemon(config, kernel, clients, notify_log=tmp_path / "notify.jsonl")
+    daemon.executor.local_addresses = lambda: [OUT_SA.saddr]
+    return daemon, kernel, clients
+
+
+def test_full_resync_makes_every_store_equal_to_the_kernel(config: Any, tmp_path: Path) -> None:
+    daemon, kernel, clients = make(config, tmp_path)
+    kernel.install_batch([("add_sa", OUT_SA), ("add_policy", IN_POL)])
+    stale = IN_SA
+    for client in clients:
+        client.data[sa_key(stale)] = stale
+    daemon.start_publishing({"198.51.100.10": 0, "198.51.100.11": 0})
+    daemon.apply_ops(daemon.core.pending_ops(float("inf")))
+    for client in clients:
+        assert list(client.data) == [sa_key(OUT_SA)]
+        assert list(client.pols.values()) == [IN_POL]
+    assert kernel.thresholds == [OUT_SA.spi]
+
+
+def test_not_found_from_the_store_asks_for_a_resync(config: Any, tmp_path: Path) -> None:
+    daemon, _, clients = make(config, tmp_path)
+    daemon.start_publishing({"198.51.100.10": 0})
+    daemon.core.pending_ops(float("inf"))
+    clients[0].fail_with = NotFoundError("no such SA")
+    daemon.apply_ops([PutReplay((replay_update_for(OUT_SA),))])
+    assert daemon.core.pending_ops(float("inf")) == [FullResync("store 198.51.100.10: no such SA")]
+
+
+def test_stale_epoch_stops_publishing_to_that_store_only(config: Any, tmp_path: Path) -> None:
+    daemon, _, clients = make(config, tmp_path)
+    clients[0].epoch = 5
+    daemon.start_publishing({"198.51.100.10": 1, "198.51.100.11": 1})
+    daemon.apply_ops(daemon.core.pending_ops(float("inf")))
+    assert daemon.epochs == {"198.51.100.11": 1}
+    assert clients[1].calls == ["put"]
+
+
+def test_takeover_from_a_notify_claims_every_store_and_publishes(
+    config: Any, tmp_path: Path
+) -> None:
+    daemon, kernel, clients = make(config, tmp_path)
+    for client in clients[:1]:  # the other store (the dead node's) holds nothing
+        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.pols = {i: p for i, p in enumerate(STATE.spd)}
+    clients[1].fail_with = None
+    ok = asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))
+    assert ok and daemon.role is Role.ACTIVE
+    assert daemon.publishing and daemon.epochs == {"198.51.100.10": 1, "198.51.100.11": 1}
+    assert {sa.spi for sa in kernel.sad.values()} == {OUT_SA.spi, IN_SA.spi}
+    assert OUT_POL in kernel.spd.values()
+    # A repeated MASTER is an empty plan: nothing runs.
+    kernel.changes.clear()
+    assert asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))
+    assert kernel.changes == []

@@ -1,0 +1,324 @@
+"""The plan executor against a fake kernel and a fake store: order, jump, gates, idempotence."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from appliance import model as m
+from appliance.failover.executor import (
+    ExecutionError,
+    ExecutionTimeout,
+    ExecutorSettings,
+    FetchedState,
+    PlanExecutor,
+    etimer_jiffies,
+    gate_for,
+)
+from appliance.failover.seqjump import SEQ32_MAX
+from appliance.failover.sync import is_gate
+from appliance.failover.transitions import Action, Role, StandbyMode, plan
+from appliance.notify import VrrpState
+from appliance.restore import policy_identity, sa_identity
+from appliance.xfrm.types import AeState, BatchFailure
+
+pytestmark = pytest.mark.unit
+
+GW = ipaddress.ip_address("192.0.2.1")
+PEER = ipaddress.ip_address("192.0.2.2")
+NET_LOCAL = ipaddress.ip_address("198.51.100.0")
+NET_REMOTE = ipaddress.ip_address("203.0.113.0")
+KEY = m.Key(bytes(range(20)))
+JUMP = 50_000
+
+
+def sa(spi: int, src: m.Address, dst: m.Address, oseq: int, seq: int, reqid: int) -> m.SadEntry:
+    return m.SadEntry(
+        daddr=dst,
+        saddr=src,
+        spi=spi,
+        mode=m.Mode.TUNNEL,
+        reqid=reqid,
+        replay_window=32,
+        aead=m.AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, KEY),
+        replay=m.ReplayState(oseq=oseq, seq=seq, bitmap=1),
+    )
+
+
+def policy(direction: int, src: m.Address, dst: m.Address, tsrc: m.Address, tdst: m.Address,
+           reqid: int) -> m.SpdEntry:  # fmt: skip
+    return m.SpdEntry(
+        selector=m.Selector(daddr=dst, saddr=src, prefixlen_d=24, prefixlen_s=24),
+        dir=direction,
+        templates=(m.Template(daddr=tdst, saddr=tsrc, reqid=reqid, mode=m.Mode.TUNNEL),),
+    )
+
+
+OUT_SA = sa(0x1001, GW, PEER, oseq=7000, seq=0, reqid=1)
+IN_SA = sa(0x2002, PEER, GW, oseq=0, seq=4000, reqid=2)
+OUT_POL = policy(m.Direction.OUT, NET_LOCAL, NET_REMOTE, GW, PEER, 1)
+IN_POL = policy(m.Direction.IN, NET_REMOTE, NET_LOCAL, PEER, GW, 2)
+FWD_POL = dataclasses.replace(IN_POL, dir=m.Direction.FWD)
+STATE = FetchedState((OUT_SA, IN_SA), (OUT_POL, IN_POL, FWD_POL), "198.51.100.10")
+
+
+class FakeKernel:
+    """A SAD/SPD in memory that answers like XfrmSocket and records every change."""
+
+    def __init__(self) -> None:
+        self.sad: dict[tuple[object, ...], m.SadEntry] = {}
+        self.spd: dict[tuple[object, ...], m.SpdEntry] = {}
+        self.changes: list[tuple[str, object]] = []
+        self.refuse_spi: int | None = None
+
+    def dump_sad(self) -> list[m.SadEntry]:
+        return list(self.sad.values())
+
+    def dump_spd(self) -> list[m.SpdEntry]:
+        return list(self.spd.values())
+
+    def install_batch(
+        self, operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]]
+    ) -> list[BatchFailure]:
+        failures = []
+        for i, (op, entry) in enumerate(operations):
+            self.changes.append((op, entry))
+            if isinstance(entry, m.SadEntry):
+                key = sa_identity(entry)
+                if op == "add_sa":
+                    if key in self.sad or entry.spi == self.refuse_spi:
+                        failures.append(BatchFailure(i, errno.EEXIST, f"{op}: refused"))
+                        continue
+                    self.sad[key] = entry
+                elif op == "delete_sa":
+                    self.sad.pop(key)
+                continue
+            key = policy_identity(entry)
+            if op == "add_policy":
+                assert key not in self.spd
+                self.spd[key] = entry
+            elif op == "update_policy":
+                self.spd[key] = entry
+            elif op == "delete_policy":
+                self.spd.pop(key)
+        return failures
+
+    def get_ae(self, daddr: m.Address, spi: int, proto: int = 50, **_: object) -> AeState:
+        entry = next(e for e in self.sad.values() if (e.daddr, e.spi) == (daddr, spi))
+        return AeState(entry.replay, entry.replay_esn, entry.lifetime_cur)
+
+    def set_replay(self, entry: m.SadEntry, replay: m.ReplayState | m.ReplayStateEsn) -> None:
+        key = sa_identity(entry)
+        self.changes.append(("set_replay", replay))
+        field = "replay_esn" if isinstance(replay, m.ReplayStateEsn) else "replay"
+        self.sad[key] = dataclasses.replace(self.sad[key], **{field: replay})  # type: ignore[arg-type]
+
+    def send_packets(self, spi: int, count: int) -> None:
+        key = next(k for k, e in self.sad.items() if e.spi == spi)
+        e = self.sad[key]
+        assert e.replay is not None
+        self.sad[key] = dataclasses.replace(
+            e, replay=dataclasses.replace(e.replay, oseq=e.replay.oseq + count)
+        )
+
+
+class FakeStore:
+    def __init__(self, state: FetchedState) -> None:
+        self.state = state
+        self.epoch = 3
+        self.calls: list[str] = []
+
+    def claim(self, server_id: str) -> dict[str, int]:
+        self.calls.append(f"claim {server_id}")
+        self.epoch += 1
+        return {"198.51.100.10": self.epoch}
+
+    def fetch(self, server_id: str) -> FetchedState:
+        self.calls.append(f"fetch {server_id}")
+        return self.state
+
+
+class FakeLoops:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start_publishing(self, epochs: dict[str, int]) -> None:
+        self.calls.append(f"start-publishing {sorted(epochs.values())}")
+
+    def stop_publishing(self) -> None:
+        self.calls.append("stop-publishing")
+
+    def start_following(self) -> None:
+        self.calls.append("start-following")
+
+    def stop_following(self) -> None:
+        self.calls.append("stop-following")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.step = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def make(
+    kernel: FakeKernel | None = None, state: FetchedState = STATE, timeout: float = 10.0
+) -> tuple[PlanExecutor, FakeKernel, FakeStore, FakeLoops, Clock]:
+    kernel = kernel or FakeKernel()
+    store, loops, clock = FakeStore(state), FakeLoops(), Clock()
+    settings = ExecutorSettings("192.0.2.1", JUMP, timeout, 1000, etimer_jiffies(500, 250))
+    executor = PlanExecutor(
+        kernel, store, loops, settings, local_addresses=lambda: [GW], clock=clock
+    )
+    return executor, kernel, store, loops, clock
+
+
+def cold_takeover() -> list[Action]:
+    return plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.COLD)
+
+
+def test_cold_takeover_installs_with_jump_and_opens_outbound() -> None:
+    executor, kernel, store, loops, _ = make()
+    report = executor.run(cold_takeover())
+    assert store.calls == ["claim 192.0.2.1", "fetch 192.0.2.1"]
+    out = kernel.sad[sa_identity(OUT_SA)]
+    inbound = kernel.sad[sa_identity(IN_SA)]
+    assert out.replay == m.ReplayState(oseq=7000 + JUMP, seq=0, bitmap=1)
+    assert inbound.replay == IN_SA.replay  # the inbound window as stored
+    assert out.replay_thresh == 1000 and out.etimer_thresh == 125
+    assert kernel.spd[policy_identity(OUT_POL)] == OUT_POL  # opened: the real policy
+    assert kernel.spd[policy_identity(IN_POL)] == IN_POL
+    assert report.advanced == [(0x1001, 7000, 7000 + JUMP)]
+    assert loops.calls == ["start-publishing [4]"]
+    assert report.epochs == {"198.51.100.10": 4}
+
+
+def test_outbound_is_gated_until_open_outbound() -> None:
+    executor, kernel, _, _, _ = make()
+    actions = cold_takeover()
+    executor.run(actions[: actions.index(Action.OPEN_OUTBOUND)])
+    assert is_gate(kernel.spd[policy_identity(OUT_POL)])
+    # Every SA went in before any out policy, and the first out policy was a gate.
+    first_out = next(
+        e for op, e in kernel.changes if isinstance(e, m.SpdEntry) and e.dir == m.Direction.OUT
+    )
+    assert is_gate(first_out)
+
+
+def test_running_the_same_plan_twice_changes_nothing_in_the_kernel() -> None:
+    executor, kernel, _, _, _ = make()
+    executor.run(cold_takeover())
+    kernel.send_packets(0x1001, 10)
+    before_sad, before_spd = dict(kernel.sad), dict(kernel.spd)
+    kernel.changes.clear()
+    report = executor.run(cold_takeover())
+    assert kernel.changes == []
+    assert (kernel.sad, kernel.spd) == (before_sad, before_spd)
+    assert report.installed_sas == report.opened == 0
+
+
+def test_sa_that_would_wrap_is_reported_not_installed() -> None:
+    near_end = dataclasses.replace(OUT_SA, replay=m.ReplayState(oseq=SEQ32_MAX - 10))
+    executor, kernel, _, _, _ = make(state=dataclasses.replace(STATE, sad=(near_end, IN_SA)))
+    report = executor.run(cold_takeover())
+    assert sa_identity(near_end) not in kernel.sad
+    assert sa_identity(IN_SA) in kernel.sad
+    assert [spi for spi, _ in report.rekey] == [0x1001]
+    assert "rekey" in report.rekey[0][1]
+
+
+def test_kernel_refusal_stops_before_open_outbound() -> None:
+    kernel = FakeKernel()
+    kernel.refuse_spi = 0x2002
+    executor, kernel, _, loops, _ = make(kernel)
+    with pytest.raises(ExecutionError, match="install SAs"):
+        executor.run(cold_takeover())
+    assert not any(p.dir == m.Direction.OUT and not is_gate(p) for p in kernel.spd.values())
+    assert loops.calls == []
+
+
+def test_timeout_stops_the_plan_with_outbound_gated() -> None:
+    executor, kernel, _, _, clock = make(timeout=1.0)
+    clock.step = 0.4  # each clock reading advances: the deadline passes mid-plan
+    with pytest.raises(ExecutionTimeout, match="outbound stays gated"):
+        executor.run(cold_takeover())
+    assert all(is_gate(p) for p in kernel.spd.values() if p.dir == m.Direction.OUT)
+
+
+def test_close_outbound_gates_every_open_out_policy_and_remove_state_keeps_gates() -> None:
+    executor, kernel, _, _, _ = make()
+    executor.run(cold_takeover())
+    report = executor.run(plan(Role.ACTIVE, VrrpState.BACKUP, StandbyMode.COLD))
+    assert report.gated == 1
+    assert kernel.sad == {}
+    assert list(kernel.spd.values()) == [gate_for(OUT_POL)]
+    assert executor.loops.calls[-1:] == ["stop-publishing"]  # type: ignore[attr-defined]
+
+
+def test_hot_takeover_moves_counters_forward_only() -> None:
+    executor, kernel, _, _, _ = make()
+    # Hot standby: SAs pre-installed with older counters, outbound gated.
+    stale_out = dataclasses.replace(OUT_SA, replay=m.ReplayState(oseq=10))
+    stale_in = dataclasses.replace(IN_SA, replay=m.ReplayState(seq=100, bitmap=1))
+    kernel.install_batch(
+        [("add_sa", stale_out), ("add_sa", stale_in), ("add_policy", gate_for(OUT_POL)),
+         ("add_policy", IN_POL), ("add_policy", FWD_POL)]
+    )  # fmt: skip
+    kernel.changes.clear()
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert kernel.sad[sa_identity(OUT_SA)].replay == m.ReplayState(oseq=7000 + JUMP, bitmap=1)
+    assert kernel.sad[sa_identity(IN_SA)].replay == IN_SA.replay
+    assert report.restored_inbound == 1
+    assert kernel.spd[policy_identity(OUT_POL)] == OUT_POL
+    # A second run: the counters are ahead (traffic moved them), nothing is rewound.
+    kernel.send_packets(0x1001, 5)
+    kernel.changes.clear()
+    executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert kernel.changes == []
+
+
+def test_reconcile_deletes_what_the_store_no_longer_has() -> None:
+    executor, kernel, _, _, _ = make()
+    gone = sa(0x3003, PEER, GW, oseq=0, seq=1, reqid=9)
+    kernel.install_batch([("add_sa", gone)])
+    executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert sa_identity(gone) not in kernel.sad
+    assert sa_identity(OUT_SA) in kernel.sad
+
+
+def test_timeline_names_the_steps_and_never_logs_keys(caplog: pytest.LogCaptureFixture) -> None:
+    executor, _, _, _, _ = make()
+    with caplog.at_level(logging.INFO, logger="ipsec_ha.failover"):
+        report = executor.run(cold_takeover(), received_at=99.0)
+    steps = [t.step for t in report.timeline]
+    for milestone in ("notify-received", "state-fetched", "sas-installed", "done"):
+        assert milestone in steps
+    assert steps[0] == "notify-received" and steps[-1] == "done"
+    assert report.timeline[0].monotonic == 99.0
+    times = [t.monotonic for t in report.timeline]
+    assert times == sorted(times)
+    assert KEY.data.hex() not in caplog.text
+    assert "0001020304" not in caplog.text
+
+
+def test_install_without_fetch_is_refused() -> None:
+    executor, kernel, _, _, _ = make()
+    with pytest.raises(ExecutionError, match="fetch-state first"):
+        executor.run([Action.INSTALL_STATE])
+    assert kernel.changes == []
+
+
+def test_etimer_jiffies_rounds_up() -> None:
+    assert etimer_jiffies(500, 250) == 125
+    assert etimer_jiffies(100, 300) == 30
+    assert etimer_jiffies(100, 1000) == 100
+    assert etimer_jiffies(0, 250) == 0
