@@ -10,6 +10,7 @@ a round trip.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -132,8 +133,12 @@ def address_from_xfrm(family: int, raw: bytes) -> Address:
     return ipaddress.IPv6Address(raw)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def address_to_xfrm(address: Address) -> bytes:
-    """Encode an address as a kernel ``xfrm_address_t`` (16 bytes, zero padded)."""
+    """Encode an address as a kernel ``xfrm_address_t`` (16 bytes, zero padded).
+
+    Cached: a restore encodes the same few addresses tens of thousands of times.
+    """
     return address.packed.ljust(16, b"\0")
 
 

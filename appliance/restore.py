@@ -1,0 +1,444 @@
+"""Restore a snapshot into a namespace's XFRM SAD/SPD: all or nothing by default.
+
+Theory of operation
+-------------------
+1. Prepare, without touching the kernel: decide which SAs are outbound
+   (``classify_outbound``, docs/model.md) and move their outbound sequence
+   number ``oseq_jump`` ahead. A non-ESN SA that would pass 2^32-1 is
+   refused: restoring it would make it wrap (or die) at once.
+2. Dump what the namespace holds now. Without ``replace`` an entry that
+   already exists is a failure (the kernel says EEXIST). With ``replace``
+   an existing SA is deleted and added again (an SA update cannot change
+   keys or replay state) and an existing policy is updated; the old
+   entries are remembered.
+3. Install in batches (the netlink layer sends many requests before
+   reading the acks): deletions for ``replace``, then SAs, then policies,
+   so that no policy ever points at a missing SA.
+4. On the first failure, unless ``keep_going``: undo in reverse order --
+   delete added policies, put updated policies back, delete added SAs,
+   re-add deleted SAs -- and raise ``RestoreError`` naming the entry and
+   the kernel's reason. The namespace is then as it was. With
+   ``keep_going`` everything that can be installed is, and every failure
+   is reported.
+
+The kernel work is done through the small ``XfrmBatch`` protocol so that
+this logic is testable with a fake; ``appliance.xfrm`` provides the real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from appliance.errors import ApplianceError, KernelError
+from appliance.model import (
+    Address,
+    ReplayState,
+    SadEntry,
+    Snapshot,
+    SpdEntry,
+    classify_outbound,
+)
+from appliance.model._codec import gc_paused
+
+if TYPE_CHECKING:
+    from appliance.xfrm.socket import XfrmSocket
+
+OpKind = Literal["add_sa", "delete_sa", "add_policy", "update_policy", "delete_policy"]
+Progress = Callable[[int], None]
+"""Called with the number of entries just finished."""
+
+
+class RestoreError(ApplianceError):
+    """A restore failed; the message names the entry and the reason."""
+
+
+class RestoreRollbackError(KernelError):
+    """A restore failed and undoing it failed too: the namespace is not as it was."""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One kernel change of a restore."""
+
+    kind: OpKind
+    entry: SadEntry | SpdEntry
+
+
+@dataclass(frozen=True, slots=True)
+class OpFailure:
+    """The kernel refused one ``Op``."""
+
+    op: Op
+    errno: int
+    message: str = ""
+    """The netlink layer's sentence for it (with the kernel's extended ack), if any."""
+
+
+Outcome = OpFailure | Literal["ok", "skipped"]
+"""Per op: applied ("ok"), refused (``OpFailure``) or not sent ("skipped")."""
+
+
+class XfrmBatch(Protocol):
+    """What restore needs from the netlink layer."""
+
+    def dump_sa(self) -> Iterable[SadEntry]: ...
+
+    def dump_policy(self) -> Iterable[SpdEntry]: ...
+
+    def apply(self, ops: Sequence[Op], stop_on_error: bool) -> list[Outcome]:
+        """Send ``ops`` in order, pipelined; return one outcome per op.
+
+        With ``stop_on_error`` the implementation stops sending after it sees
+        the first refusal; ops already in flight may still be applied, and
+        their outcomes say so ("ok"), so that restore can undo them.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One entry that was not restored, and why."""
+
+    entry: str
+    reason: str
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    """What a restore did."""
+
+    sa_added: int = 0
+    sa_replaced: int = 0
+    policy_added: int = 0
+    policy_replaced: int = 0
+    oseq_jumped: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    rolled_back: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary."""
+        return {
+            "sa_added": self.sa_added,
+            "sa_replaced": self.sa_replaced,
+            "policy_added": self.policy_added,
+            "policy_replaced": self.policy_replaced,
+            "oseq_jumped": self.oseq_jumped,
+            "failures": [{"entry": f.entry, "reason": f.reason} for f in self.failures],
+            "rolled_back": self.rolled_back,
+        }
+
+
+# --- sequence numbers ---------------------------------------------------------
+
+
+def jump_oseq(sa: SadEntry, jump: int) -> SadEntry:
+    """``sa`` with its outbound sequence number ``jump`` further on.
+
+    ESN SAs count in 64 bits (``oseq_hi:oseq``, the carry goes into
+    ``oseq_hi``); others in 32 bits, and one that would pass 2^32-1 is
+    refused rather than restored into an SA that must wrap.
+    """
+    if jump < 0:
+        raise RestoreError(f"--oseq-jump must not be negative (got {jump})")
+    if sa.replay_esn is not None and sa.esn:
+        esn = sa.replay_esn
+        new = esn.oseq64 + jump
+        if new > 0xFFFF_FFFF_FFFF_FFFF:
+            raise RestoreError(
+                f"{sa.label()}: outbound sequence {esn.oseq64} + {jump} passes 2^64-1; not restored"
+            )
+        return dataclasses.replace(
+            sa, replay_esn=dataclasses.replace(esn, oseq=new & 0xFFFF_FFFF, oseq_hi=new >> 32)
+        )
+    # 32-bit sequence space: legacy replay state, or the ESN structure that the
+    # kernel uses for a non-ESN SA with a window over 32 packets.
+    old = sa.oseq64 or 0
+    new = old + jump
+    if new > 0xFFFF_FFFF:
+        raise RestoreError(
+            f"{sa.label()}: outbound sequence {old} + {jump} passes 2^32-1 and the SA "
+            "has no extended sequence numbers (ESN); not restored, as it would have to wrap"
+        )
+    if sa.replay_esn is not None:
+        return dataclasses.replace(sa, replay_esn=dataclasses.replace(sa.replay_esn, oseq=new))
+    replay = sa.replay if sa.replay is not None else ReplayState()
+    return dataclasses.replace(sa, replay=dataclasses.replace(replay, oseq=new))
+
+
+# --- identities -----------------------------------------------------------------
+
+
+def sa_identity(sa: SadEntry) -> tuple[object, ...]:
+    """What the kernel uses to find an SA: (daddr, spi, proto, family, mark)."""
+    mark = (sa.mark.value, sa.mark.mask) if sa.mark is not None else (0, 0)
+    return (sa.family, sa.daddr, sa.spi, sa.proto, mark)
+
+
+def policy_identity(policy: SpdEntry) -> tuple[object, ...]:
+    """What the kernel uses to find a policy by selector: type, dir, selector, mark, if_id."""
+    mark = (policy.mark.value, policy.mark.mask) if policy.mark is not None else (0, 0)
+    return (policy.ptype, policy.dir, policy.selector, mark, policy.if_id or 0, policy.sec_ctx)
+
+
+# --- messages -------------------------------------------------------------------
+
+
+def _algorithm_names(sa: SadEntry) -> list[str]:
+    algs = (sa.aead, sa.crypt, sa.auth_trunc or sa.auth, sa.comp)
+    return [a.name for a in algs if a is not None]
+
+
+def describe_failure(failure: OpFailure) -> Failure:
+    """A one-line, key-free reason for a kernel refusal."""
+    entry = failure.op.entry
+    label = entry.label()
+    code = errno.errorcode.get(failure.errno, str(failure.errno))
+    if (
+        isinstance(entry, SadEntry)
+        and failure.errno in (errno.ENOSYS, errno.ENOENT)
+        and failure.op.kind == "add_sa"
+    ):
+        names = _algorithm_names(entry)
+        quoted = ", ".join(f"'{n}'" for n in names)
+        what = f"algorithm {quoted}" if len(names) == 1 else f"one of the algorithms {quoted}"
+        return Failure(label, f"kernel does not support {what} ({code})")
+    if failure.errno == errno.EEXIST and failure.op.kind in ("add_sa", "add_policy"):
+        return Failure(label, "already exists (EEXIST); use --replace to overwrite")
+    if failure.message:
+        return Failure(label, failure.message)
+    reason = os.strerror(failure.errno) if failure.errno > 0 else "refused"
+    return Failure(label, f"{failure.op.kind.replace('_', ' ')}: {reason} ({code})")
+
+
+# --- the restore --------------------------------------------------------------------
+
+
+def prepare(
+    snapshot: Snapshot,
+    oseq_jump: int,
+    local_addresses: Iterable[Address],
+) -> tuple[list[SadEntry], list[Failure], int]:
+    """Apply ``oseq_jump`` to outbound SAs; return (SAs, refusals, number jumped)."""
+    if oseq_jump == 0:
+        return list(snapshot.sad), [], 0
+    outbound = classify_outbound(snapshot.sad, snapshot.spd, local_addresses)
+    prepared: list[SadEntry] = []
+    refused: list[Failure] = []
+    jumped = 0
+    for sa, is_out in zip(snapshot.sad, outbound, strict=True):
+        if not is_out:
+            prepared.append(sa)
+            continue
+        try:
+            prepared.append(jump_oseq(sa, oseq_jump))
+            jumped += 1
+        except RestoreError as exc:
+            refused.append(Failure(sa.label(), str(exc).removeprefix(f"{sa.label()}: ")))
+    return prepared, refused, jumped
+
+
+def restore(
+    snapshot: Snapshot,
+    xfrm: XfrmBatch,
+    *,
+    oseq_jump: int = 0,
+    replace: bool = False,
+    keep_going: bool = False,
+    local_addresses: Iterable[Address] = (),
+    progress: Progress | None = None,
+) -> RestoreReport:
+    """Install ``snapshot`` through ``xfrm``; see the module docstring for the rules."""
+    report = RestoreReport()
+    sad, refused, report.oseq_jumped = prepare(snapshot, oseq_jump, local_addresses)
+    if refused and not keep_going:
+        first = refused[0]
+        raise RestoreError(f"{first.entry}: {first.reason}; nothing was changed")
+    report.failures.extend(refused)
+    refused_labels = {f.entry for f in refused}
+    sad = [sa for sa in sad if sa.label() not in refused_labels]
+
+    old_sas: dict[tuple[object, ...], SadEntry] = {}
+    old_policies: dict[tuple[object, ...], SpdEntry] = {}
+    if replace:
+        old_sas = {sa_identity(sa): sa for sa in xfrm.dump_sa()}
+        old_policies = {policy_identity(p): p for p in xfrm.dump_policy()}
+    replaced_sas = [
+        old_sas[k] for k in dict.fromkeys(sa_identity(sa) for sa in sad) if k in old_sas
+    ]
+
+    ops: list[Op] = [Op("delete_sa", sa) for sa in replaced_sas]
+    ops += [Op("add_sa", sa) for sa in sad]
+    ops += [
+        Op("update_policy" if policy_identity(p) in old_policies else "add_policy", p)
+        for p in snapshot.spd
+    ]
+    outcomes = _apply(xfrm, ops, stop_on_error=not keep_going, progress=progress)
+    failures = [o for o in outcomes if isinstance(o, OpFailure)]
+    applied = [op for op, o in zip(ops, outcomes, strict=True) if o == "ok"]
+
+    if failures and not keep_going:
+        _roll_back(xfrm, applied, old_policies)
+        reason = describe_failure(failures[0])
+        report.rolled_back = True
+        raise RestoreError(f"{reason.entry}: {reason.reason}; the restore was undone")
+
+    # keep_going: an SA deleted for --replace whose new version was refused
+    # gets its old version back rather than vanish.
+    deleted = {
+        sa_identity(op.entry)
+        for op in applied
+        if op.kind == "delete_sa" and isinstance(op.entry, SadEntry)
+    }
+    refused_sas = [
+        f.op.entry for f in failures if f.op.kind == "add_sa" and isinstance(f.op.entry, SadEntry)
+    ]
+    put_back = [
+        Op("add_sa", old_sas[sa_identity(sa)]) for sa in refused_sas if sa_identity(sa) in deleted
+    ]
+    if put_back:
+        lost = [o for o in xfrm.apply(put_back, stop_on_error=False) if isinstance(o, OpFailure)]
+        if lost:
+            first = describe_failure(lost[0])
+            raise RestoreRollbackError(
+                f"{len(lost)} replaced SAs could not be put back after their new version "
+                f"was refused (first {first.entry}: {first.reason})"
+            )
+    report.failures.extend(describe_failure(f) for f in failures)
+    added_sas = sum(1 for op in applied if op.kind == "add_sa")
+    report.sa_replaced = min(len(deleted), added_sas)
+    report.sa_added = added_sas - report.sa_replaced
+    report.policy_added = sum(1 for op in applied if op.kind == "add_policy")
+    report.policy_replaced = sum(1 for op in applied if op.kind == "update_policy")
+    return report
+
+
+def _apply(
+    xfrm: XfrmBatch, ops: list[Op], stop_on_error: bool, progress: Progress | None
+) -> list[Outcome]:
+    """Apply ops in chunks, so that progress can be shown and a failure stops early."""
+    chunk = 1024
+    outcomes: list[Outcome] = []
+    failed = False
+    for start in range(0, len(ops), chunk):
+        part = ops[start : start + chunk]
+        if failed and stop_on_error:
+            outcomes += ["skipped"] * len(part)
+            continue
+        results = xfrm.apply(part, stop_on_error)
+        failed = failed or any(isinstance(o, OpFailure) for o in results)
+        outcomes += results
+        if progress is not None:
+            progress(len(part))
+    return outcomes
+
+
+def _roll_back(
+    xfrm: XfrmBatch, applied: list[Op], old_policies: dict[tuple[object, ...], SpdEntry]
+) -> None:
+    """Undo ``applied`` (all succeeded) in reverse order; raise if that fails too."""
+    undo: list[Op] = []
+    for op in reversed(applied):
+        if op.kind == "add_policy":
+            undo.append(Op("delete_policy", op.entry))
+        elif op.kind == "update_policy":
+            assert isinstance(op.entry, SpdEntry)
+            undo.append(Op("update_policy", old_policies[policy_identity(op.entry)]))
+        elif op.kind == "add_sa":
+            undo.append(Op("delete_sa", op.entry))
+        elif op.kind == "delete_sa":
+            undo.append(Op("add_sa", op.entry))
+    outcomes = xfrm.apply(undo, stop_on_error=False) if undo else []
+    failures = [o for o in outcomes if isinstance(o, OpFailure)]
+    if failures:
+        first = describe_failure(failures[0])
+        raise RestoreRollbackError(
+            f"restore failed and undoing it failed too ({len(failures)} entries, first "
+            f"{first.entry}: {first.reason}); the namespace is NOT as it was"
+        )
+
+
+# --- the real kernel ----------------------------------------------------------------
+
+
+class SocketBatch:
+    """``XfrmBatch`` over ``appliance.xfrm``'s socket and its pipelined ``install_batch``."""
+
+    def __init__(self, xfrm: XfrmSocket, *, with_lifetime_cur: bool = True) -> None:
+        self._xfrm = xfrm
+        self._with_lifetime_cur = with_lifetime_cur
+
+    def dump_sa(self) -> list[SadEntry]:
+        return self._xfrm.dump_sad()
+
+    def dump_policy(self) -> list[SpdEntry]:
+        return self._xfrm.dump_spd()
+
+    def apply(self, ops: Sequence[Op], stop_on_error: bool) -> list[Outcome]:
+        # install_batch sends the whole list before it reads answers, so every
+        # op not reported as failed has been applied (stop_on_error or not).
+        failures = self._xfrm.install_batch(
+            [(op.kind, op.entry) for op in ops], with_lifetime_cur=self._with_lifetime_cur
+        )
+        outcomes: list[Outcome] = ["ok"] * len(ops)
+        for failure in failures:
+            outcomes[failure.index] = OpFailure(ops[failure.index], failure.errno, failure.message)
+        return outcomes
+
+
+def netns_local_addresses(netns: str | None) -> list[Address]:
+    """The addresses configured on the interfaces of ``netns``."""
+    from pyroute2 import IPRoute
+
+    from appliance.xfrm.socket import netns_path
+
+    if netns and not os.path.exists(netns_path(netns)):
+        raise KernelError(f"network namespace {netns!r} does not exist")
+    try:
+        # flags=0: never create the namespace (pyroute2's default would).
+        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    except OSError as exc:
+        raise KernelError(f"cannot open namespace {netns!r}: {exc.strerror}") from None
+    try:
+        found: list[Address] = []
+        for msg in ipr.get_addr():
+            text = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+            if text:
+                found.append(ipaddress.ip_address(text.split("%")[0]))
+        return found
+    finally:
+        ipr.close()
+
+
+def restore_netns(
+    snapshot: Snapshot,
+    netns: str | None,
+    *,
+    oseq_jump: int = 0,
+    replace: bool = False,
+    keep_going: bool = False,
+    progress: Progress | None = None,
+) -> RestoreReport:
+    """``restore`` into the kernel of ``netns`` (None: the current namespace).
+
+    Byte/packet counters and add times are carried over (XFRMA_LTIME_VAL),
+    so lifetimes keep running where they were instead of starting again.
+    """
+    from appliance.xfrm.socket import XfrmSocket
+
+    local = netns_local_addresses(netns) if oseq_jump else []
+    with XfrmSocket(netns) as xfrm, gc_paused():
+        return restore(
+            snapshot,
+            SocketBatch(xfrm),
+            oseq_jump=oseq_jump,
+            replace=replace,
+            keep_going=keep_going,
+            local_addresses=local,
+            progress=progress,
+        )
