@@ -11,15 +11,20 @@ See ``docs/examples/daemon.toml``.
 from __future__ import annotations
 
 import ipaddress
-import json
-import math
 import os
-import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from appliance.config_toml import (
+    TomlTable,
+    abs_path,
+    check_tables,
+    float_in,
+    int_in,
+    read_toml,
+    server_id,
+)
 from appliance.errors import ConfigError
 from appliance.failover.seqjump import MAX_JUMP, SeqJumpError, compute_jump
 from appliance.failover.transitions import StandbyMode
@@ -29,9 +34,6 @@ DEFAULT_CONFIG = Path("/etc/ipsec-ha/daemon.toml")
 DEFAULT_STORE_PORT = 4501
 ETIMER_UNIT_MS = 100
 """The kernel counts the async-event timer (``XFRMA_ETIMER_THRESH``) in 100 ms units."""
-
-_T = TypeVar("_T")
-_MISSING: Any = object()
 
 
 @dataclass(frozen=True)
@@ -108,69 +110,6 @@ class DaemonConfig:
     """The jump ``[sync]`` needs (``seqjump.compute_jump``)."""
 
 
-def _fmt(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else repr(value)
-
-
-class _Table:
-    """One TOML table that remembers which keys were read."""
-
-    def __init__(self, source: Path, name: str, data: Any) -> None:
-        self.source = source
-        self.name = name
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {source}: [{name}] must be a table")
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"config {self.source}: [{self.name}].{key}: {message}")
-
-    def get(
-        self, key: str, check: Callable[[Any], _T | None], what: str, default: Any = _MISSING
-    ) -> _T:
-        self.used.add(key)
-        if key not in self.data:
-            if default is _MISSING:
-                raise self.fail(key, f"is required ({what})")
-            return default  # type: ignore[no-any-return]
-        value = self.data[key]
-        result = check(value)
-        if result is None:
-            raise self.fail(key, f"must be {what}, got {_fmt(value)}")
-        return result
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key")
-
-
-def _int_in(lo: int, hi: int) -> Callable[[Any], int | None]:
-    def check(v: Any) -> int | None:
-        return v if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else None
-
-    return check
-
-
-def _float_in(lo: float, hi: float) -> Callable[[Any], float | None]:
-    def check(v: Any) -> float | None:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            return None
-        return float(v) if lo <= v <= hi else None
-
-    return check
-
-
-def _name(v: Any) -> str | None:
-    from appliance.store.base import InvalidRequestError, check_server_id
-
-    try:
-        return check_server_id(v)
-    except InvalidRequestError:
-        return None
-
-
 def _netns_name(v: Any) -> str | None:
     if not isinstance(v, str) or not v or len(v) > 255 or v in (".", ".."):
         return None
@@ -189,28 +128,13 @@ def _servers(v: Any) -> tuple[str, ...] | None:
     return tuple(result) if len(set(result)) == len(result) else None
 
 
-def _abs_path(v: Any) -> Path | None:
-    return Path(v) if isinstance(v, str) and v.startswith("/") else None
-
-
 def _timer_ms(v: Any) -> int | None:
-    value = _int_in(0, 3_600_000)(v)
+    value = int_in(0, 3_600_000)(v)
     return value if value is not None and value % ETIMER_UNIT_MS == 0 else None
 
 
 def _mode(v: Any) -> StandbyMode | None:
     return StandbyMode(v) if v in ("hot", "cold") else None
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read: {exc.strerror}") from None
-    try:
-        return tomllib.loads(raw.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
 
 
 _TABLES = ("node", "store", "sync", "failover", "xfrm")
@@ -219,31 +143,24 @@ _TABLES = ("node", "store", "sync", "failover", "xfrm")
 def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
     """Parse and check ``path``; raise ``ConfigError`` naming the first bad key."""
     path = Path(path)
-    data = _read(path)
-    unknown = sorted(set(data) - set(_TABLES))
-    if unknown:
-        raise ConfigError(
-            f"config {path}: [{unknown[0]}]: unknown table (expected {', '.join(_TABLES)})"
-        )
-    for required in ("node", "store"):
-        if required not in data:
-            raise ConfigError(f"config {path}: [{required}]: table is required")
+    data = read_toml(path)
+    check_tables(path, data, _TABLES, ("node", "store"))
 
-    node_t = _Table(path, "node", data["node"])
+    node_t = TomlTable(path, "node", data["node"])
     node = NodeConfig(
-        id=node_t.get("id", _name, "a name of letters, digits and .-_:"),
-        server_id=node_t.get("server_id", _name, "the served gateway's server ID (IP or FQDN)"),
-        node_index=node_t.get("node_index", _int_in(0, 15), "an integer 0..15"),
+        id=node_t.get("id", server_id, "a name of letters, digits and .-_:"),
+        server_id=node_t.get("server_id", server_id, "the served gateway's server ID (IP or FQDN)"),
+        node_index=node_t.get("node_index", int_in(0, 15), "an integer 0..15"),
     )
     node_t.finish()
 
-    store_t = _Table(path, "store", data["store"])
+    store_t = TomlTable(path, "store", data["store"])
     store = StoreConfig(
         servers=store_t.get("servers", _servers, "a non-empty list of distinct IP addresses"),
-        port=store_t.get("port", _int_in(1, 65535), "an integer 1..65535", DEFAULT_STORE_PORT),
-        psk_file=store_t.get("psk_file", _abs_path, "an absolute path"),
-        timeout_s=store_t.get("timeout_s", _float_in(0.01, 60), "seconds 0.01..60", 0.5),
-        retries=store_t.get("retries", _int_in(0, 20), "an integer 0..20", 5),
+        port=store_t.get("port", int_in(1, 65535), "an integer 1..65535", DEFAULT_STORE_PORT),
+        psk_file=store_t.get("psk_file", abs_path, "an absolute path"),
+        timeout_s=store_t.get("timeout_s", float_in(0.01, 60), "seconds 0.01..60", 0.5),
+        retries=store_t.get("retries", int_in(0, 20), "an integer 0..20", 5),
     )
     store_t.finish()
     try:
@@ -251,20 +168,20 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
     except ConfigError as exc:
         raise store_t.fail("psk_file", str(exc)) from None
 
-    sync_t = _Table(path, "sync", data.get("sync", {}))
+    sync_t = TomlTable(path, "sync", data.get("sync", {}))
     sync = SyncConfig(
         replay_seq_thresh=sync_t.get(
-            "replay_seq_thresh", _int_in(0, 0xFFFF_FFFF), "an integer 0..4294967295", 1000
+            "replay_seq_thresh", int_in(0, 0xFFFF_FFFF), "an integer 0..4294967295", 1000
         ),
         replay_timer_ms=sync_t.get(
             "replay_timer_ms", _timer_ms, "milliseconds 0..3600000, a multiple of 100", 500
         ),
-        coalesce_ms=sync_t.get("coalesce_ms", _int_in(0, 10_000), "milliseconds 0..10000", 20),
-        store_rtt_ms=sync_t.get("store_rtt_ms", _int_in(0, 60_000), "milliseconds 0..60000", 100),
+        coalesce_ms=sync_t.get("coalesce_ms", int_in(0, 10_000), "milliseconds 0..10000", 20),
+        store_rtt_ms=sync_t.get("store_rtt_ms", int_in(0, 60_000), "milliseconds 0..60000", 100),
         max_pps_per_sa=sync_t.get(
-            "max_pps_per_sa", _int_in(1, 100_000_000), "packets/s 1..100000000", 200_000
+            "max_pps_per_sa", int_in(1, 100_000_000), "packets/s 1..100000000", 200_000
         ),
-        safety_factor=sync_t.get("safety_factor", _float_in(1, 1000), "a number 1..1000", 2.0),
+        safety_factor=sync_t.get("safety_factor", float_in(1, 1000), "a number 1..1000", 2.0),
     )
     if sync.replay_seq_thresh == 0 and sync.replay_timer_ms == 0:
         raise sync_t.fail(
@@ -272,19 +189,19 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
         )
     sync_t.finish()
 
-    failover_t = _Table(path, "failover", data.get("failover", {}))
+    failover_t = TomlTable(path, "failover", data.get("failover", {}))
     failover = FailoverConfig(
         mode=failover_t.get("mode", _mode, '"hot" or "cold"', StandbyMode.COLD),
         notify_timeout_s=failover_t.get(
-            "notify_timeout_s", _float_in(0.1, 300), "seconds 0.1..300", 10.0
+            "notify_timeout_s", float_in(0.1, 300), "seconds 0.1..300", 10.0
         ),
         oseq_jump_override=failover_t.get(
-            "oseq_jump", _int_in(1, MAX_JUMP - 1), f"an integer 1..{MAX_JUMP - 1}", None
+            "oseq_jump", int_in(1, MAX_JUMP - 1), f"an integer 1..{MAX_JUMP - 1}", None
         ),
     )
     failover_t.finish()
 
-    xfrm_t = _Table(path, "xfrm", data.get("xfrm", {}))
+    xfrm_t = TomlTable(path, "xfrm", data.get("xfrm", {}))
     netns = xfrm_t.get("netns", _netns_name, "a network namespace name", None)
     xfrm_t.finish()
 

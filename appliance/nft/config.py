@@ -8,12 +8,12 @@ came from a file, the file.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.config_toml import is_integer, read_toml
 from appliance.errors import ConfigError
 from appliance.wire.constants import DEFAULT_PORT
 
@@ -105,13 +105,7 @@ def load_config(path: Path) -> NftConfig:
 
 def read_nft_section(path: Path) -> dict[str, Any]:
     """Return the raw ``[nft]`` table of the TOML file at ``path`` (not yet validated)."""
-    try:
-        with path.open("rb") as stream:
-            document = tomllib.load(stream)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    document = read_toml(path, label=str(path))
     section = document.get("nft")
     if section is None:
         raise ConfigError(f"{path}: no [nft] section")
@@ -145,8 +139,7 @@ def _address(item: object, key: str) -> IPAddress:
 
 
 def _integer(value: object, key: str, minimum: int) -> int:
-    # bool is an int subclass; "true" is never a port or a rate.
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise ConfigError(f"{key}: must be an integer, not {type(value).__name__}")
     if value < minimum:
         raise ConfigError(f"{key}: {value} is below the minimum {minimum}")

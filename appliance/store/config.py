@@ -9,23 +9,27 @@ group or others.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
 import stat
-import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from appliance.config_toml import (
+    TomlTable,
+    abs_path,
+    check_tables,
+    float_in,
+    int_in,
+    ip_text,
+    read_toml,
+    server_id,
+)
 from appliance.errors import ConfigError
 
 DEFAULT_PORT = 4501
 DEFAULT_CONFIG = Path("/etc/ipsec-ha/store.toml")
 MIN_PSK_BYTES = 32
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -73,84 +77,6 @@ class ClientConfig:
     max_datagram: int = 1400
 
 
-def _fmt(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else repr(value)
-
-
-class _Section:
-    """Typed access to one TOML table that remembers which keys were read."""
-
-    def __init__(self, source: str, name: str, data: Any) -> None:
-        self.source = source
-        self.name = name
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {source}: [{name}] must be a table")
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"config {self.source}: [{self.name}].{key}: {message}")
-
-    def get(self, key: str, check: Callable[[Any], _T | None], what: str, default: Any = ...) -> _T:
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                raise self.fail(key, f"is required ({what})")
-            return default  # type: ignore[no-any-return]
-        value = self.data[key]
-        result = check(value)
-        if result is None:
-            raise self.fail(key, f"must be {what}, got {_fmt(value)}")
-        return result
-
-    def sub(self, key: str) -> _Section | None:
-        self.used.add(key)
-        if key not in self.data:
-            return None
-        return _Section(self.source, f"{self.name}.{key}", self.data[key])
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key")
-
-
-def _int_in(lo: int, hi: int) -> Callable[[Any], int | None]:
-    def check(v: Any) -> int | None:
-        return v if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else None
-
-    return check
-
-
-def _float_in(lo: float, hi: float) -> Callable[[Any], float | None]:
-    def check(v: Any) -> float | None:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return None
-        return float(v) if lo <= v <= hi else None
-
-    return check
-
-
-def _ip(v: Any) -> str | None:
-    try:
-        return str(ipaddress.ip_address(v)) if isinstance(v, str) else None
-    except ValueError:
-        return None
-
-
-def _abs_path(v: Any) -> Path | None:
-    return Path(v) if isinstance(v, str) and v.startswith("/") else None
-
-
-def _node_id(v: Any) -> str | None:
-    from appliance.store.base import InvalidRequestError, check_server_id
-
-    try:
-        return check_server_id(v)
-    except InvalidRequestError:
-        return None
-
-
 def _endpoints(v: Any) -> tuple[str, ...] | None:
     if not isinstance(v, list) or not v:
         return None
@@ -159,52 +85,37 @@ def _endpoints(v: Any) -> tuple[str, ...] | None:
     return tuple(v)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read: {exc.strerror}") from None
-    try:
-        return tomllib.loads(raw.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
-
-
-def _top(path: Path, data: dict[str, Any], wanted: str) -> _Section:
-    unknown = sorted(set(data) - {"store", "client"})
-    if unknown:
-        raise ConfigError(f"config {path}: [{unknown[0]}]: unknown table (expected store, client)")
-    if wanted not in data:
-        raise ConfigError(f"config {path}: [{wanted}]: table is required")
-    return _Section(str(path), wanted, data[wanted])
+def _top(path: Path, data: dict[str, Any], wanted: str) -> TomlTable:
+    check_tables(path, data, ("store", "client"), (wanted,))
+    return TomlTable(path, wanted, data[wanted])
 
 
 def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
     """Parse and check the ``[store]`` table of ``path``."""
     path = Path(path)
-    sec = _top(path, _read(path), "store")
-    listen = sec.get("listen", _ip, "an IP address", "0.0.0.0")
-    port = sec.get("port", _int_in(1, 65535), "an integer 1..65535", DEFAULT_PORT)
-    psk_file = sec.get("psk_file", _abs_path, "an absolute path")
-    node_id = sec.get("node_id", _node_id, "a name of letters, digits and .-_:", "store")
+    sec = _top(path, read_toml(path), "store")
+    listen = sec.get("listen", ip_text, "an IP address", "0.0.0.0")
+    port = sec.get("port", int_in(1, 65535), "an integer 1..65535", DEFAULT_PORT)
+    psk_file = sec.get("psk_file", abs_path, "an absolute path")
+    node_id = sec.get("node_id", server_id, "a name of letters, digits and .-_:", "store")
     backend = sec.get(
         "backend", lambda v: v if v in ("sqlite", "etcd") else None, '"sqlite" or "etcd"', "sqlite"
     )
-    max_peers = sec.get("max_peers", _int_in(1, 1_000_000), "an integer 1..1000000", 1024)
-    cache = sec.get("response_cache", _int_in(1, 100_000), "an integer 1..100000", 256)
-    max_dgram = sec.get("max_datagram", _int_in(576, 65507), "an integer 576..65507", 1400)
+    max_peers = sec.get("max_peers", int_in(1, 1_000_000), "an integer 1..1000000", 1024)
+    cache = sec.get("response_cache", int_in(1, 100_000), "an integer 1..100000", 256)
+    max_dgram = sec.get("max_datagram", int_in(576, 65507), "an integer 576..65507", 1400)
     sqlite_cfg = etcd_cfg = None
     sqlite_sec = sec.sub("sqlite")
     etcd_sec = sec.sub("etcd")
     if sqlite_sec is not None:
-        sqlite_cfg = SqliteConfig(sqlite_sec.get("path", _abs_path, "an absolute path"))
+        sqlite_cfg = SqliteConfig(sqlite_sec.get("path", abs_path, "an absolute path"))
         sqlite_sec.finish()
     if etcd_sec is not None:
         etcd_cfg = EtcdConfig(
             etcd_sec.get("endpoints", _endpoints, "a non-empty list of http(s)://HOST:PORT"),
-            etcd_sec.get("timeout", _float_in(0.1, 60), "a number of seconds 0.1..60", 5.0),
-            etcd_sec.get("retry_for", _float_in(0, 600), "a number of seconds 0..600", 15.0),
-            etcd_sec.get("ca_file", _abs_path, "an absolute path", None),
+            etcd_sec.get("timeout", float_in(0.1, 60), "a number of seconds 0.1..60", 5.0),
+            etcd_sec.get("retry_for", float_in(0, 600), "a number of seconds 0..600", 15.0),
+            etcd_sec.get("ca_file", abs_path, "an absolute path", None),
         )
         etcd_sec.finish()
     sec.finish()
@@ -220,15 +131,15 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
 def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:
     """Parse and check the ``[client]`` table of ``path``."""
     path = Path(path)
-    sec = _top(path, _read(path), "client")
+    sec = _top(path, read_toml(path), "client")
     cfg = ClientConfig(
-        server=sec.get("server", _ip, "the store's IP address"),
-        port=sec.get("port", _int_in(1, 65535), "an integer 1..65535", DEFAULT_PORT),
-        psk_file=sec.get("psk_file", _abs_path, "an absolute path"),
-        node_id=sec.get("node_id", _node_id, "this node's server ID (IP address or FQDN)"),
-        timeout=sec.get("timeout", _float_in(0.01, 60), "a number of seconds 0.01..60", 0.5),
-        retries=sec.get("retries", _int_in(0, 20), "an integer 0..20", 5),
-        max_datagram=sec.get("max_datagram", _int_in(576, 65507), "an integer 576..65507", 1400),
+        server=sec.get("server", ip_text, "the store's IP address"),
+        port=sec.get("port", int_in(1, 65535), "an integer 1..65535", DEFAULT_PORT),
+        psk_file=sec.get("psk_file", abs_path, "an absolute path"),
+        node_id=sec.get("node_id", server_id, "this node's server ID (IP address or FQDN)"),
+        timeout=sec.get("timeout", float_in(0.01, 60), "a number of seconds 0.01..60", 0.5),
+        retries=sec.get("retries", int_in(0, 20), "an integer 0..20", 5),
+        max_datagram=sec.get("max_datagram", int_in(576, 65507), "an integer 576..65507", 1400),
     )
     sec.finish()
     return cfg
