@@ -15,18 +15,22 @@ inside ``scripts/lab-vm``; ``scripts/test`` asks :func:`probe_esp` to choose.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import ipaddress
 import os
 import re
 import secrets
 import shutil
 import socket
-import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.model import SadEntry
 
 NAMESPACE_PREFIX = "iha-"
 """Every lab namespace starts with this, so tests can see what was left behind."""
@@ -96,51 +100,7 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-# --- netlink XFRM, just enough to probe ---------------------------------------------------
-# Constants and layouts from include/uapi/linux/xfrm.h and linux/netlink.h (x86_64).
-# appliance.xfrm is the full codec; the doctor keeps its own few bytes so that it
-# can diagnose a machine even when the rest of the package cannot run there.
-
-NETLINK_XFRM = 6
-SOL_NETLINK = 270  # not exported by Python's socket module
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-NLM_F_REQUEST = 0x01
-NLM_F_ACK = 0x04
-NLM_F_DUMP = 0x300
-NLM_F_ACK_TLVS = 0x200
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
-NLMSGERR_ATTR_MSG = 1
-XFRM_MSG_NEWSA = 0x10
-XFRM_MSG_DELSA = 0x11
-XFRM_MSG_GETSA = 0x12
-XFRM_MSG_GETPOLICY = 0x15
-XFRMA_ALG_CRYPT = 2
-XFRMA_ALG_AEAD = 18
-XFRMA_ALG_AUTH_TRUNC = 20
-XFRM_MODE_TUNNEL = 1
-XFRM_INF = 0xFFFF_FFFF_FFFF_FFFF
-SIZEOF_USERSA_INFO = 224
-SIZEOF_USERPOLICY_INFO = 168
-
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLATTR = struct.Struct("=HH")
-# struct xfrm_selector: daddr, saddr, dport, dport_mask, sport, sport_mask (__be16),
-# family, prefixlen_d, prefixlen_s, proto, 3 pad, ifindex, user.
-_SELECTOR = struct.Struct("=16s16s4HHBBB3xiI")
-# struct xfrm_usersa_info: sel, id {daddr, spi (be32), proto, 3 pad}, saddr,
-# lft (8 x u64), curlft (4 x u64), stats (3 x u32), seq, reqid, family, mode,
-# replay_window, flags, 7 pad.
-_USERSA_INFO = struct.Struct("=56s16s4sB3x16s8Q4Q3IIIHBBB7x")
-# struct xfrm_usersa_id: daddr, spi (be32), family, proto, 1 pad.
-_USERSA_ID = struct.Struct("=16s4sHB1x")
-# struct xfrm_algo_aead header: alg_name[64], alg_key_len (bits), alg_icv_len (bits).
-_ALGO_AEAD = struct.Struct("=64sII")
-# struct xfrm_algo header: alg_name[64], alg_key_len (bits).
-_ALGO = struct.Struct("=64sI")
-# struct xfrm_algo_auth header: alg_name[64], alg_key_len (bits), alg_trunc_len (bits).
-_ALGO_AUTH = struct.Struct("=64sII")
+# --- the ESP probe SA ---------------------------------------------------------------------
 
 PROBE_SRC = "192.0.2.1"
 PROBE_DST = "192.0.2.2"
@@ -153,167 +113,65 @@ PROBE_CRYPT = "cbc(aes)"
 PROBE_AUTH = "hmac(sha256)"
 
 
-def _align4(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 4)
-
-
-def _nlmsg(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, seq, 0) + payload
-
-
-def _nlattr(attr_type: int, payload: bytes) -> bytes:
-    return _align4(_NLATTR.pack(_NLATTR.size + len(payload), attr_type) + payload)
-
-
-def _ipv4_xfrm_address(address: str) -> bytes:
-    return socket.inet_aton(address).ljust(16, b"\0")
-
-
-def esp_newsa_message(seq: int, aead: bool = True) -> bytes:
-    """XFRM_MSG_NEWSA for a throwaway tunnel-mode ESP SA with random keys.
+def esp_probe_sa(aead: bool = True) -> SadEntry:
+    """A throwaway tunnel-mode ESP SA with random keys, no lifetime limits.
 
     ``aead``: AES-GCM (RFC 4106); otherwise AES-CBC with HMAC-SHA256.
     """
-    src, dst = _ipv4_xfrm_address(PROBE_SRC), _ipv4_xfrm_address(PROBE_DST)
-    selector = _SELECTOR.pack(bytes(16), bytes(16), 0, 0, 0, 0, socket.AF_INET, 0, 0, 0, 0, 0)
-    lifetime = (XFRM_INF,) * 4 + (0,) * 4  # no byte/packet limits, no time limits
-    info = _USERSA_INFO.pack(
-        selector,
-        dst,
-        struct.pack("!I", PROBE_SPI),
-        socket.IPPROTO_ESP,
-        src,
-        *lifetime,
-        *(0,) * 4,  # curlft
-        *(0,) * 3,  # stats
-        0,  # seq
-        0,  # reqid
-        socket.AF_INET,
-        XFRM_MODE_TUNNEL,
-        0,  # replay_window
-        0,  # flags
+    from appliance.model import (
+        AeadAlgorithm,
+        Algorithm,
+        AuthTruncAlgorithm,
+        Key,
+        Mode,
+        SadEntry,
     )
-    assert len(info) == SIZEOF_USERSA_INFO
+
+    probe = SadEntry(
+        daddr=ipaddress.IPv4Address(PROBE_DST),
+        spi=PROBE_SPI,
+        proto=socket.IPPROTO_ESP,
+        saddr=ipaddress.IPv4Address(PROBE_SRC),
+        family=socket.AF_INET,
+        mode=Mode.TUNNEL,
+    )
     if aead:
         key = secrets.token_bytes(20)  # AES-128 key and the 4-byte salt of RFC 4106
-        algo = _ALGO_AEAD.pack(PROBE_AEAD.encode(), len(key) * 8, PROBE_ICV_BITS) + key
-        attrs = _nlattr(XFRMA_ALG_AEAD, algo)
-    else:
-        key, auth_key = secrets.token_bytes(16), secrets.token_bytes(32)
-        crypt = _ALGO.pack(PROBE_CRYPT.encode(), len(key) * 8) + key
-        auth = _ALGO_AUTH.pack(PROBE_AUTH.encode(), len(auth_key) * 8, 128) + auth_key
-        attrs = _nlattr(XFRMA_ALG_CRYPT, crypt) + _nlattr(XFRMA_ALG_AUTH_TRUNC, auth)
-    payload = info + attrs
-    return _nlmsg(XFRM_MSG_NEWSA, NLM_F_REQUEST | NLM_F_ACK, seq, payload)
-
-
-def esp_delsa_message(seq: int) -> bytes:
-    """XFRM_MSG_DELSA for the SA that :func:`esp_newsa_message` installs."""
-    payload = _USERSA_ID.pack(
-        _ipv4_xfrm_address(PROBE_DST),
-        struct.pack("!I", PROBE_SPI),
-        socket.AF_INET,
-        socket.IPPROTO_ESP,
+        return dataclasses.replace(
+            probe, aead=AeadAlgorithm(PROBE_AEAD, len(key) * 8, PROBE_ICV_BITS, Key(key))
+        )
+    key, auth_key = secrets.token_bytes(16), secrets.token_bytes(32)
+    return dataclasses.replace(
+        probe,
+        crypt=Algorithm(PROBE_CRYPT, len(key) * 8, Key(key)),
+        auth_trunc=AuthTruncAlgorithm(PROBE_AUTH, len(auth_key) * 8, 128, Key(auth_key)),
     )
-    return _nlmsg(XFRM_MSG_DELSA, NLM_F_REQUEST | NLM_F_ACK, seq, payload)
-
-
-def dump_message(msg_type: int, seq: int) -> bytes:
-    """A dump request (GETSA or GETPOLICY) with a zeroed filter structure."""
-    size = SIZEOF_USERSA_INFO if msg_type == XFRM_MSG_GETSA else SIZEOF_USERPOLICY_INFO
-    return _nlmsg(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, bytes(size))
 
 
 @dataclass(frozen=True)
-class NetlinkReply:
-    """One message of a netlink answer, as far as the doctor cares."""
+class KernelAnswer:
+    """The kernel's answer to one probe request."""
 
-    msg_type: int
     error: int
-    """For NLMSG_ERROR: the positive errno (0 is an ACK)."""
-    text: str
+    """The positive errno; 0 when the kernel accepted the request."""
+    text: str = ""
     """The kernel's extended-ack message, if it sent one."""
 
 
-def parse_replies(data: bytes) -> list[NetlinkReply]:
-    """Split a netlink datagram into its messages (the doctor needs type, errno, text)."""
-    replies = []
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, msg_type, flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size or offset + length > len(data):
-            break
-        error, text = 0, ""
-        if msg_type == NLMSG_ERROR and length >= _NLMSGHDR.size + 4:
-            (code,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
-            error = -code
-            text = _ext_ack_text(data, offset, length, flags)
-        replies.append(NetlinkReply(msg_type, error, text))
-        offset += (length + 3) & ~3
-    return replies
+def _ask(request: Callable[[], None]) -> KernelAnswer:
+    """Run one XFRM request; a refusal becomes its errno and extended-ack text."""
+    from appliance.xfrm import XfrmError
+
+    try:
+        request()
+    except XfrmError as exc:
+        return KernelAnswer(exc.errno, exc.extack or "")
+    return KernelAnswer(0)
 
 
-def _ext_ack_text(data: bytes, offset: int, length: int, flags: int) -> str:
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
-    # With NETLINK_CAP_ACK the echoed request is only its header.
-    pos = offset + _NLMSGHDR.size + 4 + _NLMSGHDR.size
-    end = offset + length
-    while pos + _NLATTR.size <= end:
-        attr_len, attr_type = _NLATTR.unpack_from(data, pos)
-        if attr_len < _NLATTR.size:
-            break
-        if attr_type & 0x3FFF == NLMSGERR_ATTR_MSG:
-            raw = data[pos + _NLATTR.size : pos + attr_len]
-            return raw.split(b"\0", 1)[0].decode(errors="replace")
-        pos += (attr_len + 3) & ~3
-    return ""
-
-
-class XfrmSocket:
-    """A NETLINK_XFRM socket of the calling thread's network namespace."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
-        self.sock.settimeout(5.0)
-        self.seq = 0
-        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
-            # Older kernels lack these; the probe then reports errno without text.
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(SOL_NETLINK, option, 1)
-        self.sock.bind((0, 0))
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def request(self, message: bytes) -> NetlinkReply:
-        """Send a request with NLM_F_ACK and return its ACK or error."""
-        self.sock.send(message)
-        while True:
-            for reply in parse_replies(self.sock.recv(65536)):
-                if reply.msg_type == NLMSG_ERROR:
-                    return reply
-
-    def dump_count(self, msg_type: int) -> int:
-        """Run a dump and return how many entries it listed."""
-        self.sock.send(dump_message(msg_type, self.next_seq()))
-        count = 0
-        while True:
-            for reply in parse_replies(self.sock.recv(65536)):
-                if reply.msg_type == NLMSG_DONE:
-                    return count
-                if reply.msg_type == NLMSG_ERROR:
-                    raise OSError(reply.error, _describe(reply))
-                count += 1
-
-
-def _describe(reply: NetlinkReply) -> str:
-    reason = os.strerror(reply.error) if reply.error else "no error"
-    return f"{reason} ({reply.text})" if reply.text else reason
+def _describe(answer: KernelAnswer) -> str:
+    reason = os.strerror(answer.error) if answer.error else "no error"
+    return f"{reason} ({answer.text})" if answer.text else reason
 
 
 # --- the temporary namespace ------------------------------------------------------------
@@ -377,12 +235,11 @@ def probe_xfrm(netns: str) -> Check:
     """Open NETLINK_XFRM in ``netns`` and dump its SAD and SPD."""
 
     def work() -> Check:
-        xfrm = XfrmSocket()
-        try:
-            states = xfrm.dump_count(XFRM_MSG_GETSA)
-            policies = xfrm.dump_count(XFRM_MSG_GETPOLICY)
-        finally:
-            xfrm.close()
+        from appliance.xfrm import XfrmSocket
+
+        with XfrmSocket() as xfrm:
+            states = len(xfrm.dump_sa())
+            policies = len(xfrm.dump_policy())
         return Check(
             "xfrm",
             True,
@@ -421,19 +278,22 @@ def probe_esp(netns: str | None = None) -> Check:
             )
 
     def work() -> Check:
-        xfrm = XfrmSocket()
-        try:
-            added = xfrm.request(esp_newsa_message(xfrm.next_seq()))
+        from appliance.xfrm import XfrmSocket
+
+        with XfrmSocket() as xfrm:
+
+            def remove_probe_sa() -> None:
+                xfrm.delete_sa(ipaddress.IPv4Address(PROBE_DST), PROBE_SPI, socket.IPPROTO_ESP)
+
+            added = _ask(lambda: xfrm.add_sa(esp_probe_sa()))
             if added.error == errno.ENOSYS:
-                fallback = xfrm.request(esp_newsa_message(xfrm.next_seq(), aead=False))
+                fallback = _ask(lambda: xfrm.add_sa(esp_probe_sa(aead=False)))
                 if not fallback.error:
-                    xfrm.request(esp_delsa_message(xfrm.next_seq()))
+                    _ask(remove_probe_sa)
                 return _esp_missing(added, fallback)
             if added.error:
                 return _esp_missing(added, None)
-            removed = xfrm.request(esp_delsa_message(xfrm.next_seq()))
-        finally:
-            xfrm.close()
+            removed = _ask(remove_probe_sa)
         if removed.error:
             # The SA exists but would not go: still ESP, and the namespace dies anyway.
             return Check(
@@ -455,7 +315,7 @@ def probe_esp(netns: str | None = None) -> Check:
     return _in_netns(netns, work, failed)
 
 
-def _esp_missing(added: NetlinkReply, fallback: NetlinkReply | None) -> Check:
+def _esp_missing(added: KernelAnswer, fallback: KernelAnswer | None) -> Check:
     """The failed ESP check, from the GCM attempt and, if it lacked GCM, the CBC one."""
     if fallback is not None and not fallback.error:
         detail = (

@@ -11,9 +11,14 @@ from typer.testing import CliRunner
 
 from appliance import doctor
 from appliance.cli import app
-from appliance.doctor import Check, NetlinkReply, Report
+from appliance.doctor import Check, KernelAnswer, Report
+from appliance.xfrm import XfrmError, encode_sa
+from appliance.xfrm import constants as xc
 
 pytestmark = pytest.mark.unit
+
+SIZEOF_USERSA_INFO = 224
+"""``struct xfrm_usersa_info`` on x86_64."""
 
 OK_REPORT = Report(
     (
@@ -75,70 +80,63 @@ def test_cli_json_and_exit_status_follow_the_report(monkeypatch: pytest.MonkeyPa
     assert "everything ipsec-ha needs is here" in passed.stdout
 
 
+def _probe_newsa(seq: int, aead: bool = True) -> bytes:
+    """The NEWSA request ``XfrmSocket.add_sa`` sends for the doctor's probe SA."""
+    return encode_sa(
+        doctor.esp_probe_sa(aead), xc.XFRM_MSG_NEWSA, xc.NLM_F_REQUEST | xc.NLM_F_ACK, seq, 0
+    )
+
+
 def test_newsa_message_matches_the_kernel_layout() -> None:
-    message = doctor.esp_newsa_message(seq=7)
+    message = _probe_newsa(seq=7)
     length, msg_type, flags, seq, _pid = struct.unpack_from("=IHHII", message)
-    assert (length, msg_type, seq) == (len(message), doctor.XFRM_MSG_NEWSA, 7)
-    assert flags == doctor.NLM_F_REQUEST | doctor.NLM_F_ACK
-    info = message[16 : 16 + doctor.SIZEOF_USERSA_INFO]
+    assert (length, msg_type, seq) == (len(message), xc.XFRM_MSG_NEWSA, 7)
+    assert flags == xc.NLM_F_REQUEST | xc.NLM_F_ACK
+    info = message[16 : 16 + SIZEOF_USERSA_INFO]
     # struct xfrm_usersa_info: id.daddr at 56, id.spi at 72, id.proto at 76, saddr at 80,
     # family at 212, mode at 214.
     assert info[56:60] == socket.inet_aton(doctor.PROBE_DST)
     assert struct.unpack_from("!I", info, 72)[0] == doctor.PROBE_SPI
     assert info[76] == socket.IPPROTO_ESP
     assert info[80:84] == socket.inet_aton(doctor.PROBE_SRC)
-    assert struct.unpack_from("=HB", info, 212) == (socket.AF_INET, doctor.XFRM_MODE_TUNNEL)
-    attr_len, attr_type = struct.unpack_from("=HH", message, 16 + doctor.SIZEOF_USERSA_INFO)
-    assert attr_type == doctor.XFRMA_ALG_AEAD
+    assert struct.unpack_from("=HB", info, 212) == (socket.AF_INET, xc.XFRM_MODE_TUNNEL)
+    attr_len, attr_type = struct.unpack_from("=HH", message, 16 + SIZEOF_USERSA_INFO)
+    assert attr_type == xc.XFRMA_ALG_AEAD
     assert attr_len == 4 + 64 + 8 + 20
-    name = message[16 + doctor.SIZEOF_USERSA_INFO + 4 :][:64].rstrip(b"\0")
+    name = message[16 + SIZEOF_USERSA_INFO + 4 :][:64].rstrip(b"\0")
     assert name == doctor.PROBE_AEAD.encode()
 
 
 def test_newsa_message_keys_are_random() -> None:
-    assert doctor.esp_newsa_message(1)[-20:] != doctor.esp_newsa_message(1)[-20:]
+    assert _probe_newsa(1)[-20:] != _probe_newsa(1)[-20:]
 
 
 def test_fallback_newsa_message_carries_cipher_and_integrity() -> None:
-    message = doctor.esp_newsa_message(seq=1, aead=False)
-    offset = 16 + doctor.SIZEOF_USERSA_INFO
+    message = _probe_newsa(seq=1, aead=False)
+    offset = 16 + SIZEOF_USERSA_INFO
     kinds = []
     while offset < len(message):
         attr_len, attr_type = struct.unpack_from("=HH", message, offset)
         kinds.append(attr_type)
         offset += (attr_len + 3) & ~3
-    assert kinds == [doctor.XFRMA_ALG_CRYPT, doctor.XFRMA_ALG_AUTH_TRUNC]
+    # The kernel reads attributes by type, so their order does not matter.
+    assert sorted(kinds) == sorted([xc.XFRMA_ALG_CRYPT, xc.XFRMA_ALG_AUTH_TRUNC])
     assert offset == len(message)
 
 
-def _error_reply(code: int, text: str) -> bytes:
-    echoed = struct.pack("=IHHII", 16, doctor.XFRM_MSG_NEWSA, 5, 1, 0)
-    raw = text.encode() + b"\0"
-    attr = struct.pack("=HH", 4 + len(raw), doctor.NLMSGERR_ATTR_MSG) + raw
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("=i", -code) + echoed + attr
-    flags = doctor.NLM_F_ACK_TLVS
-    return struct.pack("=IHHII", 16 + len(body), doctor.NLMSG_ERROR, flags, 1, 0) + body
+def test_a_refused_request_keeps_errno_and_extended_ack_text() -> None:
+    def refuse() -> None:
+        raise XfrmError("ESP SA refused", errno.EPROTONOSUPPORT, "Requested type not found")
 
-
-def test_parse_replies_reads_errno_and_extended_ack_text() -> None:
-    data = _error_reply(errno.EPROTONOSUPPORT, "Requested type not found")
-    done = struct.pack("=IHHII", 20, doctor.NLMSG_DONE, 0, 2, 0) + bytes(4)
-    replies = doctor.parse_replies(data + done)
-    assert replies == [
-        NetlinkReply(doctor.NLMSG_ERROR, errno.EPROTONOSUPPORT, "Requested type not found"),
-        NetlinkReply(doctor.NLMSG_DONE, 0, ""),
-    ]
-
-
-def test_parse_replies_ignores_a_truncated_message() -> None:
-    data = _error_reply(errno.EINVAL, "x")
-    assert doctor.parse_replies(data[:-4]) == []
+    answer = doctor._ask(refuse)
+    assert answer == KernelAnswer(errno.EPROTONOSUPPORT, "Requested type not found")
+    assert doctor._describe(answer) == "Protocol not supported (Requested type not found)"
+    assert doctor._ask(lambda: None) == KernelAnswer(0, "")
 
 
 def test_missing_esp_type_is_reported_with_the_lab_vm_fix() -> None:
-    no_gcm = NetlinkReply(doctor.NLMSG_ERROR, errno.ENOSYS, "Requested AEAD algorithm not found")
-    no_esp = NetlinkReply(doctor.NLMSG_ERROR, errno.EPROTONOSUPPORT, "Requested type not found")
+    no_gcm = KernelAnswer(errno.ENOSYS, "Requested AEAD algorithm not found")
+    no_esp = KernelAnswer(errno.EPROTONOSUPPORT, "Requested type not found")
     check = doctor._esp_missing(no_gcm, no_esp)
     assert check.ok is False and check.required is True
     assert "this kernel has no ESP" in check.detail
@@ -147,8 +145,8 @@ def test_missing_esp_type_is_reported_with_the_lab_vm_fix() -> None:
 
 
 def test_esp_without_gcm_says_so() -> None:
-    no_gcm = NetlinkReply(doctor.NLMSG_ERROR, errno.ENOSYS, "Requested AEAD algorithm not found")
-    cbc_ok = NetlinkReply(doctor.NLMSG_ERROR, 0, "")
+    no_gcm = KernelAnswer(errno.ENOSYS, "Requested AEAD algorithm not found")
+    cbc_ok = KernelAnswer(0, "")
     check = doctor._esp_missing(no_gcm, cbc_ok)
     assert check.ok is False
     assert "AEAD rfc4106(gcm(aes)) is missing" in check.detail
