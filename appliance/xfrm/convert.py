@@ -100,41 +100,24 @@ _TYPE_TO_NAME: dict[int, str] = {
     t: name for t, name, _ in s.xfrm_attrs.nla_map if not name.endswith(s.RAW_SUFFIX)
 }
 
-_SA_MODELED = frozenset(
+# Attributes decoding keeps raw in ``extra_attrs``: the model has no field for them
+# (LTIME_VAL included: ``lifetime_cur`` comes from the header's curlft).
+_SA_UNMODELED = frozenset(
     {
-        c.XFRMA_SA_EXTRA_FLAGS,
-        c.XFRMA_COADDR,
-        c.XFRMA_LASTUSED,
-        c.XFRMA_ALG_AEAD,
-        c.XFRMA_ALG_AUTH,
-        c.XFRMA_ALG_AUTH_TRUNC,
-        c.XFRMA_ALG_CRYPT,
-        c.XFRMA_ALG_COMP,
-        c.XFRMA_ENCAP,
-        c.XFRMA_TFCPAD,
-        c.XFRMA_MARK,
-        c.XFRMA_SET_MARK,
-        c.XFRMA_SET_MARK_MASK,
-        c.XFRMA_REPLAY_ESN_VAL,
-        c.XFRMA_REPLAY_VAL,
-        c.XFRMA_OFFLOAD_DEV,
-        c.XFRMA_IF_ID,
-        c.XFRMA_SEC_CTX,
-        c.XFRMA_SA_DIR,
-        c.XFRMA_REPLAY_THRESH,
-        c.XFRMA_ETIMER_THRESH,
+        c.XFRMA_IPTFS_DROP_TIME,
+        c.XFRMA_IPTFS_REORDER_WINDOW,
+        c.XFRMA_IPTFS_DONT_FRAG,
+        c.XFRMA_IPTFS_INIT_DELAY,
+        c.XFRMA_IPTFS_MAX_QSIZE,
+        c.XFRMA_IPTFS_PKT_SIZE,
+        c.XFRMA_MTIMER_THRESH,
+        c.XFRMA_SA_PCPU,
+        c.XFRMA_NAT_KEEPALIVE_INTERVAL,
+        c.XFRMA_LTIME_VAL,
     }
 )
-_POLICY_MODELED = frozenset(
-    {
-        c.XFRMA_TMPL,
-        c.XFRMA_SEC_CTX,
-        c.XFRMA_POLICY_TYPE,
-        c.XFRMA_MARK,
-        c.XFRMA_IF_ID,
-        c.XFRMA_OFFLOAD_DEV,
-    }
-)
+_SA_MODELED = frozenset(SA_ATTR_ORDER) - _SA_UNMODELED
+_POLICY_MODELED = frozenset(POLICY_ATTR_ORDER)
 
 
 # ---------------------------------------------------------------------------
