@@ -28,6 +28,7 @@ from appliance.config_toml import (
 from appliance.errors import ConfigError
 from appliance.failover.seqjump import MAX_JUMP, SeqJumpError, compute_jump
 from appliance.failover.transitions import StandbyMode
+from appliance.spi import SpiRange, load_spi_config
 from appliance.store.config import load_psk
 
 DEFAULT_CONFIG = Path("/etc/ipsec-ha/daemon.toml")
@@ -108,6 +109,8 @@ class DaemonConfig:
     """The jump to use: the override, or the one computed from ``[sync]``."""
     computed_jump: int
     """The jump ``[sync]`` needs (``seqjump.compute_jump``)."""
+    spi_range: SpiRange | None = None
+    """``[spi]``: this node's share of the cluster's SPI space (None: not configured)."""
 
 
 def _netns_name(v: Any) -> str | None:
@@ -137,7 +140,7 @@ def _mode(v: Any) -> StandbyMode | None:
     return StandbyMode(v) if v in ("hot", "cold") else None
 
 
-_TABLES = ("node", "store", "sync", "failover", "xfrm")
+_TABLES = ("node", "store", "sync", "failover", "xfrm", "spi")
 
 
 def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
@@ -224,4 +227,6 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
                 "settings need; raise it or remove it",
             )
         jump = failover.oseq_jump_override
-    return DaemonConfig(path, node, store, sync, failover, netns, jump, computed)
+    # [spi] has its own loader, shared with ``ipsec-ha spi-range``.
+    spi_range = load_spi_config(path) if "spi" in data else None
+    return DaemonConfig(path, node, store, sync, failover, netns, jump, computed, spi_range)

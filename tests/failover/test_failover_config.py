@@ -145,3 +145,15 @@ def test_missing_table_and_bad_toml(tmp_path: Path, psk: Path) -> None:
         load_daemon_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_daemon_config(tmp_path / "missing.toml")
+
+
+def test_spi_table_gives_this_nodes_share_of_the_spi_space(tmp_path: Path, psk: Path) -> None:
+    cfg = load_daemon_config(write(tmp_path, psk, "[spi]\nnodes = 2\n"))
+    assert cfg.spi_range is not None
+    assert (cfg.spi_range.spi_min, cfg.spi_range.spi_max) == (0x100, 0x8000007F)
+    assert load_daemon_config(write(tmp_path, psk)).spi_range is None
+
+
+def test_bad_spi_value_names_the_key(tmp_path: Path, psk: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[spi\]\.spi_min|spi\.spi_min|spi_min"):
+        load_daemon_config(write(tmp_path, psk, "[spi]\nspi_min = -1\nspi_max = 0x200\n"))
