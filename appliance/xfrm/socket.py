@@ -572,7 +572,19 @@ class XfrmSocket:
             attrs.append(("XFRMA_IF_ID", if_id))
         msg["attrs"] = attrs
         what = f"SPI allocation for dst {daddr} proto {proto} in 0x{spi_min:x}-0x{spi_max:x}"
-        replies = self.request(msg, c.XFRM_MSG_ALLOCSPI, what, proto=proto)
+        try:
+            replies = self.request(msg, c.XFRM_MSG_ALLOCSPI, what, proto=proto)
+        except XfrmError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # The kernel probes the range at random, as many times as it is wide,
+            # and answers ENOENT when every probe hit a taken SPI.
+            raise XfrmError(
+                f"{what}: no free SPI found (the range is full, or too small for the "
+                "kernel's random probing)",
+                errno.ENOENT,
+                exc.extack,
+            ) from None
         for reply in replies:
             if reply.type == c.XFRM_MSG_NEWSA:
                 spi: int = _decode(s.xfrm_usersa_info, reply.data)["id"]["spi"]
