@@ -8,15 +8,25 @@ or sync group, appending four arguments: ``TYPE NAME STATE PRIORITY``
 priority; keepalived passes ``0`` as a group's priority).  The hook in
 ``keepalived/notify-hook`` hands them to ``ipsec-ha notify``, which lands here.
 
-For now a transition is only *recorded*: one JSON line per transition in a log
+Each transition is first *recorded*: one JSON line in a log
 (``IPSEC_HA_NOTIFY_LOG``), written with a single ``write`` on an ``O_APPEND``
 descriptor so concurrent hooks (keepalived runs one per instance and one per
 group, in parallel) never interleave.  The monotonic timestamp lets the lab
 time a failover across processes (CLOCK_MONOTONIC is system wide).
 
+The work a transition calls for (at MASTER: claim the epoch, fetch the
+state, install it with the sequence jump, open outbound; otherwise: gate
+outbound, keep syncing) is done by the failover daemon, which owns the sync
+loops a plan starts and stops (``appliance.failover``). The daemon takes
+transitions from keepalived's ordered notify FIFO or, without one, from this
+log. The hook then *waits*, bounded by ``--wait``, until the daemon's status
+file (``IPSEC_HA_STATUS``) shows the state done, and fails naming the
+problem if the daemon failed or did not finish in time, as ``conntrackd -c``
+does in conntrackd's primary-backup script. Without a status file (no
+daemon on this node) the hook only records.
+
 What each state triggers is the table ``ACTIONS`` (state -> actions, in
-order); a later issue fills it with the SA retrieval and restore work.  The
-table is data so that it can be read against the draft's failover section.
+order), data so that it can be read against the draft's failover section.
 """
 
 from __future__ import annotations
@@ -31,11 +41,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import ApplianceError, UsageError
 
 DEFAULT_LOG = Path("/var/lib/ipsec-ha/notify.jsonl")
 LOG_ENV = "IPSEC_HA_NOTIFY_LOG"
+DEFAULT_STATUS = Path("/run/ipsec-ha/status.json")
+STATUS_ENV = "IPSEC_HA_STATUS"
+DEFAULT_WAIT_S = 10.0
 
 
 class NotifyType(enum.StrEnum):
@@ -155,13 +169,42 @@ def read_records(path: Path) -> list[TransitionRecord]:
     return records
 
 
-@dataclass(frozen=True)
+def status_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    """The daemon's status file: ``--status``, else ``$IPSEC_HA_STATUS``, else the default."""
+    if explicit:
+        return Path(explicit)
+    if env.get(STATUS_ENV):
+        return Path(env[STATUS_ENV])
+    return DEFAULT_STATUS
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The daemon's status, or None when there is none (no daemon on this node)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ApplianceError(f"daemon status {path} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApplianceError(f"daemon status {path} is not a JSON object")
+    return data
+
+
+@dataclass
 class NotifyContext:
-    """What an action gets: the transition, its record and where it was logged."""
+    """What an action gets: the transition, its record, where it was logged, what it waits on."""
 
     transition: Transition
     record: TransitionRecord
     log: Path
+    status: Path | None = None
+    """The daemon's status file (None: do not wait)."""
+    wait_s: float = DEFAULT_WAIT_S
+    daemon: dict[str, Any] | None = None
+    """The daemon's status once it finished the transition (set by ``await_daemon``)."""
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
 
 
 Action = Callable[[NotifyContext], None]
@@ -172,14 +215,39 @@ def record_transition(ctx: NotifyContext) -> None:
     append_record(ctx.log, ctx.record)
 
 
-# State -> what to do, in order.  Every state is recorded; the SA restore on
-# MASTER and the sync stop on BACKUP/FAULT/STOP come with the failover issue.
+def await_daemon(ctx: NotifyContext) -> None:
+    """Wait until the daemon's status shows this state done; fail loudly if it does not."""
+    if ctx.status is None or ctx.wait_s <= 0:
+        return
+    state = ctx.transition.state.value
+    deadline = ctx.monotonic() + ctx.wait_s
+    while True:
+        status = read_status(ctx.status)
+        if status is None:
+            return  # no daemon on this node: recorded only
+        if status.get("state") == state:
+            if not status.get("ok"):
+                raise ApplianceError(f"the daemon failed {state}: {status.get('error')}")
+            ctx.daemon = status
+            return
+        if ctx.monotonic() >= deadline:
+            raise ApplianceError(
+                f"the daemon (pid {status.get('pid')}) did not finish {state} within "
+                f"{ctx.wait_s:g} s; it reports role {status.get('role')}, "
+                f"last state {status.get('state')}"
+            )
+        ctx.sleep(0.02)
+
+
+# State -> what to do, in order.  The daemon does the kernel and store work
+# (appliance.failover.transitions has the plan per state); the hook records
+# the transition and waits for the daemon to have carried it out.
 ACTIONS: dict[VrrpState, tuple[Action, ...]] = {
-    VrrpState.MASTER: (record_transition,),
-    VrrpState.BACKUP: (record_transition,),
-    VrrpState.FAULT: (record_transition,),
-    VrrpState.STOP: (record_transition,),
-    VrrpState.DELETED: (record_transition,),
+    VrrpState.MASTER: (record_transition, await_daemon),
+    VrrpState.BACKUP: (record_transition, await_daemon),
+    VrrpState.FAULT: (record_transition, await_daemon),
+    VrrpState.STOP: (record_transition, await_daemon),
+    VrrpState.DELETED: (record_transition, await_daemon),
 }
 
 
@@ -189,8 +257,11 @@ def handle(
     node: str | None = None,
     wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     monotonic: Callable[[], float] = time.monotonic,
-) -> TransitionRecord:
-    """Run the actions for ``transition``; return the record that was logged."""
+    status: Path | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> NotifyContext:
+    """Run the actions for ``transition``; return the context (record, daemon status)."""
     record = TransitionRecord(
         type=transition.type.value,
         name=transition.name,
@@ -200,10 +271,39 @@ def handle(
         time=wall_clock().isoformat(timespec="microseconds"),
         monotonic=monotonic(),
     )
-    ctx = NotifyContext(transition, record, log)
+    ctx = NotifyContext(transition, record, log, status, wait_s, sleep=sleep, monotonic=monotonic)
     for action in ACTIONS[transition.state]:
         action(ctx)
-    return record
+    return ctx
+
+
+def summary(ctx: NotifyContext) -> dict[str, Any]:
+    """What the command prints: the record, and the daemon's outcome if it waited."""
+    out: dict[str, Any] = asdict(ctx.record)
+    daemon = ctx.daemon
+    if daemon is not None:
+        report = daemon.get("report") or {}
+        out["daemon"] = {
+            "role": daemon.get("role"),
+            "pid": daemon.get("pid"),
+            "installed_sas": report.get("installed_sas", 0),
+            "advanced": len(report.get("advanced", [])),
+            "timeline": [
+                {"step": t["step"], "monotonic": t["monotonic"]} for t in report.get("timeline", [])
+            ],
+        }
+    return out
+
+
+def summary_line(out: Mapping[str, Any], log: Path) -> str:
+    line = f"{out['type']} {out['name']} -> {out['state']} (recorded in {log})"
+    daemon = out.get("daemon")
+    if daemon:
+        line += (
+            f"; daemon pid {daemon['pid']}: role {daemon['role']}, "
+            f"{daemon['installed_sas']} SAs installed, {daemon['advanced']} counters advanced"
+        )
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("priority", metavar="PRIORITY")
     parser.add_argument("--log", metavar="FILE")
     parser.add_argument("--node")
+    parser.add_argument("--status", metavar="FILE")
+    parser.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="S")
     parser.add_argument("--json", dest="as_json", action="store_true")
     try:
         args = parser.parse_args(argv)
@@ -230,15 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if exc.code else 0
     try:
         transition = parse_transition(args.type_, args.name, args.state, args.priority)
+        if not 0 <= args.wait <= 300:
+            raise UsageError(f"--wait must be 0..300 seconds, not {args.wait:g}")
         path = log_path(args.log, os.environ)
-        record = handle(transition, path, node=args.node)
+        status = status_path(args.status, os.environ)
+        ctx = handle(transition, path, node=args.node, status=status, wait_s=args.wait)
     except ApplianceError as exc:
         print(f"ipsec-ha: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    out = summary(ctx)
     if args.as_json:
-        print(json.dumps(asdict(record), indent=2, sort_keys=True))
+        print(json.dumps(out, indent=2, sort_keys=True))
     else:
-        print(f"{record.type} {record.name} -> {record.state} (recorded in {path})")
+        print(summary_line(out, path))
     return 0
 
 

@@ -1,7 +1,6 @@
 """``ipsec-ha notify TYPE NAME STATE PRIORITY``: keepalived's notify hook."""
 
 import os
-from dataclasses import asdict
 
 import typer
 
@@ -41,17 +40,41 @@ def notify(
     node: str | None = typer.Option(
         None, "--node", help="Name of this node, recorded with the transition."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the recorded transition as JSON."),
+    status: str | None = typer.Option(
+        None,
+        "--status",
+        metavar="FILE",
+        help=(
+            f"The failover daemon's status file to wait on. Default: "
+            f"${notify_lib.STATUS_ENV}, else {notify_lib.DEFAULT_STATUS}. "
+            "If it does not exist (no daemon), the transition is only recorded."
+        ),
+    ),
+    wait: float = typer.Option(
+        notify_lib.DEFAULT_WAIT_S,
+        "--wait",
+        metavar="S",
+        min=0,
+        max=300,
+        help="How long to wait for the daemon to carry the transition out (0: do not wait).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the record and the daemon's outcome as JSON."
+    ),
 ) -> None:
-    """Handle a VRRP transition reported by keepalived (for now: record it).
+    """Handle a VRRP transition reported by keepalived.
 
-    Exit status 2 on bad arguments, 1 if the log cannot be written.
+    Records the transition in the notify log, then waits until the failover
+    daemon (ipsec-ha daemon) has carried it out: at MASTER, claim the store
+    epoch, fetch and install the state with the outbound sequence jump, open
+    outbound; at BACKUP, FAULT, STOP, gate outbound. Exit status 2 on bad
+    arguments, 1 if the log cannot be written or the daemon failed or did not
+    finish within --wait.
     """
     transition = notify_lib.parse_transition(type_, name, state, priority)
     path = notify_lib.log_path(log, os.environ)
-    record = notify_lib.handle(transition, path, node=node)
-    emit(
-        asdict(record),
-        as_json,
-        lambda r: f"{r['type']} {r['name']} -> {r['state']} (recorded in {path})",
-    )
+    ctx = notify_lib.handle(
+        transition, path, node=node, status=notify_lib.status_path(status, os.environ),
+        wait_s=wait,
+    )  # fmt: skip
+    emit(notify_lib.summary(ctx), as_json, lambda r: notify_lib.summary_line(r, path))

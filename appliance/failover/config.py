@@ -33,6 +33,7 @@ from appliance.store.config import load_psk
 
 DEFAULT_CONFIG = Path("/etc/ipsec-ha/daemon.toml")
 DEFAULT_STORE_PORT = 4501
+DEFAULT_STATUS = Path("/run/ipsec-ha/status.json")
 ETIMER_UNIT_MS = 100
 """The kernel counts the async-event timer (``XFRMA_ETIMER_THRESH``) in 100 ms units."""
 
@@ -92,6 +93,12 @@ class FailoverConfig:
     """How long ``ipsec-ha notify`` waits for the daemon to finish a transition."""
     oseq_jump_override: int | None
     """A fixed jump; must not be below what ``[sync]`` needs."""
+    keepalived_fifo: Path | None = None
+    """keepalived's ``notify_fifo``: the ordered source of transitions (None: the notify log)."""
+    vrrp_name: str | None = None
+    """Act only on transitions of this sync group or instance (None: all)."""
+    status_file: Path = DEFAULT_STATUS
+    """Where the daemon publishes its role and last transition (``ipsec-ha notify`` waits on it)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,12 @@ def _servers(v: Any) -> tuple[str, ...] | None:
 def _timer_ms(v: Any) -> int | None:
     value = int_in(0, 3_600_000)(v)
     return value if value is not None and value % ETIMER_UNIT_MS == 0 else None
+
+
+def _vrrp_name(v: Any) -> str | None:
+    if isinstance(v, str) and 0 < len(v) <= 255 and not any(c.isspace() or c == '"' for c in v):
+        return v
+    return None
 
 
 def _mode(v: Any) -> StandbyMode | None:
@@ -201,6 +214,11 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
         oseq_jump_override=failover_t.get(
             "oseq_jump", int_in(1, MAX_JUMP - 1), f"an integer 1..{MAX_JUMP - 1}", None
         ),
+        keepalived_fifo=failover_t.get("keepalived_fifo", abs_path, "an absolute path", None),
+        vrrp_name=failover_t.get(
+            "vrrp_name", _vrrp_name, "a vrrp_sync_group or vrrp_instance name", None
+        ),
+        status_file=failover_t.get("status_file", abs_path, "an absolute path", DEFAULT_STATUS),
     )
     failover_t.finish()
 

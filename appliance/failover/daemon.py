@@ -2,12 +2,14 @@
 
 Theory of operation
 -------------------
-- **Transitions.** keepalived's hook appends each VRRP transition to the
-  notify log (``appliance.notify``). The daemon follows that file (new
-  lines only) and, for each record, runs ``plan(role, state, mode)`` with
-  the ``PlanExecutor`` in a worker thread, one transition at a time. The
-  role moves to ``role_for(state)`` only when the plan succeeded, so a
-  repeated notify after a failure runs the plan again.
+- **Transitions.** The daemon reads keepalived's notify FIFO (in order) or,
+  without one, the notify log the hook appends to (``vrrp_source``), and for
+  each transition runs ``plan(role, state, mode)`` with the ``PlanExecutor``
+  in a worker thread, one transition at a time. The role moves to
+  ``role_for(state)`` only when the plan succeeded, so a repeated notify
+  after a failure runs the plan again. After each transition it replaces the
+  status file (``[failover].status_file``), which ``ipsec-ha notify`` waits
+  on and ``ipsec-ha status`` shows.
 - **Publishing** (active node). Every XFRM notification of the served
   namespace (SA, policy, async-event and expire groups) goes to
   ``SyncCore``; a flusher task sleeps until ``get_timer()`` and carries out
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +62,12 @@ from appliance.failover.sync import (
     sa_key,
 )
 from appliance.failover.transitions import Action, Role, plan, role_for
+from appliance.failover.vrrp_source import (
+    Received,
+    fifo_transitions,
+    log_transitions,
+    open_fifo,
+)
 from appliance.notify import VrrpState
 from appliance.store.base import NotFoundError, StaleEpochError, StoreError
 from appliance.xfrm import constants as c
@@ -66,6 +75,17 @@ from appliance.xfrm.events import EventsOverrun, xfrm_events
 from appliance.xfrm.types import XfrmError
 
 log = logging.getLogger("ipsec_ha.daemon")
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``status`` as JSON (mode 0600, directory 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(status, f, sort_keys=True)
+    os.replace(tmp, path)
+
 
 RETRY_S = 1.0
 """Wait before retrying a full resync after a store failure."""
@@ -253,48 +273,70 @@ class FailoverDaemon:
                     log.warning("hot standby: %s", exc)
 
     async def transition(self, state: VrrpState, received_at: float) -> bool:
-        """Run the plan for ``state``; True if it completed."""
+        """Run the plan for ``state``; True if it completed. The status file says how it went."""
         actions = plan(self.role, state, self.config.failover.mode)
         if not actions:
+            self._write_status(state, received_at, ok=True)
             return True
         async with self._kernel_lock:
             try:
                 report = await asyncio.to_thread(self.executor.run, actions, received_at)
             except ExecutionError as exc:
                 log.error("%s -> %s failed: %s", self.role.value, state.value, exc)
+                self._write_status(state, received_at, ok=False, error=str(exc))
                 return False
         log.info("%s", json.dumps({"transition": state.value, "from": self.role.value,
                                    "report": report.to_dict()}))  # fmt: skip
         self.role = role_for(state)
+        self._write_status(state, received_at, ok=True, report=report.to_dict())
         return True
 
+    def _write_status(
+        self,
+        state: VrrpState | None,
+        received_at: float | None,
+        *,
+        ok: bool,
+        error: str | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        status = {
+            "node": self.config.node.id,
+            "server_id": self.config.node.server_id,
+            "pid": os.getpid(),
+            "mode": self.config.failover.mode.value,
+            "role": self.role.value,
+            "state": state.value if state else None,
+            "ok": ok,
+            "error": error,
+            "received": received_at,
+            "monotonic": time.monotonic(),
+            "publishing": self.publishing,
+            "following": self.following,
+            "report": report,
+        }
+        try:
+            write_status(self.config.failover.status_file, status)
+        except OSError as exc:
+            log.warning("status file %s not written: %s", self.config.failover.status_file, exc)
+
+    def _wanted(self, received: Received) -> bool:
+        name = self.config.failover.vrrp_name
+        return name is None or received.transition.name == name
+
     async def _notifications(self) -> None:
-        offset = self.notify_log.stat().st_size if self.notify_log.exists() else 0
-        pending = b""
-        while True:
-            await asyncio.sleep(0.05)
-            try:
-                with self.notify_log.open("rb") as f:
-                    f.seek(offset)
-                    data = f.read()
-            except FileNotFoundError:
-                continue
-            offset += len(data)
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                    state = VrrpState(record["state"])
-                    at = float(record.get("monotonic", time.monotonic()))
-                except (ValueError, KeyError, TypeError):
-                    log.warning("notify log %s: unreadable line skipped", self.notify_log)
-                    continue
-                await self.transition(state, at)
+        fifo = self.config.failover.keepalived_fifo
+        source = fifo_transitions(fifo) if fifo else log_transitions(self.notify_log)
+        async for received in source:
+            if self._wanted(received):
+                await self.transition(received.transition.state, received.monotonic)
 
     async def run(self) -> None:
         """Run until cancelled."""
         self._loop = asyncio.get_running_loop()
+        if self.config.failover.keepalived_fifo:
+            open_fifo(self.config.failover.keepalived_fifo)  # fail now, loudly, if unusable
+        self._write_status(None, None, ok=True)
         tasks = [
             asyncio.create_task(coro)
             for coro in (self._events(), self._flusher(), self._follower(), self._notifications())
@@ -307,3 +349,6 @@ class FailoverDaemon:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # A hook must not wait on the status of a daemon that is gone.
+            with contextlib.suppress(OSError):
+                self.config.failover.status_file.unlink()

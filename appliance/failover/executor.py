@@ -256,6 +256,8 @@ class PlanExecutor:
         self.local_addresses = local_addresses
         self.clock = clock
         self.fetched: FetchedState | None = None
+        self._installed: set[Any] = set()
+        """Identities of the SAs this run added (their counters are already advanced)."""
 
     # -- the run -----------------------------------------------------------------
 
@@ -266,6 +268,7 @@ class PlanExecutor:
         deadline = start + self.settings.timeout_s
         self._mark(report, "notify-received", {"actions": [a.value for a in actions]}, start)
         self.fetched = None
+        self._installed = set()
         for action in actions:
             self._check_deadline(deadline, action)
             try:
@@ -422,6 +425,7 @@ class PlanExecutor:
             ]
         # SAs before the policies that name them; removals last (policies first).
         self._batch(sa_ops, "install SAs", deadline)
+        self._installed.update(sa_identity(op[1]) for op in sa_ops if isinstance(op[1], SadEntry))
         self._batch(pol_ops, "install policies", deadline)
         removals.sort(key=lambda op: op[0] != "delete_policy")
         self._batch(removals, "remove stale entries", deadline)
@@ -451,8 +455,15 @@ class PlanExecutor:
         self, fetched: FetchedState, report: ExecutionReport, deadline: float
     ) -> dict[str, Any]:
         moved = 0
+        flags = self._outbound_flags(fetched)
+        if all(
+            sa_identity(sa) in self._installed
+            for sa, o in zip(fetched.sad, flags, strict=True)
+            if o
+        ):
+            return {"advanced": 0, "rekey": len(report.rekey)}  # no dump needed
         for sa, outbound in self._present(fetched):
-            if not outbound:
+            if not outbound or sa_identity(sa) in self._installed:
                 continue
             self._check_deadline(deadline, Action.ADVANCE_OUTBOUND_SEQ)
             outcome = advance_sa(sa, self.settings.oseq_jump)

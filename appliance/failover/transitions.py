@@ -117,7 +117,17 @@ _ROLE_FOR_STATE: Mapping[VrrpState, Role] = {
 }
 
 A = Action
-_COLD_TAKEOVER = (A.CLAIM_OWNERSHIP, A.FETCH_STATE, A.INSTALL_STATE, A.OPEN_OUTBOUND)
+# ADVANCE_OUTBOUND_SEQ also in cold takeovers: an outbound SA the kernel still
+# holds (a daemon restarted, a node back from a crash) is not re-added by
+# INSTALL_STATE, and its counter may be older than the store's. SAs the run
+# just added carry the jump already and are skipped.
+_COLD_TAKEOVER = (
+    A.CLAIM_OWNERSHIP,
+    A.FETCH_STATE,
+    A.INSTALL_STATE,
+    A.ADVANCE_OUTBOUND_SEQ,
+    A.OPEN_OUTBOUND,
+)
 _HOT_TAKEOVER = (
     A.CLAIM_OWNERSHIP,
     A.FETCH_STATE,

@@ -87,6 +87,7 @@ def config(tmp_path: Path) -> Any:
     path.write_text(
         '[node]\nid = "gw1"\nserver_id = "192.0.2.1"\nnode_index = 0\n'
         f'[store]\nservers = ["198.51.100.10", "198.51.100.11"]\npsk_file = "{psk}"\n'
+        f'[failover]\nstatus_file = "{tmp_path}/status.json"\n'
     )
     return load_daemon_config(path)
 

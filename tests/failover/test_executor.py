@@ -286,6 +286,17 @@ def test_hot_takeover_moves_counters_forward_only() -> None:
     assert kernel.changes == []
 
 
+def test_cold_takeover_advances_an_outbound_sa_the_kernel_still_held() -> None:
+    # A node back from a crash still holds its old outbound SA with an old
+    # counter: install-state does not re-add it, advance-outbound-seq moves it.
+    executor, kernel, _, _, _ = make()
+    stale_out = dataclasses.replace(OUT_SA, replay=m.ReplayState(oseq=10))
+    kernel.install_batch([("add_sa", stale_out), ("add_policy", OUT_POL)])
+    report = executor.run(plan(Role.INIT, VrrpState.MASTER, StandbyMode.COLD))
+    assert kernel.sad[sa_identity(OUT_SA)].replay == m.ReplayState(oseq=7000 + JUMP, bitmap=1)
+    assert report.advanced == [(0x1001, 7000, 7000 + JUMP)]
+
+
 def test_reconcile_deletes_what_the_store_no_longer_has() -> None:
     executor, kernel, _, _, _ = make()
     gone = sa(0x3003, PEER, GW, oseq=0, seq=1, reqid=9)

@@ -165,6 +165,7 @@ def test_cold_takeover_installs_everything() -> None:
         A.CLAIM_OWNERSHIP,
         A.FETCH_STATE,
         A.INSTALL_STATE,
+        A.ADVANCE_OUTBOUND_SEQ,  # SAs the kernel still held (a crashed node's) move too
         A.OPEN_OUTBOUND,
         A.START_PUBLISHING,
     ]
