@@ -57,6 +57,7 @@ class GatewayConfig:
     priority: int
     advert_int: float
     notify_log: Path
+    notify_fifo: Path = Path("/run/ipsec-ha/keepalived.fifo")
 
 
 def _block(params: list[Any], type_name: str, name: str = "") -> Any:
@@ -99,6 +100,7 @@ def render_config(gw: GatewayConfig, template: Path = TEMPLATE) -> str:
         raise ConfigError(f"cannot parse keepalived template {template}: {exc}") from None
     params = config.params
     _set(_block(params, "global_defs"), "router_id", f"ipsec-ha-{gw.name}")
+    _set(_block(params, "global_defs"), "notify_fifo", str(gw.notify_fifo))
     notify = notify_command(gw)
     _set(_block(params, "vrrp_sync_group", SYNC_GROUP), "notify", notify)
     for segment in SEGMENTS:
@@ -136,6 +138,10 @@ class KeepalivedFiles:
     notify_log: Path
     hook_stderr: Path
     """keepalived discards hook output; the hook appends its stderr here."""
+    fifo: Path
+    """keepalived's notify FIFO (the daemon's ordered source of transitions)."""
+    status: Path
+    """The daemon's status file, which the hook waits on (absent: no daemon)."""
 
     @classmethod
     def in_dir(cls, run_dir: Path, gateway: str) -> KeepalivedFiles:
@@ -147,6 +153,8 @@ class KeepalivedFiles:
             log=run_dir / f"{gateway}-keepalived.log",
             notify_log=run_dir / f"{gateway}-notify.jsonl",
             hook_stderr=run_dir / f"{gateway}-hook-stderr.log",
+            fifo=run_dir / f"{gateway}-keepalived.fifo",
+            status=run_dir / f"{gateway}-status.json",
         )
 
 
@@ -167,8 +175,12 @@ def check_config(config: Path, ns: str) -> None:
 def write_config(gateway: str, run_dir: Path, advert_int: float) -> KeepalivedFiles:
     """Render gateway's keepalived.conf into the run dir (0600); return its file set."""
     files = KeepalivedFiles.in_dir(run_dir, gateway)
-    gw = GatewayConfig(gateway, PRIORITIES[gateway], advert_int, files.notify_log)
+    gw = GatewayConfig(gateway, PRIORITIES[gateway], advert_int, files.notify_log, files.fifo)
     text = render_config(gw)
+    # The FIFO exists before keepalived starts, so that its first transitions
+    # wait in the pipe for a daemon started later (keepalived keeps it open).
+    if not files.fifo.exists():
+        os.mkfifo(files.fifo, 0o600)
     fd = os.open(files.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -196,6 +208,7 @@ def spawn(files: KeepalivedFiles, ns: str) -> subprocess.Popen[bytes]:
     env["IPSEC_HA_BIN"] = ipsec_ha_binary()
     env["IPSEC_HA_PYTHON"] = sys.executable
     env["IPSEC_HA_HOOK_STDERR"] = str(files.hook_stderr)
+    env["IPSEC_HA_STATUS"] = str(files.status)
     log_fd = os.open(files.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         # Its own session: a Ctrl-C on the lab's terminal must not reach it

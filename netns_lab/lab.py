@@ -324,6 +324,11 @@ class Lab:
         if self.keepalived_alive(gateway):
             raise LabError(f"keepalived already runs in {gateway}")
         files = keepalived.write_config(gateway, self.run_dir, self.state.advert_int)
+        # A killed keepalived leaves its pid files; if a new process got one of
+        # those pids (quick in the small VM), keepalived would refuse to start
+        # ("daemon is already running"). It is not running: they are stale.
+        for pidfile in (files.pidfile, files.vrrp_pidfile, files.checkers_pidfile):
+            pidfile.unlink(missing_ok=True)
         proc = keepalived.spawn(files, self.ns(gateway))
         self._procs[gateway] = proc
         self.state.keepalived[gateway] = KeepalivedRecord(

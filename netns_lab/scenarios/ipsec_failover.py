@@ -1,0 +1,498 @@
+"""IPsec failover that keeps the tunnel: real ESP, real keepalived, the appliance on both gateways.
+
+Run as root on a kernel with ESP (the lab VM: ``scripts/demo``)::
+
+    python -m netns_lab.scenarios.ipsec_failover [--mode cold|hot] [--how kill|link]
+        [--naive] [--no-failback] [--plot FILE] [--json]
+
+What happens
+------------
+1. A lab (client, gw1, gw2, server; keepalived VRRPv3 on the gateways) with
+   the appliance on both gateways (``netns_lab.services``: a store and the
+   daemon each, the embedded two-node setup).
+2. The tunnel client <-> VIP is keyed on the client and on gw1, as IKE
+   would (``netns_lab.tunnel``); the client's inbound replay window is 32.
+3. Sequence-numbered UDP runs both ways between the client's protected
+   address and the server (``appliance.traffic``), ``rate`` packets/s each.
+4. gw1 fails: ``kill`` sends SIGKILL to its keepalived and its daemon (a
+   crash), ``link`` takes its outside link down (keepalived sees FAULT).
+   gw2 takes over: its daemon reads MASTER from keepalived's FIFO, claims
+   the epoch, fetches the state, installs it with the sequence jump.
+5. With ``failback``, gw1 comes back (restarted, or link up: BACKUP, since
+   nopreempt), then gw2 fails the same way and gw1 takes over again.
+6. Verdict: the client counted no replay errors (``XfrmInStateSeqError``
+   and its SAs' replay counters), its SAs are the very ones keyed at the
+   start (no new SA), and traffic flowed both ways after each takeover.
+
+``naive`` replaces the appliance with what a naive copy would do: snapshot
+gw1's SAs while traffic runs, and after the failure restore that snapshot
+on gw2 without the jump. The client must then count replay errors; the
+test of the real thing runs this first, to prove the check can fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError, LabError
+from appliance.traffic.analysis import analyse, plot_rate
+from appliance.traffic.probe import Arrival
+from appliance.traffic.udp import RunResult, RunSpec
+from appliance.traffic.udp import run as run_traffic
+from netns_lab import keepalived, tunnel
+from netns_lab.lab import SETTLE_TIMEOUT, Lab, LabInterrupted, wait_for
+from netns_lab.plan import CLIENT_PROTECTED, GATEWAYS, INSIDE, OUTSIDE, PRIORITIES, address_of
+from netns_lab.services import Services, SyncSettings
+
+CLIENT_PORT, SERVER_PORT = 40001, 40002
+RESUMED_PACKETS = 20
+"""Packets each way through the new active gateway that count as "traffic resumed"."""
+
+
+@dataclass
+class Takeover:
+    """One failure and the takeover that followed it."""
+
+    failed: str
+    took_over: str
+    how: str
+    failed_at: float
+    """CLOCK_MONOTONIC when the failure was caused."""
+    master_at: float | None = None
+    """When the new active gateway's daemon read MASTER (keepalived's FIFO)."""
+    done_at: float | None = None
+    """When its daemon finished the takeover."""
+    resumed_at: float | None = None
+    """When traffic was seen flowing both ways through it."""
+    installed_sas: int = 0
+    advanced: int = 0
+    rekey: int = 0
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def detection_ms(self) -> float | None:
+        return None if self.master_at is None else 1000 * (self.master_at - self.failed_at)
+
+    @property
+    def restore_ms(self) -> float | None:
+        if self.master_at is None or self.done_at is None:
+            return None
+        return 1000 * (self.done_at - self.master_at)
+
+
+@dataclass
+class Outcome:
+    """What the scenario measured."""
+
+    mode: str
+    how: str
+    naive: bool
+    rate: float
+    tunnel: dict[str, int]
+    takeovers: list[Takeover]
+    client_replay_before: dict[str, int]
+    client_replay_after: dict[str, int]
+    client_spis_before: list[int]
+    client_spis_after: list[int]
+    directions: dict[str, dict[str, Any]]
+    """client->server and server->client: sent, received, lost, longest gap."""
+    events: list[tuple[float, str]]
+    plot: str | None = None
+    origin: float = 0.0
+
+    @property
+    def replay_errors(self) -> int:
+        return sum(self.client_replay_after.values()) - sum(self.client_replay_before.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["replay_errors"] = self.replay_errors
+        for t, d in zip(self.takeovers, out["takeovers"], strict=True):
+            d["detection_ms"], d["restore_ms"] = t.detection_ms, t.restore_ms
+        return out
+
+
+class Traffic:
+    """Both directions of probes, in two threads, until ``stop``."""
+
+    def __init__(self, lab: Lab, rate: float) -> None:
+        self.stop_event = threading.Event()
+        self.results: dict[str, RunResult] = {}
+        self.errors: list[BaseException] = []
+        protected = CLIENT_PROTECTED.split("/")[0]
+        server = address_of("server", INSIDE)
+        self.specs = {
+            "server": RunSpec(
+                "echo", (server, SERVER_PORT), 3600, rate=rate, flow=2, netns=lab.ns("server")
+            ),
+            "client": RunSpec(
+                "send",
+                (protected, CLIENT_PORT),
+                3600,
+                peer=(server, SERVER_PORT),
+                rate=rate,
+                flow=1,
+                netns=lab.ns("client"),
+            ),
+        }
+        self.threads = [
+            threading.Thread(target=self._run, args=(name,), name=f"traffic-{name}", daemon=True)
+            for name in self.specs
+        ]
+
+    def _run(self, name: str) -> None:
+        try:
+            self.results[name] = run_traffic(self.specs[name], self.stop_event)
+        except BaseException as exc:  # reported by stop()
+            self.errors.append(exc)
+
+    def start(self) -> None:
+        for thread in self.threads:  # the echo side first: it must be listening
+            thread.start()
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        if self.errors:
+            raise LabError(f"traffic failed: {self.errors[0]}")
+
+    def arrivals(self) -> dict[str, list[Arrival]]:
+        """Direction -> arrival records."""
+        out = {}
+        for direction, receiver, flow in (
+            ("client->server", "server", 1),
+            ("server->client", "client", 2),
+        ):
+            result = self.results.get(receiver)
+            flows = result.receiver.flows if result else {}
+            out[direction] = list(flows[flow].arrivals) if flow in flows else []
+        return out
+
+    def sent(self) -> dict[str, int]:
+        return {
+            "client->server": self.results["client"].sent if "client" in self.results else 0,
+            "server->client": self.results["server"].sent if "server" in self.results else 0,
+        }
+
+
+class Scenario:
+    """One run; see the module docstring. ``say`` gets a line per step."""
+
+    def __init__(
+        self,
+        mode: str = "cold",
+        how: str = "kill",
+        *,
+        naive: bool = False,
+        failback: bool = True,
+        advert_int: float = 1.0,
+        rate: float = 250.0,
+        plot: Path | None = None,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        if how not in ("kill", "link"):
+            raise ValueError(f"how must be kill or link, not {how!r}")
+        if mode not in ("cold", "hot"):
+            raise ValueError(f"mode must be cold or hot, not {mode!r}")
+        self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
+        self.advert_int, self.rate, self.plot_path, self.say = advert_int, rate, plot, say
+        self.events: list[tuple[float, str]] = []
+
+    def event(self, text: str) -> float:
+        now = time.monotonic()
+        self.events.append((now, text))
+        self.say(f"   {text}")
+        return now
+
+    # -- the run ------------------------------------------------------------------
+    def run(self) -> Outcome:
+        with Lab.create(advert_int=self.advert_int, wait_notify=False) as lab:
+            services = None if self.naive else Services(lab, SyncSettings(mode=self.mode))
+            try:
+                return self._run(lab, services)
+            finally:
+                if services is not None:
+                    services.stop()
+
+    def _run(self, lab: Lab, services: Services | None) -> Outcome:
+        self.event(f"lab {lab.run_id} up; gw1 holds the VIPs")
+        if services is not None:
+            services.start()
+            self.event(f"stores and daemons ({self.mode} standby) running on gw1 and gw2")
+        keyed = tunnel.establish(lab, "gw1")
+        self.event(
+            f"tunnel keyed on client and gw1: SPIs 0x{keyed.spi_in:08x} (in), "
+            f"0x{keyed.spi_out:08x} (out)"
+        )
+        if services is not None and self.mode == "hot":
+            wait_for(
+                "gw2 to pre-install the SAs (hot standby)",
+                lambda: len(tunnel.sa_stats(lab, "gw2")) >= 2,
+                SETTLE_TIMEOUT,
+                0.2,
+            )
+            self.event("gw2 holds the SAs pre-installed, outbound gated")
+        spis_before = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
+        replay_before = tunnel.replay_errors(lab, "client")
+        traffic = Traffic(lab, self.rate)
+        traffic.start()
+        self._wait_resumed(lab, "gw1", keyed, since=None)
+        origin = self.event(f"traffic flows both ways at {self.rate:g} packets/s")
+        takeovers = []
+        snapshot = None
+        if self.naive:
+            from appliance.snapshot import take_snapshot
+
+            snapshot = take_snapshot(lab.ns("gw1"))
+            self.event("naive: snapshot of gw1's SAs taken (no sync from here on)")
+        time.sleep(2.0)  # traffic moves the counters past what was synced or snapshotted
+        takeovers.append(self._fail_over(lab, services, keyed, "gw1", "gw2", snapshot))
+        if self.failback and not self.naive:
+            assert services is not None
+            self._bring_back(lab, services, "gw1")
+            time.sleep(2.0)
+            takeovers.append(self._fail_over(lab, services, keyed, "gw2", "gw1", None))
+        time.sleep(1.0)
+        traffic.stop()
+        self.event("traffic stopped")
+        replay_after = tunnel.replay_errors(lab, "client")
+        spis_after = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
+        arrivals = traffic.arrivals()
+        sent = traffic.sent()
+        first_fail = int(takeovers[0].failed_at * 1e9)
+        directions = {}
+        for direction, records in arrivals.items():
+            summary = analyse(records, first_fail, sent[direction])
+            directions[direction] = {
+                "sent": sent[direction],
+                "received": summary.received,
+                "lost": summary.lost,
+                "max_gap_ms": round(summary.max_gap_ms, 1),
+            }
+        plot = None
+        if self.plot_path is not None:
+            # The first takeover, from 2 s before the failure to 3 s after traffic resumed.
+            first = takeovers[0]
+            lo = first_fail - 2_000_000_000
+            hi = int(((first.resumed_at or first.failed_at) + 3.0) * 1e9)
+            window = {d: [a for a in r if lo <= a.recv_ns <= hi] for d, r in arrivals.items()}
+            title = (
+                f"ipsec-ha failover {first.failed} -> {first.took_over} ({self.mode}, {self.how})"
+            )
+            plot = str(plot_rate(window, self.plot_path, first_fail, title=title))
+        return Outcome(
+            mode=self.mode,
+            how=self.how,
+            naive=self.naive,
+            rate=self.rate,
+            tunnel={"spi_in": keyed.spi_in, "spi_out": keyed.spi_out},
+            takeovers=takeovers,
+            client_replay_before=replay_before,
+            client_replay_after=replay_after,
+            client_spis_before=spis_before,
+            client_spis_after=spis_after,
+            directions=directions,
+            events=self.events,
+            plot=plot,
+            origin=origin,
+        )
+
+    # -- steps --------------------------------------------------------------------
+    def _fail(self, lab: Lab, services: Services | None, gw: str) -> float:
+        if self.how == "kill":
+            at = self.event(
+                f"SIGKILL to {gw}'s keepalived" + ("" if services is None else " and daemon")
+            )
+            lab.kill_keepalived(gw, signal.SIGKILL, wait=False)
+            if services is not None:
+                services.kill(gw, "daemon")
+            lab.wait_keepalived_exit(gw)
+            return at
+        at = self.event(f"{gw}'s outside link down")
+        lab.exec(gw, ["ip", "link", "set", OUTSIDE.ifname, "down"])
+        return at
+
+    def _fail_over(
+        self,
+        lab: Lab,
+        services: Services | None,
+        keyed: tunnel.Tunnel,
+        old: str,
+        new: str,
+        snapshot: Any,
+    ) -> Takeover:
+        failed_at = self._fail(lab, services, old)
+        take = Takeover(old, new, self.how, failed_at)
+        deadline = keepalived.dead_interval(self.advert_int, PRIORITIES[new]) + SETTLE_TIMEOUT
+        if services is None:
+            from appliance.restore import restore_netns
+
+            # after a SIGKILL the old keepalived leaves its VIPs configured: wait for
+            # the new one to hold them too (it answers ARP and sent gratuitous ARP)
+            wait_for(
+                f"{new} to hold the VIPs",
+                lambda: all(new in h for h in lab.vip_holders().values()),
+                deadline,
+            )
+            take.master_at = self.event(f"{new} holds the VIPs")
+            restored = restore_netns(snapshot, lab.ns(new))  # no jump: the naive copy
+            take.done_at = self.event(f"naive: snapshot restored on {new} without a jump")
+            take.installed_sas = restored.sa_added
+        else:
+            status = services.wait_role(new, ("active",), after=failed_at, timeout=deadline)
+            report = status.get("report") or {}
+            take.master_at = float(status["received"])
+            steps = {t["step"]: t["monotonic"] for t in report.get("timeline", [])}
+            take.done_at = steps.get("done", float(status["monotonic"]))
+            take.installed_sas = int(report.get("installed_sas", 0))
+            take.advanced = len(report.get("advanced", []))
+            take.rekey = len(report.get("rekey", []))
+            take.timeline = [(t["monotonic"], t["step"]) for t in report.get("timeline", [])]
+            self.events.append((take.master_at, f"{new}'s daemon reads MASTER from keepalived"))
+            for at, step in take.timeline[1:]:
+                self.events.append((at, f"{new}'s daemon: {step}"))
+            self.event(
+                f"{new} active: {take.installed_sas} SAs installed, "
+                f"{take.advanced} outbound counters advanced"
+            )
+        take.resumed_at = self._wait_resumed(lab, new, keyed, since=take.done_at)
+        self.event(f"traffic flows both ways through {new}")
+        return take
+
+    def _bring_back(self, lab: Lab, services: Services, gw: str) -> None:
+        if self.how == "kill":
+            lab.start_keepalived(gw)
+            services.start_daemon(gw)
+            self.event(f"{gw}'s keepalived and daemon restarted")
+        else:
+            lab.exec(gw, ["ip", "link", "set", OUTSIDE.ifname, "up"])
+            self.event(f"{gw}'s outside link up")
+        services.wait_role(gw, ("standby",), after=0.0)
+        # keepalived on gw comes up BACKUP (nopreempt); the VIPs stay where they are
+        wait_for(
+            f"{gw} to be backup without the VIPs",
+            lambda: not any(gw in h for h in lab.vip_holders().values()),
+            SETTLE_TIMEOUT,
+        )
+        self.event(f"{gw} is standby again")
+
+    def _wait_resumed(self, lab: Lab, gw: str, keyed: tunnel.Tunnel, since: float | None) -> float:
+        """Wait until both of the tunnel's SAs on ``gw`` carried RESUMED_PACKETS more packets."""
+
+        def counts() -> dict[int, int]:
+            return {sa.spi: sa.packets for sa in tunnel.sa_stats(lab, gw)}
+
+        start = counts()
+
+        def resumed() -> float | None:
+            now = counts()
+            for spi in (keyed.spi_in, keyed.spi_out):
+                if now.get(spi, 0) - start.get(spi, 0) < RESUMED_PACKETS:
+                    return None
+            return time.monotonic()
+
+        return wait_for(f"traffic both ways through {gw}", resumed, SETTLE_TIMEOUT, 0.05)
+
+
+# -- the report ---------------------------------------------------------------------
+def report_lines(outcome: Outcome) -> list[str]:
+    """The readable timeline and summary table."""
+    zero = outcome.takeovers[0].failed_at if outcome.takeovers else outcome.origin
+    lines = ["timeline (ms from the first failure):"]
+    for at, text in sorted(outcome.events):
+        lines.append(f"  {1000 * (at - zero):9.1f}  {text}")
+    lines.append("")
+    head = f"  {'':28}" + "".join(
+        f"{t.failed}->{t.took_over:>3}".rjust(14) for t in outcome.takeovers
+    )
+    lines += ["summary:", head]
+
+    def row(label: str, values: list[str]) -> None:
+        lines.append(f"  {label:28}" + "".join(v.rjust(14) for v in values))
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f} ms"
+
+    tk = outcome.takeovers
+    row("VRRP detection", [ms(t.detection_ms) for t in tk])
+    row("restore (MASTER -> done)", [ms(t.restore_ms) for t in tk])
+    row(
+        "traffic resumed after fail",
+        [ms(None if t.resumed_at is None else 1000 * (t.resumed_at - t.failed_at)) for t in tk],
+    )
+    row("SAs installed", [str(t.installed_sas) for t in tk])
+    row("counters advanced", [str(t.advanced) for t in tk])
+    lines.append("")
+    for direction, d in outcome.directions.items():
+        lines.append(
+            f"  {direction}: sent {d['sent']}, received {d['received']}, "
+            f"lost {d['lost']}, longest gap {d['max_gap_ms']:.0f} ms"
+        )
+    lines.append(
+        f"  replay errors at the client: {outcome.replay_errors} "
+        f"(before {outcome.client_replay_before}, after {outcome.client_replay_after})"
+    )
+    same = outcome.client_spis_before == outcome.client_spis_after
+    lines.append(
+        f"  client SAs: {'unchanged' if same else 'CHANGED'} "
+        f"({', '.join(f'0x{s:08x}' for s in outcome.client_spis_after)})"
+    )
+    if outcome.plot:
+        lines.append(f"  plot: {outcome.plot}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--mode", choices=("cold", "hot"), default="cold")
+    parser.add_argument("--how", choices=("kill", "link"), default="kill")
+    parser.add_argument("--naive", action="store_true", help="copy SAs without the jump")
+    parser.add_argument("--no-failback", action="store_true")
+    parser.add_argument("--advert-int", type=float, default=1.0)
+    parser.add_argument("--rate", type=float, default=250.0, help="packets/s each way")
+    parser.add_argument("--plot", type=Path, help="write a PNG of packets per 10 ms here")
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    args = parser.parse_args(argv)
+    say: Callable[[str], None] = (lambda _: None) if args.json else print
+    scenario = Scenario(
+        args.mode,
+        args.how,
+        naive=args.naive,
+        failback=not args.no_failback,
+        advert_int=args.advert_int,
+        rate=args.rate,
+        plot=args.plot,
+        say=lambda s: say(s),
+    )
+    try:
+        outcome = scenario.run()
+    except LabInterrupted as exc:
+        print(f"scenario: {exc}; the lab was removed", file=sys.stderr)
+        return 128 + exc.signum
+    except (ApplianceError, subprocess.SubprocessError) as exc:
+        print(f"scenario: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        print("\n".join(report_lines(outcome)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["GATEWAYS", "Outcome", "Scenario", "Takeover", "main", "report_lines"]

@@ -1,0 +1,237 @@
+"""The appliance on the lab's gateways: an SA store and the failover daemon on each.
+
+This is the embedded two-node setup of docs/operations.md: each gateway runs
+``ipsec-ha store serve`` (SQLite, listening on its inside address) and
+``ipsec-ha daemon``, whose ``[store].servers`` names both stores, so the
+active node writes its state to both and the survivor reads its own. The
+daemon reads keepalived's notify FIFO (``KeepalivedFiles.fifo``) and writes
+the status file the notify hook waits on.
+
+Every process runs in its gateway's namespace, in a session of its own,
+with its output in the run dir; the lab's teardown kills whatever is left
+in the namespaces, so nothing here outlives the lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import LabError
+from netns_lab import build, keepalived
+from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
+from netns_lab.plan import GATEWAYS, INSIDE, OUTSIDE, SYNC_GROUP, address_of, vip_address
+
+STORE_PORT = 4501
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """The ``[sync]`` and ``[failover]`` values of the lab's daemons."""
+
+    mode: str = "cold"
+    replay_seq_thresh: int = 64
+    replay_timer_ms: int = 300
+    coalesce_ms: int = 20
+    store_rtt_ms: int = 200
+    max_pps_per_sa: int = 2000
+    """The lab sends a few hundred packets/s per SA; the jump is computed for this."""
+    notify_timeout_s: float = 60.0
+    """Generous: under TCG in the lab VM a takeover of thousands of SAs takes seconds."""
+
+
+@dataclass
+class GatewayFiles:
+    """One gateway's appliance files in the run dir."""
+
+    store_config: Path
+    store_db: Path
+    store_log: Path
+    daemon_config: Path
+    daemon_log: Path
+
+    @classmethod
+    def in_dir(cls, run_dir: Path, gateway: str) -> GatewayFiles:
+        return cls(
+            store_config=run_dir / f"{gateway}-store.toml",
+            store_db=run_dir / f"{gateway}-store.db",
+            store_log=run_dir / f"{gateway}-store.log",
+            daemon_config=run_dir / f"{gateway}-daemon.toml",
+            daemon_log=run_dir / f"{gateway}-daemon.log",
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+@dataclass
+class Services:
+    """The stores and daemons of one lab; ``start``, ``kill``, ``status``, ``timeline``."""
+
+    lab: Lab
+    settings: SyncSettings = field(default_factory=SyncSettings)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.psk = self.lab.run_dir / "cluster.psk"
+        if not self.psk.exists():
+            _write_private(self.psk, secrets.token_hex(32) + "\n")
+        for gw in GATEWAYS:
+            self._write_configs(gw)
+
+    def files(self, gw: str) -> GatewayFiles:
+        return GatewayFiles.in_dir(self.lab.run_dir, gw)
+
+    def keepalived_files(self, gw: str) -> keepalived.KeepalivedFiles:
+        return keepalived.KeepalivedFiles.in_dir(self.lab.run_dir, gw)
+
+    def _write_configs(self, gw: str) -> None:
+        f, k, s = self.files(gw), self.keepalived_files(gw), self.settings
+        own = address_of(gw, INSIDE)
+        peers = [address_of(other, INSIDE) for other in GATEWAYS if other != gw]
+        _write_private(
+            f.store_config,
+            f'[store]\nlisten = "{own}"\nport = {STORE_PORT}\npsk_file = "{self.psk}"\n'
+            f'node_id = "store-{gw}"\nbackend = "sqlite"\n'
+            f'[store.sqlite]\npath = "{f.store_db}"\n',
+        )
+        servers = ", ".join(f'"{a}"' for a in [own, *peers])
+        _write_private(
+            f.daemon_config,
+            f'[node]\nid = "{gw}"\nserver_id = "{vip_address(OUTSIDE)}"\n'
+            f"node_index = {GATEWAYS.index(gw)}\n"
+            f'[store]\nservers = [{servers}]\nport = {STORE_PORT}\npsk_file = "{self.psk}"\n'
+            f"timeout_s = 0.2\nretries = 3\n"
+            f"[sync]\nreplay_seq_thresh = {s.replay_seq_thresh}\n"
+            f"replay_timer_ms = {s.replay_timer_ms}\ncoalesce_ms = {s.coalesce_ms}\n"
+            f"store_rtt_ms = {s.store_rtt_ms}\nmax_pps_per_sa = {s.max_pps_per_sa}\n"
+            f'[failover]\nmode = "{s.mode}"\nnotify_timeout_s = {s.notify_timeout_s}\n'
+            f'keepalived_fifo = "{k.fifo}"\nstatus_file = "{k.status}"\n'
+            f'vrrp_name = "{SYNC_GROUP}"\n',
+        )
+
+    # -- processes ------------------------------------------------------------
+    def _spawn(self, gw: str, what: str, argv: list[str], log: Path) -> None:
+        command = [
+            "nsenter",
+            f"--net={build.netns_path(self.lab.ns(gw))}",
+            "--",
+            sys.executable,
+            "-m",
+            "appliance",
+            *argv,
+        ]
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self.procs[f"{gw}-{what}"] = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise LabError(f"cannot start the {what} in {gw}: {exc}") from None
+        finally:
+            os.close(log_fd)
+
+    def start_store(self, gw: str) -> None:
+        f = self.files(gw)
+        self._spawn(gw, "store", ["store", "serve", "--config", str(f.store_config)], f.store_log)
+
+    def start_daemon(self, gw: str) -> None:
+        f = self.files(gw)
+        self._spawn(
+            gw, "daemon", ["daemon", "--config", str(f.daemon_config), "--verbose"], f.daemon_log
+        )
+
+    def start(self, gateways: tuple[str, ...] = GATEWAYS) -> None:
+        """Start the stores, then the daemons; return once every daemon settled its role."""
+        for gw in gateways:
+            self.start_store(gw)
+        for gw in gateways:
+            self.start_daemon(gw)
+        for gw in gateways:
+            self.wait_role(gw, ("active", "standby"))
+
+    def alive(self, gw: str, what: str) -> bool:
+        proc = self.procs.get(f"{gw}-{what}")
+        return proc is not None and proc.poll() is None
+
+    def kill(self, gw: str, what: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a gateway's store or daemon and reap it."""
+        proc = self.procs.pop(f"{gw}-{what}", None)
+        if proc is None or proc.poll() is not None:
+            raise LabError(f"the {what} is not running in {gw}")
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM every process still running, then SIGKILL what does not exit."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.procs.clear()
+
+    # -- what the daemons say ---------------------------------------------------
+    def status(self, gw: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.keepalived_files(gw).status.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def wait_role(
+        self, gw: str, roles: tuple[str, ...], after: float = 0.0, timeout: float = SETTLE_TIMEOUT
+    ) -> dict[str, Any]:
+        """Wait until ``gw``'s daemon reports one of ``roles`` for a transition after ``after``."""
+
+        def settled() -> dict[str, Any] | None:
+            if not self.alive(gw, "daemon"):
+                raise LabError(f"the daemon in {gw} exited: {self.log_tail(gw)}")
+            st = self.status(gw)
+            if st and st.get("role") in roles and (st.get("received") or 0) >= after:
+                if not st.get("ok"):
+                    raise LabError(f"the daemon in {gw} failed: {st.get('error')}")
+                return st
+            return None
+
+        try:
+            return wait_for(f"{gw}'s daemon to be {' or '.join(roles)}", settled, timeout, 0.05)
+        except LabError as exc:
+            k = self.keepalived_files(gw)
+            raise LabError(
+                f"{exc}; status {self.status(gw)}; daemon log: {self.log_tail(gw)}; "
+                f"keepalived log: {keepalived.tail(k.log)}"
+            ) from None
+
+    def log_tail(self, gw: str, lines: int = 8) -> str:
+        return keepalived.tail(self.files(gw).daemon_log, lines)
+
+    def timeline(self, gw: str) -> list[dict[str, Any]]:
+        """The daemon's timeline records (JSON after the log prefix), oldest first."""
+        out = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.files(gw).daemon_log.read_text().splitlines():
+                start = line.find('{"timeline"')
+                if start >= 0:
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(line[start:]))
+        return out

@@ -1,0 +1,155 @@
+"""The lab's IPsec tunnel: client <-> VIP, keyed as an IKE daemon would key it.
+
+One tunnel-mode SA pair (AES-GCM-128) between the client's outside address
+and the outside VIP, protecting the client's protected address
+(``CLIENT_PROTECTED``) and the inside segment. The client is the foreign
+peer: its SAs and policies go in with iproute2 (``ip -batch``, fed on stdin
+so that keys never appear in a process's arguments). The active gateway's
+go in over netlink as charon would put them (same content, iproute2 too:
+the point of the lab is what ipsec-ha does with them afterwards).
+
+The client's inbound SA has a replay window of 32, small on purpose: a
+backup that sent with stale sequence numbers would be caught at once.
+
+``replay_errors(lab, host)`` reads what the scenario's verdict rests on:
+the host namespace's ``XfrmInStateSeqError`` (/proc/net/xfrm_stat counts
+per network namespace) and each SA's own replay-failure counter.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+from dataclasses import dataclass
+
+from appliance.errors import LabError
+from netns_lab.lab import Lab
+from netns_lab.plan import CLIENT_PROTECTED, INSIDE, OUTSIDE, address_of, vip_address
+
+AEAD = "rfc4106(gcm(aes))"
+CLIENT = address_of("client", OUTSIDE)
+VIP = vip_address(OUTSIDE)
+CLIENT_REPLAY_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """The SPIs of the pair (keys are not kept: nothing here needs them again)."""
+
+    spi_in: int
+    """client -> VIP (inbound at the gateway)."""
+    spi_out: int
+    """VIP -> client (outbound at the gateway, inbound at the client)."""
+    reqid: int = 1
+
+
+def _batch(lab: Lab, host: str, lines: list[str]) -> None:
+    result = subprocess.run(
+        ["ip", "-n", lab.ns(host), "-batch", "-"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:  # iproute2 names the failing line number, never the key
+        raise LabError(f"ip -batch in {host} failed: {result.stderr.strip()}")
+
+
+def _sa(src: str, dst: str, spi: int, key: str, reqid: int, window: int) -> str:
+    return (
+        f"xfrm state add src {src} dst {dst} proto esp spi 0x{spi:08x} reqid {reqid} "
+        f"mode tunnel replay-window {window} aead {AEAD} 0x{key} 128"
+    )
+
+
+def _policy(sel_src: str, sel_dst: str, direction: str, src: str, dst: str, reqid: int) -> str:
+    return (
+        f"xfrm policy add src {sel_src} dst {sel_dst} dir {direction} "
+        f"tmpl src {src} dst {dst} proto esp reqid {reqid} mode tunnel"
+    )
+
+
+def establish(lab: Lab, gateway: str) -> Tunnel:
+    """Key the tunnel on the client and on ``gateway`` (the active one)."""
+    tunnel = Tunnel(secrets.randbelow(0x7FFF0000) + 0x1000, secrets.randbelow(0x7FFF0000) + 0x1000)
+    key_in, key_out = secrets.token_hex(20), secrets.token_hex(20)  # 16-byte key + 4-byte salt
+    r = tunnel.reqid
+    protected, inside = CLIENT_PROTECTED, INSIDE.network
+    _batch(lab, "client", [
+        _sa(CLIENT, VIP, tunnel.spi_in, key_in, r, CLIENT_REPLAY_WINDOW),
+        _sa(VIP, CLIENT, tunnel.spi_out, key_out, r, CLIENT_REPLAY_WINDOW),
+        _policy(protected, inside, "out", CLIENT, VIP, r),
+        _policy(inside, protected, "in", VIP, CLIENT, r),
+    ])  # fmt: skip
+    _batch(lab, gateway, [
+        _sa(CLIENT, VIP, tunnel.spi_in, key_in, r, CLIENT_REPLAY_WINDOW),
+        _sa(VIP, CLIENT, tunnel.spi_out, key_out, r, 0),
+        _policy(protected, inside, "in", CLIENT, VIP, r),
+        _policy(protected, inside, "fwd", CLIENT, VIP, r),
+        _policy(inside, protected, "out", VIP, CLIENT, r),
+    ])  # fmt: skip
+    return tunnel
+
+
+@dataclass(frozen=True)
+class SaStats:
+    """One SA as ``ip -s xfrm state`` reports it."""
+
+    spi: int
+    src: str
+    dst: str
+    packets: int
+    replay_failed: int
+    """Packets the SA's replay check refused: outside the window or seen before
+    (``replay-window N replay M`` in iproute2's stats: N + M)."""
+    oseq: int
+    seq: int
+
+
+_BLOCK = re.compile(r"\n(?=src )")
+
+
+def sa_stats(lab: Lab, host: str) -> list[SaStats]:
+    """Every SA of ``host`` with its counters."""
+    text = subprocess.run(
+        ["ip", "-s", "-d", "-n", lab.ns(host), "xfrm", "state"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    out = []
+    for block in _BLOCK.split(text.strip()):
+        head = re.match(r"src (\S+) dst (\S+)\s+proto esp spi 0x([0-9a-f]+)", block)
+        if not head:
+            continue
+        packets = re.search(r"lifetime current:\s*\n\s*\d+\(bytes\), (\d+)\(packets\)", block)
+        replay = re.search(r"replay-window (\d+) replay (\d+) failed \d+", block)
+        seqs = re.search(r"anti-replay context: seq 0x([0-9a-f]+), oseq 0x([0-9a-f]+)", block)
+        if not (packets and replay and seqs):
+            raise LabError(f"unexpected `ip -s xfrm state` output in {host}: {block[:200]}")
+        out.append(
+            SaStats(
+                spi=int(head.group(3), 16),
+                src=head.group(1),
+                dst=head.group(2),
+                packets=int(packets.group(1)),
+                replay_failed=int(replay.group(1)) + int(replay.group(2)),
+                seq=int(seqs.group(1), 16),
+                oseq=int(seqs.group(2), 16),
+            )
+        )
+    return out
+
+
+def xfrm_stat(lab: Lab, host: str) -> dict[str, int]:
+    """The host namespace's /proc/net/xfrm_stat."""
+    text = lab.exec(host, ["cat", "/proc/net/xfrm_stat"]).stdout
+    return {name: int(value) for name, value in (line.split() for line in text.splitlines())}
+
+
+def replay_errors(lab: Lab, host: str) -> dict[str, int]:
+    """``XfrmInStateSeqError`` of the namespace and the summed replay counters of its SAs."""
+    return {
+        "XfrmInStateSeqError": xfrm_stat(lab, host).get("XfrmInStateSeqError", 0),
+        "sa_replay_failed": sum(sa.replay_failed for sa in sa_stats(lab, host)),
+    }
