@@ -99,6 +99,10 @@ class FailoverConfig:
     """Act only on transitions of this sync group or instance (None: all)."""
     status_file: Path = DEFAULT_STATUS
     """Where the daemon publishes its role and last transition (``ipsec-ha notify`` waits on it)."""
+    fence_check_ms: int = 500
+    """How often an active node probes the stores for a newer owner (split brain)."""
+    reclaim_interval_s: float = 3.0
+    """How often a fenced node that keepalived still calls MASTER tries to take over again."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,12 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
             "vrrp_name", _vrrp_name, "a vrrp_sync_group or vrrp_instance name", None
         ),
         status_file=failover_t.get("status_file", abs_path, "an absolute path", DEFAULT_STATUS),
+        fence_check_ms=failover_t.get(
+            "fence_check_ms", int_in(50, 60_000), "milliseconds 50..60000", 500
+        ),
+        reclaim_interval_s=failover_t.get(
+            "reclaim_interval_s", float_in(0.1, 3600), "seconds 0.1..3600", 3.0
+        ),
     )
     failover_t.finish()
 

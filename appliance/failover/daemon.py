@@ -61,7 +61,7 @@ from appliance.failover.sync import (
     is_gate,
     sa_key,
 )
-from appliance.failover.transitions import Action, Role, plan, role_for
+from appliance.failover.transitions import FENCED, RECLAIM, Action, Role, plan, role_for
 from appliance.failover.vrrp_source import (
     Received,
     fifo_transitions,
@@ -115,6 +115,8 @@ class FailoverDaemon:
         self.epochs: dict[str, int] = {}
         self.publishing = False
         self.following = False
+        self.fenced = False
+        """ACTIVE, but the stores refuse our epoch: another node claimed (split brain)."""
         self.etimer = etimer_jiffies(config.sync.replay_timer_ms, kernel_hz())
         self.executor = PlanExecutor(
             kernel,
@@ -272,6 +274,55 @@ class FailoverDaemon:
                 except ExecutionError as exc:
                     log.warning("hot standby: %s", exc)
 
+    def check_ownership(self) -> None:
+        """Probe every store we publish to with our epoch (blocking); see ``_owner_watch``."""
+        sid = self.config.node.server_id
+        self._to_stores("ownership", lambda cl, ep: cl.check_epoch(sid, ep))
+
+    async def _owner_watch(self) -> None:
+        """Split brain: notice a newer owner, gate outbound, and try to take over again.
+
+        While publishing, every ``fence_check_ms`` the stores check our epoch;
+        a store that refuses it is dropped from ``epochs`` (``_to_stores``).
+        With none left while ACTIVE, the node is fenced: ``FENCED`` runs at
+        once, then ``RECLAIM`` every ``reclaim_interval_s`` for as long as
+        keepalived keeps this node MASTER (``transitions``).
+        """
+        check_s = self.config.failover.fence_check_ms / 1000
+        last_reclaim = 0.0
+        while True:
+            await asyncio.sleep(check_s)
+            if self.role is not Role.ACTIVE:
+                self.fenced = False
+                continue
+            if self.publishing and not self.fenced:
+                await asyncio.to_thread(self.check_ownership)
+                if self.epochs:
+                    continue
+                log.error("fenced: every store has a newer owner of %s; gating outbound",
+                          self.config.node.server_id)  # fmt: skip
+                self.fenced = True
+                await self._run_plan(list(FENCED), "fenced", time.monotonic())
+                last_reclaim = time.monotonic()
+            elif self.fenced and time.monotonic() - last_reclaim >= (
+                self.config.failover.reclaim_interval_s
+            ):
+                last_reclaim = time.monotonic()
+                if await self._run_plan(list(RECLAIM), "reclaim", last_reclaim):
+                    self.fenced = False
+                    log.warning("reclaimed ownership of %s", self.config.node.server_id)
+                    self._write_status(VrrpState.MASTER, last_reclaim, ok=True)
+
+    async def _run_plan(self, actions: list[Action], what: str, at: float) -> bool:
+        async with self._kernel_lock:
+            try:
+                report = await asyncio.to_thread(self.executor.run, actions, at)
+            except ExecutionError as exc:
+                log.error("%s failed: %s", what, exc)
+                return False
+        log.info("%s", json.dumps({"plan": what, "report": report.to_dict()}))
+        return True
+
     async def transition(self, state: VrrpState, received_at: float) -> bool:
         """Run the plan for ``state``; True if it completed. The status file says how it went."""
         actions = plan(self.role, state, self.config.failover.mode)
@@ -313,6 +364,7 @@ class FailoverDaemon:
             "monotonic": time.monotonic(),
             "publishing": self.publishing,
             "following": self.following,
+            "fenced": self.fenced,
             "report": report,
         }
         try:
@@ -339,7 +391,13 @@ class FailoverDaemon:
         self._write_status(None, None, ok=True)
         tasks = [
             asyncio.create_task(coro)
-            for coro in (self._events(), self._flusher(), self._follower(), self._notifications())
+            for coro in (
+                self._events(),
+                self._flusher(),
+                self._follower(),
+                self._notifications(),
+                self._owner_watch(),
+            )
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

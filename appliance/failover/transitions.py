@@ -174,6 +174,18 @@ TABLE: Mapping[StandbyMode, Mapping[Key, tuple[Action, ...]]] = {
 }
 
 
+# Split brain: an ACTIVE node whose epoch the stores refuse has been fenced by
+# another node's claim. It stays ACTIVE for keepalived (no transition came)
+# but must not emit ESP with counters it can no longer publish: FENCED gates
+# outbound at once. RECLAIM, tried every [failover].reclaim_interval_s while
+# keepalived still says MASTER, takes ownership back the way a takeover does:
+# new epoch, the latest published counters, the jump (never a rewind), then
+# outbound. While two nodes are MASTER the store thus admits one owner at a
+# time; once VRRP heals, the loser's BACKUP plan stops it claiming.
+FENCED = (A.CLOSE_OUTBOUND, A.STOP_PUBLISHING)
+RECLAIM = (*_COLD_TAKEOVER, A.START_PUBLISHING)
+
+
 def role_for(state: VrrpState) -> Role:
     """The role a node holds once it has entered ``state``."""
     return _ROLE_FOR_STATE[state]

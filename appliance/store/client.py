@@ -467,6 +467,21 @@ class StoreClient:
             payloads.append(Delete(ProtocolId.SPD_INDEX, tuple(policy_indexes)))
         self._call(ExchangeType.SA_STOR, payloads)
 
+    def check_epoch(self, server_id: str, epoch: int) -> None:
+        """Raise ``StaleEpochError`` if ``epoch`` no longer owns ``server_id``; change nothing.
+
+        An SA_Stor whose only entry is a Delete payload naming no SPI: the
+        store checks the epoch as for any write and has nothing to delete.
+        An active node probes with it so that it learns it was fenced even
+        when it has nothing to publish (docs/protocol.md, "Fencing probe").
+        """
+        payloads: list[Payload] = [
+            ServerIdPayload.parse(server_id),
+            EpochPayload(epoch),
+            Delete(ProtocolId.ESP, ()),
+        ]
+        self._call(ExchangeType.SA_STOR, payloads)
+
     def update_replay(
         self, server_id: str, epoch: int, states: Sequence[ReplayStatePayload]
     ) -> int:

@@ -64,6 +64,9 @@ class FakeClient:
         self.pols.update({p.index: p for p in spd})
         return 1
 
+    def check_epoch(self, sid: str, epoch: int) -> None:
+        self._check(epoch)
+
     def update_replay(self, sid: str, epoch: int, states: Any) -> int:
         self._check(epoch)
         self.calls.append("replay")
@@ -88,6 +91,7 @@ def config(tmp_path: Path) -> Any:
         '[node]\nid = "gw1"\nserver_id = "192.0.2.1"\nnode_index = 0\n'
         f'[store]\nservers = ["198.51.100.10", "198.51.100.11"]\npsk_file = "{psk}"\n'
         f'[failover]\nstatus_file = "{tmp_path}/status.json"\n'
+        "fence_check_ms = 50\nreclaim_interval_s = 0.2\n"
     )
     return load_daemon_config(path)
 
@@ -158,3 +162,34 @@ def test_takeover_from_a_notify_claims_every_store_and_publishes(
     kernel.changes.clear()
     assert asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))
     assert kernel.changes == []
+
+
+def test_a_fenced_active_node_gates_outbound_then_reclaims_with_the_jump(
+    config: Any, tmp_path: Path
+) -> None:
+    daemon, kernel, clients = make(config, tmp_path)
+    for client in clients:
+        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.pols = {i: p for i, p in enumerate(STATE.spd)}
+    assert asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))
+    out_key = next(k for k, sa in kernel.sad.items() if sa.spi == OUT_SA.spi)
+    first_oseq = kernel.sad[out_key].replay.oseq
+    seen: list[tuple[bool, bool]] = []
+
+    async def split_brain() -> None:
+        watch = asyncio.create_task(daemon._owner_watch())
+        for client in clients:  # another node claims both stores
+            client.epoch += 1
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            out_open = OUT_POL in kernel.spd.values()
+            seen.append((daemon.fenced, out_open))
+            if seen[-1] == (False, True) and any(f for f, _ in seen):
+                break
+        watch.cancel()
+
+    asyncio.run(split_brain())
+    # fenced with outbound gated, then owner again with outbound open
+    assert (True, False) in seen and seen[-1] == (False, True)
+    assert daemon.publishing and daemon.epochs == {"198.51.100.10": 3, "198.51.100.11": 3}
+    assert kernel.sad[out_key].replay.oseq >= first_oseq  # never rewound

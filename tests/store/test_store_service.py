@@ -131,6 +131,17 @@ def test_collision_and_stale_epoch_answers(service: StoreService) -> None:
     assert stale.first(EpochPayload) == EpochPayload(5)
 
 
+def test_an_empty_delete_checks_the_epoch_and_changes_nothing(service: StoreService) -> None:
+    assert status(stor(service, 1, "gw1", 3)) == Status.OK
+    before = service.store.stats().servers[0]
+    probe = (*head("gw1", 3), Delete(ProtocolId.ESP, ()))
+    assert status(call(service, ExchangeType.SA_STOR, probe)) == Status.OK
+    fenced = call(service, ExchangeType.SA_STOR, (*head("gw1", 2), Delete(ProtocolId.ESP, ())))
+    assert status(fenced) == Status.STALE_EPOCH
+    assert fenced.first(EpochPayload) == EpochPayload(3)
+    assert service.store.stats().servers[0] == before
+
+
 def test_claim_is_an_sa_stor_without_entries(service: StoreService) -> None:
     stor(service, 1, "gw1", 1)
     claimed = call(service, ExchangeType.SA_STOR, head("gw1", 0))
