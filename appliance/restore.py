@@ -260,8 +260,9 @@ def restore(
         first = refused[0]
         raise RestoreError(f"{first.entry}: {first.reason}; nothing was changed")
     report.failures.extend(refused)
-    refused_labels = {f.entry for f in refused}
-    sad = [sa for sa in sad if sa.label() not in refused_labels]
+    if refused:  # labels format addresses: not worth it for every SA of every restore
+        refused_labels = {f.entry for f in refused}
+        sad = [sa for sa in sad if sa.label() not in refused_labels]
 
     old_sas: dict[tuple[object, ...], SadEntry] = {}
     old_policies: dict[tuple[object, ...], SpdEntry] = {}

@@ -10,7 +10,9 @@ the same run and into fresh namespaces, it times:
   command as a whole (with Python start-up);
 * iproute2: ``ip -n NS -batch FILE`` with the same content.
 
-It prints both times and the ratio (target: ipsec-ha at most 1.5x iproute2).
+It prints both times and the ratio (target: ipsec-ha at most 1.5x iproute2),
+then how long a bare Python start-up and a few imports take on the same
+machine, the fixed part of the command's time.
 It needs root and a kernel with ESP: run it in the lab VM::
 
     scripts/lab-vm --timeout 1800 -- .venv/bin/python bench/restore.py
@@ -116,6 +118,22 @@ def bench(pairs: int, workdir: Path, prefix: str, made: list[str]) -> dict[str, 
     return {"ip": t_ip, "lib": t_lib, "cli": t_cli}
 
 
+def startup_times() -> str:
+    """Wall times of a few bare Python start-ups, to show the fixed part of the cli figure."""
+    probes = (
+        ("python -c pass", ["-c", "pass"]),
+        ("import typer, pydantic", ["-c", "import typer, pydantic"]),
+        ("import pyroute2", ["-c", "import pyroute2"]),
+        ("ipsec-ha version", ["-m", "appliance", "version"]),
+    )
+    parts = []
+    for label, args in probes:
+        start = time.perf_counter()
+        sh(sys.executable, *args)
+        parts.append(f"{label} {time.perf_counter() - start:.3f}s")
+    return "start-up alone, for scale: " + "; ".join(parts)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pairs", nargs="*", type=int, default=[1000, 10000])
@@ -142,6 +160,7 @@ def main() -> int:
                 for ns in [n for n in made if n.endswith(f"-{pairs}")]:
                     subprocess.run(["ip", "netns", "del", ns], check=False)
                     made.remove(ns)
+            print(startup_times(), flush=True)
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -22,6 +22,7 @@ import functools
 import gc
 import ipaddress
 import json
+import socket
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -106,10 +107,19 @@ def _address_text(address: Address) -> str:
 @functools.lru_cache(maxsize=1 << 16)
 def _parse_address(text: str) -> Address:
     # The text form decides the version, as in ipaddress.ip_address, without
-    # its try-IPv4-first exception.
+    # its try-IPv4-first exception. inet_pton (C) parses first: ipaddress's
+    # parser is Python and snapshots hold tens of thousands of addresses.
+    # What inet_pton refuses (a scope "%eth0", bad text) goes to ipaddress,
+    # which accepts it or raises the ValueError.
     if ":" in text:
-        return ipaddress.IPv6Address(text)
-    return ipaddress.IPv4Address(text)
+        try:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        except (OSError, ValueError):
+            return ipaddress.IPv6Address(text)
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        return ipaddress.IPv4Address(text)
 
 
 def _enc_address(value: Any, redact: bool) -> Any:
@@ -224,10 +234,16 @@ def _codec_for(hint: Any) -> tuple[Encoder, Decoder]:
     raise TypeError(f"no codec for {hint!r}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # Evaluating the (string) annotations is slow; the plan and the fast decoder both need them.
+    return typing.get_type_hints(cls)
+
+
 def _plan(cls: type) -> _Plan:
     plan = _plans.get(cls)
     if plan is None:
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         items = []
         for f in dataclasses.fields(cls):
             enc, dec = _codec_for(hints[f.name])
@@ -363,9 +379,12 @@ def _fast_expr(hint: Any, bits: bool, ns: dict[str, Any], slot: str) -> str:
         if isinstance(item, type) and dataclasses.is_dataclass(item):
             ns[slot] = functools.partial(_list_of, _fast_decoder(item))
             return f"{slot}(v)"
-    # Anything else (bytes, datetimes, extra_attrs, ESN bitmaps): the checked codec.
+    # Anything else (bytes, datetimes, extra_attrs, ESN bitmaps): the checked codec,
+    # skipped for the empty list that nearly every entry has.
     dec = _codec_for(hint)[1]
     ns[slot] = dec
+    if origin is tuple:
+        return f"(() if type(v) is list and not v else {slot}(v))"
     return f"{slot}(v)"
 
 
@@ -373,34 +392,44 @@ def _fast_decoder(cls: type) -> Callable[[Any], Any]:
     decoder = _fast.get(cls)
     if decoder is not None:
         return decoder
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     plan = _plan(cls)
     ns: dict[str, Any] = {"cls": cls, "known": plan.known, "MISSING": _MISSING}
-    body = [
+    all_fields = dataclasses.fields(cls)
+    # Canonical documents (to_dict, snapshot files) hold every field: then
+    # plain indexing, else a lookup with the default for each.
+    full = [
         "def decode(data):",
         "    if type(data) is not dict or not known.issuperset(data):",
         "        raise TypeError('not a known object')",
-        "    get = data.get",
+        f"    if len(data) == {len(all_fields)}:",
     ]
-    names = []
+    partial = ["    get = data.get"]
     plain = True
-    for i, f in enumerate(dataclasses.fields(cls)):
+    for i, f in enumerate(all_fields):
         hint = hints[f.name]
         plain = plain and hint in _PLAIN_HINTS
         expr = _fast_expr(hint, "bits" in f.metadata, ns, f"h{i}")
+        full.append(f"        v = data[{f.name!r}]")
+        full.append(f"        a{i} = {expr}")
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
             # Model objects are immutable, so one default instance serves all.
             factory: Callable[[], Any] = f.default_factory  # type: ignore[assignment]
             default = f.default if f.default is not dataclasses.MISSING else factory()
             ns[f"d{i}"] = default
-            body.append(f"    v = get({f.name!r}, MISSING)")
-            body.append(f"    a{i} = d{i} if v is MISSING else {expr}")
+            partial.append(f"    v = get({f.name!r}, MISSING)")
+            partial.append(f"    a{i} = d{i} if v is MISSING else {expr}")
         else:
-            body.append(f"    v = data[{f.name!r}]")
-            body.append(f"    a{i} = {expr}")
-        names.append(f"{f.name}=a{i}")
-    body.append(f"    return cls({', '.join(names)})")
-    exec("\n".join(body), ns)
+            partial.append(f"    v = data[{f.name!r}]")
+            partial.append(f"    a{i} = {expr}")
+    # Positional, in field order: cheaper than keywords for 40-field classes.
+    if all(f.init and not f.kw_only for f in all_fields):
+        call = f"cls({', '.join(f'a{i}' for i in range(len(all_fields)))})"
+    else:
+        call = f"cls({', '.join(f'{f.name}=a{i}' for i, f in enumerate(all_fields))})"
+    full.append(f"        return {call}")
+    partial.append(f"    return {call}")
+    exec("\n".join(full + partial), ns)
     decoder = ns["decode"]
     if plain:
         decoder = _shared(decoder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -177,6 +178,38 @@ def _int_fields(cls: type) -> tuple[tuple[str, int, int], ...]:
     return spec
 
 
+_FAST_CHECKS: dict[type, Callable[[Any], bool]] = {}
+
+
+def _fast_check(cls: type) -> Callable[[Any], bool]:
+    """A generated function: True when every check of ``cls`` passes the common way.
+
+    Snapshots build tens of thousands of objects; one boolean expression per
+    class costs a fraction of the generic loop. False (an int subclass, a
+    ``None``, a bad value) sends the object through ``_Checked._check``, which
+    decides and names the problem.
+    """
+    check = _FAST_CHECKS.get(cls)
+    if check is None:
+        optional = {f.name for f in fields(cls) if f.default is None}
+        terms = [
+            f"(type(o.{name}) is int and 0 <= o.{name} < {limit})"
+            if name not in optional
+            else f"(o.{name} is None or type(o.{name}) is int and 0 <= o.{name} < {limit})"
+            for name, _, limit in _int_fields(cls)
+        ]
+        for family_field, address_fields in getattr(cls, "_FAMILY_CHECKS", ()):
+            terms += [
+                f"type(o.{name}) is (V4 if o.{family_field} == {AF_INET} else V6)"
+                for name in address_fields
+            ]
+        namespace: dict[str, Any] = {"V4": ipaddress.IPv4Address, "V6": ipaddress.IPv6Address}
+        exec(f"def check(o):\n    return {' and '.join(terms) or 'True'}", namespace)
+        check = namespace["check"]
+        _FAST_CHECKS[cls] = check
+    return check
+
+
 class _Checked:
     """Range checks for integer fields declared with ``_uint``/``_opt_uint``.
 
@@ -188,11 +221,15 @@ class _Checked:
     _FAMILY_CHECKS: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
 
     def __post_init__(self) -> None:
+        cls = type(self)
+        check = _FAST_CHECKS.get(cls) or _fast_check(cls)
+        if not check(self):
+            self._check()
+
+    def _check(self) -> None:
+        """The checks one by one: raise ``ModelError`` naming the first bad field."""
         for name, bits, limit in _int_fields(type(self)):
             value = getattr(self, name)
-            # Fast path first: snapshots construct tens of thousands of these.
-            if type(value) is int and 0 <= value < limit:
-                continue
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):

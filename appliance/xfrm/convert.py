@@ -704,10 +704,10 @@ def _sel_values(sel: Selector) -> tuple[Any, ...]:
     return (
         address_to_xfrm(sel.daddr),
         address_to_xfrm(sel.saddr),
-        _swap16(sel.dport),
-        _swap16(sel.dport_mask),
-        _swap16(sel.sport),
-        _swap16(sel.sport_mask),
+        sel.dport and _swap16(sel.dport),  # mostly 0: no call
+        sel.dport_mask and _swap16(sel.dport_mask),
+        sel.sport and _swap16(sel.sport),
+        sel.sport_mask and _swap16(sel.sport_mask),
         sel.family,
         sel.prefixlen_d,
         sel.prefixlen_s,
@@ -837,6 +837,89 @@ def pack_usersa_info(entry: SadEntry) -> bytes:
     )
 
 
+def _sa_attrs(entry: SadEntry, with_lifetime_cur: bool) -> list[bytes]:
+    """The attributes of an entry as netlink attributes, in kernel order.
+
+    The same bytes as ``sad_attr_values`` through ``_pack_attr``, without the
+    intermediate dicts: this runs once per SA of a restore.
+    """
+    out: list[bytes] = []
+    add = out.append
+    if entry.extra_flags:
+        add(_nla(c.XFRMA_SA_EXTRA_FLAGS, _U32.pack(entry.extra_flags)))
+    if entry.coaddr is not None:
+        add(_nla(c.XFRMA_COADDR, address_to_xfrm(entry.coaddr)))
+    if entry.lastused is not None:
+        add(_nla(c.XFRMA_LASTUSED, _U64.pack(entry.lastused)))
+    a = entry.aead
+    if a is not None:
+        add(
+            _nla(
+                c.XFRMA_ALG_AEAD,
+                _ALGO2.pack(_name_bytes(a.name), a.key_bits, a.icv_bits) + a.key.data,
+            )
+        )
+    if entry.auth is not None:
+        u = entry.auth
+        add(_nla(c.XFRMA_ALG_AUTH, _ALGO.pack(_name_bytes(u.name), u.key_bits) + u.key.data))
+    if entry.auth_trunc is not None:
+        t = entry.auth_trunc
+        head = _ALGO2.pack(_name_bytes(t.name), t.key_bits, t.trunc_bits)
+        add(_nla(c.XFRMA_ALG_AUTH_TRUNC, head + t.key.data))
+    for kind, alg in ((c.XFRMA_ALG_CRYPT, entry.crypt), (c.XFRMA_ALG_COMP, entry.comp)):
+        if alg is not None:
+            add(_nla(kind, _ALGO.pack(_name_bytes(alg.name), alg.key_bits) + alg.key.data))
+    e = entry.encap
+    if e is not None:
+        add(
+            _nla(
+                c.XFRMA_ENCAP,
+                _ENCAP.pack(e.type, _swap16(e.sport), _swap16(e.dport), address_to_xfrm(e.oa)),
+            )
+        )
+    if entry.tfcpad is not None:
+        add(_nla(c.XFRMA_TFCPAD, _U32.pack(entry.tfcpad)))
+    if entry.mark is not None:
+        add(_nla(c.XFRMA_MARK, _MARK.pack(entry.mark.value, entry.mark.mask)))
+    if entry.output_mark is not None:
+        add(_nla(c.XFRMA_SET_MARK, _U32.pack(entry.output_mark.value)))
+        add(_nla(c.XFRMA_SET_MARK_MASK, _U32.pack(entry.output_mark.mask)))
+    r = entry.replay_esn
+    if r is not None:
+        esn = _ESN.pack(r.bmp_len, r.oseq, r.seq, r.oseq_hi, r.seq_hi, r.replay_window)
+        add(_nla(c.XFRMA_REPLAY_ESN_VAL, esn + struct.pack(f"={len(r.bmp)}I", *r.bmp)))
+    p = entry.replay
+    if p is not None:
+        add(_nla(c.XFRMA_REPLAY_VAL, _REPLAY.pack(p.oseq, p.seq, p.bitmap)))
+    if entry.offload is not None:
+        off = entry.offload
+        add(_nla(c.XFRMA_OFFLOAD_DEV, _OFFLOAD.pack(_signed32(off.ifindex), off.flags)))
+    if entry.if_id is not None:
+        add(_nla(c.XFRMA_IF_ID, _U32.pack(entry.if_id)))
+    if entry.sec_ctx is not None:
+        add(_pack_attr(c.XFRMA_SEC_CTX, _sec_ctx_value(entry.sec_ctx)))
+    if entry.sa_dir is not None:
+        add(_nla(c.XFRMA_SA_DIR, _U8.pack(entry.sa_dir)))
+    if with_lifetime_cur:
+        add(_nla(c.XFRMA_LTIME_VAL, _CUR.pack(*_cur_values(entry.lifetime_cur))))
+    if entry.replay_thresh is not None:
+        add(_nla(c.XFRMA_REPLAY_THRESH, _U32.pack(entry.replay_thresh)))
+    if entry.etimer_thresh is not None:
+        add(_nla(c.XFRMA_ETIMER_THRESH, _U32.pack(entry.etimer_thresh)))
+    if entry.extra_attrs:
+        return _with_extras(out, entry.extra_attrs, _SA_RANK)
+    return out
+
+
+def _with_extras(
+    attrs: list[bytes], extras: Iterable[tuple[int, bytes]], rank: dict[int, int]
+) -> list[bytes]:
+    """``attrs`` (encoded, in kernel order) with raw extras put at their kernel position."""
+    pairs = [(_NLAHDR.unpack_from(a)[1], a) for a in attrs]
+    pairs += [(kind, _nla(kind, payload)) for kind, payload in extras]
+    return [a for _, a in _order(pairs, rank)]
+
+
 def encode_sa(
     entry: SadEntry,
     msg_type: int = c.XFRM_MSG_NEWSA,
@@ -847,10 +930,7 @@ def encode_sa(
     with_lifetime_cur: bool = False,
 ) -> bytes:
     """Bytes of a NEWSA/UPDSA message, identical to ``sad_to_msg(...).encode()``."""
-    body = [pack_usersa_info(entry)]
-    for kind, value in sad_attr_values(entry, with_lifetime_cur=with_lifetime_cur):
-        body.append(_pack_attr(kind, value))
-    payload = b"".join(body)
+    payload = pack_usersa_info(entry) + b"".join(_sa_attrs(entry, with_lifetime_cur))
     return _NLMSGHDR.pack(16 + len(payload), msg_type, flags, seq, pid) + payload
 
 
@@ -869,6 +949,49 @@ def pack_userpolicy_info(entry: SpdEntry) -> bytes:
     )
 
 
+def _policy_attrs(entry: SpdEntry) -> list[bytes]:
+    """The attributes of a policy as netlink attributes, in kernel order (see ``_sa_attrs``)."""
+    out: list[bytes] = []
+    if entry.templates:
+        out.append(
+            _nla(
+                c.XFRMA_TMPL,
+                b"".join(
+                    _TMPL.pack(
+                        address_to_xfrm(t.daddr),
+                        _swap32(t.spi),
+                        t.proto,
+                        t.family,
+                        address_to_xfrm(t.saddr),
+                        t.reqid,
+                        t.mode,
+                        t.share,
+                        t.optional,
+                        t.aalgos,
+                        t.ealgos,
+                        t.calgos,
+                    )
+                    for t in entry.templates
+                ),
+            )
+        )
+    if entry.sec_ctx is not None:
+        out.append(_pack_attr(c.XFRMA_SEC_CTX, _sec_ctx_value(entry.sec_ctx)))
+    ptype = getattr(entry, "ptype", None)
+    if ptype is not None and not any(k == c.XFRMA_POLICY_TYPE for k, _ in entry.extra_attrs):
+        out.append(_nla(c.XFRMA_POLICY_TYPE, _PTYPE.pack(ptype, 0, 0)))
+    if entry.mark is not None:
+        out.append(_nla(c.XFRMA_MARK, _MARK.pack(entry.mark.value, entry.mark.mask)))
+    if entry.if_id is not None:
+        out.append(_nla(c.XFRMA_IF_ID, _U32.pack(entry.if_id)))
+    if entry.offload is not None:
+        off = entry.offload
+        out.append(_nla(c.XFRMA_OFFLOAD_DEV, _OFFLOAD.pack(_signed32(off.ifindex), off.flags)))
+    if entry.extra_attrs:
+        return _with_extras(out, entry.extra_attrs, _POLICY_RANK)
+    return out
+
+
 def encode_policy(
     entry: SpdEntry,
     msg_type: int = c.XFRM_MSG_NEWPOLICY,
@@ -877,10 +1000,7 @@ def encode_policy(
     pid: int = 0,
 ) -> bytes:
     """Bytes of a NEWPOLICY/UPDPOLICY message, identical to ``spd_to_msg(...).encode()``."""
-    body = [pack_userpolicy_info(entry)]
-    for kind, value in spd_attr_values(entry):
-        body.append(_pack_attr(kind, value))
-    payload = b"".join(body)
+    payload = pack_userpolicy_info(entry) + b"".join(_policy_attrs(entry))
     return _NLMSGHDR.pack(16 + len(payload), msg_type, flags, seq, pid) + payload
 
 
