@@ -231,11 +231,21 @@ class Lab:
         return ["nsenter", f"--net={build.netns_path(self.ns(host))}", "--", *argv]
 
     def exec(
-        self, host: str, argv: Sequence[str], check: bool = True, timeout: float = 60.0
+        self,
+        host: str,
+        argv: Sequence[str],
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` in the host's namespace and capture its output."""
+        """Run ``argv`` in the host's namespace (``input`` on its stdin) and capture its output."""
         result = subprocess.run(
-            self.command(host, argv), capture_output=True, text=True, timeout=timeout, check=False
+            self.command(host, argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            input=input,
         )
         if check and result.returncode != 0:
             # only the program name: arguments may carry key material

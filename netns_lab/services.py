@@ -222,6 +222,28 @@ class Services:
                 f"keepalived log: {keepalived.tail(k.log)}"
             ) from None
 
+    def stored_oseq(self, gw: str, spi: int) -> int | None:
+        """The outbound counter ``gw``'s store holds for the SA ``spi`` (None: not stored)."""
+        from appliance.failover.executor import StoreAccess
+        from appliance.nft.netns import run_in_netns
+        from appliance.store.client import StoreClient
+        from appliance.store.config import load_psk
+
+        psk = load_psk(self.psk)
+        address = address_of(gw, INSIDE)
+        client = run_in_netns(
+            self.lab.ns(gw), lambda: StoreClient(address, STORE_PORT, psk, "lab-observer")
+        )
+        try:
+            fetched = StoreAccess([client]).fetch(vip_address(OUTSIDE))
+        finally:
+            client.close()
+        for sa in fetched.sad:
+            if sa.spi == spi:
+                state = sa.replay_esn or sa.replay
+                return None if state is None else getattr(state, "oseq64", state.oseq)
+        return None
+
     def log_tail(self, gw: str, lines: int = 8) -> str:
         return keepalived.tail(self.files(gw).daemon_log, lines)
 

@@ -55,6 +55,14 @@ from netns_lab.plan import CLIENT_PROTECTED, GATEWAYS, INSIDE, OUTSIDE, PRIORITI
 from netns_lab.services import Services, SyncSettings
 
 CLIENT_PORT, SERVER_PORT = 40001, 40002
+# What cuts VRRP between the gateways and nothing else (IP protocol 112).
+_CUT_VRRP = """table inet iha_cut {
+    chain input {
+        type filter hook input priority -10; policy accept;
+        ip protocol vrrp drop
+    }
+}
+"""
 RESUMED_PACKETS = 20
 """Packets each way through the new active gateway that count as "traffic resumed"."""
 
@@ -109,10 +117,17 @@ class Outcome:
     events: list[tuple[float, str]]
     plot: str | None = None
     origin: float = 0.0
+    split: dict[str, Any] = field(default_factory=dict)
+    """Split brain only: when VRRP was cut and healed, what each daemon did, the client's
+    replay counters at healing and at the end, the store's outbound counter before and
+    after."""
 
     @property
     def replay_errors(self) -> int:
-        return sum(self.client_replay_after.values()) - sum(self.client_replay_before.values())
+        """Packets the client's kernel refused as replays during the run (both counters
+        see the same packets: the namespace's ``XfrmInStateSeqError`` is reported)."""
+        key = "XfrmInStateSeqError"
+        return self.client_replay_after[key] - self.client_replay_before[key]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -202,8 +217,10 @@ class Scenario:
         plot: Path | None = None,
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
-        if how not in ("kill", "link"):
-            raise ValueError(f"how must be kill or link, not {how!r}")
+        if how not in ("kill", "link", "split"):
+            raise ValueError(f"how must be kill, link or split, not {how!r}")
+        if how == "split" and naive:
+            raise ValueError("the naive variant has no split-brain phase")
         if mode not in ("cold", "hot"):
             raise ValueError(f"mode must be cold or hot, not {mode!r}")
         self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
@@ -258,8 +275,13 @@ class Scenario:
             snapshot = take_snapshot(lab.ns("gw1"))
             self.event("naive: snapshot of gw1's SAs taken (no sync from here on)")
         time.sleep(2.0)  # traffic moves the counters past what was synced or snapshotted
-        takeovers.append(self._fail_over(lab, services, keyed, "gw1", "gw2", snapshot))
-        if self.failback and not self.naive:
+        split: dict[str, Any] = {}
+        if self.how == "split":
+            assert services is not None
+            split = self._split_brain(lab, services, keyed)
+        else:
+            takeovers.append(self._fail_over(lab, services, keyed, "gw1", "gw2", snapshot))
+        if self.failback and not self.naive and self.how != "split":
             assert services is not None
             self._bring_back(lab, services, "gw1")
             time.sleep(2.0)
@@ -271,7 +293,7 @@ class Scenario:
         spis_after = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
         arrivals = traffic.arrivals()
         sent = traffic.sent()
-        first_fail = int(takeovers[0].failed_at * 1e9)
+        first_fail = int((takeovers[0].failed_at if takeovers else split["cut_at"]) * 1e9)
         directions = {}
         for direction, records in arrivals.items():
             summary = analyse(records, first_fail, sent[direction])
@@ -282,7 +304,7 @@ class Scenario:
                 "max_gap_ms": round(summary.max_gap_ms, 1),
             }
         plot = None
-        if self.plot_path is not None:
+        if self.plot_path is not None and takeovers:
             # The first takeover, from 2 s before the failure to 3 s after traffic resumed.
             first = takeovers[0]
             lo = first_fail - 2_000_000_000
@@ -371,16 +393,72 @@ class Scenario:
         self.event(f"traffic flows both ways through {new}")
         return take
 
+    def _split_brain(self, lab: Lab, services: Services, keyed: tunnel.Tunnel) -> dict[str, Any]:
+        """Cut VRRP between the gateways (both become MASTER), watch, heal, check."""
+        stored_before = services.stored_oseq("gw2", keyed.spi_out)
+        cut_at = self.event("VRRP between gw1 and gw2 cut (both drop the other's adverts)")
+        for gw in GATEWAYS:
+            lab.exec(gw, ["nft", "-f", "-"], input=_CUT_VRRP)
+        deadline = keepalived.dead_interval(self.advert_int, PRIORITIES["gw2"]) + SETTLE_TIMEOUT
+        services.wait_role("gw2", ("active",), after=cut_at, timeout=deadline)
+        self.event("gw2 is MASTER too: two masters")
+        fenced: dict[str, int] = {gw: 0 for gw in GATEWAYS}
+        end = time.monotonic() + 8.0
+        was = {gw: False for gw in GATEWAYS}
+        while time.monotonic() < end:
+            for gw in GATEWAYS:
+                st = services.status(gw) or {}
+                now_fenced = bool(st.get("fenced"))
+                if now_fenced and not was[gw]:
+                    fenced[gw] += 1
+                    self.event(f"{gw} fenced by the store (a newer epoch): outbound gated")
+                elif was[gw] and not now_fenced:
+                    self.event(f"{gw} reclaimed ownership")
+                was[gw] = now_fenced
+            time.sleep(0.1)
+        replay_split = tunnel.replay_errors(lab, "client")
+        healed_at = self.event("VRRP healed")
+        for gw in GATEWAYS:
+            lab.exec(gw, ["nft", "delete", "table", "inet", "iha_cut"])
+        services.wait_role("gw2", ("standby",), after=healed_at, timeout=deadline)
+        self.event("gw2 back to BACKUP (gw1 has the higher priority)")
+        wait_for(
+            "gw1 to own the state again",
+            lambda: (
+                (st := services.status("gw1")) and st.get("publishing") and not st.get("fenced")
+            ),
+            SETTLE_TIMEOUT,
+            0.1,
+        )
+        self.event("gw1 active and publishing, not fenced")
+        resumed = self._wait_resumed(lab, "gw1", keyed, since=healed_at)
+        self.event("traffic flows both ways through gw1")
+        at_heal = tunnel.replay_errors(lab, "client")
+        time.sleep(3.0)
+        after_heal = tunnel.replay_errors(lab, "client")
+        stored_after = services.stored_oseq("gw1", keyed.spi_out)
+        return {
+            "cut_at": cut_at,
+            "healed_at": healed_at,
+            "resumed_at": resumed,
+            "fenced": fenced,
+            "client_replay_end_of_split": replay_split,
+            "client_replay_once_resumed": at_heal,
+            "client_replay_3s_later": after_heal,
+            "stored_oseq_before": stored_before,
+            "stored_oseq_after": stored_after,
+        }
+
     def _bring_back(self, lab: Lab, services: Services, gw: str) -> None:
         if self.how == "kill":
+            back_at = self.event(f"{gw}'s keepalived and daemon restarted")
             lab.start_keepalived(gw)
             services.start_daemon(gw)
-            self.event(f"{gw}'s keepalived and daemon restarted")
         else:
+            back_at = self.event(f"{gw}'s outside link up")
             lab.exec(gw, ["ip", "link", "set", OUTSIDE.ifname, "up"])
-            self.event(f"{gw}'s outside link up")
-        services.wait_role(gw, ("standby",), after=0.0)
-        # keepalived on gw comes up BACKUP (nopreempt); the VIPs stay where they are
+        # keepalived reports BACKUP (nopreempt: the VIPs stay where they are)
+        services.wait_role(gw, ("standby",), after=back_at)
         wait_for(
             f"{gw} to be backup without the VIPs",
             lambda: not any(gw in h for h in lab.vip_holders().values()),
@@ -457,7 +535,7 @@ def report_lines(outcome: Outcome) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mode", choices=("cold", "hot"), default="cold")
-    parser.add_argument("--how", choices=("kill", "link"), default="kill")
+    parser.add_argument("--how", choices=("kill", "link", "split"), default="kill")
     parser.add_argument("--naive", action="store_true", help="copy SAs without the jump")
     parser.add_argument("--no-failback", action="store_true")
     parser.add_argument("--advert-int", type=float, default=1.0)

@@ -1,0 +1,79 @@
+"""Failover that keeps the tunnel, with real ESP (lab tier; docs/failover.md, issue 5).
+
+Each test runs ``netns_lab.scenarios.ipsec_failover``: a client with an ESP
+tunnel to the VIP, sequence-numbered UDP both ways at 250 packets/s, the
+appliance (store + daemon) on both gateways, keepalived between them. The
+verdict rests on the client's kernel: its replay counters
+(``XfrmInStateSeqError`` and each SA's) and its SAs.
+
+The naive variant (SAs copied without the jump) runs first and must be
+caught, which shows that the zero-replay checks of the others can fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from netns_lab.scenarios.ipsec_failover import Outcome, Scenario, report_lines
+
+pytestmark = pytest.mark.lab
+
+
+def run(*args: object, **kwargs: object) -> Outcome:
+    outcome = Scenario(*args, **kwargs).run()  # type: ignore[arg-type]
+    print("\n".join(report_lines(outcome)))  # in the test log, for whoever reads a failure
+    return outcome
+
+
+def assert_tunnel_kept(outcome: Outcome, takeovers: int) -> None:
+    assert outcome.replay_errors == 0, outcome.client_replay_after
+    assert outcome.client_replay_after == {"XfrmInStateSeqError": 0, "sa_replay_failed": 0}
+    # the client's SAs are the ones keyed at the start: nothing was renegotiated
+    assert outcome.client_spis_before == outcome.client_spis_after
+    assert sorted(outcome.tunnel.values()) == outcome.client_spis_after
+    assert len(outcome.takeovers) == takeovers
+    for take in outcome.takeovers:
+        assert take.resumed_at is not None and take.done_at is not None
+        assert take.rekey == 0
+    for direction, d in outcome.directions.items():
+        # traffic ran through every phase (the scenario waited for 20 packets each
+        # way through each new active gateway); losses happen only in the gaps
+        assert d["received"] > 0.8 * d["sent"], (direction, d)
+
+
+def test_naive_copy_without_the_jump_is_caught_as_replays() -> None:
+    outcome = run("cold", "kill", naive=True, failback=False)
+    assert outcome.takeovers[0].installed_sas == 2
+    assert outcome.client_spis_before == outcome.client_spis_after
+    # gw2 resent sequence numbers the client had seen: the client's kernel refused them
+    assert outcome.client_replay_after["XfrmInStateSeqError"] > 0
+    assert outcome.client_replay_after["sa_replay_failed"] > 0
+
+
+def test_cold_standby_survives_a_crash_and_the_failback() -> None:
+    outcome = run("cold", "kill", failback=True)
+    assert_tunnel_kept(outcome, takeovers=2)
+    for take in outcome.takeovers:
+        # cold: everything installed at MASTER, the outbound SA with its counter moved
+        assert (take.installed_sas, take.advanced) == (2, 1)
+
+
+def test_hot_standby_survives_a_link_failure_and_the_failback() -> None:
+    outcome = run("hot", "link", failback=True)
+    assert_tunnel_kept(outcome, takeovers=2)
+    first = outcome.takeovers[0]
+    # hot: the SAs were pre-installed; MASTER only moved the outbound counter
+    assert (first.installed_sas, first.advanced) == (0, 1)
+
+
+def test_split_brain_fences_one_owner_at_a_time_and_heals_without_rollback() -> None:
+    outcome = run("hot", "split", failback=False)
+    split = outcome.split
+    # both gateways were MASTER; the store fenced at least one of them
+    assert sum(split["fenced"].values()) >= 1, split
+    # once healed and traffic flowed through gw1 again, no further replay error
+    assert split["client_replay_3s_later"] == split["client_replay_once_resumed"], split
+    # the store's outbound counter never went back
+    assert split["stored_oseq_before"] is not None and split["stored_oseq_after"] is not None
+    assert split["stored_oseq_after"] >= split["stored_oseq_before"]
+    assert outcome.client_spis_before == outcome.client_spis_after
