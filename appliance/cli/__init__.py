@@ -30,6 +30,7 @@ COMMAND_MODULES: dict[str, str] = {
     "sa": "sa",
     "snapshot": "snapshot",
     "spi-range": "spi_range",
+    "status": "status",
     "store": "store",
     "traffic": "traffic",
     "version": "version",

@@ -51,7 +51,15 @@ from appliance.traffic.udp import RunResult, RunSpec
 from appliance.traffic.udp import run as run_traffic
 from netns_lab import keepalived, tunnel
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, LabInterrupted, wait_for
-from netns_lab.plan import CLIENT_PROTECTED, GATEWAYS, INSIDE, OUTSIDE, PRIORITIES, address_of
+from netns_lab.plan import (
+    CLIENT_PROTECTED,
+    GATEWAYS,
+    INSIDE,
+    OUTSIDE,
+    PRIORITIES,
+    ROUTES,
+    address_of,
+)
 from netns_lab.services import Services, SyncSettings
 
 CLIENT_PORT, SERVER_PORT = 40001, 40002
@@ -329,6 +337,7 @@ class Scenario:
             events=self.events,
             plot=plot,
             origin=origin,
+            split=split,
         )
 
     # -- steps --------------------------------------------------------------------
@@ -457,6 +466,11 @@ class Scenario:
         else:
             back_at = self.event(f"{gw}'s outside link up")
             lab.exec(gw, ["ip", "link", "set", OUTSIDE.ifname, "up"])
+            # The kernel dropped the static routes through the link when it went
+            # down and does not bring them back: put the lab's back, as an
+            # operator's network configuration would.
+            for dst, via in ROUTES[gw]:
+                lab.exec(gw, ["ip", "route", "replace", dst, "via", via])
         # keepalived reports BACKUP (nopreempt: the VIPs stay where they are)
         services.wait_role(gw, ("standby",), after=back_at)
         wait_for(
