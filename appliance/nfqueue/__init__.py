@@ -1,0 +1,26 @@
+"""nfnetlink_queue: receive queued packets and give their verdicts.
+
+``codec`` is the sans-IO part (bytes in, events out; verdicts to bytes),
+``messages`` the pyroute2-style declarations with the kernel's structs,
+``socket`` the thin adapter :class:`NfQueue`.
+"""
+
+from appliance.nfqueue.codec import (
+    NetlinkError,
+    QueuedPacket,
+    decode,
+    encode_bind,
+    encode_unbind,
+    encode_verdict,
+)
+from appliance.nfqueue.socket import NfQueue
+
+__all__ = [
+    "NetlinkError",
+    "NfQueue",
+    "QueuedPacket",
+    "decode",
+    "encode_bind",
+    "encode_unbind",
+    "encode_verdict",
+]

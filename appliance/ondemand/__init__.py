@@ -1,0 +1,31 @@
+"""On-demand SA retrieval (draft section 4.4): fetch the SA of an unknown inbound SPI.
+
+``packet`` reads the SPI of a queued packet, ``core`` decides (sans-IO),
+``service`` wires an NFQUEUE and a caller-given retrieve function to it.
+"""
+
+from appliance.ondemand.core import (
+    Action,
+    OnDemandCore,
+    OnDemandCounters,
+    OnDemandLimits,
+    Retrieve,
+    Verdict,
+)
+from appliance.ondemand.packet import EspPacket, MalformedPacket, NotEsp, parse_outer
+from appliance.ondemand.service import OnDemandService, RetrieveFn
+
+__all__ = [
+    "Action",
+    "EspPacket",
+    "MalformedPacket",
+    "NotEsp",
+    "OnDemandCore",
+    "OnDemandCounters",
+    "OnDemandLimits",
+    "OnDemandService",
+    "Retrieve",
+    "RetrieveFn",
+    "Verdict",
+    "parse_outer",
+]
