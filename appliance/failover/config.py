@@ -28,6 +28,8 @@ from appliance.config_toml import (
 from appliance.errors import ConfigError
 from appliance.failover.seqjump import MAX_JUMP, SeqJumpError, compute_jump
 from appliance.failover.transitions import StandbyMode
+from appliance.nft.config import NftConfig, parse_nft_section
+from appliance.ondemand.core import OnDemandLimits
 from appliance.spi import SpiRange, load_spi_config
 from appliance.store.config import load_psk
 
@@ -122,6 +124,10 @@ class DaemonConfig:
     """The jump ``[sync]`` needs (``seqjump.compute_jump``)."""
     spi_range: SpiRange | None = None
     """``[spi]``: this node's share of the cluster's SPI space (None: not configured)."""
+    nft: NftConfig | None = None
+    """``[nft]``: the guard (VIPs, trap queue) as ``ipsec-ha nft apply`` reads it."""
+    ondemand: OnDemandConfig | None = None
+    """``[ondemand]``: on-demand SA retrieval (None: the table is absent, i.e. disabled)."""
 
 
 def _netns_name(v: Any) -> str | None:
@@ -157,7 +163,7 @@ def _mode(v: Any) -> StandbyMode | None:
     return StandbyMode(v) if v in ("hot", "cold") else None
 
 
-_TABLES = ("node", "store", "sync", "failover", "xfrm", "spi")
+_TABLES = ("node", "store", "sync", "failover", "xfrm", "spi", "nft", "ondemand")
 
 
 def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
@@ -257,4 +263,74 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
         jump = failover.oseq_jump_override
     # [spi] has its own loader, shared with ``ipsec-ha spi-range``.
     spi_range = load_spi_config(path) if "spi" in data else None
-    return DaemonConfig(path, node, store, sync, failover, netns, jump, computed, spi_range)
+    nft = _load_nft(path, data)
+    ondemand = _load_ondemand(path, data, nft)
+    return DaemonConfig(
+        path, node, store, sync, failover, netns, jump, computed, spi_range, nft, ondemand
+    )
+
+
+@dataclass(frozen=True)
+class OnDemandConfig:
+    """``[ondemand]``: fetch the SA of an unknown inbound SPI from the store (docs/ondemand.md)."""
+
+    enabled: bool
+    queue_num: int
+    """The NFQUEUE the guard's trap feeds (``[nft].trap_queue``)."""
+    limits: OnDemandLimits
+    workers: int
+    """Threads running retrievals."""
+
+
+def _load_nft(path: Path, data: dict[str, Any]) -> NftConfig | None:
+    if "nft" not in data:
+        return None
+    # The guard's own loader, so that `ipsec-ha nft apply --config` reads the same table.
+    return parse_nft_section(data["nft"], where=f"config {path}: [nft]")
+
+
+def _bool(v: Any) -> bool | None:
+    return v if isinstance(v, bool) else None
+
+
+def _load_ondemand(
+    path: Path, data: dict[str, Any], nft: NftConfig | None
+) -> OnDemandConfig | None:
+    if "ondemand" not in data:
+        return None
+    t = TomlTable(path, "ondemand", data["ondemand"])
+    d = OnDemandLimits()
+    enabled = t.get("enabled", _bool, "true or false", False)
+    queue_num = t.get("queue_num", int_in(0, 65535), "a queue number 0..65535", None)
+    limits = OnDemandLimits(
+        rate=t.get("rate", float_in(0.01, 100_000), "retrievals/s 0.01..100000", d.rate),
+        burst=t.get("burst", int_in(1, 100_000), "an integer 1..100000", d.burst),
+        timeout=t.get("timeout_s", float_in(0.01, 60), "seconds 0.01..60", d.timeout),
+        max_held_per_spi=t.get(
+            "max_held_per_spi", int_in(1, 4096), "an integer 1..4096", d.max_held_per_spi
+        ),
+        max_in_flight=t.get(
+            "max_in_flight", int_in(1, 65536), "an integer 1..65536", d.max_in_flight
+        ),
+        negative_ttl=t.get(
+            "negative_ttl_s", float_in(0.01, 3600), "seconds 0.01..3600", d.negative_ttl
+        ),
+        positive_ttl=t.get(
+            "positive_ttl_s", float_in(0.01, 600), "seconds 0.01..600", d.positive_ttl
+        ),
+    )
+    workers = t.get("workers", int_in(1, 64), "an integer 1..64", 4)
+    t.finish()
+    if not enabled:
+        return OnDemandConfig(False, queue_num or 0, limits, workers)
+    # The trap must feed the queue we bind, and the held set needs the VIPs.
+    if nft is None:
+        raise t.fail("enabled", "needs an [nft] table (vips, trap_queue): the guard's trap "
+                     "feeds the queue")  # fmt: skip
+    if nft.trap_queue is None:
+        raise ConfigError(
+            f"config {path}: [nft].trap_queue: is required when [ondemand].enabled is true"
+        )
+    if queue_num is not None and queue_num != nft.trap_queue:
+        raise t.fail("queue_num", f"{queue_num} differs from [nft].trap_queue ({nft.trap_queue})")
+    return OnDemandConfig(True, nft.trap_queue, limits, workers)

@@ -31,12 +31,13 @@ the event reader and the flusher stay on the loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from appliance.failover.executor import (
     kernel_hz,
     node_netns_addresses,
 )
+from appliance.failover.ondemand_install import STATUS_INTERVAL_S, OnDemand
 from appliance.failover.sync import (
     DeleteEntries,
     FullResync,
@@ -134,6 +136,14 @@ class FailoverDaemon:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kernel_lock = asyncio.Lock()
+        """Serialises the worker threads: kernel requests and the (not thread-safe) store
+        clients."""
+        # On-demand SA retrieval ([ondemand]): opened by run(); see ondemand_install.
+        self.ondemand: OnDemand | None = None
+        self.ondemand_factory: Callable[[DaemonConfig, Callable[..., bool]], OnDemand] = (
+            OnDemand.from_config
+        )
+        self._status: dict[str, Any] | None = None
 
     # -- SyncLoops (called by the executor, in its worker thread) ----------------
 
@@ -296,13 +306,17 @@ class FailoverDaemon:
                 self.fenced = False
                 continue
             if self.publishing and not self.fenced:
-                await asyncio.to_thread(self.check_ownership)
+                # The store clients are not thread-safe: one worker at a time uses them.
+                async with self._kernel_lock:
+                    await asyncio.to_thread(self.check_ownership)
                 if self.epochs:
                     continue
                 log.error("fenced: every store has a newer owner of %s; gating outbound",
                           self.config.node.server_id)  # fmt: skip
                 self.fenced = True
-                await self._run_plan(list(FENCED), "fenced", time.monotonic())
+                fenced_at = time.monotonic()
+                await self._run_plan(list(FENCED), "fenced", fenced_at)
+                self._write_status(VrrpState.MASTER, fenced_at, ok=True)
                 last_reclaim = time.monotonic()
             elif self.fenced and time.monotonic() - last_reclaim >= (
                 self.config.failover.reclaim_interval_s
@@ -367,6 +381,9 @@ class FailoverDaemon:
             "fenced": self.fenced,
             "report": report,
         }
+        if self.ondemand is not None:
+            status["ondemand"] = self.ondemand.status()
+        self._status = status
         try:
             write_status(self.config.failover.status_file, status)
         except OSError as exc:
@@ -383,11 +400,52 @@ class FailoverDaemon:
             if self._wanted(received):
                 await self.transition(received.transition.state, received.monotonic)
 
+    # -- on-demand SA retrieval (docs/ondemand.md) ---------------------------------
+
+    def _start_ondemand(self) -> None:
+        # On any role: a gateway that receives ESP for an SPI it lacks must try SA_Retr
+        # (draft 4.4), whether it is active, a standby given the VIP, or a cold spare.
+        od = self.config.ondemand
+        if od is None or not od.enabled:
+            return
+        self.ondemand = self.ondemand_factory(self.config, self._under_kernel_lock)
+        self.ondemand.start()
+
+    def _under_kernel_lock(self, step: Callable[[], bool]) -> bool:
+        """Run an on-demand install (from a pool thread) under the lock that orders kernel
+        work, so it never races a transition's install; False if the lock is not had in time."""
+        od = self.config.ondemand
+        assert self._loop is not None and od is not None
+
+        async def locked() -> bool:
+            async with self._kernel_lock:
+                return await asyncio.to_thread(step)
+
+        future = asyncio.run_coroutine_threadsafe(locked(), self._loop)
+        try:
+            return future.result(timeout=od.limits.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the service has dropped the packets by now
+            return False
+
+    async def _ondemand_status(self) -> None:
+        # Transitions are rare; the counters move with traffic.
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            if self.ondemand is None or self._status is None:
+                continue
+            current = self.ondemand.status()
+            if current != self._status.get("ondemand"):
+                self._status["ondemand"] = current
+                with contextlib.suppress(OSError):
+                    write_status(self.config.failover.status_file, self._status)
+
     async def run(self) -> None:
         """Run until cancelled."""
         self._loop = asyncio.get_running_loop()
         if self.config.failover.keepalived_fifo:
             open_fifo(self.config.failover.keepalived_fifo)  # fail now, loudly, if unusable
+        self._start_ondemand()
         self._write_status(None, None, ok=True)
         tasks = [
             asyncio.create_task(coro)
@@ -399,6 +457,11 @@ class FailoverDaemon:
                 self._owner_watch(),
             )
         ]
+        if self.ondemand is not None:
+            tasks += [
+                asyncio.create_task(self.ondemand.keep_held()),
+                asyncio.create_task(self._ondemand_status()),
+            ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -407,6 +470,8 @@ class FailoverDaemon:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.ondemand is not None:
+                self.ondemand.stop()
             # A hook must not wait on the status of a daemon that is gone.
             with contextlib.suppress(OSError):
                 self.config.failover.status_file.unlink()
