@@ -41,7 +41,10 @@ class SyncSettings:
     replay_seq_thresh: int = 64
     replay_timer_ms: int = 300
     coalesce_ms: int = 20
-    store_rtt_ms: int = 200
+    store_rtt_ms: int = 3000
+    """From a kernel event to the store: generous, since under TCG emulation with
+    other VMs on the host the daemon can be descheduled for seconds; the jump
+    must cover the real lag (docs/failover.md, "The bound")."""
     max_pps_per_sa: int = 2000
     """The lab sends a few hundred packets/s per SA; the jump is computed for this."""
     notify_timeout_s: float = 60.0

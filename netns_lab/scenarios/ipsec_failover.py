@@ -94,6 +94,11 @@ class Takeover:
     advanced: int = 0
     rekey: int = 0
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    client_replay: int | None = None
+    """The client's ``XfrmInStateSeqError`` once traffic flowed through the new gateway."""
+    counters: dict[str, int] = field(default_factory=dict)
+    """Right after the takeover: the new gateway's outbound counter of the tunnel and the
+    highest sequence number the client had received on it."""
 
     @property
     def detection_ms(self) -> float | None:
@@ -398,7 +403,14 @@ class Scenario:
                 f"{new} active: {take.installed_sas} SAs installed, "
                 f"{take.advanced} outbound counters advanced"
             )
+        out_sa = {sa.spi: sa for sa in tunnel.sa_stats(lab, new)}.get(keyed.spi_out)
+        in_client = {sa.spi: sa for sa in tunnel.sa_stats(lab, "client")}.get(keyed.spi_out)
+        take.counters = {
+            "gateway_oseq": out_sa.oseq if out_sa else -1,
+            "client_seq": in_client.seq if in_client else -1,
+        }
         take.resumed_at = self._wait_resumed(lab, new, keyed, since=take.done_at)
+        take.client_replay = tunnel.replay_errors(lab, "client")["XfrmInStateSeqError"]
         self.event(f"traffic flows both ways through {new}")
         return take
 
@@ -526,6 +538,9 @@ def report_lines(outcome: Outcome) -> list[str]:
     )
     row("SAs installed", [str(t.installed_sas) for t in tk])
     row("counters advanced", [str(t.advanced) for t in tk])
+    row("client replay errors so far", [str(t.client_replay) for t in tk])
+    row("new gateway's oseq at done", [str(t.counters.get("gateway_oseq")) for t in tk])
+    row("client's highest seq then", [str(t.counters.get("client_seq")) for t in tk])
     lines.append("")
     for direction, d in outcome.directions.items():
         lines.append(
