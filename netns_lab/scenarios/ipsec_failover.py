@@ -310,11 +310,16 @@ class Scenario:
         directions = {}
         for direction, records in arrivals.items():
             summary = analyse(records, first_fail, sent[direction])
+            last = takeovers[-1].resumed_at if takeovers else split.get("resumed_at")
             directions[direction] = {
                 "sent": sent[direction],
                 "received": summary.received,
                 "lost": summary.lost,
                 "max_gap_ms": round(summary.max_gap_ms, 1),
+                # arrivals once traffic ran through the last active gateway
+                "received_at_end": sum(
+                    1 for a in records if last is not None and a.recv_ns > int(last * 1e9)
+                ),
             }
         plot = None
         if self.plot_path is not None and takeovers:
