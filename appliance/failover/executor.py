@@ -439,11 +439,15 @@ class PlanExecutor:
             "rekey": len(report.rekey),
         }
 
-    def _present(self, fetched: FetchedState) -> list[tuple[SadEntry, bool]]:
+    def _present(
+        self, fetched: FetchedState, flags: list[bool] | None = None
+    ) -> list[tuple[SadEntry, bool]]:
+        """The fetched SAs the kernel holds, each with its outbound flag (given or computed)."""
         kernel = {sa_identity(sa) for sa in self.kernel.dump_sad()}
+        flags = self._outbound_flags(fetched) if flags is None else flags
         return [
             (sa, out)
-            for sa, out in zip(fetched.sad, self._outbound_flags(fetched), strict=True)
+            for sa, out in zip(fetched.sad, flags, strict=True)
             if sa_identity(sa) in kernel
         ]
 
@@ -462,7 +466,7 @@ class PlanExecutor:
             if o
         ):
             return {"advanced": 0, "rekey": len(report.rekey)}  # no dump needed
-        for sa, outbound in self._present(fetched):
+        for sa, outbound in self._present(fetched, flags):
             if not outbound or sa_identity(sa) in self._installed:
                 continue
             self._check_deadline(deadline, Action.ADVANCE_OUTBOUND_SEQ)
