@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import LabError
+from appliance.errors import ApplianceError, LabError
+from appliance.notify import read_status
 from netns_lab import build, keepalived
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import GATEWAYS, INSIDE, OUTSIDE, SYNC_GROUP, address_of, vip_address
@@ -70,6 +71,14 @@ class GatewayFiles:
             daemon_config=run_dir / f"{gateway}-daemon.toml",
             daemon_log=run_dir / f"{gateway}-daemon.log",
         )
+
+
+def read_daemon_status(path: Path) -> dict[str, Any] | None:
+    """A daemon's status file (``appliance.notify.read_status``); None while there is
+    none or it cannot be read, so that lab waits keep polling."""
+    with contextlib.suppress(ApplianceError):
+        return read_status(path)
+    return None
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -195,11 +204,7 @@ class Services:
 
     # -- what the daemons say ---------------------------------------------------
     def status(self, gw: str) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.keepalived_files(gw).status.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return read_daemon_status(self.keepalived_files(gw).status)
 
     def wait_role(
         self, gw: str, roles: tuple[str, ...], after: float = 0.0, timeout: float = SETTLE_TIMEOUT

@@ -22,8 +22,10 @@ import re
 import secrets
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from appliance.errors import LabError
+from appliance.nft.netns import run_in_netns
 from netns_lab.lab import Lab
 from netns_lab.plan import CLIENT_PROTECTED, INSIDE, OUTSIDE, address_of, vip_address
 
@@ -112,9 +114,14 @@ _BLOCK = re.compile(r"\n(?=src )")
 
 
 def sa_stats(lab: Lab, host: str) -> list[SaStats]:
-    """Every SA of ``host`` with its counters."""
+    """Every SA of the lab host ``host`` with its counters."""
+    return namespace_sa_stats(lab.ns(host), host)
+
+
+def namespace_sa_stats(ns: str, label: str) -> list[SaStats]:
+    """Every SA of namespace ``ns`` (``label`` names it in errors) with its counters."""
     text = subprocess.run(
-        ["ip", "-s", "-d", "-n", lab.ns(host), "xfrm", "state"],
+        ["ip", "-s", "-d", "-n", ns, "xfrm", "state"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     out = []
@@ -126,7 +133,7 @@ def sa_stats(lab: Lab, host: str) -> list[SaStats]:
         replay = re.search(r"replay-window (\d+) replay (\d+) failed \d+", block)
         seqs = re.search(r"anti-replay context: seq 0x([0-9a-f]+), oseq 0x([0-9a-f]+)", block)
         if not (packets and replay and seqs):
-            raise LabError(f"unexpected `ip -s xfrm state` output in {host}: {block[:200]}")
+            raise LabError(f"unexpected `ip -s xfrm state` output in {label}: {block[:200]}")
         out.append(
             SaStats(
                 spi=int(head.group(3), 16),
@@ -142,9 +149,16 @@ def sa_stats(lab: Lab, host: str) -> list[SaStats]:
 
 
 def xfrm_stat(lab: Lab, host: str) -> dict[str, int]:
-    """The host namespace's /proc/net/xfrm_stat."""
-    text = lab.exec(host, ["cat", "/proc/net/xfrm_stat"]).stdout
-    return {name: int(value) for name, value in (line.split() for line in text.splitlines())}
+    """The lab host's /proc/net/xfrm_stat."""
+    return namespace_xfrm_stat(lab.ns(host))
+
+
+def namespace_xfrm_stat(ns: str) -> dict[str, int]:
+    """Namespace ``ns``'s /proc/net/xfrm_stat (read by a thread inside it: thread-self
+    follows the thread's namespace, /proc/net the process's)."""
+    text = run_in_netns(ns, Path("/proc/thread-self/net/xfrm_stat").read_text)
+    pairs = (line.split() for line in text.splitlines() if line.strip())
+    return {name: int(value) for name, value in pairs}
 
 
 def replay_errors(lab: Lab, host: str) -> dict[str, int]:

@@ -49,7 +49,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pyroute2 import IPRoute, netns
@@ -65,7 +64,7 @@ from netns_lab import build, keepalived, tunnel
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, LabInterrupted, wait_for
 from netns_lab.plan import GATEWAYS, INSIDE, OUTSIDE, address_of
 from netns_lab.scenarios.ipsec_failover import RESUMED_PACKETS, Traffic
-from netns_lab.services import STORE_PORT, Services, SyncSettings
+from netns_lab.services import STORE_PORT, Services, SyncSettings, read_daemon_status
 
 GW3_ROLE = "gw3"
 GW3_ADDRESSES = {OUTSIDE: "192.0.2.4/24", INSIDE: "198.51.100.4/24"}
@@ -199,11 +198,7 @@ class ThirdGateway:
             os.close(log_fd)
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.status_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return read_daemon_status(self.status_file)
 
     def ondemand(self) -> dict[str, Any]:
         """The daemon's on-demand counters from its status file."""
@@ -229,10 +224,7 @@ class ThirdGateway:
 
     def xfrm_errors(self) -> dict[str, int]:
         """The namespace's non-zero /proc/net/xfrm_stat counters."""
-        # /proc/net follows the process's namespace; thread-self follows the thread's.
-        text = run_in_netns(self.ns, Path("/proc/thread-self/net/xfrm_stat").read_text)
-        pairs = (line.split() for line in text.splitlines() if line.strip())
-        return {name: int(value) for name, value in pairs if int(value)}
+        return {k: v for k, v in tunnel.namespace_xfrm_stat(self.ns).items() if v}
 
     def sa_packets(self) -> dict[int, int]:
         with XfrmSocket(self.ns) as xs:
@@ -380,8 +372,7 @@ class Scenario:
             "gw3 to count the retrieval",
             lambda od: od.get("sas", {}).get("installed", 0) >= 1 and od.get("accepted", 0) >= 1,
         )
-        shim = SimpleNamespace(ns=lambda _host: gw3.ns)
-        for sa in tunnel.sa_stats(shim, "gw3"):  # type: ignore[arg-type]
+        for sa in tunnel.namespace_sa_stats(gw3.ns, "gw3"):
             if sa.spi == keyed.spi_in:
                 diag["gw3_after_retrieval"] = {
                     "seq": sa.seq, "packets": sa.packets, "replay_failed": sa.replay_failed
