@@ -13,9 +13,11 @@ from appliance.failover.config import DEFAULT_CONFIG, load_daemon_config
 
 @app.command(
     epilog=(
-        "The daemon follows the notify log that keepalived's hook writes (ipsec-ha notify), "
-        "runs the transition plan for each new record (docs/failover.md) and, while active, "
-        "publishes the namespace's SAs, policies and counters to every configured store."
+        "The daemon reads VRRP transitions from keepalived's notify FIFO "
+        "(\\[failover].keepalived_fifo; without one, the notify log that ipsec-ha notify "
+        "writes), runs each transition's plan (docs/failover.md), writes its status file "
+        "(ipsec-ha status; the hook waits on it) and, while active, publishes the "
+        "namespace's SAs, policies and counters to every configured store."
     )
 )
 def daemon(
@@ -27,8 +29,8 @@ def daemon(
         "--notify-log",
         metavar="FILE",
         help=(
-            f"The notify log to follow. Default: ${notify_lib.LOG_ENV}, "
-            f"else {notify_lib.DEFAULT_LOG}."
+            f"The notify log to follow when no keepalived_fifo is configured. "
+            f"Default: ${notify_lib.LOG_ENV}, else {notify_lib.DEFAULT_LOG}."
         ),
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Log every timeline step."),
