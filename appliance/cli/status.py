@@ -47,7 +47,7 @@ def status(
         metavar="FILE",
         help=(
             f"The daemon's status file. Default: ${notify_lib.STATUS_ENV}, "
-            f"else {notify_lib.DEFAULT_STATUS} ([failover].status_file)."
+            f"else {notify_lib.DEFAULT_STATUS} (\\[failover].status_file)."
         ),
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
