@@ -50,20 +50,31 @@ def daemon(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     psk = load_psk(cfg.store.psk_file)
-    stores = [
-        StoreClient(
-            server,
-            cfg.store.port,
-            psk,
-            cfg.node.id,
-            timeout=cfg.store.timeout_s,
-            retries=cfg.store.retries,
-        )
-        for server in cfg.store.servers
-    ]
+
+    def clients(node_id: str) -> list[StoreClient]:
+        # The store caches answers per node ID and message ID: each user its own ID.
+        return [
+            StoreClient(
+                server,
+                cfg.store.port,
+                psk,
+                node_id,
+                timeout=cfg.store.timeout_s,
+                retries=cfg.store.retries,
+                max_datagram=cfg.store.max_datagram,
+            )
+            for server in cfg.store.servers
+        ]
+
+    stores = clients(cfg.node.id)
+    follower_stores = clients(f"{cfg.node.id}.follower")
     kernel = XfrmSocket(cfg.netns)
     runner = FailoverDaemon(
-        cfg, kernel, stores, notify_log=notify_lib.log_path(notify_log, os.environ)
+        cfg,
+        kernel,
+        stores,
+        notify_log=notify_lib.log_path(notify_log, os.environ),
+        follower_stores=follower_stores,
     )
     try:
         asyncio.run(runner.run())
@@ -71,5 +82,5 @@ def daemon(
         pass
     finally:
         kernel.close()
-        for store in stores:
+        for store in stores + follower_stores:
             store.close()

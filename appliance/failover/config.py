@@ -62,6 +62,13 @@ class StoreConfig:
     psk_file: Path
     timeout_s: float
     retries: int
+    max_datagram: int = 1400
+    """Largest datagram the store's replies may use (bulk SA_Retr pages, SA_Stor batches).
+
+    1400 never fragments on an Ethernet path; a takeover fetches its state in
+    pages of this size, one round trip each, so thousands of SAs fetch much
+    faster with a larger value where IP fragments pass between node and store.
+    """
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,9 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
         psk_file=store_t.get("psk_file", abs_path, "an absolute path"),
         timeout_s=store_t.get("timeout_s", float_in(0.01, 60), "seconds 0.01..60", 0.5),
         retries=store_t.get("retries", int_in(0, 20), "an integer 0..20", 5),
+        max_datagram=store_t.get(
+            "max_datagram", int_in(576, 65507), "an integer 576..65507 (bytes)", 1400
+        ),
     )
     store_t.finish()
     try:

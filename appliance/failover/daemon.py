@@ -71,7 +71,7 @@ from appliance.failover.vrrp_source import (
     open_fifo,
 )
 from appliance.notify import VrrpState
-from appliance.store.base import NotFoundError, StaleEpochError, StoreError
+from appliance.store.base import FetchCancelled, NotFoundError, StaleEpochError, StoreError
 from appliance.xfrm import constants as c
 from appliance.xfrm.events import EventsOverrun, xfrm_events
 from appliance.xfrm.types import XfrmError
@@ -105,11 +105,17 @@ class FailoverDaemon:
         *,
         notify_log: Path,
         follow_interval_s: float = 1.0,
+        follower_stores: Sequence[Any] = (),
     ) -> None:
         self.config = config
         self.kernel = kernel
         self.stores = list(stores)
         self.access = StoreAccess(self.stores)
+        self.follower_access = StoreAccess(follower_stores) if follower_stores else None
+        """The hot standby's own store clients: it fetches without the kernel lock, so a
+        takeover never waits for a background fetch (clients are not thread-safe)."""
+        self._follow_generation = 0
+        """Moves at every start/stop of following: a fetch from before is stale."""
         self.notify_log = notify_log
         self.follow_interval_s = follow_interval_s
         self.role = Role.INIT
@@ -161,9 +167,11 @@ class FailoverDaemon:
 
     def start_following(self) -> None:
         self.following = True
+        self._follow_generation += 1
 
     def stop_following(self) -> None:
         self.following = False
+        self._follow_generation += 1
 
     # -- store operations (worker thread) -----------------------------------------
 
@@ -273,16 +281,34 @@ class FailoverDaemon:
                     await asyncio.to_thread(self.apply_ops, ops)
 
     async def _follower(self) -> None:
-        actions = [Action.FETCH_STATE, Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+        apply = [Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
         while True:
             await asyncio.sleep(self.follow_interval_s)
             if not self.following:
                 continue
-            async with self._kernel_lock:
-                try:
-                    await asyncio.to_thread(self.executor.run, actions)
-                except ExecutionError as exc:
-                    log.warning("hot standby: %s", exc)
+            generation = self._follow_generation
+
+            def overtaken(generation: int = generation) -> bool:
+                return self._follow_generation != generation
+
+            fetched = None
+            try:
+                if self.follower_access is not None:
+                    # Outside the kernel lock: a takeover cancels it between pages.
+                    fetched = await asyncio.to_thread(
+                        self.follower_access.fetch,
+                        self.config.node.server_id,
+                        overtaken,
+                    )
+                async with self._kernel_lock:
+                    if overtaken():
+                        continue  # a transition ran meanwhile: this fetch is stale
+                    actions = apply if fetched is not None else [Action.FETCH_STATE, *apply]
+                    await asyncio.to_thread(self.executor.run, actions, fetched=fetched)
+            except FetchCancelled:
+                continue
+            except ExecutionError as exc:
+                log.warning("hot standby: %s", exc)
 
     def check_ownership(self) -> None:
         """Probe every store we publish to with our epoch (blocking); see ``_owner_watch``."""

@@ -258,17 +258,37 @@ class PlanExecutor:
         self.fetched: FetchedState | None = None
         self._installed: set[Any] = set()
         """Identities of the SAs this run added (their counters are already advanced)."""
+        self._held: set[Any] | None = None
+        """Identities of the SAs the kernel holds, once this run dumped or changed them."""
+        self._inbound_checked: dict[Any, int] = {}
+        """Inbound SA identity -> the stored counter last brought into the kernel. A hot
+        standby's inbound SAs see no traffic, so an unchanged stored counter needs no
+        GETAE on the next follow; any other plan clears this."""
 
     # -- the run -----------------------------------------------------------------
 
-    def run(self, actions: Sequence[Action], received_at: float | None = None) -> ExecutionReport:
-        """Perform ``actions`` in order; raise ``ExecutionError`` on the first failure."""
+    def run(
+        self,
+        actions: Sequence[Action],
+        received_at: float | None = None,
+        *,
+        fetched: FetchedState | None = None,
+    ) -> ExecutionReport:
+        """Perform ``actions`` in order; raise ``ExecutionError`` on the first failure.
+
+        ``fetched`` is state retrieved before the run (the hot standby's
+        follower fetches without holding the kernel); a ``fetch-state``
+        action replaces it.
+        """
         report = ExecutionReport()
         start = self.clock() if received_at is None else received_at
         deadline = start + self.settings.timeout_s
         self._mark(report, "notify-received", {"actions": [a.value for a in actions]}, start)
-        self.fetched = None
+        self.fetched = fetched
         self._installed = set()
+        self._held = None
+        if not set(actions) <= _FOLLOW_ACTIONS:
+            self._inbound_checked.clear()
         for action in actions:
             self._check_deadline(deadline, action)
             try:
@@ -429,6 +449,9 @@ class PlanExecutor:
         self._batch(pol_ops, "install policies", deadline)
         removals.sort(key=lambda op: op[0] != "delete_policy")
         self._batch(removals, "remove stale entries", deadline)
+        self._held = (set(kernel_sas) | self._installed) - {
+            sa_identity(op[1]) for op in removals if isinstance(op[1], SadEntry)
+        }
         report.installed_sas += len(sa_ops)
         report.installed_policies += len(pol_ops)
         report.removed += len(removals)
@@ -443,7 +466,9 @@ class PlanExecutor:
         self, fetched: FetchedState, flags: list[bool] | None = None
     ) -> list[tuple[SadEntry, bool]]:
         """The fetched SAs the kernel holds, each with its outbound flag (given or computed)."""
-        kernel = {sa_identity(sa) for sa in self.kernel.dump_sad()}
+        if self._held is None:
+            self._held = {sa_identity(sa) for sa in self.kernel.dump_sad()}
+        kernel = self._held
         flags = self._outbound_flags(fetched) if flags is None else flags
         return [
             (sa, out)
@@ -495,11 +520,14 @@ class PlanExecutor:
             stored = _replay_of(sa)
             if outbound or stored is None:
                 continue
-            self._check_deadline(deadline, Action.RESTORE_INBOUND_REPLAY)
-            if _seq64(self._kernel_replay(sa), outbound=False) >= _seq64(stored, outbound=False):
+            identity, wanted = sa_identity(sa), _seq64(stored, outbound=False)
+            if self._inbound_checked.get(identity) == wanted:
                 continue
-            self.kernel.set_replay(sa, stored)
-            restored += 1
+            self._check_deadline(deadline, Action.RESTORE_INBOUND_REPLAY)
+            if _seq64(self._kernel_replay(sa), outbound=False) < wanted:
+                self.kernel.set_replay(sa, stored)
+                restored += 1
+            self._inbound_checked[identity] = wanted
         report.restored_inbound += restored
         return {"restored": restored}
 
@@ -527,6 +555,11 @@ class PlanExecutor:
         report.removed += len(ops)
         return len(ops)
 
+
+_FOLLOW_ACTIONS = frozenset(
+    {Action.FETCH_STATE, Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY}
+)
+"""What a hot standby's follow runs; other plans may let traffic move inbound counters."""
 
 _MILESTONES = {
     Action.FETCH_STATE: "state-fetched",
@@ -570,14 +603,15 @@ class StoreAccess:
     def claim(self, server_id: str) -> dict[str, int]:
         return self._each("claim", lambda c: c.claim(server_id))
 
-    def fetch(self, server_id: str) -> FetchedState:
+    def fetch(self, server_id: str, stop: Callable[[], bool] | None = None) -> FetchedState:
+        """The state from the first store that answers; ``stop`` cancels between pages."""
         from appliance.store.base import StoreError
         from appliance.store.client import merge_replay
 
         errors: list[str] = []
         for client in self.clients:
             try:
-                state = client.get_server(server_id)
+                state = client.get_server(server_id, stop)
             except StoreError as exc:
                 errors.append(f"{client.server}: {exc}")
                 continue

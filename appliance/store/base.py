@@ -75,6 +75,14 @@ class StoreError(ApplianceError):
     status = Status.INTERNAL
 
 
+class FetchCancelled(Exception):
+    """A bulk retrieval stopped between pages because its caller no longer wants it.
+
+    Not a ``StoreError``: the store did nothing wrong, so nobody should try
+    the next store.
+    """
+
+
 class SpiCollisionError(StoreError):
     """The SA key already belongs to another server ID."""
 

@@ -23,7 +23,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from appliance.model import SadEntry, Snapshot, SpdEntry
 from appliance.store import _convert as conv
 from appliance.store import _rawwire
 from appliance.store.base import (
+    FetchCancelled,
     InvalidRequestError,
     NotFoundError,
     SaKey,
@@ -490,12 +491,19 @@ class StoreClient:
         self._store_messages(messages)
         return len(messages)
 
-    def get_server(self, server_id: str) -> RetrievedState:
-        """Every SA and policy stored under ``server_id`` (all pages)."""
+    def get_server(self, server_id: str, stop: Callable[[], bool] | None = None) -> RetrievedState:
+        """Every SA and policy stored under ``server_id`` (all pages).
+
+        ``stop`` is asked before each page after the first; when it answers
+        True the retrieval ends with ``FetchCancelled`` (a hot standby's
+        background fetch, overtaken by a takeover).
+        """
         state = RetrievedState(server_id, 0)
         cursor = b""
         page_size = min(self.max_datagram, 65535)
         while True:
+            if cursor and stop is not None and stop():
+                raise FetchCancelled(f"retrieval of {server_id} stopped after {state.pages} pages")
             request: list[Payload] = [
                 ServerIdPayload.parse(server_id),
                 PagePayload(page_size, cursor),

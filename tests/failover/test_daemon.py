@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from appliance.failover.daemon import FailoverDaemon
 from appliance.failover.sync import FullResync, PutReplay, sa_key
 from appliance.failover.transitions import Role
 from appliance.notify import VrrpState
-from appliance.store.base import NotFoundError, StaleEpochError
+from appliance.store.base import FetchCancelled, NotFoundError, StaleEpochError
 from appliance.wire.entries import replay_update_for
 
 pytestmark = pytest.mark.unit
@@ -52,7 +53,7 @@ class FakeClient:
         self.epoch += 1
         return self.epoch
 
-    def get_server(self, server_id: str) -> Stored:
+    def get_server(self, server_id: str, stop: object = None) -> Stored:
         s = Stored()
         s.sad, s.spd = list(self.data.values()), list(self.pols.values())
         return s
@@ -193,3 +194,58 @@ def test_a_fenced_active_node_gates_outbound_then_reclaims_with_the_jump(
     assert (True, False) in seen and seen[-1] == (False, True)
     assert daemon.publishing and daemon.epochs == {"198.51.100.10": 3, "198.51.100.11": 3}
     assert kernel.sad[out_key].replay.oseq >= first_oseq  # never rewound
+
+
+class BackgroundFetch(FakeClient):
+    """A follower's store client whose bulk retrieval lasts until its caller stops it."""
+
+    def __init__(self) -> None:
+        super().__init__("198.51.100.10")
+        self.started = threading.Event()
+        self.stopped = False
+
+    def get_server(self, server_id: str, stop: Any = None) -> Stored:
+        self.started.set()
+        give_up = time.monotonic() + 10
+        while not stop():  # page after page, asking between them
+            assert time.monotonic() < give_up, "the background fetch was never stopped"
+            time.sleep(0.01)
+        self.stopped = True
+        raise FetchCancelled("stopped")
+
+
+def test_a_takeover_does_not_wait_for_the_hot_standbys_background_fetch(
+    config: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text(path.read_text().replace("[failover]\n", '[failover]\nmode = "hot"\n'))
+    hot = load_daemon_config(path)
+    kernel = ThresholdKernel()
+    clients = [FakeClient("198.51.100.10"), FakeClient("198.51.100.11")]
+    for client in clients:
+        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.pols = {i: p for i, p in enumerate(STATE.spd)}
+    background = BackgroundFetch()
+    daemon = FailoverDaemon(
+        hot, kernel, clients, notify_log=tmp_path / "notify.jsonl", follow_interval_s=0.01,
+        follower_stores=[background],
+    )  # fmt: skip
+    daemon.executor.local_addresses = lambda: [OUT_SA.saddr]
+    daemon.role = Role.STANDBY
+    daemon.start_following()
+
+    async def takeover_during_a_fetch() -> bool:
+        follower = asyncio.create_task(daemon._follower())
+        assert await asyncio.to_thread(background.started.wait, 5)
+        ok = await asyncio.wait_for(daemon.transition(VrrpState.MASTER, time.monotonic()), 5)
+        for _ in range(100):
+            if background.stopped:
+                break
+            await asyncio.sleep(0.01)
+        follower.cancel()
+        return ok
+
+    assert asyncio.run(takeover_during_a_fetch())
+    assert daemon.role is Role.ACTIVE and not daemon.following
+    assert background.stopped  # the takeover's stop-following ended the stale fetch
+    assert OUT_POL in kernel.spd.values()

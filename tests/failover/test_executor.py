@@ -138,7 +138,7 @@ class FakeStore:
         self.epoch += 1
         return {"198.51.100.10": self.epoch}
 
-    def fetch(self, server_id: str) -> FetchedState:
+    def fetch(self, server_id: str, stop: object = None) -> FetchedState:
         self.calls.append(f"fetch {server_id}")
         return self.state
 
@@ -304,6 +304,47 @@ def test_reconcile_deletes_what_the_store_no_longer_has() -> None:
     executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
     assert sa_identity(gone) not in kernel.sad
     assert sa_identity(OUT_SA) in kernel.sad
+
+
+FOLLOW = [Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+
+
+def test_follow_with_prefetched_state_asks_the_store_nothing() -> None:
+    executor, kernel, store, _, _ = make()
+    report = executor.run(FOLLOW, fetched=STATE)
+    assert store.calls == []
+    assert sa_identity(IN_SA) in kernel.sad and sa_identity(OUT_SA) in kernel.sad
+    assert kernel.spd[policy_identity(OUT_POL)] == gate_for(OUT_POL)  # a standby stays gated
+    assert report.installed_sas == 2
+
+
+def test_follow_reads_an_inbound_counter_again_only_when_the_stored_one_moved() -> None:
+    executor, kernel, _, _, _ = make()
+    executor.run(FOLLOW, fetched=STATE)
+    reads: list[int] = []
+    get_ae = kernel.get_ae
+
+    def counting_get_ae(daddr: m.Address, spi: int, proto: int = 50, **kw: object) -> AeState:
+        reads.append(spi)
+        return get_ae(daddr, spi, proto, **kw)
+
+    kernel.get_ae = counting_get_ae  # type: ignore[method-assign]
+    executor.run(FOLLOW, fetched=STATE)
+    assert reads == []  # nothing moved in the store: no GETAE
+    assert IN_SA.replay is not None
+    moved = dataclasses.replace(IN_SA, replay=dataclasses.replace(IN_SA.replay, seq=9000))
+    newer = FetchedState(
+        tuple(moved if s_.spi == IN_SA.spi else s_ for s_ in STATE.sad), STATE.spd, "test"
+    )
+    kernel.changes.clear()
+    executor.run(FOLLOW, fetched=newer)
+    assert reads == [IN_SA.spi]
+    assert ("set_replay", moved.replay) in kernel.changes
+    # Any other plan forgets what was checked: traffic may have moved the kernel's counters.
+    executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    reads.clear()
+    executor.run(FOLLOW, fetched=newer)
+    assert reads == [IN_SA.spi]
 
 
 def test_timeline_names_the_steps_and_never_logs_keys(caplog: pytest.LogCaptureFixture) -> None:

@@ -36,6 +36,7 @@ def test_minimal_config_takes_the_documented_defaults(tmp_path: Path, psk: Path)
     assert cfg.node.server_id == "192.0.2.1"
     assert cfg.store.servers == ("198.51.100.10",)
     assert cfg.store.port == 4501
+    assert cfg.store.max_datagram == 1400
     assert cfg.failover.mode is StandbyMode.COLD
     assert cfg.netns is None
     assert cfg.sync.replay_seq_thresh == 1000
@@ -113,6 +114,10 @@ def test_bad_values_name_the_key(tmp_path: Path, psk: Path, body: str, message: 
         ({"store": 'servers = ["1.2.3"]\npsk_file = "/x"'}, r"\[store\]\.servers"),
         ({"store": 'servers = ["192.0.2.9"]\npsk_file = "rel"'}, r"\[store\]\.psk_file: must"),
         ({"store": 'servers = ["192.0.2.9"]'}, r"\[store\]\.psk_file: is required"),
+        (
+            {"store": 'servers = ["192.0.2.9"]\npsk_file = "/x"\nmax_datagram = 70000'},
+            r"\[store\]\.max_datagram: must be an integer 576\.\.65507",
+        ),
     ],
 )
 def test_bad_node_and_store_values_name_the_key(

@@ -25,7 +25,7 @@ from netns_star import in_netns, netns_star
 from store_process import StoreProcess, wait_ready, write_config, write_psk
 
 from appliance.store import _convert as conv
-from appliance.store.base import SpiCollisionError, StaleEpochError
+from appliance.store.base import FetchCancelled, SpiCollisionError, StaleEpochError
 from appliance.store.client import StoreClient, StoreTimeoutError
 from appliance.store.config import load_client_config
 from appliance.wire.constants import ExchangeType
@@ -216,3 +216,24 @@ def test_retransmitted_request_is_answered_from_cache_not_reapplied(lab: Lab) ->
     assert all(a is not None and a.first(EpochPayload).epoch == 1 for a in answers)
     assert next_epoch == 2  # the first claim was applied once, the repeats were not
     assert stats["retransmits_answered"] == 2
+
+
+def test_bulk_retrieval_stops_between_pages_when_asked(lab: Lab) -> None:
+    sad, spd = make_state(200)
+
+    def scenario(client: StoreClient):  # type: ignore[no-untyped-def]
+        client.put_entries("gw1", 1, sad, spd)
+        asked: list[int] = []
+
+        def stop_after_two_pages() -> bool:
+            asked.append(1)
+            return len(asked) >= 2
+
+        with pytest.raises(FetchCancelled, match="stopped after 2 pages"):
+            client.get_server("gw1", stop_after_two_pages)
+        # The client stays usable, and a retrieval nobody stops is whole.
+        return client.get_server("gw1", lambda: False)
+
+    state = lab.run(scenario, max_datagram=1400)
+    assert len(state.sad_entries) == 200 and len(state.spd_entries) == len(spd)
+    assert state.pages > 2
