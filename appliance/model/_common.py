@@ -120,12 +120,15 @@ def flag_names(value: int, flag_type: type[enum.IntFlag]) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def address_from_xfrm(family: int, raw: bytes) -> Address:
     """Decode a kernel ``xfrm_address_t`` (16 bytes; IPv4 in the first 4).
 
     For AF_INET the address is IPv4; for any other family (AF_INET6, and
     AF_UNSPEC selectors of ``flag af-unspec`` SAs) the 16 bytes are kept as an
-    IPv6 address, so that encoding it again gives the same bytes.
+    IPv6 address, so that encoding it again gives the same bytes.  Cached: a
+    gateway's entries repeat a few addresses thousands of times, and address
+    objects are immutable.
     """
     if len(raw) != 16:
         raise ModelError(f"xfrm_address_t must be 16 bytes, got {len(raw)}")

@@ -7,6 +7,7 @@ itself is handled in ``messages.py``.  Layouts are in docs/protocol.md 5.1.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -193,9 +194,15 @@ class TrafficSelector:
             raise WireError(f"traffic selector length {length} is wrong for type {ts_type}")
         start_port = buf.pull_uint16("TS start port")
         end_port = buf.pull_uint16("TS end port")
-        start = ipaddress.ip_address(buf.pull_bytes(size, "TS start address"))
-        end = ipaddress.ip_address(buf.pull_bytes(size, "TS end address"))
+        start = _address(buf.pull_bytes(size, "TS start address"))
+        end = _address(buf.pull_bytes(size, "TS end address"))
         return cls(start, end, ip_protocol, start_port, end_port)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address(packed: bytes) -> Address:
+    """4 or 16 bytes as an address object; cached, since entries repeat few addresses."""
+    return ipaddress.ip_address(packed)
 
 
 def push_ts_body(buf: Buffer, selectors: tuple[TrafficSelector, ...]) -> None:
