@@ -18,7 +18,7 @@ Groups (``XFRMNLGRP_*``) and what they carry:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from appliance.model import Address, SadEntry, Selector, SpdEntry, Template, address_from_xfrm
@@ -391,14 +391,19 @@ async def xfrm_events(
     groups: Iterable[int] = DEFAULT_GROUPS,
     *,
     rcvbuf: int = 32 << 20,
+    subscribed: Callable[[], None] | None = None,
 ) -> AsyncIterator[Event]:
     """Yield XFRM notifications of ``netns`` as they arrive.
 
     Raises ``EventsOverrun`` when the kernel dropped messages (the caller
     should take a fresh dump); closing the generator closes the socket.
+    ``subscribed`` is called once the socket is bound to the groups: a dump
+    asked for from then on misses nothing that the events do not carry.
     """
     sock = open_xfrm_socket(netns, group_mask(groups), rcvbuf=rcvbuf)
     sock.setblocking(False)
+    if subscribed is not None:
+        subscribed()
     loop = asyncio.get_running_loop()
     try:
         while True:

@@ -249,3 +249,50 @@ def test_a_takeover_does_not_wait_for_the_hot_standbys_background_fetch(
     assert daemon.role is Role.ACTIVE and not daemon.following
     assert background.stopped  # the takeover's stop-following ended the stale fetch
     assert OUT_POL in kernel.spd.values()
+
+
+def test_only_a_publishing_node_listens_to_xfrm_events_and_it_subscribes_before_the_resync(
+    config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, _, _ = make(config, tmp_path)
+    log: list[str] = []
+
+    async def fake_events(netns: Any, groups: Any, *, subscribed: Any = None) -> Any:
+        log.append("subscribed")
+        subscribed()
+        try:
+            await asyncio.sleep(3600)
+            yield None  # pragma: no cover - never reached
+        finally:
+            log.append("closed")
+
+    monkeypatch.setattr("appliance.failover.daemon.xfrm_events", fake_events)
+
+    async def scenario() -> list[tuple[str, bool, bool]]:
+        daemon._loop = asyncio.get_running_loop()
+        seen: list[tuple[str, bool, bool]] = []
+
+        def note(when: str) -> None:
+            resync = any(isinstance(op, FullResync) for op in daemon.core.pending_ops(1e12))
+            seen.append((when, "subscribed" in log, resync))
+
+        events = asyncio.create_task(daemon._events())
+        await asyncio.sleep(0.05)
+        note("standby")
+        await asyncio.to_thread(daemon.start_publishing, {"198.51.100.10": 1})
+        await asyncio.sleep(0.05)
+        note("publishing")
+        await asyncio.to_thread(daemon.stop_publishing)
+        await asyncio.sleep(0.05)
+        note("stopped")
+        events.cancel()
+        await asyncio.gather(events, return_exceptions=True)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == [
+        ("standby", False, False),  # no subscription, so nothing to decode
+        ("publishing", True, True),  # subscribed, then the resync was asked for
+        ("stopped", True, False),
+    ]
+    assert log == ["subscribed", "closed"]
