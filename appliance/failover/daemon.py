@@ -319,10 +319,14 @@ class FailoverDaemon:
 
     async def _follower(self) -> None:
         apply = [Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+        last_cycle = 0.0
         while True:
-            await asyncio.sleep(self.follow_interval_s)
+            # Rest at least as long as the last cycle took: with thousands of SAs a
+            # cycle is a whole bulk SA_Retr, which the store and the CPU also owe others.
+            await asyncio.sleep(max(self.follow_interval_s, last_cycle))
             if not self.following:
                 continue
+            started = time.monotonic()
             generation = self._follow_generation
 
             def overtaken(generation: int = generation) -> bool:
@@ -346,6 +350,7 @@ class FailoverDaemon:
                 continue
             except ExecutionError as exc:
                 log.warning("hot standby: %s", exc)
+            last_cycle = time.monotonic() - started
 
     def check_ownership(self) -> None:
         """Probe every store we publish to with our epoch (blocking); see ``_owner_watch``."""

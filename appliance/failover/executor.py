@@ -615,6 +615,7 @@ class StoreAccess:
             except StoreError as exc:
                 errors.append(f"{client.server}: {exc}")
                 continue
+            state.convert(stop)  # costs more than the transfer: a takeover must not wait on it
             sad = []
             for sa in state.sad:
                 update = state.replay.get(sa_key(sa))

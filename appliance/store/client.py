@@ -84,6 +84,10 @@ _ERRORS: dict[int, type[StoreError]] = {
 }
 
 
+CONVERT_STEP = 256
+"""Entries converted between two questions to a ``stop`` callback."""
+
+
 @dataclass
 class RetrievedState:
     """A server ID's whole state, as retrieved page by page.
@@ -116,14 +120,34 @@ class RetrievedState:
     @property
     def sad(self) -> list[SadEntry]:
         if self._sad is None:
-            self._sad = [conv.sad_from_payload(p) for p in self.sad_payloads]
+            self.convert()
+            assert self._sad is not None
         return self._sad
 
     @property
     def spd(self) -> list[SpdEntry]:
         if self._spd is None:
-            self._spd = [conv.spd_from_payload(p) for p in self.spd_payloads]
+            self.convert()
+            assert self._spd is not None
         return self._spd
+
+    def convert(self, stop: Callable[[], bool] | None = None) -> None:
+        """Convert the entries to model objects now (``sad`` and ``spd`` do it on first use).
+
+        ``stop`` is asked every ``CONVERT_STEP`` entries; when it answers True
+        the conversion ends with ``FetchCancelled`` and nothing is kept.
+        """
+        sad: list[SadEntry] = []
+        spd: list[SpdEntry] = []
+        for i, entry in enumerate(self.sad_entries):
+            if stop is not None and i % CONVERT_STEP == 0 and stop():
+                raise FetchCancelled(f"conversion of {self.server_id} stopped")
+            sad.append(conv.sad_from_payload(conv.sad_payload_from_entry(entry)))
+        for i, entry in enumerate(self.spd_entries):
+            if stop is not None and i % CONVERT_STEP == 0 and stop():
+                raise FetchCancelled(f"conversion of {self.server_id} stopped")
+            spd.append(conv.spd_from_payload(conv.spd_payload_from_entry(entry)))
+        self._sad, self._spd = sad, spd
 
 
 @dataclass

@@ -31,6 +31,9 @@ class Stored:
         self.epoch = 0
         self.replay: dict[Any, Any] = {}
 
+    def convert(self, stop: Any = None) -> None:
+        """Already model objects."""
+
 
 class FakeClient:
     """The StoreClient calls the daemon makes, over a dict."""
