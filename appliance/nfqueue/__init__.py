@@ -1,10 +1,12 @@
 """nfnetlink_queue: receive queued packets and give their verdicts.
 
 ``codec`` is the sans-IO part (bytes in, events out; verdicts to bytes),
+``batch`` plans which verdicts may go as one VERDICT_BATCH (sans-IO),
 ``messages`` the pyroute2-style declarations with the kernel's structs,
 ``socket`` the thin adapter :class:`NfQueue`.
 """
 
+from appliance.nfqueue.batch import VerdictMessage, VerdictPlanner
 from appliance.nfqueue.codec import (
     NetlinkError,
     QueuedPacket,
@@ -12,6 +14,7 @@ from appliance.nfqueue.codec import (
     encode_bind,
     encode_unbind,
     encode_verdict,
+    encode_verdict_batch,
 )
 from appliance.nfqueue.socket import NfQueue
 
@@ -19,8 +22,11 @@ __all__ = [
     "NetlinkError",
     "NfQueue",
     "QueuedPacket",
+    "VerdictMessage",
+    "VerdictPlanner",
     "decode",
     "encode_bind",
     "encode_unbind",
     "encode_verdict",
+    "encode_verdict_batch",
 ]

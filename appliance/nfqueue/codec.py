@@ -1,24 +1,46 @@
 """Sans-IO nfnetlink_queue codec: requests to bytes, received bytes to events.
 
 Nothing here touches a socket; :mod:`appliance.nfqueue.socket` is the
-adapter.  Requests are built from the pyroute2-style declarations in
-:mod:`appliance.nfqueue.messages`; received datagrams are split into
-netlink messages and turned into :class:`QueuedPacket` (a packet waiting
-for our verdict) or :class:`NetlinkError` (an ack or a refusal).
+adapter.  The pyroute2-style declarations in :mod:`appliance.nfqueue.messages`
+are the reference: CONFIG requests (rare) are built from them.  The two
+messages on the per-packet path, the queued packet in and its verdict out,
+are read and written here with precompiled ``struct``s instead (pyroute2
+costs tens of microseconds per message, which a slow machine multiplies
+into a loop that cannot keep up); the unit tests hold both to the same
+bytes and fields.  Received datagrams become :class:`QueuedPacket` (a
+packet waiting for our verdict) or :class:`NetlinkError` (an ack or a
+refusal).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.nfqueue import constants as c
-from appliance.nfqueue.messages import nfqnl_config_msg, nfqnl_packet_msg
+from appliance.nfqueue.messages import nfqnl_config_msg
 
+Buffer = bytes | bytearray | memoryview
+
+# struct nlmsghdr { __u32 nlmsg_len; __u16 nlmsg_type; __u16 nlmsg_flags;
+#                   __u32 nlmsg_seq; __u32 nlmsg_pid; };            (host order)
 _NLMSGHDR = struct.Struct("=IHHII")
+# struct nlmsgerr { int error; struct nlmsghdr msg; ... };
 _NLMSGERR = struct.Struct("=i")
+# struct nfgenmsg { __u8 nfgen_family; __u8 version; __be16 res_id; };
+_NFGENMSG = struct.Struct("!BBH")
+# struct nlattr { __u16 nla_len; __u16 nla_type; };                  (host order)
+_NLATTR = struct.Struct("=HH")
+# struct nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol; __u8 hook; } packed
+_PACKET_HDR = struct.Struct("!IHB")
+# struct nfqnl_msg_verdict_hdr { __be32 verdict; __be32 id; };
+_VERDICT_HDR = struct.Struct("!II")
+_BE32 = struct.Struct("!I")
+_HEADERS = _NLMSGHDR.size + _NFGENMSG.size
+_VERDICT_NLA_LEN = _NLATTR.size + _VERDICT_HDR.size
+_VERDICT_LEN = _HEADERS + _VERDICT_NLA_LEN
+_PACKET_TYPE = c.msg_type(c.NFQNL_MSG_PACKET)
 
 MAX_QUEUE_NUM = 0xFFFF
 """Queue numbers are 16 bits (``res_id``)."""
@@ -116,60 +138,102 @@ def encode_unbind(queue_num: int, seq: int) -> bytes:
 
 def encode_verdict(queue_num: int, packet_id: int, accept: bool, seq: int) -> bytes:
     """VERDICT for one packet, without an ack (the kernel answers only on failure)."""
+    return _verdict(c.NFQNL_MSG_VERDICT, queue_num, packet_id, accept, seq)
+
+
+def encode_verdict_batch(queue_num: int, last_packet_id: int, accept: bool, seq: int) -> bytes:
+    """VERDICT_BATCH: the same verdict for every packet still queued with an id up to
+    ``last_packet_id`` (the kernel's ids grow in queue order; it compares them
+    modulo 2**32).  The caller must know it holds no other packet in that range."""
+    return _verdict(c.NFQNL_MSG_VERDICT_BATCH, queue_num, last_packet_id, accept, seq)
+
+
+def _verdict(kind: int, queue_num: int, packet_id: int, accept: bool, seq: int) -> bytes:
     _check_queue(queue_num)
     if not 0 <= packet_id <= 0xFFFFFFFF:
         raise ValueError(f"packet id {packet_id} is not a 32-bit number")
-    msg = nfqnl_packet_msg()
-    msg.update({"nfgen_family": 0, "version": c.NFNETLINK_V0, "res_id": queue_num})
-    verdict = c.NF_ACCEPT if accept else c.NF_DROP
-    msg["attrs"] = [("NFQA_VERDICT_HDR", {"verdict": verdict, "id": packet_id})]
-    return _finish(msg, c.NFQNL_MSG_VERDICT, c.NLM_F_REQUEST, seq)
-
-
-def _split(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, bytes]]:
-    offset = 0
-    end = len(buf)
-    while offset + _NLMSGHDR.size <= end:
-        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
-        if length < _NLMSGHDR.size or offset + length > end:
-            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
-        yield kind, seq, bytes(buf[offset : offset + length])
-        offset += (length + 3) & ~3
-
-
-def _packet(data: bytes) -> QueuedPacket:
-    msg = nfqnl_packet_msg(data)
-    msg.decode()
-    hdr = msg.get_attr("NFQA_PACKET_HDR")
-    if hdr is None:
-        raise ValueError("queued packet message without NFQA_PACKET_HDR")
-    payload = msg.get_attr("NFQA_PAYLOAD") or b""
-    cap_len = msg.get_attr("NFQA_CAP_LEN")
-    return QueuedPacket(
-        queue_num=msg["res_id"],
-        packet_id=hdr["packet_id"],
-        hw_protocol=hdr["hw_protocol"],
-        hook=hdr["hook"],
-        payload=bytes(payload),
-        length=len(payload) if cap_len is None else cap_len,
-        indev=msg.get_attr("NFQA_IFINDEX_INDEV"),
-        mark=msg.get_attr("NFQA_MARK") or 0,
+    return b"".join(
+        (
+            _NLMSGHDR.pack(_VERDICT_LEN, c.msg_type(kind), c.NLM_F_REQUEST, seq & 0xFFFFFFFF, 0),
+            _NFGENMSG.pack(0, c.NFNETLINK_V0, queue_num),
+            _NLATTR.pack(_VERDICT_NLA_LEN, c.NFQA_VERDICT_HDR),
+            _VERDICT_HDR.pack(c.NF_ACCEPT if accept else c.NF_DROP, packet_id),
+        )
     )
 
 
-def decode(buf: bytes | bytearray | memoryview) -> list[Event]:
+def _packet(buf: Buffer, start: int, end: int) -> QueuedPacket:
+    """The NFQNL_MSG_PACKET in ``buf[start:end]`` (its netlink header included)."""
+    if end - start < _HEADERS:
+        raise ValueError(f"truncated queued packet message at offset {start}")
+    _family, _version, res_id = _NFGENMSG.unpack_from(buf, start + _NLMSGHDR.size)
+    hdr: tuple[int, int, int] | None = None
+    payload: bytes | None = None
+    cap_len: int | None = None
+    indev: int | None = None
+    mark: int | None = None
+    pos = start + _HEADERS
+    # The first attribute of each type counts (pyroute2's get_attr does the same).
+    while pos + _NLATTR.size <= end:
+        length, kind = _NLATTR.unpack_from(buf, pos)
+        if length < _NLATTR.size or pos + length > end:
+            raise ValueError(f"truncated attribute at offset {pos - start} (length {length})")
+        kind &= c.NLA_TYPE_MASK
+        value = pos + _NLATTR.size
+        size = length - _NLATTR.size
+        if kind == c.NFQA_PACKET_HDR:
+            if hdr is None:
+                if size < _PACKET_HDR.size:
+                    raise ValueError(f"NFQA_PACKET_HDR of {size} bytes")
+                hdr = _PACKET_HDR.unpack_from(buf, value)
+        elif kind == c.NFQA_PAYLOAD:
+            if payload is None:
+                payload = bytes(buf[value : pos + length])
+        elif kind in (c.NFQA_CAP_LEN, c.NFQA_IFINDEX_INDEV, c.NFQA_MARK):
+            if size < _BE32.size:
+                raise ValueError(f"attribute {kind} of {size} bytes")
+            (number,) = _BE32.unpack_from(buf, value)
+            if kind == c.NFQA_CAP_LEN:
+                cap_len = number if cap_len is None else cap_len
+            elif kind == c.NFQA_IFINDEX_INDEV:
+                indev = number if indev is None else indev
+            elif mark is None:
+                mark = number
+        pos += (length + 3) & ~3
+    if hdr is None:
+        raise ValueError("queued packet message without NFQA_PACKET_HDR")
+    payload = payload or b""
+    return QueuedPacket(
+        queue_num=res_id,
+        packet_id=hdr[0],
+        hw_protocol=hdr[1],
+        hook=hdr[2],
+        payload=payload,
+        length=len(payload) if cap_len is None else cap_len,
+        indev=indev,
+        mark=mark or 0,
+    )
+
+
+def decode(buf: Buffer) -> list[Event]:
     """The events in one received datagram; other message types are skipped.
 
     Raises ``ValueError`` on a datagram that is not well-formed netlink.
     """
     events: list[Event] = []
-    for kind, _seq, data in _split(buf):
-        if kind == c.NLMSG_ERROR:
-            if len(data) < _NLMSGHDR.size + _NLMSGERR.size + _NLMSGHDR.size:
+    offset = 0
+    end = len(buf)
+    while offset + _NLMSGHDR.size <= end:
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
+        if length < _NLMSGHDR.size or offset + length > end:
+            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
+        if kind == _PACKET_TYPE:
+            events.append(_packet(buf, offset, offset + length))
+        elif kind == c.NLMSG_ERROR:
+            if length < _NLMSGHDR.size + _NLMSGERR.size + _NLMSGHDR.size:
                 raise ValueError("truncated NLMSG_ERROR")
-            (error,) = _NLMSGERR.unpack_from(data, _NLMSGHDR.size)
-            req = _NLMSGHDR.unpack_from(data, _NLMSGHDR.size + _NLMSGERR.size)
+            (error,) = _NLMSGERR.unpack_from(buf, offset + _NLMSGHDR.size)
+            req = _NLMSGHDR.unpack_from(buf, offset + _NLMSGHDR.size + _NLMSGERR.size)
             events.append(NetlinkError(error, req[3], req[1]))
-        elif kind == c.msg_type(c.NFQNL_MSG_PACKET):
-            events.append(_packet(data))
+        offset += (length + 3) & ~3
     return events

@@ -14,11 +14,13 @@ import logging
 import os
 import select
 import socket
+from collections.abc import Iterable
 from types import TracebackType
 
 from appliance.errors import KernelError
 from appliance.nfqueue import codec
 from appliance.nfqueue import constants as c
+from appliance.nfqueue.batch import VerdictPlanner
 from appliance.nfqueue.codec import NetlinkError, QueuedPacket
 from appliance.nft.netns import run_in_netns
 
@@ -31,6 +33,8 @@ DEFAULT_MAXLEN = 1024
 DEFAULT_RCVBUF = 4 << 20
 RECV_SIZE = 1 << 16
 SO_RCVBUFFORCE = 33
+MAX_VERDICTS_PER_SEND = 1024
+"""Verdict messages sent in one datagram (the kernel reads every message in it)."""
 BIND_TIMEOUT = 2.0
 """Seconds to wait for the kernel's ack of the bind (it answers at once)."""
 
@@ -91,8 +95,12 @@ class NfQueue:
         """Times the socket buffer overflowed (the kernel dropped queued packets)."""
         self.verdict_errors = 0
         """Verdicts the kernel refused (e.g. an id it no longer holds)."""
+        self.drained = False
+        """The last :meth:`receive` read the socket dry (it did not stop at ``max_packets``)."""
         self._seq = 1
         self._pending: list[QueuedPacket] = []
+        self._planner = VerdictPlanner()
+        self._buffer = bytearray(RECV_SIZE)
         self._sock: socket.socket | None = run_in_netns(netns, lambda: _open(rcvbuf))
         try:
             self._request(bind, 1)
@@ -129,17 +137,23 @@ class NfQueue:
         return self._socket().fileno()
 
     def receive(self, timeout: float | None = 0.0, max_packets: int = 64) -> list[QueuedPacket]:
-        """Queued packets: waits up to ``timeout`` s (``None``: forever) for the first."""
+        """Queued packets: waits up to ``timeout`` s (``None``: forever) for the first, then
+        reads what is there, up to ``max_packets``; :attr:`drained` tells which ended it."""
         sock = self._socket()
         packets, self._pending = self._pending, []
+        self.drained = False
         if not packets:
             ready, _, _ = select.select([sock], [], [], timeout)
             if not ready:
+                self.drained = True
                 return []
+        buffer = self._buffer
+        view = memoryview(buffer)
         while len(packets) < max_packets:
             try:
-                data = sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+                size = sock.recv_into(buffer, RECV_SIZE, socket.MSG_DONTWAIT)
             except BlockingIOError:
+                self.drained = True
                 break
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
@@ -150,24 +164,36 @@ class NfQueue:
                 raise KernelError(
                     f"NFQUEUE {self.queue_num}: receive failed: {exc.strerror}"
                 ) from None
-            for event in codec.decode(data):
+            for event in codec.decode(view[:size]):
                 if isinstance(event, QueuedPacket):
                     packets.append(event)
                 elif event.error:
                     self.verdict_errors += 1
                     log.debug("NFQUEUE %d: verdict refused: %d", self.queue_num, event.error)
+        for packet in packets:
+            self._planner.received(packet.packet_id)
         return packets
 
     def verdict(self, packet_id: int, accept: bool) -> None:
         """Accept (let the kernel go on with the packet) or drop one queued packet."""
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        data = codec.encode_verdict(self.queue_num, packet_id, accept, self._seq)
-        try:
-            self._socket().send(data)
-        except OSError as exc:
-            raise KernelError(
-                f"NFQUEUE {self.queue_num}: cannot send a verdict: {exc.strerror}"
-            ) from None
+        self.verdicts([(packet_id, accept)])
+
+    def verdicts(self, verdicts: Iterable[tuple[int, bool]]) -> None:
+        """Give verdicts (packet id, accept), in one datagram; a run of equal verdicts for
+        the oldest packets waiting becomes one VERDICT_BATCH (see :mod:`.batch`)."""
+        messages = self._planner.plan(verdicts)
+        for start in range(0, len(messages), MAX_VERDICTS_PER_SEND):
+            data = []
+            for m in messages[start : start + MAX_VERDICTS_PER_SEND]:
+                self._seq = (self._seq + 1) & 0xFFFFFFFF
+                encode = codec.encode_verdict_batch if m.batch else codec.encode_verdict
+                data.append(encode(self.queue_num, m.packet_id, m.accept, self._seq))
+            try:
+                self._socket().send(b"".join(data))
+            except OSError as exc:
+                raise KernelError(
+                    f"NFQUEUE {self.queue_num}: cannot send a verdict: {exc.strerror}"
+                ) from None
 
     def close(self) -> None:
         """Unbind and close; the kernel drops packets still waiting for a verdict."""

@@ -6,11 +6,13 @@
 
 from appliance.ondemand.core import (
     Action,
+    Hold,
     OnDemandCore,
     OnDemandCounters,
     OnDemandLimits,
     Retrieve,
     Verdict,
+    hold_fallback,
 )
 from appliance.ondemand.packet import EspPacket, MalformedPacket, NotEsp, parse_outer
 from appliance.ondemand.service import OnDemandService, RetrieveFn
@@ -18,6 +20,7 @@ from appliance.ondemand.service import OnDemandService, RetrieveFn
 __all__ = [
     "Action",
     "EspPacket",
+    "Hold",
     "MalformedPacket",
     "NotEsp",
     "OnDemandCore",
@@ -27,5 +30,6 @@ __all__ = [
     "Retrieve",
     "RetrieveFn",
     "Verdict",
+    "hold_fallback",
     "parse_outer",
 ]

@@ -7,10 +7,20 @@ already under way, or give a verdict at once.  When the retrieval ends the
 held packets all get the same verdict: accept (the caller has installed
 the SA, the kernel now decrypts them) or drop.
 
-Inputs are packets, retrieval results and the time; outputs are
-:class:`Retrieve` and :class:`Verdict` actions and :class:`OnDemandCounters`.
-The time must not go backwards (a monotonic clock): timers are kept in
-start order.
+After a successful retrieval the SPI must go into the guard's held set so
+that its packets stop trapping; but packets that bypass the queue overtake
+those still in it, and more than the SA's replay window of them makes the
+kernel refuse the older ones as replays.  So the core asks for that
+(:class:`Hold`) only once the queue is drained: the adapter calls
+:meth:`OnDemandCore.handle_idle` when it has read the queue dry after
+giving the core everything it read, by when every packet of the SPI has
+had its verdict (the positive cache accepts them at once).  A queue that
+never runs dry still gets the SPI held after :func:`hold_fallback`.
+
+Inputs are packets, retrieval results, "the queue is drained" and the time;
+outputs are :class:`Retrieve`, :class:`Verdict` and :class:`Hold` actions
+and :class:`OnDemandCounters`.  The time must not go backwards (a monotonic
+clock): timers are kept in start order.
 """
 
 from __future__ import annotations
@@ -23,6 +33,10 @@ from appliance.ondemand.packet import EspPacket, MalformedPacket, parse_outer
 
 Key = tuple[str, int]
 """(destination address, SPI): what one retrieval fetches."""
+
+HOLD_FALLBACK = 5.0
+"""Seconds after a successful retrieval when its SPI is held even if the queue never ran
+dry (at most half of ``positive_ttl``: the other half covers the time the hold takes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +57,10 @@ class OnDemandLimits:
     """Seconds a failed (or timed-out) retrieval is remembered: its packets are dropped unasked."""
     positive_ttl: float = 30.0
     """Seconds packets of a just-retrieved SA are accepted unasked (those queued before the
-    SPI reached the held set).  It must cover the time until the SPI is held (libnftables
-    is slow on a slow machine: seconds, in the lab VM); a shorter one starts another
-    retrieval, whose held packets then lose against newer ones in the SA's replay window."""
+    SPI reached the held set).  It must cover the time until the SPI is held: up to
+    :func:`hold_fallback`, plus the hold itself (libnftables is slow on a slow machine:
+    seconds, in the lab VM); a shorter one starts another retrieval, whose held packets
+    then lose against newer ones in the SA's replay window."""
 
     def __post_init__(self) -> None:
         for name in ("rate", "timeout", "negative_ttl", "positive_ttl"):
@@ -60,8 +75,8 @@ class OnDemandLimits:
 
 @dataclass(frozen=True, slots=True)
 class Retrieve:
-    """Fetch the SA (``daddr``, ``spi``, ESP) with its SPD entries, install it, hold its SPI;
-    then report with ``handle_result(request_id, ok, now)``."""
+    """Fetch the SA (``daddr``, ``spi``, ESP) with its SPD entries and install it; then
+    report with ``handle_result(request_id, ok, now)`` (a :class:`Hold` follows later)."""
 
     request_id: int
     spi: int
@@ -76,7 +91,21 @@ class Verdict:
     accept: bool
 
 
-Action = Retrieve | Verdict
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Add ``spi`` to the held set (after giving the verdicts that came before this action):
+    none of its packets waits in the queue any more."""
+
+    spi: int
+    daddr: str
+
+
+Action = Retrieve | Verdict | Hold
+
+
+def hold_fallback(limits: OnDemandLimits) -> float:
+    """Seconds after a successful retrieval by when its SPI is held whatever the queue."""
+    return min(HOLD_FALLBACK, limits.positive_ttl / 2)
 
 
 @dataclass(slots=True)
@@ -110,8 +139,12 @@ class OnDemandCounters:
     retrieval_timeouts: int = 0
     """Retrievals that did not end within ``timeout``."""
     late_results: int = 0
-    """Results that came after their retrieval had timed out: ignored (an SA installed
-    late serves the packets that arrive once its SPI is held)."""
+    """Results that came after their retrieval had timed out (its packets were dropped).
+    A late success is remembered like a timely one and its SPI held."""
+    holds: int = 0
+    """SPIs handed over to be held (:class:`Hold`)."""
+    holds_forced: int = 0
+    """Of ``holds``: held after :func:`hold_fallback` without the queue running dry."""
     queue_overruns: int = 0
     """Times the kernel could not hand us packets (socket buffer full); set by the adapter."""
 
@@ -140,6 +173,12 @@ class OnDemandCore:
         # Expiry times; constant TTLs keep insertion order = expiry order.
         self._negative: OrderedDict[Key, float] = OrderedDict()
         self._positive: OrderedDict[Key, float] = OrderedDict()
+        self._hold_after = hold_fallback(self.limits)
+        # Retrieved, not held yet: key -> when to hold it anyway.  The positive cache, which
+        # outlives the entry, answers the key's packets meanwhile.
+        self._to_hold: OrderedDict[Key, float] = OrderedDict()
+        # Timed-out retrievals, to know the key of a late success; bounded, oldest out.
+        self._timed_out: OrderedDict[int, Key] = OrderedDict()
 
     @property
     def held(self) -> int:
@@ -150,6 +189,11 @@ class OnDemandCore:
     def in_flight(self) -> int:
         """Retrievals under way."""
         return len(self._flights)
+
+    @property
+    def awaiting_hold(self) -> int:
+        """Retrieved SAs whose SPI is waiting for the queue to run dry."""
+        return len(self._to_hold)
 
     def snapshot(self) -> OnDemandCounters:
         """A copy of the counters."""
@@ -195,17 +239,22 @@ class OnDemandCore:
         return [Retrieve(request_id, parsed.spi, parsed.daddr)]
 
     def handle_result(self, request_id: int, ok: bool, now: float) -> list[Action]:
-        """A retrieval ended: ``ok`` means the SA is installed and its SPI held."""
+        """A retrieval ended: ``ok`` means the SA is installed (its SPI not held yet)."""
         c = self.counters
         self._expire(now)
         flight = self._flights.pop(request_id, None)
         if flight is None:
             c.late_results += 1
-            return []  # the timeout gave the verdicts; nothing known of the key any more
+            key = self._timed_out.pop(request_id, None)
+            if ok and key is not None and key not in self._by_key:
+                # Installed after all: accept its packets and hold it like a timely one
+                # (a retrieval under way for the key will report for itself).
+                self._negative.pop(key, None)
+                self._retrieved(key, now)
+            return []  # the timeout gave the verdicts
         del self._by_key[flight.key]
         if ok:
-            self._positive.pop(flight.key, None)
-            self._positive[flight.key] = now + self.limits.positive_ttl
+            self._retrieved(flight.key, now)
             c.accepted += len(flight.packets)
         else:
             self._remember_failure(flight.key, now)
@@ -213,14 +262,28 @@ class OnDemandCore:
             c.dropped_unknown += len(flight.packets)
         return [Verdict(p, ok) for p in flight.packets]
 
+    def handle_idle(self, now: float) -> list[Action]:
+        """The adapter read the queue dry after handing over everything it had read, and
+        gives the verdicts returned so far before acting on these: hold the SPIs of the
+        SAs retrieved since (their packets have all had their verdicts)."""
+        # A key with a retrieval under way again (the loop stalled past the positive cache)
+        # waits for that one's result.
+        actions: list[Action] = [
+            Hold(spi, daddr) for daddr, spi in self._to_hold if (daddr, spi) not in self._by_key
+        ]
+        self.counters.holds += len(actions)
+        self._to_hold.clear()
+        return actions
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must run next (``None``: nothing pending)."""
-        for flight in self._flights.values():
-            return flight.deadline  # the first started ends first
-        return None
+        timers = [flight.deadline for flight in self._flights.values()][:1]  # first ends first
+        timers += [deadline for deadline in self._to_hold.values()][:1]
+        return min(timers, default=None)
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Drop the packets of retrievals that have run out of time."""
+        """Drop the packets of retrievals that have run out of time; hold the SPIs that
+        waited :func:`hold_fallback` for the queue to run dry."""
         actions: list[Action] = []
         while self._flights:
             request_id, flight = next(iter(self._flights.items()))
@@ -229,10 +292,29 @@ class OnDemandCore:
             del self._flights[request_id]
             del self._by_key[flight.key]
             self._remember_failure(flight.key, now)
+            self._timed_out[request_id] = flight.key
+            if len(self._timed_out) > self.limits.max_in_flight:
+                self._timed_out.popitem(last=False)
             self.counters.retrieval_timeouts += 1
             self.counters.dropped_timeout += len(flight.packets)
             actions.extend(Verdict(p, False) for p in flight.packets)
+        while self._to_hold:
+            (daddr, spi), deadline = next(iter(self._to_hold.items()))
+            if deadline > now:
+                break
+            del self._to_hold[(daddr, spi)]
+            if (daddr, spi) in self._by_key:
+                continue  # as in handle_idle
+            self.counters.holds += 1
+            self.counters.holds_forced += 1
+            actions.append(Hold(spi, daddr))
         return actions
+
+    def _retrieved(self, key: Key, now: float) -> None:
+        self._positive.pop(key, None)
+        self._positive[key] = now + self.limits.positive_ttl
+        if key not in self._to_hold:
+            self._to_hold[key] = now + self._hold_after
 
     def _remember_failure(self, key: Key, now: float) -> None:
         self._negative.pop(key, None)

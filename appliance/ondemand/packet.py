@@ -9,6 +9,7 @@ NAT-keepalives (a single 0xFF byte): those are not ours.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def _ipv4(data: bytes) -> EspPacket | NotEsp:
         raise MalformedPacket(f"IPv4 total length {total} below header length {ihl}")
     if frag & 0x1FFF:
         raise MalformedPacket("IPv4 non-first fragment (no transport header)")
-    daddr = str(ipaddress.IPv4Address(data[16:20]))
+    daddr = _address(data[16:20])
     # A copy range shorter than the packet cuts it: read what we got.
     return _transport(proto, data[ihl:total], daddr)
 
@@ -81,7 +82,7 @@ def _ipv6(data: bytes) -> EspPacket | NotEsp:
     if payload_len == 0:
         raise MalformedPacket("IPv6 jumbogram or empty payload")
     nxt = data[6]
-    daddr = str(ipaddress.IPv6Address(data[24:40]))
+    daddr = _address(data[24:40])
     body = data[40 : 40 + payload_len]
     offset = 0
     for _ in range(_MAX_EXT_HEADERS):
@@ -104,6 +105,12 @@ def _ipv6(data: bytes) -> EspPacket | NotEsp:
         else:
             return _transport(nxt, body[offset:], daddr)
     raise MalformedPacket(f"more than {_MAX_EXT_HEADERS} IPv6 extension headers")
+
+
+@functools.lru_cache(maxsize=256)
+def _address(packed: bytes) -> str:
+    # Trapped packets go to a few VIPs: the text form, costly to build, is cached.
+    return str(ipaddress.ip_address(packed))
 
 
 def _transport(proto: int, seg: bytes, daddr: str) -> EspPacket | NotEsp:

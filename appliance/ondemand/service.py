@@ -4,6 +4,12 @@ One loop thread owns the queue socket and the core; retrievals run on a
 small thread pool (they block on the store and the kernel) and post their
 results back through a queue plus a wake-up socket, so the loop never
 waits on a retrieval and the core is only touched by the loop.
+
+Each turn of the loop takes the results, then reads the queue until it is
+dry (or ``READ_BATCH`` packets), gives the core all of it, sends the
+verdicts in one datagram, and when the read ended dry tells the core so
+(``handle_idle``): the ``Hold`` actions that yields run ``on_retrieved``
+on the pool, after the verdicts went out.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from appliance.nfqueue.codec import MAX_QUEUE_NUM
 from appliance.nfqueue.socket import DEFAULT_COPY_RANGE, DEFAULT_MAXLEN, NfQueue
 from appliance.ondemand.core import (
     Action,
+    Hold,
     OnDemandCore,
     OnDemandCounters,
     OnDemandLimits,
@@ -33,14 +40,17 @@ from appliance.ondemand.core import (
 log = logging.getLogger(__name__)
 
 RetrieveFn = Callable[[int, str], bool]
-"""``retrieve(spi, daddr)``: fetch, install, hold the SPI; True on success.  An exception
+"""``retrieve(spi, daddr)``: fetch and install the SA; True on success.  An exception
 counts as failure."""
 
 RetrievedFn = Callable[[int, str], None]
-"""``on_retrieved(spi, daddr)``: called after the accept verdicts of a successful retrieval."""
+"""``on_retrieved(spi, daddr)``: hold the SPI; called once the queue holds none of its packets
+(or after ``core.hold_fallback``)."""
 
 _IDLE_WAIT = 1.0
 """Longest sleep of the loop with nothing pending (it also wakes on packets and results)."""
+READ_BATCH = 256
+"""Most packets read before their verdicts go out."""
 
 
 class OnDemandService:
@@ -71,11 +81,10 @@ class OnDemandService:
         self.netns = netns
         self.queue_num = queue_num
         self._retrieve = retrieve
-        # Holding the SPI only after the held packets' verdicts keeps them ahead of newer
-        # packets, which would otherwise pass the trap first and push the SA's replay
-        # window past them.
+        # The core asks for the hold only once no packet of the SPI waits in the queue:
+        # packets passing the trap would overtake those, and push the SA's replay window
+        # past them.
         self._on_retrieved = on_retrieved
-        self._keys: dict[int, tuple[int, str]] = {}  # request id -> (spi, daddr); loop only
         self._clock = clock
         self._core = OnDemandCore(limits, clock())
         self._lock = threading.Lock()
@@ -161,28 +170,27 @@ class OnDemandService:
                     with contextlib.suppress(BlockingIOError):
                         while self._wake_r.recv(4096):
                             pass
-                packets = nfq.receive(timeout=0) if nfq_fd in ready else []
-                now = self._clock()
                 actions: list[Action] = []
-                retrieved: list[tuple[int, str]] = []
+                now = self._clock()
                 with self._lock:
-                    for packet in packets:
-                        actions += self._core.handle_packet(packet.packet_id, packet.payload, now)
+                    # Results first: a dry read below then comes after their verdicts.
                     while True:
                         try:
                             request_id, ok = self._results.get_nowait()
                         except queue.Empty:
                             break
                         actions += self._core.handle_result(request_id, ok, now)
-                        key = self._keys.pop(request_id, None)
-                        if ok and key is not None:
-                            retrieved.append(key)  # late ones too: the SA is installed
+                # Read even without a wake-up: only a read that finds nothing proves the
+                # queue dry.
+                packets = nfq.receive(timeout=0, max_packets=READ_BATCH)
+                now = self._clock()
+                with self._lock:
+                    for packet in packets:
+                        actions += self._core.handle_packet(packet.packet_id, packet.payload, now)
                     actions += self._core.handle_timer(now)
+                    if nfq.drained:
+                        actions += self._core.handle_idle(now)
                 self._act(nfq, actions)
-                if self._on_retrieved is not None:
-                    for spi, daddr in retrieved:
-                        assert self._pool is not None
-                        self._pool.submit(self._run_retrieved, spi, daddr)
         except BaseException as exc:
             # The queue stays bound without verdicts: the kernel drops (no fail-open).
             if not self._stopping.is_set():
@@ -190,13 +198,16 @@ class OnDemandService:
                 log.error("on-demand SA retrieval stopped: %s", exc)
 
     def _act(self, nfq: NfQueue, actions: list[Action]) -> None:
+        """Verdicts in one send, then the rest: a hold must follow the verdicts before it."""
+        verdicts = [(a.packet_id, a.accept) for a in actions if isinstance(a, Verdict)]
+        if verdicts:
+            nfq.verdicts(verdicts)
+        assert self._pool is not None
         for action in actions:
-            if isinstance(action, Verdict):
-                nfq.verdict(action.packet_id, action.accept)
-            elif isinstance(action, Retrieve):
-                assert self._pool is not None
-                self._keys[action.request_id] = (action.spi, action.daddr)
+            if isinstance(action, Retrieve):
                 self._pool.submit(self._run_retrieve, action)
+            elif isinstance(action, Hold) and self._on_retrieved is not None:
+                self._pool.submit(self._run_retrieved, action.spi, action.daddr)
 
     def _run_retrieve(self, action: Retrieve) -> None:
         try:

@@ -2,9 +2,11 @@
 
 One run of ``netns_lab.scenarios.ondemand_retrieval`` (one lab: VM time is
 precious): the client's ESP is rerouted to gw3, which holds no SA; its
-daemon retrieves the SA once and the tunnel flows through it; an SPI the
-store does not know is dropped and counted; a flood of 50,000 random-SPI
-packets leaves the tunnel running and the retrievals within the rate.
+daemon retrieves the SA once and the tunnel (``TUNNEL_RATE`` packets/s)
+flows through it without a loss, its SPI held once the queue was drained;
+an SPI the store does not know is dropped and counted; a flood of 50,000
+random-SPI packets leaves the tunnel running and the retrievals within the
+rate.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from collections.abc import Iterator
 import pytest
 
 from netns_lab import build
-from netns_lab.scenarios.ondemand_retrieval import UNKNOWN_PACKETS, Outcome, Scenario, report_lines
+from netns_lab.scenarios.ondemand_retrieval import (
+    TUNNEL_RATE,
+    UNKNOWN_PACKETS,
+    Outcome,
+    Scenario,
+    report_lines,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -23,7 +31,7 @@ FLOOD = 50_000
 
 @pytest.fixture(scope="module")
 def outcome() -> Iterator[Outcome]:
-    result = Scenario(flood=FLOOD).run()
+    result = Scenario(flood=FLOOD, rate=TUNNEL_RATE).run()
     print("\n".join(report_lines(result)))  # in the test log, for whoever reads a failure
     yield result
 
@@ -40,6 +48,13 @@ def test_the_first_packets_trigger_one_retrieval_and_none_is_lost(outcome: Outco
     # every client -> server packet sent before the flood arrived (through gw1, then gw3)
     assert outcome.lost_before_flood == 0, outcome.directions
     assert "XfrmInStateSeqError" not in outcome.gw3_xfrm_errors, outcome.gw3_xfrm_errors
+
+
+def test_the_spi_is_held_once_its_queue_was_drained(outcome: Outcome) -> None:
+    end = outcome.final
+    # one hold (the tunnel's SPI), when the queue ran dry, not by the fallback bound
+    assert (end["holds"], end["holds_forced"]) == (1, 0), end
+    assert end["sas"]["hold_failures"] == 0, end
 
 
 def test_an_unknown_spi_is_dropped_and_counted(outcome: Outcome) -> None:

@@ -1,14 +1,23 @@
-"""The sans-IO codec against bytes assembled by hand and bytes recorded from Linux 6.18."""
+"""The sans-IO codec against bytes assembled by hand and bytes recorded from Linux 6.18.
+
+The per-packet messages (queued packet in, verdict out) are coded with
+precompiled structs; the pyroute2-style declarations in ``messages`` are
+the reference they must match, field for field and byte for byte.
+"""
 
 from __future__ import annotations
 
 import errno
 import struct
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.nfqueue import NetlinkError, QueuedPacket, decode
 from appliance.nfqueue import codec as nfq
+from appliance.nfqueue import constants as c
 from appliance.nfqueue.messages import nfqnl_config_msg, nfqnl_packet_msg
 
 pytestmark = pytest.mark.unit
@@ -33,6 +42,47 @@ RECORDED_IPV6_ESP = bytes.fromhex(
     "9b7006c324020010db800000000000000000000000120010db8000000000000000000000001000"
     "012340000000178787878787878787878787878787878"
 )
+# IPv4 ESP (SPI 0x1234, seq 7) queued by a rule that set mark 7, copy range 512 (no
+# CAP_LEN: the whole packet fits); and IPv4 UDP of 200 bytes cut at copy range 40.
+RECORDED_IPV4_ESP_MARK = bytes.fromhex(
+    "78000000000300000000000000000000020000050b0001000000000108000100080005000000000108"
+    "000300000000071000090000060000000000000000000008000e000000000430000a004500002c984b"
+    "400040321e52c0000201c0000201000012340000000779797979797979797979797979797979"
+)
+RECORDED_IPV4_UDP_CUT = bytes.fromhex(
+    "6c000000000300000000000000000000020000050b000100000000010800010008000500000000011000"
+    "090000060000000000000000000008000d00000000e42c000a00450000e415cf40004011a037c0000201"
+    "c0000201be59270f00d0bd0a7a7a7a7a7a7a7a7a7a7a7a7a"
+)
+RECORDED = [RECORDED_IPV6_ESP, RECORDED_IPV4_ESP_MARK, RECORDED_IPV4_UDP_CUT]
+
+
+def reference_packet(data: bytes) -> QueuedPacket:
+    """What the pyroute2 declaration reads from one NFQNL_MSG_PACKET."""
+    msg = nfqnl_packet_msg(data)
+    msg.decode()
+    hdr = msg.get_attr("NFQA_PACKET_HDR")
+    payload = msg.get_attr("NFQA_PAYLOAD") or b""
+    cap_len = msg.get_attr("NFQA_CAP_LEN")
+    return QueuedPacket(
+        queue_num=msg["res_id"],
+        packet_id=hdr["packet_id"],
+        hw_protocol=hdr["hw_protocol"],
+        hook=hdr["hook"],
+        payload=bytes(payload),
+        length=len(payload) if cap_len is None else cap_len,
+        indev=msg.get_attr("NFQA_IFINDEX_INDEV"),
+        mark=msg.get_attr("NFQA_MARK") or 0,
+    )
+
+
+def reference_verdict(kind: int, queue_num: int, packet_id: int, accept: bool, seq: int) -> bytes:
+    msg = nfqnl_packet_msg()
+    msg.update({"nfgen_family": 0, "version": 0, "res_id": queue_num})
+    msg["attrs"] = [("NFQA_VERDICT_HDR", {"verdict": int(accept), "id": packet_id})]
+    msg["header"].update({"type": c.msg_type(kind), "flags": 1, "sequence_number": seq, "pid": 0})
+    msg.encode()
+    return bytes(msg.data)
 
 
 def test_bind_bytes() -> None:
@@ -83,6 +133,86 @@ def test_verdict_bytes(accept: bool, code: int) -> None:
 def test_bad_requests_are_refused(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("data", RECORDED, ids=["ipv6-esp", "ipv4-esp-mark", "ipv4-udp-cut"])
+def test_decode_matches_the_pyroute2_declaration_on_recorded_messages(data: bytes) -> None:
+    (event,) = decode(data)
+    assert event == reference_packet(data)
+
+
+def test_decode_recorded_ipv4_messages() -> None:
+    (esp,) = decode(RECORDED_IPV4_ESP_MARK)
+    (udp,) = decode(RECORDED_IPV4_UDP_CUT)
+    assert isinstance(esp, QueuedPacket) and isinstance(udp, QueuedPacket)
+    assert (esp.queue_num, esp.hw_protocol, esp.mark, esp.indev) == (5, 0x0800, 7, 1)
+    assert esp.length == len(esp.payload) == 44
+    assert esp.payload[20:28] == struct.pack("!II", 0x1234, 7)
+    assert (udp.length, len(udp.payload), udp.mark) == (228, 40, 0)
+
+
+# Attribute numbers with a payload the kernel could send (fixed sizes where the kernel's are).
+_ATTRS = st.one_of(
+    st.tuples(st.just(1), st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 0xFFFF),
+                                    st.integers(0, 255)).map(lambda t: struct.pack("!IHB", *t))),
+    st.tuples(st.sampled_from([3, 5, 6, 7, 8, 12, 13, 14, 16, 17, 21, 22]),
+              st.integers(0, 2**32 - 1).map(lambda v: struct.pack("!I", v))),
+    st.tuples(st.just(4), st.binary(min_size=16, max_size=16)),
+    st.tuples(st.sampled_from([9, 10, 11, 15, 18, 19, 20, 30]), st.binary(max_size=80)),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hdr=_ATTRS.filter(lambda a: a[0] == 1),
+    attrs=st.lists(_ATTRS, max_size=8),
+    flags=st.sampled_from([0, c.NLA_F_NESTED, c.NLA_F_NET_BYTEORDER]),
+    queue_num=st.integers(0, 0xFFFF),
+    family=st.sampled_from([0, 2, 10]),
+)
+def test_decode_matches_the_pyroute2_declaration_on_constructed_messages(
+    hdr: tuple[int, bytes],
+    attrs: list[tuple[int, bytes]],
+    flags: int,
+    queue_num: int,
+    family: int,
+) -> None:
+    """Any order, repeats (the first counts), unknown numbers, flag bits in the type."""
+    body = b"".join(nla(kind | flags, value) for kind, value in [*attrs, hdr])
+    data = nlmsg(0x0300, 0, 0, queue_num, body, family=family)
+    (event,) = decode(data)
+    assert event == reference_packet(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    queue_num=st.integers(0, 0xFFFF),
+    packet_id=st.integers(0, 2**32 - 1),
+    accept=st.booleans(),
+    seq=st.integers(0, 2**32 - 1),
+)
+def test_verdicts_match_the_pyroute2_declaration(
+    queue_num: int, packet_id: int, accept: bool, seq: int
+) -> None:
+    assert nfq.encode_verdict(queue_num, packet_id, accept, seq) == reference_verdict(
+        c.NFQNL_MSG_VERDICT, queue_num, packet_id, accept, seq
+    )
+    assert nfq.encode_verdict_batch(queue_num, packet_id, accept, seq) == reference_verdict(
+        c.NFQNL_MSG_VERDICT_BATCH, queue_num, packet_id, accept, seq
+    )
+
+
+def test_attribute_numbers_match_the_declaration() -> None:
+    names: Any = [name for name, _ in nfqnl_packet_msg.nla_map]
+    for name in ("PACKET_HDR", "VERDICT_HDR", "MARK", "IFINDEX_INDEV", "PAYLOAD", "CAP_LEN"):
+        assert names.index(f"NFQA_{name}") == getattr(c, f"NFQA_{name}"), name
+
+
+def test_batch_verdict_bytes() -> None:
+    expected = nlmsg(0x0303, 0x01, 4, 5, nla(2, struct.pack("!II", 1, 77)))
+    assert nfq.encode_verdict_batch(5, 77, True, 4) == expected
+    with pytest.raises(ValueError, match="is not a 32-bit number"):
+        nfq.encode_verdict_batch(5, -1, True, 4)
 
 
 def test_decode_recorded_packet() -> None:
@@ -137,6 +267,9 @@ def test_decode_skips_other_messages() -> None:
         (struct.pack("=IHHII", 8, 0x0300, 0, 0, 0), r"truncated netlink message .*length 8"),
         (struct.pack("=IHHII", 20, 2, 0, 0, 0) + b"\0" * 4, "truncated NLMSG_ERROR"),
         (nlmsg(0x0300, 0, 0, 1, nla(10, b"abcd")), "without NFQA_PACKET_HDR"),
+        (nlmsg(0x0300, 0, 0, 1, nla(1, b"\0\0\0\1\x08\0")), "NFQA_PACKET_HDR of 6 bytes"),
+        (nlmsg(0x0300, 0, 0, 1, nla(3, b"\0\1")), "attribute 3 of 2 bytes"),
+        (nlmsg(0x0300, 0, 0, 1, struct.pack("=HH", 40, 10) + b"abcd"), "truncated attribute"),
     ],
 )
 def test_decode_refuses_broken_datagrams(data: bytes, message: str) -> None:

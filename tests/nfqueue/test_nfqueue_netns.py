@@ -121,3 +121,59 @@ def test_second_binder_is_refused_and_close_releases(netns: str) -> None:
 def test_missing_namespace_is_a_clear_error(require_root: None) -> None:
     with pytest.raises(KernelError, match="network namespace 'iha-000000-absent' does not exist"):
         NfQueue("iha-000000-absent", QUEUE)
+
+
+def send_numbered(netns: str, count: int) -> None:
+    tx = open_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(count):
+        tx.sendto(b"p%02d" % i, (ADDR4, 9999))
+    tx.close()
+
+
+def send_marker(netns: str) -> None:
+    marker = open_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    marker.bind((ADDR4, 9998))
+    marker.sendto(b"marker", (ADDR4, 9999))
+    marker.close()
+
+
+def test_verdicts_in_one_send_batch_only_what_was_decided(netns: str) -> None:
+    """A VERDICT_BATCH for the oldest packets decided alike, one by one behind a held one;
+    packets not read yet, or held, are left alone (the kernel would complain later)."""
+    queue_rule(netns, QUEUE, "udp dport 9999 udp sport != 9998")
+    with NfQueue(netns, QUEUE) as q:
+        rx = open_socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind((ADDR4, 9999))
+        send_numbered(netns, 12)
+        # Read 8 of the 12: the other 4 stay queued in the kernel, unread.
+        packets = collect_some(q, 8)
+        ids = {p.payload[28:]: p.packet_id for p in packets}
+        assert list(ids) == [b"p%02d" % i for i in range(8)]
+        # p00-p02 accept, p03 held back, p04 drop, p05-p07 accept.
+        q.verdicts([(ids[b"p%02d" % i], i != 4) for i in (0, 1, 2, 4, 5, 6, 7)])
+        send_marker(netns)
+        assert drain(rx) == [b"p00", b"p01", b"p02", b"p05", b"p06", b"p07"]
+        # The held one and the unread ones are still there for their own verdicts.
+        rest = collect_some(q, 4)
+        assert [p.payload[28:] for p in rest] == [b"p08", b"p09", b"p10", b"p11"]
+        q.verdicts([(ids[b"p03"], True)] + [(p.packet_id, True) for p in rest])
+        send_marker(netns)
+        assert drain(rx) == [b"p03", b"p08", b"p09", b"p10", b"p11"]
+        assert q.receive(timeout=0.2) == [] and q.drained
+        assert q.verdict_errors == 0
+        # A verdict for a packet the kernel does not hold is refused, and counted.
+        q.verdict(ids[b"p00"], True)
+        assert q.receive(timeout=0.5) == []
+        assert q.verdict_errors == 1
+
+
+def collect_some(q: NfQueue, count: int) -> list[QueuedPacket]:
+    """Exactly ``count`` packets, leaving the rest unread."""
+    packets: list[QueuedPacket] = []
+    for _ in range(50):
+        packets += q.receive(timeout=0.1, max_packets=count - len(packets))
+        if len(packets) >= count:
+            break
+    assert len(packets) == count
+    assert not q.drained or count == 0
+    return packets

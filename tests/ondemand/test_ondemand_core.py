@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 from ondemand_packets import esp4, esp6, ipv4, ipv6, natt4, udp
 
 from appliance.ondemand import (
+    Hold,
     OnDemandCore,
     OnDemandCounters,
     OnDemandLimits,
     Retrieve,
     Verdict,
+    hold_fallback,
 )
 
 pytestmark = pytest.mark.unit
@@ -84,18 +86,78 @@ def test_timeout_drops_held_and_caches_the_failure() -> None:
     assert c.handle_timer(2.0) == [Verdict(1, False), Verdict(3, False)]
     assert c.get_timer() == 3.0
     assert c.handle_packet(4, esp4(0x400), 2.5) == [Verdict(4, False)]  # negative cache
-    # The late answer changes nothing.
+    # The late success: its packets were dropped, but the SA is installed now.
     assert c.handle_result(1, True, 2.6) == []
+    assert c.handle_packet(5, esp4(0x400), 2.7) == [Verdict(5, True)]
     assert c.handle_timer(3.0) == [Verdict(2, False)]
+    assert c.handle_idle(3.0) == [Hold(0x400, VIP)]
+    # A late failure changes nothing.
+    assert c.handle_result(2, False, 3.1) == []
     assert c.get_timer() is None
     assert nonzero(c.counters) == {
-        "queued": 4,
+        "queued": 5,
+        "accepted": 1,
         "dropped_timeout": 3,
         "dropped_unknown": 1,
         "retrievals": 2,
         "retrieval_timeouts": 2,
-        "late_results": 1,
+        "late_results": 2,
+        "holds": 1,
     }
+
+
+def test_the_spi_is_held_only_once_the_queue_ran_dry() -> None:
+    c = core()
+    c.handle_packet(1, esp4(0x700), 0.0)
+    c.handle_packet(2, esp4(0x700), 0.1)
+    # Dry while the retrieval runs: its packets are held, nothing to hold yet.
+    assert c.handle_idle(0.2) == []
+    assert c.handle_result(1, True, 0.5) == [Verdict(1, True), Verdict(2, True)]
+    assert c.awaiting_hold == 1
+    # Packets read after the result are accepted; still no hold while reading goes on.
+    assert c.handle_packet(3, esp4(0x700), 0.6) == [Verdict(3, True)]
+    assert c.handle_timer(0.6) == []
+    # The read came back empty: every packet of the SPI had its verdict.
+    assert c.handle_idle(0.7) == [Hold(0x700, VIP)]
+    assert c.handle_idle(0.8) == [] and c.awaiting_hold == 0
+    # Packets queued before the hold took effect are still accepted.
+    assert c.handle_packet(4, esp4(0x700), 1.0) == [Verdict(4, True)]
+    assert nonzero(c.counters) == {"queued": 4, "accepted": 4, "retrievals": 1, "holds": 1}
+
+
+def test_a_failed_retrieval_holds_nothing() -> None:
+    c = core()
+    c.handle_packet(1, esp4(0x710), 0.0)
+    c.handle_result(1, False, 0.1)
+    assert c.handle_idle(0.2) == [] and c.get_timer() is None
+    assert c.handle_timer(100.0) == []
+
+
+def test_a_queue_that_never_runs_dry_still_gets_the_spi_held() -> None:
+    c = core(positive_ttl=30.0)
+    fallback = hold_fallback(c.limits)
+    assert 0 < fallback <= 15.0
+    c.handle_packet(1, esp4(0x720), 0.0)
+    c.handle_packet(2, esp4(0x721), 0.0)
+    c.handle_result(1, True, 1.0)
+    c.handle_result(2, True, 2.0)
+    assert c.get_timer() == 1.0 + fallback
+    # Busy until then: packets keep coming, the read never comes back empty.
+    for i in range(10):
+        assert c.handle_packet(10 + i, esp4(0x720), 1.0 + i * fallback / 10) == [
+            Verdict(10 + i, True)
+        ]
+    assert c.handle_timer(1.0 + fallback - 0.01) == []
+    assert c.handle_timer(1.0 + fallback) == [Hold(0x720, VIP)]
+    assert c.get_timer() == 2.0 + fallback
+    assert c.handle_idle(2.5) == [Hold(0x721, VIP)]
+    assert c.get_timer() is None
+    assert (c.counters.holds, c.counters.holds_forced) == (2, 1)
+
+
+def test_the_fallback_leaves_the_positive_cache_time_for_the_hold() -> None:
+    assert hold_fallback(OnDemandLimits(positive_ttl=2.0)) == 1.0
+    assert hold_fallback(OnDemandLimits(positive_ttl=600.0)) < 600.0 / 2
 
 
 def test_rate_limit_token_bucket() -> None:
@@ -188,6 +250,7 @@ _events = st.lists(
         st.tuples(st.just("packet"), st.integers(1, 6), st.sampled_from(["esp", "natt", "bad"])),
         st.tuples(st.just("result"), st.integers(1, 12), st.booleans()),
         st.tuples(st.just("tick"), st.floats(0.0, 3.0), st.just(None)),
+        st.tuples(st.just("idle"), st.just(0), st.just(None)),
     ),
     max_size=80,
 )
@@ -197,19 +260,29 @@ _events = st.lists(
 @given(_events)
 def test_every_packet_gets_exactly_one_verdict(events: list[tuple[str, object, object]]) -> None:
     c = OnDemandCore(
-        OnDemandLimits(rate=1.0, burst=3, timeout=1.0, max_held_per_spi=4, negative_ttl=2.0)
+        OnDemandLimits(
+            rate=1.0, burst=3, timeout=1.0, max_held_per_spi=4, negative_ttl=2.0, positive_ttl=4.0
+        )
     )
     now = 0.0
     next_pid = 0
     verdicts: dict[int, bool] = {}
     retrieves = 0
+    retrieved: set[int] = set()  # SPIs with a success reported and no hold yet
+    holds = 0
 
-    def apply(actions: list[Retrieve | Verdict]) -> None:
-        nonlocal retrieves
+    def apply(actions: list[Retrieve | Verdict | Hold]) -> None:
+        nonlocal retrieves, holds
         for a in actions:
             if isinstance(a, Verdict):
                 assert a.packet_id not in verdicts, "two verdicts for one packet"
                 verdicts[a.packet_id] = a.accept
+            elif isinstance(a, Hold):
+                # Only after a success, and never while packets of the SPI wait for one.
+                assert a.spi in retrieved
+                assert (a.daddr, a.spi) not in c._by_key
+                retrieved.discard(a.spi)
+                holds += 1
             else:
                 retrieves += 1
 
@@ -221,7 +294,13 @@ def test_every_packet_gets_exactly_one_verdict(events: list[tuple[str, object, o
             apply(c.handle_packet(next_pid, data, now))
         elif kind == "result":
             assert isinstance(x, int)
+            key = c._flights[x].key if x in c._flights else c._timed_out.get(x)
             apply(c.handle_result(x, bool(y), now))
+            if y and key is not None and key in c._to_hold:
+                retrieved.add(key[1])
+        elif kind == "idle":
+            apply(c.handle_idle(now))
+            assert c.awaiting_hold == 0
         else:
             assert isinstance(x, float)
             now += x
@@ -241,6 +320,7 @@ def test_every_packet_gets_exactly_one_verdict(events: list[tuple[str, object, o
         assert len(verdicts) == k.accepted + dropped
         assert sum(verdicts.values()) == k.accepted
         assert retrieves == k.retrievals
+        assert holds == k.holds
     apply(c.handle_timer(now + 10))
-    assert c.held == 0
+    assert c.held == 0 and c.awaiting_hold == 0
     assert dataclasses.asdict(c.counters)["queued"] == len(verdicts)

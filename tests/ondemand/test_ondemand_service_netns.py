@@ -194,4 +194,7 @@ def test_on_retrieved_runs_after_the_held_packets_were_delivered(netns: str) -> 
         wait_for(service, lambda c: c.queued == 4 and c.dropped_unknown == 1)
         store.gate.set()  # all three GOOD packets are held behind the one retrieval
         assert done.wait(10)
+        # Once the queue was read dry, not by the fallback.
+        wait_for(service, lambda c: c.holds == 1)
+        assert service.counters().holds_forced == 0
     assert seen == [(GOOD, ADDR4, 3)]
