@@ -218,9 +218,18 @@ class Run:
         ops = operations(self.pairs)  # before the lab: keys are drawn here, not timed
         t0 = time.monotonic()
         with Lab.create(advert_int=self.args.advert_int, wait_notify=False) as lab:
-            settings = SyncSettings(mode=self.mode, notify_timeout_s=self.args.notify_timeout)
+            settings = SyncSettings(
+                mode=self.mode,
+                notify_timeout_s=self.args.notify_timeout,
+                store_max_datagram=self.args.max_datagram,
+            )
             services = Services(lab, settings)
             try:
+                if self.args.hthresh4 is not None:
+                    # Both gateways alike, before any policy exists (see --hthresh4).
+                    for gw in ("gw1", "gw2"):
+                        lab.exec(gw, ["ip", "xfrm", "policy", "set", "hthresh4",
+                                      *map(str, self.args.hthresh4)])  # fmt: skip
                 services.start()
                 self.row.setup_s["lab"] = time.monotonic() - t0
                 say(
@@ -483,6 +492,24 @@ def main(argv: list[str] | None = None) -> int:
         help="the daemons' [failover] notify_timeout_s (the takeover's bound)",
     )
     parser.add_argument(
+        "--max-datagram",
+        type=int,
+        default=1400,
+        metavar="BYTES",
+        help="the daemons' [store] max_datagram: page size of the takeover's bulk SA_Retr",
+    )
+    parser.add_argument(
+        "--hthresh4",
+        type=int,
+        nargs=2,
+        metavar=("LBITS", "RBITS"),
+        help=(
+            "set the gateways' SPD hash thresholds (ip xfrm policy set hthresh4) first; "
+            "24 24 hashes the bench's /24-/32 policies, whose insertion the kernel "
+            "otherwise does in its inexact lists, slower than linearly in their number"
+        ),
+    )
+    parser.add_argument(
         "--sync-timeout",
         type=float,
         default=1800.0,
@@ -492,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.1 <= args.notify_timeout <= MAX_NOTIFY_TIMEOUT:
         parser.error(f"--notify-timeout must be 0.1..{MAX_NOTIFY_TIMEOUT:g} (the daemon's range)")
+    if args.hthresh4 is not None and not all(0 <= b <= 32 for b in args.hthresh4):
+        parser.error("--hthresh4 takes two prefix lengths 0..32")
+    if not 576 <= args.max_datagram <= 65507:
+        parser.error("--max-datagram must be 576..65507 (the daemon's range)")
     for n in args.n:
         if not 1 <= n <= MAX_PAIRS:
             parser.error(f"N must be 1..{MAX_PAIRS}, not {n}")
@@ -520,7 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(
             json.dumps(
-                {"command": command, "wall_s": round(wall, 1), "rows": [asdict(r) for r in rows]},
+                {
+                    "command": command,
+                    "max_datagram": args.max_datagram,
+                    "hthresh4": args.hthresh4,
+                    "wall_s": round(wall, 1),
+                    "rows": [asdict(r) for r in rows],
+                },
                 indent=2,
             )
         )

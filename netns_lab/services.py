@@ -50,6 +50,8 @@ class SyncSettings:
     """The lab sends a few hundred packets/s per SA; the jump is computed for this."""
     notify_timeout_s: float = 60.0
     """Generous: under TCG in the lab VM a takeover of thousands of SAs takes seconds."""
+    store_max_datagram: int = 1400
+    """``[store] max_datagram``: the page size of a takeover's bulk SA_Retr."""
 
 
 @dataclass
@@ -124,7 +126,7 @@ class Services:
             f'[node]\nid = "{gw}"\nserver_id = "{vip_address(OUTSIDE)}"\n'
             f"node_index = {GATEWAYS.index(gw)}\n"
             f'[store]\nservers = [{servers}]\nport = {STORE_PORT}\npsk_file = "{self.psk}"\n'
-            f"timeout_s = 0.2\nretries = 3\n"
+            f"timeout_s = 0.2\nretries = 3\nmax_datagram = {s.store_max_datagram}\n"
             f"[sync]\nreplay_seq_thresh = {s.replay_seq_thresh}\n"
             f"replay_timer_ms = {s.replay_timer_ms}\ncoalesce_ms = {s.coalesce_ms}\n"
             f"store_rtt_ms = {s.store_rtt_ms}\nmax_pps_per_sa = {s.max_pps_per_sa}\n"

@@ -67,6 +67,19 @@ def test_hot_standby_survives_a_link_failure_and_the_failback() -> None:
     assert (first.installed_sas, first.advanced) == (0, 1)
 
 
+def test_cold_standby_survives_a_link_failure() -> None:
+    # The other pairings of mode and failure kind; the failback is shown above.
+    outcome = run("cold", "link", failback=False)
+    assert_tunnel_kept(outcome, takeovers=1)
+    assert (outcome.takeovers[0].installed_sas, outcome.takeovers[0].advanced) == (2, 1)
+
+
+def test_hot_standby_survives_a_crash() -> None:
+    outcome = run("hot", "kill", failback=False)
+    assert_tunnel_kept(outcome, takeovers=1)
+    assert (outcome.takeovers[0].installed_sas, outcome.takeovers[0].advanced) == (0, 1)
+
+
 def test_split_brain_fences_one_owner_at_a_time_and_heals_without_rollback() -> None:
     outcome = run("hot", "split", failback=False)
     split = outcome.split
