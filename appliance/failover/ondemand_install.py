@@ -20,11 +20,12 @@ on a pool thread for each (destination, SPI) whose packets the guard trapped.
    wrap is not installed (IKE must rekey). An SA or policy already present
    (``EEXIST``) is left alone: its counters have moved on.
 3. **Hold** (:meth:`OnDemandInstaller.hold`, the service's ``on_retrieved``,
-   after the accept verdicts). The SPI goes into the guard's ``held_spis``
-   set, so the next packets no longer trap. Not earlier: packets arriving
-   after the SPI is held pass straight to XFRM, and if they overtook the
-   ones still waiting for their verdict the SA's replay window (often 32)
-   would move past those and refuse them.
+   once the queue held none of the SPI's packets: the core's ``Hold``). The
+   SPI goes into the guard's ``held_spis`` set, so the next packets no
+   longer trap. Not earlier: packets arriving after the SPI is held pass
+   straight to XFRM, and if they overtook the ones still waiting in the
+   queue the SA's replay window (often 32) would move past those and
+   refuse them.
 
 :meth:`OnDemandInstaller.sync_held` keeps ``held_spis`` equal to the SPIs
 of the ESP SAs whose destination is a VIP (``[nft].vips``): whatever
@@ -273,7 +274,7 @@ class OnDemandInstaller:
     # -- the held set ----------------------------------------------------------------
 
     def hold(self, spi: int, daddr: str) -> None:
-        """Add an SPI installed on demand to ``held_spis`` (after its packets' verdicts)."""
+        """Add an SPI installed on demand to ``held_spis`` (once none of its packets waits)."""
         with self._kernel_lock:
             if self._pending.pop(spi, None) is None:
                 return  # outbound, or not installed by us
