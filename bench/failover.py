@@ -231,6 +231,9 @@ class Run:
                         lab.exec(gw, ["ip", "xfrm", "policy", "set", "hthresh4",
                                       *map(str, self.args.hthresh4)])  # fmt: skip
                 services.start()
+                # IKE installs on the active gateway only: until keepalived made gw1 MASTER
+                # its daemon may still be a hot standby, mirroring the (empty) store.
+                services.wait_role("gw1", ("active",))
                 self.row.setup_s["lab"] = time.monotonic() - t0
                 say(
                     f"{self.mode} N={self.pairs}: lab {lab.run_id} and daemons up "

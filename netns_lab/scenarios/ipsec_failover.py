@@ -260,6 +260,9 @@ class Scenario:
         self.event(f"lab {lab.run_id} up; gw1 holds the VIPs")
         if services is not None:
             services.start()
+            # Key only once gw1's daemon acts as MASTER: a daemon still a hot standby
+            # would mirror the (empty) store and remove what IKE installed.
+            services.wait_role("gw1", ("active",))
             self.event(f"stores and daemons ({self.mode} standby) running on gw1 and gw2")
         keyed = tunnel.establish(lab, "gw1")
         self.event(
