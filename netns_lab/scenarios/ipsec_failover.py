@@ -60,6 +60,7 @@ from netns_lab.plan import (
     ROUTES,
     address_of,
 )
+from netns_lab.scenarios.narration import Narration
 from netns_lab.services import Services, SyncSettings
 
 CLIENT_PORT, SERVER_PORT = 40001, 40002
@@ -215,7 +216,7 @@ class Traffic:
         }
 
 
-class Scenario:
+class Scenario(Narration):
     """One run; see the module docstring. ``say`` gets a line per step."""
 
     def __init__(
@@ -237,14 +238,8 @@ class Scenario:
         if mode not in ("cold", "hot"):
             raise ValueError(f"mode must be cold or hot, not {mode!r}")
         self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
-        self.advert_int, self.rate, self.plot_path, self.say = advert_int, rate, plot, say
-        self.events: list[tuple[float, str]] = []
-
-    def event(self, text: str) -> float:
-        now = time.monotonic()
-        self.events.append((now, text))
-        self.say(f"   {text}")
-        return now
+        super().__init__(say)
+        self.advert_int, self.rate, self.plot_path = advert_int, rate, plot
 
     # -- the run ------------------------------------------------------------------
     def run(self) -> Outcome:

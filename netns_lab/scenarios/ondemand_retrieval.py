@@ -64,6 +64,7 @@ from netns_lab import build, keepalived, tunnel
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, LabInterrupted, wait_for
 from netns_lab.plan import GATEWAYS, INSIDE, OUTSIDE, address_of
 from netns_lab.scenarios.ipsec_failover import RESUMED_PACKETS, Traffic
+from netns_lab.scenarios.narration import Narration
 from netns_lab.services import STORE_PORT, Services, SyncSettings, read_daemon_status
 
 GW3_ROLE = "gw3"
@@ -267,7 +268,7 @@ def flood_spis(count: int, avoid: set[int], seed: int | None = None) -> list[int
     return out
 
 
-class Scenario:
+class Scenario(Narration):
     """One run; see the module docstring. ``say`` gets a line per step."""
 
     def __init__(
@@ -279,14 +280,7 @@ class Scenario:
     ) -> None:
         self.flood_count, self.rate = flood, rate
         self.limits = limits or Limits()
-        self.say = say
-        self.events: list[tuple[float, str]] = []
-
-    def event(self, text: str) -> float:
-        now = time.monotonic()
-        self.events.append((now, text))
-        self.say(f"   {text}")
-        return now
+        super().__init__(say)
 
     def run(self) -> Outcome:
         with Lab.create(advert_int=1.0, wait_notify=False) as lab:
