@@ -40,8 +40,7 @@ def daemon(
     Exit status 2 on a bad configuration, 1 if the kernel or the stores cannot be opened.
     """
     from appliance.failover.daemon import FailoverDaemon
-    from appliance.store.client import StoreClient
-    from appliance.store.config import load_psk
+    from appliance.failover.executor import open_store_clients
     from appliance.xfrm.socket import XfrmSocket
 
     cfg = load_daemon_config(config)
@@ -49,25 +48,8 @@ def daemon(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    psk = load_psk(cfg.store.psk_file)
-
-    def clients(node_id: str) -> list[StoreClient]:
-        # The store caches answers per node ID and message ID: each user its own ID.
-        return [
-            StoreClient(
-                server,
-                cfg.store.port,
-                psk,
-                node_id,
-                timeout=cfg.store.timeout_s,
-                retries=cfg.store.retries,
-                max_datagram=cfg.store.max_datagram,
-            )
-            for server in cfg.store.servers
-        ]
-
-    stores = clients(cfg.node.id)
-    follower_stores = clients(f"{cfg.node.id}.follower")
+    stores = open_store_clients(cfg.store, cfg.node.id)
+    follower_stores = open_store_clients(cfg.store, f"{cfg.node.id}.follower")
     kernel = XfrmSocket(cfg.netns)
     runner = FailoverDaemon(
         cfg,

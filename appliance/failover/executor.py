@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.errors import ApplianceError
 from appliance.failover.seqjump import AdvancedSa, RekeyRequired, advance_sa
@@ -70,6 +70,10 @@ from appliance.model import (
 )
 from appliance.restore import policy_identity, sa_identity
 from appliance.xfrm.types import AeState, BatchFailure
+
+if TYPE_CHECKING:
+    from appliance.failover.config import StoreConfig
+    from appliance.store.client import StoreClient
 
 log = logging.getLogger("ipsec_ha.failover")
 
@@ -567,6 +571,31 @@ _MILESTONES = {
     Action.RECONCILE_STATE: "sas-installed",
     Action.OPEN_OUTBOUND: "outbound-opened",
 }
+
+
+def open_store_clients(store: StoreConfig, node_id: str) -> list[StoreClient]:
+    """One client per ``[store].servers`` entry, with the table's settings, as ``node_id``.
+
+    Each user of the stores (the daemon, its hot-standby follower, on-demand
+    retrieval) needs its own node ID: the store caches answers per node ID
+    and message ID, and the clients are not thread-safe.
+    """
+    from appliance.store.client import StoreClient
+    from appliance.store.config import load_psk
+
+    psk = load_psk(store.psk_file)
+    return [
+        StoreClient(
+            server,
+            store.port,
+            psk,
+            node_id,
+            timeout=store.timeout_s,
+            retries=store.retries,
+            max_datagram=store.max_datagram,
+        )
+        for server in store.servers
+    ]
 
 
 class StoreAccess:

@@ -328,26 +328,18 @@ class OnDemand:
     @classmethod
     def from_config(cls, config: Any, install_guard: InstallGuard) -> OnDemand:
         """Open what the ``[ondemand]`` and ``[nft]`` tables name (own sockets, own clients)."""
-        from appliance.failover.executor import etimer_jiffies, kernel_hz, node_netns_addresses
+        from appliance.failover.executor import (
+            etimer_jiffies,
+            kernel_hz,
+            node_netns_addresses,
+            open_store_clients,
+        )
         from appliance.ondemand import OnDemandService
-        from appliance.store.client import StoreClient
-        from appliance.store.config import load_psk
         from appliance.xfrm.socket import XfrmSocket
 
         od, nft = config.ondemand, config.nft
         assert od is not None and od.enabled and nft is not None  # the config loader checks
-        psk = load_psk(config.store.psk_file)
-        stores = [
-            StoreClient(
-                server,
-                config.store.port,
-                psk,
-                f"{config.node.id}.ondemand",
-                timeout=config.store.timeout_s,
-                retries=config.store.retries,
-            )
-            for server in config.store.servers
-        ]
+        stores = open_store_clients(config.store, f"{config.node.id}.ondemand")
         installer = OnDemandInstaller(
             XfrmSocket(config.netns),
             stores,

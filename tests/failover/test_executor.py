@@ -7,10 +7,12 @@ import errno
 import ipaddress
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from appliance import model as m
+from appliance.failover.config import StoreConfig
 from appliance.failover.executor import (
     ExecutionError,
     ExecutionTimeout,
@@ -19,6 +21,7 @@ from appliance.failover.executor import (
     PlanExecutor,
     etimer_jiffies,
     gate_for,
+    open_store_clients,
 )
 from appliance.failover.seqjump import SEQ32_MAX
 from appliance.failover.sync import is_gate
@@ -374,3 +377,19 @@ def test_etimer_jiffies_rounds_up() -> None:
     assert etimer_jiffies(100, 300) == 30
     assert etimer_jiffies(100, 1000) == 100
     assert etimer_jiffies(0, 250) == 0
+
+
+def test_store_clients_take_the_store_table_and_the_given_node_id(tmp_path: Path) -> None:
+    psk = tmp_path / "cluster.psk"
+    psk.write_text("ab" * 32)
+    psk.chmod(0o600)
+    store = StoreConfig(("127.0.0.1", "::1"), 4501, psk, 0.3, 2, max_datagram=9000)
+    clients = open_store_clients(store, "gw1.follower")
+    try:
+        assert [c.server for c in clients] == ["127.0.0.1", "::1"]
+        for c in clients:
+            assert (c.node_id, c.port, c.timeout, c.retries) == ("gw1.follower", 4501, 0.3, 2)
+            assert c.max_datagram == 9000
+    finally:
+        for c in clients:
+            c.close()
