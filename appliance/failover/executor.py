@@ -263,7 +263,8 @@ class PlanExecutor:
         self._installed: set[Any] = set()
         """Identities of the SAs this run added (their counters are already advanced)."""
         self._held: set[Any] | None = None
-        """Identities of the SAs the kernel holds, once this run dumped or changed them."""
+        """Identities of the SAs the kernel holds, once this run dumped them or installed,
+        removed or cleared any (None: not known yet in this run)."""
         self._inbound_checked: dict[Any, int] = {}
         """Inbound SA identity -> the stored counter last brought into the kernel. A hot
         standby's inbound SAs see no traffic, so an unchanged stored counter needs no
@@ -556,6 +557,7 @@ class PlanExecutor:
         ]
         ops += [("delete_sa", sa) for sa in self.kernel.dump_sad()]
         self._batch(ops, "remove-state", deadline)
+        self._held = set()
         report.removed += len(ops)
         return len(ops)
 
