@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass
 from typing import Any
@@ -62,3 +63,19 @@ class Lab:
 
 def fresh_prefix() -> str:
     return f"iha-{secrets.token_hex(4)}-"
+
+
+def esp_packet(spi: int, tag: bytes) -> bytes:
+    """An ESP payload: the SPI, sequence number 1, and ``tag`` padded to 24 bytes."""
+    return struct.pack("!II", spi, 1) + tag.ljust(24, b".")
+
+
+def receive_all(sock: socket.socket, wait: float) -> list[bytes]:
+    """Datagrams that arrive within ``wait`` seconds of the last one."""
+    sock.settimeout(wait)
+    got = []
+    try:
+        while True:
+            got.append(sock.recv(4096))
+    except TimeoutError:
+        return got

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import subprocess
 import sys
 from typing import Any
@@ -23,8 +22,10 @@ from nft_lab import (
     VIP6,
     Lab,
     counter_packets,
+    esp_packet,
     nft,
     nft_json,
+    receive_all,
 )
 
 from appliance.errors import KernelError, UsageError
@@ -187,17 +188,6 @@ def test_missing_namespace_is_a_clear_error() -> None:
 # --- traffic -------------------------------------------------------------------------------
 
 
-def receive_all(sock: socket.socket, wait: float) -> list[bytes]:
-    """Datagrams that arrive within ``wait`` seconds of the last one."""
-    sock.settimeout(wait)
-    got = []
-    try:
-        while True:
-            got.append(sock.recv(4096))
-    except TimeoutError:
-        return got
-
-
 def send_udp(lab: Lab, netns: str, family: int, to: tuple[Any, ...], payload: bytes) -> None:
     with lab.socket_in(netns, family, socket.SOCK_DGRAM) as sock:
         sock.sendto(payload, to)
@@ -206,10 +196,6 @@ def send_udp(lab: Lab, netns: str, family: int, to: tuple[Any, ...], payload: by
 def send_raw(lab: Lab, netns: str, family: int, proto: int, to: str, payload: bytes) -> None:
     with lab.socket_in(netns, family, socket.SOCK_RAW, proto) as sock:
         sock.sendto(payload, (to, 0))
-
-
-def esp_packet(spi: int, tag: bytes) -> bytes:
-    return struct.pack("!II", spi, 1) + tag.ljust(24, b".")
 
 
 def test_sync_port_only_from_the_cluster(lab: Lab) -> None:

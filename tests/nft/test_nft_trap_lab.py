@@ -8,10 +8,9 @@ rate limit, trapped packets are counted and dropped.
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
-from nft_lab import PEER4, PEER6, VIP4, VIP6, Lab, counter_packets
+from nft_lab import PEER4, PEER6, VIP4, VIP6, Lab, counter_packets, esp_packet, receive_all
 
 from appliance.nft import add_spis, apply_guard, parse_nft_section, remove_spis
 
@@ -22,20 +21,6 @@ CONFIG = parse_nft_section(
     {"vips": [VIP4, VIP6], "peers": [PEER4, PEER6], "trap_queue": QUEUE, "trap_rate": 1,
      "trap_burst": 2}
 )  # fmt: skip
-
-
-def esp_packet(spi: int, tag: bytes) -> bytes:
-    return struct.pack("!II", spi, 1) + tag.ljust(24, b".")
-
-
-def receive_all(sock: socket.socket, wait: float) -> list[bytes]:
-    sock.settimeout(wait)
-    got = []
-    try:
-        while True:
-            got.append(sock.recv(4096))
-    except TimeoutError:
-        return got
 
 
 def send(lab: Lab, family: int, kind: int, proto: int, to: tuple[str, int], data: bytes) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 from appliance.nft import add_spis, apply_guard, parse_nft_section
 from appliance.ondemand import OnDemandService
 from tests.nfqueue.nfq_lab import open_socket, run
-from tests.nft.nft_lab import counter_packets
+from tests.nft.nft_lab import counter_packets, esp_packet, receive_all
 
 pytestmark = pytest.mark.lab
 
@@ -54,20 +53,6 @@ def pair(require_root: None) -> Iterator[tuple[str, str]]:
             run("ip", "netns", "del", name, check=False)
 
 
-def esp(spi: int, tag: bytes) -> bytes:
-    return struct.pack("!II", spi, 1) + tag.ljust(24, b".")
-
-
-def receive_all(sock: socket.socket, wait: float) -> list[bytes]:
-    sock.settimeout(wait)
-    got = []
-    try:
-        while True:
-            got.append(sock.recv(4096))
-    except TimeoutError:
-        return got
-
-
 def test_unknown_spi_is_retrieved_once_then_held(pair: tuple[str, str]) -> None:
     gw, sender = pair
     apply_guard(gw, parse_nft_section({"vips": [VIP4, VIP6], "trap_queue": QUEUE}))
@@ -89,9 +74,9 @@ def test_unknown_spi_is_retrieved_once_then_held(pair: tuple[str, str]) -> None:
     tx_natt = open_socket(sender, socket.AF_INET6, socket.SOCK_DGRAM)
     with OnDemandService(gw, QUEUE, retrieve) as service:
         for i in range(3):
-            tx4.sendto(esp(GOOD, b"early%d" % i), (VIP4, 0))
-            tx4.sendto(esp(BAD, b"bad%d" % i), (VIP4, 0))
-        tx_natt.sendto(esp(BAD, b"natt-bad"), (VIP6, 4500))
+            tx4.sendto(esp_packet(GOOD, b"early%d" % i), (VIP4, 0))
+            tx4.sendto(esp_packet(BAD, b"bad%d" % i), (VIP4, 0))
+        tx_natt.sendto(esp_packet(BAD, b"natt-bad"), (VIP6, 4500))
         tx_natt.sendto(b"\0\0\0\0ike", (VIP6, 4500))  # the guard accepts IKE itself
         for _ in range(250):
             if service.counters().queued == 7:
@@ -100,10 +85,10 @@ def test_unknown_spi_is_retrieved_once_then_held(pair: tuple[str, str]) -> None:
         assert receive_all(rx4, 0.5) == []  # GOOD's packets wait for the retrieval
         gate.set()
         got = [p[-32:] for p in receive_all(rx4, 3.0)]
-        assert sorted(got) == [esp(GOOD, b"early%d" % i) for i in range(3)]
+        assert sorted(got) == [esp_packet(GOOD, b"early%d" % i) for i in range(3)]
         # The SPI is held now: the next packet passes the guard without the queue.
-        tx4.sendto(esp(GOOD, b"late"), (VIP4, 0))
-        assert [p[-32:] for p in receive_all(rx4, 2.0)] == [esp(GOOD, b"late")]
+        tx4.sendto(esp_packet(GOOD, b"late"), (VIP4, 0))
+        assert [p[-32:] for p in receive_all(rx4, 2.0)] == [esp_packet(GOOD, b"late")]
         assert receive_all(rx_natt, 0.5) == [b"\0\0\0\0ike"]
         counters = service.counters()
     assert sorted(calls) == [(GOOD, VIP4), (BAD, VIP4), (BAD, VIP6)]
