@@ -45,7 +45,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -61,7 +61,6 @@ from appliance.model import (
     Address,
     Direction,
     LifetimeCur,
-    Mark,
     ReplayState,
     ReplayStateEsn,
     SadEntry,
@@ -89,6 +88,12 @@ class ExecutionTimeout(ExecutionError):
     """The plan did not finish within its time limit."""
 
 
+AE_ROUND = 512
+"""SAs per GETAE-then-NEWAE round. Batching saves a round trip per SA; the
+rounds keep short the time in which traffic could move an inbound counter
+between the read and the write (a NEWAE with replace would then rewind it)."""
+
+
 class XfrmKernel(Protocol):
     """The part of ``XfrmSocket`` the executor uses."""
 
@@ -100,18 +105,7 @@ class XfrmKernel(Protocol):
         self, operations: Sequence[tuple[str, SadEntry | SpdEntry]]
     ) -> list[BatchFailure]: ...
 
-    def get_ae(
-        self,
-        daddr: Address,
-        spi: int,
-        proto: int = ...,
-        *,
-        mark: Mark | None = ...,
-        saddr: Address | None = ...,
-        reqid: int = ...,
-    ) -> AeState: ...
-
-    def set_replay(self, entry: SadEntry, replay: ReplayState | ReplayStateEsn) -> None: ...
+    def get_ae_batch(self, entries: Sequence[SadEntry]) -> list[AeState | BatchFailure]: ...
 
 
 @dataclass(frozen=True)
@@ -481,14 +475,53 @@ class PlanExecutor:
             if sa_identity(sa) in kernel
         ]
 
-    def _kernel_replay(self, sa: SadEntry) -> ReplayState | ReplayStateEsn | None:
-        ae = self.kernel.get_ae(sa.daddr, sa.spi, sa.proto, mark=sa.mark)
-        return ae.replay_esn if ae.replay_esn is not None else ae.replay
+    def _kernel_replays(
+        self, sas: Sequence[SadEntry], what: str
+    ) -> list[ReplayState | ReplayStateEsn | None]:
+        """The kernel's current replay state of each SA (one pipelined GETAE batch)."""
+        answers = self.kernel.get_ae_batch(sas)
+        failures = [a for a in answers if isinstance(a, BatchFailure)]
+        if failures:
+            raise ExecutionError(
+                f"{what}: the kernel could not read {len(failures)} of {len(sas)} replay "
+                f"states; first: {failures[0].message}"
+            )
+        return [
+            a.replay_esn if a.replay_esn is not None else a.replay
+            for a in answers
+            if isinstance(a, AeState)
+        ]
+
+    def _move_counters(
+        self,
+        wanted: Sequence[tuple[SadEntry, int]],
+        *,
+        outbound: bool,
+        action: Action,
+        deadline: float,
+    ) -> Iterator[list[SadEntry]]:
+        """Give each SA its own replay state where the kernel's counter is below ``wanted``.
+
+        Never rewinds: an SA already there, or moved further by traffic, is
+        left alone. Works in rounds of ``AE_ROUND`` SAs (one GETAE batch, then
+        one NEWAE batch), and yields the SAs each round set, once it is done.
+        """
+        what = action.value
+        for start in range(0, len(wanted), AE_ROUND):
+            part = wanted[start : start + AE_ROUND]
+            self._check_deadline(deadline, action)
+            current = self._kernel_replays([sa for sa, _ in part], what)
+            behind = [
+                sa
+                for (sa, target), now in zip(part, current, strict=True)
+                if _seq64(now, outbound=outbound) < target
+            ]
+            self._batch([("set_replay", sa) for sa in behind], what, deadline)
+            yield behind
 
     def _advance_outbound(
         self, fetched: FetchedState, report: ExecutionReport, deadline: float
     ) -> dict[str, Any]:
-        moved = 0
         flags = self._outbound_flags(fetched)
         if all(
             sa_identity(sa) in self._installed
@@ -496,43 +529,47 @@ class PlanExecutor:
             if o
         ):
             return {"advanced": 0, "rekey": len(report.rekey)}  # no dump needed
+        outcomes: dict[tuple[object, ...], AdvancedSa] = {}
         for sa, outbound in self._present(fetched, flags):
             if not outbound or sa_identity(sa) in self._installed:
                 continue
-            self._check_deadline(deadline, Action.ADVANCE_OUTBOUND_SEQ)
             outcome = advance_sa(sa, self.settings.oseq_jump)
             if isinstance(outcome, RekeyRequired):
                 report.rekey.append((sa.spi, outcome.reason))
                 continue
-            current = _seq64(self._kernel_replay(sa), outbound=True)
-            if current >= outcome.new_oseq:
-                continue  # already there, or traffic moved it further: never rewind
-            self._set_replay(outcome)
-            report.advanced.append((sa.spi, outcome.old_oseq, outcome.new_oseq))
-            moved += 1
+            outcomes[sa_identity(outcome.sa)] = outcome
+        moved = 0
+        for done in self._move_counters(
+            [(o.sa, o.new_oseq) for o in outcomes.values()],
+            outbound=True,
+            action=Action.ADVANCE_OUTBOUND_SEQ,
+            deadline=deadline,
+        ):
+            for sa in done:
+                o = outcomes[sa_identity(sa)]
+                report.advanced.append((sa.spi, o.old_oseq, o.new_oseq))
+            moved += len(done)
         return {"advanced": moved, "rekey": len(report.rekey)}
-
-    def _set_replay(self, outcome: AdvancedSa) -> None:
-        state = _replay_of(outcome.sa)
-        assert state is not None  # advance_sa always returns one
-        self.kernel.set_replay(outcome.sa, state)
 
     def _restore_inbound(
         self, fetched: FetchedState, report: ExecutionReport, deadline: float
     ) -> dict[str, Any]:
-        restored = 0
+        unchecked: list[tuple[SadEntry, int]] = []
         for sa, outbound in self._present(fetched):
             stored = _replay_of(sa)
             if outbound or stored is None:
                 continue
-            identity, wanted = sa_identity(sa), _seq64(stored, outbound=False)
-            if self._inbound_checked.get(identity) == wanted:
-                continue
-            self._check_deadline(deadline, Action.RESTORE_INBOUND_REPLAY)
-            if _seq64(self._kernel_replay(sa), outbound=False) < wanted:
-                self.kernel.set_replay(sa, stored)
-                restored += 1
-            self._inbound_checked[identity] = wanted
+            wanted = _seq64(stored, outbound=False)
+            if self._inbound_checked.get(sa_identity(sa)) != wanted:
+                unchecked.append((sa, wanted))
+        restored = 0
+        rounds = self._move_counters(
+            unchecked, outbound=False, action=Action.RESTORE_INBOUND_REPLAY, deadline=deadline
+        )
+        for start, done in zip(range(0, len(unchecked), AE_ROUND), rounds, strict=True):
+            for sa, wanted in unchecked[start : start + AE_ROUND]:
+                self._inbound_checked[sa_identity(sa)] = wanted
+            restored += len(done)
         report.restored_inbound += restored
         return {"restored": restored}
 

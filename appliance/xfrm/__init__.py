@@ -2,45 +2,87 @@
 
 * ``structs``: the netlink messages, one pyroute2 class per struct of
   ``include/uapi/linux/xfrm.h``; ``constants``: its numbers.
-* ``convert``: lossless message <-> ``appliance.model`` conversion, with a
-  fast ``struct`` encoder proven byte-identical to the declarative classes.
+* ``codec``: model entries <-> message bytes with precompiled structs (no
+  pyroute2); ``convert``: the same through the declarative classes, the
+  reference the tests hold ``codec`` to.
 * ``XfrmSocket``: one socket per network namespace; dump/get/add/update/
   delete/flush of SAs and policies, GETAE/NEWAE, ALLOCSPI, MIGRATE, and
   ``install_batch`` for thousands of entries.
 * ``events``: ``parse_events`` (sans-IO) and ``xfrm_events`` (asyncio).
 
-See docs/xfrm.md.
+The names below load their module on first use, so that importing one
+submodule (``appliance.xfrm.socket`` for a restore) does not import pyroute2
+and asyncio with the rest. See docs/xfrm.md.
 """
 
-from appliance.xfrm.convert import (
-    encode_policy,
-    encode_sa,
-    sad_from_msg,
-    sad_to_msg,
-    spd_from_msg,
-    spd_to_msg,
-)
-from appliance.xfrm.events import (
-    Acquire,
-    AeChanged,
-    Event,
-    EventsOverrun,
-    MappingChanged,
-    Migrated,
-    PolicyAdded,
-    PolicyDeleted,
-    PolicyExpired,
-    PolicyFlushed,
-    SaAdded,
-    SaDeleted,
-    SaExpired,
-    SaFlushed,
-    UnknownEvent,
-    parse_events,
-    xfrm_events,
-)
-from appliance.xfrm.socket import XfrmSocket, dump_sad, dump_spd, open_xfrm_socket
-from appliance.xfrm.types import AeState, BatchFailure, KmAddress, Migration, XfrmError
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.xfrm.codec import encode_policy, encode_sa
+    from appliance.xfrm.convert import (
+        sad_from_msg,
+        sad_to_msg,
+        spd_from_msg,
+        spd_to_msg,
+    )
+    from appliance.xfrm.events import (
+        Acquire,
+        AeChanged,
+        Event,
+        EventsOverrun,
+        MappingChanged,
+        Migrated,
+        PolicyAdded,
+        PolicyDeleted,
+        PolicyExpired,
+        PolicyFlushed,
+        SaAdded,
+        SaDeleted,
+        SaExpired,
+        SaFlushed,
+        UnknownEvent,
+        parse_events,
+        xfrm_events,
+    )
+    from appliance.xfrm.socket import XfrmSocket, dump_sad, dump_spd, open_xfrm_socket
+    from appliance.xfrm.types import AeState, BatchFailure, KmAddress, Migration, XfrmError
+
+_MODULE_OF = {
+    "Acquire": "events",
+    "AeChanged": "events",
+    "AeState": "types",
+    "BatchFailure": "types",
+    "Event": "events",
+    "EventsOverrun": "events",
+    "KmAddress": "types",
+    "MappingChanged": "events",
+    "Migrated": "events",
+    "Migration": "types",
+    "PolicyAdded": "events",
+    "PolicyDeleted": "events",
+    "PolicyExpired": "events",
+    "PolicyFlushed": "events",
+    "SaAdded": "events",
+    "SaDeleted": "events",
+    "SaExpired": "events",
+    "SaFlushed": "events",
+    "UnknownEvent": "events",
+    "XfrmError": "types",
+    "XfrmSocket": "socket",
+    "dump_sad": "socket",
+    "dump_spd": "socket",
+    "encode_policy": "codec",
+    "encode_sa": "codec",
+    "open_xfrm_socket": "socket",
+    "parse_events": "events",
+    "sad_from_msg": "convert",
+    "sad_to_msg": "convert",
+    "spd_from_msg": "convert",
+    "spd_to_msg": "convert",
+    "xfrm_events": "events",
+}
+"""Public name -> the submodule defining it."""
 
 __all__ = [
     "Acquire",
@@ -76,3 +118,16 @@ __all__ = [
     "spd_to_msg",
     "xfrm_events",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

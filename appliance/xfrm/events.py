@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from appliance.model import Address, SadEntry, Selector, SpdEntry, Template, address_from_xfrm
+from appliance.xfrm import codec
 from appliance.xfrm import constants as c
 from appliance.xfrm import convert as cv
 from appliance.xfrm import structs as s
 from appliance.xfrm.netlink import RawMessage, iter_messages
 from appliance.xfrm.socket import (
-    ae_state_from_msg,
     group_mask,
     migration_from_dict,
     open_xfrm_socket,
@@ -252,9 +252,9 @@ def _split(attrs: Iterable[object], kind: int) -> tuple[object | None, list[obje
 def _event(raw: RawMessage) -> Event:
     t = raw.type
     seq, pid = raw.seq, raw.pid
+    # The frequent ones (installs, replay updates) through the struct codec.
     if t in (c.XFRM_MSG_NEWSA, c.XFRM_MSG_UPDSA):
-        msg = _decode(s.xfrm_usersa_info, raw.data)
-        return SaAdded(seq, pid, cv.sad_from_msg(msg), t == c.XFRM_MSG_UPDSA)
+        return SaAdded(seq, pid, codec.sad_from_bytes(raw.data), t == c.XFRM_MSG_UPDSA)
     if t == c.XFRM_MSG_DELSA:
         msg = _decode(s.xfrm_usersa_id, raw.data)
         sa_slot, rest = _split(msg["attrs"], c.XFRMA_SA)
@@ -273,8 +273,7 @@ def _event(raw: RawMessage) -> Event:
         msg = _decode(s.xfrm_user_expire, raw.data)
         return SaExpired(seq, pid, cv.sad_from_info(msg["state"], msg["attrs"]), bool(msg["hard"]))
     if t in (c.XFRM_MSG_NEWPOLICY, c.XFRM_MSG_UPDPOLICY):
-        msg = _decode(s.xfrm_userpolicy_info, raw.data)
-        return PolicyAdded(seq, pid, cv.spd_from_msg(msg), t == c.XFRM_MSG_UPDPOLICY)
+        return PolicyAdded(seq, pid, codec.spd_from_bytes(raw.data), t == c.XFRM_MSG_UPDPOLICY)
     if t == c.XFRM_MSG_DELPOLICY:
         msg = _decode(s.xfrm_userpolicy_id, raw.data)
         pol_slot, rest = _split(msg["attrs"], c.XFRMA_POLICY)
@@ -293,20 +292,9 @@ def _event(raw: RawMessage) -> Event:
             seq, pid, cv.spd_from_info(msg["pol"], msg["attrs"]), bool(msg["hard"])
         )
     if t == c.XFRM_MSG_NEWAE:
-        msg = _decode(s.xfrm_aevent_id, raw.data)
-        sa_id = msg["sa_id"]
-        family = sa_id["family"]
-        return AeChanged(
-            seq,
-            pid,
-            address_from_xfrm(family, sa_id["daddr"]),
-            sa_id["spi"],
-            sa_id["proto"],
-            address_from_xfrm(family, msg["saddr"]),
-            msg["reqid"],
-            msg["flags"],
-            ae_state_from_msg(msg),
-        )
+        daddr, spi, proto, saddr, reqid, flags = codec.aevent_id_from_bytes(raw.data)
+        state = codec.ae_state_from_bytes(raw.data)
+        return AeChanged(seq, pid, daddr, spi, proto, saddr, reqid, flags, state)
     if t == c.XFRM_MSG_ACQUIRE:
         msg = _decode(s.xfrm_user_acquire, raw.data)
         policy = cv.spd_from_info(msg["policy"], msg["attrs"])

@@ -21,9 +21,9 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.model import (
     IPPROTO_ESP,
@@ -39,11 +39,17 @@ from appliance.model import (
     address_to_xfrm,
     family_of,
 )
+from appliance.xfrm import codec
 from appliance.xfrm import constants as c
-from appliance.xfrm import convert as cv
-from appliance.xfrm import structs as s
 from appliance.xfrm.netlink import RawMessage, describe_errno, iter_messages, parse_error
 from appliance.xfrm.types import AeState, BatchFailure, KmAddress, Migration, XfrmError
+
+# The declarative messages import pyroute2, whose package import takes longer
+# than a whole 1,000-SA restore on a slow machine. Dumps, batches, AE and
+# the single-SA and single-policy requests go through ``codec``; the rarer
+# operations below import ``structs``/``convert`` where they need them.
+if TYPE_CHECKING:
+    from appliance.xfrm import structs as s
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -312,6 +318,8 @@ class XfrmSocket:
         proto: int | None = None,
     ) -> list[RawMessage]:
         """Encode a structs message with a fresh sequence number and transact it."""
+        from appliance.xfrm import convert as cv
+
         seq = self.next_seq()
         msg["header"]["type"] = msg_type
         msg["header"]["flags"] = flags
@@ -332,13 +340,15 @@ class XfrmSocket:
 
     def dump_sa(self) -> list[s.xfrm_usersa_info]:
         """Every SA of the namespace, as decoded ``xfrm_usersa_info`` messages."""
+        from appliance.xfrm import structs as s
+
         raw = self._dump(c.XFRM_MSG_GETSA, "SA dump")
         return [_decode(s.xfrm_usersa_info, m.data) for m in raw if m.type == c.XFRM_MSG_NEWSA]
 
     def dump_sad(self) -> list[SadEntry]:
         """Every SA of the namespace, as model entries (fast decoder)."""
         raw = self._dump(c.XFRM_MSG_GETSA, "SA dump")
-        return [cv.sad_from_bytes(m.data) for m in raw if m.type == c.XFRM_MSG_NEWSA]
+        return [codec.sad_from_bytes(m.data) for m in raw if m.type == c.XFRM_MSG_NEWSA]
 
     def get_sa(
         self,
@@ -349,20 +359,13 @@ class XfrmSocket:
         mark: Mark | None = None,
     ) -> SadEntry:
         """One SA by (daddr, spi, proto[, mark])."""
-        msg = s.xfrm_usersa_id()
-        msg.update(
-            {
-                "daddr": address_to_xfrm(daddr),
-                "spi": spi,
-                "family": family_of(daddr),
-                "proto": proto,
-            }
+        seq = self.next_seq()
+        data = codec.encode_sa_id(
+            c.XFRM_MSG_GETSA, c.NLM_F_REQUEST | c.NLM_F_ACK, seq, daddr, spi, proto, mark=mark
         )
-        msg["attrs"] = _mark_attr(mark)
-        replies = self.request(msg, c.XFRM_MSG_GETSA, _sa_id_label(daddr, spi, proto))
-        for reply in replies:
+        for reply in self.transact(data, seq, _sa_id_label(daddr, spi, proto)):
             if reply.type == c.XFRM_MSG_NEWSA:
-                return cv.sad_from_msg(_decode(s.xfrm_usersa_info, reply.data))
+                return codec.sad_from_bytes(reply.data)
         raise XfrmError(f"{_sa_id_label(daddr, spi, proto)}: kernel sent no SA", errno.ENOENT)
 
     def add_sa(self, entry: SadEntry, *, with_lifetime_cur: bool = False) -> None:
@@ -371,7 +374,9 @@ class XfrmSocket:
         ``with_lifetime_cur`` also sends XFRMA_LTIME_VAL so byte/packet
         counters and the add time carry over (lifetimes keep running).
         """
-        self._send_entry(cv.encode_sa, entry, c.XFRM_MSG_NEWSA, with_lifetime_cur=with_lifetime_cur)
+        self._send_entry(
+            codec.encode_sa, entry, c.XFRM_MSG_NEWSA, with_lifetime_cur=with_lifetime_cur
+        )
 
     def update_sa(self, entry: SadEntry, *, with_lifetime_cur: bool = False) -> None:
         """Update an SA (XFRM_MSG_UPDSA).
@@ -380,7 +385,9 @@ class XfrmSocket:
         mark/if_id from it; reqid, keys and replay state stay (``set_ae`` sets
         the replay state).  Updating a larval SA from ``alloc_spi`` completes it.
         """
-        self._send_entry(cv.encode_sa, entry, c.XFRM_MSG_UPDSA, with_lifetime_cur=with_lifetime_cur)
+        self._send_entry(
+            codec.encode_sa, entry, c.XFRM_MSG_UPDSA, with_lifetime_cur=with_lifetime_cur
+        )
 
     def _send_entry(self, encoder: Any, entry: Any, msg_type: int, **options: Any) -> None:
         seq = self.next_seq()
@@ -397,40 +404,28 @@ class XfrmSocket:
         mark: Mark | None = None,
     ) -> None:
         """Remove one SA (XFRM_MSG_DELSA)."""
-        msg = s.xfrm_usersa_id()
-        msg.update(
-            {
-                "daddr": address_to_xfrm(daddr),
-                "spi": spi,
-                "family": family if family is not None else family_of(daddr),
-                "proto": proto,
-            }
+        seq = self.next_seq()
+        data = codec.encode_sa_id(
+            c.XFRM_MSG_DELSA,
+            c.NLM_F_REQUEST | c.NLM_F_ACK,
+            seq,
+            daddr,
+            spi,
+            proto,
+            family=family,
+            mark=mark,
         )
-        msg["attrs"] = _mark_attr(mark)
-        self.request(msg, c.XFRM_MSG_DELSA, _sa_id_label(daddr, spi, proto))
+        self.transact(data, seq, _sa_id_label(daddr, spi, proto))
 
     def flush_sa(self, proto: int = c.IPSEC_PROTO_ANY) -> None:
         """Remove every SA of ``proto`` (default: all)."""
+        from appliance.xfrm import structs as s
+
         msg = s.xfrm_usersa_flush()
         msg["proto"] = proto
         self.request(msg, c.XFRM_MSG_FLUSHSA, f"SA flush (proto {proto})")
 
     # -- replay / lifetime state (AE) -----------------------------------------
-
-    def _aevent_id(
-        self, daddr: Address, spi: int, proto: int, saddr: Address | None, reqid: int, flags: int
-    ) -> s.xfrm_aevent_id:
-        msg = s.xfrm_aevent_id()
-        msg["sa_id"] = {
-            "daddr": address_to_xfrm(daddr),
-            "spi": spi,
-            "family": family_of(daddr),
-            "proto": proto,
-        }
-        msg["saddr"] = address_to_xfrm(saddr) if saddr is not None else bytes(16)
-        msg["flags"] = flags
-        msg["reqid"] = reqid
-        return msg
 
     def get_ae(
         self,
@@ -443,12 +438,23 @@ class XfrmSocket:
         reqid: int = 0,
     ) -> AeState:
         """Replay counters and current lifetime of a live SA (XFRM_MSG_GETAE)."""
-        msg = self._aevent_id(daddr, spi, proto, saddr, reqid, c.XFRM_AE_RVAL | c.XFRM_AE_LVAL)
-        msg["attrs"] = _mark_attr(mark)
-        replies = self.request(msg, c.XFRM_MSG_GETAE, _sa_id_label(daddr, spi, proto))
+        seq = self.next_seq()
+        data = codec.encode_ae(
+            c.XFRM_MSG_GETAE,
+            c.NLM_F_REQUEST | c.NLM_F_ACK,
+            seq,
+            daddr,
+            spi,
+            proto,
+            mark=mark,
+            saddr=saddr,
+            reqid=reqid,
+            ae_flags=c.XFRM_AE_RVAL | c.XFRM_AE_LVAL,
+        )
+        replies = self.transact(data, seq, _sa_id_label(daddr, spi, proto))
         for reply in replies:
             if reply.type == c.XFRM_MSG_NEWAE:
-                return ae_state_from_msg(_decode(s.xfrm_aevent_id, reply.data))
+                return codec.ae_state_from_bytes(reply.data)
         raise XfrmError(f"{_sa_id_label(daddr, spi, proto)}: kernel sent no AE reply", errno.ENOENT)
 
     def set_ae(
@@ -470,62 +476,25 @@ class XfrmSocket:
         This is how a restored outbound SA continues at the old sequence number:
         XFRM_MSG_UPDSA leaves the replay state alone.
         """
-        flags = 0
-        attrs: list[tuple[str, Any]] = []
-        if isinstance(replay, ReplayStateEsn):
-            flags |= c.XFRM_AE_RVAL
-            attrs.append(
-                (
-                    "XFRMA_REPLAY_ESN_VAL",
-                    {
-                        "bmp_len": replay.bmp_len,
-                        "oseq": replay.oseq,
-                        "seq": replay.seq,
-                        "oseq_hi": replay.oseq_hi,
-                        "seq_hi": replay.seq_hi,
-                        "replay_window": replay.replay_window,
-                        "bmp": struct.pack(f"={len(replay.bmp)}I", *replay.bmp),
-                    },
-                )
-            )
-        elif isinstance(replay, ReplayState):
-            flags |= c.XFRM_AE_RVAL
-            attrs.append(
-                (
-                    "XFRMA_REPLAY_VAL",
-                    {"oseq": replay.oseq, "seq": replay.seq, "bitmap": replay.bitmap},
-                )
-            )
-        if lifetime_cur is not None:
-            flags |= c.XFRM_AE_LVAL
-            attrs.append(
-                (
-                    "XFRMA_LTIME_VAL",
-                    {
-                        "bytes": lifetime_cur.bytes,
-                        "packets": lifetime_cur.packets,
-                        "add_time": lifetime_cur.add_time,
-                        "use_time": lifetime_cur.use_time,
-                    },
-                )
-            )
-        if replay_thresh is not None:
-            flags |= c.XFRM_AE_RTHR
-            attrs.append(("XFRMA_REPLAY_THRESH", replay_thresh))
-        if etimer_thresh is not None:
-            flags |= c.XFRM_AE_ETHR
-            attrs.append(("XFRMA_ETIMER_THRESH", etimer_thresh))
-        if not attrs:
+        if all(v is None for v in (replay, lifetime_cur, replay_thresh, etimer_thresh)):
             raise XfrmError("set_ae needs a replay state, a lifetime or a threshold to set")
-        attrs += _mark_attr(mark)
-        msg = self._aevent_id(daddr, spi, proto, saddr, reqid, flags)
-        msg["attrs"] = attrs
-        self.request(
-            msg,
+        seq = self.next_seq()
+        data = codec.encode_ae(
             c.XFRM_MSG_NEWAE,
-            _sa_id_label(daddr, spi, proto),
-            flags=c.NLM_F_REQUEST | c.NLM_F_ACK | c.NLM_F_REPLACE,
+            c.NLM_F_REQUEST | c.NLM_F_ACK | c.NLM_F_REPLACE,
+            seq,
+            daddr,
+            spi,
+            proto,
+            replay=replay,
+            lifetime_cur=lifetime_cur,
+            mark=mark,
+            saddr=saddr,
+            reqid=reqid,
+            replay_thresh=replay_thresh,
+            etimer_thresh=etimer_thresh,
         )
+        self.transact(data, seq, _sa_id_label(daddr, spi, proto))
 
     def set_replay(self, entry: SadEntry, replay: ReplayState | ReplayStateEsn) -> None:
         """``set_ae`` for the SA an entry names."""
@@ -554,6 +523,8 @@ class XfrmSocket:
         """
         if not 0 < spi_min <= spi_max <= 0xFFFFFFFF:
             raise XfrmError(f"invalid SPI range 0x{spi_min:x}-0x{spi_max:x}", errno.EINVAL)
+        from appliance.xfrm import structs as s
+
         family = family_of(daddr)
         info = s.xfrm_usersa_info_struct.zero()
         info["id"] = {"daddr": address_to_xfrm(daddr), "spi": 0, "proto": proto}
@@ -595,6 +566,8 @@ class XfrmSocket:
 
     def dump_policy(self) -> list[s.xfrm_userpolicy_info]:
         """Every policy (main and sub), as decoded ``xfrm_userpolicy_info`` messages."""
+        from appliance.xfrm import structs as s
+
         raw = self._dump(c.XFRM_MSG_GETPOLICY, "policy dump")
         return [
             _decode(s.xfrm_userpolicy_info, m.data) for m in raw if m.type == c.XFRM_MSG_NEWPOLICY
@@ -603,15 +576,15 @@ class XfrmSocket:
     def dump_spd(self) -> list[SpdEntry]:
         """Every policy, as model entries (fast decoder)."""
         raw = self._dump(c.XFRM_MSG_GETPOLICY, "policy dump")
-        return [cv.spd_from_bytes(m.data) for m in raw if m.type == c.XFRM_MSG_NEWPOLICY]
+        return [codec.spd_from_bytes(m.data) for m in raw if m.type == c.XFRM_MSG_NEWPOLICY]
 
     def add_policy(self, entry: SpdEntry) -> None:
         """Install a new policy (XFRM_MSG_NEWPOLICY); EEXIST if one with its selector exists."""
-        self._send_entry(cv.encode_policy, entry, c.XFRM_MSG_NEWPOLICY)
+        self._send_entry(codec.encode_policy, entry, c.XFRM_MSG_NEWPOLICY)
 
     def update_policy(self, entry: SpdEntry) -> None:
         """Create or replace a policy (XFRM_MSG_UPDPOLICY)."""
-        self._send_entry(cv.encode_policy, entry, c.XFRM_MSG_UPDPOLICY)
+        self._send_entry(codec.encode_policy, entry, c.XFRM_MSG_UPDPOLICY)
 
     def delete_policy(
         self,
@@ -624,12 +597,23 @@ class XfrmSocket:
         ptype: int = c.XFRM_POLICY_TYPE_MAIN,
     ) -> None:
         """Remove a policy by selector and direction (or by ``index`` when not 0)."""
-        msg = policy_id_msg(selector, dir, index=index, mark=mark, if_id=if_id, ptype=ptype)
+        seq = self.next_seq()
+        data = codec.encode_policy_id(
+            c.XFRM_MSG_DELPOLICY,
+            c.NLM_F_REQUEST | c.NLM_F_ACK,
+            seq,
+            selector,
+            dir,
+            index=index,
+            mark=mark,
+            if_id=if_id,
+            ptype=ptype,
+        )
         what = (
             f"policy {_DIR_NAMES.get(dir, str(dir))} src {selector.saddr}/{selector.prefixlen_s} "
             f"dst {selector.daddr}/{selector.prefixlen_d}"
         )
-        self.request(msg, c.XFRM_MSG_DELPOLICY, what)
+        self.transact(data, seq, what)
 
     def delete_policy_entry(self, entry: SpdEntry) -> None:
         """Remove the policy an entry describes (by selector, direction, mark, if_id, type)."""
@@ -643,6 +627,8 @@ class XfrmSocket:
 
     def flush_policy(self, ptype: int | None = None) -> None:
         """Remove every policy (of ``ptype`` when given; else main policies)."""
+        from appliance.xfrm import structs as s
+
         msg = s.xfrm_flushpolicy()
         msg["attrs"] = (
             []
@@ -665,6 +651,9 @@ class XfrmSocket:
         """Move a policy's templates and SAs to new endpoints (XFRM_MSG_MIGRATE)."""
         if not migrations:
             raise XfrmError("migrate needs at least one migration")
+        from appliance.xfrm import convert as cv
+        from appliance.xfrm import structs as s
+
         msg = s.xfrm_migrate_msg()
         msg["sel"] = cv.selector_to_dict(selector)
         msg["index"] = 0
@@ -705,39 +694,118 @@ class XfrmSocket:
 
         ``operations`` holds ``(op, entry)`` with op one of ``add_sa``,
         ``update_sa``, ``add_policy``, ``update_policy``, ``delete_sa``,
-        ``delete_policy``.  Requests go out in sendmsg buffers of up to
-        ``BATCH_CHUNK`` bytes without NLM_F_ACK, so the kernel answers only
-        failures; a final NLMSG_NOOP with NLM_F_ACK marks the end.  The
-        result lists every refused entry as (index, errno, message), in order.
+        ``delete_policy``, ``set_replay`` (NEWAE with replace: the entry's
+        replay state onto the live SA) and ``set_thresholds`` (NEWAE: the
+        entry's ``replay_thresh`` and ``etimer_thresh``).  Requests go out in
+        sendmsg buffers of up to ``BATCH_CHUNK`` bytes without NLM_F_ACK, so the
+        kernel answers only failures.  The result lists every refused entry as
+        (index, errno, message), in order.
         """
         check_batch(operations)  # bad input fails here, before anything is sent
-        base = self._seq + 1
-        self._seq = (self._seq + len(operations)) & 0xFFFFFFFF
-        barrier = self.next_seq()
         failures: dict[int, BatchFailure] = {}
+
+        def encode(index: int, seq: int) -> bytes:
+            op, entry = operations[index]
+            return encode_operation(op, entry, seq, with_lifetime_cur=with_lifetime_cur)
+
+        def answer(index: int, msg: RawMessage) -> None:
+            if msg.type != c.NLMSG_ERROR:
+                return
+            err = parse_error(msg)
+            if err.error:
+                op, entry = operations[index]
+                proto, algorithms = _entry_context(entry)
+                text = describe_errno(
+                    -err.error, entry.label(), proto=proto, extack=err.extack, algorithms=algorithms
+                )
+                failures[index] = BatchFailure(index, -err.error, f"{op}: {text}")
+
+        self._pipeline(len(operations), encode, answer)
+        return [failures[i] for i in sorted(failures)]
+
+    def get_ae_batch(self, entries: Sequence[SadEntry]) -> list[AeState | BatchFailure]:
+        """GETAE for many SAs without waiting for each answer, in the order given.
+
+        Each result is the SA's ``AeState``, or a ``BatchFailure`` (index,
+        errno, message) when the kernel refused, e.g. ESRCH for an SA gone.
+        """
+        results: list[AeState | BatchFailure | None] = [None] * len(entries)
+
+        def encode(index: int, seq: int) -> bytes:
+            sa = entries[index]
+            return codec.encode_ae(
+                c.XFRM_MSG_GETAE,
+                c.NLM_F_REQUEST,
+                seq,
+                sa.daddr,
+                sa.spi,
+                sa.proto,
+                mark=sa.mark,
+                ae_flags=c.XFRM_AE_RVAL | c.XFRM_AE_LVAL,
+            )
+
+        def answer(index: int, msg: RawMessage) -> None:
+            if msg.type == c.XFRM_MSG_NEWAE:
+                results[index] = codec.ae_state_from_bytes(msg.data)
+            elif msg.type == c.NLMSG_ERROR:
+                err = parse_error(msg)
+                if err.error:
+                    sa = entries[index]
+                    text = describe_errno(-err.error, sa.label(), extack=err.extack)
+                    results[index] = BatchFailure(index, -err.error, f"get_ae: {text}")
+
+        # Every GETAE is answered, and the kernel queues a whole sendmsg's answers
+        # before we read: size the buffers to the receive buffer (~1 KiB per answer
+        # with its overhead, x4 for ESN bitmaps), not to BATCH_CHUNK alone.
+        try:
+            rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except AttributeError:  # a test double
+            rcvbuf = DEFAULT_RCVBUF
+        self._pipeline(len(entries), encode, answer, per_buffer=max(16, rcvbuf // 4096))
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise XfrmError(
+                f"GETAE batch: no answer for {len(missing)} of {len(entries)} SAs "
+                f"(first {entries[missing[0]].label()})",
+                errno.EIO,
+            )
+        return [r for r in results if r is not None]
+
+    def _pipeline(
+        self,
+        count: int,
+        encode: Callable[[int, int], bytes],
+        answer: Callable[[int, RawMessage], None],
+        *,
+        per_buffer: int | None = None,
+    ) -> None:
+        """Send ``count`` requests (``encode(index, seq)``) in big buffers; pass on each answer.
+
+        ``per_buffer`` caps the requests per sendmsg (for requests that are all
+        answered); the size cap is ``BATCH_CHUNK`` or half the send buffer.
+
+        Request ``i`` gets sequence number ``base + i``; every message the
+        kernel sends back for it goes to ``answer(i, msg)``.  A final
+        NLMSG_NOOP with NLM_F_ACK marks the end: the kernel handles one
+        socket's requests in order, so its ack comes after every other answer.
+        """
+        base = self._seq + 1
+        self._seq = (self._seq + count) & 0xFFFFFFFF
+        barrier = self.next_seq()
         finished = threading.Event()
 
         def drain(block: bool) -> None:
-            """Record the failures received so far; set ``finished`` at the barrier's ack."""
-            for msg in self._recv(block):
-                if msg.type != c.NLMSG_ERROR:
-                    continue
-                err = parse_error(msg)
-                if err.request_seq == barrier:
-                    finished.set()
-                    continue
-                index = (err.request_seq - base) & 0xFFFFFFFF
-                if err.error and index < len(operations):
-                    op, entry = operations[index]
-                    proto, algorithms = _entry_context(entry)
-                    text = describe_errno(
-                        -err.error,
-                        entry.label(),
-                        proto=proto,
-                        extack=err.extack,
-                        algorithms=algorithms,
-                    )
-                    failures[index] = BatchFailure(index, -err.error, f"{op}: {text}")
+            """Read what is queued (after one blocking read if ``block``); pass it on."""
+            while messages := self._recv(block):
+                block = False
+                for msg in messages:
+                    seq = parse_error(msg).request_seq if msg.type == c.NLMSG_ERROR else msg.seq
+                    if seq == barrier:
+                        finished.set()
+                        continue
+                    index = (seq - base) & 0xFFFFFFFF
+                    if index < count:
+                        answer(index, msg)
 
         try:
             # The kernel refuses a sendmsg larger than the send buffer (EMSGSIZE).
@@ -767,7 +835,8 @@ class XfrmSocket:
             ending = struct.pack(
                 "=IHHII", 16, c.NLMSG_NOOP, c.NLM_F_REQUEST | c.NLM_F_ACK, barrier, 0
             )
-            for chunk in _encode_chunks(operations, base, limit, with_lifetime_cur, ending):
+            requests = (encode(i, (base + i) & 0xFFFFFFFF) for i in range(count))
+            for chunk in _chunks(requests, limit, ending, per_buffer):
                 chunks.put(chunk)
         finally:
             chunks.put(None)
@@ -776,7 +845,6 @@ class XfrmSocket:
             raise sender_errors[0]
         while not finished.is_set():
             drain(True)
-        return [failures[i] for i in sorted(failures)]
 
 
 class _DumpInterrupted(Exception):
@@ -790,6 +858,8 @@ _BATCH_TYPES = {
     "update_policy": c.XFRM_MSG_UPDPOLICY,
     "delete_sa": c.XFRM_MSG_DELSA,
     "delete_policy": c.XFRM_MSG_DELPOLICY,
+    "set_replay": c.XFRM_MSG_NEWAE,
+    "set_thresholds": c.XFRM_MSG_NEWAE,
 }
 
 
@@ -803,10 +873,19 @@ def check_batch(operations: Sequence[tuple[str, SadEntry | SpdEntry]]) -> None:
             raise XfrmError(
                 f"batch entry {index}: unknown operation {op!r} (one of {', '.join(_BATCH_TYPES)})"
             )
-        wanted = SadEntry if op.endswith("_sa") else SpdEntry
+        wanted = SpdEntry if op.endswith("_policy") else SadEntry
         if not isinstance(entry, wanted):
             article = "a" if wanted is SadEntry else "an"
             raise XfrmError(f"batch entry {index}: {op} needs {article} {wanted.__name__}")
+        if isinstance(entry, SadEntry):
+            if op == "set_replay" and entry.replay is None and entry.replay_esn is None:
+                raise XfrmError(f"batch entry {index}: set_replay needs an SA with a replay state")
+            if (
+                op == "set_thresholds"
+                and entry.replay_thresh is None
+                and entry.etimer_thresh is None
+            ):
+                raise XfrmError(f"batch entry {index}: set_thresholds needs an SA with a threshold")
 
 
 def encode_operation(
@@ -815,95 +894,74 @@ def encode_operation(
     """One batch request, without NLM_F_ACK (the kernel then answers only on failure)."""
     msg_type = _BATCH_TYPES[op]
     flags = c.NLM_F_REQUEST
-    if isinstance(entry, SadEntry):
-        if op != "delete_sa":
-            return cv.encode_sa(entry, msg_type, flags, seq, 0, with_lifetime_cur=with_lifetime_cur)
-        msg = s.xfrm_usersa_id()
-        msg.update(
-            {
-                "daddr": address_to_xfrm(entry.daddr),
-                "spi": entry.spi,
-                "family": entry.family,
-                "proto": entry.proto,
-            }
+    if isinstance(entry, SpdEntry):
+        if op == "delete_policy":
+            return codec.encode_policy_id(
+                msg_type,
+                flags,
+                seq,
+                entry.selector,
+                entry.dir,
+                mark=entry.mark,
+                if_id=entry.if_id,
+                ptype=getattr(entry, "ptype", None) or 0,
+            )
+        return codec.encode_policy(entry, msg_type, flags, seq)
+    if op == "delete_sa":
+        return codec.encode_sa_id(
+            msg_type,
+            flags,
+            seq,
+            entry.daddr,
+            entry.spi,
+            entry.proto,
+            family=entry.family,
+            mark=entry.mark,
         )
-        msg["attrs"] = _mark_attr(entry.mark)
-        msg["header"].update({"type": msg_type, "flags": flags, "sequence_number": seq})
-        return cv.encode_msg(msg)
-    if op != "delete_policy":
-        return cv.encode_policy(entry, msg_type, flags, seq)
-    pmsg = policy_id_msg(
-        entry.selector,
-        entry.dir,
-        mark=entry.mark,
-        if_id=entry.if_id,
-        ptype=getattr(entry, "ptype", None) or 0,
-    )
-    pmsg["header"].update({"type": msg_type, "flags": flags, "sequence_number": seq})
-    return cv.encode_msg(pmsg)
-
-
-def encode_batch(
-    operations: Sequence[tuple[str, SadEntry | SpdEntry]],
-    first_seq: int,
-    *,
-    with_lifetime_cur: bool = False,
-) -> list[bytes]:
-    """Requests (without NLM_F_ACK) for a batch; entry ``i`` gets sequence ``first_seq + i``."""
-    check_batch(operations)
-    return [
-        encode_operation(
-            op, entry, (first_seq + i) & 0xFFFFFFFF, with_lifetime_cur=with_lifetime_cur
+    if op == "set_replay":
+        return codec.encode_ae(
+            msg_type,
+            flags | c.NLM_F_REPLACE,
+            seq,
+            entry.daddr,
+            entry.spi,
+            entry.proto,
+            replay=entry.replay_esn if entry.replay_esn is not None else entry.replay,
+            mark=entry.mark,
         )
-        for i, (op, entry) in enumerate(operations)
-    ]
+    if op == "set_thresholds":
+        return codec.encode_ae(
+            msg_type,
+            flags | c.NLM_F_REPLACE,  # xfrm_new_ae refuses NEWAE without it (EINVAL)
+            seq,
+            entry.daddr,
+            entry.spi,
+            entry.proto,
+            mark=entry.mark,
+            replay_thresh=entry.replay_thresh,
+            etimer_thresh=entry.etimer_thresh,
+        )
+    return codec.encode_sa(entry, msg_type, flags, seq, 0, with_lifetime_cur=with_lifetime_cur)
 
 
-def _encode_chunks(
-    operations: Sequence[tuple[str, SadEntry | SpdEntry]],
-    first_seq: int,
-    limit: int,
-    with_lifetime_cur: bool,
-    ending: bytes,
+def _chunks(
+    requests: Iterable[bytes], limit: int, ending: bytes, per_buffer: int | None = None
 ) -> Iterator[bytes]:
-    """sendmsg buffers of at most ``limit`` bytes (one oversized request goes alone)."""
+    """sendmsg buffers of at most ``limit`` bytes and ``per_buffer`` requests.
+
+    One oversized request goes alone; ``ending`` closes the last buffer.
+    """
     chunk: list[bytes] = []
     size = 0
-    for index, (op, entry) in enumerate(operations):
-        data = encode_operation(
-            op, entry, (first_seq + index) & 0xFFFFFFFF, with_lifetime_cur=with_lifetime_cur
-        )
-        if size + len(data) > limit and chunk:
+    for data in requests:
+        full = per_buffer is not None and len(chunk) >= per_buffer
+        if chunk and (full or size + len(data) > limit):
             yield b"".join(chunk)
             chunk, size = [], 0
         chunk.append(data)
         size += len(data)
     chunk.append(ending)
     yield b"".join(chunk)
-
-
-def policy_id_msg(
-    selector: Selector,
-    dir: int,
-    *,
-    index: int = 0,
-    mark: Mark | None = None,
-    if_id: int | None = None,
-    ptype: int = c.XFRM_POLICY_TYPE_MAIN,
-) -> s.xfrm_userpolicy_id:
-    """An ``xfrm_userpolicy_id`` request naming one policy."""
-    msg = s.xfrm_userpolicy_id()
-    msg["sel"] = cv.selector_to_dict(selector)
-    msg["index"] = index
-    msg["dir"] = dir
-    attrs: list[tuple[str, Any]] = [
-        ("XFRMA_POLICY_TYPE", {"type": ptype, "reserved1": 0, "reserved2": 0})
-    ]
-    attrs += _mark_attr(mark)
-    if if_id is not None:
-        attrs.append(("XFRMA_IF_ID", if_id))
-    msg["attrs"] = attrs
-    return msg
 
 
 def migration_to_dict(m: Migration) -> dict[str, Any]:
@@ -934,38 +992,6 @@ def migration_from_dict(d: dict[str, Any]) -> Migration:
         reqid=d["reqid"],
         reserved=d["reserved"],
     )
-
-
-def ae_state_from_msg(msg: Any) -> AeState:
-    """AeState from a decoded NEWAE message (GETAE reply or AE event)."""
-    replay = replay_esn = lifetime = None
-    rthr = ethr = None
-    mark = None
-    for slot in msg["attrs"]:
-        kind = cv.attr_type(slot)
-        v = slot.value
-        if kind == c.XFRMA_REPLAY_VAL:
-            replay = ReplayState(v["oseq"], v["seq"], v["bitmap"])
-        elif kind == c.XFRMA_REPLAY_ESN_VAL:
-            bmp = v["bmp"]
-            replay_esn = ReplayStateEsn(
-                v["bmp_len"],
-                v["oseq"],
-                v["seq"],
-                v["oseq_hi"],
-                v["seq_hi"],
-                v["replay_window"],
-                struct.unpack(f"={len(bmp) // 4}I", bmp[: len(bmp) // 4 * 4]),
-            )
-        elif kind == c.XFRMA_LTIME_VAL:
-            lifetime = LifetimeCur(**v)
-        elif kind == c.XFRMA_REPLAY_THRESH:
-            rthr = v
-        elif kind == c.XFRMA_ETIMER_THRESH:
-            ethr = v
-        elif kind == c.XFRMA_MARK:
-            mark = Mark(v["v"], v["m"])
-    return AeState(replay, replay_esn, lifetime, rthr, ethr, mark)
 
 
 def dump_sad(netns: str | None = None) -> list[SadEntry]:

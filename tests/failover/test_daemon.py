@@ -17,6 +17,7 @@ from appliance.failover.config import load_daemon_config
 from appliance.failover.daemon import FailoverDaemon
 from appliance.failover.sync import FullResync, PutReplay, sa_key
 from appliance.failover.transitions import Role
+from appliance.model import SadEntry
 from appliance.notify import VrrpState
 from appliance.store.base import FetchCancelled, NotFoundError, StaleEpochError
 from appliance.wire.entries import replay_update_for
@@ -101,12 +102,14 @@ def config(tmp_path: Path) -> Any:
 
 
 class ThresholdKernel(FakeKernel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.thresholds: list[int] = []
-
-    def set_ae(self, daddr: Any, spi: int, proto: int, **kw: Any) -> None:
-        self.thresholds.append(spi)
+    @property
+    def thresholds(self) -> list[tuple[int, int | None, int | None]]:
+        """(SPI, replay threshold, expiry timer) of each set_thresholds, in order."""
+        return [
+            (e.spi, e.replay_thresh, e.etimer_thresh)
+            for op, e in self.changes
+            if op == "set_thresholds" and isinstance(e, SadEntry)
+        ]
 
 
 def make(config: Any, tmp_path: Path) -> tuple[FailoverDaemon, ThresholdKernel, list[FakeClient]]:
@@ -128,7 +131,7 @@ def test_full_resync_makes_every_store_equal_to_the_kernel(config: Any, tmp_path
     for client in clients:
         assert list(client.data) == [sa_key(OUT_SA)]
         assert list(client.pols.values()) == [IN_POL]
-    assert kernel.thresholds == [OUT_SA.spi]
+    assert kernel.thresholds == [(OUT_SA.spi, 1000, daemon.etimer)]
 
 
 def test_not_found_from_the_store_asks_for_a_resync(config: Any, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance import model as m
+from appliance.failover import executor as executor_module
 from appliance.failover.config import StoreConfig
 from appliance.failover.executor import (
     ExecutionError,
@@ -78,6 +79,8 @@ class FakeKernel:
         self.spd: dict[tuple[object, ...], m.SpdEntry] = {}
         self.changes: list[tuple[str, object]] = []
         self.refuse_spi: int | None = None
+        self.ae_reads: list[int] = []
+        """SPIs asked for with GETAE, in order."""
 
     def dump_sad(self) -> list[m.SadEntry]:
         return list(self.sad.values())
@@ -100,6 +103,10 @@ class FakeKernel:
                     self.sad[key] = entry
                 elif op == "delete_sa":
                     self.sad.pop(key)
+                elif op == "set_replay":
+                    self.sad[key] = dataclasses.replace(
+                        self.sad[key], replay=entry.replay, replay_esn=entry.replay_esn
+                    )
                 continue
             key = policy_identity(entry)
             if op == "add_policy":
@@ -111,15 +118,16 @@ class FakeKernel:
                 self.spd.pop(key)
         return failures
 
-    def get_ae(self, daddr: m.Address, spi: int, proto: int = 50, **_: object) -> AeState:
-        entry = next(e for e in self.sad.values() if (e.daddr, e.spi) == (daddr, spi))
-        return AeState(entry.replay, entry.replay_esn, entry.lifetime_cur)
-
-    def set_replay(self, entry: m.SadEntry, replay: m.ReplayState | m.ReplayStateEsn) -> None:
-        key = sa_identity(entry)
-        self.changes.append(("set_replay", replay))
-        field = "replay_esn" if isinstance(replay, m.ReplayStateEsn) else "replay"
-        self.sad[key] = dataclasses.replace(self.sad[key], **{field: replay})  # type: ignore[arg-type]
+    def get_ae_batch(self, entries: Sequence[m.SadEntry]) -> list[AeState | BatchFailure]:
+        answers: list[AeState | BatchFailure] = []
+        for i, wanted in enumerate(entries):
+            self.ae_reads.append(wanted.spi)
+            entry = self.sad.get(sa_identity(wanted))
+            if entry is None:
+                answers.append(BatchFailure(i, errno.ESRCH, "get_ae: no such SA"))
+            else:
+                answers.append(AeState(entry.replay, entry.replay_esn, entry.lifetime_cur))
+        return answers
 
     def send_packets(self, spi: int, count: int) -> None:
         key = next(k for k, e in self.sad.items() if e.spi == spi)
@@ -324,16 +332,9 @@ def test_follow_with_prefetched_state_asks_the_store_nothing() -> None:
 def test_follow_reads_an_inbound_counter_again_only_when_the_stored_one_moved() -> None:
     executor, kernel, _, _, _ = make()
     executor.run(FOLLOW, fetched=STATE)
-    reads: list[int] = []
-    get_ae = kernel.get_ae
-
-    def counting_get_ae(daddr: m.Address, spi: int, proto: int = 50, **kw: object) -> AeState:
-        reads.append(spi)
-        return get_ae(daddr, spi, proto, **kw)
-
-    kernel.get_ae = counting_get_ae  # type: ignore[method-assign]
+    kernel.ae_reads.clear()
     executor.run(FOLLOW, fetched=STATE)
-    assert reads == []  # nothing moved in the store: no GETAE
+    assert kernel.ae_reads == []  # nothing moved in the store: no GETAE
     assert IN_SA.replay is not None
     moved = dataclasses.replace(IN_SA, replay=dataclasses.replace(IN_SA.replay, seq=9000))
     newer = FetchedState(
@@ -341,13 +342,58 @@ def test_follow_reads_an_inbound_counter_again_only_when_the_stored_one_moved() 
     )
     kernel.changes.clear()
     executor.run(FOLLOW, fetched=newer)
-    assert reads == [IN_SA.spi]
-    assert ("set_replay", moved.replay) in kernel.changes
+    assert kernel.ae_reads == [IN_SA.spi]
+    assert ("set_replay", moved) in kernel.changes
     # Any other plan forgets what was checked: traffic may have moved the kernel's counters.
     executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
-    reads.clear()
+    kernel.ae_reads.clear()
     executor.run(FOLLOW, fetched=newer)
-    assert reads == [IN_SA.spi]
+    assert kernel.ae_reads == [IN_SA.spi]
+
+
+def test_counters_move_in_rounds_of_a_read_batch_then_a_write_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(executor_module, "AE_ROUND", 2)
+    inbound = tuple(sa(0x3000 + n, PEER, GW, oseq=0, seq=100, reqid=10 + n) for n in range(5))
+    state = FetchedState(inbound, (), "test")
+    executor, kernel, _, _, _ = make()
+    executor.run(FOLLOW, fetched=state)
+    rounds: list[list[int]] = []
+    real = kernel.get_ae_batch
+
+    def counting(entries: Sequence[m.SadEntry]) -> list[AeState | BatchFailure]:
+        rounds.append([e.spi for e in entries])
+        return real(entries)
+
+    kernel.get_ae_batch = counting  # type: ignore[method-assign]
+    # The store moved three of the five (and one of them backwards: never rewound).
+    moved = [
+        dataclasses.replace(e, replay=m.ReplayState(0, seq, 1))
+        for e, seq in zip(inbound, (500, 100, 600, 50, 700), strict=True)
+    ]
+    kernel.changes.clear()
+    report = executor.run(FOLLOW, fetched=FetchedState(tuple(moved), (), "test"))
+    assert rounds == [[0x3000, 0x3002], [0x3003, 0x3004]]  # 0x3001 unchanged: not read
+    assert [e.spi for op, e in kernel.changes if op == "set_replay"] == [0x3000, 0x3002, 0x3004]
+    assert report.restored_inbound == 3
+    assert kernel.sad[sa_identity(inbound[3])].replay == inbound[3].replay  # 100 stays
+
+
+def test_an_sa_gone_before_its_counter_is_read_fails_the_step_by_name() -> None:
+    executor, kernel, _, _, _ = make()
+    executor.run(FOLLOW, fetched=STATE)
+    real = kernel.get_ae_batch
+
+    def vanished(entries: Sequence[m.SadEntry]) -> list[AeState | BatchFailure]:
+        kernel.sad.pop(sa_identity(OUT_SA), None)  # gone between the dump and the GETAE
+        return real(entries)
+
+    kernel.get_ae_batch = vanished  # type: ignore[method-assign]
+    with pytest.raises(
+        ExecutionError, match="advance-outbound-seq: the kernel could not read 1 of 1 replay states"
+    ):
+        executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
 
 
 def test_timeline_names_the_steps_and_never_logs_keys(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,17 +1,27 @@
 """install_batch: many requests per sendmsg, failures attributed to their entries."""
 
+import dataclasses
 import errno
 import ipaddress
 
 import pytest
 from xfrm_fake_kernel import FakeXfrmKernel
 
-from appliance.model import AeadAlgorithm, Key, SadEntry, Selector, SpdEntry, Template
+from appliance.model import (
+    AeadAlgorithm,
+    Key,
+    ReplayStateEsn,
+    SadEntry,
+    Selector,
+    SpdEntry,
+    Template,
+)
+from appliance.xfrm import codec
 from appliance.xfrm import constants as c
 from appliance.xfrm import socket as xsock
 from appliance.xfrm.netlink import RawMessage
 from appliance.xfrm.socket import XfrmSocket
-from appliance.xfrm.types import XfrmError
+from appliance.xfrm.types import AeState, BatchFailure, XfrmError
 
 pytestmark = pytest.mark.unit
 
@@ -113,3 +123,90 @@ def test_single_request_error_names_the_entry_and_missing_esp() -> None:
     assert info.value.errno == errno.EPROTONOSUPPORT
     assert "kernel lacks ESP support (CONFIG_INET_ESP" in str(info.value)
     assert "SA spi 0x00001003 dst 192.0.2.2" in str(info.value)
+
+
+def with_esn(entry: SadEntry, oseq: int) -> SadEntry:
+    return dataclasses.replace(
+        entry, flags=c.XFRM_STATE_ESN, replay_esn=ReplayStateEsn(4, oseq, 0, 1, 0, 128, (0,) * 4)
+    )
+
+
+def test_batch_sets_replay_states_and_thresholds_with_newae() -> None:
+    kernel = FakeXfrmKernel(lambda msg: errno.ESRCH if spi_of_ae(msg) == 0x1002 else 0)
+    xs = XfrmSocket.from_socket(kernel)
+    thresholds = dataclasses.replace(sa(3), replay_thresh=64, etimer_thresh=100)
+    ops = [
+        ("set_replay", with_esn(sa(1), 500)),
+        ("set_replay", with_esn(sa(2), 600)),
+        ("set_thresholds", thresholds),
+    ]
+    failures = xs.install_batch(ops)
+    assert [(f.index, f.errno_name) for f in failures] == [(1, "ESRCH")]
+    sent = [m for m in kernel.requests if m.type == c.XFRM_MSG_NEWAE]
+    states = [codec.ae_state_from_bytes(m.data) for m in sent]
+    assert [s.oseq64 for s in states[:2]] == [(1 << 32) | 500, (1 << 32) | 600]
+    assert (states[2].replay_thresh, states[2].etimer_thresh, states[2].replay_esn) == (
+        64,
+        100,
+        None,
+    )
+    assert all(m.flags & c.NLM_F_REPLACE for m in sent)  # xfrm_new_ae refuses NEWAE without it
+
+
+def test_batch_refuses_set_replay_without_a_replay_state() -> None:
+    kernel = FakeXfrmKernel(lambda msg: 0)
+    xs = XfrmSocket.from_socket(kernel)
+    with pytest.raises(XfrmError, match="batch entry 1: set_replay needs an SA with a replay"):
+        xs.install_batch([("set_replay", with_esn(sa(1), 5)), ("set_replay", sa(2))])
+    with pytest.raises(XfrmError, match="batch entry 0: set_thresholds needs an SA with a thr"):
+        xs.install_batch([("set_thresholds", sa(1))])
+    with pytest.raises(XfrmError, match="batch entry 0: set_replay needs a SadEntry"):
+        xs.install_batch([("set_replay", policy(1))])
+    assert kernel.sent == []
+
+
+def spi_of_ae(msg: RawMessage) -> int:
+    return int.from_bytes(msg.data[16 + 16 : 16 + 20], "big")
+
+
+def test_get_ae_batch_answers_in_order_with_failures_in_place() -> None:
+    def reply(msg: RawMessage) -> bytes | None:
+        if msg.type != c.XFRM_MSG_GETAE:
+            return None
+        spi = spi_of_ae(msg)
+        entry = with_esn(sa(spi - 0x1000), 1000 + spi)
+        assert entry.replay_esn is not None
+        return codec.encode_ae(
+            c.XFRM_MSG_NEWAE, 0, msg.seq, entry.daddr, spi, 50, replay=entry.replay_esn
+        )
+
+    kernel = FakeXfrmKernel(lambda msg: errno.ESRCH if spi_of_ae(msg) == 0x1005 else 0, reply)
+    xs = XfrmSocket.from_socket(kernel)
+    entries = [sa(n) for n in range(1, 1201)]
+    results = xs.get_ae_batch(entries)
+    assert len(results) == 1200
+    failure = results[4]
+    assert isinstance(failure, BatchFailure) and failure.errno_name == "ESRCH"
+    assert "SA spi 0x00001005" in failure.message
+    others = [r for i, r in enumerate(results) if i != 4]
+    assert all(isinstance(r, AeState) for r in others)
+    assert [r.replay_esn.oseq for r in others[:3]] == [1000 + 0x1001, 1000 + 0x1002, 1000 + 0x1003]  # type: ignore[union-attr]
+    asked = [m for m in kernel.requests if m.type == c.XFRM_MSG_GETAE]
+    assert len(asked) == 1200 and not any(m.flags & c.NLM_F_ACK for m in asked)
+    assert len(kernel.sent) < 10  # pipelined, not one sendmsg per SA
+
+
+def test_get_ae_batch_raises_when_answers_are_missing() -> None:
+    kernel = FakeXfrmKernel(lambda msg: 0)  # accepts, but never answers a GETAE
+    xs = XfrmSocket.from_socket(kernel)
+    with pytest.raises(XfrmError, match="no answer for 2 of 2 SAs"):
+        xs.get_ae_batch([sa(1), sa(2)])
+
+
+def test_buffers_respect_both_the_byte_and_the_request_caps() -> None:
+    requests = [bytes([n]) * 10 for n in range(25)]
+    by_count = list(xsock._chunks(requests, 1000, b"END", per_buffer=10))
+    assert [len(b) for b in by_count] == [100, 100, 53]
+    by_size = list(xsock._chunks(requests, 35, b"END"))
+    assert len(by_size) == 9 and by_size[-1].endswith(b"END")
+    assert b"".join(by_size) == b"".join(requests) + b"END"

@@ -25,6 +25,7 @@ from appliance.model import (
     Stats,
     Template,
 )
+from appliance.xfrm import codec
 from appliance.xfrm import constants as c
 from appliance.xfrm import convert as cv
 from appliance.xfrm import structs as s
@@ -129,7 +130,7 @@ def rich_policy() -> SpdEntry:
 @pytest.mark.parametrize("entry", [rich_sa(), ipv6_aead_sa()], ids=["rich", "ipv6-aead"])
 def test_fast_sa_encoder_equals_declarative_classes(entry: SadEntry) -> None:
     for with_cur in (False, True):
-        fast = cv.encode_sa(entry, c.XFRM_MSG_UPDSA, 5, 42, 7, with_lifetime_cur=with_cur)
+        fast = codec.encode_sa(entry, c.XFRM_MSG_UPDSA, 5, 42, 7, with_lifetime_cur=with_cur)
         slow = cv.encode_msg(
             cv.sad_to_msg(entry, c.XFRM_MSG_UPDSA, 5, 42, 7, with_lifetime_cur=with_cur)
         )
@@ -138,19 +139,19 @@ def test_fast_sa_encoder_equals_declarative_classes(entry: SadEntry) -> None:
 
 @pytest.mark.parametrize("entry", [rich_sa(), ipv6_aead_sa()], ids=["rich", "ipv6-aead"])
 def test_sa_survives_encode_decode(entry: SadEntry) -> None:
-    msg = s.xfrm_usersa_info(cv.encode_sa(entry))
+    msg = s.xfrm_usersa_info(codec.encode_sa(entry))
     msg.decode()
     assert cv.sad_from_msg(msg) == entry
 
 
 def test_fast_policy_encoder_equals_declarative_classes() -> None:
     entry = rich_policy()
-    assert cv.encode_policy(entry, seq=9) == cv.encode_msg(cv.spd_to_msg(entry, seq=9))
+    assert codec.encode_policy(entry, seq=9) == cv.encode_msg(cv.spd_to_msg(entry, seq=9))
 
 
 def test_policy_survives_encode_decode() -> None:
     entry = rich_policy()
-    msg = s.xfrm_userpolicy_info(cv.encode_policy(entry))
+    msg = s.xfrm_userpolicy_info(codec.encode_policy(entry))
     msg.decode()
     assert cv.spd_from_msg(msg) == entry
 
@@ -172,7 +173,7 @@ def test_attributes_follow_kernel_order_with_extras_at_their_place() -> None:
 
 
 def test_big_endian_members_are_swapped() -> None:
-    data = cv.encode_sa(rich_sa())
+    data = codec.encode_sa(rich_sa())
     assert data[16 + 72 : 16 + 76] == bytes.fromhex("c0ffee01")  # spi, network order
     assert data[16 + 32 : 16 + 34] == (443).to_bytes(2, "big")  # selector dport
 
@@ -221,35 +222,35 @@ def test_generated_sas_encode_identically_and_round_trip(
         if_id=if_id,
         extra_attrs=tuple(extra),
     )
-    fast = cv.encode_sa(entry)
+    fast = codec.encode_sa(entry)
     if all(t < s.UNKNOWN_ATTR_LIMIT for t, _ in extra):
         assert fast == cv.encode_msg(cv.sad_to_msg(entry))
     msg = s.xfrm_usersa_info(fast)
     msg.decode()
     back = cv.sad_from_msg(msg)
-    assert cv.sad_from_bytes(fast) == back
-    assert cv.encode_sa(back) == fast
+    assert codec.sad_from_bytes(fast) == back
+    assert codec.encode_sa(back) == fast
 
 
 @pytest.mark.parametrize("entry", [rich_sa(), ipv6_aead_sa()], ids=["rich", "ipv6-aead"])
 def test_fast_sa_decoder_equals_declarative_decoding(entry: SadEntry) -> None:
-    data = cv.encode_sa(entry)
+    data = codec.encode_sa(entry)
     msg = s.xfrm_usersa_info(data)
     msg.decode()
-    assert cv.sad_from_bytes(data) == cv.sad_from_msg(msg) == entry
+    assert codec.sad_from_bytes(data) == cv.sad_from_msg(msg) == entry
 
 
 def test_fast_policy_decoder_equals_declarative_decoding() -> None:
-    data = cv.encode_policy(rich_policy())
+    data = codec.encode_policy(rich_policy())
     msg = s.xfrm_userpolicy_info(data)
     msg.decode()
-    assert cv.spd_from_bytes(data) == cv.spd_from_msg(msg) == rich_policy()
+    assert codec.spd_from_bytes(data) == cv.spd_from_msg(msg) == rich_policy()
 
 
 def test_fast_decoder_keeps_short_known_attribute_raw() -> None:
-    data = bytearray(cv.encode_sa(ipv6_aead_sa()))
+    data = bytearray(codec.encode_sa(ipv6_aead_sa()))
     # Append an XFRMA_IF_ID with a 2-byte payload: not a valid __u32, must survive raw.
     data += bytes([6, 0, c.XFRMA_IF_ID, 0, 0xAB, 0xCD, 0, 0])
     data[0:4] = len(data).to_bytes(4, "little")
-    entry = cv.sad_from_bytes(bytes(data))
+    entry = codec.sad_from_bytes(bytes(data))
     assert entry.if_id is None and entry.extra_attrs == ((c.XFRMA_IF_ID, b"\xab\xcd"),)

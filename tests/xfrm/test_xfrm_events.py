@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from appliance.model import AeadAlgorithm, Key, SadEntry, Selector, SpdEntry, Template
+from appliance.xfrm import codec
 from appliance.xfrm import constants as c
 from appliance.xfrm import convert as cv
 from appliance.xfrm import structs as s
@@ -39,9 +40,9 @@ POLICY = SpdEntry(
 
 def test_one_datagram_with_several_notifications_gives_them_in_order() -> None:
     data = (
-        cv.encode_sa(SA, c.XFRM_MSG_NEWSA, 0, 1, 0)
-        + cv.encode_sa(SA, c.XFRM_MSG_UPDSA, 0, 2, 77)
-        + cv.encode_policy(POLICY, c.XFRM_MSG_UPDPOLICY, 0, 3, 0)
+        codec.encode_sa(SA, c.XFRM_MSG_NEWSA, 0, 1, 0)
+        + codec.encode_sa(SA, c.XFRM_MSG_UPDSA, 0, 2, 77)
+        + codec.encode_policy(POLICY, c.XFRM_MSG_UPDPOLICY, 0, 3, 0)
     )
     events = parse_events(data)
     assert [type(e) for e in events] == [SaAdded, SaAdded, PolicyAdded]
@@ -94,7 +95,7 @@ def test_unknown_type_is_kept_raw() -> None:
 
 
 def test_malformed_notification_becomes_unknown_event_with_reason() -> None:
-    good = cv.encode_sa(SA, c.XFRM_MSG_NEWSA, 0, 1, 0)
+    good = codec.encode_sa(SA, c.XFRM_MSG_NEWSA, 0, 1, 0)
     short = struct.pack("=IHHII", 20, c.XFRM_MSG_NEWSA, 0, 2, 0) + b"\0\0\0\0"
     events = parse_events(short + good)
     assert isinstance(events[0], UnknownEvent) and events[0].error
@@ -102,6 +103,6 @@ def test_malformed_notification_becomes_unknown_event_with_reason() -> None:
 
 
 def test_truncated_datagram_is_an_error() -> None:
-    data = cv.encode_sa(SA)
+    data = codec.encode_sa(SA)
     with pytest.raises(ValueError, match="truncated netlink message"):
         parse_events(data[:-8])

@@ -138,6 +138,43 @@ def test_newae_moves_the_outbound_sequence_number(netns: str) -> None:
     )
 
 
+def test_batched_getae_and_newae_read_and_move_many_counters(netns: str) -> None:
+    esn = [
+        sa(
+            0x4000 + n,
+            flags=c.XFRM_STATE_ESN,
+            replay_window=0,
+            replay_esn=ReplayStateEsn(4, 0, 0, 0, 0, 128, (0, 0, 0, 0)),
+        )
+        for n in range(300)
+    ]
+    legacy = [sa(0x5000 + n) for n in range(300)]
+    with XfrmSocket(netns) as xs:
+        assert xs.install_batch([("add_sa", e) for e in esn + legacy]) == []
+        before = xs.get_ae_batch(esn + legacy)
+        assert all(a.oseq64 == 0 for a in before)  # type: ignore[union-attr]
+        moved = [
+            dataclasses.replace(
+                e,
+                replay_esn=dataclasses.replace(e.replay_esn, oseq=7 + i, oseq_hi=1),  # type: ignore[type-var]
+            )
+            for i, e in enumerate(esn)
+        ] + [dataclasses.replace(e, replay=ReplayState(9 + i, 0, 0)) for i, e in enumerate(legacy)]
+        gone = sa(0x6000, replay=ReplayState(1, 0, 0))  # never installed: refused, by index
+        # The thresholds have no GETAE echo; that the kernel accepted them is the check.
+        ops = [("set_replay", e) for e in moved] + [("set_replay", gone)]
+        ops += [
+            ("set_thresholds", dataclasses.replace(e, replay_thresh=50, etimer_thresh=20))
+            for e in esn[:5]
+        ]
+        failures = xs.install_batch(ops)  # type: ignore[arg-type]
+        assert [(f.index, f.errno_name) for f in failures] == [(600, "ESRCH")]
+        after = xs.get_ae_batch([*esn, *legacy, gone])
+        assert [a.oseq64 for a in after[:300]] == [(1 << 32) | (7 + i) for i in range(300)]  # type: ignore[union-attr]
+        assert [a.oseq64 for a in after[300:600]] == [9 + i for i in range(300)]  # type: ignore[union-attr]
+        assert after[600].errno_name == "ESRCH"  # type: ignore[union-attr]
+
+
 def test_allocspi_stays_in_range(netns: str) -> None:
     with XfrmSocket(netns) as xs:
         # The kernel probes a range at random (as many probes as it is wide), so

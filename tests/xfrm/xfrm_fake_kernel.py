@@ -29,10 +29,19 @@ def error_message(request: RawMessage, err: int, text: str | None) -> bytes:
 
 
 class FakeXfrmKernel:
-    """``verdict(msg)`` returns 0 (accept) or an errno for every request."""
+    """``verdict(msg)`` returns 0 (accept) or an errno for every request.
 
-    def __init__(self, verdict: Callable[[RawMessage], int]) -> None:
+    ``reply(msg)``, if given, returns the answer to an accepted request that
+    has one (a GETAE's NEWAE, say), or None.
+    """
+
+    def __init__(
+        self,
+        verdict: Callable[[RawMessage], int],
+        reply: Callable[[RawMessage], bytes | None] | None = None,
+    ) -> None:
         self.verdict = verdict
+        self.reply = reply
         self.sent: list[bytes] = []
         self.requests: list[RawMessage] = []
         self.queue: list[bytes] = []
@@ -43,6 +52,11 @@ class FakeXfrmKernel:
         for msg in iter_messages(data):
             self.requests.append(msg)
             err = 0 if msg.type == c.NLMSG_NOOP else self.verdict(msg)
+            if msg.type == c.XFRM_MSG_NEWAE and not msg.flags & c.NLM_F_REPLACE:
+                err = err or errno.EINVAL  # as xfrm_new_ae: "NLM_F_REPLACE flag is required"
+            answer = self.reply(msg) if self.reply is not None and not err else None
+            if answer is not None:
+                replies.append(answer)
             if err or msg.flags & c.NLM_F_ACK:
                 text = None if not err else f"fake refusal {errno.errorcode[err]}"
                 replies.append(error_message(msg, err, text))
