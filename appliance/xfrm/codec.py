@@ -227,6 +227,27 @@ def _nla(kind: int, payload: bytes) -> bytes:
     return _NLAHDR.pack(length, kind) + payload + _PAD[length & 3]
 
 
+def _mark_nla(mark: Mark) -> bytes:
+    return _nla(c.XFRMA_MARK, _MARK.pack(mark.value, mark.mask))
+
+
+def _esn_nla(r: ReplayStateEsn) -> bytes:
+    head = _ESN.pack(r.bmp_len, r.oseq, r.seq, r.oseq_hi, r.seq_hi, r.replay_window)
+    return _nla(c.XFRMA_REPLAY_ESN_VAL, head + struct.pack(f"={len(r.bmp)}I", *r.bmp))
+
+
+def _replay_nla(r: ReplayState) -> bytes:
+    return _nla(c.XFRMA_REPLAY_VAL, _REPLAY.pack(r.oseq, r.seq, r.bitmap))
+
+
+def _esn_from(p: bytes) -> ReplayStateEsn:
+    """An ``XFRMA_REPLAY_ESN_VAL`` payload (``struct.error`` when shorter than its head)."""
+    bmp_len, oseq, seq, oseq_hi, seq_hi, window = _ESN.unpack_from(p)
+    bmp = p[_ESN.size :]
+    words = struct.unpack(f"={len(bmp) // 4}I", bmp[: len(bmp) // 4 * 4])
+    return ReplayStateEsn(bmp_len, oseq, seq, oseq_hi, seq_hi, window, words)
+
+
 def _sec_ctx(ctx: SecCtx) -> bytes:
     size = len(ctx.context)
     head = _SECCTX.pack(8 + size, c.XFRMA_SEC_CTX, ctx.ctx_alg, ctx.ctx_doi, size)
@@ -303,17 +324,14 @@ def _sa_attrs(entry: SadEntry, with_lifetime_cur: bool) -> list[bytes]:
     if entry.tfcpad is not None:
         add(_nla(c.XFRMA_TFCPAD, _U32.pack(entry.tfcpad)))
     if entry.mark is not None:
-        add(_nla(c.XFRMA_MARK, _MARK.pack(entry.mark.value, entry.mark.mask)))
+        add(_mark_nla(entry.mark))
     if entry.output_mark is not None:
         add(_nla(c.XFRMA_SET_MARK, _U32.pack(entry.output_mark.value)))
         add(_nla(c.XFRMA_SET_MARK_MASK, _U32.pack(entry.output_mark.mask)))
-    r = entry.replay_esn
-    if r is not None:
-        esn = _ESN.pack(r.bmp_len, r.oseq, r.seq, r.oseq_hi, r.seq_hi, r.replay_window)
-        add(_nla(c.XFRMA_REPLAY_ESN_VAL, esn + struct.pack(f"={len(r.bmp)}I", *r.bmp)))
-    p = entry.replay
-    if p is not None:
-        add(_nla(c.XFRMA_REPLAY_VAL, _REPLAY.pack(p.oseq, p.seq, p.bitmap)))
+    if entry.replay_esn is not None:
+        add(_esn_nla(entry.replay_esn))
+    if entry.replay is not None:
+        add(_replay_nla(entry.replay))
     if entry.offload is not None:
         off = entry.offload
         add(_nla(c.XFRMA_OFFLOAD_DEV, _OFFLOAD.pack(signed32(off.ifindex), off.flags)))
@@ -404,7 +422,7 @@ def _policy_attrs(entry: SpdEntry) -> list[bytes]:
     if ptype is not None and not any(k == c.XFRMA_POLICY_TYPE for k, _ in entry.extra_attrs):
         out.append(_nla(c.XFRMA_POLICY_TYPE, _PTYPE.pack(ptype, 0, 0)))
     if entry.mark is not None:
-        out.append(_nla(c.XFRMA_MARK, _MARK.pack(entry.mark.value, entry.mark.mask)))
+        out.append(_mark_nla(entry.mark))
     if entry.if_id is not None:
         out.append(_nla(c.XFRMA_IF_ID, _U32.pack(entry.if_id)))
     if entry.offload is not None:
@@ -446,7 +464,7 @@ def encode_sa_id(
         proto,
     )
     if mark is not None:
-        payload += _nla(c.XFRMA_MARK, _MARK.pack(mark.value, mark.mask))
+        payload += _mark_nla(mark)
     return _NLMSGHDR.pack(16 + len(payload), msg_type, flags, seq, 0) + payload
 
 
@@ -469,7 +487,7 @@ def encode_policy_id(
     """
     attrs = [_nla(c.XFRMA_POLICY_TYPE, _PTYPE.pack(ptype, 0, 0))]
     if mark is not None:
-        attrs.append(_nla(c.XFRMA_MARK, _MARK.pack(mark.value, mark.mask)))
+        attrs.append(_mark_nla(mark))
     if if_id is not None:
         attrs.append(_nla(c.XFRMA_IF_ID, _U32.pack(if_id)))
     payload = _USERPOLICY_ID.pack(*_sel_values(selector), index, dir) + b"".join(attrs)
@@ -533,17 +551,7 @@ def sad_from_bytes(data: bytes) -> SadEntry:
             elif kind == c.XFRMA_REPLAY_VAL and len(p) == 12:
                 values["replay"] = ReplayState(*_REPLAY.unpack(p))
             elif kind == c.XFRMA_REPLAY_ESN_VAL:
-                bmp_len, oseq, seq, oseq_hi, seq_hi, window = _ESN.unpack_from(p)
-                bmp = p[24:]
-                values["replay_esn"] = ReplayStateEsn(
-                    bmp_len,
-                    oseq,
-                    seq,
-                    oseq_hi,
-                    seq_hi,
-                    window,
-                    struct.unpack(f"={len(bmp) // 4}I", bmp[: len(bmp) // 4 * 4]),
-                )
+                values["replay_esn"] = _esn_from(p)
             elif kind == c.XFRMA_SA_EXTRA_FLAGS and len(p) == 4:
                 values["extra_flags"] = _U32.unpack(p)[0]
             elif kind == c.XFRMA_COADDR and len(p) == 16:
@@ -700,14 +708,12 @@ def encode_ae(
     ``ae_flags`` adds flags of its own (GETAE asks with RVAL|LVAL).
     """
     attrs: list[bytes] = []
-    if isinstance(replay, ReplayStateEsn):
+    if replay is not None:
         ae_flags |= c.XFRM_AE_RVAL
-        r = replay
-        esn = _ESN.pack(r.bmp_len, r.oseq, r.seq, r.oseq_hi, r.seq_hi, r.replay_window)
-        attrs.append(_nla(c.XFRMA_REPLAY_ESN_VAL, esn + struct.pack(f"={len(r.bmp)}I", *r.bmp)))
-    elif isinstance(replay, ReplayState):
-        ae_flags |= c.XFRM_AE_RVAL
-        attrs.append(_nla(c.XFRMA_REPLAY_VAL, _REPLAY.pack(replay.oseq, replay.seq, replay.bitmap)))
+        if isinstance(replay, ReplayStateEsn):
+            attrs.append(_esn_nla(replay))
+        else:
+            attrs.append(_replay_nla(replay))
     if lifetime_cur is not None:
         ae_flags |= c.XFRM_AE_LVAL
         attrs.append(_nla(c.XFRMA_LTIME_VAL, _CUR.pack(*_cur_values(lifetime_cur))))
@@ -718,7 +724,7 @@ def encode_ae(
         ae_flags |= c.XFRM_AE_ETHR
         attrs.append(_nla(c.XFRMA_ETIMER_THRESH, _U32.pack(etimer_thresh)))
     if mark is not None:
-        attrs.append(_nla(c.XFRMA_MARK, _MARK.pack(mark.value, mark.mask)))
+        attrs.append(_mark_nla(mark))
     payload = _AEVENT_ID.pack(
         address_to_xfrm(daddr),
         _swap32(spi),
@@ -754,17 +760,7 @@ def ae_state_from_bytes(data: bytes) -> AeState:
         if kind == c.XFRMA_REPLAY_VAL and len(p) >= _REPLAY.size:
             replay = ReplayState(*_REPLAY.unpack_from(p))
         elif kind == c.XFRMA_REPLAY_ESN_VAL and len(p) >= _ESN.size:
-            bmp_len, oseq, seq, oseq_hi, seq_hi, window = _ESN.unpack_from(p)
-            bmp = p[_ESN.size :]
-            replay_esn = ReplayStateEsn(
-                bmp_len,
-                oseq,
-                seq,
-                oseq_hi,
-                seq_hi,
-                window,
-                struct.unpack(f"={len(bmp) // 4}I", bmp[: len(bmp) // 4 * 4]),
-            )
+            replay_esn = _esn_from(p)
         elif kind == c.XFRMA_LTIME_VAL and len(p) >= _CUR.size:
             lifetime = LifetimeCur(*_CUR.unpack_from(p))
         elif kind == c.XFRMA_REPLAY_THRESH and len(p) >= 4:
