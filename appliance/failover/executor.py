@@ -204,7 +204,7 @@ def _seq64(state: ReplayState | ReplayStateEsn | None, *, outbound: bool) -> int
     return state.oseq if outbound else state.seq
 
 
-def _replay_of(sa: SadEntry) -> ReplayState | ReplayStateEsn | None:
+def _replay_of(sa: SadEntry | AeState) -> ReplayState | ReplayStateEsn | None:
     return sa.replay_esn if sa.replay_esn is not None else sa.replay
 
 
@@ -486,11 +486,7 @@ class PlanExecutor:
                 f"{what}: the kernel could not read {len(failures)} of {len(sas)} replay "
                 f"states; first: {failures[0].message}"
             )
-        return [
-            a.replay_esn if a.replay_esn is not None else a.replay
-            for a in answers
-            if isinstance(a, AeState)
-        ]
+        return [_replay_of(a) for a in answers if isinstance(a, AeState)]
 
     def _move_counters(
         self,
@@ -499,12 +495,13 @@ class PlanExecutor:
         outbound: bool,
         action: Action,
         deadline: float,
-    ) -> Iterator[list[SadEntry]]:
+    ) -> Iterator[tuple[Sequence[tuple[SadEntry, int]], list[SadEntry]]]:
         """Give each SA its own replay state where the kernel's counter is below ``wanted``.
 
         Never rewinds: an SA already there, or moved further by traffic, is
         left alone. Works in rounds of ``AE_ROUND`` SAs (one GETAE batch, then
-        one NEWAE batch), and yields the SAs each round set, once it is done.
+        one NEWAE batch); once a round is done, yields what it checked and the
+        SAs it set.
         """
         what = action.value
         for start in range(0, len(wanted), AE_ROUND):
@@ -517,7 +514,7 @@ class PlanExecutor:
                 if _seq64(now, outbound=outbound) < target
             ]
             self._batch([("set_replay", sa) for sa in behind], what, deadline)
-            yield behind
+            yield part, behind
 
     def _advance_outbound(
         self, fetched: FetchedState, report: ExecutionReport, deadline: float
@@ -539,7 +536,7 @@ class PlanExecutor:
                 continue
             outcomes[sa_identity(outcome.sa)] = outcome
         moved = 0
-        for done in self._move_counters(
+        for _, done in self._move_counters(
             [(o.sa, o.new_oseq) for o in outcomes.values()],
             outbound=True,
             action=Action.ADVANCE_OUTBOUND_SEQ,
@@ -563,11 +560,10 @@ class PlanExecutor:
             if self._inbound_checked.get(sa_identity(sa)) != wanted:
                 unchecked.append((sa, wanted))
         restored = 0
-        rounds = self._move_counters(
+        for checked, done in self._move_counters(
             unchecked, outbound=False, action=Action.RESTORE_INBOUND_REPLAY, deadline=deadline
-        )
-        for start, done in zip(range(0, len(unchecked), AE_ROUND), rounds, strict=True):
-            for sa, wanted in unchecked[start : start + AE_ROUND]:
+        ):
+            for sa, wanted in checked:
                 self._inbound_checked[sa_identity(sa)] = wanted
             restored += len(done)
         report.restored_inbound += restored
