@@ -21,6 +21,15 @@ Rules this package keeps:
   over INIT and RESP).  Session keys = HKDF-SHA256(PSK, Ni | Nr, IDs), one
   key and nonce salt per direction.  A restarted node draws new nonces, so
   it can never reuse a (key, nonce) pair.
+* **No state before the client proves its address** (IKEv2 cookies, DTLS
+  HelloVerifyRequest).  A first INIT gets a COOKIE: a MAC under a random
+  secret of this process (rotated every 30 s) over the source address and
+  the INIT's identity.  Only an INIT that repeats it creates an association.
+  A replayed INIT therefore costs a table entry only if it comes from the
+  address its cookie was made for, while that cookie is valid, and its
+  nonce has not been used: a store restart (new secret) invalidates every
+  recorded INIT.  The INIT with the cookie is padded to the largest RESP,
+  so no handshake reply is larger than the datagram that caused it.
 * **Every data datagram is AES-256-GCM sealed.**  Its header (type,
   version, receiver association ID, 64-bit sequence number) is the AAD; the
   sequence number is the nonce counter and never wraps: the client rekeys
@@ -31,10 +40,13 @@ Rules this package keeps:
   replayed, or for an unknown association is dropped and counted per
   ``DropReason`` in ``endpoint.drops``; the drop is logged with reason, peer
   and length only -- never content.
-* **Cheap state only for authenticated peers.**  Handshake messages are
-  HMAC'd, a replayed INIT is recognised (resent RESP if its association is
-  alive, dropped otherwise), and half-open associations (no authenticated
-  data yet) are limited in number and lifetime.
+* **Bounded tables.**  A client says CLOSE (authenticated like data) when it
+  is done, and the server forgets the association at once.  Associations and
+  half-open ones (no authenticated data yet) are limited in total and per
+  source address; a new association evicts the least recently used one
+  (of its own address when that address is at its limit, else of the
+  address holding the most), so a new client always gets in and one
+  address cannot crowd out the others.
 
 Usage (client)::
 
@@ -43,6 +55,7 @@ Usage (client)::
     ep.send(encode_message(request), now)     # buffered until the handshake is done
     for datagram, addr in ep.datagrams_to_send(now): sock.sendto(datagram, addr)
     for event in ep.receive_datagram(data, addr, now): ...  # DataReceived(data=...)
+    ep.disconnect()                           # CLOSE on every association; send them, then stop
 
 Usage (server): ``ChannelEndpoint(psk, "store-1", Role.SERVER)``; answer a
 ``DataReceived`` event with ``ep.send(reply, now, association=event.association)``.

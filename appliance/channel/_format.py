@@ -1,10 +1,12 @@
 """Channel datagram layouts and key schedule (docs/protocol.md section 6).
 
-Three datagram types share the first four bytes (type, version, reserved):
+Five datagram types share the first four bytes (type, version, reserved):
 
-* INIT  (1): initiator association ID, nonce Ni, node ID, HMAC.
-* RESP  (2): both association IDs, nonce Nr, node ID, HMAC (also over INIT).
-* DATA  (3): receiver association ID, 64-bit sequence number, AEAD output.
+* INIT   (1): initiator association ID, nonce Ni, node ID, cookie, padding, HMAC.
+* RESP   (2): both association IDs, nonce Nr, node ID, HMAC (also over INIT).
+* DATA   (3): receiver association ID, 64-bit sequence number, AEAD output.
+* COOKIE (4): initiator association ID, cookie, HMAC (also over Ni).
+* CLOSE  (5): as DATA, with an empty plaintext: the client is done with the association.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from appliance.wire.constants import CHANNEL_OVERHEAD
 
-VERSION = 1
+VERSION = 2
 TYPE_INIT = 1
 TYPE_RESP = 2
 TYPE_DATA = 3
+TYPE_COOKIE = 4
+TYPE_CLOSE = 5
 
 ASSOCIATION_ID_LENGTH = 8
 NONCE_LENGTH = 32
@@ -32,6 +36,14 @@ KEY_LENGTH = 32
 SALT_LENGTH = 4
 MIN_PSK_LENGTH = 32
 MAX_NODE_ID_LENGTH = 255
+COOKIE_LENGTH = 16
+
+MAX_RESP_LENGTH = 4 + 2 * ASSOCIATION_ID_LENGTH + NONCE_LENGTH + 1 + MAX_NODE_ID_LENGTH + MAC_LENGTH
+MIN_COOKIE_INIT_LENGTH = MAX_RESP_LENGTH  # 340
+"""An INIT that carries a cookie is padded to this, so no RESP is larger than its INIT."""
+COOKIE_DATAGRAM_LENGTH = 4 + ASSOCIATION_ID_LENGTH + COOKIE_LENGTH + MAC_LENGTH  # 60
+MIN_INIT_LENGTH = 4 + ASSOCIATION_ID_LENGTH + NONCE_LENGTH + 1 + 1 + 1 + 2 + MAC_LENGTH  # 81
+assert COOKIE_DATAGRAM_LENGTH <= MIN_INIT_LENGTH
 
 DATA_HEADER = struct.Struct("!BBH8sQ")
 DATA_HEADER_LENGTH = DATA_HEADER.size  # 20
@@ -95,8 +107,20 @@ class Init:
     initiator_aid: bytes
     ni: bytes
     node_id: bytes
+    cookie: bytes
+    """Empty in a first INIT; the server's cookie in the repeated one."""
+    identity: bytes
+    """AIDi | Ni | len(IDi) | IDi: what the cookie is computed over."""
     signed: bytes
     """Every byte before the MAC."""
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Cookie:
+    initiator_aid: bytes
+    cookie: bytes
+    signed: bytes
     mac: bytes
 
 
@@ -114,9 +138,26 @@ def _prefix(datagram_type: int) -> bytes:
     return bytes([datagram_type, VERSION, 0, 0])
 
 
-def build_init(key: bytes, initiator_aid: bytes, ni: bytes, node_id: bytes) -> bytes:
-    signed = _prefix(TYPE_INIT) + initiator_aid + ni + bytes([len(node_id)]) + node_id
+def build_init(
+    key: bytes, initiator_aid: bytes, ni: bytes, node_id: bytes, cookie: bytes = b""
+) -> bytes:
+    """INIT; with a cookie it is zero-padded to ``MIN_COOKIE_INIT_LENGTH`` (the largest RESP)."""
+    body = initiator_aid + ni + bytes([len(node_id)]) + node_id + bytes([len(cookie)]) + cookie
+    padding = 0
+    if cookie:
+        padding = max(0, MIN_COOKIE_INIT_LENGTH - (4 + len(body) + 2 + MAC_LENGTH))
+    signed = _prefix(TYPE_INIT) + body + padding.to_bytes(2, "big") + bytes(padding)
     return signed + mac(key, signed)
+
+
+def cookie_value(secret: bytes, addr: bytes, identity: bytes) -> bytes:
+    """The server's cookie: a truncated MAC under its own secret over the source and INIT."""
+    return mac(secret, len(addr).to_bytes(2, "big"), addr, identity)[:COOKIE_LENGTH]
+
+
+def build_cookie(key: bytes, initiator_aid: bytes, ni: bytes, cookie: bytes) -> bytes:
+    signed = _prefix(TYPE_COOKIE) + initiator_aid + cookie
+    return signed + mac(key, ni, signed)
 
 
 def build_resp(
@@ -146,8 +187,37 @@ def _node_id_and_mac(data: bytes, offset: int) -> tuple[bytes, bytes, bytes]:
 def parse_init(data: bytes) -> Init:
     aid_end = 4 + ASSOCIATION_ID_LENGTH
     nonce_end = aid_end + NONCE_LENGTH
-    node_id, signed, tag = _node_id_and_mac(data, nonce_end)
-    return Init(data[4:aid_end], data[aid_end:nonce_end], node_id, signed, tag)
+    if len(data) < MIN_INIT_LENGTH:
+        raise FormatError("INIT too short")
+    id_end = nonce_end + 1 + data[nonce_end]
+    if data[nonce_end] == 0 or len(data) < id_end + 1 + 2 + MAC_LENGTH:
+        raise FormatError("node ID length does not match the datagram length")
+    cookie_end = id_end + 1 + data[id_end]
+    if data[id_end] not in (0, COOKIE_LENGTH) or len(data) < cookie_end + 2 + MAC_LENGTH:
+        raise FormatError("bad cookie length")
+    pad_end = cookie_end + 2 + int.from_bytes(data[cookie_end : cookie_end + 2], "big")
+    if len(data) != pad_end + MAC_LENGTH or any(data[cookie_end + 2 : pad_end]):
+        raise FormatError("padding does not match the datagram length or is not zero")
+    cookie = data[id_end + 1 : cookie_end]
+    if cookie and len(data) < MIN_COOKIE_INIT_LENGTH:
+        raise FormatError("an INIT with a cookie must be padded to the largest RESP")
+    return Init(
+        initiator_aid=data[4:aid_end],
+        ni=data[aid_end:nonce_end],
+        node_id=data[nonce_end + 1 : id_end],
+        cookie=cookie,
+        identity=data[4:id_end],
+        signed=data[:pad_end],
+        mac=data[pad_end:],
+    )
+
+
+def parse_cookie(data: bytes) -> Cookie:
+    if len(data) != COOKIE_DATAGRAM_LENGTH:
+        raise FormatError("COOKIE has the wrong length")
+    aid_end = 4 + ASSOCIATION_ID_LENGTH
+    cookie_end = aid_end + COOKIE_LENGTH
+    return Cookie(data[4:aid_end], data[aid_end:cookie_end], data[:cookie_end], data[cookie_end:])
 
 
 def parse_resp(data: bytes) -> Resp:

@@ -10,7 +10,7 @@ import enum
 import hmac
 import logging
 import os
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -69,9 +69,37 @@ class ChannelConfig:
     """Server: an association with no authenticated data for this long is dropped (a client
     that has been quiet for half of it starts a new handshake before sending)."""
     max_half_open: int = 64
+    """Server: half-open associations in all; beyond it the oldest one of the address
+    holding most of them is evicted."""
+    max_half_open_per_source: int = 16
+    """Server: half-open associations from one source address; beyond it its oldest goes."""
     max_associations: int = 1024
+    """Server: associations in all; beyond it the least recently used one of the address
+    holding most of them is evicted."""
+    max_associations_per_source: int = 256
+    """Server: associations from one source address; beyond it its least recently used goes.
+    (A per-address limit above the total one is harmless: the total one applies first.)"""
+    cookie_secret_seconds: float = 30.0
+    """Server: the cookie secret rotates this often; a cookie is good for one to two periods."""
+    max_remembered_inits: int = 16384
+    """Server: nonces of accepted INITs remembered while their cookies are valid; when full,
+    the cookie secrets are replaced (every outstanding cookie becomes invalid)."""
     max_queued: int = 1024
     """Client: plaintexts queued while no association is up."""
+
+    def __post_init__(self) -> None:
+        limits = {
+            "max_half_open": self.max_half_open,
+            "max_half_open_per_source": self.max_half_open_per_source,
+            "max_associations": self.max_associations,
+            "max_associations_per_source": self.max_associations_per_source,
+            "max_remembered_inits": self.max_remembered_inits,
+        }
+        for name, value in limits.items():
+            if value < 1:
+                raise ChannelError(f"channel config: {name} must be at least 1, got {value}")
+        if self.cookie_secret_seconds <= 0:
+            raise ChannelError("channel config: cookie_secret_seconds must be positive")
 
 
 @dataclass(eq=False)
@@ -92,8 +120,8 @@ class _Association:
     send_seq: int = 0
     confirmed: bool = False
     """Authenticated data has arrived on it (a server counts unconfirmed ones as half-open)."""
-    resp_datagram: bytes = b""
-    """Server: the handshake response, resent if the same INIT arrives again."""
+    nr: bytes = b""
+    """Server: our handshake nonce, to answer a retransmitted INIT with the same RESP."""
     init_key: tuple[bytes, bytes] | None = None
 
 
@@ -102,17 +130,26 @@ class _PendingHandshake:
     local_id: bytes
     ni: bytes
     datagram: bytes
+    """The INIT sent (and retransmitted): first without a cookie, then with the server's."""
     addr: NetworkAddress
     next_send: float
     timeout: float
     attempts: int = 1
+    cookie: bytes = b""
 
 
 @dataclass
 class _Counters:
     sent: int = 0
     received: int = 0
+    cookies_sent: int = 0
+    handshake_retransmissions: int = 0
     drops: Counter[DropReason] = field(default_factory=Counter)
+
+
+def _source(addr: NetworkAddress) -> NetworkAddress:
+    """The host part of a socket address: limits are per source address, not per port."""
+    return addr[0] if isinstance(addr, tuple) and addr else addr
 
 
 class ChannelEndpoint:
@@ -139,10 +176,16 @@ class ChannelEndpoint:
         self._node_id_bytes = encoded_id
         self._handshake_key = fmt.handshake_key(psk)
         self._random = random_bytes
-        self._associations: dict[bytes, _Association] = {}
+        self._associations: OrderedDict[bytes, _Association] = OrderedDict()
+        """Least recently used first (a server moves an association to the end on data)."""
         self._by_init: dict[tuple[bytes, bytes], bytes] = {}
-        self._seen_inits: deque[bytes] = deque(maxlen=4096)
+        self._seen_inits: deque[tuple[float, bytes]] = deque()
+        """(forget after, Ni) of INITs that created an association, oldest first."""
         self._seen_init_set: set[bytes] = set()
+        self._cookie_secret = b""
+        self._cookie_rotated: float | None = None
+        """When the current cookie secret was drawn (None: none yet)."""
+        self._previous_cookie: tuple[bytes, float] | None = None
         self._pending: _PendingHandshake | None = None
         self._current: bytes | None = None
         self._retiring: dict[bytes, float] = {}
@@ -168,6 +211,16 @@ class ChannelEndpoint:
     def datagrams_received(self) -> int:
         """Authenticated data datagrams accepted."""
         return self._counters.received
+
+    @property
+    def cookies_sent(self) -> int:
+        """Server: COOKIE datagrams sent (each an INIT answered without keeping state)."""
+        return self._counters.cookies_sent
+
+    @property
+    def handshake_retransmissions(self) -> int:
+        """Client: INITs resent because no answer came in time, since creation."""
+        return self._counters.handshake_retransmissions
 
     @property
     def established(self) -> bool:
@@ -211,12 +264,14 @@ class ChannelEndpoint:
     # -- sending ------------------------------------------------------------
     def protect(self, plaintext: bytes, association: bytes | None = None) -> bytes:
         """Seal ``plaintext`` into one data datagram for ``association`` (client: current)."""
-        assoc = self._get(self._resolve(association))
+        return self._seal(fmt.TYPE_DATA, plaintext, self._get(self._resolve(association)))
+
+    def _seal(self, datagram_type: int, plaintext: bytes, assoc: _Association) -> bytes:
         if assoc.send_seq + 1 >= MAX_SEQUENCE:
             # Never reuse a nonce: this association cannot send any more.
             raise ChannelError("the association's sequence numbers are exhausted; rekey first")
         assoc.send_seq += 1
-        header = fmt.DATA_HEADER.pack(fmt.TYPE_DATA, fmt.VERSION, 0, assoc.peer_id, assoc.send_seq)
+        header = fmt.DATA_HEADER.pack(datagram_type, fmt.VERSION, 0, assoc.peer_id, assoc.send_seq)
         sealed = assoc.send_aead.encrypt(
             fmt.aead_nonce(assoc.send_salt, assoc.send_seq), plaintext, header
         )
@@ -271,8 +326,15 @@ class ChannelEndpoint:
             self._receive_data(data, addr, now)
         elif data[0] == fmt.TYPE_INIT:
             self._receive_init(data, addr, now)
+        elif data[0] == fmt.TYPE_COOKIE:
+            self._receive_cookie(data, addr, now)
         elif data[0] == fmt.TYPE_RESP:
             self._receive_resp(data, addr, now)
+        elif data[0] == fmt.TYPE_CLOSE:
+            if self.role is Role.SERVER:
+                self._receive_data(data, addr, now)
+            else:
+                self._drop(DropReason.WRONG_ROLE, addr, data)
         else:
             self._drop(DropReason.MALFORMED, addr, data)
         events = list(self._events)
@@ -303,10 +365,17 @@ class ChannelEndpoint:
         except InvalidTag:
             self._drop(DropReason.AUTH_FAILED, addr, data)
             return
+        if data[0] == fmt.TYPE_CLOSE:
+            if plaintext:
+                self._drop(DropReason.MALFORMED, addr, data)
+            else:
+                self._close(receiver_id, "closed by the peer")
+            return
         assoc.window.update(seq)
         assoc.addr = addr
         assoc.last_received = now
         assoc.confirmed = True
+        self._associations.move_to_end(receiver_id)
         if receiver_id == self._current:
             self._awaiting_since = None
         self._counters.received += 1
@@ -319,40 +388,37 @@ class ChannelEndpoint:
             return
         try:
             init = fmt.parse_init(data)
-        except fmt.FormatError:
+            peer_node_id = init.node_id.decode("utf-8")
+        except (fmt.FormatError, UnicodeDecodeError):
             self._drop(DropReason.MALFORMED, addr, data)
             return
         if not hmac.compare_digest(init.mac, fmt.mac(self._handshake_key, init.signed)):
             self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
             return
-        existing = self._by_init.get((init.initiator_aid, init.ni))
-        if existing is not None and existing in self._associations:
-            # A retransmitted INIT: our response was lost. Resend it, allocate nothing.
-            self._queue(self._associations[existing].resp_datagram, addr)
+        if not init.cookie:
+            self._send_cookie(init, addr, now)
             return
-        if init.mac in self._seen_init_set:
+        if not self._cookie_valid(init, addr, now):
+            # Forged, for another address, or minted before a rotation or a restart: no
+            # state; the client (if it is one) gets a fresh cookie and tries again.
+            self._drop(DropReason.COOKIE_INVALID, addr, data)
+            self._send_cookie(init, addr, now)
+            return
+        existing = self._by_init.get((init.initiator_aid, init.ni))
+        if existing is not None:
+            # A retransmitted INIT: our response was lost. Answer again, allocate nothing.
+            self._queue(self._resp(data, self._associations[existing]), addr)
+            return
+        self._forget_old_inits(now)
+        if init.ni in self._seen_init_set:
             self._drop(DropReason.HANDSHAKE_REPLAYED, addr, data)
             return
-        if len(self._associations) >= self.config.max_associations:
-            self._drop(DropReason.ASSOCIATION_LIMIT, addr, data)
-            return
-        half_open = sum(1 for a in self._associations.values() if not a.confirmed)
-        if half_open >= self.config.max_half_open:
-            self._drop(DropReason.HALF_OPEN_LIMIT, addr, data)
-            return
-        try:
-            peer_node_id = init.node_id.decode("utf-8")
-        except UnicodeDecodeError:
-            self._drop(DropReason.MALFORMED, addr, data)
-            return
-        self._remember_init(init.mac)
+        self._make_room(_source(addr))
+        self._remember_init(init.ni, now)
         local_id = self._new_association_id()
         nr = self._random(fmt.NONCE_LENGTH)
         keys = fmt.session_keys(
             self._psk, init.ni, nr, init.initiator_aid, local_id, init.node_id, self._node_id_bytes
-        )
-        resp = fmt.build_resp(
-            self._handshake_key, data, init.initiator_aid, local_id, nr, self._node_id_bytes
         )
         assoc = self._new_association(
             local_id,
@@ -363,11 +429,107 @@ class ChannelEndpoint:
             send=(keys.r2i_key, keys.r2i_salt),
             recv=(keys.i2r_key, keys.i2r_salt),
         )
-        assoc.resp_datagram = resp
+        assoc.nr = nr
         assoc.init_key = (init.initiator_aid, init.ni)
         self._by_init[assoc.init_key] = local_id
-        self._queue(resp, addr)
+        self._queue(self._resp(data, assoc), addr)
         self._events.append(HandshakeCompleted(local_id, peer_node_id, addr))
+
+    def _resp(self, init_datagram: bytes, assoc: _Association) -> bytes:
+        return fmt.build_resp(
+            self._handshake_key,
+            init_datagram,
+            assoc.peer_id,
+            assoc.local_id,
+            assoc.nr,
+            self._node_id_bytes,
+        )
+
+    # -- server: cookies (stateless until the client proves its address) ----------
+    def _cookie_secrets(self, now: float) -> tuple[bytes, ...]:
+        """The secrets a cookie may be under now: each is used for one period to mint
+        cookies and accepted for two, so a cookie is good for one to two periods."""
+        period = self.config.cookie_secret_seconds
+        if self._cookie_rotated is None or now >= self._cookie_rotated + period:
+            if self._cookie_rotated is not None:
+                self._previous_cookie = (self._cookie_secret, self._cookie_rotated)
+            self._cookie_secret = self._random(fmt.KEY_LENGTH)
+            self._cookie_rotated = now
+        previous = self._previous_cookie
+        if previous is not None and now < previous[1] + 2 * period:
+            return self._cookie_secret, previous[0]
+        return (self._cookie_secret,)
+
+    def _send_cookie(self, init: fmt.Init, addr: NetworkAddress, now: float) -> None:
+        secret = self._cookie_secrets(now)[0]
+        cookie = fmt.cookie_value(secret, repr(addr).encode(), init.identity)
+        self._counters.cookies_sent += 1
+        self._queue(
+            fmt.build_cookie(self._handshake_key, init.initiator_aid, init.ni, cookie), addr
+        )
+
+    def _cookie_valid(self, init: fmt.Init, addr: NetworkAddress, now: float) -> bool:
+        address = repr(addr).encode()
+        return any(
+            hmac.compare_digest(init.cookie, fmt.cookie_value(secret, address, init.identity))
+            for secret in self._cookie_secrets(now)
+        )
+
+    # -- server: association limits -------------------------------------------------
+    def _make_room(self, source: NetworkAddress) -> None:
+        """Evict until a new association from ``source`` fits every limit."""
+        while (victim := self._victim(source)) is not None:
+            self._close(victim[0].local_id, victim[1])
+
+    def _victim(self, source: NetworkAddress) -> tuple[_Association, str] | None:
+        cfg = self.config
+        table = list(self._associations.values())  # least recently used first
+        half_open = [a for a in table if not a.confirmed]
+        mine = [a for a in table if _source(a.addr) == source]
+        mine_half_open = [a for a in mine if not a.confirmed]
+        if len(mine_half_open) >= cfg.max_half_open_per_source:
+            return mine_half_open[0], "evicted: half-open limit of its address"
+        if len(half_open) >= cfg.max_half_open:
+            return _lru_of_largest_source(half_open), "evicted: half-open limit"
+        if len(mine) >= cfg.max_associations_per_source:
+            return mine[0], "evicted: association limit of its address"
+        if len(table) >= cfg.max_associations:
+            return _lru_of_largest_source(table), "evicted: association table full"
+        return None
+
+    def _receive_cookie(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        if self.role is not Role.CLIENT:
+            self._drop(DropReason.WRONG_ROLE, addr, data)
+            return
+        try:
+            cookie = fmt.parse_cookie(data)
+        except fmt.FormatError:
+            self._drop(DropReason.MALFORMED, addr, data)
+            return
+        pending = self._pending
+        if pending is None or cookie.initiator_aid != pending.local_id:
+            self._drop(DropReason.HANDSHAKE_UNEXPECTED, addr, data)
+            return
+        if not hmac.compare_digest(
+            cookie.mac, fmt.mac(self._handshake_key, pending.ni, cookie.signed)
+        ):
+            self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
+            return
+        if cookie.cookie == pending.cookie:
+            return  # a duplicate: the INIT with this cookie is already on its way
+        if pending.cookie:
+            # The server replaced our cookie (rotation or restart): that costs an attempt,
+            # so that cookies alone can never keep a handshake going forever.
+            if pending.attempts >= self.config.handshake_attempts:
+                self._drop(DropReason.HANDSHAKE_UNEXPECTED, addr, data)
+                return
+            pending.attempts += 1
+        pending.cookie = cookie.cookie
+        pending.datagram = fmt.build_init(
+            self._handshake_key, pending.local_id, pending.ni, self._node_id_bytes, cookie.cookie
+        )
+        pending.next_send = now + pending.timeout
+        self._queue(pending.datagram, pending.addr)
 
     def _receive_resp(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         if self.role is not Role.CLIENT:
@@ -456,6 +618,7 @@ class ChannelEndpoint:
                 pending.attempts += 1
                 pending.timeout = min(pending.timeout * 2, self.config.handshake_max_timeout)
                 pending.next_send = now + pending.timeout
+                self._counters.handshake_retransmissions += 1
                 self._queue(pending.datagram, pending.addr)
         for local_id, until in list(self._retiring.items()):
             if now >= until:
@@ -497,8 +660,25 @@ class ChannelEndpoint:
             self._start_handshake(now)
 
     def close(self, association: bytes) -> None:
-        """Forget an association at once (no message is sent)."""
+        """Forget an association at once (no message is sent; see ``disconnect``)."""
         self._close(association, "closed locally")
+
+    def disconnect(self) -> None:
+        """Client: send an authenticated CLOSE on every association, then forget them all.
+
+        The server forgets each association when its CLOSE arrives; one that is
+        lost costs the server a table entry until it is idle or evicted.  Take
+        the CLOSE datagrams from ``datagrams_to_send``.
+        """
+        if self.role is not Role.CLIENT:
+            raise ChannelError("only a client endpoint closes its associations")
+        self._want_connection = False
+        self._pending = None
+        self._unsent.clear()
+        for local_id, assoc in list(self._associations.items()):
+            if assoc.send_seq + 1 < MAX_SEQUENCE:
+                self._queue(self._seal(fmt.TYPE_CLOSE, b"", assoc), assoc.addr)
+            self._close(local_id, "closed locally")
 
     # -- internals ---------------------------------------------------------------
     def _resolve(self, association: bytes | None) -> bytes:
@@ -562,11 +742,20 @@ class ChannelEndpoint:
             self._awaiting_since = None
         self._events.append(AssociationClosed(local_id, assoc.peer_node_id, reason))
 
-    def _remember_init(self, init_mac: bytes) -> None:
-        if len(self._seen_inits) == self._seen_inits.maxlen:
-            self._seen_init_set.discard(self._seen_inits[0])
-        self._seen_inits.append(init_mac)
-        self._seen_init_set.add(init_mac)
+    def _remember_init(self, ni: bytes, now: float) -> None:
+        """Remember Ni for as long as a cookie minted before ``now`` can be valid."""
+        if len(self._seen_inits) >= self.config.max_remembered_inits:
+            # No room to remember more: make every outstanding cookie invalid instead, so
+            # that no INIT we forget here can come back with a valid cookie.
+            self._cookie_rotated = self._previous_cookie = None
+            self._seen_inits.clear()
+            self._seen_init_set.clear()
+        self._seen_inits.append((now + 2 * self.config.cookie_secret_seconds, ni))
+        self._seen_init_set.add(ni)
+
+    def _forget_old_inits(self, now: float) -> None:
+        while self._seen_inits and self._seen_inits[0][0] <= now:
+            self._seen_init_set.discard(self._seen_inits.popleft()[1])
 
     def _queue(self, datagram: bytes, addr: NetworkAddress) -> None:
         self._outgoing.append((datagram, addr))
@@ -583,3 +772,10 @@ class ChannelEndpoint:
                 len(data),
                 count,
             )
+
+
+def _lru_of_largest_source(table: list[_Association]) -> _Association:
+    """The least recently used association of the address that holds most of ``table``."""
+    counts = Counter(_source(a.addr) for a in table)
+    largest = max(counts.values())
+    return next(a for a in table if counts[_source(a.addr)] == largest)

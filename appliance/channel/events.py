@@ -30,11 +30,10 @@ class DropReason(enum.Enum):
     HANDSHAKE_UNEXPECTED = "handshake-unexpected"
     """A handshake response that answers no handshake in progress."""
     HANDSHAKE_REPLAYED = "handshake-replayed"
-    """A handshake request seen before whose association is gone."""
-    HALF_OPEN_LIMIT = "half-open-limit"
-    """Too many associations that have not yet carried authenticated data."""
-    ASSOCIATION_LIMIT = "association-limit"
-    """The association table is full."""
+    """A handshake request with a valid cookie seen before whose association is gone."""
+    COOKIE_INVALID = "cookie-invalid"
+    """An INIT whose cookie is forged, for another address, or stale (minted before a
+    rotation or a restart); it creates nothing and is answered with a fresh cookie."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +67,7 @@ class HandshakeFailed:
 
 @dataclass(frozen=True, slots=True)
 class AssociationClosed:
-    """An association was removed (expired, idle, replaced by a rekey, or closed)."""
+    """An association was removed (expired, idle, evicted, replaced by a rekey, or closed)."""
 
     association: bytes
     peer_node_id: str

@@ -95,3 +95,36 @@ def client_and_server(config: ChannelConfig | None = None) -> Pair:
     pair.connect()
     assert pair.client.established
     return pair
+
+
+def connect_from(
+    server: ChannelEndpoint,
+    addr: tuple[str, int],
+    now: float,
+    node_id: str = "gw-x",
+    *,
+    confirm: bool = True,
+    config: ChannelConfig | None = None,
+    server_events: list[Event] | None = None,
+) -> ChannelEndpoint:
+    """A new client at ``addr`` that runs its handshake with ``server`` (no clock movement).
+
+    Without ``confirm`` the client's confirmation is lost, so the association
+    stays half-open at the server.
+    """
+    client = ChannelEndpoint(PSK, node_id, Role.CLIENT, config)
+    client.connect(SERVER_ADDR, now)
+    for _ in range(10):
+        to_server = [d for d, _ in client.datagrams_to_send(now)]
+        if not confirm:
+            to_server = [d for d in to_server if d[0] != 3]
+        for datagram in to_server:
+            events = server.receive_datagram(datagram, addr, now)
+            if server_events is not None:
+                server_events += events
+        to_client = [d for d, a in server.datagrams_to_send(now) if a == addr]
+        if not to_server and not to_client:
+            break
+        for datagram in to_client:
+            client.receive_datagram(datagram, SERVER_ADDR, now)
+    return client
