@@ -43,6 +43,12 @@ class EtcdConfig:
     timeout: float = 5.0
     retry_for: float = 15.0
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    """Client certificate (PEM) for etcd's --client-cert-auth; with ``key_file``."""
+    key_file: Path | None = None
+    user: str | None = None
+    """etcd user (etcd auth enabled); its password is in ``password_file``."""
+    password_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ServerConfig:
     response_cache: int = 256
     """Responses kept per peer so that a retransmitted request is answered, not re-applied."""
     max_datagram: int = 1400
+    previous_psk_files: tuple[Path, ...] = ()
+    """Former cluster keys: only to open records sealed at rest before a key rotation."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,54 @@ def _endpoints(v: Any) -> tuple[str, ...] | None:
     return tuple(v)
 
 
+def _abs_paths(v: Any) -> tuple[Path, ...] | None:
+    if not isinstance(v, list) or not all(isinstance(e, str) and e.startswith("/") for e in v):
+        return None
+    return tuple(Path(e) for e in v)
+
+
+def _user(v: Any) -> str | None:
+    return v if isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable() else None
+
+
+def _etcd_credentials(
+    sec: TomlTable,
+) -> tuple[Path | None, Path | None, str | None, Path | None]:
+    """``cert_file`` and ``key_file``, ``user`` and ``password_file``: each pair both or none."""
+    cert = sec.get("cert_file", abs_path, "an absolute path (PEM client certificate)", None)
+    key = sec.get("key_file", abs_path, "an absolute path (PEM private key)", None)
+    user = sec.get("user", _user, "an etcd user name", None)
+    password = sec.get("password_file", abs_path, "an absolute path", None)
+    for name, value, other, other_value in (
+        ("cert_file", cert, "key_file", key),
+        ("key_file", key, "cert_file", cert),
+        ("user", user, "password_file", password),
+        ("password_file", password, "user", user),
+    ):
+        if value is not None and other_value is None:
+            raise sec.fail(other, f"is required with {name}")
+    for name, value, private in (
+        ("cert_file", cert, False),
+        ("key_file", key, True),
+        ("password_file", password, True),
+    ):
+        if value is None:
+            continue
+        try:
+            st = value.stat()
+        except OSError as exc:
+            raise sec.fail(name, f"{value}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise sec.fail(name, f"{value} is not a regular file")
+        if private and st.st_mode & 0o077:
+            raise sec.fail(
+                name,
+                f"{value} is readable by group/others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it",
+            )
+    return cert, key, user, password
+
+
 def _top(path: Path, data: dict[str, Any], wanted: str) -> TomlTable:
     check_tables(path, data, ("store", "client"), (wanted,))
     return TomlTable(path, wanted, data[wanted])
@@ -104,6 +160,9 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
     max_peers = sec.get("max_peers", int_in(1, 1_000_000), "an integer 1..1000000", 1024)
     cache = sec.get("response_cache", int_in(1, 100_000), "an integer 1..100000", 256)
     max_dgram = sec.get("max_datagram", int_in(576, 65507), "an integer 576..65507", 1400)
+    previous = sec.get(
+        "previous_psk_files", _abs_paths, "a list of absolute paths (former cluster keys)", ()
+    )
     sqlite_cfg = etcd_cfg = None
     sqlite_sec = sec.sub("sqlite")
     etcd_sec = sec.sub("etcd")
@@ -116,6 +175,7 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
             etcd_sec.get("timeout", float_in(0.1, 60), "a number of seconds 0.1..60", 5.0),
             etcd_sec.get("retry_for", float_in(0, 600), "a number of seconds 0..600", 15.0),
             etcd_sec.get("ca_file", abs_path, "an absolute path", None),
+            *_etcd_credentials(etcd_sec),
         )
         etcd_sec.finish()
     sec.finish()
@@ -124,7 +184,17 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
     if backend == "etcd" and etcd_cfg is None:
         raise ConfigError(f"config {path}: [store.etcd].endpoints: is required for backend etcd")
     return ServerConfig(
-        listen, port, psk_file, backend, sqlite_cfg, etcd_cfg, node_id, max_peers, cache, max_dgram
+        listen,
+        port,
+        psk_file,
+        backend,
+        sqlite_cfg,
+        etcd_cfg,
+        node_id,
+        max_peers,
+        cache,
+        max_dgram,
+        previous_psk_files=previous,
     )
 
 
@@ -152,25 +222,30 @@ def load_psk(path: str | os.PathLike[str]) -> bytes:
     its bytes, without the trailing newline, are the key material.
     """
     path = Path(path)
+    key = load_secret(path, "psk file")
+    if len(key) < MIN_PSK_BYTES:
+        raise ConfigError(f"psk file {path} holds {len(key)} bytes; use at least {MIN_PSK_BYTES}")
+    return key
+
+
+def load_secret(path: Path, what: str) -> bytes:
+    """The one-line secret in ``path`` (no trailing newline); the file must be private."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
-        raise ConfigError(f"psk file {path}: cannot open: {exc.strerror}") from None
+        raise ConfigError(f"{what} {path}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"psk file {path} is not a regular file")
+            raise ConfigError(f"{what} {path} is not a regular file")
         if st.st_mode & 0o077:
             raise ConfigError(
-                f"psk file {path} is readable by group/others "
+                f"{what} {path} is readable by group/others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
             )
         data = os.read(fd, 4097)
     finally:
         os.close(fd)
     if len(data) > 4096:
-        raise ConfigError(f"psk file {path} is larger than 4096 bytes")
-    key = data.rstrip(b"\r\n")
-    if len(key) < MIN_PSK_BYTES:
-        raise ConfigError(f"psk file {path} holds {len(key)} bytes; use at least {MIN_PSK_BYTES}")
-    return key
+        raise ConfigError(f"{what} {path} is larger than 4096 bytes")
+    return data.rstrip(b"\r\n")

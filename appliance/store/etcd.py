@@ -53,6 +53,7 @@ from appliance.store.base import (
     StoreUnavailableError,
     check_batch,
     check_epoch,
+    check_epoch_raise,
     check_server_id,
 )
 
@@ -130,8 +131,17 @@ def _kvs(resp: Json) -> list[tuple[str, bytes]]:
     return [(_unb64(kv["key"]).decode(), _unb64(kv.get("value"))) for kv in resp.get("kvs", [])]
 
 
+_AUTH_PATH = "/v3/auth/authenticate"
+
+
 class EtcdClient:
-    """A minimal etcd v3 JSON-gateway client with endpoint failover and retries."""
+    """A minimal etcd v3 JSON-gateway client with endpoint failover and retries.
+
+    With ``cert_file``/``key_file`` it presents a TLS client certificate
+    (etcd ``--client-cert-auth``); with ``user``/``password`` it authenticates
+    (``/v3/auth/authenticate``) and sends the token in the ``Authorization``
+    header, authenticating again when etcd says the token is no longer valid.
+    """
 
     def __init__(
         self,
@@ -139,6 +149,10 @@ class EtcdClient:
         timeout: float = 5.0,
         retry_for: float = 15.0,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not endpoints:
             raise InvalidRequestError("etcd backend needs at least one endpoint")
@@ -149,6 +163,19 @@ class EtcdClient:
         self._timeout = timeout
         self._retry_for = retry_for
         self._ssl = ssl.create_default_context(cafile=ca_file)
+        if cert_file is not None:
+            try:
+                self._ssl.load_cert_chain(cert_file, key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise StoreUnavailableError(
+                    f"etcd client certificate {cert_file} with key {key_file}: "
+                    f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
+                ) from None
+        if (user is None) != (password is None):
+            raise InvalidRequestError("etcd authentication needs both a user and a password")
+        self._user = user
+        self._password = password
+        self._token: str | None = None
         self._current = 0
         self._conn: http.client.HTTPConnection | None = None
 
@@ -172,19 +199,69 @@ class EtcdClient:
         self._conn = None
         self._current = (self._current + 1) % len(self._endpoints)
 
+    def _authenticate(self) -> str:
+        assert self._user is not None
+        answer = self.call(_AUTH_PATH, {"name": self._user, "password": self._password})
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise StoreUnavailableError(f"etcd gave user {self._user} no auth token")
+        return token
+
+    def _auth_error(self, message: str) -> StoreError | None:
+        """A clear error for an authentication or permission refusal (retrying cannot help)."""
+        where = f"etcd {self._endpoints[self._current].netloc}"
+        if "authentication failed" in message:
+            return StoreUnavailableError(
+                f"{where} refused user {self._user}: {message} "
+                "(check [store.etcd] user and password_file)"
+            )
+        if "user name is empty" in message or "user name not found" in message:
+            return StoreUnavailableError(
+                f"{where} requires authentication ({message}); "
+                "set [store.etcd] user and password_file"
+            )
+        if "CommonName of client" in message:
+            return StoreUnavailableError(
+                f"{where} refuses a client certificate with a Common Name when authentication "
+                "is on ({message}); issue [store.etcd] cert_file without one"
+            )
+        if "permission denied" in message:
+            return StoreUnavailableError(
+                f"{where}: user {self._user} may not do this ({message}); grant it a role "
+                f"with readwrite on the prefix {SCHEMA_KEY.rsplit('/', 1)[0]}/"
+            )
+        return None
+
     def call(self, path: str, body: Json) -> Json:
         """POST ``body`` to ``path``; on a dead member or no leader, try others until deadline."""
         data = json.dumps(body).encode()
         deadline = time.monotonic() + self._retry_for
         delay = 0.05
         last = "no attempt"
+        tls_failures = 0
+        reauthenticated = False
         while True:
+            if self._user is not None and self._token is None and path != _AUTH_PATH:
+                self._token = self._authenticate()
+            headers = {"Content-Type": "application/json"}
+            if self._token is not None and path != _AUTH_PATH:
+                headers["Authorization"] = self._token
             try:
                 conn = self._connect()
-                conn.request("POST", path, data, {"Content-Type": "application/json"})
+                conn.request("POST", path, data, headers)
                 resp = conn.getresponse()
                 payload = resp.read()
                 status = resp.status
+            except ssl.SSLError as exc:
+                # Certificates do not fix themselves: give up once every member refused.
+                netloc = self._endpoints[self._current].netloc
+                last = f"{netloc}: TLS failed ({exc.reason or exc})"
+                self._fail_over()
+                tls_failures += 1
+                if tls_failures >= len(self._endpoints):
+                    raise StoreUnavailableError(
+                        f"etcd {last}; check [store.etcd] ca_file, cert_file and key_file"
+                    ) from None
             except (OSError, http.client.HTTPException) as exc:
                 last = f"{self._endpoints[self._current].netloc}: {exc or type(exc).__name__}"
                 self._fail_over()
@@ -196,6 +273,17 @@ class EtcdClient:
                 if status == 200:
                     return answer
                 message = str(answer.get("message") or answer.get("error") or status)
+                if "invalid auth token" in message and self._user is not None:
+                    if reauthenticated:
+                        raise StoreUnavailableError(
+                            f"etcd keeps refusing the auth token of user {self._user} ({message})"
+                        )
+                    self._token = None  # expired (or etcd restarted): authenticate again
+                    reauthenticated = True
+                    continue
+                auth_error = self._auth_error(message)
+                if auth_error is not None:
+                    raise auth_error
                 if "too many operations" in message or "request is too large" in message:
                     raise StoreUnavailableError(
                         f"etcd refused the transaction ({message}); start etcd with larger "
@@ -248,8 +336,14 @@ class EtcdStore(SaStore):
         timeout: float = 5.0,
         retry_for: float = 15.0,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
-        self._etcd = EtcdClient(endpoints, timeout, retry_for, ca_file)
+        self._etcd = EtcdClient(
+            endpoints, timeout, retry_for, ca_file, cert_file, key_file, user, password
+        )
         try:
             self._check_schema()
         except BaseException:
@@ -296,6 +390,7 @@ class EtcdStore(SaStore):
                 f"the current epoch is {current} (another node took over)",
                 current,
             )
+        check_epoch_raise(server_id, current or 0, epoch)
         key = _epoch_key(server_id)
         compare = [_absent(key) if current is None else _value_equals(key, str(current))]
         ops = [] if current == epoch else [_put(key, str(epoch))]
@@ -335,7 +430,7 @@ class EtcdStore(SaStore):
             kvs = _kvs(self._etcd.range(key))
             current = int(kvs[0][1]) if kvs else None
             new = (current or 0) + 1 if epoch is None else epoch
-            check_epoch(new)
+            check_epoch_raise(server_id, current or 0, new)
             if current is not None and new <= current:
                 raise StaleEpochError(
                     f"server {server_id}: claim of epoch {new} refused, "
@@ -523,6 +618,26 @@ class EtcdStore(SaStore):
             int(status.get("dbSize") or status.get("db_size") or 0),
             {"raft_term": int(status.get("raftTerm") or status.get("raft_term") or 0)},
         )
+
+    def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:
+        # One range for the epochs, then counts for this page's servers only (not for all).
+        base = f"{PREFIX}epoch/"
+        page = _kvs(self._etcd.range(base, _prefix_end(base)))[start : start + max(0, limit)]
+        servers = []
+        for i in range(0, len(page), 32):  # 64 count ranges per txn: etcd's default allows 128
+            chunk = [(key[len(base) :], int(raw)) for key, raw in page[i : i + 32]]
+            ops = [
+                _range(f"{p}{kind}/", _prefix_end(f"{p}{kind}/"), count_only=True)
+                for p in (_server_prefix(sid) for sid, _ in chunk)
+                for kind in ("sa", "policy")
+            ]
+            counts = [
+                int(r["response_range"].get("count", 0))
+                for r in self._etcd.txn([], ops)["responses"]
+            ]
+            for j, (sid, epoch) in enumerate(chunk):
+                servers.append(ServerStats(sid, epoch, counts[2 * j], counts[2 * j + 1]))
+        return tuple(servers)
 
     def close(self) -> None:
         self._etcd.close()

@@ -134,3 +134,77 @@ def test_psk_file_too_short_or_missing(tmp_path: Path) -> None:
         load_psk(psk)
     with pytest.raises(ConfigError, match="cannot open"):
         load_psk(tmp_path / "none")
+
+
+ETCD = """
+[store]
+psk_file = "/etc/ipsec-ha/cluster.psk"
+previous_psk_files = ["/etc/ipsec-ha/cluster.psk.1"]
+backend = "etcd"
+[store.etcd]
+endpoints = ["https://192.0.2.21:2379"]
+ca_file = "/etc/ipsec-ha/etcd-ca.pem"
+cert_file = "CERT"
+key_file = "KEY"
+user = "ipsec-ha"
+password_file = "PASSWORD"
+"""
+
+
+def _etcd_files(tmp_path: Path) -> dict[str, Path]:
+    files = {}
+    for name in ("CERT", "KEY", "PASSWORD"):
+        files[name] = tmp_path / name.lower()
+        files[name].write_text("x\n")
+        files[name].chmod(0o600)
+    return files
+
+
+def _etcd_config(tmp_path: Path, files: dict[str, Path], text: str = ETCD) -> Path:
+    for name, path in files.items():
+        text = text.replace(f'"{name}"', f'"{path}"')
+    return write(tmp_path, text)
+
+
+def test_etcd_client_certificate_user_and_previous_keys(tmp_path: Path) -> None:
+    files = _etcd_files(tmp_path)
+    cfg = load_server_config(_etcd_config(tmp_path, files))
+    assert cfg.etcd is not None
+    assert (cfg.etcd.cert_file, cfg.etcd.key_file, cfg.etcd.user, cfg.etcd.password_file) == (
+        files["CERT"],
+        files["KEY"],
+        "ipsec-ha",
+        files["PASSWORD"],
+    )
+    assert cfg.previous_psk_files == (Path("/etc/ipsec-ha/cluster.psk.1"),)
+    assert load_server_config(write(tmp_path, GOOD)).previous_psk_files == ()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('cert_file = "CERT"\n', "", "[store.etcd].cert_file: is required with key_file"),
+        ('key_file = "KEY"\n', "", "[store.etcd].key_file: is required with cert_file"),
+        ('user = "ipsec-ha"\n', "", "[store.etcd].user: is required with password_file"),
+        ('password_file = "PASSWORD"\n', "", "[store.etcd].password_file: is required with user"),
+        ('user = "ipsec-ha"', 'user = ""', "[store.etcd].user: must be an etcd user name"),
+        ('"CERT"', '"/nonexistent/cert.pem"', "[store.etcd].cert_file: /nonexistent/cert.pem: No "),
+        ('"/etc/ipsec-ha/cluster.psk.1"]', '"cluster.psk.1"]',
+         "[store].previous_psk_files: must be a list of absolute paths"),
+    ],
+)  # fmt: skip
+def test_etcd_credential_errors_name_the_key(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    text = ETCD.replace(old, new, 1)
+    with pytest.raises(ConfigError) as err:
+        load_server_config(_etcd_config(tmp_path, _etcd_files(tmp_path), text))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["KEY", "PASSWORD"])
+def test_etcd_key_and_password_files_must_be_private(tmp_path: Path, name: str) -> None:
+    files = _etcd_files(tmp_path)
+    files[name].chmod(0o644)
+    with pytest.raises(ConfigError, match=r"readable by group/others \(mode 0644\); chmod 600"):
+        load_server_config(_etcd_config(tmp_path, files))

@@ -63,3 +63,54 @@ def _b64(s: str) -> str:
     import base64
 
     return base64.b64encode(s.encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def etcd_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
+    """An etcd on 127.0.0.1 with authentication enabled: user ``ipsecha`` may use /ipsec-ha/."""
+    member = start_single(tmp_path_factory.mktemp("etcd-auth"))
+    try:
+        raw = EtcdClient([member.endpoint])
+        for path, body in [
+            ("/v3/auth/user/add", {"name": "root", "password": "root-pw"}),
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/user/add", {"name": "ipsecha", "password": "good-pw"}),
+            ("/v3/auth/role/add", {"name": "ipsecha"}),
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": "ipsecha",
+                    "perm": {
+                        "permType": "READWRITE",
+                        "key": _b64("/ipsec-ha/"),
+                        "range_end": _b64("/ipsec-ha0"),
+                    },
+                },
+            ),
+            ("/v3/auth/user/grant", {"user": "ipsecha", "role": "ipsecha"}),
+            ("/v3/auth/enable", {}),
+        ]:
+            raw.call(path, body)
+        raw.close()
+        yield member
+    finally:
+        member.stop()
+
+
+def test_user_authentication_and_a_stale_token_is_renewed(etcd_auth: EtcdMember) -> None:
+    s = EtcdStore([etcd_auth.endpoint], user="ipsecha", password="good-pw")
+    s.put("gw1", 1, [sa_put(1)])
+    s._etcd._token = "stale.token"  # what etcd answers after a restart or the token's TTL
+    found = s.get_by_spi(sa_key(1))
+    assert found is not None and found.sa.entry == sa_put(1).entry
+    s.close()
+
+
+def test_wrong_password_or_no_user_is_a_clear_error(etcd_auth: EtcdMember) -> None:
+    with pytest.raises(
+        StoreUnavailableError, match=r"refused user ipsecha: .*authentication failed"
+    ):
+        EtcdStore([etcd_auth.endpoint], user="ipsecha", password="wrong-pw", retry_for=1.0)
+    with pytest.raises(StoreUnavailableError, match="requires authentication"):
+        EtcdStore([etcd_auth.endpoint], retry_for=1.0)
