@@ -288,6 +288,8 @@ def summary(ctx: NotifyContext) -> dict[str, Any]:
             "pid": daemon.get("pid"),
             "installed_sas": report.get("installed_sas", 0),
             "advanced": len(report.get("advanced", [])),
+            # Stored entries that did not decode and were left out (docs/failover.md).
+            "skipped_entries": report.get("skipped_entries", 0),
             "timeline": [
                 {"step": t["step"], "monotonic": t["monotonic"]} for t in report.get("timeline", [])
             ],
@@ -303,6 +305,8 @@ def summary_line(out: Mapping[str, Any], log: Path) -> str:
             f"; daemon pid {daemon['pid']}: role {daemon['role']}, "
             f"{daemon['installed_sas']} SAs installed, {daemon['advanced']} counters advanced"
         )
+        if daemon.get("skipped_entries"):
+            line += f", {daemon['skipped_entries']} stored entries skipped (undecodable; see log)"
     return line
 
 

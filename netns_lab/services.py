@@ -118,6 +118,8 @@ class Services:
             f.store_config,
             f'[store]\nlisten = "{own}"\nport = {STORE_PORT}\npsk_file = "{self.psk}"\n'
             f'node_id = "store-{gw}"\nbackend = "sqlite"\n'
+            # The server caps its replies at its own max_datagram (protocol.md 5.1).
+            f"max_datagram = {s.store_max_datagram}\n"
             f'[store.sqlite]\npath = "{f.store_db}"\n',
         )
         servers = ", ".join(f'"{a}"' for a in [own, *peers])

@@ -241,7 +241,15 @@ def claim(
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: JsonOption = False,
 ) -> None:
-    """Raise a server ID's owner epoch: writes with an older epoch are refused from now on."""
+    """Raise a server ID's owner epoch: writes with an older epoch are refused from now on.
+
+    The store refuses an epoch above 2**63-1 or more than 2**32 above the
+    current one (EPOCH_LIMIT), so that no claim can lock the server ID.
+    """
+    from appliance.store.base import MAX_EPOCH
+
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise UsageError(f"--epoch {epoch} is outside 0..2**63-1 (0: current + 1)")
     with _client(config) as client:
         new = client.claim(server_id, epoch)
     emit({"server_id": server_id, "epoch": new}, as_json, lambda d: f"{server_id}: epoch {new}")
@@ -259,6 +267,7 @@ def stats(
     def render(d: dict[str, Any]) -> str:
         lines = [
             f"backend {d.get('backend')}, {d.get('size_bytes', 0)} bytes, "
+            f"{len(d.get('servers', []))} server IDs, "
             f"{d.get('requests_served', 0)} requests served, {d.get('drops_total', 0)} dropped"
         ]
         for s in d.get("servers", []):
@@ -268,3 +277,32 @@ def stats(
         return "\n".join(lines)
 
     emit(data, as_json, render)
+
+
+@store_app.command()
+def reseal(
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+) -> None:
+    """Seal every SA record under the current cluster key (after a key rotation or an upgrade).
+
+    Reads the store table of --config and opens the backend directly: run it
+    while no store server writes (stop them first).
+    """
+    from appliance.store.config import load_server_config
+    from appliance.store.server import open_backend
+
+    store = open_backend(load_server_config(config))
+    try:
+        report = store.reseal()
+    finally:
+        store.close()
+    data = {"servers": report.servers, "resealed": report.resealed, "current": report.current}
+    emit(
+        data,
+        as_json,
+        lambda d: (
+            f"{d['resealed']} SAs sealed under the current key, "
+            f"{d['current']} already were ({d['servers']} server IDs)"
+        ),
+    )

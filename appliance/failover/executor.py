@@ -116,6 +116,8 @@ class FetchedState:
     spd: tuple[SpdEntry, ...]
     source: str
     """Which store answered."""
+    skipped: tuple[str, ...] = ()
+    """Stored entries that did not decode and were left out, one line each (no key bytes)."""
 
 
 class StateStore(Protocol):
@@ -178,6 +180,10 @@ class ExecutionReport:
     removed: int = 0
     rekey: list[tuple[int, str]] = field(default_factory=list)
     """(SPI, reason) of SAs not installed because they would wrap."""
+    skipped_entries: int = 0
+    """Stored entries left out of the fetched state because they did not decode."""
+    skipped: list[str] = field(default_factory=list)
+    """Which entries, and why (index and SPI or policy index; never key bytes)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -284,6 +290,8 @@ class PlanExecutor:
         deadline = start + self.settings.timeout_s
         self._mark(report, "notify-received", {"actions": [a.value for a in actions]}, start)
         self.fetched = fetched
+        if fetched is not None:
+            self._note_skipped(report, fetched)
         self._installed = set()
         self._held = None
         if not set(actions) <= _FOLLOW_ACTIONS:
@@ -313,6 +321,12 @@ class PlanExecutor:
         report.timeline.append(entry)
         log.info("%s", json.dumps({"timeline": step, "monotonic": entry.monotonic, **detail}))
 
+    @staticmethod
+    def _note_skipped(report: ExecutionReport, fetched: FetchedState) -> None:
+        # Logged once by the fetch; the report (and so the status file) carries the count.
+        report.skipped = list(fetched.skipped)
+        report.skipped_entries = len(fetched.skipped)
+
     def _check_deadline(self, deadline: float, action: Action) -> None:
         if self.clock() > deadline:
             raise ExecutionTimeout(
@@ -341,10 +355,12 @@ class PlanExecutor:
             return {"epochs": report.epochs}
         if action is Action.FETCH_STATE:
             self.fetched = self.store.fetch(sid)
+            self._note_skipped(report, self.fetched)
             return {
                 "sas": len(self.fetched.sad),
                 "policies": len(self.fetched.spd),
                 "from": self.fetched.source,
+                "skipped": len(self.fetched.skipped),
             }
         fetched = self.fetched
         if action is Action.REMOVE_STATE:
@@ -679,12 +695,24 @@ class StoreAccess:
             except StoreError as exc:
                 errors.append(f"{client.server}: {exc}")
                 continue
-            state.convert(stop)  # costs more than the transfer: a takeover must not wait on it
+            # Converting costs more than the transfer: a takeover must not wait on it.
+            # Entries that do not decode are skipped, logged and counted, not fatal.
+            state.convert(stop)
+            skipped = list(state.skipped)
             sad = []
             for sa in state.sad:
                 update = state.replay.get(sa_key(sa))
-                sad.append(merge_replay(sa, update) if update is not None else sa)
-            return FetchedState(tuple(sad), tuple(state.spd), client.server)
+                if update is None:
+                    sad.append(sa)
+                    continue
+                try:
+                    sad.append(merge_replay(sa, update))
+                except ApplianceError as exc:
+                    # Older counters could reuse sequence numbers: leave the SA out.
+                    line = f"SA spi 0x{sa.spi:08x} dst {sa.daddr}: its replay state: {exc}"
+                    log.warning("server ID %s: stored %s; skipped", server_id, line)
+                    skipped.append(line)
+            return FetchedState(tuple(sad), tuple(state.spd), client.server, tuple(skipped))
         raise ExecutionError(f"fetch-state: no store answered ({'; '.join(errors)})")
 
 

@@ -53,7 +53,7 @@ from appliance.errors import ApplianceError
 from appliance.failover.seqjump import RekeyRequired, advance_sa
 from appliance.model import Address, Mode, SadEntry, SpdEntry, classify_outbound
 from appliance.store.base import NotFoundError, StoreError
-from appliance.store.client import SaAnswer, merge_replay
+from appliance.store.client import SaAnswer, UndecodableEntryError, merge_replay
 from appliance.xfrm.types import BatchFailure
 
 log = logging.getLogger("ipsec_ha.ondemand")
@@ -153,6 +153,8 @@ class InstallCounters:
     """The kernel refused the SA or one of its policies."""
     hold_failures: int = 0
     """The SPI could not be added to ``held_spis`` (the SA is installed all the same)."""
+    undecodable: int = 0
+    """The store holds the SA, but it, a policy of it or its replay state does not decode."""
     held_synced: int = 0
     """Held-set syncs run."""
     held_added: int = 0
@@ -218,7 +220,14 @@ class OnDemandInstaller:
                         spi, daddr)  # fmt: skip
             self._count("incomplete")
             return False
-        sa = answer.sad if answer.replay is None else merge_replay(answer.sad, answer.replay)
+        try:
+            sa = answer.sad if answer.replay is None else merge_replay(answer.sad, answer.replay)
+        except ApplianceError as exc:
+            # Older counters could reuse sequence numbers: not installed.
+            log.warning("SA spi 0x%08x dst %s: stored replay state does not apply (%s); "
+                        "not installed", spi, daddr, exc)  # fmt: skip
+            self._count("undecodable")
+            return False
         return self.install_guard(lambda: self.install(sa, answer.spd))
 
     def lookup(self, spi: int, daddr: str) -> SaAnswer | None:
@@ -228,6 +237,11 @@ class OnDemandInstaller:
                 try:
                     return client.get_spi(spi, daddr, "esp")
                 except NotFoundError:
+                    continue
+                except UndecodableEntryError as exc:
+                    log.warning("SA spi 0x%08x dst %s: store %s: %s; skipped",
+                                spi, daddr, client.server, exc)  # fmt: skip
+                    self._count("undecodable")
                     continue
                 except StoreError as exc:
                     # The class only: a store's message may quote what it was sent.

@@ -13,6 +13,13 @@ microseconds).  Clients convert to model objects.
 Policies are named by a compact ID: ``I`` + the 32-bit kernel policy index
 (what a wire Delete names), or ``H`` + a digest of the entry when it has no
 index.  The replay state is kept as a Replay State payload body.
+
+Validation at the door: the server decodes every entry of an SA_Stor to the
+model (:func:`admit_sad`, :func:`admit_spd`, :func:`admit_replay`) before it
+stores anything, so that what it keeps always converts back; a bad entry is
+refused by name (:class:`EntryRefusedError`).  Stored entries that do not
+decode all the same (written by an older version, or put straight into the
+backend) are skipped by the readers and described by :func:`describe_stored`.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import hashlib
 import ipaddress
 import socket
 import struct
+from typing import Literal
 
 from appliance.errors import ApplianceError
-from appliance.model import SadEntry, SpdEntry
-from appliance.store.base import PROTO_NAMES, InvalidRequestError, SaKey
+from appliance.model import SadEntry, Selector, SpdEntry
+from appliance.store.base import PROTO_NAMES, InvalidRequestError, SaKey, StoreError
 from appliance.wire import entries
 from appliance.wire._buffer import Buffer
 from appliance.wire.constants import PayloadType
@@ -219,3 +227,95 @@ def sad_to_payload(entry: SadEntry) -> SadEntryPayload:
 
 def spd_to_payload(entry: SpdEntry) -> SpdEntryPayload:
     return entries.spd_to_payload(entry)
+
+
+# -- validation at the door ----------------------------------------------------------
+
+
+_REFUSED = "; nothing of this message was stored"
+
+
+class EntryRefusedError(InvalidRequestError):
+    """An SA_Stor entry that does not decode to the model; the message names it."""
+
+    def __init__(self, message: str, key: SaKey | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def admit_sad(payload: SadEntryPayload, where: str, key: SaKey) -> SadEntry:
+    """The model SA of an SA_Stor's SAD entry, or ``EntryRefusedError`` naming ``where``."""
+    try:
+        return entries.payload_to_sad(payload)
+    except (ApplianceError, ValueError) as exc:
+        raise EntryRefusedError(f"{where}: {exc}{_REFUSED}", key) from None
+
+
+def admit_spd(payload: SpdEntryPayload, where: str) -> SpdEntry:
+    """The model policy of an SA_Stor's SPD entry, or ``EntryRefusedError`` naming ``where``."""
+    try:
+        return entries.payload_to_spd(payload)
+    except (ApplianceError, ValueError) as exc:
+        raise EntryRefusedError(f"{where}: {exc}{_REFUSED}") from None
+
+
+def admit_replay(payload: ReplayStatePayload, sa: SadEntry | None, where: str, key: SaKey) -> None:
+    """Refuse a Replay State that would not apply to its SA at retrieval (``merge_replay``).
+
+    With the SA in the same message it is applied to that SA; on its own it is
+    applied to a stand-in SA with the same SPI, protocol and destination, which
+    checks everything the update carries itself.
+    """
+    try:
+        if sa is None:
+            daddr = ipaddress.ip_address(key.dst)
+            family = 2 if daddr.version == 4 else 10
+            sa = SadEntry(
+                daddr=daddr,
+                spi=key.spi,
+                proto=key.proto,
+                saddr=daddr,
+                family=family,
+                selector=Selector(family=family),
+            )
+        entries.apply_replay_update(sa, payload)
+    except (ApplianceError, ValueError) as exc:
+        raise EntryRefusedError(f"{where}: {exc}{_REFUSED}", key) from None
+
+
+# -- retrieval of entries that do not decode ------------------------------------------
+
+
+class UndecodableEntryError(StoreError):
+    """A stored entry that does not decode to the model (a reader skips it)."""
+
+
+def describe_stored(kind: Literal["SAD", "SPD"], index: int, entry: bytes) -> str:
+    """Which stored entry this is, for a log line: its place (1-based) and SPI or policy index.
+
+    Never its bytes (they may hold keys); read from the fixed offsets, so it
+    works for an entry that does not decode.
+    """
+    if kind == "SAD":
+        spi = entry[1:5]
+        name = f"SPI 0x{spi.hex()}" if len(spi) == 4 else "no SPI"
+    else:
+        policy = entry[3:7]
+        name = f"policy index {int.from_bytes(policy, 'big')}" if len(policy) == 4 else "no index"
+    return f"{kind} entry {index} ({name})"
+
+
+def sad_from_stored(entry: bytes) -> SadEntry:
+    """A stored SAD entry as a model object; ``UndecodableEntryError`` if it does not decode."""
+    try:
+        return sad_from_payload(sad_payload_from_entry(entry))
+    except (ApplianceError, ValueError, struct.error) as exc:
+        raise UndecodableEntryError(str(exc)) from None
+
+
+def spd_from_stored(entry: bytes) -> SpdEntry:
+    """A stored SPD entry as a model object; ``UndecodableEntryError`` if it does not decode."""
+    try:
+        return spd_from_payload(spd_payload_from_entry(entry))
+    except (ApplianceError, ValueError, struct.error) as exc:
+        raise UndecodableEntryError(str(exc)) from None

@@ -4,20 +4,18 @@ The store keeps entries as their payload bodies (see :mod:`._convert`), so
 it needs each entry checked and its index fields, but never its re-encoding.
 :func:`split` walks the generic payload chain of a message (the same checks
 as :func:`appliance.wire.messages.decode_message`: version, length, exchange,
-payload lengths, critical bits); :func:`parse_stor_items` checks each payload
+payload lengths, critical bits); :func:`parse_stor_items` decodes each payload
 with the codec's own ``pull_*`` functions and keeps the entry bodies as they
-came.  Stored entries then go back out as they are, without a decode and an
-encode per entry on either side.  Anything malformed raises ``WireError``.
+came (the service then checks each entry against the model before storing).
+Stored entries then go back out as they are, without a re-encoding on
+either side.  Anything malformed raises ``WireError``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from appliance.wire._buffer import Buffer
 from appliance.wire._errors import WireError
@@ -30,9 +28,7 @@ from appliance.wire.constants import (
     Flag,
     PayloadType,
     Status,
-    TsType,
 )
-from appliance.wire.entries import AttributeType
 from appliance.wire.payloads import (
     Delete,
     EpochPayload,
@@ -46,16 +42,12 @@ from appliance.wire.payloads import (
     ServerIdPayload,
     SpdEntryPayload,
     TrafficSelector,
+    pull_ts_body,
 )
 
 _HEADER = struct.Struct("!BBBBII")
 _GENERIC = struct.Struct("!BBH")
 _LEN = struct.Struct("!H")
-_ATTR = struct.Struct("!HH")
-_ATTRIBUTE_TYPES = frozenset(int(t) for t in AttributeType)
-_TS_HEAD = struct.Struct("!BBH")
-_E = TypeVar("_E", SadEntryPayload, SpdEntryPayload)
-_PROBE_TS = TrafficSelector(ipaddress.IPv4Address(0), ipaddress.IPv4Address(0))
 CRITICAL = 0x80
 
 _PULLERS: dict[int, Callable[[Buffer], Payload]] = {
@@ -81,23 +73,44 @@ class RawMessage:
 
 @dataclass(frozen=True, slots=True)
 class RawSad:
-    """A SAD Entry payload's index fields and its body (kept as is)."""
+    """A SAD Entry payload: its body (kept as is) and its decoded payload."""
 
-    spi: int
-    protocol: int
-    family: int
-    daddr: bytes
+    ordinal: int
+    """1-based among the message's SAD entries (an error names the entry by it)."""
     body: bytes
+    payload: SadEntryPayload
+
+    @property
+    def spi(self) -> int:
+        return self.payload.spi
+
+    @property
+    def protocol(self) -> int:
+        return self.payload.protocol
+
+    @property
+    def family(self) -> int:
+        return self.payload.family
+
+    @property
+    def daddr(self) -> bytes:
+        return self.payload.daddr
 
 
 @dataclass(frozen=True, slots=True)
 class RawSpd:
-    """An SPD Entry payload's index and its three bodies (SPD, TSi, TSr)."""
+    """An SPD Entry payload's index and its three bodies (SPD, TSi, TSr).
+
+    ``payload`` is the decoded entry in an SA_Stor request (None in a
+    retrieval, where the client decodes later).
+    """
 
     index: int
     body: bytes
     tsi: bytes
     tsr: bytes
+    ordinal: int = 0
+    payload: SpdEntryPayload | None = None
 
     def stored(self) -> bytes:
         return b"".join(_LEN.pack(len(p)) + p for p in (self.body, self.tsi, self.tsr))
@@ -144,67 +157,6 @@ def split(data: bytes) -> RawMessage:
     return RawMessage(exchange, message_id, response, more, chunks)
 
 
-def _probe(cls: type[_E]) -> _E:
-    """An entry payload with every field zero (addresses: 16 zero bytes), no attributes."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in ("tsi", "tsr"):
-            values[f.name] = _PROBE_TS
-        elif f.name.endswith("addr"):
-            values[f.name] = bytes(16)
-        elif f.name == "attributes":
-            values[f.name] = ()
-        else:
-            values[f.name] = 0
-    return cls(**values)
-
-
-def _fixed_length(payload: SadEntryPayload | SpdEntryPayload) -> int:
-    buf = Buffer()
-    payload.push_body(buf)
-    return len(buf.getvalue())
-
-
-# The fixed part of each entry payload precedes its attributes; its length comes
-# from the codec itself, so this module follows any change of the layout.
-_SAD_FIXED = _fixed_length(_probe(SadEntryPayload))
-_SPD_FIXED = _fixed_length(_probe(SpdEntryPayload))
-
-
-def _check_attributes(body: bytes, start: int, what: str) -> None:
-    """The attribute list is well formed and names only attribute types the converter knows."""
-    pos = start
-    end = len(body)
-    while pos < end:
-        if pos + 4 > end:
-            raise WireError(f"{what}: attribute header is truncated")
-        attr_type, length = _ATTR.unpack_from(body, pos)
-        if attr_type not in _ATTRIBUTE_TYPES:
-            # The converter refuses these too: an entry it cannot install is not stored.
-            raise WireError(
-                f"{what} attribute type {attr_type} is not supported", Status.UNSUPPORTED
-            )
-        pos += 4 + length
-    if pos != end:
-        raise WireError(f"{what}: attribute length runs past the payload")
-
-
-def _check_one_selector(body: bytes, what: str) -> None:
-    """A TS payload body with exactly one IPv4 or IPv6 range selector (RFC 7296 3.13.1).
-
-    The same checks as the codec's ``pull_ts_body`` without building address
-    objects: the count, the selector type and its length.
-    """
-    if len(body) < 8 or body[0] != 1:
-        raise WireError(f"{what} of an SPD entry must hold exactly one selector")
-    ts_type, _, length = _TS_HEAD.unpack_from(body, 4)
-    wanted = {TsType.IPV4_ADDR_RANGE: 16, TsType.IPV6_ADDR_RANGE: 40}.get(ts_type)
-    if wanted is None:
-        raise WireError(f"traffic selector type {ts_type} is not supported", Status.UNSUPPORTED)
-    if length != wanted or len(body) != 4 + length:
-        raise WireError(f"{what}: traffic selector length {length} is wrong for type {ts_type}")
-
-
 @dataclass(frozen=True, slots=True)
 class SadBody:
     """A SAD Entry payload body, not yet checked (a client converts it when used)."""
@@ -212,12 +164,21 @@ class SadBody:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableReplay:
+    """A stored Replay State that does not decode: its SA must not be installed without it."""
+
+    reason: str
+
+
 def parse_retr_items(chunks: list[tuple[int, bool, bytes]]) -> list[object]:
     """SA_Retr response payloads for a client: entry bodies kept as they are, unchecked.
 
     The client turns them into model objects later (``entries.payload_to_sad``),
     which checks everything; decoding them here as well would double the cost
-    of a bulk retrieval.
+    of a bulk retrieval.  A Replay State that does not decode (stored by an
+    older version, or put straight into the backend) becomes
+    :class:`UnreadableReplay` rather than failing the whole page.
     """
     items: list[object] = []
     index = 0
@@ -234,6 +195,11 @@ def parse_retr_items(chunks: list[tuple[int, bool, bytes]]) -> list[object]:
             index += 2
         elif payload_type in (PayloadType.TSI, PayloadType.TSR):
             raise WireError("a TSi or TSr payload must follow an SPD entry payload")
+        elif payload_type == PayloadType.REPLAY_STATE:
+            try:
+                items.append(ReplayStatePayload.pull_body(Buffer(body, "Replay State payload")))
+            except WireError as exc:
+                items.append(UnreadableReplay(str(exc)))
         elif payload_type in _PULLERS:
             items.append(_PULLERS[payload_type](Buffer(body, f"payload {payload_type}")))
         elif critical:
@@ -243,31 +209,56 @@ def parse_retr_items(chunks: list[tuple[int, bool, bytes]]) -> list[object]:
     return items
 
 
+def _entry_error(exc: WireError, kind: str, ordinal: int, body: bytes) -> WireError:
+    """``exc`` naming the entry: its place among the message's entries and its SPI or index."""
+    name = "SPI" if kind == "SAD" else "policy index"
+    ident = f", {name} 0x{body[:4].hex()}" if len(body) >= 4 else ""
+    return WireError(f"{kind} entry {ordinal}{ident}: {exc}", exc.status)
+
+
+def _pull_selector(body: bytes, what: str) -> TrafficSelector:
+    """The one selector of a TSi/TSr body (the codec's ``pull_ts_body``, as decode_message)."""
+    found = pull_ts_body(Buffer(body, f"{what} payload"))
+    if len(found) != 1:
+        raise WireError(f"{what} of an SPD entry must hold exactly one selector")
+    return found[0]
+
+
 def parse_stor_items(chunks: list[tuple[int, bool, bytes]]) -> list[object]:
-    """SA_Stor payloads: entries as :class:`RawSad` / :class:`RawSpd`, the rest decoded."""
+    """SA_Stor payloads: entries as :class:`RawSad` / :class:`RawSpd`, the rest decoded.
+
+    Each entry is decoded with the codec's own ``pull_*`` functions, once; its
+    body is kept as it came for storage, its payload for the model check the
+    service runs before storing (``_convert.admit_*``).
+    """
     items: list[object] = []
     index = 0
+    sads = spds = 0
     while index < len(chunks):
         payload_type, critical, body = chunks[index]
         index += 1
         if payload_type == PayloadType.SAD_ENTRY:
-            sad = SadEntryPayload.pull_body(Buffer(body[:_SAD_FIXED], "SAD entry payload"))
-            _check_attributes(body, _SAD_FIXED, "SAD entry")
-            items.append(RawSad(sad.spi, sad.protocol, sad.family, sad.daddr, body))
+            sads += 1
+            try:
+                sad = SadEntryPayload.pull_body(Buffer(body, "SAD entry payload"))
+            except WireError as exc:
+                raise _entry_error(exc, "SAD", sads, body) from None
+            items.append(RawSad(sads, body, sad))
         elif payload_type == PayloadType.SPD_ENTRY:
-            fixed = SpdEntryPayload.pull_fixed(Buffer(body[:_SPD_FIXED], "SPD entry payload"))
-            _check_attributes(body, _SPD_FIXED, "SPD entry")
-            selectors = []
-            for wanted in (PayloadType.TSI, PayloadType.TSR):
-                if index >= len(chunks) or chunks[index][0] != wanted:
-                    raise WireError(f"an SPD entry payload must be followed by {wanted.name}")
-                ts_body = chunks[index][2]
-                _check_one_selector(ts_body, wanted.name)
-                selectors.append(ts_body)
-                index += 1
-            policy_index = fixed["index"]
-            assert isinstance(policy_index, int)
-            items.append(RawSpd(policy_index, body, selectors[0], selectors[1]))
+            spds += 1
+            try:
+                fixed = SpdEntryPayload.pull_fixed(Buffer(body, "SPD entry payload"))
+                selectors = []
+                for wanted in (PayloadType.TSI, PayloadType.TSR):
+                    if index >= len(chunks) or chunks[index][0] != wanted:
+                        raise WireError(f"an SPD entry payload must be followed by {wanted.name}")
+                    selectors.append(_pull_selector(chunks[index][2], wanted.name))
+                    index += 1
+            except WireError as exc:
+                raise _entry_error(exc, "SPD", spds, body) from None
+            spd = SpdEntryPayload(tsi=selectors[0], tsr=selectors[1], **fixed)
+            tsi, tsr = chunks[index - 2][2], chunks[index - 1][2]
+            items.append(RawSpd(spd.index, body, tsi, tsr, spds, spd))
         elif payload_type in (PayloadType.TSI, PayloadType.TSR):
             raise WireError("a TSi or TSr payload must follow an SPD entry payload")
         elif payload_type in _PULLERS:

@@ -23,7 +23,9 @@ passes with them.  Three rules hold in every backend:
    epoch fails with :class:`StaleEpochError`, so a deposed master can never
    overwrite what its successor took over.  A write with a newer epoch raises
    the stored one in the same transaction; :meth:`SaStore.claim` raises it
-   without writing anything (the new master takes over).
+   without writing anything (the new master takes over).  No raise may pass
+   :data:`MAX_EPOCH` or jump more than :data:`MAX_EPOCH_STEP`
+   (:func:`check_epoch_raise`, :class:`EpochLimitError`).
 3. **One message, one transaction.**  Every mutating call applies all of its
    entries or none of them.
 """
@@ -50,6 +52,8 @@ MAX_CURSOR_LEN = 64
 MAX_ENTRY_LEN = 64 * 1024
 #: Largest epoch: SQLite integers are signed 64-bit, so epochs stop at 2**63 - 1.
 MAX_EPOCH = 2**63 - 1
+#: Largest raise of a server ID's epoch by one claim or write (see :func:`check_epoch_raise`).
+MAX_EPOCH_STEP = 2**32
 
 _SERVER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
 
@@ -67,6 +71,7 @@ class Status(enum.IntEnum):
     INVALID = 4
     UNAVAILABLE = 5
     INTERNAL = 6
+    EPOCH_LIMIT = 7
 
 
 class StoreError(ApplianceError):
@@ -103,6 +108,17 @@ class StaleEpochError(StoreError):
         self.current_epoch = current_epoch
 
 
+class EpochLimitError(StoreError):
+    """The epoch would jump too far or pass :data:`MAX_EPOCH`; nothing was changed."""
+
+    status = Status.EPOCH_LIMIT
+
+    def __init__(self, message: str, current_epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.current_epoch = current_epoch
+        """The server ID's epoch, where the refusal knows it."""
+
+
 class NotFoundError(StoreError):
     """The SA to update is not in the store (or not under this server ID)."""
 
@@ -130,6 +146,7 @@ class SchemaVersionError(StoreError):
 ERRORS_BY_STATUS: dict[Status, type[StoreError]] = {
     Status.SPI_COLLISION: SpiCollisionError,
     Status.STALE_EPOCH: StaleEpochError,
+    Status.EPOCH_LIMIT: EpochLimitError,
     Status.NOT_FOUND: NotFoundError,
     Status.INVALID: InvalidRequestError,
     Status.UNAVAILABLE: StoreUnavailableError,
@@ -202,6 +219,9 @@ class SaRecord:
     replay: bytes | None = None
     """The latest replay state sent with :meth:`SaStore.update_replay` (None: only ``entry``)."""
     ike_sa: bytes | None = None
+    unreadable: str | None = None
+    """Why the stored record could not be read back (then ``entry`` is empty): a bulk
+    retrieval reports that SA in its place instead of failing the whole server ID."""
 
 
 @dataclass(frozen=True)
@@ -257,9 +277,36 @@ def check_server_id(server_id: str) -> str:
 
 
 def check_epoch(epoch: int) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise InvalidRequestError(f"epoch must be an integer 0..2**63-1, got {epoch!r}")
+    if epoch > MAX_EPOCH:
+        raise EpochLimitError(f"epoch {epoch} refused, the largest epoch is 2**63-1")
     return epoch
+
+
+def check_epoch_raise(server_id: str, current: int, new: int) -> None:
+    """Refuse raising ``server_id``'s epoch from ``current`` to ``new`` if it could overflow.
+
+    Every backend calls this before it stores a higher epoch (a claim, or a
+    write that carries a newer epoch).  One step may add at most
+    :data:`MAX_EPOCH_STEP`, so ordinary claims (current + 1) can go on for
+    2**31 maximal jumps before :data:`MAX_EPOCH`, and nobody can take the
+    last epoch in one request, after which no claim could ever succeed.
+    """
+    if new <= current:
+        return
+    if new > MAX_EPOCH:
+        raise EpochLimitError(
+            f"server {server_id}: epoch {new} refused, the largest epoch is 2**63-1 "
+            f"(current {current}); this server ID can take no new owner",
+            current,
+        )
+    if new - current > MAX_EPOCH_STEP:
+        raise EpochLimitError(
+            f"server {server_id}: epoch {new} refused, it is more than 2**32 above "
+            f"the current epoch {current}; claim current + 1 (epoch 0) instead",
+            current,
+        )
 
 
 def _check_blob(what: object, blob: bytes | None, limit: int = MAX_ENTRY_LEN) -> None:
@@ -437,6 +484,15 @@ class SaStore(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> StoreStats:
         """Counts per server, epochs, size."""
+
+    def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:
+        """Servers ``start`` to ``start + limit - 1`` of :meth:`stats`, in server ID order.
+
+        One page of the server list (Heartbeat paging); a backend whose
+        ``stats`` costs a request per server overrides it to count only these.
+        """
+        ordered = sorted(self.stats().servers, key=lambda s: s.server_id)
+        return tuple(ordered[start : start + limit])
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -9,9 +9,11 @@ twice.  Up to ``window`` requests are in flight at once for bulk stores.
 
 Errors are :class:`~appliance.store.base.StoreError` subclasses:
 :class:`StoreTimeoutError` (no answer), :class:`SpiCollisionError`,
-:class:`StaleEpochError`, :class:`NotFoundError`, :class:`InvalidRequestError`
-(the store refused the request as malformed) and :class:`StoreRefusedError`
-(any other refusal).
+:class:`StaleEpochError`, :class:`EpochLimitError` (the epoch would jump too
+far or overflow), :class:`NotFoundError`, :class:`InvalidRequestError` (the
+store refused the request as malformed), :class:`ResponseTooLargeError` (the
+answer does not fit the store's ``max_datagram``) and
+:class:`StoreRefusedError` (any other refusal).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import select
 import socket
@@ -32,7 +35,9 @@ from appliance.channel.events import DataReceived, HandshakeFailed
 from appliance.model import SadEntry, Snapshot, SpdEntry
 from appliance.store import _convert as conv
 from appliance.store import _rawwire
+from appliance.store._convert import UndecodableEntryError as UndecodableEntryError
 from appliance.store.base import (
+    EpochLimitError,
     FetchCancelled,
     InvalidRequestError,
     NotFoundError,
@@ -75,9 +80,15 @@ class StoreRefusedError(StoreError):
     """The store answered with an error status this client has no finer class for."""
 
 
+class ResponseTooLargeError(StoreError):
+    """The answer does not fit the store's ``[store] max_datagram``; raise it on the store."""
+
+
 _ERRORS: dict[int, type[StoreError]] = {
     Status.SPI_COLLISION: SpiCollisionError,
     Status.STALE_EPOCH: StaleEpochError,
+    Status.EPOCH_LIMIT: EpochLimitError,
+    Status.TOO_LARGE: ResponseTooLargeError,
     Status.NOT_FOUND: NotFoundError,
     Status.MALFORMED: InvalidRequestError,
     Status.BUSY: StoreUnavailableError,
@@ -86,6 +97,8 @@ _ERRORS: dict[int, type[StoreError]] = {
 
 CONVERT_STEP = 256
 """Entries converted between two questions to a ``stop`` callback."""
+
+log = logging.getLogger("appliance.store.client")
 
 
 @dataclass
@@ -96,6 +109,12 @@ class RetrievedState:
     store's entry encoding, see ``appliance.store._convert``); ``sad`` and
     ``spd`` convert them to model objects on first use, because the model
     conversion costs far more than the transfer.
+
+    An entry that does not convert (stored by an older version, or put
+    straight into the backend) is left out of ``sad`` / ``spd``, logged once
+    and named in ``skipped``; so is an SA whose stored replay state does not
+    decode (installing it with older counters could reuse sequence numbers).
+    The rest of the server ID's state is still there.
     """
 
     server_id: str
@@ -106,6 +125,13 @@ class RetrievedState:
     """The latest replay state sent for an SA since its last full store."""
     ike_sa: dict[SaKey, bytes] = field(default_factory=dict)
     pages: int = 0
+    skipped: list[str] = field(default_factory=list)
+    """One line per entry left out by ``convert`` (its index and SPI or policy index, why)."""
+    unreadable_replay: dict[int, str] = field(default_factory=dict)
+    """Index in ``sad_entries`` -> why the replay state stored after that SA did not decode."""
+    unreadable: list[str] = field(default_factory=list)
+    """SAs the store holds but could not read back (a tampered sealed record): each came
+    as an error Notify in its place, and is reported in ``skipped`` by ``convert``."""
     _sad: list[SadEntry] | None = field(default=None, repr=False)
     _spd: list[SpdEntry] | None = field(default=None, repr=False)
 
@@ -136,18 +162,34 @@ class RetrievedState:
 
         ``stop`` is asked every ``CONVERT_STEP`` entries; when it answers True
         the conversion ends with ``FetchCancelled`` and nothing is kept.
+        Entries that do not convert are skipped (see the class); converting
+        again changes nothing.
         """
+        if self._sad is not None and self._spd is not None:
+            return
         sad: list[SadEntry] = []
         spd: list[SpdEntry] = []
+        skipped: list[str] = list(self.unreadable)
         for i, entry in enumerate(self.sad_entries):
             if stop is not None and i % CONVERT_STEP == 0 and stop():
                 raise FetchCancelled(f"conversion of {self.server_id} stopped")
-            sad.append(conv.sad_from_payload(conv.sad_payload_from_entry(entry)))
+            try:
+                if i in self.unreadable_replay:
+                    reason = f"its replay state: {self.unreadable_replay[i]}"
+                    raise UndecodableEntryError(reason)
+                sad.append(conv.sad_from_stored(entry))
+            except UndecodableEntryError as exc:
+                skipped.append(f"{conv.describe_stored('SAD', i + 1, entry)}: {exc}")
         for i, entry in enumerate(self.spd_entries):
             if stop is not None and i % CONVERT_STEP == 0 and stop():
                 raise FetchCancelled(f"conversion of {self.server_id} stopped")
-            spd.append(conv.spd_from_payload(conv.spd_payload_from_entry(entry)))
-        self._sad, self._spd = sad, spd
+            try:
+                spd.append(conv.spd_from_stored(entry))
+            except UndecodableEntryError as exc:
+                skipped.append(f"{conv.describe_stored('SPD', i + 1, entry)}: {exc}")
+        for line in skipped:
+            log.warning("server ID %s: stored %s; skipped", self.server_id, line)
+        self._sad, self._spd, self.skipped = sad, spd, skipped
 
 
 @dataclass
@@ -260,6 +302,10 @@ class StoreClient:
         self.close()
 
     def close(self) -> None:
+        """Tell the store to forget our association (an authenticated CLOSE), then close."""
+        if self._sock.fileno() >= 0:
+            self._channel.disconnect()
+            self._flush()
         self._sock.close()
 
     # -- the I/O loop -----------------------------------------------------------------
@@ -381,17 +427,31 @@ class StoreClient:
 
     # -- operations ----------------------------------------------------------------
 
-    def heartbeat(self) -> dict[str, Any]:
-        """Liveness check; returns the store's statistics."""
-        response = self._call(ExchangeType.HEARTBEAT, ())
-        status = response.status
-        try:
-            stats: dict[str, Any] = json.loads(status.data) if status and status.data else {}
-        except ValueError:
-            stats = {}
+    def heartbeat(self, servers: bool = True) -> dict[str, Any]:
+        """The store's statistics, with ``servers``: one entry per server ID.
+
+        The summary is one small round trip (``servers=False`` is the liveness
+        check); the server list follows in pages (protocol.md 5.6).
+        """
+        stats = _json_of(self._call(ExchangeType.HEARTBEAT, ()))
+        if servers:
+            stats["servers"] = self._server_list()
         return stats
 
     stats = heartbeat
+
+    def _server_list(self) -> list[dict[str, Any]]:
+        by_id: dict[str, dict[str, Any]] = {}
+        cursor = b""
+        while True:
+            page = PagePayload(min(self.max_datagram, 65535), cursor)
+            response = self._call(ExchangeType.HEARTBEAT, [page])
+            for server in _json_of(response).get("servers", []):
+                by_id[server["server_id"]] = server  # pages are no snapshot: an ID may repeat
+            next_page = response.first(PagePayload)
+            if not response.more or next_page is None:
+                return list(by_id.values())
+            cursor = next_page.cursor
 
     def claim(self, server_id: str, epoch: int = 0) -> int:
         """Raise ``server_id``'s epoch (0: current + 1); returns the new epoch."""
@@ -539,27 +599,40 @@ class StoreClient:
             check_response(Message(raw.exchange, raw.message_id, status, True))
             last: _rawwire.SadBody | None = None
             next_cursor = None
+            status_notify = next((p for p in items if isinstance(p, Notify)), None)
             for p in items:
                 if isinstance(p, _rawwire.SadBody):
                     state.sad_entries.append(conv.ENTRY_FORMAT_WIRE_V1 + p.body)
                     last = p
+                elif isinstance(p, _rawwire.UnreadableReplay) and last is not None:
+                    state.unreadable_replay[len(state.sad_entries) - 1] = p.reason
                 elif isinstance(p, _rawwire.RawSpd):
                     state.spd_entries.append(conv.ENTRY_FORMAT_WIRE_V1 + p.stored())
                 elif isinstance(p, ReplayStatePayload):
                     state.replay[conv.key_of_replay(p)] = p
                 elif isinstance(p, IkeSaPayload) and last is not None:
-                    sad = conv.sad_payload_from_entry(conv.ENTRY_FORMAT_WIRE_V1 + last.body)
-                    state.ike_sa[conv.sa_key_of_payload(sad)] = p.data
+                    # An SA that does not decode is skipped by convert(), its IKE SA with it.
+                    with contextlib.suppress(StoreError, WireError):
+                        sad = conv.sad_payload_from_entry(conv.ENTRY_FORMAT_WIRE_V1 + last.body)
+                        state.ike_sa[conv.sa_key_of_payload(sad)] = p.data
                 elif isinstance(p, EpochPayload):
                     state.epoch = p.epoch
                 elif isinstance(p, PagePayload):
                     next_cursor = p.cursor
+                elif isinstance(p, Notify) and p is not status_notify:
+                    # An SA the store could not read back, reported in its place.
+                    spi = "an SA" if p.spi is None else f"SA spi 0x{p.spi:08x}"
+                    state.unreadable.append(f"{spi}: {p.text or p.status}")
             if not raw.more or next_cursor is None:
                 return state
             cursor = next_cursor
 
     def get_spi(self, spi: int, dst: str, proto: int | str = "esp") -> SaAnswer:
-        """One SA with its SPD entries; NotFoundError if the store has none."""
+        """One SA with its SPD entries; NotFoundError if the store has none.
+
+        ``_convert.UndecodableEntryError`` if the SA or one of its policies is
+        stored but does not decode to the model.
+        """
         key = SaKey.make(spi, dst, proto)
         response = self._call(ExchangeType.SA_RETR, [conv.lookup_payload(key)])
         sid = response.first(ServerIdPayload)
@@ -568,11 +641,16 @@ class StoreClient:
         if sid is None or sad is None:
             raise StoreRefusedError(f"{self._where()} answered an SA lookup without the SA")
         ike = response.first(IkeSaPayload)
+        try:
+            model_sa = conv.sad_from_payload(sad)
+            model_spd = [conv.spd_from_payload(p) for p in response.all(SpdEntryPayload)]
+        except InvalidRequestError as exc:
+            raise UndecodableEntryError(f"stored {key} does not decode: {exc}") from None
         return SaAnswer(
             str(sid),
             ep.epoch if ep else 0,
-            conv.sad_from_payload(sad),
-            [conv.spd_from_payload(p) for p in response.all(SpdEntryPayload)],
+            model_sa,
+            model_spd,
             response.first(ReplayStatePayload),
             None if ike is None else ike.data,
         )
@@ -599,4 +677,17 @@ def check_response(response: Message) -> None:
     if cls is StaleEpochError:
         ep = response.first(EpochPayload)
         raise StaleEpochError(f"store refused: {text}", ep.epoch if ep else 0)
+    if cls is EpochLimitError:
+        ep = response.first(EpochPayload)
+        raise EpochLimitError(f"store refused: {text}", ep.epoch if ep else None)
     raise cls(f"store refused: {text}")
+
+
+def _json_of(response: Message) -> dict[str, Any]:
+    """The JSON object in a Heartbeat answer's status Notify ({} if there is none)."""
+    status = response.status
+    try:
+        value = json.loads(status.data) if status and status.data else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

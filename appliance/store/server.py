@@ -5,10 +5,15 @@ Theory of operation
 One UDP socket.  Every datagram goes to the sans-IO channel endpoint (server
 role), which answers handshakes itself and hands back authenticated
 plaintexts (:class:`~appliance.channel.events.DataReceived`).  Each plaintext
-is decoded as a request and handed to :class:`~.service.StoreService`, whose
-backend calls run on one worker thread, so the event loop keeps reading (and
-dropping junk) while a transaction commits.  The response is sent only after
-the transaction committed: an acknowledged entry is durable.
+is decoded as a request and handed to :class:`~.service.StoreService`.
+Writes (SA_Stor) run on one writer thread, in group commits, so the event
+loop keeps reading (and dropping junk) while a transaction commits.  The
+response is sent only after the transaction committed: an acknowledged entry
+is durable.  With SQLite, reads (SA_Retr, Heartbeat) run on a small pool of
+reader threads instead, each with a read-only connection of its own (WAL):
+a lookup sees the last committed state and never waits for the writer's lock
+or fsync.  etcd's client is one HTTP connection, so there reads stay on the
+writer thread, in its queue.
 
 Retransmissions: a client resends the same request (same message ID) when a
 response is lost.  Responses are cached per peer node (``response_cache``
@@ -32,36 +37,59 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
 from appliance.channel.events import DataReceived
 from appliance.errors import ApplianceError
 from appliance.store.base import SaStore
-from appliance.store.config import ServerConfig, load_psk
+from appliance.store.config import ServerConfig, load_psk, load_secret
+from appliance.store.envelope import Sealer
+from appliance.store.sealed import SealedStore
 from appliance.store.service import StoreService
 from appliance.wire._errors import WireError
-from appliance.wire.constants import Status
+from appliance.wire.constants import ExchangeType, Status
 from appliance.wire.messages import decode_message, peek_header
 
 log = logging.getLogger("appliance.store.server")
 
 
-def open_backend(cfg: ServerConfig) -> SaStore:
-    """The backend the configuration names."""
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def open_backend(cfg: ServerConfig) -> SealedStore:
+    """The backend the configuration names, its key material sealed under the cluster key."""
+    sealer = Sealer(load_psk(cfg.psk_file), tuple(load_psk(p) for p in cfg.previous_psk_files))
     if cfg.backend == "sqlite":
         from appliance.store.sqlite import SqliteStore
 
         assert cfg.sqlite is not None
-        return SqliteStore(cfg.sqlite.path)
+        return SealedStore(SqliteStore(cfg.sqlite.path), sealer)
     from appliance.store.etcd import EtcdStore
 
-    assert cfg.etcd is not None
-    return EtcdStore(
-        cfg.etcd.endpoints,
-        cfg.etcd.timeout,
-        cfg.etcd.retry_for,
-        None if cfg.etcd.ca_file is None else str(cfg.etcd.ca_file),
+    etcd = cfg.etcd
+    assert etcd is not None
+    password = None
+    if etcd.password_file is not None:
+        raw = load_secret(etcd.password_file, "etcd password file")
+        try:
+            password = raw.decode()
+        except UnicodeDecodeError:
+            raise ApplianceError(f"etcd password file {etcd.password_file} is not UTF-8") from None
+    return SealedStore(
+        EtcdStore(
+            etcd.endpoints,
+            etcd.timeout,
+            etcd.retry_for,
+            _text(etcd.ca_file),
+            _text(etcd.cert_file),
+            _text(etcd.key_file),
+            etcd.user,
+            password,
+        ),
+        sealer,
     )
 
 
@@ -85,6 +113,10 @@ def _is_busy(reply: bytes) -> bool:
 
 #: Requests applied in one group commit at most.
 MAX_GROUP = 64
+#: Reader threads (SQLite): lookups in parallel with each other and with the writer.
+READER_THREADS = 4
+#: Requests that only read: the reader threads take them (SQLite).
+READ_EXCHANGES = frozenset({ExchangeType.SA_RETR, ExchangeType.HEARTBEAT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +173,18 @@ class StoreServer(asyncio.DatagramProtocol):
         self.channel = ChannelEndpoint(
             psk, cfg.node_id, Role.SERVER, ChannelConfig(max_associations=cfg.max_peers)
         )
-        self.service = StoreService(store, self._server_stats)
+        self.service = StoreService(store, self._server_stats, cfg.max_datagram)
         self.cache = ResponseCache(cfg.max_peers, cfg.response_cache)
         self.counters = ServerCounters()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-backend")
+        # SQLite reads concurrently (a connection per reader thread); etcd's client cannot.
+        self._readers = (
+            concurrent.futures.ThreadPoolExecutor(READER_THREADS, thread_name_prefix="store-reader")
+            if cfg.backend == "sqlite"
+            else None
+        )
+        self._writing = 0
+        self._reading = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -179,7 +219,7 @@ class StoreServer(asyncio.DatagramProtocol):
 
     def _request(self, event: DataReceived, now: float) -> None:
         try:
-            _, message_id, is_response = peek_header(event.data)
+            exchange, message_id, is_response = peek_header(event.data)
         except WireError:
             self.counters.undecodable += 1
             return
@@ -195,9 +235,29 @@ class StoreServer(asyncio.DatagramProtocol):
                 self._send(cached, event.association, now)
             return
         self.cache.put(event.peer_node_id, message_id, None)
-        self._queue.append(_Pending(event.data, event.peer_node_id, message_id, event.association))
+        pending = _Pending(event.data, event.peer_node_id, message_id, event.association)
+        if self._readers is not None and exchange in READ_EXCHANGES:
+            self._run_read(pending)
+            return
+        self._queue.append(pending)
         if not self._busy:
             self._run_queue()
+
+    def _run_read(self, pending: _Pending) -> None:
+        """A read goes to a reader thread at once: it waits for no write."""
+        assert self._loop is not None and self._readers is not None
+        self._reading += 1
+        future = self._loop.run_in_executor(self._readers, self.service.handle_read, pending.data)
+        future.add_done_callback(lambda f: self._respond_read(f, pending))
+
+    def _respond_read(self, future: asyncio.Future[bytes], pending: _Pending) -> None:
+        self._reading -= 1
+        if future.cancelled() or future.exception() is not None:
+            log.error("read failed: %s", None if future.cancelled() else future.exception())
+            self.cache.forget(pending.peer, pending.message_id)  # the client retransmits
+        else:
+            self._answer(pending, future.result(), time.monotonic())
+        self._flush()
 
     def _run_queue(self) -> None:
         """Hand every queued request to the worker at once: one group commit for them all."""
@@ -205,6 +265,7 @@ class StoreServer(asyncio.DatagramProtocol):
         batch = self._queue[:MAX_GROUP]
         del self._queue[:MAX_GROUP]
         self._busy = True
+        self._writing = len(batch)
         future = self._loop.run_in_executor(
             self._worker, self.service.handle_many, [p.data for p in batch]
         )
@@ -212,6 +273,7 @@ class StoreServer(asyncio.DatagramProtocol):
 
     def _respond(self, future: asyncio.Future[list[bytes]], batch: list[_Pending]) -> None:
         self._busy = False
+        self._writing = 0
         now = time.monotonic()
         if not future.cancelled():
             exc = future.exception()
@@ -221,15 +283,18 @@ class StoreServer(asyncio.DatagramProtocol):
                     self.cache.forget(p.peer, p.message_id)
             else:
                 for p, reply in zip(batch, future.result(), strict=True):
-                    if _is_busy(reply):
-                        self.cache.forget(p.peer, p.message_id)  # protocol.md 5.5: not cached
-                    else:
-                        self.cache.put(p.peer, p.message_id, reply)
-                    self.counters.served += 1
-                    self._send(reply, p.association, now)
+                    self._answer(p, reply, now)
         if self._queue:
             self._run_queue()
         self._flush()
+
+    def _answer(self, p: _Pending, reply: bytes, now: float) -> None:
+        if _is_busy(reply):
+            self.cache.forget(p.peer, p.message_id)  # protocol.md 5.5: not cached
+        else:
+            self.cache.put(p.peer, p.message_id, reply)
+        self.counters.served += 1
+        self._send(reply, p.association, now)
 
     def _send(self, plaintext: bytes, association: bytes, now: float) -> None:
         try:
@@ -265,6 +330,32 @@ class StoreServer(asyncio.DatagramProtocol):
     # -- stats ------------------------------------------------------------------
 
     def _server_stats(self) -> dict[str, Any]:
+        """The server's counters, read on the event loop's thread, where they change.
+
+        The service asks from a backend thread (a reader, or the writer).
+        """
+        loop = self._loop
+        if loop is None or not loop.is_running() or self._on_loop_thread(loop):
+            return self._server_stats_now()
+        result: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def fill() -> None:
+            try:
+                result.set_result(self._server_stats_now())
+            except Exception as exc:
+                result.set_exception(exc)
+
+        loop.call_soon_threadsafe(fill)
+        return result.result(timeout=10)
+
+    @staticmethod
+    def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def _server_stats_now(self) -> dict[str, Any]:
         drops = {r.value: n for r, n in self.channel.drops.items()}
         return {
             "uptime_seconds": round(time.monotonic() - self._started, 1),
@@ -276,12 +367,16 @@ class StoreServer(asyncio.DatagramProtocol):
             "drops_total": sum(drops.values()) + self.counters.undecodable,
             "associations": len(self.channel.associations()),
             "cached_responses": len(self.cache),
+            "writes_pending": len(self._queue) + self._writing,
+            "reads_in_progress": self._reading,
         }
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._worker.shutdown(wait=True)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         self.store.close()
 
 

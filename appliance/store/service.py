@@ -18,8 +18,14 @@ Requests (protocol.md 5.3; the payload order carries the grouping):
 * **SA_Retr** with a Server ID (and a Page payload to resume) = one page of
   that server's state: SAD entries (each followed by its replay state), then
   SPD entries; the M flag and a Page payload with the cursor if more follow.
-* **Heartbeat** = liveness; the answer's OK Notify carries the store's
-  statistics as JSON.
+* **Heartbeat** = liveness; the answer's OK Notify carries a summary of the
+  store's statistics as JSON.  With a Page payload it carries one page of
+  the per-server list instead (``{"servers": [...]}``), resumed like bulk
+  retrieval, so any number of server IDs fits (protocol.md 5.6).
+
+Every response fits the store's ``max_datagram`` (protected, i.e. with the
+channel overhead), and a page also the requester's maximum: a response
+that cannot fit becomes a TOO_LARGE error (or, for an error, a shorter text).
 
 Every response starts with a status Notify (constants.Status).
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +43,7 @@ from appliance.store import _convert as conv
 from appliance.store import _rawwire
 from appliance.store.base import (
     Batch,
+    EpochLimitError,
     InvalidRequestError,
     NotFoundError,
     PolicyRecord,
@@ -48,9 +56,12 @@ from appliance.store.base import (
 from appliance.store.base import Status as StoreStatus
 from appliance.wire._errors import WireError
 from appliance.wire.constants import (
+    CHANNEL_OVERHEAD,
     DEFAULT_MAX_DATAGRAM,
     GENERIC_HEADER_LENGTH,
+    HEADER_LENGTH,
     IPPROTO_TO_PROTOCOL_ID,
+    MAX_MESSAGE_LENGTH,
     ExchangeType,
     PayloadType,
     ProtocolId,
@@ -93,6 +104,7 @@ WIRE_STATUS = {
     StoreStatus.OK: Status.OK,
     StoreStatus.SPI_COLLISION: Status.SPI_COLLISION,
     StoreStatus.STALE_EPOCH: Status.STALE_EPOCH,
+    StoreStatus.EPOCH_LIMIT: Status.EPOCH_LIMIT,
     StoreStatus.NOT_FOUND: Status.NOT_FOUND,
     StoreStatus.INVALID: Status.MALFORMED,
     StoreStatus.UNAVAILABLE: Status.BUSY,
@@ -101,6 +113,14 @@ WIRE_STATUS = {
 
 #: Smallest reply a requester may ask for; below it not even one SA fits.
 MIN_PAGE_DATAGRAM = 576
+#: Shortest entry of a Heartbeat server page: '{"server_id":"a","epoch":0,"sas":0,"policies":0},'.
+_MIN_SERVER_JSON = 49
+#: Bytes of a Notify payload before its data (generic header, protocol, SPI size, type).
+_NOTIFY_HEAD = GENERIC_HEADER_LENGTH + 4
+
+
+class ResponseTooLarge(Exception):
+    """A response cannot fit the maximum datagram; answered with TOO_LARGE."""
 
 
 @dataclass
@@ -132,10 +152,15 @@ class StoreService:
         self,
         store: SaStore,
         extra_stats: Callable[[], dict[str, Any]] | None = None,
+        max_datagram: int = DEFAULT_MAX_DATAGRAM,
     ) -> None:
         self.store = store
         self.counters = ServiceCounters()
+        # Reader threads and the writer count concurrently (server.py); a dict += is not atomic.
+        self._counters_lock = threading.Lock()
         self._extra_stats = extra_stats or dict
+        self.max_datagram = max_datagram
+        """Largest protected datagram of any response (``[store] max_datagram``)."""
 
     def handle_bytes(self, data: bytes) -> bytes:
         """The encoded response to one decrypted request (error responses included)."""
@@ -155,8 +180,45 @@ class StoreService:
                 raise WireError("a response was sent as a request")
         except WireError as exc:
             self._count_error(exc.status)
-            return encode_message(error_response(exchange, message_id, exc.status, str(exc)))
-        return encode_message(self.handle(request, items))
+            return self.fit(error_response(exchange, message_id, exc.status, str(exc)))
+        return self.fit(self.handle(request, items))
+
+    def fit(self, response: Message) -> bytes:
+        """``response`` encoded, within ``max_datagram`` once protected (protocol.md 2).
+
+        An error's text is shortened; any other response that does not fit
+        becomes a TOO_LARGE error, so no oversized datagram ever leaves.
+        """
+        room = self.max_datagram - CHANNEL_OVERHEAD
+        try:
+            data = encode_message(response)
+        except WireError:  # past the 65,507-byte message limit: too large for any datagram
+            data = b""
+            size = f"more than {MAX_MESSAGE_LENGTH}"
+        else:
+            if len(data) <= room:
+                return data
+            size = str(len(data))
+        status = response.status
+        if status is not None and status.status != Status.OK and data:
+            cut = status.data[: max(0, len(status.data) - (len(data) - room))]
+            notify = Notify(status.status, status.protocol_id, status.spi, _utf8_prefix(cut))
+            rest = tuple(p for p in response.payloads if p is not status)
+            return encode_message(
+                Message(response.exchange, response.message_id, (notify, *rest), True)
+            )
+        self._count_error(Status.TOO_LARGE)
+        text = (
+            f"the {response.exchange.name} response would take {size} bytes, more than this "
+            f"store's max_datagram of {self.max_datagram} allows; raise [store] max_datagram"
+        )
+        reply = Message(
+            response.exchange,
+            response.message_id,
+            (Notify(Status.TOO_LARGE, data=text.encode()),),
+            True,
+        )
+        return encode_message(reply)
 
     def handle_many(self, requests: list[bytes]) -> list[bytes]:
         """Responses to several requests, committed together (one fsync for all).
@@ -174,8 +236,16 @@ class StoreService:
             for data in requests:
                 exchange, message_id, _ = peek_header(data)
                 reply = error_response(exchange, message_id, Status.BUSY, str(exc))
-                replies.append(encode_message(reply))
+                replies.append(self.fit(reply))
             return replies
+
+    def handle_read(self, data: bytes) -> bytes:
+        """The response to one read-only request (SA_Retr, Heartbeat), outside any group.
+
+        The server calls it from its reader threads, next to the writer's
+        group commit (SQLite reads each use a connection of their own).
+        """
+        return self._handle_guarded(data)
 
     def _handle_guarded(self, data: bytes) -> bytes:
         try:
@@ -184,15 +254,17 @@ class StoreService:
             log.exception("request failed")
             exchange, message_id, _ = peek_header(data)
             reply = error_response(exchange, message_id, Status.INTERNAL, type(exc).__name__)
-            return encode_message(reply)
+            return self.fit(reply)
 
     def _count_error(self, status: Status) -> None:
-        self.counters.errors[status.name] = self.counters.errors.get(status.name, 0) + 1
+        with self._counters_lock:
+            self.counters.errors[status.name] = self.counters.errors.get(status.name, 0) + 1
 
     def handle(self, request: Message, items: list[object] | None = None) -> Message:
         """The response to ``request``; backend errors become error Notifies."""
         name = request.exchange.name
-        self.counters.requests[name] = self.counters.requests.get(name, 0) + 1
+        with self._counters_lock:
+            self.counters.requests[name] = self.counters.requests.get(name, 0) + 1
         if items is None:
             items = list(request.payloads)
         try:
@@ -201,10 +273,10 @@ class StoreService:
             elif request.exchange == ExchangeType.SA_RETR:
                 payloads = self._retrieve(request)
             else:
-                extra = [p for p in items if not isinstance(p, ServerIdPayload | UnknownPayload)]
-                if extra:
-                    raise InvalidRequestError("a Heartbeat takes no payload but a Server ID")
-                payloads = [Notify(Status.OK, data=json.dumps(self.stats()).encode())]
+                payloads = self._heartbeat(items)
+        except ResponseTooLarge as exc:
+            self._count_error(Status.TOO_LARGE)
+            payloads = [Notify(Status.TOO_LARGE, data=str(exc).encode()[:1024])]
         except StoreError as exc:
             status = WIRE_STATUS[exc.status]
             self._count_error(status)
@@ -215,8 +287,9 @@ class StoreService:
                 protocol = IPPROTO_TO_PROTOCOL_ID[key.proto]
                 notify = Notify(status, protocol, key.spi, notify.data)
             payloads = [notify]
-            if isinstance(exc, StaleEpochError):
-                payloads.append(EpochPayload(exc.current_epoch))
+            current = getattr(exc, "current_epoch", None)
+            if isinstance(exc, StaleEpochError | EpochLimitError) and current is not None:
+                payloads.append(EpochPayload(current))
         more = any(isinstance(p, PagePayload) for p in payloads)
         return Message(request.exchange, request.message_id, tuple(payloads), True, more)
 
@@ -241,19 +314,26 @@ class StoreService:
         delete_sas: list[SaKey] = []
         delete_pols: list[bytes] = []
         has_delete = False
-        # The SA being assembled: key, entry, policies, IKE SA, replay state.
+        # The SA being assembled: key, entry, policies, IKE SA, replay state, model SA.
         group: list[Any] | None = None
+        replays = 0
 
         def close_group() -> None:
             if group is not None:
                 puts.append(SaPut(group[0], group[1], tuple(group[2]), group[3], group[4]))
 
+        # Every entry is decoded to the model before anything is stored (docs/store.md,
+        # "What the server stores"): the first that does not decode refuses the message.
         for p in items:
             if isinstance(p, _rawwire.RawSad):
                 close_group()
                 key = conv.raw_sa_key(p.spi, p.family, p.daddr, p.protocol)
-                group = [key, conv.ENTRY_FORMAT_WIRE_V1 + p.body, [], None, None]
+                where = f"SAD entry {p.ordinal} ({key})"
+                sa = conv.admit_sad(p.payload, where, key)
+                group = [key, conv.ENTRY_FORMAT_WIRE_V1 + p.body, [], None, None, sa]
             elif isinstance(p, _rawwire.RawSpd):
+                assert p.payload is not None  # parse_stor_items decodes every SPD entry
+                conv.admit_spd(p.payload, f"SPD entry {p.ordinal} (policy index {p.index})")
                 entry = conv.ENTRY_FORMAT_WIRE_V1 + p.stored()
                 pid = (
                     conv.policy_id_for_index(p.index)
@@ -262,8 +342,12 @@ class StoreService:
                 )
                 (standalone if group is None else group[2]).append(PolicyRecord(pid, entry))
             elif isinstance(p, ReplayStatePayload):
+                replays += 1
                 key = conv.key_of_replay(p)
-                if group is not None and key == group[0]:
+                own = group is not None and key == group[0]
+                where = f"Replay State {replays} ({key})"
+                conv.admit_replay(p, group[5] if group is not None and own else None, where, key)
+                if group is not None and own:
                     if group[4] is not None:
                         raise InvalidRequestError(f"two Replay State payloads for SA {key}")
                     group[4] = conv.replay_to_bytes(p)
@@ -333,10 +417,15 @@ class StoreService:
             out.append(IkeSaPayload(ike))
         return out
 
+    def _page_size(self, page: PagePayload) -> int:
+        """The largest protected reply for a page: the requester's maximum, within ours."""
+        asked = page.max_length or DEFAULT_MAX_DATAGRAM
+        if asked < MIN_PAGE_DATAGRAM:
+            raise InvalidRequestError(f"page max length {asked} is below {MIN_PAGE_DATAGRAM}")
+        return min(asked, self.max_datagram)
+
     def _retrieve_page(self, server_id: str, page: PagePayload) -> list[Payload]:
-        max_len = page.max_length or DEFAULT_MAX_DATAGRAM
-        if max_len < MIN_PAGE_DATAGRAM:
-            raise InvalidRequestError(f"page max length {max_len} is below {MIN_PAGE_DATAGRAM}")
+        max_len = self._page_size(page)
         head: list[Payload] = [Notify(Status.OK), ServerIdPayload.parse(server_id)]
         cursor = page.cursor or None
         backend_page = self.store.get_page(server_id, cursor, max(4, max_len // 200))
@@ -347,9 +436,14 @@ class StoreService:
         resume: bytes | None = None
         items: list[tuple[bytes, Sequence[Payload]]] = []
         for sa in backend_page.sas:
-            items.append(
-                (self.store.sa_cursor(sa.key), self._sa_payloads(sa.entry, sa.replay, sa.ike_sa))
-            )
+            if sa.unreadable is not None:
+                # In its place, a Notify naming it: the requester skips and reports it (5.3).
+                protocol = IPPROTO_TO_PROTOCOL_ID[sa.key.proto]
+                text = sa.unreadable.encode()[:512]
+                payloads: Sequence[Payload] = [Notify(Status.MALFORMED, protocol, sa.key.spi, text)]
+            else:
+                payloads = self._sa_payloads(sa.entry, sa.replay, sa.ike_sa)
+            items.append((self.store.sa_cursor(sa.key), payloads))
         for pol in backend_page.policies:
             items.append(
                 (self.store.policy_cursor(pol.policy_id), conv.spd_raw_payloads(pol.entry))
@@ -358,8 +452,10 @@ class StoreService:
             size = sum(_encoded_size(p) for p in payloads)
             if used + size > budget:
                 if not body:
-                    raise InvalidRequestError(
-                        f"an entry of {size} bytes does not fit a {max_len}-byte reply"
+                    raise ResponseTooLarge(
+                        f"an entry of {size} bytes does not fit a {max_len}-byte reply "
+                        f"(the smaller of the requested {page.max_length or DEFAULT_MAX_DATAGRAM} "
+                        f"and this store's max_datagram {self.max_datagram})"
                     )
                 break
             body += payloads
@@ -372,17 +468,85 @@ class StoreService:
             out.append(PagePayload(0, resume))
         return out
 
-    def stats(self) -> dict[str, Any]:
+    # -- Heartbeat ----------------------------------------------------------------
+
+    def _heartbeat(self, items: list[object]) -> list[Payload]:
+        payloads = [p for p in items if not isinstance(p, UnknownPayload)]
+        kinds = [type(p) for p in payloads if not isinstance(p, ServerIdPayload)]
+        if len(payloads) - len(kinds) > 1 or kinds not in ([], [PagePayload]):
+            raise InvalidRequestError(
+                "a Heartbeat takes no payload but a Server ID and, for the server list, a Page"
+            )
+        page = next((p for p in payloads if isinstance(p, PagePayload)), None)
+        if page is None:
+            return [Notify(Status.OK, data=self._summary_json())]
+        return self._server_page(page)
+
+    def summary(self) -> dict[str, Any]:
+        """The store's statistics without the per-server list (the Heartbeat answer)."""
         st = self.store.stats()
+        with self._counters_lock:
+            requests, errors = dict(self.counters.requests), dict(self.counters.errors)
         return {
             "backend": st.backend,
             "size_bytes": st.size_bytes,
-            "servers": [
-                {"server_id": s.server_id, "epoch": s.epoch, "sas": s.sas, "policies": s.policies}
-                for s in st.servers
-            ],
+            "server_count": len(st.servers),
             "backend_info": st.extra,
-            "requests": dict(self.counters.requests),
-            "errors": dict(self.counters.errors),
+            "requests": requests,
+            "errors": errors,
             **self._extra_stats(),
         }
+
+    def _summary_json(self) -> bytes:
+        # Keys in order while they fit (they always do at 1400 bytes); "truncated" if not.
+        room = self.max_datagram - CHANNEL_OVERHEAD - HEADER_LENGTH - _NOTIFY_HEAD
+        room -= len(b',"truncated":true}') + 1
+        parts: list[bytes] = []
+        used = 0
+        truncated = False
+        for key, value in self.summary().items():
+            part = _compact({key: value})[1:-1]
+            if used + len(part) + 1 > room:
+                truncated = True
+                continue
+            parts.append(part)
+            used += len(part) + 1
+        if truncated:
+            parts.append(b'"truncated":true')
+        return b"{" + b",".join(parts) + b"}"
+
+    def _server_page(self, page: PagePayload) -> list[Payload]:
+        """One page of the server list: ``{"servers": [...]}``; the cursor is the next index."""
+        max_len = self._page_size(page)
+        if page.cursor and len(page.cursor) != 4:
+            raise InvalidRequestError("a Heartbeat page cursor is 4 bytes")
+        start = int.from_bytes(page.cursor, "big")
+        room = page_budget(max_len, [Notify(Status.OK)]) - len(b'{"servers":[]}')
+        limit = room // _MIN_SERVER_JSON + 1
+        servers = self.store.server_stats(start, limit + 1)  # one more: are there more?
+        entries: list[bytes] = []
+        used = 0
+        for s in servers[:limit]:
+            entry = _compact(
+                {"server_id": s.server_id, "epoch": s.epoch, "sas": s.sas, "policies": s.policies}
+            )
+            if used + len(entry) + 1 > room:
+                break
+            entries.append(entry)
+            used += len(entry) + 1
+        if servers and not entries:
+            raise ResponseTooLarge(f"one server's statistics do not fit a {max_len}-byte reply")
+        data = b'{"servers":[' + b",".join(entries) + b"]}"
+        out: list[Payload] = [Notify(Status.OK, data=data)]
+        if len(entries) < len(servers):
+            out.append(PagePayload(0, (start + len(entries)).to_bytes(4, "big")))
+        return out
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _utf8_prefix(data: bytes) -> bytes:
+    """``data`` without a UTF-8 sequence cut at its end."""
+    return data.decode("utf-8", "ignore").encode()

@@ -13,6 +13,16 @@ one fsync per message, and a message carries a batch of entries.
 Each mutating call is one ``BEGIN IMMEDIATE`` ... ``COMMIT``: all entries of a
 message or none of them.
 
+Readers and the writer: writes (and :meth:`SqliteStore.group`) go through
+one connection, serialised by a lock.  Reads from any other thread, or from
+the writer's thread outside a group, use a connection of their own, one per
+thread, ``query_only``, each read in one read transaction: in WAL mode such
+a reader sees the last committed state (never a half-applied message, never
+a group that has not committed) and waits neither for the writer's lock nor
+for its fsync.  Reads inside a group see the group's own writes (the
+service checks an SA_Stor's deletes against them).  Page cursors are keys,
+so a cursor from one connection resumes on any other.
+
 The schema version lives in ``PRAGMA user_version``; :data:`SCHEMA_VERSION`
 is the one this code writes.  Older versions are migrated step by step in one
 transaction; a newer one is refused (it was written by a newer ipsec-ha).
@@ -24,6 +34,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -47,6 +58,7 @@ from appliance.store.base import (
     StoreUnavailableError,
     check_batch,
     check_epoch,
+    check_epoch_raise,
     check_server_id,
 )
 
@@ -156,7 +168,13 @@ class SqliteStore(SaStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._in_group = False
+        # The thread inside group(), if any; its reads use the writer's connection.
+        self._group_thread: int | None = None
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
         _open_private(self.path)
         try:
             with _private_umask():
@@ -197,7 +215,8 @@ class SqliteStore(SaStore):
 
     @property
     def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        with self._read() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
 
     # -- transactions ---------------------------------------------------------
 
@@ -209,33 +228,37 @@ class SqliteStore(SaStore):
         own); nothing inside is durable until the group commits, so the caller
         acknowledges only after the ``with`` block ends without an error.
         """
-        if self._in_group:
+        if self._in_group():
             yield
             return
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
-        self._in_group = True
-        try:
-            yield
-        except BaseException:
-            self._in_group = False
-            db.execute("ROLLBACK")
-            raise
-        self._in_group = False
-        try:
-            db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            with contextlib.suppress(sqlite3.DatabaseError):
+        with self._write_lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            self._group_thread = threading.get_ident()
+            try:
+                yield
+            except BaseException:
+                self._group_thread = None
                 db.execute("ROLLBACK")
-            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+                raise
+            self._group_thread = None
+            try:
+                db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    db.execute("ROLLBACK")
+                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+
+    def _in_group(self) -> bool:
+        return self._group_thread == threading.get_ident()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db
-        if self._in_group:
+        if self._in_group():
             # Inside a group commit: this call's changes stand or fall together.
             db.execute("SAVEPOINT message")
             try:
@@ -250,35 +273,61 @@ class SqliteStore(SaStore):
                 raise
             db.execute("RELEASE message")
             return
+        with self._write_lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            try:
+                db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    db.execute("ROLLBACK")
+                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (opened on first use, closed with the store)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            return db
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            db.execute("PRAGMA query_only=ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+        with self._readers_lock:
+            if self._closed:
+                db.close()
+                raise StoreUnavailableError(f"store database {self.path} is closed")
+            self._readers.append(db)
+        self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction (a page and its links agree), or the group's own view."""
+        if self._in_group():
+            yield self._db
+            return
+        db = self._reader()
+        try:
+            db.execute("BEGIN")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
         try:
             yield db
-        except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
             raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        try:
-            db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            with contextlib.suppress(sqlite3.DatabaseError):
-                db.execute("ROLLBACK")
-            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """One read transaction, so that a page and its links agree (or the group's)."""
-        db = self._db
-        if self._in_group:
-            yield db
-            return
-        db.execute("BEGIN")
-        try:
-            yield db
         finally:
             db.execute("COMMIT")
 
@@ -294,6 +343,7 @@ class SqliteStore(SaStore):
                 f"the current epoch is {current} (another node took over)",
                 current,
             )
+        check_epoch_raise(server_id, current or 0, epoch)
         if current is None:
             db.execute("INSERT INTO server(server_id, epoch) VALUES (?, ?)", (server_id, epoch))
         elif epoch > current:
@@ -303,7 +353,8 @@ class SqliteStore(SaStore):
 
     def epoch(self, server_id: str) -> int:
         check_server_id(server_id)
-        return self._current_epoch(self._db, server_id) or 0
+        with self._read() as db:
+            return self._current_epoch(db, server_id) or 0
 
     def claim(self, server_id: str, epoch: int | None = None) -> int:
         check_server_id(server_id)
@@ -312,7 +363,7 @@ class SqliteStore(SaStore):
         with self._transaction() as db:
             current = self._current_epoch(db, server_id)
             new = (current or 0) + 1 if epoch is None else epoch
-            check_epoch(new)
+            check_epoch_raise(server_id, current or 0, new)
             if current is not None and new <= current:
                 raise StaleEpochError(
                     f"server {server_id}: claim of epoch {new} refused, "
@@ -423,10 +474,11 @@ class SqliteStore(SaStore):
         return owners
 
     def keys_for_spi(self, server_id: str, spi: int, proto: int) -> list[SaKey]:
-        rows = self._db.execute(
-            "SELECT dst FROM sa WHERE spi=? AND proto=? AND server_id=? ORDER BY dst",
-            (spi, proto, server_id),
-        ).fetchall()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT dst FROM sa WHERE spi=? AND proto=? AND server_id=? ORDER BY dst",
+                (spi, proto, server_id),
+            ).fetchall()
         return [SaKey(spi, dst, proto) for (dst,) in rows]
 
     def sa_cursor(self, key: SaKey) -> bytes:
@@ -511,13 +563,14 @@ class SqliteStore(SaStore):
         )
 
     def stats(self) -> StoreStats:
-        db = self._db
-        rows = db.execute(
-            "SELECT s.server_id, s.epoch, "
-            "(SELECT count(*) FROM sa WHERE sa.server_id=s.server_id), "
-            "(SELECT count(*) FROM policy p WHERE p.server_id=s.server_id) "
-            "FROM server s ORDER BY s.server_id"
-        ).fetchall()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT s.server_id, s.epoch, "
+                "(SELECT count(*) FROM sa WHERE sa.server_id=s.server_id), "
+                "(SELECT count(*) FROM policy p WHERE p.server_id=s.server_id) "
+                "FROM server s ORDER BY s.server_id"
+            ).fetchall()
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
         size = 0
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
@@ -528,8 +581,13 @@ class SqliteStore(SaStore):
                 ServerStats(sid, int(ep), int(n_sa), int(n_pol)) for sid, ep, n_sa, n_pol in rows
             ),
             size,
-            {"schema_version": self.schema_version},
+            {"schema_version": version},
         )
 
     def close(self) -> None:
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for db in readers:  # the writer closes last: it checkpoints the WAL
+            db.close()
         self._db.close()

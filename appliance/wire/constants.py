@@ -109,6 +109,10 @@ class Status(enum.IntEnum):
     UNSUPPORTED = 8196
     BUSY = 8197
     INTERNAL = 8198
+    EPOCH_LIMIT = 8199
+    """The epoch would pass 2**63-1 or jump more than 2**32 (protocol.md 5.4)."""
+    TOO_LARGE = 8200
+    """The response would not fit the requester's or the store's maximum datagram."""
     OK = 40960
 
     @property

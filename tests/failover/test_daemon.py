@@ -31,6 +31,7 @@ class Stored:
         self.spd: list[Any] = []
         self.epoch = 0
         self.replay: dict[Any, Any] = {}
+        self.skipped: list[str] = []
 
     def convert(self, stop: Any = None) -> None:
         """Already model objects."""

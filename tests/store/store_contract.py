@@ -9,6 +9,9 @@ from __future__ import annotations
 import pytest
 
 from appliance.store.base import (
+    MAX_EPOCH,
+    MAX_EPOCH_STEP,
+    EpochLimitError,
     InvalidRequestError,
     NotFoundError,
     PolicyRecord,
@@ -163,6 +166,42 @@ class BackendContract:
         store.put("gw1", 10, [sa_put(2)])
         assert store.epoch("gw1") == 10
         assert store.claim("fresh") == 1
+
+    def test_claim_that_could_overflow_the_epoch_is_refused(self, store: SaStore) -> None:
+        with pytest.raises(EpochLimitError, match="more than 2\\*\\*32 above") as err:
+            store.claim("gw1", MAX_EPOCH)
+        assert err.value.status == Status.EPOCH_LIMIT and err.value.current_epoch == 0
+        with pytest.raises(EpochLimitError, match="largest epoch is 2\\*\\*63-1"):
+            store.claim("gw1", MAX_EPOCH + 1)
+        assert store.stats().servers == ()  # nothing changed
+        assert store.claim("gw1") == 1
+        with pytest.raises(EpochLimitError, match="more than 2\\*\\*32 above") as err:
+            store.claim("gw1", 2 + MAX_EPOCH_STEP)
+        assert err.value.current_epoch == 1 and store.epoch("gw1") == 1
+        assert store.claim("gw1", 1 + MAX_EPOCH_STEP) == 1 + MAX_EPOCH_STEP  # the largest step
+        assert store.claim("gw1") == 2 + MAX_EPOCH_STEP  # ordinary claims go on
+
+    def test_write_that_could_overflow_the_epoch_is_refused(self, store: SaStore) -> None:
+        store.put("gw1", 3, [sa_put(1)])
+        for epoch in (MAX_EPOCH, 4 + MAX_EPOCH_STEP):
+            with pytest.raises(EpochLimitError) as err:
+                store.put("gw1", epoch, [sa_put(2)])
+            assert err.value.current_epoch == 3
+        with pytest.raises(EpochLimitError):
+            store.put("gw2", MAX_EPOCH, [sa_put(3, "gw2")])
+        assert store.get_by_spi(sa_key(2)) is None and store.get_by_spi(sa_key(3)) is None
+        assert [(s.server_id, s.epoch) for s in store.stats().servers] == [("gw1", 3)]
+        store.put("gw1", 3 + MAX_EPOCH_STEP, [sa_put(2)])
+        assert store.epoch("gw1") == 3 + MAX_EPOCH_STEP
+
+    def test_server_stats_pages_through_the_servers_in_order(self, store: SaStore) -> None:
+        for n in range(40):
+            store.put(f"gw{n:02d}", 1, [sa_put(n, f"gw{n:02d}", pols=n % 3)])
+        every = store.stats().servers
+        pages = [store.server_stats(start, 7) for start in range(0, 45, 7)]
+        assert tuple(s for page in pages for s in page) == every
+        assert [s.server_id for s in every] == [f"gw{n:02d}" for n in range(40)]
+        assert store.server_stats(40, 7) == ()
 
     def test_delete_sas_and_policies(self, store: SaStore) -> None:
         store.put("gw1", 1, [sa_put(1), sa_put(2)], [PolicyRecord(b"bulk", b"x")])

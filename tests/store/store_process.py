@@ -33,6 +33,7 @@ def write_config(
     etcd_endpoints: list[str] | None = None,
     client_server: str | None = None,
     node_id: str = "gw1",
+    server_max_datagram: int | None = None,
 ) -> Path:
     lines = [
         "[store]",
@@ -41,6 +42,8 @@ def write_config(
         f'psk_file = "{psk_file}"',
         f'backend = "{backend}"',
     ]
+    if server_max_datagram is not None:  # the store caps every reply at its own maximum
+        lines.append(f"max_datagram = {server_max_datagram}")
     if backend == "sqlite":
         lines += ["[store.sqlite]", f'path = "{db_path}"']
     else:

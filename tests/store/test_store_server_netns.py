@@ -77,6 +77,7 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path, require_root: None) -> I
             request.param,
             db_path=tmp_path / "store.db",
             etcd_endpoints=[etcd.endpoint] if etcd else None,
+            server_max_datagram=8000,
         )
         server = StoreProcess(config, ns["srv"], tmp_path / "server.log")
         server.start()

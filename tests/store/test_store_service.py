@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from appliance.store.server import ResponseCache
 from appliance.store.service import StoreService
 from appliance.store.sqlite import SqliteStore
 from appliance.wire._errors import WireError
-from appliance.wire.constants import ExchangeType, ProtocolId, Status
+from appliance.wire.constants import CHANNEL_OVERHEAD, ExchangeType, ProtocolId, Status
 from appliance.wire.entries import payload_to_sad, payload_to_spd, replay_update_for
 from appliance.wire.messages import Message, decode_message, encode_message
 from appliance.wire.payloads import (
@@ -211,13 +212,161 @@ def test_undecodable_request_gets_error_with_its_message_id(service: StoreServic
     assert service.store.stats().servers == ()
 
 
-def test_heartbeat_carries_stats(service: StoreService) -> None:
+def test_heartbeat_carries_the_summary(service: StoreService) -> None:
     stor(service, 1)
     response = call(service, ExchangeType.HEARTBEAT, ())
-    import json
-
     stats = json.loads(response.status.data)  # type: ignore[union-attr]
-    assert stats["servers"][0]["sas"] == 1 and stats["requests"]["SA_STOR"] == 1
+    assert stats["server_count"] == 1 and stats["requests"]["SA_STOR"] == 1
+    assert "servers" not in stats and not response.more
+
+
+def test_a_summary_that_outgrows_the_datagram_leaves_keys_out(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    drops = {f"reason-{n}": n for n in range(100)}  # far more than 576 bytes of counters
+    service = StoreService(store, lambda: {"drops": drops, "drops_total": 4950}, max_datagram=576)
+    raw = service.handle_bytes(encode_message(Message(ExchangeType.HEARTBEAT, 1, ())))
+    assert len(raw) + CHANNEL_OVERHEAD <= 576
+    summary = json.loads(decode_message(raw).status.data)  # type: ignore[union-attr]
+    assert summary["truncated"] is True and "drops" not in summary
+    assert summary["backend"] == "sqlite" and summary["drops_total"] == 4950
+    store.close()
+
+
+def server_pages(service: StoreService, max_length: int) -> tuple[list[dict], list[bytes]]:  # type: ignore[type-arg]
+    """Every Heartbeat server page, as the client walks them; and the raw replies."""
+    servers, replies, cursor = [], [], b""
+    while True:
+        raw = service.handle_bytes(
+            encode_message(
+                Message(ExchangeType.HEARTBEAT, len(replies), (PagePayload(max_length, cursor),))
+            )
+        )
+        replies.append(raw)
+        response = decode_message(raw)
+        assert status(response) == Status.OK, response.status
+        servers += json.loads(response.status.data)["servers"]  # type: ignore[union-attr]
+        page = response.first(PagePayload)
+        if not response.more:
+            assert page is None
+            return servers, replies
+        assert page is not None
+        cursor = page.cursor
+
+
+def test_heartbeat_pages_through_a_thousand_server_ids(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    ids = [f"gw-{n:04d}.example.net" for n in range(1100)]
+    for sid in ids:
+        store.claim(sid)
+    service = StoreService(store, max_datagram=1400)
+    summary = call(service, ExchangeType.HEARTBEAT, ())
+    assert json.loads(summary.status.data)["server_count"] == 1100  # type: ignore[union-attr]
+    servers, replies = server_pages(service, 65000)  # asks for more than the store allows
+    assert [s["server_id"] for s in servers] == ids
+    assert all(
+        s == {"server_id": s["server_id"], "epoch": 1, "sas": 0, "policies": 0} for s in servers
+    )
+    assert len(replies) > 50
+    assert max(len(r) for r in replies) + CHANNEL_OVERHEAD <= 1400
+    small, _ = server_pages(service, 576)
+    assert small == servers
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        (PagePayload(1400, b"\x00\x01"),),  # a cursor this store never hands out
+        (PagePayload(1400, b""), PagePayload(1400, b"")),
+        (PagePayload(100, b""),),  # below the smallest page
+    ],
+)
+def test_heartbeat_page_requests_that_make_no_sense_are_malformed(
+    service: StoreService,
+    payloads: tuple,  # type: ignore[type-arg]
+) -> None:
+    assert status(call(service, ExchangeType.HEARTBEAT, payloads)) == Status.MALFORMED
+
+
+def test_every_reply_fits_the_stores_max_datagram(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    service = StoreService(store, max_datagram=1400)
+    sad, spd = make_state(100)
+    index = PolicyIndex(spd)
+    for s in sad:
+        pols = tuple(conv.spd_to_payload(p) for p in index.policies_for(s))
+        payloads = (*head(), conv.sad_to_payload(s), *pols)
+        assert status(call(service, ExchangeType.SA_STOR, payloads)) == Status.OK
+    cursor, replies, seen = b"", [], []
+    while True:
+        request = (head()[0], PagePayload(65000, cursor))  # the requester asks for 65,000 bytes
+        raw = service.handle_bytes(
+            encode_message(Message(ExchangeType.SA_RETR, len(replies), request))
+        )
+        replies.append(raw)
+        response = decode_message(raw)
+        seen += [conv.sad_from_payload(p) for p in response.all(SadEntryPayload)]
+        if not response.more:
+            break
+        cursor = response.first(PagePayload).cursor  # type: ignore[union-attr]
+    assert sorted(seen, key=lambda s: s.spi) == sad
+    assert len(replies) > 10
+    assert max(len(r) for r in replies) + CHANNEL_OVERHEAD <= 1400
+    store.close()
+
+
+def test_a_reply_that_cannot_fit_is_too_large_never_oversized(tmp_path: Path) -> None:
+    import dataclasses
+
+    store = SqliteStore(tmp_path / "s.db")
+    service = StoreService(store, max_datagram=1400)
+    sa = make_sa(1)
+    policies = [dataclasses.replace(make_policy(1), index=(i << 3) | 1) for i in range(1, 13)]
+    payloads = (*head(), conv.sad_to_payload(sa), *(conv.spd_to_payload(p) for p in policies))
+    assert status(call(service, ExchangeType.SA_STOR, payloads)) == Status.OK
+    raw = service.handle_bytes(
+        encode_message(Message(ExchangeType.SA_RETR, 9, (conv.lookup_payload(conv.sa_key_of(sa)),)))
+    )
+    assert len(raw) + CHANNEL_OVERHEAD <= 1400
+    answer = decode_message(raw)
+    assert answer.message_id == 9 and status(answer) == Status.TOO_LARGE
+    assert b"raise [store] max_datagram" in answer.status.data  # type: ignore[union-attr]
+    # The same store at 65,000 bytes answers it.
+    roomy = StoreService(store, max_datagram=65000)
+    found = call(roomy, ExchangeType.SA_RETR, (conv.lookup_payload(conv.sa_key_of(sa)),))
+    assert status(found) == Status.OK and len(found.all(SpdEntryPayload)) == 12
+    store.close()
+
+
+def test_a_long_error_text_is_cut_to_fit() -> None:
+    service = StoreService(None, max_datagram=576)  # type: ignore[arg-type]
+    error = Message(
+        ExchangeType.SA_STOR,
+        5,
+        (Notify(Status.MALFORMED, data="é".encode() * 600), EpochPayload(3)),
+        response=True,
+    )
+    raw = service.fit(error)
+    assert len(raw) + CHANNEL_OVERHEAD == 576 or len(raw) + CHANNEL_OVERHEAD == 575
+    cut = decode_message(raw)
+    assert status(cut) == Status.MALFORMED and cut.first(EpochPayload) == EpochPayload(3)
+    assert set(cut.status.text) == {"é"}  # type: ignore[union-attr]
+
+
+def test_claims_that_could_overflow_the_epoch_get_epoch_limit(service: StoreService) -> None:
+    stor(service, 1, "gw1", 3)
+    for epoch in (2**63 - 1, 3 + 2**32 + 1):
+        refused = call(service, ExchangeType.SA_STOR, head("gw1", epoch))
+        assert status(refused) == Status.EPOCH_LIMIT
+        assert refused.first(EpochPayload) == EpochPayload(3)  # the current epoch
+        assert b"refused" in refused.status.data  # type: ignore[union-attr]
+    beyond = call(service, ExchangeType.SA_STOR, head("gw1", 2**64 - 1))
+    assert status(beyond) == Status.EPOCH_LIMIT and beyond.first(EpochPayload) is None
+    assert status(stor(service, 2, "gw1", 2**62)) == Status.EPOCH_LIMIT  # a write, too
+    assert service.store.epoch("gw1") == 3
+    assert service.store.get_by_spi(conv.sa_key_of(make_sa(2))) is None
+    claimed = call(service, ExchangeType.SA_STOR, head("gw1", 0))
+    assert (status(claimed), claimed.first(EpochPayload)) == (Status.OK, EpochPayload(4))
 
 
 def valid_message(rng: random.Random) -> bytes:

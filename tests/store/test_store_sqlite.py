@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from store_contract import BackendContract, sa_key, sa_put, test_sa_key_validation
@@ -17,6 +19,8 @@ from appliance.store.sqlite import SCHEMA_VERSION, SqliteStore
 pytestmark = pytest.mark.unit
 
 __all__ = ["test_sa_key_validation"]
+
+_T = TypeVar("_T")
 
 
 @pytest.fixture
@@ -103,3 +107,63 @@ def test_batch_failing_midway_in_sqlite_writes_nothing(store: SqliteStore) -> No
     assert all(store.get_by_spi(sa_key(n)) is None for n in range(10))
     assert store.epoch("gw1") == 1  # the epoch raise rolled back too
     assert store.stats().servers[0].policies == 1
+
+
+def _in_thread(fn: Callable[[], _T]) -> _T:
+    """``fn()`` on another thread (as the server's reader threads call the store)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result(timeout=30)
+
+
+def test_reads_from_other_threads_see_only_committed_data_during_a_group(
+    store: SqliteStore,
+) -> None:
+    store.put("gw1", 1, [sa_put(1)])
+    with store.group():
+        store.put("gw1", 2, [sa_put(2)])
+        store.claim("gw3")
+        # The group's own thread sees its uncommitted writes (SA_Stor deletes rely on it) ...
+        assert store.get_by_spi(sa_key(2)) is not None and store.epoch("gw1") == 2
+        # ... a reader thread sees the last commit, at once, though the group holds the lock.
+        seen = _in_thread(
+            lambda: (
+                store.get_by_spi(sa_key(1)),
+                store.get_by_spi(sa_key(2)),
+                store.epoch("gw1"),
+                [s.server_id for s in store.stats().servers],
+                [sa.key for sa in store.get_page("gw1").sas],
+            )
+        )
+        one, two, epoch, servers, keys = seen
+        assert one is not None and one.sa.entry == b"sa 1 of gw1"
+        assert (two, epoch, servers, keys) == (None, 1, ["gw1"], [sa_key(1)])
+    after = _in_thread(lambda: (store.get_by_spi(sa_key(2)), store.epoch("gw1")))
+    assert after[0] is not None and after[1] == 2
+
+
+def test_reads_do_not_wait_for_another_connection_holding_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.put("gw1", 1, [sa_put(1)])
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None, timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE server SET epoch=9")
+    try:
+        found = _in_thread(lambda: store.get_by_spi(sa_key(1)))
+        assert found is not None and found.epoch == 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.close()
+
+
+def test_reader_connections_are_read_only_and_closed_with_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.put("gw1", 1, [sa_put(1)])
+    reader = _in_thread(lambda: (store.stats(), store._reader())[1])
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.execute("DELETE FROM sa")
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        reader.execute("SELECT 1")
