@@ -485,6 +485,15 @@ class SaStore(abc.ABC):
     def stats(self) -> StoreStats:
         """Counts per server, epochs, size."""
 
+    def summary(self) -> StoreStats:
+        """:meth:`stats` without the per-server list (``servers`` empty), plus the count.
+
+        The Heartbeat's answer; a backend whose ``stats`` costs a request per
+        server overrides it so that a liveness check stays cheap.
+        """
+        st = self.stats()
+        return StoreStats(st.backend, (), st.size_bytes, {**st.extra, "servers": len(st.servers)})
+
     def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:
         """Servers ``start`` to ``start + limit - 1`` of :meth:`stats`, in server ID order.
 

@@ -619,6 +619,21 @@ class EtcdStore(SaStore):
             {"raft_term": int(status.get("raftTerm") or status.get("raft_term") or 0)},
         )
 
+    def summary(self) -> StoreStats:
+        # Two requests whatever the number of server IDs (stats() costs one per server).
+        base = f"{PREFIX}epoch/"
+        counted = self._etcd.range(base, _prefix_end(base), count_only=True)
+        status = self._etcd.call("/v3/maintenance/status", {})
+        return StoreStats(
+            self.backend_name,
+            (),
+            int(status.get("dbSize") or status.get("db_size") or 0),
+            {
+                "raft_term": int(status.get("raftTerm") or status.get("raft_term") or 0),
+                "servers": int(counted.get("count", 0)),
+            },
+        )
+
     def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:
         # One range for the epochs, then counts for this page's servers only (not for all).
         base = f"{PREFIX}epoch/"

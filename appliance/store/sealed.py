@@ -174,6 +174,9 @@ class SealedStore(SaStore):
     def stats(self) -> StoreStats:
         return self.inner.stats()
 
+    def summary(self) -> StoreStats:
+        return self.inner.summary()
+
     def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:
         return self.inner.server_stats(start, limit)  # the backend's own paging, if it has one
 

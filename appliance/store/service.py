@@ -484,14 +484,16 @@ class StoreService:
 
     def summary(self) -> dict[str, Any]:
         """The store's statistics without the per-server list (the Heartbeat answer)."""
-        st = self.store.stats()
+        st = self.store.summary()
         with self._counters_lock:
             requests, errors = dict(self.counters.requests), dict(self.counters.errors)
+        info = dict(st.extra)
+        server_count = info.pop("servers", 0)
         return {
             "backend": st.backend,
             "size_bytes": st.size_bytes,
-            "server_count": len(st.servers),
-            "backend_info": st.extra,
+            "server_count": server_count,
+            "backend_info": info,
             "requests": requests,
             "errors": errors,
             **self._extra_stats(),

@@ -267,6 +267,13 @@ class BackendContract:
         assert by_id == {"gw1": (2, 2, 4), "gw2": (7, 1, 2)}
         assert stats.size_bytes > 0
 
+    def test_summary_counts_the_servers_without_listing_them(self, store: SaStore) -> None:
+        store.put("gw1", 2, [sa_put(1)])
+        store.claim("gw2")
+        summary = store.summary()
+        assert summary.backend == store.backend_name and summary.servers == ()
+        assert summary.extra["servers"] == 2 and summary.size_bytes > 0
+
 
 @pytest.mark.parametrize(
     "bad",
