@@ -20,7 +20,8 @@ store_app = typer.Typer(
     help=(
         "The SA store: `serve` runs the store server (SQLite or etcd behind an "
         "authenticated, encrypted UDP channel); `put`, `get`, `claim` and `stats` talk to it "
-        "as a client using the \\[client] table of --config."
+        "as a client using the \\[client] table of --config; `reseal` opens the backend of "
+        "its \\[store] table directly, with the store server stopped."
     ),
     no_args_is_help=True,
 )
