@@ -69,6 +69,10 @@ class ServerConfig:
     max_datagram: int = 1400
     previous_psk_files: tuple[Path, ...] = ()
     """Former cluster keys: only to open records sealed at rest before a key rotation."""
+    max_peers_per_address: int = 256
+    """Associations from one source address (many gateways behind one NAT share it)."""
+    max_half_open_per_address: int = 16
+    """Handshakes from one source address not yet confirmed by the client's first datagram."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,10 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
     previous = sec.get(
         "previous_psk_files", _abs_paths, "a list of absolute paths (former cluster keys)", ()
     )
+    per_address = sec.get(
+        "max_peers_per_address", int_in(1, 1_000_000), "an integer 1..1000000", 256
+    )
+    half_open = sec.get("max_half_open_per_address", int_in(1, 1024), "an integer 1..1024", 16)
     sqlite_cfg = etcd_cfg = None
     sqlite_sec = sec.sub("sqlite")
     etcd_sec = sec.sub("etcd")
@@ -195,6 +203,8 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
         cache,
         max_dgram,
         previous_psk_files=previous,
+        max_peers_per_address=per_address,
+        max_half_open_per_address=half_open,
     )
 
 

@@ -171,7 +171,14 @@ class StoreServer(asyncio.DatagramProtocol):
         self.cfg = cfg
         self.store = store
         self.channel = ChannelEndpoint(
-            psk, cfg.node_id, Role.SERVER, ChannelConfig(max_associations=cfg.max_peers)
+            psk,
+            cfg.node_id,
+            Role.SERVER,
+            ChannelConfig(
+                max_associations=cfg.max_peers,
+                max_associations_per_source=cfg.max_peers_per_address,
+                max_half_open_per_source=cfg.max_half_open_per_address,
+            ),
         )
         self.service = StoreService(store, self._server_stats, cfg.max_datagram)
         self.cache = ResponseCache(cfg.max_peers, cfg.response_cache)

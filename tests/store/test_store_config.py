@@ -46,7 +46,24 @@ def test_example_config_loads() -> None:
 def test_defaults(tmp_path: Path) -> None:
     cfg = load_server_config(write(tmp_path, GOOD))
     assert (cfg.listen, cfg.response_cache, cfg.max_datagram) == ("0.0.0.0", 256, 1400)
+    assert (cfg.max_peers_per_address, cfg.max_half_open_per_address) == (256, 16)
     assert load_client_config(write(tmp_path, GOOD)).timeout == 0.5
+
+
+def test_per_address_limits_reach_the_servers_channel(tmp_path: Path) -> None:
+    from appliance.store.server import StoreServer
+    from appliance.store.sqlite import SqliteStore
+
+    text = GOOD.replace("port = 4501", "port = 4501\nmax_peers_per_address = 900", 1)
+    text = text.replace("port = 4501", "port = 4501\nmax_half_open_per_address = 40", 1)
+    cfg = load_server_config(write(tmp_path, text))
+    server = StoreServer(cfg, SqliteStore(tmp_path / "s.db"), b"k" * 32)
+    try:
+        channel = server.channel.config
+        assert (channel.max_associations_per_source, channel.max_half_open_per_source) == (900, 40)
+        assert channel.max_associations == cfg.max_peers == 1024
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize(
@@ -56,6 +73,11 @@ def test_defaults(tmp_path: Path) -> None:
         ("port = 4501", "port = 0", "[store].port: must be an integer 1..65535, got 0"),
         ("port = 4501", "port = true", "[store].port: must be an integer 1..65535, got True"),
         ("port = 4501", "port = 4501\ncolour = 1", "[store].colour: unknown key"),
+        (
+            "port = 4501",
+            "port = 4501\nmax_half_open_per_address = 0",
+            "[store].max_half_open_per_address: must be an integer 1..1024, got 0",
+        ),
         ('path = "/var', 'path = "var', "[store.sqlite].path: must be an absolute path"),
         ("port = 4501", 'port = 1\nbackend = "redis"', '[store].backend: must be "sqlite" or'),
         ("port = 4501", 'port = 1\nbackend = "etcd"', "[store.etcd].endpoints: is required"),
@@ -208,3 +230,14 @@ def test_etcd_key_and_password_files_must_be_private(tmp_path: Path, name: str) 
     files[name].chmod(0o644)
     with pytest.raises(ConfigError, match=r"readable by group/others \(mode 0644\); chmod 600"):
         load_server_config(_etcd_config(tmp_path, files))
+
+
+def test_the_documented_example_loads() -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "store.toml"
+    server = load_server_config(example)
+    assert (server.backend, server.max_peers_per_address, server.max_datagram) == (
+        "sqlite",
+        256,
+        1400,
+    )
+    assert load_client_config(example).node_id == "gw1.example.net"
