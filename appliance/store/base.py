@@ -264,6 +264,16 @@ class StoreStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoreSummary:
+    """:class:`StoreStats` without the per-server list: what a Heartbeat answers."""
+
+    backend: str
+    server_count: int
+    size_bytes: int
+    extra: dict[str, int] = field(default_factory=dict)
+
+
 def check_server_id(server_id: str) -> str:
     """A server ID is an IP address or an FQDN: letters, digits, ``.-_:``."""
     if not isinstance(server_id, str) or not server_id:
@@ -485,14 +495,14 @@ class SaStore(abc.ABC):
     def stats(self) -> StoreStats:
         """Counts per server, epochs, size."""
 
-    def summary(self) -> StoreStats:
-        """:meth:`stats` without the per-server list (``servers`` empty), plus the count.
+    def summary(self) -> StoreSummary:
+        """:meth:`stats` with the server IDs counted, not listed (the Heartbeat's answer).
 
-        The Heartbeat's answer; a backend whose ``stats`` costs a request per
-        server overrides it so that a liveness check stays cheap.
+        A backend whose ``stats`` costs a request per server overrides it so
+        that a liveness check stays cheap.
         """
         st = self.stats()
-        return StoreStats(st.backend, (), st.size_bytes, {**st.extra, "servers": len(st.servers)})
+        return StoreSummary(st.backend, len(st.servers), st.size_bytes, st.extra)
 
     def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:
         """Servers ``start`` to ``start + limit - 1`` of :meth:`stats`, in server ID order.

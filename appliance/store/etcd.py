@@ -50,6 +50,7 @@ from appliance.store.base import (
     StaleEpochError,
     StoreError,
     StoreStats,
+    StoreSummary,
     StoreUnavailableError,
     check_batch,
     check_epoch,
@@ -611,28 +612,19 @@ class EtcdStore(SaStore):
             )["responses"]
             n_sa, n_pol = (int(r["response_range"].get("count", 0)) for r in counts)
             servers.append(ServerStats(sid, int(raw), n_sa, n_pol))
-        status = self._etcd.call("/v3/maintenance/status", {})
-        return StoreStats(
-            self.backend_name,
-            tuple(servers),
-            int(status.get("dbSize") or status.get("db_size") or 0),
-            {"raft_term": int(status.get("raftTerm") or status.get("raft_term") or 0)},
-        )
+        return StoreStats(self.backend_name, tuple(servers), *self._size_and_term())
 
-    def summary(self) -> StoreStats:
+    def summary(self) -> StoreSummary:
         # Two requests whatever the number of server IDs (stats() costs one per server).
         base = f"{PREFIX}epoch/"
         counted = self._etcd.range(base, _prefix_end(base), count_only=True)
+        return StoreSummary(self.backend_name, int(counted.get("count", 0)), *self._size_and_term())
+
+    def _size_and_term(self) -> tuple[int, dict[str, int]]:
+        """The database size and, as backend details, the raft term (etcd's status)."""
         status = self._etcd.call("/v3/maintenance/status", {})
-        return StoreStats(
-            self.backend_name,
-            (),
-            int(status.get("dbSize") or status.get("db_size") or 0),
-            {
-                "raft_term": int(status.get("raftTerm") or status.get("raft_term") or 0),
-                "servers": int(counted.get("count", 0)),
-            },
-        )
+        size = int(status.get("dbSize") or status.get("db_size") or 0)
+        return size, {"raft_term": int(status.get("raftTerm") or status.get("raft_term") or 0)}
 
     def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:
         # One range for the epochs, then counts for this page's servers only (not for all).

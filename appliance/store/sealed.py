@@ -44,6 +44,7 @@ from appliance.store.base import (
     ServerStats,
     StoreError,
     StoreStats,
+    StoreSummary,
     check_batch,
 )
 from appliance.store.envelope import EnvelopeError, Sealer, UnknownKeyError, is_sealed
@@ -174,7 +175,7 @@ class SealedStore(SaStore):
     def stats(self) -> StoreStats:
         return self.inner.stats()
 
-    def summary(self) -> StoreStats:
+    def summary(self) -> StoreSummary:
         return self.inner.summary()
 
     def server_stats(self, start: int, limit: int) -> tuple[ServerStats, ...]:

@@ -487,13 +487,11 @@ class StoreService:
         st = self.store.summary()
         with self._counters_lock:
             requests, errors = dict(self.counters.requests), dict(self.counters.errors)
-        info = dict(st.extra)
-        server_count = info.pop("servers", 0)
         return {
             "backend": st.backend,
             "size_bytes": st.size_bytes,
-            "server_count": server_count,
-            "backend_info": info,
+            "server_count": st.server_count,
+            "backend_info": st.extra,
             "requests": requests,
             "errors": errors,
             **self._extra_stats(),
