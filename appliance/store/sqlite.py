@@ -233,10 +233,7 @@ class SqliteStore(SaStore):
             return
         with self._write_lock:
             db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            self._begin_immediate(db)
             self._group_thread = threading.get_ident()
             try:
                 yield
@@ -245,12 +242,23 @@ class SqliteStore(SaStore):
                 db.execute("ROLLBACK")
                 raise
             self._group_thread = None
-            try:
-                db.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                with contextlib.suppress(sqlite3.DatabaseError):
-                    db.execute("ROLLBACK")
-                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            self._commit(db)
+
+    def _begin_immediate(self, db: sqlite3.Connection) -> None:
+        """Take the write lock now, so that a busy database is reported before any work."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+
+    def _commit(self, db: sqlite3.Connection) -> None:
+        """Commit, or roll back and report: nothing half-committed is ever acknowledged."""
+        try:
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                db.execute("ROLLBACK")
+            raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
 
     def _in_group(self) -> bool:
         return self._group_thread == threading.get_ident()
@@ -274,10 +282,7 @@ class SqliteStore(SaStore):
             db.execute("RELEASE message")
             return
         with self._write_lock:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            self._begin_immediate(db)
             try:
                 yield db
             except sqlite3.Error as exc:
@@ -286,12 +291,7 @@ class SqliteStore(SaStore):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            try:
-                db.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                with contextlib.suppress(sqlite3.DatabaseError):
-                    db.execute("ROLLBACK")
-                raise StoreUnavailableError(f"store database {self.path}: {exc}") from None
+            self._commit(db)
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read-only connection (opened on first use, closed with the store)."""
