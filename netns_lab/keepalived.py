@@ -4,19 +4,26 @@ The config comes from ``keepalived/ipsec-ha-gateway.conf.template``, parsed
 with the keepalived-config library; the per-gateway values are set on the
 parsed tree and the tree is serialised again, so the template stays a real
 keepalived config that a person can read and ``keepalived -t`` can check.
+
+The template's readiness check (``vrrp_script chk_ipsec_ha_ready``, tracked
+by both instances) is rendered only for a gateway given a ``ReadyCheck``; the
+lab leaves it out by default, since each run of the check starts a Python
+interpreter, which the lab VM's emulated CPUs pay for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,10 @@ from netns_lab.plan import PRIORITIES, SEGMENTS, SYNC_GROUP
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "keepalived" / "ipsec-ha-gateway.conf.template"
 NOTIFY_HOOK = REPO_ROOT / "keepalived" / "notify-hook"
+READY_HOOK = REPO_ROOT / "keepalived" / "ready-check"
+"""The track_script wrapper: ``python -m appliance.readycheck`` where ``IPSEC_HA_PYTHON`` is set."""
+READY_SCRIPT = "chk_ipsec_ha_ready"
+"""The template's ``vrrp_script`` that runs ``ipsec-ha status --ready``."""
 
 
 def keepalived_binary() -> str:
@@ -50,6 +61,53 @@ def ipsec_ha_binary() -> str:
 
 
 @dataclass(frozen=True)
+class ReadyCheck:
+    """keepalived runs ``ipsec-ha status --ready`` and lowers the priority while it fails.
+
+    The values go into the template's ``vrrp_script`` block; keepalived counts
+    a run that exceeds ``timeout_s`` as a failure.
+    """
+
+    status_file: Path
+    """The daemon's status file (``[failover].status_file``)."""
+    interval_s: int = 2
+    timeout_s: int = 10
+    weight: int = -60
+    """Added to both instances' priority while the check fails (keepalived: -253..-1 here)."""
+    fall: int = 2
+    """Failed runs in a row before the weight applies."""
+    rise: int = 2
+    """Successful runs in a row before it is lifted."""
+    max_lag_s: float | None = None
+    """``--max-lag``: None leaves the daemon's ``ready_max_lag_s``."""
+    program: tuple[str, ...] = ()
+    """The command before the options (empty: ``ipsec-ha status --ready``, the CLI beside
+    the interpreter); ``(str(READY_HOOK),)`` runs the check without the CLI's start-up."""
+
+    def command(self) -> str:
+        """The quoted ``script`` value."""
+        words = [*(self.program or (ipsec_ha_binary(), "status", "--ready"))]
+        words += ["--status", str(self.status_file)]
+        if self.max_lag_s is not None:
+            words += ["--max-lag", f"{self.max_lag_s:g}"]
+        return _quoted(words, "ready check")
+
+    def check(self) -> None:
+        """``ConfigError`` naming the first value keepalived would refuse or misread."""
+        for name, value, low, high in (
+            ("interval_s", self.interval_s, 1, 3600),
+            ("timeout_s", self.timeout_s, 1, 3600),
+            ("weight", self.weight, -253, -1),
+            ("fall", self.fall, 1, 100),
+            ("rise", self.rise, 1, 100),
+        ):
+            if not low <= value <= high:
+                raise ConfigError(f"ready check: {name} must be {low}..{high}, not {value}")
+        if self.max_lag_s is not None and not self.max_lag_s > 0:
+            raise ConfigError(f"ready check: max_lag_s must be positive, not {self.max_lag_s}")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The values that differ between gateways."""
 
@@ -58,6 +116,8 @@ class GatewayConfig:
     advert_int: float
     notify_log: Path
     notify_fifo: Path = Path("/run/ipsec-ha/keepalived.fifo")
+    ready_check: ReadyCheck | None = None
+    """Render the readiness ``vrrp_script`` and track it (None: left out)."""
 
 
 def _block(params: list[Any], type_name: str, name: str = "") -> Any:
@@ -83,13 +143,54 @@ def _format_advert_int(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def notify_command(gw: GatewayConfig) -> str:
-    """The notify line: keepalived appends TYPE NAME STATE PRIORITY to these words."""
-    words = [str(NOTIFY_HOOK), "--log", str(gw.notify_log), "--node", gw.name]
+def _quoted(words: list[str], what: str) -> str:
+    # keepalived splits a quoted script line on blanks and knows no escapes
     for word in words:
         if '"' in word or "'" in word or any(c.isspace() for c in word):
-            raise ConfigError(f"notify hook argument {word!r} contains quotes or spaces")
+            raise ConfigError(f"{what} argument {word!r} contains quotes or spaces")
     return '"' + " ".join(words) + '"'
+
+
+def notify_command(gw: GatewayConfig) -> str:
+    """The notify line: keepalived appends TYPE NAME STATE PRIORITY to these words."""
+    return _quoted(
+        [str(NOTIFY_HOOK), "--log", str(gw.notify_log), "--node", gw.name], "notify hook"
+    )
+
+
+def _without(block_params: list[Any], name: str) -> None:
+    """Remove the parameter or block ``name`` (it must be there: the template has it)."""
+    found = [p for p in block_params if p.name == name]
+    if not found:
+        raise ConfigError(f"keepalived template {TEMPLATE.name} has no '{name}'")
+    for param in found:
+        block_params.remove(param)
+
+
+def _ready_check(params: list[Any], instances: list[Any], check: ReadyCheck | None) -> None:
+    """Fill the template's readiness script, or take it and its tracking out."""
+    script = _block(params, "vrrp_script", READY_SCRIPT)
+    group = _block(params, "vrrp_sync_group", SYNC_GROUP)
+    if check is None:
+        params.remove(script)
+        _without(group.params, "sync_group_tracking_weight")
+        for instance in instances:
+            _without(instance.params, "track_script")
+        return
+    check.check()
+    for key, value in (
+        ("script", check.command()),
+        ("interval", str(check.interval_s)),
+        ("timeout", str(check.timeout_s)),
+        ("weight", str(check.weight)),
+        ("fall", str(check.fall)),
+        ("rise", str(check.rise)),
+    ):
+        _set(script, key, value)
+    for instance in instances:
+        tracked = _block(instance.params, "track_script")
+        if [p.name for p in tracked.params if p.name] != [READY_SCRIPT]:
+            raise ConfigError(f"keepalived template: '{instance.name}' must track {READY_SCRIPT}")
 
 
 def render_config(gw: GatewayConfig, template: Path = TEMPLATE) -> str:
@@ -103,8 +204,9 @@ def render_config(gw: GatewayConfig, template: Path = TEMPLATE) -> str:
     _set(_block(params, "global_defs"), "notify_fifo", str(gw.notify_fifo))
     notify = notify_command(gw)
     _set(_block(params, "vrrp_sync_group", SYNC_GROUP), "notify", notify)
-    for segment in SEGMENTS:
-        instance = _block(params, "vrrp_instance", segment.instance)
+    instances = [_block(params, "vrrp_instance", s.instance) for s in SEGMENTS]
+    _ready_check(params, instances, gw.ready_check)
+    for segment, instance in zip(SEGMENTS, instances, strict=True):
         _set(instance, "interface", segment.ifname)
         _set(instance, "virtual_router_id", str(segment.vrid))
         _set(instance, "priority", str(gw.priority))
@@ -142,6 +244,8 @@ class KeepalivedFiles:
     """keepalived's notify FIFO (the daemon's ordered source of transitions)."""
     status: Path
     """The daemon's status file, which the hook waits on (absent: no daemon)."""
+    ready_check: Path
+    """The gateway's ``ReadyCheck`` as JSON (absent: none); see ``enable_ready_check``."""
 
     @classmethod
     def in_dir(cls, run_dir: Path, gateway: str) -> KeepalivedFiles:
@@ -155,6 +259,7 @@ class KeepalivedFiles:
             hook_stderr=run_dir / f"{gateway}-hook-stderr.log",
             fifo=run_dir / f"{gateway}-keepalived.fifo",
             status=run_dir / f"{gateway}-status.json",
+            ready_check=run_dir / f"{gateway}-ready-check.json",
         )
 
 
@@ -172,10 +277,49 @@ def check_config(config: Path, ns: str) -> None:
         raise ConfigError(f"keepalived rejects {config} (exit {result.returncode}): {detail}")
 
 
+def enable_ready_check(run_dir: Path, gateway: str, check: ReadyCheck | None = None) -> ReadyCheck:
+    """Have ``gateway``'s keepalived track ``ipsec-ha status --ready`` from its next start.
+
+    The setting is kept in the run dir, as the rest of a lab's state is, so
+    every later ``write_config`` of that gateway (``Lab.start_keepalived``,
+    from any process) renders it. Default: the check of the gateway's own
+    daemon status file with ``ReadyCheck``'s defaults.
+    """
+    files = KeepalivedFiles.in_dir(run_dir, gateway)
+    check = check or ReadyCheck(files.status)
+    check.check()
+    fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(check).items()}
+    fd = os.open(files.ready_check, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(fields, f)
+    return check
+
+
+def ready_check_of(run_dir: Path, gateway: str) -> ReadyCheck | None:
+    """The ``ReadyCheck`` enabled for ``gateway`` in this run (None: none)."""
+    path = KeepalivedFiles.in_dir(run_dir, gateway).ready_check
+    try:
+        fields = json.loads(path.read_text())
+        fields["status_file"] = Path(fields["status_file"])
+        fields["program"] = tuple(fields.get("program", ()))
+        return ReadyCheck(**fields)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"unreadable ready check {path}: {exc}") from None
+
+
 def write_config(gateway: str, run_dir: Path, advert_int: float) -> KeepalivedFiles:
     """Render gateway's keepalived.conf into the run dir (0600); return its file set."""
     files = KeepalivedFiles.in_dir(run_dir, gateway)
-    gw = GatewayConfig(gateway, PRIORITIES[gateway], advert_int, files.notify_log, files.fifo)
+    gw = GatewayConfig(
+        gateway,
+        PRIORITIES[gateway],
+        advert_int,
+        files.notify_log,
+        files.fifo,
+        ready_check_of(run_dir, gateway),
+    )
     text = render_config(gw)
     # The FIFO exists before keepalived starts, so that its first transitions
     # wait in the pipe for a daemon started later (keepalived keeps it open).
@@ -225,6 +369,28 @@ def spawn(files: KeepalivedFiles, ns: str) -> subprocess.Popen[bytes]:
         raise LabError(f"cannot start keepalived ({shlex.join(argv)}): {exc}") from None
     finally:
         os.close(log_fd)
+
+
+_PRIORITY_CHANGE = re.compile(
+    r"\((?P<instance>[^()\s]+)\) Changing effective priority from \d+ to (?P<priority>\d+)"
+)
+
+
+def effective_priorities(log_text: str, configured: int) -> dict[str, int]:
+    """Each lab instance's effective priority, as keepalived's log last reported it.
+
+    keepalived logs ``(VI_OUTSIDE) Changing effective priority from 100 to
+    40`` whenever a tracked script's weight applies or is lifted; an instance
+    that never logged one has its ``configured`` priority. (A BACKUP sends
+    no adverts, so the wire does not show a standby's priority; the log is
+    ordered and per process, unlike the SIGUSR1 dump, which every keepalived
+    on the host writes to the same file.)
+    """
+    priorities = {segment.instance: configured for segment in SEGMENTS}
+    for match in _PRIORITY_CHANGE.finditer(log_text):
+        if match["instance"] in priorities:
+            priorities[match["instance"]] = int(match["priority"])
+    return priorities
 
 
 def tail(path: Path, lines: int = 5) -> str:

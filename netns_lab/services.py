@@ -5,7 +5,10 @@ This is the embedded two-node setup of docs/operations.md: each gateway runs
 ``ipsec-ha daemon``, whose ``[store].servers`` names both stores, so the
 active node writes its state to both and the survivor reads its own. The
 daemon reads keepalived's notify FIFO (``KeepalivedFiles.fifo``) and writes
-the status file the notify hook waits on.
+the status file the notify hook waits on. With ``SyncSettings.metrics_port``
+each daemon also serves Prometheus metrics on its outside address
+(``scrape``), and ``ready`` runs ``ipsec-ha status --ready`` on its status
+file.
 
 Every process runs in its gateway's namespace, in a session of its own,
 with its output in the run dir; the lab's teardown kills whatever is left
@@ -21,6 +24,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,9 @@ class SyncSettings:
     """Generous: under TCG in the lab VM a takeover of thousands of SAs takes seconds."""
     store_max_datagram: int = 1400
     """``[store] max_datagram``: the page size of a takeover's bulk SA_Retr."""
+    metrics_port: int | None = None
+    """``[metrics]``: each daemon serves ``/metrics`` on its outside address at this port,
+    reachable from the client over the outside segment (None: no endpoint)."""
 
 
 @dataclass
@@ -134,7 +141,12 @@ class Services:
             f"store_rtt_ms = {s.store_rtt_ms}\nmax_pps_per_sa = {s.max_pps_per_sa}\n"
             f'[failover]\nmode = "{s.mode}"\nnotify_timeout_s = {s.notify_timeout_s}\n'
             f'keepalived_fifo = "{k.fifo}"\nstatus_file = "{k.status}"\n'
-            f'vrrp_name = "{SYNC_GROUP}"\n',
+            f'vrrp_name = "{SYNC_GROUP}"\n'
+            + (
+                ""
+                if s.metrics_port is None
+                else f'[metrics]\nlisten = "{address_of(gw, OUTSIDE)}:{s.metrics_port}"\n'
+            ),
         )
 
     # -- processes ------------------------------------------------------------
@@ -255,6 +267,46 @@ class Services:
                 state = sa.replay_esn or sa.replay
                 return None if state is None else getattr(state, "oseq64", state.oseq)
         return None
+
+    def metrics_url(self, gw: str) -> str:
+        if self.settings.metrics_port is None:
+            raise LabError("the daemons serve no metrics (SyncSettings.metrics_port is None)")
+        return f"http://{address_of(gw, OUTSIDE)}:{self.settings.metrics_port}/metrics"
+
+    def scrape(self, gw: str, host: str = "client", timeout: float = 30.0) -> str:
+        """``gw``'s daemon's ``/metrics``, fetched over HTTP from ``host``'s namespace."""
+        from appliance.nft.netns import run_in_netns
+
+        url = self.metrics_url(gw)
+
+        def fetch() -> str:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.read().decode()  # type: ignore[no-any-return]
+
+        try:
+            return run_in_netns(self.lab.ns(host), fetch)
+        except OSError as exc:
+            raise LabError(f"cannot scrape {url} from {host}: {exc}") from None
+
+    def ready(
+        self, gw: str, program: tuple[str, ...] = (), timeout: float = 120.0
+    ) -> tuple[int, list[str]]:
+        """``ipsec-ha status --ready --json`` on ``gw``'s status file: exit status, reasons.
+
+        ``program``: the command before the options (empty: ``ipsec-ha status --ready``).
+        """
+        status = self.keepalived_files(gw).status
+        argv = [*(program or (keepalived.ipsec_ha_binary(), "status", "--ready")), "--json"]
+        argv += ["--status", str(status)]
+        result = self.lab.exec(gw, argv, check=False, timeout=timeout)
+        try:
+            reasons = json.loads(result.stdout)["reasons"]
+        except (ValueError, KeyError, TypeError):
+            raise LabError(
+                f"ipsec-ha status --ready in {gw} (exit {result.returncode}) printed no "
+                f"verdict: {result.stderr.strip() or result.stdout.strip()}"
+            ) from None
+        return result.returncode, [str(r) for r in reasons]
 
     def log_tail(self, gw: str, lines: int = 8) -> str:
         return keepalived.tail(self.files(gw).daemon_log, lines)

@@ -238,6 +238,13 @@ class ChannelEndpoint:
         """(association ID, peer node ID, peer address) of every association."""
         return [(a.local_id, a.peer_node_id, a.addr) for a in self._associations.values()]
 
+    def half_open(self) -> int:
+        """Server: associations whose client has not yet sent authenticated data.
+
+        What ``max_half_open_per_source`` limits per address; the store's metrics show it.
+        """
+        return sum(1 for a in self._associations.values() if not a.confirmed)
+
     def address_of(self, association: bytes) -> NetworkAddress:
         return self._get(association).addr
 

@@ -1,6 +1,7 @@
 """``ipsec-ha daemon --config FILE``: the failover daemon (state sync and transitions)."""
 
 import asyncio
+import dataclasses
 import logging
 import os
 
@@ -10,6 +11,9 @@ from appliance import notify as notify_lib
 from appliance.cli._app import app
 from appliance.failover.config import DEFAULT_CONFIG, load_daemon_config
 
+PROBE_RETRIES = 1
+"""Retransmissions of a health probe (``[store].retries`` if lower)."""
+
 
 @app.command(
     epilog=(
@@ -17,7 +21,9 @@ from appliance.failover.config import DEFAULT_CONFIG, load_daemon_config
         "(\\[failover].keepalived_fifo; without one, the notify log that ipsec-ha notify "
         "writes), runs each transition's plan (docs/failover.md), writes its status file "
         "(ipsec-ha status; the hook waits on it) and, while active, publishes the "
-        "namespace's SAs, policies and counters to every configured store."
+        "namespace's SAs, policies and counters to every configured store. "
+        "With a \\[metrics] table it serves Prometheus metrics at http://LISTEN/metrics "
+        "(docs/operations.md, Monitoring and readiness)."
     )
 )
 def daemon(
@@ -37,7 +43,8 @@ def daemon(
 ) -> None:
     """Run the failover daemon until stopped (SIGTERM/SIGINT).
 
-    Exit status 2 on a bad configuration, 1 if the kernel or the stores cannot be opened.
+    Exit status 2 on a bad configuration, 1 if the kernel or the stores cannot be opened
+    or the metrics address cannot be bound.
     """
     from appliance.failover.daemon import FailoverDaemon
     from appliance.failover.executor import open_store_clients
@@ -50,19 +57,35 @@ def daemon(
     )
     stores = open_store_clients(cfg.store, cfg.node.id)
     follower_stores = open_store_clients(cfg.store, f"{cfg.node.id}.follower")
-    kernel = XfrmSocket(cfg.netns)
-    runner = FailoverDaemon(
-        cfg,
-        kernel,
-        stores,
-        notify_log=notify_lib.log_path(notify_log, os.environ),
-        follower_stores=follower_stores,
-    )
+    # The health probe gives up on a store within about two timeouts (not after every
+    # retry): a store that is down must show as down before the status file goes stale.
+    probe_store = dataclasses.replace(cfg.store, retries=min(cfg.store.retries, PROBE_RETRIES))
+    probe_stores = open_store_clients(probe_store, f"{cfg.node.id}.health")
+    endpoint = None
+    kernel = None
     try:
+        kernel = XfrmSocket(cfg.netns)
+        runner = FailoverDaemon(
+            cfg,
+            kernel,
+            stores,
+            notify_log=notify_lib.log_path(notify_log, os.environ),
+            follower_stores=follower_stores,
+            probe_stores=probe_stores,
+        )
+        if cfg.metrics is not None:
+            from appliance.metrics.daemon_collector import DaemonCollector
+            from appliance.metrics.exposition import MetricsEndpoint
+
+            endpoint = MetricsEndpoint(cfg.metrics.listen, [DaemonCollector(runner)])
+            endpoint.start()  # a port in use: one clear line, exit status 1
         asyncio.run(runner.run())
     except KeyboardInterrupt:
         pass
     finally:
-        kernel.close()
-        for store in stores + follower_stores:
+        if endpoint is not None:
+            endpoint.stop()
+        if kernel is not None:
+            kernel.close()
+        for store in stores + follower_stores + probe_stores:
             store.close()

@@ -1,6 +1,11 @@
-"""``ipsec-ha status``: what the failover daemon on this node says about itself."""
+"""``ipsec-ha status``: what the failover daemon on this node says about itself.
+
+``--ready`` judges it instead (``failover.readiness``): could this node take
+over cleanly right now? Meant for a keepalived ``track_script``.
+"""
 
 import os
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -8,7 +13,7 @@ import typer
 from appliance import notify as notify_lib
 from appliance.cli._app import app
 from appliance.cli._output import emit
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, UsageError
 
 
 def _render(status: dict[str, Any]) -> str:
@@ -31,13 +36,52 @@ def _render(status: dict[str, Any]) -> str:
             f"{len(report.get('rekey', []))} need a rekey, "
             f"{1000 * (steps[-1]['monotonic'] - start):.0f} ms"
         )
+    health = status.get("health")
+    if isinstance(health, dict):
+        lines += _render_health(health)
     return "\n".join(lines)
+
+
+def _render_health(health: dict[str, Any]) -> list[str]:
+    lines = []
+    for addr, probe in sorted((health.get("stores") or {}).items()):
+        if probe.get("up"):
+            rtt = probe.get("rtt_s")
+            lines.append(
+                f"store {addr}: up, epoch {probe.get('epoch')}, {probe.get('sas')} SAs, "
+                f"{probe.get('policies')} policies"
+                + (f", {1000 * rtt:.1f} ms" if isinstance(rtt, int | float) else "")
+            )
+        else:
+            lines.append(f"store {addr}: DOWN ({probe.get('error') or 'no answer'})")
+    lag = health.get("lag_s")
+    lines.append(
+        f"holds {health.get('held_sas', 0)} SAs, {health.get('held_policies', 0)} policies"
+        + (f"; standby lag {lag:.1f} s" if isinstance(lag, int | float) else "")
+    )
+    return lines
+
+
+def _ready(status_file: Path, max_lag: float | None, as_json: bool) -> None:
+    from appliance import readycheck
+
+    reasons = readycheck.check(status_file, max_lag)
+    typer.echo(readycheck.render(reasons, as_json))
+    if reasons:
+        raise typer.Exit(1)
 
 
 @app.command(
     epilog=(
         "Exit status 0 when the daemon's last transition succeeded and it is not fenced; "
-        "1 when it failed, is fenced, or no daemon status exists (no daemon running)."
+        "1 when it failed, is fenced, or no daemon status exists (no daemon running). "
+        "With --ready: 0 when this node could take over cleanly now, 1 when not, with "
+        "one 'not ready: REASON' line per reason (no daemon or a stale status, the last "
+        "transition failed, fenced, no store reachable, standby lag over the bound, a hot "
+        "standby missing SAs or policies the store has, an active node not publishing). "
+        "It is meant for a keepalived vrrp_script used as track_script with a negative "
+        "weight: keepalived lowers the node's priority while it fails, so a standby that "
+        "is not ready is not elected (docs/operations.md, Monitoring and readiness)."
     )
 )
 def status(
@@ -51,9 +95,29 @@ def status(
         ),
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    ready: bool = typer.Option(
+        False,
+        "--ready",
+        help="Check whether this node could take over cleanly now (exit 0) or not (exit 1, "
+        "naming each reason); for a keepalived track_script.",
+    ),
+    max_lag: float | None = typer.Option(
+        None,
+        "--max-lag",
+        metavar="S",
+        min=0.1,
+        max=86400,
+        help="With --ready: the largest standby lag in seconds that is still ready. "
+        "Default: the daemon's \\[failover].ready_max_lag_s (10).",
+    ),
 ) -> None:
     """Show the failover daemon's role, last transition and whether it owns the state."""
     path = notify_lib.status_path(status_file, os.environ)
+    if max_lag is not None and not ready:
+        raise UsageError("--max-lag: only with --ready")
+    if ready:
+        _ready(path, max_lag, as_json)
+        return
     data = notify_lib.read_status(path)
     if data is None:
         raise ApplianceError(f"no daemon status at {path}: is ipsec-ha daemon running?")

@@ -89,7 +89,12 @@ def serve(
         bool, typer.Option("--verbose", "-v", help="Log debug details (never key material).")
     ] = False,
 ) -> None:
-    """Run the store server until SIGTERM/SIGINT (logs to stderr)."""
+    """Run the store server until SIGTERM/SIGINT (logs to stderr).
+
+    With a \\[metrics] table in --config it also serves Prometheus metrics at
+    http://LISTEN/metrics (default 127.0.0.1:9642); a port it cannot bind is an
+    error before it serves.
+    """
     from appliance.store.config import load_server_config
     from appliance.store.server import serve as run_server
 

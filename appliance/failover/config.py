@@ -28,6 +28,7 @@ from appliance.config_toml import (
 from appliance.errors import ConfigError
 from appliance.failover.seqjump import MAX_JUMP, SeqJumpError, compute_jump
 from appliance.failover.transitions import StandbyMode
+from appliance.metrics.config import DAEMON_PORT, MetricsConfig, load_metrics_config
 from appliance.nft.config import NftConfig, parse_nft_section
 from appliance.ondemand.core import OnDemandLimits
 from appliance.spi import SpiRange, load_spi_config
@@ -112,6 +113,10 @@ class FailoverConfig:
     """How often an active node probes the stores for a newer owner (split brain)."""
     reclaim_interval_s: float = 3.0
     """How often a fenced node that keepalived still calls MASTER tries to take over again."""
+    health_interval_s: float = 1.0
+    """How often the daemon probes every store and rewrites the ``health`` of its status file."""
+    ready_max_lag_s: float = 10.0
+    """``ipsec-ha status --ready``: the largest standby lag that still counts as ready."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class DaemonConfig:
     """``[nft]``: the guard (VIPs, trap queue) as ``ipsec-ha nft apply`` reads it."""
     ondemand: OnDemandConfig | None = None
     """``[ondemand]``: on-demand SA retrieval (None: the table is absent, i.e. disabled)."""
+    metrics: MetricsConfig | None = None
+    """``[metrics]``: the Prometheus endpoint (None: the table is absent, no endpoint)."""
 
 
 def _netns_name(v: Any) -> str | None:
@@ -170,7 +177,7 @@ def _mode(v: Any) -> StandbyMode | None:
     return StandbyMode(v) if v in ("hot", "cold") else None
 
 
-_TABLES = ("node", "store", "sync", "failover", "xfrm", "spi", "nft", "ondemand")
+_TABLES = ("node", "store", "sync", "failover", "xfrm", "spi", "nft", "ondemand", "metrics")
 
 
 def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
@@ -245,6 +252,12 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
         reclaim_interval_s=failover_t.get(
             "reclaim_interval_s", float_in(0.1, 3600), "seconds 0.1..3600", 3.0
         ),
+        health_interval_s=failover_t.get(
+            "health_interval_s", float_in(0.1, 60), "seconds 0.1..60", 1.0
+        ),
+        ready_max_lag_s=failover_t.get(
+            "ready_max_lag_s", float_in(0.1, 3600), "seconds 0.1..3600", 10.0
+        ),
     )
     failover_t.finish()
 
@@ -275,8 +288,9 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
     spi_range = load_spi_config(path) if "spi" in data else None
     nft = _load_nft(path, data)
     ondemand = _load_ondemand(path, data, nft)
+    metrics = load_metrics_config(path, data, DAEMON_PORT)
     return DaemonConfig(
-        path, node, store, sync, failover, netns, jump, computed, spi_range, nft, ondemand
+        path, node, store, sync, failover, netns, jump, computed, spi_range, nft, ondemand, metrics
     )
 
 

@@ -23,6 +23,13 @@ Theory of operation
   owner, and publishing to it stops.
 - **Following** (hot standby): every ``follow_interval_s`` the daemon
   fetches the state and reconciles the kernel with it, outbound gated.
+- **Health** (``health``): every ``[failover].health_interval_s`` a worker
+  thread asks each store what it holds for the server ID (its own clients,
+  never under the kernel lock, so a takeover never waits on it); the
+  results, the standby's last sync, what the kernel holds and the
+  transition, takeover and store-operation counters go to ``DaemonHealth``,
+  which the metrics collector reads at scrape time and the status file
+  carries as ``health`` (``ipsec-ha status --ready`` judges it).
 
 Blocking calls (netlink requests, the store client) run in worker threads;
 the event reader and the flusher stay on the loop.
@@ -45,6 +52,7 @@ from typing import Any
 from appliance.failover.config import DaemonConfig
 from appliance.failover.executor import (
     ExecutionError,
+    ExecutionReport,
     ExecutorSettings,
     PlanExecutor,
     StoreAccess,
@@ -52,6 +60,7 @@ from appliance.failover.executor import (
     kernel_hz,
     node_netns_addresses,
 )
+from appliance.failover.health import DaemonHealth, StoreProbe, to_status
 from appliance.failover.ondemand_install import STATUS_INTERVAL_S, OnDemand
 from appliance.failover.sync import (
     DeleteEntries,
@@ -64,7 +73,15 @@ from appliance.failover.sync import (
     is_gate,
     sa_key,
 )
-from appliance.failover.transitions import FENCED, RECLAIM, Action, Role, plan, role_for
+from appliance.failover.transitions import (
+    FENCED,
+    RECLAIM,
+    Action,
+    Role,
+    StandbyMode,
+    plan,
+    role_for,
+)
 from appliance.failover.vrrp_source import (
     Received,
     fifo_transitions,
@@ -108,6 +125,7 @@ class FailoverDaemon:
         notify_log: Path,
         follow_interval_s: float = 1.0,
         follower_stores: Sequence[Any] = (),
+        probe_stores: Sequence[Any] = (),
     ) -> None:
         self.config = config
         self.kernel = kernel
@@ -118,6 +136,12 @@ class FailoverDaemon:
         takeover never waits for a background fetch (clients are not thread-safe)."""
         self._follow_generation = 0
         """Moves at every start/stop of following: a fetch from before is stale."""
+        self.probe_clients = list(probe_stores)
+        """The health probe's own store clients (none: no probe runs)."""
+        self.health = DaemonHealth()
+        self._published_sas: set[tuple[int, int]] = set()
+        self._published_policies: set[int] = set()
+        """(SPI, protocol) of the SAs and indexes of the policies last published (active)."""
         self.notify_log = notify_log
         self.follow_interval_s = follow_interval_s
         self.role = Role.INIT
@@ -190,17 +214,22 @@ class FailoverDaemon:
             try:
                 call(client, epoch)
             except StaleEpochError as exc:
+                self.health.count_sync(client.server, what, "stale_epoch")
                 log.error("%s: store %s has a newer owner (%s); not publishing to it", what,
                           client.server, exc)  # fmt: skip
                 del self.epochs[client.server]
             except NotFoundError as exc:
+                self.health.count_sync(client.server, what, "not_found")
                 log.warning("%s: store %s asks for a resync (%s)", what, client.server, exc)
                 self.core.request_resync(f"store {client.server}: {exc}", time.monotonic())
             except StoreError as exc:
+                self.health.count_sync(client.server, what, "failed")
                 log.warning("%s: store %s failed (%s); resync later", what, client.server, exc)
                 self.core.request_resync(
                     f"store {client.server} failed", time.monotonic() + RETRY_S
                 )
+            else:
+                self.health.count_sync(client.server, what, "ok")
 
     def apply_ops(self, ops: Sequence[SyncOp]) -> None:
         """Carry out the core's operations (blocking)."""
@@ -218,6 +247,7 @@ class FailoverDaemon:
                 self._to_stores(
                     "put", lambda cl, ep, op=op: cl.put_entries(sid, ep, op.sad, op.spd)
                 )
+                self._published(add=op)
             elif isinstance(op, PutReplay):
                 self._to_stores(
                     "replay", lambda cl, ep, op=op: cl.update_replay(sid, ep, op.states)
@@ -227,6 +257,19 @@ class FailoverDaemon:
                     "delete",
                     lambda cl, ep, op=op: cl.delete(sid, ep, op.sas, op.policy_indexes),
                 )
+                self._published(remove=op)
+
+    def _published(
+        self, *, add: PutEntries | None = None, remove: DeleteEntries | None = None
+    ) -> None:
+        """Keep the count of what this node publishes (the active node's held SAs/policies)."""
+        if add is not None:
+            self._published_sas.update((sa.spi, sa.proto) for sa in add.sad)
+            self._published_policies.update(p.index for p in add.spd)
+        if remove is not None:
+            self._published_sas.difference_update(remove.sas)
+            self._published_policies.difference_update(remove.policy_indexes)
+        self.health.record_held(len(self._published_sas), len(self._published_policies))
 
     def _set_thresholds(self, ops: Sequence[SetThresholds]) -> None:
         if not ops:
@@ -272,6 +315,9 @@ class FailoverDaemon:
 
         self._to_stores("resync", resync)
         self.core.resynced(sad, time.monotonic())
+        self._published_sas = {(sa.spi, sa.proto) for sa in sad}
+        self._published_policies = set(kernel_pols)
+        self.health.record_held(len(self._published_sas), len(self._published_policies))
         self._set_thresholds([SetThresholds(sa) for sa in sad])
 
     # -- tasks -------------------------------------------------------------------
@@ -340,7 +386,7 @@ class FailoverDaemon:
             await asyncio.sleep(max(self.follow_interval_s, last_cycle))
             if not self.following:
                 continue
-            started = time.monotonic()
+            started, started_unix = time.monotonic(), time.time()
             generation = self._follow_generation
 
             def overtaken(generation: int = generation) -> bool:
@@ -359,12 +405,21 @@ class FailoverDaemon:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
                     actions = apply if fetched is not None else [Action.FETCH_STATE, *apply]
-                    await asyncio.to_thread(self.executor.run, actions, fetched=fetched)
+                    held = await asyncio.to_thread(self._follow_once, actions, fetched)
+                # In step with the store as of the fetch's start, holding this much of it.
+                self.health.record_sync(started, started_unix)
+                if held is not None:
+                    self.health.record_held(*held)
             except FetchCancelled:
                 continue
             except ExecutionError as exc:
                 log.warning("hot standby: %s", exc)
             last_cycle = time.monotonic() - started
+
+    def _follow_once(self, actions: list[Action], fetched: Any) -> tuple[int, int] | None:
+        """One follow run (blocking); what the kernel then holds of the fetched state."""
+        self.executor.run(actions, fetched=fetched)
+        return self.executor.held_of_fetched()
 
     def check_ownership(self) -> None:
         """Probe every store we publish to with our epoch (blocking); see ``_owner_watch``."""
@@ -410,19 +465,25 @@ class FailoverDaemon:
                     self._write_status(VrrpState.MASTER, last_reclaim, ok=True)
 
     async def _run_plan(self, actions: list[Action], what: str, at: float) -> bool:
+        """Run the fenced or reclaim plan; counted as a transition of state FENCED or RECLAIM."""
         async with self._kernel_lock:
             try:
                 report = await asyncio.to_thread(self.executor.run, actions, at)
             except ExecutionError as exc:
                 log.error("%s failed: %s", what, exc)
+                self.health.record_transition(what.upper(), ok=False)
                 return False
+        self.health.record_transition(what.upper(), ok=True)
         log.info("%s", json.dumps({"plan": what, "report": report.to_dict()}))
         return True
 
     async def transition(self, state: VrrpState, received_at: float) -> bool:
         """Run the plan for ``state``; True if it completed. The status file says how it went."""
         actions = plan(self.role, state, self.config.failover.mode)
+        # A takeover: a MASTER that is to make a node that is not active active.
+        takeover = role_for(state) is Role.ACTIVE and self.role is not Role.ACTIVE
         if not actions:
+            self.health.record_transition(state.value, ok=True)
             self._write_status(state, received_at, ok=True)
             return True
         async with self._kernel_lock:
@@ -430,13 +491,31 @@ class FailoverDaemon:
                 report = await asyncio.to_thread(self.executor.run, actions, received_at)
             except ExecutionError as exc:
                 log.error("%s -> %s failed: %s", self.role.value, state.value, exc)
+                self.health.record_transition(state.value, ok=False)
+                if takeover:
+                    self.health.record_takeover(ok=False)
                 self._write_status(state, received_at, ok=False, error=str(exc))
                 return False
         log.info("%s", json.dumps({"transition": state.value, "from": self.role.value,
                                    "report": report.to_dict()}))  # fmt: skip
         self.role = role_for(state)
+        self.health.record_transition(state.value, ok=True)
+        if takeover:
+            self._record_takeover(report, received_at)
+        elif self.role is not Role.ACTIVE and self.config.failover.mode is StandbyMode.COLD:
+            self.health.record_held(0, 0)  # a cold standby holds nothing
         self._write_status(state, received_at, ok=True, report=report.to_dict())
         return True
+
+    def _record_takeover(self, report: ExecutionReport, received_at: float) -> None:
+        timeline = [{"step": t.step, "monotonic": t.monotonic} for t in report.timeline]
+        done = report.timeline[-1].monotonic if report.timeline else received_at
+        self.health.record_takeover(
+            ok=True,
+            duration_s=max(0.0, done - received_at),
+            timeline=timeline,
+            received_unix=time.time() - (time.monotonic() - received_at),
+        )
 
     def _write_status(
         self,
@@ -465,11 +544,83 @@ class FailoverDaemon:
         }
         if self.ondemand is not None:
             status["ondemand"] = self.ondemand.status()
+        status["health"] = self._health_status()
         self._status = status
         try:
             write_status(self.config.failover.status_file, status)
         except OSError as exc:
             log.warning("status file %s not written: %s", self.config.failover.status_file, exc)
+
+    # -- health (docs/operations.md, "Monitoring and readiness") --------------------
+
+    def _health_status(self) -> dict[str, Any]:
+        return to_status(
+            self.health.snapshot(),
+            now_unix=time.time(),
+            now_monotonic=time.monotonic(),
+            standby=self.role is not Role.ACTIVE,
+            interval_s=self.config.failover.health_interval_s,
+            ready_max_lag_s=self.config.failover.ready_max_lag_s,
+        )
+
+    def probe_store(self, client: Any) -> bool:
+        """Ask one store what it holds for our server ID (blocking); True if it answered.
+
+        One Heartbeat server-list page (``StoreClient.server_stats``), never
+        the state itself. The result goes to ``health``.
+        """
+        started = time.monotonic()
+        try:
+            held = client.server_stats(self.config.node.server_id)
+        except (StoreError, OSError) as exc:
+            probe = StoreProbe(False, str(exc), None, None, None, None, time.time())
+        else:
+            held = held or {}  # None: the store holds nothing for it
+            probe = StoreProbe(
+                True,
+                None,
+                time.monotonic() - started,
+                int(held.get("epoch", 0)),
+                int(held.get("sas", 0)),
+                int(held.get("policies", 0)),
+                time.time(),
+            )
+        self.health.record_probe(client.server, probe)
+        return probe.up
+
+    async def probe_stores(self) -> bool:
+        """Probe every store at once, each client in its own worker thread; True if one answered.
+
+        At once, so that stores that do not answer (each takes its timeouts)
+        do not add up to a status file that looks stale.
+        """
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(self.probe_store, client) for client in self.probe_clients)
+        )
+        return any(answers)
+
+    async def _health_probe(self) -> None:
+        """Probe the stores and rewrite the status file's ``health`` every interval."""
+        interval = self.config.failover.health_interval_s
+        while True:
+            started, started_unix = time.monotonic(), time.time()
+            if self.probe_clients:
+                answered = await self.probe_stores()
+                if (
+                    answered
+                    and self.role is not Role.ACTIVE
+                    and self.config.failover.mode is StandbyMode.COLD
+                ):
+                    # A cold standby fetches at takeover: reaching a store is being in step.
+                    self.health.record_sync(started, started_unix)
+            if self._status is not None:
+                self._status["health"] = self._health_status()
+                try:
+                    write_status(self.config.failover.status_file, self._status)
+                except OSError as exc:
+                    log.warning("status file %s not written: %s",
+                                self.config.failover.status_file, exc)  # fmt: skip
+            await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
 
     def _wanted(self, received: Received) -> bool:
         name = self.config.failover.vrrp_name
@@ -537,6 +688,7 @@ class FailoverDaemon:
                 self._follower(),
                 self._notifications(),
                 self._owner_watch(),
+                self._health_probe(),
             )
         ]
         if self.ondemand is not None:

@@ -314,6 +314,21 @@ class PlanExecutor:
             log.warning("SA spi 0x%08x needs a rekey: %s", spi, reason)
         return report
 
+    def held_of_fetched(self) -> tuple[int, int] | None:
+        """(SAs, policies) of the last fetched state that the kernel holds after the last run.
+
+        For the hot standby's health after a follow: no kernel dump, only what
+        the run learnt. Every fetched policy is there once an install or
+        reconcile succeeded (its batch is all or nothing); an SA may be missing
+        (one that needs a rekey is not installed). None when the last run
+        fetched nothing or did not learn what the kernel holds.
+        """
+        if self.fetched is None or self._held is None:
+            return None
+        held = self._held
+        sas = sum(1 for sa in self.fetched.sad if sa_identity(sa) in held)
+        return sas, len(self.fetched.spd)
+
     def _mark(
         self, report: ExecutionReport, step: str, detail: dict[str, Any], at: float | None = None
     ) -> None:

@@ -26,12 +26,14 @@ import os
 import select
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
 from appliance.channel.events import DataReceived, HandshakeFailed
+from appliance.metrics.latency import LatencyHistogram
 from appliance.model import SadEntry, Snapshot, SpdEntry
 from appliance.store import _convert as conv
 from appliance.store import _rawwire
@@ -283,6 +285,9 @@ class StoreClient:
         # which the server may still hold in its retransmission cache.
         self._next_id = int.from_bytes(os.urandom(4), "big")
         self.retransmissions = 0
+        self.rtt = LatencyHistogram()
+        """Round trips of requests answered after one transmission (Karn's rule: a
+        retransmitted request's answer cannot be matched to one transmission)."""
         self._raw = False
 
     @classmethod
@@ -309,6 +314,12 @@ class StoreClient:
         self._sock.close()
 
     # -- the I/O loop -----------------------------------------------------------------
+
+    @property
+    def channel_drops(self) -> Counter[str]:
+        """Datagrams this client's channel dropped, by reason (``DropReason`` value)."""
+        # dict() copies in one step: the metrics thread reads while the client's thread counts.
+        return Counter({reason.value: n for reason, n in dict(self._channel.drops).items()})
 
     def _where(self) -> str:
         return f"store {self.server} port {self.port}"
@@ -384,6 +395,7 @@ class StoreClient:
         encoded = [encode_message(m) for m in messages]
         waiting: dict[int, Any] = {}
         timers: dict[int, tuple[float, float, int]] = {}  # id -> (deadline, timeout, attempts)
+        sent_at: dict[int, float] = {}  # id -> first transmission
         index_of = {m.message_id: i for i, m in enumerate(messages)}
         results: list[Any] = [None] * len(messages)
         next_to_send = 0
@@ -395,6 +407,7 @@ class StoreClient:
                 waiting[mid] = None
                 self._channel.send(encoded[next_to_send], now)
                 timers[mid] = (now + self.timeout, self.timeout, 1)
+                sent_at[mid] = now
                 next_to_send += 1
             self._flush()
             self._pump(min(t[0] for t in timers.values()), waiting)
@@ -403,6 +416,8 @@ class StoreClient:
                 answer = waiting.get(mid)
                 if answer is not None:
                     results[index_of[mid]] = answer
+                    if timers[mid][2] == 1:
+                        self.rtt.observe(now - sent_at[mid])
                     del timers[mid], waiting[mid]
                     done += 1
                     continue
@@ -451,6 +466,26 @@ class StoreClient:
             next_page = response.first(PagePayload)
             if not response.more or next_page is None:
                 return list(by_id.values())
+            cursor = next_page.cursor
+
+    def server_stats(self, server_id: str) -> dict[str, Any] | None:
+        """What the store holds for ``server_id``: ``{"server_id", "epoch", "sas", "policies"}``.
+
+        None when the store holds nothing for it. Reads the Heartbeat server
+        list page by page and stops at the page that names it (one small
+        round trip when the store serves few server IDs): the daemon's health
+        probe, which must not fetch the state itself.
+        """
+        cursor = b""
+        while True:
+            page = PagePayload(min(self.max_datagram, 65535), cursor)
+            response = self._call(ExchangeType.HEARTBEAT, [page])
+            for server in _json_of(response).get("servers", []):
+                if isinstance(server, dict) and server.get("server_id") == server_id:
+                    return server
+            next_page = response.first(PagePayload)
+            if not response.more or next_page is None:
+                return None
             cursor = next_page.cursor
 
     def claim(self, server_id: str, epoch: int = 0) -> int:

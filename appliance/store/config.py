@@ -26,6 +26,7 @@ from appliance.config_toml import (
     server_id,
 )
 from appliance.errors import ConfigError
+from appliance.metrics.config import STORE_PORT, load_metrics_config
 
 DEFAULT_PORT = 4501
 DEFAULT_CONFIG = Path("/etc/ipsec-ha/store.toml")
@@ -73,6 +74,8 @@ class ServerConfig:
     """Associations from one source address (many gateways behind one NAT share it)."""
     max_half_open_per_address: int = 16
     """Handshakes from one source address not yet confirmed by the client's first datagram."""
+    metrics_listen: tuple[str, int] | None = None
+    """``[metrics] listen`` as (address, port): where ``/metrics`` is served; None: off."""
 
 
 @dataclass(frozen=True)
@@ -146,14 +149,21 @@ def _etcd_credentials(
 
 
 def _top(path: Path, data: dict[str, Any], wanted: str) -> TomlTable:
-    check_tables(path, data, ("store", "client"), (wanted,))
+    check_tables(path, data, ("store", "client", "metrics"), (wanted,))
     return TomlTable(path, wanted, data[wanted])
+
+
+def _metrics(path: Path, data: dict[str, Any]) -> tuple[str, int] | None:
+    """``[metrics] listen`` of the store server; None when the table is absent (metrics off)."""
+    metrics = load_metrics_config(path, data, STORE_PORT)
+    return None if metrics is None else metrics.listen
 
 
 def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
     """Parse and check the ``[store]`` table of ``path``."""
     path = Path(path)
-    sec = _top(path, read_toml(path), "store")
+    data = read_toml(path)
+    sec = _top(path, data, "store")
     listen = sec.get("listen", ip_text, "an IP address", "0.0.0.0")
     port = sec.get("port", int_in(1, 65535), "an integer 1..65535", DEFAULT_PORT)
     psk_file = sec.get("psk_file", abs_path, "an absolute path")
@@ -187,6 +197,7 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
         )
         etcd_sec.finish()
     sec.finish()
+    metrics_listen = _metrics(path, data)
     if backend == "sqlite" and sqlite_cfg is None:
         raise ConfigError(f"config {path}: [store.sqlite].path: is required for backend sqlite")
     if backend == "etcd" and etcd_cfg is None:
@@ -205,6 +216,7 @@ def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
         previous_psk_files=previous,
         max_peers_per_address=per_address,
         max_half_open_per_address=half_open,
+        metrics_listen=metrics_listen,
     )
 
 

@@ -36,13 +36,15 @@ import signal
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
 from appliance.channel.events import DataReceived
 from appliance.errors import ApplianceError
+from appliance.metrics.latency import LatencyHistogram
 from appliance.store.base import SaStore
 from appliance.store.config import ServerConfig, load_psk, load_secret
 from appliance.store.envelope import Sealer
@@ -52,7 +54,12 @@ from appliance.wire._errors import WireError
 from appliance.wire.constants import ExchangeType, Status
 from appliance.wire.messages import decode_message, peek_header
 
+if TYPE_CHECKING:
+    from appliance.metrics.exposition import MetricsEndpoint
+
 log = logging.getLogger("appliance.store.server")
+
+_T = TypeVar("_T")
 
 
 def _text(path: Path | None) -> str | None:
@@ -95,6 +102,8 @@ def open_backend(cfg: ServerConfig) -> SealedStore:
 
 @dataclass
 class ServerCounters:
+    """Counted on the event loop's thread; read elsewhere only through ``StoreServer.live``."""
+
     datagrams: int = 0
     served: int = 0
     retransmits_answered: int = 0
@@ -119,12 +128,34 @@ READER_THREADS = 4
 READ_EXCHANGES = frozenset({ExchangeType.SA_RETR, ExchangeType.HEARTBEAT})
 
 
+#: Backend operations timed in ``StoreServer.backend_seconds``.
+BACKEND_OPERATIONS = ("write", "read")
+#: The loop thread answers a cross-thread read of its state within this long, or it fails.
+LOOP_ANSWER_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """The server's loop-owned figures at one moment (``StoreServer.live``), for the metrics."""
+
+    datagrams_received: int
+    retransmits_answered: int
+    undecodable: int
+    """Authenticated datagrams that are no request (dropped after the channel)."""
+    channel_drops: dict[str, int]
+    """Datagrams the channel dropped, per ``DropReason`` value."""
+    associations: int
+    half_open: int
+    """Associations whose client has not yet proven its keys with a first datagram."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     data: bytes
     peer: str
     message_id: int
     association: bytes
+    exchange: int
 
 
 class ResponseCache:
@@ -198,6 +229,10 @@ class StoreServer(asyncio.DatagramProtocol):
         self._started = time.monotonic()
         self._queue: list[_Pending] = []
         self._busy = False
+        self.backend_seconds = {op: LatencyHistogram() for op in BACKEND_OPERATIONS}
+        """Seconds per backend call: ``write`` is one group on the writer thread that holds
+        an SA_Stor, ``read`` one read on a reader thread (SQLite) or a group of reads only
+        on the writer thread (etcd). Filled on those threads; the metrics read them."""
 
     # -- asyncio protocol ---------------------------------------------------------
 
@@ -242,7 +277,7 @@ class StoreServer(asyncio.DatagramProtocol):
                 self._send(cached, event.association, now)
             return
         self.cache.put(event.peer_node_id, message_id, None)
-        pending = _Pending(event.data, event.peer_node_id, message_id, event.association)
+        pending = _Pending(event.data, event.peer_node_id, message_id, event.association, exchange)
         if self._readers is not None and exchange in READ_EXCHANGES:
             self._run_read(pending)
             return
@@ -254,7 +289,9 @@ class StoreServer(asyncio.DatagramProtocol):
         """A read goes to a reader thread at once: it waits for no write."""
         assert self._loop is not None and self._readers is not None
         self._reading += 1
-        future = self._loop.run_in_executor(self._readers, self.service.handle_read, pending.data)
+        future = self._loop.run_in_executor(
+            self._readers, self._timed, "read", self.service.handle_read, pending.data
+        )
         future.add_done_callback(lambda f: self._respond_read(f, pending))
 
     def _respond_read(self, future: asyncio.Future[bytes], pending: _Pending) -> None:
@@ -273,8 +310,13 @@ class StoreServer(asyncio.DatagramProtocol):
         del self._queue[:MAX_GROUP]
         self._busy = True
         self._writing = len(batch)
+        writes = any(p.exchange == ExchangeType.SA_STOR for p in batch)
         future = self._loop.run_in_executor(
-            self._worker, self.service.handle_many, [p.data for p in batch]
+            self._worker,
+            self._timed,
+            "write" if writes else "read",
+            self.service.handle_many,
+            [p.data for p in batch],
         )
         future.add_done_callback(lambda f: self._respond(f, batch))
 
@@ -334,26 +376,68 @@ class StoreServer(asyncio.DatagramProtocol):
             pass
         self._flush()
 
+    def _timed(self, operation: str, call: Callable[[Any], _T], argument: Any) -> _T:
+        """``call(argument)`` on a backend thread, its duration observed under ``operation``."""
+        start = time.monotonic()
+        try:
+            return call(argument)
+        finally:
+            self.backend_seconds[operation].observe(time.monotonic() - start)
+
     # -- stats ------------------------------------------------------------------
+
+    def backend_read(self, read: Callable[[SaStore], _T]) -> concurrent.futures.Future[_T]:
+        """Run ``read(store)`` where the server's own reads run; callable from any thread.
+
+        With SQLite, on a reader thread (its read-only connection, next to the
+        writer); with etcd, on the writer thread, queued behind the groups
+        already handed to it (the etcd client is not safe for several threads).
+        Never on the caller's thread, and never on the event loop.
+        """
+        executor = self._readers if self._readers is not None else self._worker
+        return executor.submit(read, self.store)
+
+    def live(self) -> LiveState:
+        """The loop-owned counters and tables, read on the loop's thread (from any thread).
+
+        The channel's tables change only on the loop; copying them elsewhere
+        could see them change mid-copy. The calling thread waits; the loop
+        runs one short copy between datagrams.
+        """
+        return self._on_loop(self._live_now)
+
+    def _live_now(self) -> LiveState:
+        return LiveState(
+            datagrams_received=self.counters.datagrams,
+            retransmits_answered=self.counters.retransmits_answered,
+            undecodable=self.counters.undecodable,
+            channel_drops={r.value: n for r, n in self.channel.drops.items()},
+            associations=len(self.channel.associations()),
+            half_open=self.channel.half_open(),
+        )
 
     def _server_stats(self) -> dict[str, Any]:
         """The server's counters, read on the event loop's thread, where they change.
 
         The service asks from a backend thread (a reader, or the writer).
         """
+        return self._on_loop(self._server_stats_now)
+
+    def _on_loop(self, read: Callable[[], _T]) -> _T:
+        """``read()`` on the event loop's thread, waited for from any other thread."""
         loop = self._loop
         if loop is None or not loop.is_running() or self._on_loop_thread(loop):
-            return self._server_stats_now()
-        result: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+            return read()
+        result: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
         def fill() -> None:
             try:
-                result.set_result(self._server_stats_now())
+                result.set_result(read())
             except Exception as exc:
                 result.set_exception(exc)
 
         loop.call_soon_threadsafe(fill)
-        return result.result(timeout=10)
+        return result.result(timeout=LOOP_ANSWER_TIMEOUT_S)
 
     @staticmethod
     def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -417,6 +501,12 @@ async def serve(cfg: ServerConfig, ready: asyncio.Event | None = None) -> None:
             f"cannot listen on {cfg.listen} port {cfg.port}: {exc.strerror}"
         ) from None
     _grow_receive_buffer(transport)
+    try:
+        metrics = _start_metrics(cfg, server)
+    except ApplianceError:
+        transport.close()
+        server.close()
+        raise
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -427,5 +517,23 @@ async def serve(cfg: ServerConfig, ready: asyncio.Event | None = None) -> None:
     try:
         await stop.wait()
     finally:
-        transport.close()
-        server.close()
+        try:
+            if metrics is not None:
+                # Off the loop: a scrape in progress may be waiting for the loop to answer.
+                await asyncio.to_thread(metrics.stop)
+        finally:
+            transport.close()
+            server.close()
+
+
+def _start_metrics(cfg: ServerConfig, server: StoreServer) -> MetricsEndpoint | None:
+    """Serve ``/metrics`` when ``[metrics]`` is configured; a bind failure is an error here,
+    before the store announces itself ready."""
+    if cfg.metrics_listen is None:
+        return None
+    from appliance.metrics.exposition import MetricsEndpoint
+    from appliance.metrics.store_collector import StoreServerCollector
+
+    endpoint = MetricsEndpoint(cfg.metrics_listen, [StoreServerCollector(server)])
+    endpoint.start()
+    return endpoint

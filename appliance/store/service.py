@@ -126,7 +126,26 @@ class ResponseTooLarge(Exception):
 @dataclass
 class ServiceCounters:
     requests: dict[str, int] = field(default_factory=dict)
+    """Decoded requests per exchange name (the Heartbeat summary's ``requests``)."""
     errors: dict[str, int] = field(default_factory=dict)
+    """Errors per status name (the Heartbeat summary's ``errors``)."""
+    responses: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Responses per (exchange, status), both lower case: every answered request once,
+    with the status it was answered with (``ok`` or the error's name, e.g. ``not_found``);
+    the exchange is ``unknown`` for a number that is none of ours."""
+
+
+_Answer = tuple[bytes, tuple[str, str] | None]
+"""An encoded response and its (exchange, status) labels; None: no response (unreadable)."""
+
+
+def response_labels(exchange: int, status: Status) -> tuple[str, str]:
+    """The (exchange, status) pair a response is counted under in ``ServiceCounters.responses``."""
+    try:
+        name = ExchangeType(exchange).name.lower()
+    except ValueError:
+        name = "unknown"
+    return name, status.name.lower()
 
 
 def _encoded_size(payload: Payload) -> int:
@@ -164,10 +183,16 @@ class StoreService:
 
     def handle_bytes(self, data: bytes) -> bytes:
         """The encoded response to one decrypted request (error responses included)."""
+        answer = self._respond(data)
+        self._count_responses([answer])
+        return answer[0]
+
+    def _respond(self, data: bytes) -> _Answer:
+        """:meth:`handle_bytes`, not yet counted in ``counters.responses``."""
         try:
             exchange, message_id, _ = peek_header(data)
         except WireError:
-            return b""
+            return b"", None
         try:
             if exchange == ExchangeType.SA_STOR:
                 raw = _rawwire.split(data)
@@ -180,8 +205,22 @@ class StoreService:
                 raise WireError("a response was sent as a request")
         except WireError as exc:
             self._count_error(exc.status)
-            return self.fit(error_response(exchange, message_id, exc.status, str(exc)))
-        return self.fit(self.handle(request, items))
+            return self._fitted(
+                exchange, error_response(exchange, message_id, exc.status, str(exc))
+            )
+        return self._fitted(exchange, self.handle(request, items))
+
+    def _fitted(self, exchange: int, response: Message) -> _Answer:
+        """``response`` fitted, with the labels it is to be counted under once it leaves."""
+        data, status = self._fit(response)
+        return data, response_labels(exchange, status)
+
+    def _count_responses(self, answers: list[_Answer]) -> None:
+        with self._counters_lock:
+            counts = self.counters.responses
+            for _, labels in answers:
+                if labels is not None:
+                    counts[labels] = counts.get(labels, 0) + 1
 
     def fit(self, response: Message) -> bytes:
         """``response`` encoded, within ``max_datagram`` once protected (protocol.md 2).
@@ -189,7 +228,12 @@ class StoreService:
         An error's text is shortened; any other response that does not fit
         becomes a TOO_LARGE error, so no oversized datagram ever leaves.
         """
+        return self._fit(response)[0]
+
+    def _fit(self, response: Message) -> tuple[bytes, Status]:
+        """:meth:`fit`, with the status the encoded response carries."""
         room = self.max_datagram - CHANNEL_OVERHEAD
+        status = response.status
         try:
             data = encode_message(response)
         except WireError:  # past the 65,507-byte message limit: too large for any datagram
@@ -197,16 +241,14 @@ class StoreService:
             size = f"more than {MAX_MESSAGE_LENGTH}"
         else:
             if len(data) <= room:
-                return data
+                return data, Status.OK if status is None else Status(status.status)
             size = str(len(data))
-        status = response.status
         if status is not None and status.status != Status.OK and data:
             cut = status.data[: max(0, len(status.data) - (len(data) - room))]
             notify = Notify(status.status, status.protocol_id, status.spi, _utf8_prefix(cut))
             rest = tuple(p for p in response.payloads if p is not status)
-            return encode_message(
-                Message(response.exchange, response.message_id, (notify, *rest), True)
-            )
+            shortened = Message(response.exchange, response.message_id, (notify, *rest), True)
+            return encode_message(shortened), Status(status.status)
         self._count_error(Status.TOO_LARGE)
         text = (
             f"the {response.exchange.name} response would take {size} bytes, more than this "
@@ -218,7 +260,7 @@ class StoreService:
             (Notify(Status.TOO_LARGE, data=text.encode()),),
             True,
         )
-        return encode_message(reply)
+        return encode_message(reply), Status.TOO_LARGE
 
     def handle_many(self, requests: list[bytes]) -> list[bytes]:
         """Responses to several requests, committed together (one fsync for all).
@@ -229,15 +271,17 @@ class StoreService:
         """
         try:
             with self.store.group():
-                return [self._handle_guarded(data) for data in requests]
+                answers = [self._respond_guarded(data) for data in requests]
         except StoreError as exc:
             self._count_error(Status.BUSY)
-            replies = []
+            answers = []
             for data in requests:
                 exchange, message_id, _ = peek_header(data)
                 reply = error_response(exchange, message_id, Status.BUSY, str(exc))
-                replies.append(self.fit(reply))
-            return replies
+                answers.append(self._fitted(exchange, reply))
+        # Counted once the group's fate is known: a request whose group failed is BUSY.
+        self._count_responses(answers)
+        return [reply for reply, _ in answers]
 
     def handle_read(self, data: bytes) -> bytes:
         """The response to one read-only request (SA_Retr, Heartbeat), outside any group.
@@ -245,16 +289,23 @@ class StoreService:
         The server calls it from its reader threads, next to the writer's
         group commit (SQLite reads each use a connection of their own).
         """
-        return self._handle_guarded(data)
+        answer = self._respond_guarded(data)
+        self._count_responses([answer])
+        return answer[0]
 
-    def _handle_guarded(self, data: bytes) -> bytes:
+    def _respond_guarded(self, data: bytes) -> _Answer:
         try:
-            return self.handle_bytes(data)
+            return self._respond(data)
         except Exception as exc:  # a bug must cost one request, not the whole group
             log.exception("request failed")
             exchange, message_id, _ = peek_header(data)
             reply = error_response(exchange, message_id, Status.INTERNAL, type(exc).__name__)
-            return self.fit(reply)
+            return self._fitted(exchange, reply)
+
+    def response_counts(self) -> dict[tuple[str, str], int]:
+        """A copy of ``counters.responses`` (safe from any thread)."""
+        with self._counters_lock:
+            return dict(self.counters.responses)
 
     def _count_error(self, status: Status) -> None:
         with self._counters_lock:

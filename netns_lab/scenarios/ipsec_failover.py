@@ -33,9 +33,7 @@ test of the real thing runs this first, to prove the check can fail.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,13 +42,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ApplianceError, LabError
+from appliance.errors import LabError
 from appliance.traffic.analysis import analyse, plot_rate
 from appliance.traffic.probe import Arrival
 from appliance.traffic.udp import RunResult, RunSpec
 from appliance.traffic.udp import run as run_traffic
 from netns_lab import keepalived, tunnel
-from netns_lab.lab import SETTLE_TIMEOUT, Lab, LabInterrupted, wait_for
+from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import (
     CLIENT_PROTECTED,
     GATEWAYS,
@@ -60,7 +58,7 @@ from netns_lab.plan import (
     ROUTES,
     address_of,
 )
-from netns_lab.scenarios.narration import Narration
+from netns_lab.scenarios.narration import Narration, run_from_command_line
 from netns_lab.services import Services, SyncSettings
 
 CLIENT_PORT, SERVER_PORT = 40001, 40002
@@ -586,19 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         plot=args.plot,
         say=lambda s: say(s),
     )
-    try:
-        outcome = scenario.run()
-    except LabInterrupted as exc:
-        print(f"scenario: {exc}; the lab was removed", file=sys.stderr)
-        return 128 + exc.signum
-    except (ApplianceError, subprocess.SubprocessError) as exc:
-        print(f"scenario: error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(outcome.to_dict(), indent=2))
-    else:
-        print("\n".join(report_lines(outcome)))
-    return 0
+    return run_from_command_line(scenario, args.json, report_lines)
 
 
 if __name__ == "__main__":

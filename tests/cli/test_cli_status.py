@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +55,84 @@ def test_no_daemon_is_a_clear_error(tmp_path: Path) -> None:
     result = run(tmp_path, None)  # main() prints ApplianceError as one line, exit 1
     assert "no daemon status at" in str(result.exception)
     assert getattr(result.exception, "exit_code", None) == 1
+
+
+# -- --ready: for keepalived's track_script ----------------------------------------------
+
+
+def with_health(**health: Any) -> dict[str, Any]:
+    now = time.time()
+    base = {"updated": now, "interval_s": 1.0, "ready_max_lag_s": 10.0,
+            "stores": {"198.51.100.10": {"up": True, "error": None, "rtt_s": 0.0012, "epoch": 3,
+                                         "sas": 4, "policies": 4, "checked": now}},
+            "last_sync": now - 0.5, "lag_s": 0.5, "held_sas": 4, "held_policies": 4}  # fmt: skip
+    base.update(health)
+    standby = {**GOOD, "role": "standby", "state": "BACKUP", "mode": "hot",
+               "publishing": False, "following": True, "report": None}  # fmt: skip
+    return {**standby, "pid": os.getpid(), "health": base}
+
+
+def test_ready_exits_0(tmp_path: Path) -> None:
+    result = run(tmp_path, with_health(), "--ready")
+    assert result.exit_code == 0 and result.output == "ready\n"
+
+
+def test_not_ready_names_each_reason_and_exits_1(tmp_path: Path) -> None:
+    down = {"up": False, "error": "did not answer the handshake", "rtt_s": None, "epoch": None,
+            "sas": None, "policies": None, "checked": time.time()}  # fmt: skip
+    result = run(tmp_path, with_health(stores={"203.0.113.1": down}, lag_s=12.3), "--ready")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "not ready: store unreachable: 203.0.113.1: did not answer the handshake",
+        "not ready: standby lag 12.3 s exceeds 10 s",
+    ]
+
+
+def test_max_lag_overrides_the_daemons_bound(tmp_path: Path) -> None:
+    assert run(tmp_path, with_health(lag_s=12.3), "--ready").exit_code == 1
+    assert run(tmp_path, with_health(lag_s=12.3), "--ready", "--max-lag", "20").exit_code == 0
+    assert run(tmp_path, with_health(lag_s=0.5), "--ready", "--max-lag", "0.2").exit_code == 1
+
+
+def test_ready_json(tmp_path: Path) -> None:
+    result = run(tmp_path, with_health(held_sas=2), "--ready", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.output) == {
+        "ready": False,
+        "reasons": ["hot standby holds 2 of 4 SAs and 4 of 4 policies the store has"],
+    }
+    result = run(tmp_path, with_health(), "--ready", "--json")
+    assert result.exit_code == 0 and json.loads(result.output) == {"ready": True, "reasons": []}
+
+
+def test_no_daemon_or_a_dead_one_is_not_ready(tmp_path: Path) -> None:
+    result = run(tmp_path, None, "--ready")
+    assert result.exit_code == 1 and "not ready: no daemon status" in result.output
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    result = run(tmp_path, {**with_health(), "pid": dead.pid}, "--ready")
+    assert result.exit_code == 1
+    assert result.output == f"not ready: daemon (pid {dead.pid}) is not running\n"
+
+
+def test_stale_health_is_not_ready(tmp_path: Path) -> None:
+    result = run(tmp_path, with_health(updated=time.time() - 60), "--ready")
+    assert result.exit_code == 1 and "not ready: daemon status is 60 s old" in result.output
+
+
+def test_max_lag_without_ready_is_a_usage_error(tmp_path: Path) -> None:
+    result = run(tmp_path, GOOD, "--max-lag", "5")
+    assert getattr(result.exception, "exit_code", None) == 2
+    assert "--max-lag" in str(result.exception)
+
+
+def test_plain_status_shows_the_health_summary(tmp_path: Path) -> None:
+    down = {"up": False, "error": "timeout", "rtt_s": None, "epoch": None, "sas": None,
+            "policies": None, "checked": 1.0}  # fmt: skip
+    status = with_health()
+    status["health"]["stores"]["203.0.113.1"] = down
+    result = run(tmp_path, status)
+    assert result.exit_code == 0, result.output
+    assert "store 198.51.100.10: up, epoch 3, 4 SAs, 4 policies, 1.2 ms" in result.output
+    assert "store 203.0.113.1: DOWN (timeout)" in result.output
+    assert "holds 4 SAs, 4 policies; standby lag 0.5 s" in result.output

@@ -4,6 +4,7 @@ for a resync, a stale epoch stops publishing to that store, transitions update t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -15,11 +16,12 @@ from test_executor import IN_POL, IN_SA, OUT_POL, OUT_SA, STATE, FakeKernel
 
 from appliance.failover.config import load_daemon_config
 from appliance.failover.daemon import FailoverDaemon
-from appliance.failover.sync import FullResync, PutReplay, sa_key
+from appliance.failover.sync import DeleteEntries, FullResync, PutReplay, sa_key
 from appliance.failover.transitions import Role
 from appliance.model import SadEntry
 from appliance.notify import VrrpState
 from appliance.store.base import FetchCancelled, NotFoundError, StaleEpochError
+from appliance.store.client import StoreTimeoutError
 from appliance.wire.entries import replay_update_for
 
 pytestmark = pytest.mark.unit
@@ -85,6 +87,14 @@ class FakeClient:
             self.data = {k: v for k, v in self.data.items() if k.spi != spi}
         for index in policy_indexes:
             self.pols.pop(index, None)
+
+    def server_stats(self, sid: str) -> dict[str, Any] | None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        if not self.data and not self.pols and not self.epoch:
+            return None
+        return {"server_id": sid, "epoch": self.epoch, "sas": len(self.data),
+                "policies": len(self.pols)}  # fmt: skip
 
 
 @pytest.fixture
@@ -303,3 +313,139 @@ def test_only_a_publishing_node_listens_to_xfrm_events_and_it_subscribes_before_
         ("stopped", True, False),
     ]
     assert log == ["subscribed", "closed"]
+
+
+# -- health: the probe, the counters, what the node holds (docs/operations.md) ----------
+
+
+def test_the_probe_records_each_store_and_rewrites_the_status_health(
+    config: Any, tmp_path: Path
+) -> None:
+    kernel = ThresholdKernel()
+    up, down = FakeClient("198.51.100.10"), FakeClient("198.51.100.11")
+    up.data = {sa_key(sa): sa for sa in STATE.sad}
+    up.epoch = 3
+    down.fail_with = StoreTimeoutError("store 198.51.100.11 port 4501 did not answer")
+    daemon = FailoverDaemon(
+        config, kernel, [FakeClient("198.51.100.10")], notify_log=tmp_path / "notify.jsonl",
+        probe_stores=[up, down],
+    )  # fmt: skip
+    daemon.role = Role.STANDBY  # cold: reaching a store is being in step
+
+    async def one_probe() -> None:
+        daemon._write_status(None, None, ok=True)
+        probe = asyncio.create_task(daemon._health_probe())
+        await asyncio.sleep(0.1)
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+
+    before = time.time()
+    asyncio.run(one_probe())
+    health = json.loads((tmp_path / "status.json").read_text())["health"]
+    stores = health["stores"]
+    assert stores["198.51.100.10"]["up"] and stores["198.51.100.10"]["error"] is None
+    assert (stores["198.51.100.10"]["epoch"], stores["198.51.100.10"]["sas"]) == (3, 2)
+    assert stores["198.51.100.11"] == {
+        "up": False, "error": "store 198.51.100.11 port 4501 did not answer", "rtt_s": None,
+        "epoch": None, "sas": None, "policies": None,
+        "checked": stores["198.51.100.11"]["checked"],
+    }  # fmt: skip
+    assert health["last_sync"] >= before and health["lag_s"] is not None
+    assert health["updated"] >= before and health["interval_s"] == 1.0
+
+
+def test_a_cold_standby_whose_stores_are_all_down_has_no_sync(config: Any, tmp_path: Path) -> None:
+    down = FakeClient("198.51.100.10")
+    down.fail_with = StoreTimeoutError("no answer")
+    daemon = FailoverDaemon(config, ThresholdKernel(), [FakeClient("198.51.100.10")],
+                            notify_log=tmp_path / "n.jsonl", probe_stores=[down])  # fmt: skip
+    assert asyncio.run(daemon.probe_stores()) is False
+    assert daemon.health.snapshot().last_sync_unix is None
+
+
+def test_publishing_counts_each_operation_per_store_and_result(config: Any, tmp_path: Path) -> None:
+    daemon, kernel, clients = make(config, tmp_path)
+    kernel.install_batch([("add_sa", OUT_SA), ("add_sa", IN_SA), ("add_policy", IN_POL)])
+    clients[0].epoch = 5  # a newer owner at the first store
+    daemon.start_publishing({"198.51.100.10": 1, "198.51.100.11": 1})
+    daemon.apply_ops(daemon.core.pending_ops(float("inf")))
+    clients[1].fail_with = NotFoundError("no such SA")
+    daemon.apply_ops([PutReplay((replay_update_for(OUT_SA),))])
+    snap = daemon.health.snapshot()
+    assert snap.sync_messages == {
+        ("198.51.100.10", "resync", "stale_epoch"): 1,
+        ("198.51.100.11", "resync", "ok"): 1,
+        ("198.51.100.11", "replay", "not_found"): 1,
+    }
+    # the active node holds what it last published: the full resync's dump
+    assert (snap.held_sas, snap.held_policies) == (2, 1)
+    daemon.apply_ops([DeleteEntries(((OUT_SA.spi, OUT_SA.proto),), ())])
+    assert daemon.health.snapshot().held_sas == 1
+
+
+def test_a_takeover_counts_and_times_its_steps(config: Any, tmp_path: Path) -> None:
+    daemon, _, clients = make(config, tmp_path)
+    for client in clients:
+        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.pols = {i: p for i, p in enumerate(STATE.spd)}
+    received = time.monotonic()
+    assert asyncio.run(daemon.transition(VrrpState.MASTER, received))
+    report = json.loads((tmp_path / "status.json").read_text())["report"]
+    assert asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))  # no plan
+    snap = daemon.health.snapshot()
+    assert snap.transitions == {("MASTER", "ok"): 2}
+    assert snap.takeovers == {"ok": 1, "failed": 0}  # the repeat made no node active
+    assert snap.takeover_duration.count == 1
+    steps = [t["step"] for t in report["timeline"]]
+    assert set(snap.last_takeover_steps) == set(steps[1:])
+    done = report["timeline"][-1]["monotonic"]
+    assert snap.takeover_duration.sum == pytest.approx(done - received)
+    assert sum(snap.last_takeover_steps.values()) == pytest.approx(done - received)
+
+
+def test_a_failed_takeover_counts_as_failed(config: Any, tmp_path: Path) -> None:
+    daemon, _, clients = make(config, tmp_path)
+
+    def no_answer(server_id: str) -> int:
+        raise StoreTimeoutError("no answer")
+
+    for client in clients:
+        client.claim = no_answer  # type: ignore[method-assign]
+    assert not asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))
+    snap = daemon.health.snapshot()
+    assert snap.transitions == {("MASTER", "failed"): 1}
+    assert snap.takeovers == {"ok": 0, "failed": 1}
+    assert snap.takeover_duration.count == 0
+
+
+def test_a_hot_standby_records_its_last_follow_and_what_it_holds(
+    config: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text(path.read_text().replace("[failover]\n", '[failover]\nmode = "hot"\n'))
+    hot = load_daemon_config(path)
+    clients = [FakeClient("198.51.100.10")]
+    clients[0].data = {sa_key(sa): sa for sa in STATE.sad}
+    clients[0].pols = {i: p for i, p in enumerate(STATE.spd)}
+    follower = FakeClient("198.51.100.10")
+    follower.data, follower.pols = clients[0].data, clients[0].pols
+    daemon = FailoverDaemon(hot, ThresholdKernel(), clients, notify_log=tmp_path / "n.jsonl",
+                            follow_interval_s=0.01, follower_stores=[follower])  # fmt: skip
+    daemon.executor.local_addresses = lambda: [OUT_SA.saddr]
+    daemon.role = Role.STANDBY
+    daemon.start_following()
+    before = time.time()
+
+    async def follow_once() -> None:
+        task = asyncio.create_task(daemon._follower())
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if daemon.health.snapshot().last_sync_unix is not None:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(follow_once())
+    snap = daemon.health.snapshot()
+    assert snap.last_sync_unix is not None and snap.last_sync_unix >= before
+    assert (snap.held_sas, snap.held_policies) == (len(STATE.sad), len(STATE.spd))

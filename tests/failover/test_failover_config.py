@@ -9,6 +9,7 @@ from appliance.errors import ConfigError
 from appliance.failover.config import load_daemon_config
 from appliance.failover.seqjump import compute_jump
 from appliance.failover.transitions import StandbyMode
+from appliance.metrics.config import MetricsConfig
 
 pytestmark = pytest.mark.unit
 
@@ -162,3 +163,48 @@ def test_spi_table_gives_this_nodes_share_of_the_spi_space(tmp_path: Path, psk: 
 def test_bad_spi_value_names_the_key(tmp_path: Path, psk: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[spi\]\.spi_min: must be an SPI"):
         load_daemon_config(write(tmp_path, psk, "[spi]\nspi_min = -1\nspi_max = 0x200\n"))
+
+
+def test_metrics_are_off_without_the_table_and_on_loopback_with_an_empty_one(
+    tmp_path: Path, psk: Path
+) -> None:
+    cfg = load_daemon_config(write(tmp_path, psk))
+    assert cfg.metrics is None
+    assert cfg.failover.health_interval_s == 1.0 and cfg.failover.ready_max_lag_s == 10.0
+    assert load_daemon_config(write(tmp_path, psk, "[metrics]\n")).metrics == MetricsConfig(
+        ("127.0.0.1", 9641)
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [('"0.0.0.0:9100"', ("0.0.0.0", 9100)), ('"[::1]:9641"', ("::1", 9641)),
+     ('"[2001:db8::5]:80"', ("2001:db8::5", 80))],
+)  # fmt: skip
+def test_metrics_listen_takes_any_ip_literal(
+    tmp_path: Path, psk: Path, listen: str, expected: tuple[str, int]
+) -> None:
+    cfg = load_daemon_config(write(tmp_path, psk, f"[metrics]\nlisten = {listen}\n"))
+    assert cfg.metrics == MetricsConfig(expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[metrics]\nlisten = "localhost:9641"\n', r"\[metrics\]\.listen: must be"),
+        ('[metrics]\nlisten = "127.0.0.1"\n', r"\[metrics\]\.listen: must be"),
+        ('[metrics]\nlisten = "127.0.0.1:0"\n', r"\[metrics\]\.listen: must be"),
+        ('[metrics]\nlisten = "::1:9641"\n', r"\[metrics\]\.listen: must be"),
+        ("[metrics]\nlisten = 9641\n", r"\[metrics\]\.listen: must be"),
+        ("[metrics]\nport = 9641\n", r"\[metrics\]\.port: unknown key"),
+        ("[failover]\nhealth_interval_s = 0.05\n", r"\[failover\]\.health_interval_s: must be"),
+        ("[failover]\nhealth_interval_s = 61\n", r"\[failover\]\.health_interval_s: must be"),
+        ("[failover]\nready_max_lag_s = 0\n", r"\[failover\]\.ready_max_lag_s: must be"),
+        ("[failover]\nready_max_lag_s = 3601\n", r"\[failover\]\.ready_max_lag_s: must be"),
+    ],
+)
+def test_bad_metrics_and_health_values_name_the_key(
+    tmp_path: Path, psk: Path, body: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_daemon_config(write(tmp_path, psk, body))

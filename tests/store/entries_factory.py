@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 
+import pytest
+
 from appliance.model import (
     AeadAlgorithm,
     Key,
@@ -14,6 +16,8 @@ from appliance.model import (
     SpdEntry,
     Template,
 )
+from appliance.store.base import NotFoundError
+from appliance.store.client import StoreClient
 
 LOCAL = ipaddress.IPv4Address("198.51.100.1")
 
@@ -57,3 +61,21 @@ def make_policy(n: int, index_base: int = 0x1000) -> SpdEntry:
 
 def make_state(count: int, spi_base: int = 0x10000000) -> tuple[list[SadEntry], list[SpdEntry]]:
     return [make_sa(n, spi_base) for n in range(count)], [make_policy(n) for n in range(count)]
+
+
+def store_two_server_ids(client: StoreClient) -> int:
+    """gw1: 3 SAs and 3 policies, claimed to epoch 2; gw2: 2 and 2 at epoch 5; then one
+    SA_Retr that misses. The SA_Stor messages sent, the claim counted in."""
+    messages = client.put_entries(
+        "gw1", 1, [make_sa(n) for n in range(3)], [make_policy(n) for n in range(3)]
+    )
+    messages += client.put_entries(
+        "gw2",
+        5,
+        [make_sa(n, 0x20000000) for n in range(2)],
+        [make_policy(n, 0x2000) for n in range(2)],
+    )
+    assert client.claim("gw1") == 2
+    with pytest.raises(NotFoundError):
+        client.get_spi(0x30000000, "203.0.113.9")
+    return messages + 1

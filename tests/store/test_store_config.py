@@ -125,6 +125,49 @@ def test_client_config_errors_name_the_key(
         load_client_config(write(tmp_path, GOOD.replace(old, new, 1)))
 
 
+def test_metrics_are_off_without_the_table_and_on_loopback_with_it(tmp_path: Path) -> None:
+    assert load_server_config(write(tmp_path, GOOD)).metrics_listen is None
+    cfg = load_server_config(write(tmp_path, GOOD + "[metrics]\n"))
+    assert cfg.metrics_listen == ("127.0.0.1", 9642)
+    # The client side of the same file reads past the table.
+    assert load_client_config(write(tmp_path, GOOD + "[metrics]\n")).node_id == "gw1"
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ('"192.0.2.10:9100"', ("192.0.2.10", 9100)),
+        ('"[2001:db8::10]:9642"', ("2001:db8::10", 9642)),
+        ('"0.0.0.0:9642"', ("0.0.0.0", 9642)),
+    ],
+)
+def test_metrics_listen_takes_any_ip_literal_and_port(
+    tmp_path: Path, listen: str, expected: tuple[str, int]
+) -> None:
+    cfg = load_server_config(write(tmp_path, GOOD + f"[metrics]\nlisten = {listen}\n"))
+    assert cfg.metrics_listen == expected
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('listen = "localhost:9642"', '[metrics].listen: must be an "ADDRESS:PORT"'),
+        ('listen = "127.0.0.1"', '[metrics].listen: must be an "ADDRESS:PORT"'),
+        ('listen = "127.0.0.1:0"', '[metrics].listen: must be an "ADDRESS:PORT"'),
+        ('listen = "127.0.0.1:65536"', '[metrics].listen: must be an "ADDRESS:PORT"'),
+        ('listen = "2001:db8::1:9642"', '[metrics].listen: must be an "ADDRESS:PORT"'),
+        ("listen = 9642", '[metrics].listen: must be an "ADDRESS:PORT"'),
+        ('listen = "127.0.0.1:9642"\nport = 1', "[metrics].port: unknown key"),
+    ],
+)
+def test_metrics_errors_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    path = write(tmp_path, GOOD + f"[metrics]\n{table}\n")
+    with pytest.raises(ConfigError) as err:
+        load_server_config(path)
+    assert str(err.value).startswith(f"config {path}: ")
+    assert message in str(err.value)
+
+
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_server_config(write(tmp_path, "[store\n"))

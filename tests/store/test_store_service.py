@@ -331,6 +331,8 @@ def test_a_reply_that_cannot_fit_is_too_large_never_oversized(tmp_path: Path) ->
     answer = decode_message(raw)
     assert answer.message_id == 9 and status(answer) == Status.TOO_LARGE
     assert b"raise [store] max_datagram" in answer.status.data  # type: ignore[union-attr]
+    # Counted under the status it left with, not the OK it was built with.
+    assert service.response_counts() == {("sa_stor", "ok"): 1, ("sa_retr", "too_large"): 1}
     # The same store at 65,000 bytes answers it.
     roomy = StoreService(store, max_datagram=65000)
     found = call(roomy, ExchangeType.SA_RETR, (conv.lookup_payload(conv.sa_key_of(sa)),))
@@ -516,3 +518,41 @@ def test_policy_without_index_is_replaced_by_identity(service: StoreService) -> 
         for p in pg.policies
     ]
     assert sorted((p.dir, p.priority) for p in stored) == [(0, 100), (1, 200)]
+
+
+def test_responses_are_counted_by_exchange_and_status(service: StoreService) -> None:
+    stor(service, 1)
+    stor(service, 2)
+    stor(service, 1, "gw2")  # another server ID's SPI: refused
+    absent = conv.lookup_payload(conv.sa_key_of(make_sa(5)))
+    call(service, ExchangeType.SA_RETR, (absent,))
+    call(service, ExchangeType.HEARTBEAT, ())
+    heartbeat = encode_message(Message(ExchangeType.HEARTBEAT, 8, ()))
+    service.handle_read(heartbeat)
+    service.handle_bytes(heartbeat[:2] + bytes([250]) + heartbeat[3:])  # no exchange of ours
+    service.handle_bytes(b"\x00")  # not even a header: no response, nothing counted
+    assert service.response_counts() == {
+        ("sa_stor", "ok"): 2,
+        ("sa_stor", "spi_collision"): 1,
+        ("sa_retr", "not_found"): 1,
+        ("heartbeat", "ok"): 2,
+        ("unknown", "unsupported"): 1,
+    }
+
+
+def test_a_failed_group_commit_counts_its_requests_busy_not_ok(tmp_path: Path) -> None:
+    from appliance.store.base import StoreUnavailableError
+
+    class FailingCommit(SqliteStore):
+        @contextlib.contextmanager
+        def group(self) -> Iterator[None]:
+            yield
+            raise StoreUnavailableError("disk full")
+
+    store = FailingCommit(tmp_path / "s.db")
+    service = StoreService(store)
+    claim = encode_message(Message(ExchangeType.SA_STOR, 1, head()))
+    replies = service.handle_many([claim, claim[:4] + (2).to_bytes(4, "big") + claim[8:]])
+    assert [status(decode_message(r)) for r in replies] == [Status.BUSY, Status.BUSY]
+    assert service.response_counts() == {("sa_stor", "busy"): 2}
+    store.close()
