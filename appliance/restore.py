@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 1. Prepare, without touching the kernel: decide which SAs are outbound
    (``classify_outbound``, docs/model.md) and move their outbound sequence
-   number ``oseq_jump`` ahead. A non-ESN SA that would pass 2^32-1 is
-   refused: restoring it would make it wrap (or die) at once.
+   number ``oseq_jump`` ahead, with the failover daemon's function and
+   limits (``seqjump.advance_sa``): a jump of 2^31 or more is refused, and
+   so is a non-ESN SA that would pass 2^32-1, as restoring it would make it
+   wrap (or die) at once.
 2. Dump what the namespace holds now. Without ``replace`` an entry that
    already exists is a failure (the kernel says EEXIST). With ``replace``
    an existing SA is deleted and added again (an SA update cannot change
@@ -27,7 +29,6 @@ this logic is testable with a fake; ``appliance.xfrm`` provides the real one.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import ipaddress
 import os
@@ -38,13 +39,12 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from appliance.errors import ApplianceError, KernelError
 from appliance.model import (
     Address,
-    ReplayState,
     SadEntry,
     Snapshot,
     SpdEntry,
     classify_outbound,
+    gc_paused,
 )
-from appliance.model._codec import gc_paused
 
 if TYPE_CHECKING:
     from appliance.xfrm.socket import XfrmSocket
@@ -137,38 +137,43 @@ class RestoreReport:
 # --- sequence numbers ---------------------------------------------------------
 
 
+def check_oseq_jump(jump: int) -> None:
+    """Refuse a jump that ``seqjump.advance_oseq`` refuses, before anything is touched.
+
+    Raises ``RestoreError`` naming ``--oseq-jump`` and the range (0..2^31-1:
+    the daemon's limit, see ``appliance.failover.seqjump``).
+    """
+    if jump == 0:  # the default, always valid: spare the command the import
+        return
+    from appliance.failover.seqjump import SeqJumpError, check_jump  # see jump_oseq
+
+    try:
+        check_jump(jump, name="--oseq-jump")
+    except SeqJumpError as exc:
+        raise RestoreError(str(exc)) from None
+
+
 def jump_oseq(sa: SadEntry, jump: int) -> SadEntry:
     """``sa`` with its outbound sequence number ``jump`` further on.
 
+    A thin wrapper over ``seqjump.advance_sa``, so that the CLI and the
+    failover daemon share one set of limits: the jump must be below 2^31;
     ESN SAs count in 64 bits (``oseq_hi:oseq``, the carry goes into
-    ``oseq_hi``); others in 32 bits, and one that would pass 2^32-1 is
-    refused rather than restored into an SA that must wrap.
+    ``oseq_hi``), others in 32 bits, and one that would pass its last
+    number is refused (``RestoreError`` naming the SA) rather than restored
+    into an SA that must wrap.
     """
-    if jump < 0:
-        raise RestoreError(f"--oseq-jump must not be negative (got {jump})")
-    if sa.replay_esn is not None and sa.esn:
-        esn = sa.replay_esn
-        new = esn.oseq64 + jump
-        if new > 0xFFFF_FFFF_FFFF_FFFF:
-            raise RestoreError(
-                f"{sa.label()}: outbound sequence {esn.oseq64} + {jump} passes 2^64-1; not restored"
-            )
-        return dataclasses.replace(
-            sa, replay_esn=dataclasses.replace(esn, oseq=new & 0xFFFF_FFFF, oseq_hi=new >> 32)
-        )
-    # 32-bit sequence space: legacy replay state, or the ESN structure that the
-    # kernel uses for a non-ESN SA with a window over 32 packets.
-    old = sa.oseq64 or 0
-    new = old + jump
-    if new > 0xFFFF_FFFF:
-        raise RestoreError(
-            f"{sa.label()}: outbound sequence {old} + {jump} passes 2^32-1 and the SA "
-            "has no extended sequence numbers (ESN); not restored, as it would have to wrap"
-        )
-    if sa.replay_esn is not None:
-        return dataclasses.replace(sa, replay_esn=dataclasses.replace(sa.replay_esn, oseq=new))
-    replay = sa.replay if sa.replay is not None else ReplayState()
-    return dataclasses.replace(sa, replay=dataclasses.replace(replay, oseq=new))
+    # Imported here, not at the top: the appliance.failover package costs every
+    # `ipsec-ha restore` some 8 ms of start-up, and only a jump needs it.
+    from appliance.failover.seqjump import RekeyRequired, SeqJumpError, advance_sa
+
+    try:
+        outcome = advance_sa(sa, jump)
+    except SeqJumpError as exc:
+        raise RestoreError(f"{sa.label()}: {exc}") from None
+    if isinstance(outcome, RekeyRequired):
+        raise RestoreError(f"{sa.label()}: {outcome.reason}")
+    return outcome.sa
 
 
 # --- identities -----------------------------------------------------------------
@@ -224,9 +229,14 @@ def prepare(
     oseq_jump: int,
     local_addresses: Iterable[Address],
 ) -> tuple[list[SadEntry], list[Failure], int]:
-    """Apply ``oseq_jump`` to outbound SAs; return (SAs, refusals, number jumped)."""
+    """Apply ``oseq_jump`` to outbound SAs; return (SAs, refusals, number jumped).
+
+    A jump out of range raises ``RestoreError``; an SA that cannot take it is
+    a refusal.
+    """
     if oseq_jump == 0:
         return list(snapshot.sad), [], 0
+    check_oseq_jump(oseq_jump)  # once, not as one refusal per SA
     outbound = classify_outbound(snapshot.sad, snapshot.spd, local_addresses)
     prepared: list[SadEntry] = []
     refused: list[Failure] = []

@@ -48,6 +48,9 @@ def take_snapshot(
 ) -> Snapshot:
     """Dump the SAD and SPD of ``netns`` (None: the current namespace) into a Snapshot.
 
+    The SPD is the served one: per-socket policies (an IKE daemon's bypass
+    for its own sockets) are not in it (``XfrmSocket.dump_spd``).
+
     ``progress`` is called with the number of entries dumped so far, per table.
     """
     from appliance.xfrm.socket import XfrmSocket

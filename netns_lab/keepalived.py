@@ -219,7 +219,7 @@ def render_config(gw: GatewayConfig, template: Path = TEMPLATE) -> str:
 
 
 def parse_config(text: str) -> Any:
-    """Parse a rendered config back (used by tests and ``lab status``)."""
+    """Parse a rendered config back (used by tests and ``ipsec-ha-lab status``)."""
     return KeepAlivedConfigParser().parse_string(text)
 
 

@@ -8,7 +8,7 @@ and on SIGINT/SIGTERM (turned into ``LabInterrupted`` so ``finally`` runs)::
         lab.kill_keepalived("gw1")
         lab.wait_vip_holder("gw2", lab.failover_deadline())
 
-``ipsec-ha lab up`` builds a lab and leaves it running; ``Lab.attach(run_id)``
+``ipsec-ha-lab up`` builds a lab and leaves it running; ``Lab.attach(run_id)``
 and the module functions ``status``/``down``/``down_all`` work on it from any
 process through the run directory (``netns_lab.state``).
 """
@@ -168,7 +168,7 @@ class Lab:
                 try:
                     build.build(plan, created)
                 finally:
-                    # whatever exists is recorded, so `lab down` can find it
+                    # whatever exists is recorded, so `ipsec-ha-lab down` can find it
                     state.namespaces = {r: n for r, n in plan.namespaces.items() if n in created}
                     state.save()
                 if start_keepalived:
@@ -180,7 +180,7 @@ class Lab:
 
     @classmethod
     def attach(cls, run_id: str) -> Lab:
-        """A handle on a lab built by another process (``ipsec-ha lab up``)."""
+        """A handle on a lab built by another process (``ipsec-ha-lab up``)."""
         return cls(RunState.load(run_id))
 
     def __enter__(self) -> Lab:

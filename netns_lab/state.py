@@ -54,7 +54,7 @@ class RunState:
     """segment -> VIP with prefix"""
     advert_int: float
     owner_pid: int
-    """The process that built the lab (it may have exited: ``lab up`` does)."""
+    """The process that built the lab (it may have exited: ``ipsec-ha-lab up`` does)."""
     created_wall: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     keepalived: dict[str, KeepalivedRecord] = field(default_factory=dict)
 
@@ -70,7 +70,7 @@ class RunState:
     def load(cls, run_id: str) -> RunState:
         if not RUN_ID_RE.match(run_id):
             raise UsageError(
-                f"run id must be 6 hex digits (see `ipsec-ha lab status`), not {run_id!r}"
+                f"run id must be 6 hex digits (see `ipsec-ha-lab status`), not {run_id!r}"
             )
         path = run_dir(run_id) / STATE_FILE
         try:

@@ -140,7 +140,6 @@ class _PendingHandshake:
 
 @dataclass
 class _Counters:
-    sent: int = 0
     received: int = 0
     cookies_sent: int = 0
     handshake_retransmissions: int = 0
@@ -202,10 +201,6 @@ class ChannelEndpoint:
     def drops(self) -> Counter[DropReason]:
         """Dropped datagrams per reason since creation."""
         return self._counters.drops
-
-    @property
-    def datagrams_sent(self) -> int:
-        return self._counters.sent
 
     @property
     def datagrams_received(self) -> int:
@@ -282,7 +277,6 @@ class ChannelEndpoint:
         sealed = assoc.send_aead.encrypt(
             fmt.aead_nonce(assoc.send_salt, assoc.send_seq), plaintext, header
         )
-        self._counters.sent += 1
         return header + sealed
 
     def send(self, plaintext: bytes, now: float, association: bytes | None = None) -> None:

@@ -22,7 +22,6 @@ from appliance.errors import ApplianceError
 COMMAND_MODULES: dict[str, str] = {
     "daemon": "daemon",
     "doctor": "doctor",
-    "lab": "lab",
     "nft": "nft",
     "notify": "notify",
     "policy": "policy",

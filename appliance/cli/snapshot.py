@@ -12,7 +12,7 @@ from appliance.cli._app import app
 from appliance.cli._output import emit, show_progress
 from appliance.cli.sa import JsonOption, NetnsOption
 from appliance.errors import UsageError
-from appliance.restore import RestoreReport, restore_netns
+from appliance.restore import RestoreError, RestoreReport, check_oseq_jump, restore_netns
 from appliance.snapshot import read_snapshot_file, take_snapshot, write_snapshot_file
 
 
@@ -88,8 +88,9 @@ def restore_command(
         typer.Option(
             "--oseq-jump",
             help="Start every outbound SA this many sequence numbers past its snapshotted "
-            "value, so the peer's anti-replay window accepts its packets (64-bit for ESN; a "
-            "non-ESN SA that would pass 2^32-1 is refused).",
+            "value, so the peer's anti-replay window accepts its packets: 0 to 2^31-1, the "
+            "failover daemon's limits (64-bit for ESN; a non-ESN SA that would pass 2^32-1 "
+            "is refused).",
         ),
     ] = 0,
     replace: Annotated[
@@ -112,8 +113,10 @@ def restore_command(
     replaced is put back), and the failing entry is named. The exit status
     is non-zero if anything was not restored.
     """
-    if oseq_jump < 0:
-        raise UsageError(f"--oseq-jump must not be negative (got {oseq_jump})")
+    try:
+        check_oseq_jump(oseq_jump)  # before the file is read or anything touched
+    except RestoreError as exc:
+        raise UsageError(str(exc)) from None
     snapshot = read_snapshot_file(file)
     total = len(snapshot.sad) + len(snapshot.spd)
     counter = _Counter("restore: entries", total) if show_progress(as_json) else None

@@ -233,7 +233,7 @@ def get(
 
 
 def _key(sa: Any) -> Any:
-    from appliance.store._convert import sa_key_of
+    from appliance.store.client import sa_key_of
 
     return sa_key_of(sa)
 

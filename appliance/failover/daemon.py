@@ -677,7 +677,8 @@ class FailoverDaemon:
         """Run until cancelled."""
         self._loop = asyncio.get_running_loop()
         if self.config.failover.keepalived_fifo:
-            open_fifo(self.config.failover.keepalived_fifo)  # fail now, loudly, if unusable
+            # Fail now, loudly, if unusable; _events() opens the FIFO it reads itself.
+            os.close(open_fifo(self.config.failover.keepalived_fifo))
         self._start_ondemand()
         self._write_status(None, None, ok=True)
         tasks = [

@@ -99,6 +99,20 @@ def compute_jump(
     return jump
 
 
+def check_jump(jump: object, name: str = "jump") -> None:
+    """Raise ``SeqJumpError`` unless ``jump`` is an integer 0..MAX_JUMP-1.
+
+    The range ``advance_oseq`` accepts (the module docstring says why it stops
+    below 2^31), for callers that must refuse a bad jump before they start.
+    ``name`` is what the message calls the value, e.g. a command-line option.
+    """
+    if isinstance(jump, bool) or not isinstance(jump, int) or not 0 <= jump < MAX_JUMP:
+        raise SeqJumpError(
+            f"{name} must be an integer 0..{MAX_JUMP - 1} (below 2^31: an ESN receiver "
+            f"would read a larger jump as a step back), got {jump!r}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Advanced:
     """The outbound counter moved; ``state`` is what to install (or NEWAE)."""
@@ -144,7 +158,7 @@ def advance_oseq(
     after the jump to be worth restoring. Only the outbound fields change; the
     inbound window (``seq``, bitmap) is restored as stored.
     """
-    _check_int("jump", jump, 0, MAX_JUMP - 1)
+    check_jump(jump)
     _check_int("headroom", headroom, 0, SEQ64_MAX)
     if esn and not isinstance(state, ReplayStateEsn):
         raise SeqJumpError("an ESN SA needs an ESN replay state (XFRMA_REPLAY_ESN_VAL)")

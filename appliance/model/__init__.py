@@ -8,7 +8,7 @@ versioned, canonical serialisation (``to_dict``/``from_dict``,
 wrapped in ``Key``, whose repr never shows the bytes.
 """
 
-from appliance.model._codec import MODEL_VERSION, canonical_json
+from appliance.model._codec import MODEL_VERSION, canonical_json, gc_paused
 from appliance.model._common import (
     AF_INET,
     AF_INET6,
@@ -105,4 +105,5 @@ __all__ = [
     "classify_outbound",
     "family_of",
     "flag_names",
+    "gc_paused",
 ]

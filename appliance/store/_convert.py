@@ -33,8 +33,7 @@ from typing import Literal
 from appliance.errors import ApplianceError
 from appliance.model import SadEntry, Selector, SpdEntry
 from appliance.store.base import PROTO_NAMES, InvalidRequestError, SaKey, StoreError
-from appliance.wire import entries
-from appliance.wire._buffer import Buffer
+from appliance.wire import Buffer, entries
 from appliance.wire.constants import PayloadType
 from appliance.wire.payloads import (
     ReplayStatePayload,
@@ -54,11 +53,6 @@ _LEN = struct.Struct("!H")
 
 def policy_id_for_index(index: int) -> bytes:
     return b"I" + index.to_bytes(4, "big")
-
-
-def address_text(family: int, daddr: bytes) -> str:
-    """An ``xfrm_address_t``-style 16-byte field as address text."""
-    return _addr16(family, daddr)
 
 
 def raw_sa_key(spi: int, family: int, daddr: bytes, protocol: int) -> SaKey:
@@ -192,19 +186,8 @@ def _check_format(entry: bytes) -> None:
         raise InvalidRequestError(f"stored entry has unknown format tag {entry[:1].hex()}")
 
 
-def policy_id_of_payload(payload: SpdEntryPayload, entry: bytes) -> bytes:
-    """The policy's store ID: its kernel index, or a digest when it has none."""
-    if payload.index:
-        return policy_id_for_index(payload.index)
-    return policy_id_for_digest(entry)
-
-
 def replay_to_bytes(payload: ReplayStatePayload) -> bytes:
     return _body(payload)
-
-
-def replay_from_bytes(data: bytes) -> ReplayStatePayload:
-    return ReplayStatePayload.pull_body(Buffer(data, "stored replay state"))
 
 
 def sad_from_payload(payload: SadEntryPayload) -> SadEntry:

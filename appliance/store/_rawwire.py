@@ -17,8 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.wire._buffer import Buffer
-from appliance.wire._errors import WireError
+from appliance.wire import Buffer, WireError
 from appliance.wire.constants import (
     GENERIC_HEADER_LENGTH,
     HEADER_LENGTH,

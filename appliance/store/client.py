@@ -38,6 +38,7 @@ from appliance.model import SadEntry, Snapshot, SpdEntry
 from appliance.store import _convert as conv
 from appliance.store import _rawwire
 from appliance.store._convert import UndecodableEntryError as UndecodableEntryError
+from appliance.store._convert import sa_key_of as sa_key_of  # keys RetrievedState.replay
 from appliance.store.base import (
     EpochLimitError,
     FetchCancelled,
@@ -50,8 +51,7 @@ from appliance.store.base import (
     StoreUnavailableError,
 )
 from appliance.store.config import ClientConfig, load_psk
-from appliance.wire import entries
-from appliance.wire._errors import WireError
+from appliance.wire import WireError, entries
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
     HEADER_LENGTH,

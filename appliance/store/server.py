@@ -50,7 +50,7 @@ from appliance.store.config import ServerConfig, load_psk, load_secret
 from appliance.store.envelope import Sealer
 from appliance.store.sealed import SealedStore
 from appliance.store.service import StoreService
-from appliance.wire._errors import WireError
+from appliance.wire import WireError
 from appliance.wire.constants import ExchangeType, Status
 from appliance.wire.messages import decode_message, peek_header
 

@@ -54,7 +54,7 @@ from appliance.store.base import (
     StoreError,
 )
 from appliance.store.base import Status as StoreStatus
-from appliance.wire._errors import WireError
+from appliance.wire import WireError
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
     DEFAULT_MAX_DATAGRAM,

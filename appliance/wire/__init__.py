@@ -26,8 +26,12 @@ bytes.
 * ``entries.py`` converts SAD/SPD payloads to and from the model objects of
   ``appliance.model`` (``sad_to_payload`` / ``payload_to_sad`` and the SPD
   pair), losslessly.
+* ``Buffer`` is the bounds-checked cursor every ``pull_*`` / ``push_*``
+  function works on; the store's fast path (``appliance.store._rawwire``)
+  walks payload chains with it too.
 """
 
+from appliance.wire._buffer import Buffer
 from appliance.wire._errors import WireError
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
@@ -81,6 +85,7 @@ __all__ = [
     "DEFAULT_PORT",
     "Attribute",
     "AttributeType",
+    "Buffer",
     "Delete",
     "EpochPayload",
     "ExchangeType",

@@ -115,10 +115,6 @@ class Status(enum.IntEnum):
     """The response would not fit the requester's or the store's maximum datagram."""
     OK = 40960
 
-    @property
-    def is_error(self) -> bool:
-        return self.value < 16384
-
 
 IPPROTO_TO_PROTOCOL_ID = {50: ProtocolId.ESP, 51: ProtocolId.AH, 108: ProtocolId.IPCOMP}
 PROTOCOL_ID_TO_IPPROTO = {v: k for k, v in IPPROTO_TO_PROTOCOL_ID.items()}

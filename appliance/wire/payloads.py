@@ -101,13 +101,6 @@ class Notify:
         return cls(status, protocol_id, spi, buf.pull_rest())
 
     @property
-    def known_status(self) -> Status | None:
-        try:
-            return Status(self.status)
-        except ValueError:
-            return None
-
-    @property
     def text(self) -> str:
         return self.data.decode("utf-8", "replace")
 

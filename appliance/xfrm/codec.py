@@ -418,9 +418,10 @@ def _policy_attrs(entry: SpdEntry) -> list[bytes]:
         )
     if entry.sec_ctx is not None:
         out.append(_sec_ctx(entry.sec_ctx))
-    ptype = getattr(entry, "ptype", None)
-    if ptype is not None and not any(k == c.XFRMA_POLICY_TYPE for k, _ in entry.extra_attrs):
-        out.append(_nla(c.XFRMA_POLICY_TYPE, _PTYPE.pack(ptype, 0, 0)))
+    if not any(k == c.XFRMA_POLICY_TYPE for k, _ in entry.extra_attrs):
+        # Always sent: kernels built with CONFIG_XFRM_SUB_POLICY (Debian's) always report
+        # it. One the decoder kept verbatim in extra_attrs is sent in its place.
+        out.append(_nla(c.XFRMA_POLICY_TYPE, _PTYPE.pack(entry.ptype, 0, 0)))
     if entry.mark is not None:
         out.append(_mark_nla(entry.mark))
     if entry.if_id is not None:

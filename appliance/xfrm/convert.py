@@ -550,10 +550,9 @@ def spd_attr_values(entry: SpdEntry) -> list[tuple[int, Any]]:
         out.append((c.XFRMA_TMPL, [template_to_dict(t) for t in entry.templates]))
     if entry.sec_ctx is not None:
         out.append((c.XFRMA_SEC_CTX, _sec_ctx_value(entry.sec_ctx)))
-    ptype = getattr(entry, "ptype", None)
-    if ptype is not None and not any(k == c.XFRMA_POLICY_TYPE for k, _ in entry.extra_attrs):
+    if not any(k == c.XFRMA_POLICY_TYPE for k, _ in entry.extra_attrs):
         # Kernels built with CONFIG_XFRM_SUB_POLICY (Debian's) always report it.
-        out.append((c.XFRMA_POLICY_TYPE, {"type": ptype, "reserved1": 0, "reserved2": 0}))
+        out.append((c.XFRMA_POLICY_TYPE, {"type": entry.ptype, "reserved1": 0, "reserved2": 0}))
     if entry.mark is not None:
         out.append((c.XFRMA_MARK, {"v": entry.mark.value, "m": entry.mark.mask}))
     if entry.if_id is not None:

@@ -42,6 +42,7 @@ from appliance.model import (
 from appliance.xfrm import codec
 from appliance.xfrm import constants as c
 from appliance.xfrm.netlink import RawMessage, describe_errno, iter_messages, parse_error
+from appliance.xfrm.per_socket import is_per_socket_message
 from appliance.xfrm.types import AeState, BatchFailure, KmAddress, Migration, XfrmError
 
 # The declarative messages import pyroute2, whose package import takes longer
@@ -565,7 +566,10 @@ class XfrmSocket:
     # -- policies -------------------------------------------------------------
 
     def dump_policy(self) -> list[s.xfrm_userpolicy_info]:
-        """Every policy (main and sub), as decoded ``xfrm_userpolicy_info`` messages."""
+        """Every policy (main and sub), as decoded ``xfrm_userpolicy_info`` messages.
+
+        Per-socket policies included (direction 3 or 4, see ``appliance.xfrm.per_socket``).
+        """
         from appliance.xfrm import structs as s
 
         raw = self._dump(c.XFRM_MSG_GETPOLICY, "policy dump")
@@ -574,9 +578,20 @@ class XfrmSocket:
         ]
 
     def dump_spd(self) -> list[SpdEntry]:
-        """Every policy, as model entries (fast decoder)."""
+        """Every policy but the per-socket ones, as model entries (fast decoder).
+
+        This is the SPD that ipsec-ha serves: the daemon, the executor,
+        snapshots and restores all read it here. Per-socket policies (an IKE
+        daemon's bypass for its own sockets) belong to their socket, and the
+        kernel refuses to add or delete them, so they are left out before
+        decoding (``appliance.xfrm.per_socket``).
+        """
         raw = self._dump(c.XFRM_MSG_GETPOLICY, "policy dump")
-        return [codec.spd_from_bytes(m.data) for m in raw if m.type == c.XFRM_MSG_NEWPOLICY]
+        return [
+            codec.spd_from_bytes(m.data)
+            for m in raw
+            if m.type == c.XFRM_MSG_NEWPOLICY and not is_per_socket_message(m.data)
+        ]
 
     def add_policy(self, entry: SpdEntry) -> None:
         """Install a new policy (XFRM_MSG_NEWPOLICY); EEXIST if one with its selector exists."""
@@ -622,7 +637,7 @@ class XfrmSocket:
             entry.dir,
             mark=entry.mark,
             if_id=entry.if_id,
-            ptype=getattr(entry, "ptype", None) or 0,
+            ptype=entry.ptype,
         )
 
     def flush_policy(self, ptype: int | None = None) -> None:
@@ -904,7 +919,7 @@ def encode_operation(
                 entry.dir,
                 mark=entry.mark,
                 if_id=entry.if_id,
-                ptype=getattr(entry, "ptype", None) or 0,
+                ptype=entry.ptype,
             )
         return codec.encode_policy(entry, msg_type, flags, seq)
     if op == "delete_sa":
@@ -1001,6 +1016,6 @@ def dump_sad(netns: str | None = None) -> list[SadEntry]:
 
 
 def dump_spd(netns: str | None = None) -> list[SpdEntry]:
-    """Every policy of a namespace as model entries (opens and closes a socket)."""
+    """Every policy of a namespace but the per-socket ones, as model entries (opens a socket)."""
     with XfrmSocket(netns) as xs:
         return xs.dump_spd()

@@ -26,7 +26,7 @@ What happens
    compared with what ``[ondemand].rate`` and ``burst`` allow.
 
 gw3's namespace is ``iha-<run id>-gw3``: the lab's own teardown and
-``ipsec-ha lab down`` do not know it, so this scenario removes it in a
+``ipsec-ha-lab down`` do not know it, so this scenario removes it in a
 ``finally`` (processes killed first), before the lab goes.
 """
 

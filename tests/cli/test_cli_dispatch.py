@@ -95,6 +95,16 @@ def test_an_unknown_command_is_a_usage_error() -> None:
     assert "No such command 'no-such-command'" in result.stderr
 
 
+def test_the_lab_is_not_a_product_command() -> None:
+    # The lab has its own program, ipsec-ha-lab (netns_lab/cli.py).
+    assert "lab" not in COMMAND_MODULES
+    listed = ipsec_ha("--help").stdout.splitlines()
+    assert not [line for line in listed if line.startswith("│ lab ")]
+    result = ipsec_ha("lab", "up")
+    assert result.returncode == 2
+    assert "No such command 'lab'" in result.stderr
+
+
 LOADED = """
 import atexit, sys
 atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith("appliance.cli."))))

@@ -4,6 +4,7 @@ for a resync, a stale epoch stops publishing to that store, transitions update t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -449,3 +450,41 @@ def test_a_hot_standby_records_its_last_follow_and_what_it_holds(
     snap = daemon.health.snapshot()
     assert snap.last_sync_unix is not None and snap.last_sync_unix >= before
     assert (snap.held_sas, snap.held_policies) == (len(STATE.sad), len(STATE.spd))
+
+
+def _descriptors_of(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is closed by now
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                count += 1
+    return count
+
+
+def test_run_reads_the_keepalived_fifo_through_one_descriptor_and_closes_it(
+    tmp_path: Path,
+) -> None:
+    psk = tmp_path / "cluster.psk"
+    psk.write_text("ab" * 32)
+    os.chmod(psk, 0o600)
+    fifo = tmp_path / "keepalived.fifo"
+    path = tmp_path / "daemon.toml"
+    path.write_text(
+        '[node]\nid = "gw1"\nserver_id = "192.0.2.1"\nnode_index = 0\n'
+        f'[store]\nservers = ["198.51.100.10", "198.51.100.11"]\npsk_file = "{psk}"\n'
+        f'[failover]\nstatus_file = "{tmp_path}/status.json"\nkeepalived_fifo = "{fifo}"\n'
+    )
+    daemon, _, _ = make(load_daemon_config(path), tmp_path)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(daemon.run())
+        await asyncio.sleep(0.3)  # run() checked the FIFO and _events() opened it
+        during = _descriptors_of(fifo)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return during
+
+    assert asyncio.run(scenario()) == 1
+    assert _descriptors_of(fifo) == 0

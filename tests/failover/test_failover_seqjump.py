@@ -17,6 +17,7 @@ from appliance.failover.seqjump import (
     SeqJumpError,
     advance_oseq,
     advance_sa,
+    check_jump,
     compute_jump,
     unsynced_packets_bound,
 )
@@ -201,6 +202,18 @@ def test_esn_sa_without_esn_state_is_refused() -> None:
 def test_bad_jump_is_refused(jump: int) -> None:
     with pytest.raises(SeqJumpError, match="jump"):
         advance_oseq(ReplayState(), jump, esn=False)
+
+
+@pytest.mark.parametrize("jump", [0, MAX_JUMP - 1])
+def test_check_jump_accepts_the_range_advance_oseq_accepts(jump: int) -> None:
+    check_jump(jump)
+    assert isinstance(advance_oseq(ReplayState(), jump, esn=False), Advanced)
+
+
+@pytest.mark.parametrize("jump", [-1, MAX_JUMP, True, 1.0])
+def test_check_jump_names_the_value_and_the_2_31_limit(jump: object) -> None:
+    with pytest.raises(SeqJumpError, match=r"^--oseq-jump must be .*0\.\.2147483647 .*2\^31"):
+        check_jump(jump, name="--oseq-jump")
 
 
 def _sa(**kwargs: object) -> SadEntry:

@@ -1,4 +1,4 @@
-"""Teardown always happens: normal exit, exceptions, failed builds, SIGINT/SIGTERM, `lab down`."""
+"""Teardown always happens: normal exit, exceptions, failed builds, signals, `ipsec-ha-lab down`."""
 
 import json
 import os
@@ -123,9 +123,10 @@ def test_signal_in_another_process_tears_its_lab_down(
     assert_nothing_left(run_id)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ipsec-ha-lab ARGS``, as ``python -m netns_lab`` (no reinstall needed)."""
     return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
+        [sys.executable, "-m", "netns_lab", *args],
         capture_output=True,
         text=True,
         timeout=180,
@@ -135,12 +136,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_up_status_down(root_ns_unchanged: None) -> None:
-    up = run_cli("lab", "up", "--json")
+    up = run_lab_cli("up", "--json")
     assert up.returncode == 0, up.stderr
     run_id = json.loads(up.stdout)["run_id"]
     netns_lab.CREATED_RUN_IDS.append(run_id)
     try:
-        status = run_cli("lab", "status", run_id, "--json")
+        status = run_lab_cli("status", run_id, "--json")
         assert status.returncode == 0, status.stderr
         data = json.loads(status.stdout)
         assert data["vip_holders"] == {"outside": ["gw1"], "inside": ["gw1"]}
@@ -154,33 +155,33 @@ def test_cli_up_status_down(root_ns_unchanged: None) -> None:
             ("gw2", "VG_IPSEC_HA", "BACKUP"),
         }
     finally:
-        down = run_cli("lab", "down", run_id, "--json")
+        down = run_lab_cli("down", run_id, "--json")
     assert down.returncode == 0, down.stderr
     assert len(json.loads(down.stdout)["removed_namespaces"]) == 6
     assert_nothing_left(run_id)
-    again = run_cli("lab", "status", run_id)
+    again = run_lab_cli("status", run_id)
     assert again.returncode == 1
     assert again.stderr.strip() == (
-        f"ipsec-ha: error: no lab run {run_id} (no /run/ipsec-ha-lab/{run_id}/lab.json)"
+        f"ipsec-ha-lab: error: no lab run {run_id} (no /run/ipsec-ha-lab/{run_id}/lab.json)"
     )
 
 
 def test_down_finds_a_run_whose_record_is_gone(root_ns_unchanged: None) -> None:
-    up = run_cli("lab", "up", "--json")
+    up = run_lab_cli("up", "--json")
     assert up.returncode == 0, up.stderr
     data = json.loads(up.stdout)
     run_id = data["run_id"]
     netns_lab.CREATED_RUN_IDS.append(run_id)
     os.unlink(Path(data["run_dir"]) / "lab.json")
-    down = run_cli("lab", "down", run_id, "--json")
+    down = run_lab_cli("down", run_id, "--json")
     assert down.returncode == 0, down.stderr
     assert_nothing_left(run_id)
 
 
 def test_down_rejects_bad_arguments(require_root: None) -> None:
-    both = run_cli("lab", "down")
+    both = run_lab_cli("down")
     assert both.returncode == 2
-    assert both.stderr.strip() == "ipsec-ha: error: give either a RUNID or --all"
-    bad = run_cli("lab", "down", "../../etc")
+    assert both.stderr.strip() == "ipsec-ha-lab: error: give either a RUNID or --all"
+    bad = run_lab_cli("down", "../../etc")
     assert bad.returncode == 2
     assert "run id must be 6 hex digits" in bad.stderr

@@ -16,6 +16,7 @@ from appliance.cli import app
 from appliance.cli import policy as policy_cli
 from appliance.cli import sa as sa_cli
 from appliance.cli import snapshot as snapshot_cli
+from appliance.errors import UsageError
 from appliance.restore import Failure, RestoreReport
 from appliance.snapshot import write_snapshot_file
 
@@ -117,3 +118,36 @@ def test_restore_of_a_bad_file_is_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert isinstance(result.exception, m.UnsupportedVersionError)
     assert "version 3 is newer" in str(result.exception)
+
+
+@pytest.mark.parametrize("jump", ["2147483648", "4294967295", "-1"])
+def test_restore_refuses_an_oseq_jump_the_daemon_refuses_before_reading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jump: str
+) -> None:
+    def must_not_run(*args: object, **kw: object) -> RestoreReport:
+        raise AssertionError("restore_netns was called")
+
+    monkeypatch.setattr(snapshot_cli, "restore_netns", must_not_run)
+    missing = tmp_path / "absent.json"  # a refused jump is reported before the file is read
+    result = runner.invoke(app, ["restore", str(missing), "--oseq-jump", jump])
+    assert isinstance(result.exception, UsageError)
+    assert result.exception.exit_code == 2
+    assert str(result.exception).startswith("--oseq-jump must be an integer 0..2147483647")
+    assert "2^31" in str(result.exception) and jump in str(result.exception)
+
+
+def test_restore_accepts_the_largest_oseq_jump(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "s.json"
+    write_snapshot_file(file, m.Snapshot("gw", datetime.datetime.now(datetime.UTC), (SA,)))
+    seen: dict[str, object] = {}
+
+    def fake_restore(snapshot: m.Snapshot, netns: str | None, **kw: object) -> RestoreReport:
+        seen.update(kw)
+        return RestoreReport(sa_added=1, oseq_jumped=1)
+
+    monkeypatch.setattr(snapshot_cli, "restore_netns", fake_restore)
+    result = runner.invoke(app, ["restore", str(file), "--oseq-jump", "2147483647", "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen["oseq_jump"] == 2**31 - 1

@@ -224,13 +224,13 @@ def test_oseq_jump_uses_local_addresses_without_policies() -> None:
 def test_non_esn_wrap_is_refused_before_anything_changes() -> None:
     kernel = FakeKernel()
     near_end = sa(1, replay=m.ReplayState(oseq=0xFFFF_FF00))
-    with pytest.raises(RestoreError, match=r"passes 2\^32-1.*ESN.*nothing was changed"):
+    with pytest.raises(RestoreError, match=r"32-bit \(no ESN\) limit.*rekey; nothing was changed"):
         restore(snapshot([sa(3), near_end], [OUT_POLICY]), kernel, oseq_jump=0x100)
     assert kernel.calls == []
     report = restore(
         snapshot([sa(3), near_end], [OUT_POLICY]), kernel, oseq_jump=0x100, keep_going=True
     )
-    assert report.sa_added == 1 and "passes 2^32-1" in report.failures[0].reason
+    assert report.sa_added == 1 and "32-bit (no ESN) limit" in report.failures[0].reason
 
 
 def test_esn_jump_carries_into_oseq_hi() -> None:
@@ -245,7 +245,7 @@ def test_esn_jump_carries_into_oseq_hi() -> None:
 
 def test_esn_jump_past_64_bits_is_refused() -> None:
     esn = m.ReplayStateEsn(oseq=0xFFFF_FFFF, oseq_hi=0xFFFF_FFFF)
-    with pytest.raises(RestoreError, match=r"2\^64-1"):
+    with pytest.raises(RestoreError, match=r"64-bit \(ESN\) limit 18446744073709551615"):
         jump_oseq(sa(1, replay=None, replay_esn=esn, flags=m.StateFlag.ESN), 1)
 
 
@@ -258,17 +258,28 @@ def test_non_esn_sa_with_a_large_window_still_counts_in_32_bits() -> None:
     jumped = jump_oseq(big_window, 0x10)
     assert jumped.replay_esn is not None
     assert (jumped.replay_esn.oseq_hi, jumped.replay_esn.oseq) == (0, 0xFFFF_FF10)
-    with pytest.raises(RestoreError, match=r"passes 2\^32-1"):
+    with pytest.raises(RestoreError, match=r"32-bit \(no ESN\) limit"):
         jump_oseq(big_window, 0x100)
 
 
 def test_non_esn_jump_up_to_the_last_number_is_allowed() -> None:
-    assert jump_oseq(sa(1, replay=m.ReplayState(oseq=10)), 0xFFFF_FFF5).oseq64 == 0xFFFF_FFFF
+    assert (
+        jump_oseq(sa(1, replay=m.ReplayState(oseq=0x8000_0000)), 0x7FFF_FFFF).oseq64 == 0xFFFF_FFFF
+    )
 
 
-def test_negative_jump_is_a_usage_error() -> None:
-    with pytest.raises(RestoreError, match="must not be negative"):
-        jump_oseq(sa(1), -1)
+@pytest.mark.parametrize("jump", [-1, 1 << 31])
+def test_jump_out_of_range_is_refused(jump: int) -> None:
+    with pytest.raises(RestoreError, match=r"SA spi 0x00000001 .*: jump must be an integer 0\.\."):
+        jump_oseq(sa(1), jump)
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_jump_of_2_31_is_refused_before_anything_changes(keep_going: bool) -> None:
+    kernel = FakeKernel()
+    with pytest.raises(RestoreError, match=r"--oseq-jump .*0\.\.2147483647 .*2\^31"):
+        restore(snapshot([sa(1)], [OUT_POLICY]), kernel, oseq_jump=1 << 31, keep_going=keep_going)
+    assert kernel.calls == []
 
 
 def test_progress_counts_every_op() -> None:

@@ -227,15 +227,26 @@ def test_oseq_jump_advances_outbound_sas_only(netns: MakeNetns, tmp_path: Path) 
     assert after[0x1001] == (2 << 32) + 1000 + jump
 
 
-def test_non_esn_sa_that_would_wrap_is_refused_and_nothing_changes(
-    netns: MakeNetns, tmp_path: Path
-) -> None:
+def _with_outbound_sequence(file: Path, spi: int, oseq: int) -> None:
+    document = json.loads(file.read_bytes())
+    for sa in document["sad"]:
+        if sa["spi"] == spi:
+            sa["replay_esn" if sa["replay_esn"] is not None else "replay"]["oseq"] = oseq
+    file.write_text(json.dumps(document))
+
+
+def test_refused_jumps_change_nothing(netns: MakeNetns, tmp_path: Path) -> None:
     source, target = netns("src"), netns("dst")
     populate(source)
     file = tmp_path / "state.snap"
     snapshot(source, file)
-    with pytest.raises(RestoreError, match=r"passes 2\^32-1"):
-        restore(file, target, oseq_jump=2**32 - 10)
+    # Past the daemon's limit (seqjump.MAX_JUMP), though every SA here could take it.
+    with pytest.raises(RestoreError, match=r"--oseq-jump .*2\^31"):
+        restore(file, target, oseq_jump=2**31)
+    # A non-ESN SA that would wrap.
+    _with_outbound_sequence(file, 0x1002, 0xFFFF_FF00)
+    with pytest.raises(RestoreError, match=r"SA spi 0x00001002 .*32-bit \(no ESN\) limit"):
+        restore(file, target, oseq_jump=0x100)
     assert xfrm_text(target, "state") == "" and xfrm_text(target, "policy") == ""
 
 

@@ -411,8 +411,10 @@ def send_garbage(psk: bytes, seed: int) -> dict[str, Any]:
                 if not reply.response or status is None:
                     result["bad_replies"].append(f"reply {reply.message_id} without a status")
                     continue
-                known = status.known_status
-                name = known.name if known is not None else f"unknown {status.status}"
+                try:
+                    name = Status(status.status).name
+                except ValueError:
+                    name = f"unknown {status.status}"
                 result["statuses"][name] = result["statuses"].get(name, 0) + 1
                 waiting.discard(reply.message_id)
                 if status.status == Status.OK and reply.message_id in undecodable:

@@ -1,26 +1,51 @@
-"""``ipsec-ha lab up|status|down``: the network-namespace lab (see docs/lab.md)."""
+"""``ipsec-ha-lab up|status|down``: the network-namespace lab's own command (see docs/lab.md).
+
+A development and test tool, not part of the product: it lives in the lab
+package, which imports the product, and never the other way round (the
+``ipsec-ha`` command does not know the lab). Errors (``ApplianceError``)
+become one line on stderr and the error's exit status, as in ``ipsec-ha``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from appliance.cli._app import app
-from appliance.cli._output import emit
-from appliance.errors import LabError, UsageError
+from appliance.errors import ApplianceError, LabError, UsageError
+from netns_lab import lab
 
-lab_app = typer.Typer(
+PROG = "ipsec-ha-lab"
+"""The console script's name (pyproject.toml), used in error lines and hints."""
+
+app = typer.Typer(
+    name=PROG,
     help=(
-        "The network-namespace lab: a client, two gateways (gw1, gw2) running keepalived, and a "
-        "protected server, each in its own namespace named iha-<run id>-<host>. Needs root. "
+        "The ipsec-ha network-namespace lab, a development and test tool (not part of the "
+        "product): a client, two gateways (gw1, gw2) running keepalived, and a protected "
+        "server, each in its own namespace named iha-<run id>-<host>. Needs root. "
         "Addresses come only from 192.0.2.0/24 (outside) and 198.51.100.0/24 (inside); "
         "the VIP is .1 on each segment. See docs/lab.md."
     ),
     no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(lab_app, name="lab")
+
+__all__ = ["PROG", "app", "main"]
+
+
+def _emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    """Print ``data`` as JSON (stable key order) or through ``render``."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        typer.echo(render(data))
 
 
 def _require_root() -> None:
@@ -35,11 +60,11 @@ def _render_up(data: dict[str, Any]) -> str:
     for segment, vip in data["vips"].items():
         holders = ", ".join(data["vip_holders"].get(segment, [])) or "nobody"
         lines.append(f"  VIP {segment:8} {vip:18} held by {holders}")
-    lines.append(f"remove it with: ipsec-ha lab down {data['run_id']}")
+    lines.append(f"remove it with: {PROG} down {data['run_id']}")
     return "\n".join(lines)
 
 
-@lab_app.command()
+@app.command()
 def up(
     advert_int: float = typer.Option(
         0.2, "--advert-int", help="VRRPv3 advertisement interval in seconds (0.01-40.95)."
@@ -53,12 +78,10 @@ def up(
     removed again.
     """
     _require_root()
-    from netns_lab import Lab, status
-
-    lab = Lab.create(advert_int=advert_int)
-    data = status(lab.run_id)
-    data["namespaces"] = lab.state.namespaces
-    emit(data, as_json, _render_up)
+    built = lab.Lab.create(advert_int=advert_int)
+    data = lab.status(built.run_id)
+    data["namespaces"] = built.state.namespaces
+    _emit(data, as_json, _render_up)
 
 
 def _render_status(data: dict[str, Any]) -> str:
@@ -85,7 +108,7 @@ def _render_status(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@lab_app.command()
+@app.command()
 def status(
     run_id: str | None = typer.Argument(
         None, metavar="[RUNID]", help="The run to show (default: every run)."
@@ -94,17 +117,11 @@ def status(
 ) -> None:
     """Show a lab run: namespaces present, who holds each VIP, keepalived pids, transitions."""
     _require_root()
-    import netns_lab
-
-    data: dict[str, Any]
-    if run_id:
-        data = netns_lab.status(run_id)
-    else:
-        data = {"runs": [netns_lab.status(r) for r in netns_lab.list_runs()]}
-    emit(data, as_json, _render_status)
+    data = lab.status(run_id) if run_id else {"runs": [lab.status(r) for r in lab.list_runs()]}
+    _emit(data, as_json, _render_status)
 
 
-@lab_app.command()
+@app.command()
 def down(
     run_id: str | None = typer.Argument(None, metavar="[RUNID]", help="The run to remove."),
     all_runs: bool = typer.Option(
@@ -119,12 +136,10 @@ def down(
 ) -> None:
     """Remove a lab run: stop its keepalived, remove its namespaces and run directory."""
     _require_root()
-    import netns_lab
-
     if all_runs == bool(run_id):
         raise UsageError("give either a RUNID or --all")
-    data = netns_lab.down_all() if all_runs else netns_lab.down(run_id or "")
-    emit(
+    data = lab.down_all() if all_runs else lab.down(run_id or "")
+    _emit(
         data,
         as_json,
         lambda d: (
@@ -132,3 +147,12 @@ def down(
             + (f" of lab {run_id}" if run_id else "")
         ),
     )
+
+
+def main() -> None:
+    """Console-script entry point (``ipsec-ha-lab``)."""
+    try:
+        app()
+    except ApplianceError as exc:
+        typer.echo(f"{PROG}: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
