@@ -56,6 +56,9 @@ class SyncSettings:
     """Generous: under TCG in the lab VM a takeover of thousands of SAs takes seconds."""
     store_max_datagram: int = 1400
     """``[store] max_datagram``: the page size of a takeover's bulk SA_Retr."""
+    health_interval_s: float = 2.0
+    """``[failover] health_interval_s``: under TCG every probe costs the daemons and the
+    stores tens of milliseconds of emulated CPU; every 2 s rather than the default 1 s."""
     metrics_port: int | None = None
     """``[metrics]``: each daemon serves ``/metrics`` on its outside address at this port,
     reachable from the client over the outside segment (None: no endpoint)."""
@@ -140,6 +143,7 @@ class Services:
             f"replay_timer_ms = {s.replay_timer_ms}\ncoalesce_ms = {s.coalesce_ms}\n"
             f"store_rtt_ms = {s.store_rtt_ms}\nmax_pps_per_sa = {s.max_pps_per_sa}\n"
             f'[failover]\nmode = "{s.mode}"\nnotify_timeout_s = {s.notify_timeout_s}\n'
+            f"health_interval_s = {s.health_interval_s}\n"
             f'keepalived_fifo = "{k.fifo}"\nstatus_file = "{k.status}"\n'
             f'vrrp_name = "{SYNC_GROUP}"\n'
             + (

@@ -13,6 +13,11 @@ from appliance.failover.config import DEFAULT_CONFIG, load_daemon_config
 
 PROBE_RETRIES = 1
 """Retransmissions of a health probe (``[store].retries`` if lower)."""
+PROBE_MIN_TIMEOUT_S = 1.0
+"""A health probe waits at least this long before its retransmission: a loaded store (or
+a short ``[store].timeout_s``) must not look down, nor be handed a new handshake per probe.
+With one retransmission the probe gives up within three times this, inside the time after
+which ``--ready`` calls the status stale (``readiness.STALE_FLOOR_S``)."""
 
 
 @app.command(
@@ -59,7 +64,11 @@ def daemon(
     follower_stores = open_store_clients(cfg.store, f"{cfg.node.id}.follower")
     # The health probe gives up on a store within about two timeouts (not after every
     # retry): a store that is down must show as down before the status file goes stale.
-    probe_store = dataclasses.replace(cfg.store, retries=min(cfg.store.retries, PROBE_RETRIES))
+    probe_store = dataclasses.replace(
+        cfg.store,
+        retries=min(cfg.store.retries, PROBE_RETRIES),
+        timeout_s=max(cfg.store.timeout_s, PROBE_MIN_TIMEOUT_S),
+    )
     probe_stores = open_store_clients(probe_store, f"{cfg.node.id}.health")
     endpoint = None
     kernel = None
