@@ -2,10 +2,12 @@
 
 Each call encodes requests (:mod:`appliance.wire`), protects them with the
 sans-IO channel endpoint (client role) and drives both over one connected UDP
-socket.  Requests are retransmitted with exponential backoff (``timeout``,
-doubling, ``retries`` times) under the same message ID, which the server
-recognises and answers from its cache, so a retransmission is never applied
-twice.  Up to ``window`` requests are in flight at once for bulk stores.
+socket.  Requests are retransmitted with exponential backoff (first after
+the timeout learnt from round trips, never under ``timeout``: see
+:mod:`~appliance.store.rto`; then doubling, ``retries`` times) under the
+same message ID, which the server recognises and answers from its cache,
+so a retransmission is never applied twice.  Up to ``window`` requests are
+in flight at once for bulk stores.
 
 Errors are :class:`~appliance.store.base.StoreError` subclasses:
 :class:`StoreTimeoutError` (no answer), :class:`SpiCollisionError`,
@@ -51,6 +53,7 @@ from appliance.store.base import (
     StoreUnavailableError,
 )
 from appliance.store.config import ClientConfig, load_psk
+from appliance.store.rto import RetransmissionTimer
 from appliance.wire import WireError, entries
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
@@ -288,6 +291,8 @@ class StoreClient:
         self.rtt = LatencyHistogram()
         """Round trips of requests answered after one transmission (Karn's rule: a
         retransmitted request's answer cannot be matched to one transmission)."""
+        self.rto = RetransmissionTimer(timeout)
+        """The first wait of each request, learnt from those same round trips."""
         self._raw = False
 
     @classmethod
@@ -406,21 +411,32 @@ class StoreClient:
                 mid = messages[next_to_send].message_id
                 waiting[mid] = None
                 self._channel.send(encoded[next_to_send], now)
-                timers[mid] = (now + self.timeout, self.timeout, 1)
+                first_wait = self.rto.rto
+                timers[mid] = (now + first_wait, first_wait, 1)
                 sent_at[mid] = now
                 next_to_send += 1
             self._flush()
             self._pump(min(t[0] for t in timers.values()), waiting)
             now = time.monotonic()
+            answered = [mid for mid in timers if waiting.get(mid) is not None]
+            for mid in answered:
+                results[index_of[mid]] = waiting.pop(mid)
+                if timers[mid][2] == 1:
+                    self.rtt.observe(now - sent_at[mid])
+                    self.rto.observe(now - sent_at[mid])
+                del timers[mid]
+                done += 1
+            if answered:
+                # The store works through a window one commit after another: restart the
+                # timers of the requests queued behind the one answered, as TCP restarts
+                # its timer on an ACK of new data (RFC 6298 5.3), so the last of a window
+                # is not given up on while the first ones commit. An earlier request still
+                # unanswered was more likely lost: its timer runs on.
+                last = max(index_of[mid] for mid in answered)
+                for mid, (_, wait, attempts) in timers.items():
+                    if index_of[mid] > last:
+                        timers[mid] = (now + wait, wait, attempts)
             for mid in list(timers):
-                answer = waiting.get(mid)
-                if answer is not None:
-                    results[index_of[mid]] = answer
-                    if timers[mid][2] == 1:
-                        self.rtt.observe(now - sent_at[mid])
-                    del timers[mid], waiting[mid]
-                    done += 1
-                    continue
                 deadline, timeout, attempts = timers[mid]
                 if now < deadline:
                     continue
@@ -431,7 +447,8 @@ class StoreClient:
                     )
                 self.retransmissions += 1
                 self._channel.send(encoded[index_of[mid]], now)
-                timers[mid] = (now + timeout * 2, timeout * 2, attempts + 1)
+                wait = self.rto.backoff(timeout, attempts)
+                timers[mid] = (now + wait, wait, attempts + 1)
         return [r for r in results if r is not None]
 
     def _call(self, exchange: ExchangeType, payloads: Sequence[Payload]) -> Message:

@@ -161,7 +161,6 @@ def test_stale_epoch_stops_publishing_to_that_store_only(config: Any, tmp_path: 
     daemon.start_publishing({"198.51.100.10": 1, "198.51.100.11": 1})
     daemon.apply_ops(daemon.core.pending_ops(float("inf")))
     assert daemon.epochs == {"198.51.100.11": 1}
-    assert clients[1].calls == ["put"]
 
 
 def test_takeover_from_a_notify_claims_every_store_and_publishes(
