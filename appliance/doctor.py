@@ -24,16 +24,16 @@ import secrets
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import appliance.netns
+from appliance.netns import create_unique_netns, remove_netns, run_in_netns
+
 if TYPE_CHECKING:
     from appliance.model import SadEntry
-
-NAMESPACE_PREFIX = "iha-"
-"""Every lab namespace starts with this, so tests can see what was left behind."""
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """The source tree (editable install), where scripts/lab-kernel caches the lab kernel."""
@@ -179,27 +179,12 @@ def _describe(answer: KernelAnswer) -> str:
 
 def create_temporary_netns() -> str:
     """Create an empty namespace ``iha-<random>-doctor`` and return its name."""
-    from pyroute2 import netns as pyroute2_netns
-
-    name = f"{NAMESPACE_PREFIX}{secrets.token_hex(4)}-doctor"
-    pyroute2_netns.create(name)
-    return name
+    return create_unique_netns("doctor")
 
 
-def remove_netns(name: str) -> None:
-    from pyroute2 import netns as pyroute2_netns
-
-    pyroute2_netns.remove(name)
-
-
-@contextlib.contextmanager
-def temporary_netns() -> Iterator[str]:
+def temporary_netns() -> contextlib.AbstractContextManager[str]:
     """Create ``iha-<random>-doctor``, yield its name, and always remove it."""
-    name = create_temporary_netns()
-    try:
-        yield name
-    finally:
-        remove_netns(name)
+    return appliance.netns.temporary_netns("doctor")
 
 
 def _in_netns(name: str, work: Callable[[], Check], failed: Callable[[str], Check]) -> Check:
@@ -207,9 +192,6 @@ def _in_netns(name: str, work: Callable[[], Check], failed: Callable[[str], Chec
 
     The doctor diagnoses broken machines, so no probe may crash it.
     """
-    # Reused from the nftables adapter: setns(2) in a worker thread only.
-    from appliance.nft.netns import run_in_netns
-
     try:
         return run_in_netns(name, work)
     except Exception as exc:
@@ -238,8 +220,8 @@ def probe_xfrm(netns: str) -> Check:
         from appliance.xfrm import XfrmSocket
 
         with XfrmSocket() as xfrm:
-            states = len(xfrm.dump_sa())
-            policies = len(xfrm.dump_policy())
+            states = len(xfrm.dump_sad())
+            policies = len(xfrm.dump_spd())
         return Check(
             "xfrm",
             True,

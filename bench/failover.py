@@ -300,7 +300,7 @@ class Run:
 
     def _wait_standby(self, lab: Any, services: Any) -> None:
         """Wait until gw2's store (and in hot mode its kernel) holds everything gw1 has."""
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
         from appliance.store.client import StoreClient
         from appliance.store.config import load_psk
         from netns_lab.lab import wait_for

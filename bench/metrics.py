@@ -349,7 +349,7 @@ class Scraper:
             self._stop.wait(max(0.0, start + k * self.interval - time.monotonic()))
 
     def _run(self) -> None:
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
 
         try:
             run_in_netns(self.netns, self._loop)
@@ -371,7 +371,7 @@ class Scraper:
 
     def burst(self, target: str, seconds: float) -> list[Scrape]:
         """Back-to-back scrapes of one target for ``seconds`` (the calibration), recorded too."""
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
 
         def loop() -> list[Scrape]:
             out = []

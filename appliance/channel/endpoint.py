@@ -13,11 +13,13 @@ import os
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance.channel import _format as fmt
+from appliance.channel._errors import LocalChannelError, RemoteChannelError
 from appliance.channel._replay import ReplayWindow
 from appliance.channel.events import (
     AssociationClosed,
@@ -28,15 +30,12 @@ from appliance.channel.events import (
     HandshakeFailed,
     NetworkAddress,
 )
-from appliance.errors import ApplianceError
 
 log = logging.getLogger("appliance.channel")
 
 MAX_SEQUENCE = (1 << 64) - 1
 
-
-class ChannelError(ApplianceError):
-    """A local misuse of the channel: bad key or node ID, no association to send on."""
+_Answer = TypeVar("_Answer", fmt.Cookie, fmt.Resp)
 
 
 class Role(enum.Enum):
@@ -97,9 +96,9 @@ class ChannelConfig:
         }
         for name, value in limits.items():
             if value < 1:
-                raise ChannelError(f"channel config: {name} must be at least 1, got {value}")
+                raise LocalChannelError(f"channel config: {name} must be at least 1, got {value}")
         if self.cookie_secret_seconds <= 0:
-            raise ChannelError("channel config: cookie_secret_seconds must be positive")
+            raise LocalChannelError("channel config: cookie_secret_seconds must be positive")
 
 
 @dataclass(eq=False)
@@ -164,10 +163,10 @@ class ChannelEndpoint:
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not isinstance(psk, bytes) or len(psk) < fmt.MIN_PSK_LENGTH:
-            raise ChannelError(f"the cluster key must be at least {fmt.MIN_PSK_LENGTH} bytes")
+            raise LocalChannelError(f"the cluster key must be at least {fmt.MIN_PSK_LENGTH} bytes")
         encoded_id = node_id.encode("utf-8")
         if not 1 <= len(encoded_id) <= fmt.MAX_NODE_ID_LENGTH:
-            raise ChannelError("the node ID must be 1-255 bytes of UTF-8")
+            raise LocalChannelError("the node ID must be 1-255 bytes of UTF-8")
         self.role = Role(role)
         self.node_id = node_id
         self.config = config or ChannelConfig()
@@ -247,7 +246,7 @@ class ChannelEndpoint:
     def connect(self, addr: NetworkAddress, now: float) -> None:
         """Client: start a handshake with the server at ``addr`` (again, if called again)."""
         if self.role is not Role.CLIENT:
-            raise ChannelError("only a client endpoint initiates handshakes")
+            raise LocalChannelError("only a client endpoint initiates handshakes")
         self._server_addr = addr
         self._want_connection = True
         self._start_handshake(now)
@@ -271,7 +270,7 @@ class ChannelEndpoint:
     def _seal(self, datagram_type: int, plaintext: bytes, assoc: _Association) -> bytes:
         if assoc.send_seq + 1 >= MAX_SEQUENCE:
             # Never reuse a nonce: this association cannot send any more.
-            raise ChannelError("the association's sequence numbers are exhausted; rekey first")
+            raise LocalChannelError("the association's sequence numbers are exhausted; rekey first")
         assoc.send_seq += 1
         header = fmt.DATA_HEADER.pack(datagram_type, fmt.VERSION, 0, assoc.peer_id, assoc.send_seq)
         sealed = assoc.send_aead.encrypt(
@@ -292,7 +291,7 @@ class ChannelEndpoint:
                 self._start_handshake(now)
             if current is None or stale:
                 if len(self._unsent) >= self.config.max_queued:
-                    raise ChannelError("too many messages queued while the channel is down")
+                    raise LocalChannelError("too many messages queued while the channel is down")
                 self._unsent.append(plaintext)
                 return
             if self._awaiting_since is None:
@@ -390,7 +389,7 @@ class ChannelEndpoint:
         try:
             init = fmt.parse_init(data)
             peer_node_id = init.node_id.decode("utf-8")
-        except (fmt.FormatError, UnicodeDecodeError):
+        except (RemoteChannelError, UnicodeDecodeError):
             self._drop(DropReason.MALFORMED, addr, data)
             return
         if not hmac.compare_digest(init.mac, fmt.mac(self._handshake_key, init.signed)):
@@ -498,24 +497,39 @@ class ChannelEndpoint:
             return _lru_of_largest_source(table), "evicted: association table full"
         return None
 
-    def _receive_cookie(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+    def _answer_to_pending(
+        self, data: bytes, addr: NetworkAddress, parse: Callable[[bytes], _Answer]
+    ) -> tuple[_Answer, _PendingHandshake] | None:
+        """A COOKIE or RESP that answers our pending INIT, its MAC checked; else a drop (None).
+
+        A COOKIE's MAC also covers our Ni, a RESP's our whole INIT: only the
+        server we sent that INIT to can make either.
+        """
         if self.role is not Role.CLIENT:
             self._drop(DropReason.WRONG_ROLE, addr, data)
-            return
+            return None
         try:
-            cookie = fmt.parse_cookie(data)
-        except fmt.FormatError:
+            answer = parse(data)
+        except RemoteChannelError:
             self._drop(DropReason.MALFORMED, addr, data)
-            return
+            return None
         pending = self._pending
-        if pending is None or cookie.initiator_aid != pending.local_id:
+        if pending is None or answer.initiator_aid != pending.local_id:
             self._drop(DropReason.HANDSHAKE_UNEXPECTED, addr, data)
-            return
+            return None
+        covered = pending.ni if isinstance(answer, fmt.Cookie) else pending.datagram
         if not hmac.compare_digest(
-            cookie.mac, fmt.mac(self._handshake_key, pending.ni, cookie.signed)
+            answer.mac, fmt.mac(self._handshake_key, covered, answer.signed)
         ):
             self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
+            return None
+        return answer, pending
+
+    def _receive_cookie(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        answered = self._answer_to_pending(data, addr, fmt.parse_cookie)
+        if answered is None:
             return
+        cookie, pending = answered
         if cookie.cookie == pending.cookie:
             return  # a duplicate: the INIT with this cookie is already on its way
         if pending.cookie:
@@ -533,22 +547,10 @@ class ChannelEndpoint:
         self._queue(pending.datagram, pending.addr)
 
     def _receive_resp(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        if self.role is not Role.CLIENT:
-            self._drop(DropReason.WRONG_ROLE, addr, data)
+        answered = self._answer_to_pending(data, addr, fmt.parse_resp)
+        if answered is None:
             return
-        try:
-            resp = fmt.parse_resp(data)
-        except fmt.FormatError:
-            self._drop(DropReason.MALFORMED, addr, data)
-            return
-        pending = self._pending
-        if pending is None or resp.initiator_aid != pending.local_id:
-            self._drop(DropReason.HANDSHAKE_UNEXPECTED, addr, data)
-            return
-        expected = fmt.mac(self._handshake_key, pending.datagram, resp.signed)
-        if not hmac.compare_digest(resp.mac, expected):
-            self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
-            return
+        resp, pending = answered
         try:
             peer_node_id = resp.node_id.decode("utf-8")
         except UnicodeDecodeError:
@@ -672,7 +674,7 @@ class ChannelEndpoint:
         the CLOSE datagrams from ``datagrams_to_send``.
         """
         if self.role is not Role.CLIENT:
-            raise ChannelError("only a client endpoint closes its associations")
+            raise LocalChannelError("only a client endpoint closes its associations")
         self._want_connection = False
         self._pending = None
         self._unsent.clear()
@@ -686,13 +688,13 @@ class ChannelEndpoint:
         if association is not None:
             return association
         if self._current is None:
-            raise ChannelError("no association to send on: the handshake has not completed")
+            raise LocalChannelError("no association to send on: the handshake has not completed")
         return self._current
 
     def _get(self, association: bytes) -> _Association:
         assoc = self._associations.get(association)
         if assoc is None:
-            raise ChannelError(f"association {association.hex()} does not exist")
+            raise LocalChannelError(f"association {association.hex()} does not exist")
         return assoc
 
     def _new_association_id(self) -> bytes:

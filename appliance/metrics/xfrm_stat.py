@@ -8,7 +8,7 @@ namespace, not at every scrape.
 
 ``/proc/net`` follows the thread-group leader's namespace, so the file is
 read as ``/proc/thread-self/net/xfrm_stat`` from a thread inside the
-namespace (``appliance.nft.netns.run_in_netns``).
+namespace (``appliance.netns.run_in_netns``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from appliance.nft.netns import run_in_netns
+from appliance.netns import run_in_netns
 
 log = logging.getLogger("ipsec_ha.metrics")
 

@@ -2,7 +2,7 @@
 
 Every object is an immutable, slotted dataclass mirroring the kernel's XFRM
 structures (``include/uapi/linux/xfrm.h``), so that conversion to and from
-netlink (``appliance.xfrm.convert``) is lossless. Every object has a
+netlink (``appliance.xfrm.codec``) is lossless. Every object has a
 versioned, canonical serialisation (``to_dict``/``from_dict``,
 ``to_bytes``/``from_bytes``) described in ``docs/model.md``. Key material is
 wrapped in ``Key``, whose repr never shows the bytes.

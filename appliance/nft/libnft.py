@@ -1,7 +1,7 @@
 """The thin adapter to libnftables: run a batch or a listing inside a namespace.
 
 Each call builds its own libnftables context inside the namespace's worker
-thread (see :mod:`appliance.nft.netns`), so its netlink socket lives in that
+thread (see :mod:`appliance.netns`), so its netlink socket lives in that
 namespace; a context is never shared between threads.  One ``run_batch``
 call is one ``nft_run_cmd_from_buffer`` call, which libnftables sends as a
 single netlink batch: the kernel commits all of it or none of it.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from appliance.errors import KernelError
-from appliance.nft.netns import run_in_netns
+from appliance.netns import run_in_netns
 
 T = TypeVar("T")
 

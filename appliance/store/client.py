@@ -2,10 +2,12 @@
 
 Each call encodes requests (:mod:`appliance.wire`), protects them with the
 sans-IO channel endpoint (client role) and drives both over one connected UDP
-socket.  Requests are retransmitted with exponential backoff (``timeout``,
-doubling, ``retries`` times) under the same message ID, which the server
-recognises and answers from its cache, so a retransmission is never applied
-twice.  Up to ``window`` requests are in flight at once for bulk stores.
+socket.  Requests are retransmitted with exponential backoff (first after
+the timeout learnt from round trips, never under ``timeout``: see
+:mod:`~appliance.store.rto`; then doubling, ``retries`` times) under the
+same message ID, which the server recognises and answers from its cache,
+so a retransmission is never applied twice.  Up to ``window`` requests are
+in flight at once for bulk stores.
 
 Errors are :class:`~appliance.store.base.StoreError` subclasses:
 :class:`StoreTimeoutError` (no answer), :class:`SpiCollisionError`,
@@ -33,12 +35,12 @@ from typing import Any
 
 from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
 from appliance.channel.events import DataReceived, HandshakeFailed
+from appliance.errors import ApplianceError
 from appliance.metrics.latency import LatencyHistogram
 from appliance.model import SadEntry, Snapshot, SpdEntry
 from appliance.store import _convert as conv
 from appliance.store import _rawwire
 from appliance.store._convert import UndecodableEntryError as UndecodableEntryError
-from appliance.store._convert import sa_key_of as sa_key_of  # keys RetrievedState.replay
 from appliance.store.base import (
     EpochLimitError,
     FetchCancelled,
@@ -51,6 +53,7 @@ from appliance.store.base import (
     StoreUnavailableError,
 )
 from appliance.store.config import ClientConfig, load_psk
+from appliance.store.rto import RetransmissionTimer
 from appliance.wire import WireError, entries
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
@@ -101,6 +104,30 @@ CONVERT_STEP = 256
 """Entries converted between two questions to a ``stop`` callback."""
 
 log = logging.getLogger("appliance.store.client")
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What a retrieval gives its users: SAs with their latest stored counters, and policies.
+
+    The one result of ``StoreClient.fetch`` (a server ID's whole state) and
+    ``StoreClient.fetch_sa`` (one SA and its policies): every SA already
+    carries the replay state the store holds for it (``merge_replay``), so
+    no caller merges counters itself.
+    """
+
+    sad: tuple[SadEntry, ...]
+    spd: tuple[SpdEntry, ...]
+    source: str
+    """Which store answered."""
+    skipped: tuple[str, ...] = ()
+    """Stored entries that did not decode, or whose replay state did not apply, and were
+    left out: one line each (its place and SPI or policy index, why; never key bytes)."""
+    server_id: str = ""
+    """The server ID the state is stored under (its owner)."""
+    epoch: int = 0
+    pages: int = 0
+    """Pages the retrieval took."""
 
 
 @dataclass
@@ -192,6 +219,37 @@ class RetrievedState:
         for line in skipped:
             log.warning("server ID %s: stored %s; skipped", self.server_id, line)
         self._sad, self._spd, self.skipped = sad, spd, skipped
+
+    def merged(self, source: str, stop: Callable[[], bool] | None = None) -> Retrieved:
+        """The state with each SA's stored replay state merged in (converting first).
+
+        An SA whose replay state does not apply is left out, logged and named
+        in ``skipped``: installing it with older counters could reuse
+        sequence numbers.
+        """
+        self.convert(stop)
+        skipped = list(self.skipped)
+        sad: list[SadEntry] = []
+        for sa in self.sad:
+            update = self.replay.get(SaKey.of(sa)) if self.replay else None
+            if update is None:
+                sad.append(sa)
+                continue
+            try:
+                sad.append(merge_replay(sa, update))
+            except ApplianceError as exc:
+                line = f"SA spi 0x{sa.spi:08x} dst {sa.daddr}: its replay state: {exc}"
+                log.warning("server ID %s: stored %s; skipped", self.server_id, line)
+                skipped.append(line)
+        return Retrieved(
+            tuple(sad),
+            tuple(self.spd),
+            source,
+            tuple(skipped),
+            self.server_id,
+            self.epoch,
+            self.pages,
+        )
 
 
 @dataclass
@@ -288,6 +346,8 @@ class StoreClient:
         self.rtt = LatencyHistogram()
         """Round trips of requests answered after one transmission (Karn's rule: a
         retransmitted request's answer cannot be matched to one transmission)."""
+        self.rto = RetransmissionTimer(timeout)
+        """The first wait of each request, learnt from those same round trips."""
         self._raw = False
 
     @classmethod
@@ -406,21 +466,32 @@ class StoreClient:
                 mid = messages[next_to_send].message_id
                 waiting[mid] = None
                 self._channel.send(encoded[next_to_send], now)
-                timers[mid] = (now + self.timeout, self.timeout, 1)
+                first_wait = self.rto.rto
+                timers[mid] = (now + first_wait, first_wait, 1)
                 sent_at[mid] = now
                 next_to_send += 1
             self._flush()
             self._pump(min(t[0] for t in timers.values()), waiting)
             now = time.monotonic()
+            answered = [mid for mid in timers if waiting.get(mid) is not None]
+            for mid in answered:
+                results[index_of[mid]] = waiting.pop(mid)
+                if timers[mid][2] == 1:
+                    self.rtt.observe(now - sent_at[mid])
+                    self.rto.observe(now - sent_at[mid])
+                del timers[mid]
+                done += 1
+            if answered:
+                # The store works through a window one commit after another: restart the
+                # timers of the requests queued behind the one answered, as TCP restarts
+                # its timer on an ACK of new data (RFC 6298 5.3), so the last of a window
+                # is not given up on while the first ones commit. An earlier request still
+                # unanswered was more likely lost: its timer runs on.
+                last = max(index_of[mid] for mid in answered)
+                for mid, (_, wait, attempts) in timers.items():
+                    if index_of[mid] > last:
+                        timers[mid] = (now + wait, wait, attempts)
             for mid in list(timers):
-                answer = waiting.get(mid)
-                if answer is not None:
-                    results[index_of[mid]] = answer
-                    if timers[mid][2] == 1:
-                        self.rtt.observe(now - sent_at[mid])
-                    del timers[mid], waiting[mid]
-                    done += 1
-                    continue
                 deadline, timeout, attempts = timers[mid]
                 if now < deadline:
                     continue
@@ -431,7 +502,8 @@ class StoreClient:
                     )
                 self.retransmissions += 1
                 self._channel.send(encoded[index_of[mid]], now)
-                timers[mid] = (now + timeout * 2, timeout * 2, attempts + 1)
+                wait = self.rto.backoff(timeout, attempts)
+                timers[mid] = (now + wait, wait, attempts + 1)
         return [r for r in results if r is not None]
 
     def _call(self, exchange: ExchangeType, payloads: Sequence[Payload]) -> Message:
@@ -547,7 +619,7 @@ class StoreClient:
         index = PolicyIndex(spd)
         for sa in sad:
             group: list[Payload] = [conv.sad_to_payload(sa)]
-            key = conv.sa_key_of(sa)
+            key = SaKey.of(sa)
             if replay and key in replay:
                 group.append(replay[key])
             for pol in index.policies_for(sa):
@@ -602,10 +674,13 @@ class StoreClient:
         ]
         self._call(ExchangeType.SA_STOR, payloads)
 
-    def update_replay(
-        self, server_id: str, epoch: int, states: Sequence[ReplayStatePayload]
-    ) -> int:
-        """Send replay-state-only updates (small, frequent); returns the messages sent."""
+    def update_replay(self, server_id: str, epoch: int, sas: Sequence[SadEntry]) -> int:
+        """Send the counters of SAs stored before (small, frequent); returns the messages sent.
+
+        Only each SA's replay state and lifetime counters go (a Replay State
+        payload), not the SA.
+        """
+        states = (entries.replay_update_for(sa) for sa in sas)
         messages = self._pack(server_id, epoch, ([s] for s in states))
         self._store_messages(messages)
         return len(messages)
@@ -661,6 +736,32 @@ class StoreClient:
             if not raw.more or next_cursor is None:
                 return state
             cursor = next_cursor
+
+    def fetch(self, server_id: str, stop: Callable[[], bool] | None = None) -> Retrieved:
+        """Every SA (with its latest counters) and policy stored under ``server_id``.
+
+        ``get_server`` then ``RetrievedState.merged``; ``stop`` cancels between
+        pages and conversion steps (``FetchCancelled``).
+        """
+        return self.get_server(server_id, stop).merged(self.server, stop)
+
+    def fetch_sa(self, spi: int, dst: str, proto: int | str = "esp") -> Retrieved:
+        """One SA, with its latest counters, and its policies; ``sad`` holds that one SA.
+
+        ``NotFoundError`` if the store has none; ``UndecodableEntryError`` if
+        the SA, one of its policies or its replay state does not decode or
+        apply (older counters could reuse sequence numbers).
+        """
+        answer = self.get_spi(spi, dst, proto)
+        sa = answer.sad
+        if answer.replay is not None:
+            try:
+                sa = merge_replay(sa, answer.replay)
+            except ApplianceError as exc:
+                raise UndecodableEntryError(f"stored replay state does not apply: {exc}") from None
+        return Retrieved(
+            (sa,), tuple(answer.spd), self.server, (), answer.server_id, answer.epoch, 1
+        )
 
     def get_spi(self, spi: int, dst: str, proto: int | str = "esp") -> SaAnswer:
         """One SA with its SPD entries; NotFoundError if the store has none.

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from appliance.channel import (
     ChannelConfig,
     ChannelEndpoint,
-    ChannelError,
     DropReason,
     HandshakeCompleted,
+    LocalChannelError,
     Role,
 )
 from appliance.channel import _format as fmt
@@ -228,11 +228,11 @@ def test_no_handshake_reply_is_larger_than_the_datagram_that_caused_it(
 
 
 def test_the_limits_are_checked() -> None:
-    with pytest.raises(ChannelError, match="max_half_open must be at least 1"):
+    with pytest.raises(LocalChannelError, match="max_half_open must be at least 1"):
         ChannelConfig(max_half_open=0)
-    with pytest.raises(ChannelError, match="max_associations_per_source must be"):
+    with pytest.raises(LocalChannelError, match="max_associations_per_source must be"):
         ChannelConfig(max_associations_per_source=-1)
-    with pytest.raises(ChannelError, match="cookie_secret_seconds"):
+    with pytest.raises(LocalChannelError, match="cookie_secret_seconds"):
         ChannelConfig(cookie_secret_seconds=0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 from channel_pair import CLIENT_ADDR, PSK, SERVER_ADDR, Pair, client_and_server
@@ -18,8 +19,11 @@ from appliance.channel import (
     DropReason,
     HandshakeCompleted,
     HandshakeFailed,
+    LocalChannelError,
+    RemoteChannelError,
     Role,
 )
+from appliance.channel import _format as fmt
 from appliance.channel.endpoint import MAX_SEQUENCE
 from appliance.errors import ApplianceError
 
@@ -351,18 +355,32 @@ def test_receive_never_raises_on_mutated_real_datagrams(kind: int, data: st.Data
     pair.client.receive_datagram(bytes(base[:length]), SERVER_ADDR, pair.now)
 
 
-def test_local_misuse_is_a_clear_error() -> None:
-    with pytest.raises(ChannelError, match="at least 32 bytes"):
+def test_local_misuse_is_a_clear_local_error() -> None:
+    with pytest.raises(LocalChannelError, match="at least 32 bytes"):
         ChannelEndpoint(b"short", "gw-a", Role.CLIENT)
-    with pytest.raises(ChannelError, match="node ID"):
+    with pytest.raises(LocalChannelError, match="node ID"):
         ChannelEndpoint(PSK, "", Role.CLIENT)
     client = ChannelEndpoint(PSK, "gw-a", Role.CLIENT)
-    with pytest.raises(ChannelError, match="handshake has not completed"):
+    with pytest.raises(LocalChannelError, match="handshake has not completed"):
         client.protect(b"x")
     server = ChannelEndpoint(PSK, "store-1", "server")
-    with pytest.raises(ChannelError, match="only a client"):
+    with pytest.raises(LocalChannelError, match="only a client"):
         server.connect(SERVER_ADDR, 0.0)
     assert issubclass(ChannelError, ApplianceError)
+    assert issubclass(LocalChannelError, ChannelError)
+    assert issubclass(RemoteChannelError, ChannelError)
+
+
+@pytest.mark.parametrize("parse", [fmt.parse_init, fmt.parse_cookie, fmt.parse_resp])
+def test_a_datagram_that_does_not_parse_is_a_remote_error_counted_not_raised(
+    parse: Callable[[bytes], object],
+) -> None:
+    garbage = bytes([fmt.TYPE_INIT, fmt.VERSION, 0, 0]) + b"\xff" * 40
+    with pytest.raises(RemoteChannelError):
+        parse(garbage)
+    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
+    assert server.receive_datagram(garbage, CLIENT_ADDR, 0.0) == []
+    assert server.drops[DropReason.MALFORMED] == 1
 
 
 def test_the_server_forgets_idle_associations_and_a_quiet_client_reconnects_first() -> None:
@@ -390,5 +408,5 @@ def test_sequence_numbers_never_wrap() -> None:
     pair.client._associations[association].send_seq = MAX_SEQUENCE - 2
     last = pair.client.protect(b"last")
     assert int.from_bytes(last[12:20], "big") == MAX_SEQUENCE - 1  # 2**64 - 2: the last one
-    with pytest.raises(ChannelError, match="exhausted"):
+    with pytest.raises(LocalChannelError, match="exhausted"):
         pair.client.protect(b"one too many")

@@ -14,9 +14,9 @@ from appliance.channel import (
     AssociationClosed,
     ChannelConfig,
     ChannelEndpoint,
-    ChannelError,
     DropReason,
     Event,
+    LocalChannelError,
     Role,
 )
 from appliance.channel import _format as fmt
@@ -69,7 +69,7 @@ def test_a_close_is_authenticated() -> None:
 
 
 def test_disconnect_is_for_clients() -> None:
-    with pytest.raises(ChannelError, match="only a client"):
+    with pytest.raises(LocalChannelError, match="only a client"):
         _server().disconnect()
 
 

@@ -10,16 +10,9 @@ from collections.abc import Iterable, Sequence
 import pytest
 
 from appliance import model as m
-from appliance.restore import (
-    Op,
-    OpFailure,
-    Outcome,
-    RestoreError,
-    jump_oseq,
-    policy_identity,
-    restore,
-    sa_identity,
-)
+from appliance.planner import policy_identity, sa_identity
+from appliance.restore import RestoreError, jump_oseq, restore
+from appliance.xfrm.types import AeState, BatchFailure
 
 pytestmark = pytest.mark.unit
 
@@ -30,62 +23,58 @@ NET_B = ipaddress.ip_address("203.0.113.0")
 
 
 class FakeKernel:
-    """A SAD/SPD in memory that refuses like the kernel does."""
+    """A SAD/SPD in memory that refuses like the kernel does (``planner.XfrmKernel``)."""
 
-    def __init__(self, unsupported: Iterable[str] = (), in_flight: int = 2) -> None:
+    def __init__(self, unsupported: Iterable[str] = ()) -> None:
         self.sad: dict[tuple[object, ...], m.SadEntry] = {}
         self.spd: dict[tuple[object, ...], m.SpdEntry] = {}
         self.unsupported = set(unsupported)
-        self.in_flight = in_flight
-        self.calls: list[list[Op]] = []
+        self.calls: list[list[tuple[str, m.SadEntry | m.SpdEntry]]] = []
 
-    def dump_sa(self) -> list[m.SadEntry]:
+    def dump_sad(self) -> list[m.SadEntry]:
         return list(self.sad.values())
 
-    def dump_policy(self) -> list[m.SpdEntry]:
+    def dump_spd(self) -> list[m.SpdEntry]:
         return list(self.spd.values())
 
-    def _one(self, op: Op) -> Outcome:
-        entry = op.entry
+    def _one(self, kind: str, entry: m.SadEntry | m.SpdEntry) -> int:
+        """0, or the errno the kernel would answer."""
         if isinstance(entry, m.SadEntry):
             key = sa_identity(entry)
-            if op.kind == "add_sa":
+            if kind == "add_sa":
                 if key in self.sad:
-                    return OpFailure(op, errno.EEXIST)
+                    return errno.EEXIST
                 names = {a.name for a in (entry.aead, entry.crypt) if a is not None}
                 if names & self.unsupported:
-                    return OpFailure(op, errno.ENOSYS)
+                    return errno.ENOSYS
                 self.sad[key] = entry
-            elif op.kind == "delete_sa" and self.sad.pop(key, None) is None:
-                return OpFailure(op, errno.ESRCH)
-            return "ok"
-        assert isinstance(entry, m.SpdEntry)
+            elif kind == "delete_sa" and self.sad.pop(key, None) is None:
+                return errno.ESRCH
+            return 0
         key = policy_identity(entry)
-        if op.kind == "add_policy":
+        if kind == "add_policy":
             if key in self.spd:
-                return OpFailure(op, errno.EEXIST)
+                return errno.EEXIST
             self.spd[key] = entry
-        elif op.kind == "update_policy":
+        elif kind == "update_policy":
             self.spd[key] = entry
-        elif op.kind == "delete_policy" and self.spd.pop(key, None) is None:
-            return OpFailure(op, errno.ENOENT)
-        return "ok"
+        elif kind == "delete_policy" and self.spd.pop(key, None) is None:
+            return errno.ENOENT
+        return 0
 
-    def apply(self, ops: Sequence[Op], stop_on_error: bool) -> list[Outcome]:
-        self.calls.append(list(ops))
-        outcomes: list[Outcome] = []
-        budget: int | None = None
-        for op in ops:
-            if budget is not None:
-                if budget == 0:
-                    outcomes.append("skipped")
-                    continue
-                budget -= 1  # requests already sent before the error was read
-            outcome = self._one(op)
-            outcomes.append(outcome)
-            if isinstance(outcome, OpFailure) and stop_on_error and budget is None:
-                budget = self.in_flight
-        return outcomes
+    def install_batch(
+        self,
+        operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]],
+        *,
+        with_lifetime_cur: bool = False,
+    ) -> list[BatchFailure]:
+        # Like XfrmSocket: everything is sent before an answer is read.
+        self.calls.append(list(operations))
+        answers = [(i, self._one(kind, entry)) for i, (kind, entry) in enumerate(operations)]
+        return [BatchFailure(i, error, "") for i, error in answers if error]
+
+    def get_ae_batch(self, entries: Sequence[m.SadEntry]) -> list[AeState | BatchFailure]:
+        raise AssertionError("a restore reads no counters")
 
     def state(
         self,
@@ -132,12 +121,12 @@ def test_restore_installs_everything_into_an_empty_namespace() -> None:
     assert set(kernel.sad.values()) == set(snap.sad)
     assert set(kernel.spd.values()) == set(snap.spd)
     # SAs go in before the policies that use them.
-    kinds = [op.kind for call in kernel.calls for op in call]
+    kinds = [kind for call in kernel.calls for kind, _ in call]
     assert kinds == ["add_sa", "add_sa", "add_policy", "add_policy", "add_policy"]
 
 
-def test_a_refused_entry_undoes_everything_including_in_flight_ops() -> None:
-    kernel = FakeKernel(unsupported={"foo"}, in_flight=3)
+def test_a_refused_entry_undoes_everything_sent_with_it() -> None:
+    kernel = FakeKernel(unsupported={"foo"})
     existing = sa(99, dst=ipaddress.ip_address("192.0.2.99"))
     kernel.sad[sa_identity(existing)] = existing
     before = kernel.state()
@@ -290,7 +279,7 @@ def test_progress_counts_every_op() -> None:
 
 
 def test_a_failure_in_an_early_chunk_stops_the_later_chunks() -> None:
-    kernel = FakeKernel(unsupported={"foo"}, in_flight=0)
+    kernel = FakeKernel(unsupported={"foo"})
     foo = m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20)))
     sas = [sa(i, aead=foo if i == 5 else sa(1).aead) for i in range(1, 3500)]
     with pytest.raises(RestoreError, match="spi 0x00000005"):
