@@ -584,11 +584,13 @@ class FailoverDaemon:
         status["health"] = self._health_status()
         self._status = status
         try:
-            write_status(
-                self.config.failover.status_file, status, self._status_encoder.encode(status)
-            )
+            self._save_status(status)
         except OSError as exc:
             log.warning("status file %s not written: %s", self.config.failover.status_file, exc)
+
+    def _save_status(self, status: dict[str, Any]) -> None:
+        """Replace the status file with ``status`` (OSError if it cannot be written)."""
+        write_status(self.config.failover.status_file, status, self._status_encoder.encode(status))
 
     # -- health (docs/operations.md, "Monitoring and readiness") --------------------
 
@@ -655,11 +657,7 @@ class FailoverDaemon:
             if self._status is not None:
                 self._status["health"] = self._health_status()
                 try:
-                    write_status(
-                        self.config.failover.status_file,
-                        self._status,
-                        self._status_encoder.encode(self._status),
-                    )
+                    self._save_status(self._status)
                 except OSError as exc:
                     log.warning("status file %s not written: %s",
                                 self.config.failover.status_file, exc)  # fmt: skip
@@ -714,11 +712,7 @@ class FailoverDaemon:
             if current != self._status.get("ondemand"):
                 self._status["ondemand"] = current
                 with contextlib.suppress(OSError):
-                    write_status(
-                        self.config.failover.status_file,
-                        self._status,
-                        self._status_encoder.encode(self._status),
-                    )
+                    self._save_status(self._status)
 
     async def run(self) -> None:
         """Run until cancelled."""
