@@ -22,6 +22,7 @@ module imports only from its own layer or the layers below it:
 - ``appliance.xfrm``        kernel XFRM over netlink: messages, socket, events, batches
 - ``appliance.nft``         the appliance's nftables table through libnftables
 - ``appliance.nfqueue``     nfnetlink_queue for the unknown-SPI trap
+- ``appliance.rtnl``        rtnetlink's address dump: the addresses configured in a namespace
 - ``appliance.traffic``     sequence-numbered UDP probes and their analysis, for the lab
 2 codecs and rules, sans-IO
 - ``appliance.wire``        SA_Stor / SA_Retr codec

@@ -122,7 +122,7 @@ def esp_probe_sa(aead: bool = True) -> SadEntry:
         AeadAlgorithm,
         Algorithm,
         AuthTruncAlgorithm,
-        Key,
+        KeyMaterial,
         Mode,
         SadEntry,
     )
@@ -138,13 +138,13 @@ def esp_probe_sa(aead: bool = True) -> SadEntry:
     if aead:
         key = secrets.token_bytes(20)  # AES-128 key and the 4-byte salt of RFC 4106
         return dataclasses.replace(
-            probe, aead=AeadAlgorithm(PROBE_AEAD, len(key) * 8, PROBE_ICV_BITS, Key(key))
+            probe, aead=AeadAlgorithm(PROBE_AEAD, len(key) * 8, PROBE_ICV_BITS, KeyMaterial(key))
         )
     key, auth_key = secrets.token_bytes(16), secrets.token_bytes(32)
     return dataclasses.replace(
         probe,
-        crypt=Algorithm(PROBE_CRYPT, len(key) * 8, Key(key)),
-        auth_trunc=AuthTruncAlgorithm(PROBE_AUTH, len(auth_key) * 8, 128, Key(auth_key)),
+        crypt=Algorithm(PROBE_CRYPT, len(key) * 8, KeyMaterial(key)),
+        auth_trunc=AuthTruncAlgorithm(PROBE_AUTH, len(auth_key) * 8, 128, KeyMaterial(auth_key)),
     )
 
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from appliance.model import (
-    Action,
     Direction,
     LifetimeCur,
+    PolicyAction,
     ReplayState,
     ReplayStateEsn,
     SadEntry,
@@ -130,13 +130,15 @@ def policy_identity(policy: SpdEntry) -> Identity:
 
 def is_gate(policy: SpdEntry) -> bool:
     """An outbound block gate: ``out``, action block, no template."""
-    return policy.dir == Direction.OUT and policy.action == Action.BLOCK and not policy.templates
+    return (
+        policy.dir == Direction.OUT and policy.action == PolicyAction.BLOCK and not policy.templates
+    )
 
 
 def gate_for(policy: SpdEntry) -> SpdEntry:
     """The block gate standing in for an ``out`` policy: same identity and priority."""
     return dataclasses.replace(
-        policy, action=Action.BLOCK, templates=(), lifetime_cur=LifetimeCur()
+        policy, action=PolicyAction.BLOCK, templates=(), lifetime_cur=LifetimeCur()
     )
 
 

@@ -32,7 +32,6 @@ with a fake; ``appliance.xfrm.socket.XfrmSocket`` is the real one.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from appliance.planner import (
     prepare_sas,
     sa_identity,
 )
+from appliance.rtnl import local_addresses
 
 Progress = Callable[[int], None]
 """Called with the number of entries just finished."""
@@ -341,31 +341,6 @@ def _roll_back(send: _Sender, applied: list[Op], old_policies: dict[Identity, Sp
         )
 
 
-def netns_local_addresses(netns: str | None) -> list[Address]:
-    """The addresses configured on the interfaces of ``netns``."""
-    from pyroute2 import IPRoute
-
-    from appliance.netns import run_in_netns
-
-    def read() -> list[Address]:
-        # pyroute2 keeps its socket per thread: open, use and close it in the namespace's thread.
-        try:
-            ipr = IPRoute()
-        except OSError as exc:
-            raise KernelError(f"cannot open namespace {netns!r}: {exc.strerror}") from None
-        try:
-            found: list[Address] = []
-            for msg in ipr.get_addr():
-                text = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-                if text:
-                    found.append(ipaddress.ip_address(text.split("%")[0]))
-            return found
-        finally:
-            ipr.close()
-
-    return run_in_netns(netns, read)
-
-
 def restore_netns(
     snapshot: Snapshot,
     netns: str | None,
@@ -382,7 +357,7 @@ def restore_netns(
     """
     from appliance.xfrm.socket import XfrmSocket
 
-    local = netns_local_addresses(netns) if oseq_jump else []
+    local = local_addresses(netns) if oseq_jump else []
     with XfrmSocket(netns) as xfrm, gc_paused():
         return restore(
             snapshot,

@@ -59,7 +59,7 @@ from appliance.errors import ApplianceError, LabError
 from appliance.model import (
     AeadAlgorithm,
     Direction,
-    Key,
+    KeyMaterial,
     Mode,
     SadEntry,
     Selector,
@@ -121,7 +121,7 @@ def pair(index: int) -> Pair:
 
 def _aead() -> AeadAlgorithm:
     return AeadAlgorithm(
-        AEAD, AEAD_KEY_BITS, ICV_BITS, Key(secrets.token_bytes(AEAD_KEY_BITS // 8))
+        AEAD, AEAD_KEY_BITS, ICV_BITS, KeyMaterial(secrets.token_bytes(AEAD_KEY_BITS // 8))
     )
 
 

@@ -54,19 +54,19 @@ Rules this package keeps:
 
 Usage (client)::
 
-    ep = ChannelEndpoint(psk, "gw-a", Role.CLIENT)
+    ep = ChannelEndpoint(psk, "gw-a", Side.CLIENT)
     ep.connect(("192.0.2.10", 4501), now)
     ep.send(encode_message(request), now)     # buffered until the handshake is done
     for datagram, addr in ep.datagrams_to_send(now): sock.sendto(datagram, addr)
     for event in ep.receive_datagram(data, addr, now): ...  # DataReceived(data=...)
     ep.disconnect()                           # CLOSE on every association; send them, then stop
 
-Usage (server): ``ChannelEndpoint(psk, "store-1", Role.SERVER)``; answer a
+Usage (server): ``ChannelEndpoint(psk, "store-1", Side.SERVER)``; answer a
 ``DataReceived`` event with ``ep.send(reply, now, association=event.association)``.
 """
 
 from appliance.channel._errors import ChannelError, LocalChannelError, RemoteChannelError
-from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Side
 from appliance.channel.events import (
     AssociationClosed,
     DataReceived,
@@ -90,5 +90,5 @@ __all__ = [
     "LocalChannelError",
     "NetworkAddress",
     "RemoteChannelError",
-    "Role",
+    "Side",
 ]

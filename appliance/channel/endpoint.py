@@ -38,7 +38,9 @@ MAX_SEQUENCE = (1 << 64) - 1
 _Answer = TypeVar("_Answer", fmt.Cookie, fmt.Resp)
 
 
-class Role(enum.Enum):
+class Side(enum.Enum):
+    """Which end of the channel an endpoint is."""
+
     CLIENT = "client"
     """Initiates handshakes (a gateway node talking to the store)."""
     SERVER = "server"
@@ -157,7 +159,7 @@ class ChannelEndpoint:
         self,
         psk: bytes,
         node_id: str,
-        role: Role | str,
+        role: Side | str,
         config: ChannelConfig | None = None,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -167,7 +169,7 @@ class ChannelEndpoint:
         encoded_id = node_id.encode("utf-8")
         if not 1 <= len(encoded_id) <= fmt.MAX_NODE_ID_LENGTH:
             raise LocalChannelError("the node ID must be 1-255 bytes of UTF-8")
-        self.role = Role(role)
+        self.role = Side(role)
         self.node_id = node_id
         self.config = config or ChannelConfig()
         self._psk = psk
@@ -219,7 +221,7 @@ class ChannelEndpoint:
     @property
     def established(self) -> bool:
         """Client: an association is up; server: at least one association exists."""
-        if self.role is Role.CLIENT:
+        if self.role is Side.CLIENT:
             return self._current is not None
         return bool(self._associations)
 
@@ -245,7 +247,7 @@ class ChannelEndpoint:
     # -- client: handshake ------------------------------------------------
     def connect(self, addr: NetworkAddress, now: float) -> None:
         """Client: start a handshake with the server at ``addr`` (again, if called again)."""
-        if self.role is not Role.CLIENT:
+        if self.role is not Side.CLIENT:
             raise LocalChannelError("only a client endpoint initiates handshakes")
         self._server_addr = addr
         self._want_connection = True
@@ -280,7 +282,7 @@ class ChannelEndpoint:
 
     def send(self, plaintext: bytes, now: float, association: bytes | None = None) -> None:
         """Queue ``plaintext`` for ``datagrams_to_send``; a client buffers it until connected."""
-        if self.role is Role.CLIENT and association is None:
+        if self.role is Side.CLIENT and association is None:
             current = self._associations.get(self._current) if self._current else None
             stale = (
                 current is not None
@@ -299,7 +301,7 @@ class ChannelEndpoint:
         resolved = self._resolve(association)
         self._queue(self.protect(plaintext, resolved), self._get(resolved).addr)
         if (
-            self.role is Role.CLIENT
+            self.role is Side.CLIENT
             and self._pending is None
             and self._get(resolved).send_seq >= self.config.rekey_after_messages
         ):
@@ -331,7 +333,7 @@ class ChannelEndpoint:
         elif data[0] == fmt.TYPE_RESP:
             self._receive_resp(data, addr, now)
         elif data[0] == fmt.TYPE_CLOSE:
-            if self.role is Role.SERVER:
+            if self.role is Side.SERVER:
                 self._receive_data(data, addr, now)
             else:
                 self._drop(DropReason.WRONG_ROLE, addr, data)
@@ -383,7 +385,7 @@ class ChannelEndpoint:
             self._events.append(DataReceived(plaintext, assoc.local_id, assoc.peer_node_id, addr))
 
     def _receive_init(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        if self.role is not Role.SERVER:
+        if self.role is not Side.SERVER:
             self._drop(DropReason.WRONG_ROLE, addr, data)
             return
         try:
@@ -505,7 +507,7 @@ class ChannelEndpoint:
         A COOKIE's MAC also covers our Ni, a RESP's our whole INIT: only the
         server we sent that INIT to can make either.
         """
-        if self.role is not Role.CLIENT:
+        if self.role is not Side.CLIENT:
             self._drop(DropReason.WRONG_ROLE, addr, data)
             return None
         try:
@@ -596,7 +598,7 @@ class ChannelEndpoint:
         times.extend(self._retiring.values())
         for assoc in self._associations.values():
             times.append(assoc.expires)
-            if self.role is Role.SERVER:
+            if self.role is Side.SERVER:
                 times.append(assoc.last_received + self.config.idle_timeout_seconds)
                 if not assoc.confirmed:
                     times.append(assoc.created + self.config.half_open_timeout)
@@ -630,20 +632,20 @@ class ChannelEndpoint:
             if now >= assoc.expires:
                 self._close(assoc.local_id, "lifetime expired")
             elif (
-                self.role is Role.SERVER
+                self.role is Side.SERVER
                 and not assoc.confirmed
                 and now >= assoc.created + self.config.half_open_timeout
             ):
                 self._close(assoc.local_id, "no data after the handshake")
             elif (
-                self.role is Role.SERVER
+                self.role is Side.SERVER
                 and now >= assoc.last_received + self.config.idle_timeout_seconds
             ):
                 self._close(assoc.local_id, "idle")
         self._maybe_rekey(now)
 
     def _maybe_rekey(self, now: float) -> None:
-        if self.role is not Role.CLIENT or self._pending is not None or self._server_addr is None:
+        if self.role is not Side.CLIENT or self._pending is not None or self._server_addr is None:
             return
         current = self._associations.get(self._current) if self._current else None
         if current is None:
@@ -673,7 +675,7 @@ class ChannelEndpoint:
         lost costs the server a table entry until it is idle or evicted.  Take
         the CLOSE datagrams from ``datagrams_to_send``.
         """
-        if self.role is not Role.CLIENT:
+        if self.role is not Side.CLIENT:
             raise LocalChannelError("only a client endpoint closes its associations")
         self._want_connection = False
         self._pending = None

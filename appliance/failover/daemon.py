@@ -75,9 +75,9 @@ from appliance.failover.sync import (
 from appliance.failover.transitions import (
     FENCED,
     RECLAIM,
-    Action,
     Role,
     StandbyMode,
+    Step,
     plan,
     role_for,
 )
@@ -415,7 +415,7 @@ class FailoverDaemon:
                     await asyncio.to_thread(self.apply_ops, ops)
 
     async def _follower(self) -> None:
-        apply = [Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+        apply = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
         last_cycle = 0.0
         while True:
             # Rest at least as long as the last cycle took: with thousands of SAs a
@@ -441,7 +441,7 @@ class FailoverDaemon:
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
-                    actions = apply if fetched is not None else [Action.FETCH_STATE, *apply]
+                    actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
                     held = await asyncio.to_thread(self._follow_once, actions, fetched)
                 # In step with the store as of the fetch's start, holding this much of it.
                 self.health.record_sync(started, started_unix)
@@ -453,7 +453,7 @@ class FailoverDaemon:
                 log.warning("hot standby: %s", exc)
             last_cycle = time.monotonic() - started
 
-    def _follow_once(self, actions: list[Action], fetched: Any) -> tuple[int, int] | None:
+    def _follow_once(self, actions: list[Step], fetched: Any) -> tuple[int, int] | None:
         """One follow run (blocking); what the kernel then holds of the fetched state."""
         self.executor.run(actions, fetched=fetched)
         return self.executor.held_of_fetched()
@@ -501,7 +501,7 @@ class FailoverDaemon:
                     log.warning("reclaimed ownership of %s", self.config.node.server_id)
                     self._write_status(VrrpState.MASTER, last_reclaim, ok=True)
 
-    async def _run_plan(self, actions: list[Action], what: str, at: float) -> bool:
+    async def _run_plan(self, actions: list[Step], what: str, at: float) -> bool:
         """Run the fenced or reclaim plan; counted as a transition of state FENCED or RECLAIM."""
         async with self._kernel_lock:
             try:

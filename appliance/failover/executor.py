@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.errors import ApplianceError
 from appliance.failover.seqjump import AdvancedSa
-from appliance.failover.transitions import Action
+from appliance.failover.transitions import Step
 from appliance.model import (
     Address,
     ReplayState,
@@ -78,6 +78,7 @@ from appliance.planner import (
     sa_identity,
     wanted_counter,
 )
+from appliance.rtnl import local_addresses
 from appliance.store.client import Retrieved
 from appliance.xfrm.types import AeState, BatchFailure
 
@@ -236,7 +237,7 @@ class PlanExecutor:
 
     def run(
         self,
-        actions: Sequence[Action],
+        actions: Sequence[Step],
         received_at: float | None = None,
         *,
         fetched: Retrieved | None = None,
@@ -304,33 +305,33 @@ class PlanExecutor:
         report.skipped = list(fetched.skipped)
         report.skipped_entries = len(fetched.skipped)
 
-    def _check_deadline(self, deadline: float, action: Action) -> None:
+    def _check_deadline(self, deadline: float, action: Step) -> None:
         if self.clock() > deadline:
             raise ExecutionTimeout(
                 f"the transition did not finish within {self.settings.timeout_s:g} s; "
                 f"stopped before {action.value} (outbound stays gated)"
             )
 
-    def _do(self, action: Action, report: ExecutionReport, deadline: float) -> dict[str, Any]:
+    def _do(self, action: Step, report: ExecutionReport, deadline: float) -> dict[str, Any]:
         sid = self.settings.server_id
-        if action is Action.CLOSE_OUTBOUND:
+        if action is Step.CLOSE_OUTBOUND:
             return {"gated": self._close_outbound(report, deadline)}
-        if action is Action.STOP_PUBLISHING:
+        if action is Step.STOP_PUBLISHING:
             self.loops.stop_publishing()
             return {}
-        if action is Action.START_PUBLISHING:
+        if action is Step.START_PUBLISHING:
             self.loops.start_publishing(dict(report.epochs))
             return {}
-        if action is Action.STOP_FOLLOWING:
+        if action is Step.STOP_FOLLOWING:
             self.loops.stop_following()
             return {}
-        if action is Action.START_FOLLOWING:
+        if action is Step.START_FOLLOWING:
             self.loops.start_following()
             return {}
-        if action is Action.CLAIM_OWNERSHIP:
+        if action is Step.CLAIM_OWNERSHIP:
             report.epochs = self.store.claim(sid)
             return {"epochs": report.epochs}
-        if action is Action.FETCH_STATE:
+        if action is Step.FETCH_STATE:
             self.fetched = self.store.fetch(sid)
             self._note_skipped(report, self.fetched)
             return {
@@ -340,19 +341,19 @@ class PlanExecutor:
                 "skipped": len(self.fetched.skipped),
             }
         fetched = self.fetched
-        if action is Action.REMOVE_STATE:
+        if action is Step.REMOVE_STATE:
             return {"removed": self._remove_state(report, deadline)}
         if fetched is None:
             raise ExecutionError(f"{action.value} needs the state from fetch-state first")
-        if action is Action.INSTALL_STATE:
+        if action is Step.INSTALL_STATE:
             return self._install(fetched, report, deadline, reconcile=False)
-        if action is Action.RECONCILE_STATE:
+        if action is Step.RECONCILE_STATE:
             return self._install(fetched, report, deadline, reconcile=True)
-        if action is Action.ADVANCE_OUTBOUND_SEQ:
+        if action is Step.ADVANCE_OUTBOUND_SEQ:
             return self._advance_outbound(fetched, report, deadline)
-        if action is Action.RESTORE_INBOUND_REPLAY:
+        if action is Step.RESTORE_INBOUND_REPLAY:
             return self._restore_inbound(fetched, report, deadline)
-        if action is Action.OPEN_OUTBOUND:
+        if action is Step.OPEN_OUTBOUND:
             return {"opened": self._open_outbound(fetched, report, deadline)}
         raise ExecutionError(f"unknown action {action!r}")
 
@@ -453,7 +454,7 @@ class PlanExecutor:
         wanted: Sequence[tuple[SadEntry, int]],
         *,
         outbound: bool,
-        action: Action,
+        action: Step,
         deadline: float,
     ) -> Iterator[tuple[Sequence[tuple[SadEntry, int]], list[Op]]]:
         """Give each SA its own replay state where the kernel's counter is below ``wanted``.
@@ -495,7 +496,7 @@ class PlanExecutor:
         for _, done in self._move_counters(
             [(o.sa, o.new_oseq) for o in outcomes.values()],
             outbound=True,
-            action=Action.ADVANCE_OUTBOUND_SEQ,
+            action=Step.ADVANCE_OUTBOUND_SEQ,
             deadline=deadline,
         ):
             for op in done:
@@ -517,7 +518,7 @@ class PlanExecutor:
                 unchecked.append((sa, wanted))
         restored = 0
         for checked, done in self._move_counters(
-            unchecked, outbound=False, action=Action.RESTORE_INBOUND_REPLAY, deadline=deadline
+            unchecked, outbound=False, action=Step.RESTORE_INBOUND_REPLAY, deadline=deadline
         ):
             for sa, wanted in checked:
                 self._inbound_checked[sa_identity(sa)] = wanted
@@ -540,16 +541,14 @@ class PlanExecutor:
         return len(ops)
 
 
-_FOLLOW_ACTIONS = frozenset(
-    {Action.FETCH_STATE, Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY}
-)
+_FOLLOW_ACTIONS = frozenset({Step.FETCH_STATE, Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY})
 """What a hot standby's follow runs; other plans may let traffic move inbound counters."""
 
 _MILESTONES = {
-    Action.FETCH_STATE: "state-fetched",
-    Action.INSTALL_STATE: "sas-installed",
-    Action.RECONCILE_STATE: "sas-installed",
-    Action.OPEN_OUTBOUND: "outbound-opened",
+    Step.FETCH_STATE: "state-fetched",
+    Step.INSTALL_STATE: "sas-installed",
+    Step.RECONCILE_STATE: "sas-installed",
+    Step.OPEN_OUTBOUND: "outbound-opened",
 }
 
 
@@ -632,12 +631,7 @@ class StoreAccess:
 def node_netns_addresses(netns: str | None) -> Callable[[], Sequence[Address]]:
     """The local-address lookup for ``classify_outbound`` in ``netns``."""
 
-    def lookup() -> Sequence[Address]:
-        from appliance.restore import netns_local_addresses
-
-        return netns_local_addresses(netns)
-
-    return lookup
+    return lambda: local_addresses(netns)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from appliance.model._common import Address, Key, ModelError, UnsupportedVersionError
+from appliance.model._common import Address, KeyMaterial, ModelError, UnsupportedVersionError
 
 log = logging.getLogger("appliance.model")
 
@@ -99,8 +99,8 @@ def _enc_key(value: Any, redact: bool) -> Any:
     return None if redact else value.data.hex()
 
 
-def _dec_key(data: Any) -> Key:
-    return Key(_dec_bytes(data))
+def _dec_key(data: Any) -> KeyMaterial:
+    return KeyMaterial(_dec_bytes(data))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -220,7 +220,7 @@ def _codec_for(hint: Any) -> tuple[Encoder, Decoder]:
         int: (_enc_int, _dec_int),
         str: (_enc_int, _dec_str),
         bytes: (_enc_bytes, _dec_bytes),
-        Key: (_enc_key, _dec_key),
+        KeyMaterial: (_enc_key, _dec_key),
         datetime.datetime: (_enc_datetime, _dec_datetime),
     }
     if hint in simple:
@@ -395,8 +395,8 @@ def _fast_expr(hint: Any, bits: bool, ns: dict[str, Any], slot: str) -> str:
     if hint == (Address | None):
         ns[slot] = _parse_optional_address
         return f"{slot}(v)"
-    if hint is Key:
-        ns[slot] = Key
+    if hint is KeyMaterial:
+        ns[slot] = KeyMaterial
         return f"{slot}(bytes.fromhex(v))"
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         ns[slot] = _fast_decoder(hint)

@@ -11,7 +11,7 @@ from appliance.model._common import (
     IPPROTO_ESP,
     ZERO4,
     Address,
-    Key,
+    KeyMaterial,
     LifetimeCfg,
     LifetimeCur,
     Mark,
@@ -67,7 +67,7 @@ class Algorithm(_Checked):
     name: str
     key_bits: int = _uint(32)
     """``alg_key_len``: the key length in bits (the key holds ceil(bits/8) bytes)."""
-    key: Key = field(default_factory=lambda: Key(b""))
+    key: KeyMaterial = field(default_factory=lambda: KeyMaterial(b""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ class AuthTruncAlgorithm(_Checked):
     name: str
     key_bits: int = _uint(32)
     trunc_bits: int = _uint(32)
-    key: Key = field(default_factory=lambda: Key(b""))
+    key: KeyMaterial = field(default_factory=lambda: KeyMaterial(b""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class AeadAlgorithm(_Checked):
     name: str
     key_bits: int = _uint(32)
     icv_bits: int = _uint(32)
-    key: Key = field(default_factory=lambda: Key(b""))
+    key: KeyMaterial = field(default_factory=lambda: KeyMaterial(b""))
 
 
 @dataclass(frozen=True, slots=True)

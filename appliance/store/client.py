@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Side
 from appliance.channel.events import DataReceived, HandshakeFailed
 from appliance.errors import ApplianceError
 from appliance.metrics.latency import LatencyHistogram
@@ -331,7 +331,7 @@ class StoreClient:
         self._channel = ChannelEndpoint(
             psk,
             node_id,
-            Role.CLIENT,
+            Side.CLIENT,
             ChannelConfig(
                 handshake_initial_timeout=timeout,
                 handshake_attempts=retries + 1,

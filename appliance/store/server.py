@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Side
 from appliance.channel.events import DataReceived
 from appliance.errors import ApplianceError
 from appliance.metrics.latency import LatencyHistogram
@@ -204,7 +204,7 @@ class StoreServer(asyncio.DatagramProtocol):
         self.channel = ChannelEndpoint(
             psk,
             cfg.node_id,
-            Role.SERVER,
+            Side.SERVER,
             ChannelConfig(
                 max_associations=cfg.max_peers,
                 max_associations_per_source=cfg.max_peers_per_address,

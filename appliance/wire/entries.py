@@ -152,14 +152,14 @@ def _unpack_selector(value: bytes) -> m.Selector:
     )
 
 
-def _pack_algorithm(name: str, key_bits: int, param: int, key: m.Key) -> bytes:
+def _pack_algorithm(name: str, key_bits: int, param: int, key: m.KeyMaterial) -> bytes:
     encoded = name.encode("utf-8")
     if len(encoded) > 255:
         raise LocalWireError(f"algorithm name {name!r} is longer than 255 bytes")
     return _ALG_HEAD.pack(key_bits, param, len(encoded)) + encoded + key.data
 
 
-def _unpack_algorithm(value: bytes, what: str) -> tuple[str, int, int, m.Key]:
+def _unpack_algorithm(value: bytes, what: str) -> tuple[str, int, int, m.KeyMaterial]:
     if len(value) < _ALG_HEAD.size:
         raise RemoteWireError(f"{what} attribute is truncated")
     key_bits, param, name_length = _ALG_HEAD.unpack_from(value)
@@ -170,7 +170,7 @@ def _unpack_algorithm(value: bytes, what: str) -> tuple[str, int, int, m.Key]:
         name = value[_ALG_HEAD.size : end].decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteWireError(f"{what} attribute: the algorithm name is not UTF-8") from None
-    return name, key_bits, param, m.Key(value[end:])
+    return name, key_bits, param, m.KeyMaterial(value[end:])
 
 
 def _pack_lifetimes(entry: m.SadEntry | m.SpdEntry, out: list[Attribute]) -> None:

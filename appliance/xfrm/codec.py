@@ -30,7 +30,7 @@ from appliance.model import (
     Algorithm,
     AuthTruncAlgorithm,
     Encap,
-    Key,
+    KeyMaterial,
     LifetimeCfg,
     LifetimeCur,
     Mark,
@@ -661,14 +661,16 @@ def sad_from_parts(data: bytes, offset: int, attrs: Iterable[tuple[int, bytes]])
         try:
             if kind == c.XFRMA_ALG_AEAD:
                 name, bits, icv = _ALGO2.unpack_from(p)
-                values["aead"] = AeadAlgorithm(c_string(name), bits, icv, Key(p[72:]))
+                values["aead"] = AeadAlgorithm(c_string(name), bits, icv, KeyMaterial(p[72:]))
             elif kind == c.XFRMA_ALG_AUTH_TRUNC:
                 name, bits, trunc = _ALGO2.unpack_from(p)
-                values["auth_trunc"] = AuthTruncAlgorithm(c_string(name), bits, trunc, Key(p[72:]))
+                values["auth_trunc"] = AuthTruncAlgorithm(
+                    c_string(name), bits, trunc, KeyMaterial(p[72:])
+                )
             elif kind in (c.XFRMA_ALG_AUTH, c.XFRMA_ALG_CRYPT, c.XFRMA_ALG_COMP):
                 name, bits = _ALGO.unpack_from(p)
                 field = {c.XFRMA_ALG_AUTH: "auth", c.XFRMA_ALG_CRYPT: "crypt"}.get(kind, "comp")
-                values[field] = Algorithm(c_string(name), bits, Key(p[68:]))
+                values[field] = Algorithm(c_string(name), bits, KeyMaterial(p[68:]))
             elif kind == c.XFRMA_REPLAY_VAL and len(p) == 12:
                 values["replay"] = ReplayState(*_REPLAY.unpack(p))
             elif kind == c.XFRMA_REPLAY_ESN_VAL:

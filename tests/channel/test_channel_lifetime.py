@@ -17,7 +17,7 @@ from appliance.channel import (
     DropReason,
     Event,
     LocalChannelError,
-    Role,
+    Side,
 )
 from appliance.channel import _format as fmt
 
@@ -31,7 +31,7 @@ def _addr(host: int, port: int = 40000) -> tuple[str, int]:
 
 
 def _server(**limits: int) -> ChannelEndpoint:
-    return ChannelEndpoint(PSK, "store-1", Role.SERVER, ChannelConfig(**limits))
+    return ChannelEndpoint(PSK, "store-1", Side.SERVER, ChannelConfig(**limits))
 
 
 def test_a_closing_client_is_forgotten_by_the_server_at_once() -> None:

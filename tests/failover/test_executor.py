@@ -23,7 +23,7 @@ from appliance.failover.executor import (
     open_store_clients,
 )
 from appliance.failover.seqjump import SEQ32_MAX
-from appliance.failover.transitions import Action, Role, StandbyMode, plan
+from appliance.failover.transitions import Role, StandbyMode, Step, plan
 from appliance.notify import VrrpState
 from appliance.planner import gate_for, is_gate, policy_identity, sa_identity
 from appliance.store.client import Retrieved
@@ -35,7 +35,7 @@ GW = ipaddress.ip_address("192.0.2.1")
 PEER = ipaddress.ip_address("192.0.2.2")
 NET_LOCAL = ipaddress.ip_address("198.51.100.0")
 NET_REMOTE = ipaddress.ip_address("203.0.113.0")
-KEY = m.Key(bytes(range(20)))
+KEY = m.KeyMaterial(bytes(range(20)))
 JUMP = 50_000
 
 
@@ -194,7 +194,7 @@ def make(
     return executor, kernel, store, loops, clock
 
 
-def cold_takeover() -> list[Action]:
+def cold_takeover() -> list[Step]:
     return plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.COLD)
 
 
@@ -217,7 +217,7 @@ def test_cold_takeover_installs_with_jump_and_opens_outbound() -> None:
 def test_outbound_is_gated_until_open_outbound() -> None:
     executor, kernel, _, _, _ = make()
     actions = cold_takeover()
-    executor.run(actions[: actions.index(Action.OPEN_OUTBOUND)])
+    executor.run(actions[: actions.index(Step.OPEN_OUTBOUND)])
     assert is_gate(kernel.spd[policy_identity(OUT_POL)])
     # Every SA went in before any out policy, and the first out policy was a gate.
     first_out = next(
@@ -318,7 +318,7 @@ def test_reconcile_deletes_what_the_store_no_longer_has() -> None:
     assert sa_identity(OUT_SA) in kernel.sad
 
 
-FOLLOW = [Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+FOLLOW = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
 
 
 def test_follow_with_prefetched_state_asks_the_store_nothing() -> None:
@@ -415,7 +415,7 @@ def test_timeline_names_the_steps_and_never_logs_keys(caplog: pytest.LogCaptureF
 def test_install_without_fetch_is_refused() -> None:
     executor, kernel, _, _, _ = make()
     with pytest.raises(ExecutionError, match="fetch-state first"):
-        executor.run([Action.INSTALL_STATE])
+        executor.run([Step.INSTALL_STATE])
     assert kernel.changes == []
 
 

@@ -89,7 +89,7 @@ def sa(spi: int, src: m.Address = A, dst: m.Address = B, **kw: object) -> m.SadE
         "spi": spi,
         "mode": m.Mode.TUNNEL,
         "reqid": 1,
-        "aead": m.AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, m.Key(bytes(20))),
+        "aead": m.AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, m.KeyMaterial(bytes(20))),
         "replay": m.ReplayState(oseq=100, seq=50, bitmap=3),
     }
     fields.update(kw)
@@ -130,7 +130,7 @@ def test_a_refused_entry_undoes_everything_sent_with_it() -> None:
     existing = sa(99, dst=ipaddress.ip_address("192.0.2.99"))
     kernel.sad[sa_identity(existing)] = existing
     before = kernel.state()
-    bad = sa(3, aead=m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20))))
+    bad = sa(3, aead=m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20))))
     snap = snapshot([sa(1), sa(2, src=B, dst=A), bad, sa(4), sa(5)], [OUT_POLICY, IN_POLICY])
     with pytest.raises(RestoreError) as caught:
         restore(snap, kernel)
@@ -153,7 +153,7 @@ def test_duplicate_without_replace_is_rolled_back_and_named() -> None:
 
 def test_keep_going_installs_what_it_can_and_reports_every_failure() -> None:
     kernel = FakeKernel(unsupported={"foo"})
-    foo = m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20)))
+    foo = m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20)))
     snap = snapshot([sa(1), sa(2, aead=foo), sa(3), sa(4, aead=foo)], [OUT_POLICY])
     report = restore(snap, kernel, keep_going=True)
     assert report.sa_added == 2
@@ -173,7 +173,7 @@ def test_replace_overwrites_existing_entries_and_rollback_puts_them_back() -> No
     kernel.spd[policy_identity(old_policy)] = old_policy
     before = kernel.state()
 
-    bad = sa(7, aead=m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20))))
+    bad = sa(7, aead=m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20))))
     with pytest.raises(RestoreError, match="spi 0x00000007"):
         restore(snapshot([sa(1), bad], [OUT_POLICY]), kernel, replace=True)
     assert kernel.state() == before
@@ -188,7 +188,7 @@ def test_keep_going_replace_keeps_the_old_sa_when_the_new_one_is_refused() -> No
     kernel = FakeKernel(unsupported={"foo"})
     old_sa = sa(1, reqid=9)
     kernel.sad[sa_identity(old_sa)] = old_sa
-    bad = sa(1, aead=m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20))))
+    bad = sa(1, aead=m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20))))
     report = restore(snapshot([bad]), kernel, replace=True, keep_going=True)
     assert len(report.failures) == 1
     assert kernel.sad[sa_identity(old_sa)] == old_sa
@@ -280,7 +280,7 @@ def test_progress_counts_every_op() -> None:
 
 def test_a_failure_in_an_early_chunk_stops_the_later_chunks() -> None:
     kernel = FakeKernel(unsupported={"foo"})
-    foo = m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20)))
+    foo = m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20)))
     sas = [sa(i, aead=foo if i == 5 else sa(1).aead) for i in range(1, 3500)]
     with pytest.raises(RestoreError, match="spi 0x00000005"):
         restore(snapshot(sas), kernel)

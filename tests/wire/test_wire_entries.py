@@ -176,7 +176,7 @@ def test_payload_reprs_and_summaries_never_show_key_material() -> None:
     entry = m.SadEntry(
         daddr=ipaddress.IPv4Address("192.0.2.2"),
         spi=0x100,
-        aead=m.AeadAlgorithm("rfc4106(gcm(aes))", 288, 128, m.Key(key)),
+        aead=m.AeadAlgorithm("rfc4106(gcm(aes))", 288, 128, m.KeyMaterial(key)),
     )
     payload = sad_to_payload(entry)
     message = Message(ExchangeType.SA_STOR, 1, (payload,))

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from appliance.model import AeadAlgorithm, Key, SadEntry, Selector, SpdEntry, Template
+from appliance.model import AeadAlgorithm, KeyMaterial, SadEntry, Selector, SpdEntry, Template
 from appliance.xfrm import codec, codec_migrate
 from appliance.xfrm import constants as c
 from appliance.xfrm.events import (
@@ -34,7 +34,7 @@ SA = SadEntry(
     saddr=A("192.0.2.1"),
     spi=0x2001,
     mode=1,
-    aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, Key(bytes(20))),
+    aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, KeyMaterial(bytes(20))),
 )
 POLICY = SpdEntry(
     selector=Selector(daddr=A("198.51.100.0"), prefixlen_d=24),

@@ -25,7 +25,7 @@ from appliance.model import (
     Algorithm,
     AuthTruncAlgorithm,
     Encap,
-    Key,
+    KeyMaterial,
     LifetimeCfg,
     LifetimeCur,
     Mark,
@@ -230,15 +230,23 @@ def sad_from_info(info: dict[str, Any], attrs: Sequence[Any]) -> SadEntry:
             values["lastused"] = v
         elif kind == c.XFRMA_ALG_AEAD:
             values["aead"] = AeadAlgorithm(
-                c_string(v["alg_name"]), v["alg_key_len"], v["alg_icv_len"], Key(v["alg_key"])
+                c_string(v["alg_name"]),
+                v["alg_key_len"],
+                v["alg_icv_len"],
+                KeyMaterial(v["alg_key"]),
             )
         elif kind == c.XFRMA_ALG_AUTH_TRUNC:
             values["auth_trunc"] = AuthTruncAlgorithm(
-                c_string(v["alg_name"]), v["alg_key_len"], v["alg_trunc_len"], Key(v["alg_key"])
+                c_string(v["alg_name"]),
+                v["alg_key_len"],
+                v["alg_trunc_len"],
+                KeyMaterial(v["alg_key"]),
             )
         elif kind in (c.XFRMA_ALG_AUTH, c.XFRMA_ALG_CRYPT, c.XFRMA_ALG_COMP):
             field = {c.XFRMA_ALG_AUTH: "auth", c.XFRMA_ALG_CRYPT: "crypt"}.get(kind, "comp")
-            values[field] = Algorithm(c_string(v["alg_name"]), v["alg_key_len"], Key(v["alg_key"]))
+            values[field] = Algorithm(
+                c_string(v["alg_name"]), v["alg_key_len"], KeyMaterial(v["alg_key"])
+            )
         elif kind == c.XFRMA_ENCAP:
             values["encap"] = Encap(
                 type=v["encap_type"],
