@@ -32,6 +32,7 @@ module imports only from its own layer or the layers below it:
 1 foundations
 - ``appliance.model``       typed state: SAD entries, SPD entries, snapshots
 - ``appliance.config_toml`` checked reading of the TOML configuration files
+- ``appliance.netlink``     netlink framing shared by the XFRM, rtnetlink and nfqueue codecs
 - ``appliance.netns``       named network namespaces: the naming rule, entering, making
 - ``appliance.errors``      the exceptions a user can act on
 """

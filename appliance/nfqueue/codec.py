@@ -18,13 +18,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.netlink import NLMSGHDR, frames
 from appliance.nfqueue import constants as c
 
 Buffer = bytes | bytearray | memoryview
 
-# struct nlmsghdr { __u32 nlmsg_len; __u16 nlmsg_type; __u16 nlmsg_flags;
-#                   __u32 nlmsg_seq; __u32 nlmsg_pid; };            (host order)
-_NLMSGHDR = struct.Struct("=IHHII")
+_NLMSGHDR = NLMSGHDR  # struct nlmsghdr (appliance.netlink)
 # struct nlmsgerr { int error; struct nlmsghdr msg; ... };
 _NLMSGERR = struct.Struct("=i")
 # struct nfgenmsg { __u8 nfgen_family; __u8 version; __be16 res_id; };
@@ -254,14 +253,8 @@ def decode(buf: Buffer) -> list[Event]:
     Raises ``ValueError`` on a datagram that is not well-formed netlink.
     """
     events: list[Event] = []
-    offset = 0
-    end = len(buf)
-    while offset + _NLMSGHDR.size <= end:
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
-        if length < _NLMSGHDR.size or offset + length > end:
-            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
+    for kind, _flags, start, end in frames(buf):
         decoder = DECODERS.get(kind)
         if decoder is not None:
-            events.append(decoder(buf, offset, offset + length))
-        offset += (length + 3) & ~3
+            events.append(decoder(buf, start, end))
     return events

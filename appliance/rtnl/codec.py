@@ -14,6 +14,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.netlink import NLMSGHDR, frames
+
 Buffer = bytes | bytearray | memoryview
 
 # linux/netlink.h
@@ -30,9 +32,7 @@ RTM_GETADDR = 22
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 
-# struct nlmsghdr { __u32 nlmsg_len; __u16 nlmsg_type; __u16 nlmsg_flags;
-#                   __u32 nlmsg_seq; __u32 nlmsg_pid; };            (host order)
-_NLMSGHDR = struct.Struct("=IHHII")
+_NLMSGHDR = NLMSGHDR  # struct nlmsghdr (appliance.netlink)
 # struct nlmsgerr { int error; struct nlmsghdr msg; ... };
 _NLMSGERR = struct.Struct("=i")
 # struct ifaddrmsg { __u8 ifa_family; __u8 ifa_prefixlen; __u8 ifa_flags;
@@ -151,16 +151,10 @@ def decode(buf: Buffer) -> list[Event]:
     Raises ``ValueError`` on a datagram that is not well-formed netlink.
     """
     events: list[Event] = []
-    offset = 0
-    end = len(buf)
-    while offset + _NLMSGHDR.size <= end:
-        length, kind, flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
-        if length < _NLMSGHDR.size or offset + length > end:
-            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
+    for kind, flags, start, end in frames(buf):
         decoder = DECODERS.get(kind)
         if decoder is not None:
-            event = decoder(buf, offset, offset + length, flags)
+            event = decoder(buf, start, end, flags)
             if event is not None:
                 events.append(event)
-        offset += (length + 3) & ~3
     return events
