@@ -24,16 +24,16 @@ import secrets
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import appliance.netns
+from appliance.netns import create_unique_netns, remove_netns, run_in_netns
+
 if TYPE_CHECKING:
     from appliance.model import SadEntry
-
-NAMESPACE_PREFIX = "iha-"
-"""Every lab namespace starts with this, so tests can see what was left behind."""
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """The source tree (editable install), where scripts/lab-kernel caches the lab kernel."""
@@ -122,7 +122,7 @@ def esp_probe_sa(aead: bool = True) -> SadEntry:
         AeadAlgorithm,
         Algorithm,
         AuthTruncAlgorithm,
-        Key,
+        KeyMaterial,
         Mode,
         SadEntry,
     )
@@ -138,13 +138,13 @@ def esp_probe_sa(aead: bool = True) -> SadEntry:
     if aead:
         key = secrets.token_bytes(20)  # AES-128 key and the 4-byte salt of RFC 4106
         return dataclasses.replace(
-            probe, aead=AeadAlgorithm(PROBE_AEAD, len(key) * 8, PROBE_ICV_BITS, Key(key))
+            probe, aead=AeadAlgorithm(PROBE_AEAD, len(key) * 8, PROBE_ICV_BITS, KeyMaterial(key))
         )
     key, auth_key = secrets.token_bytes(16), secrets.token_bytes(32)
     return dataclasses.replace(
         probe,
-        crypt=Algorithm(PROBE_CRYPT, len(key) * 8, Key(key)),
-        auth_trunc=AuthTruncAlgorithm(PROBE_AUTH, len(auth_key) * 8, 128, Key(auth_key)),
+        crypt=Algorithm(PROBE_CRYPT, len(key) * 8, KeyMaterial(key)),
+        auth_trunc=AuthTruncAlgorithm(PROBE_AUTH, len(auth_key) * 8, 128, KeyMaterial(auth_key)),
     )
 
 
@@ -179,27 +179,12 @@ def _describe(answer: KernelAnswer) -> str:
 
 def create_temporary_netns() -> str:
     """Create an empty namespace ``iha-<random>-doctor`` and return its name."""
-    from pyroute2 import netns as pyroute2_netns
-
-    name = f"{NAMESPACE_PREFIX}{secrets.token_hex(4)}-doctor"
-    pyroute2_netns.create(name)
-    return name
+    return create_unique_netns("doctor")
 
 
-def remove_netns(name: str) -> None:
-    from pyroute2 import netns as pyroute2_netns
-
-    pyroute2_netns.remove(name)
-
-
-@contextlib.contextmanager
-def temporary_netns() -> Iterator[str]:
+def temporary_netns() -> contextlib.AbstractContextManager[str]:
     """Create ``iha-<random>-doctor``, yield its name, and always remove it."""
-    name = create_temporary_netns()
-    try:
-        yield name
-    finally:
-        remove_netns(name)
+    return appliance.netns.temporary_netns("doctor")
 
 
 def _in_netns(name: str, work: Callable[[], Check], failed: Callable[[str], Check]) -> Check:
@@ -207,9 +192,6 @@ def _in_netns(name: str, work: Callable[[], Check], failed: Callable[[str], Chec
 
     The doctor diagnoses broken machines, so no probe may crash it.
     """
-    # Reused from the nftables adapter: setns(2) in a worker thread only.
-    from appliance.nft.netns import run_in_netns
-
     try:
         return run_in_netns(name, work)
     except Exception as exc:
@@ -238,8 +220,8 @@ def probe_xfrm(netns: str) -> Check:
         from appliance.xfrm import XfrmSocket
 
         with XfrmSocket() as xfrm:
-            states = len(xfrm.dump_sa())
-            policies = len(xfrm.dump_policy())
+            states = len(xfrm.dump_sad())
+            policies = len(xfrm.dump_spd())
         return Check(
             "xfrm",
             True,

@@ -193,7 +193,7 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 @dataclass
 class NotifyContext:
-    """What an action gets: the transition, its record, where it was logged, what it waits on."""
+    """What a handler gets: the transition, its record, where it was logged, what it waits on."""
 
     transition: Transition
     record: TransitionRecord
@@ -207,7 +207,7 @@ class NotifyContext:
     monotonic: Callable[[], float] = time.monotonic
 
 
-Action = Callable[[NotifyContext], None]
+NotifyHandler = Callable[[NotifyContext], None]
 
 
 def record_transition(ctx: NotifyContext) -> None:
@@ -242,7 +242,7 @@ def await_daemon(ctx: NotifyContext) -> None:
 # State -> what to do, in order.  The daemon does the kernel and store work
 # (appliance.failover.transitions has the plan per state); the hook records
 # the transition and waits for the daemon to have carried it out.
-ACTIONS: dict[VrrpState, tuple[Action, ...]] = {
+ACTIONS: dict[VrrpState, tuple[NotifyHandler, ...]] = {
     VrrpState.MASTER: (record_transition, await_daemon),
     VrrpState.BACKUP: (record_transition, await_daemon),
     VrrpState.FAULT: (record_transition, await_daemon),

@@ -23,18 +23,19 @@ Theory of operation
    ``keep_going`` everything that can be installed is, and every failure
    is reported.
 
-The kernel work is done through the small ``XfrmBatch`` protocol so that
-this logic is testable with a fake; ``appliance.xfrm`` provides the real one.
+The plans (which ops, in which order, and how to undo them) come from
+``appliance.planner``, as for the failover daemon's install; the kernel work
+goes through its ``XfrmKernel`` protocol, so that this logic is testable
+with a fake; ``appliance.xfrm.socket.XfrmSocket`` is the real one.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
 from appliance.errors import ApplianceError, KernelError
 from appliance.model import (
@@ -45,11 +46,20 @@ from appliance.model import (
     classify_outbound,
     gc_paused,
 )
+from appliance.planner import (
+    Identity,
+    Op,
+    OpKind,
+    XfrmKernel,
+    apply_ops,
+    plan_restore,
+    plan_undo,
+    policy_identity,
+    prepare_sas,
+    sa_identity,
+)
+from appliance.rtnl import local_addresses
 
-if TYPE_CHECKING:
-    from appliance.xfrm.socket import XfrmSocket
-
-OpKind = Literal["add_sa", "delete_sa", "add_policy", "update_policy", "delete_policy"]
 Progress = Callable[[int], None]
 """Called with the number of entries just finished."""
 
@@ -60,14 +70,6 @@ class RestoreError(ApplianceError):
 
 class RestoreRollbackError(KernelError):
     """A restore failed and undoing it failed too: the namespace is not as it was."""
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One kernel change of a restore."""
-
-    kind: OpKind
-    entry: SadEntry | SpdEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,23 +84,6 @@ class OpFailure:
 
 Outcome = OpFailure | Literal["ok", "skipped"]
 """Per op: applied ("ok"), refused (``OpFailure``) or not sent ("skipped")."""
-
-
-class XfrmBatch(Protocol):
-    """What restore needs from the netlink layer."""
-
-    def dump_sa(self) -> Iterable[SadEntry]: ...
-
-    def dump_policy(self) -> Iterable[SpdEntry]: ...
-
-    def apply(self, ops: Sequence[Op], stop_on_error: bool) -> list[Outcome]:
-        """Send ``ops`` in order, pipelined; return one outcome per op.
-
-        With ``stop_on_error`` the implementation stops sending after it sees
-        the first refusal; ops already in flight may still be applied, and
-        their outcomes say so ("ok"), so that restore can undo them.
-        """
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,21 +161,6 @@ def jump_oseq(sa: SadEntry, jump: int) -> SadEntry:
     return outcome.sa
 
 
-# --- identities -----------------------------------------------------------------
-
-
-def sa_identity(sa: SadEntry) -> tuple[object, ...]:
-    """What the kernel uses to find an SA: (daddr, spi, proto, family, mark)."""
-    mark = (sa.mark.value, sa.mark.mask) if sa.mark is not None else (0, 0)
-    return (sa.family, sa.daddr, sa.spi, sa.proto, mark)
-
-
-def policy_identity(policy: SpdEntry) -> tuple[object, ...]:
-    """What the kernel uses to find a policy by selector: type, dir, selector, mark, if_id."""
-    mark = (policy.mark.value, policy.mark.mask) if policy.mark is not None else (0, 0)
-    return (policy.ptype, policy.dir, policy.selector, mark, policy.if_id or 0, policy.sec_ctx)
-
-
 # --- messages -------------------------------------------------------------------
 
 
@@ -207,18 +177,18 @@ def describe_failure(failure: OpFailure) -> Failure:
     if (
         isinstance(entry, SadEntry)
         and failure.errno in (errno.ENOSYS, errno.ENOENT)
-        and failure.op.kind == "add_sa"
+        and failure.op.kind is OpKind.ADD_SA
     ):
         names = _algorithm_names(entry)
         quoted = ", ".join(f"'{n}'" for n in names)
         what = f"algorithm {quoted}" if len(names) == 1 else f"one of the algorithms {quoted}"
         return Failure(label, f"kernel does not support {what} ({code})")
-    if failure.errno == errno.EEXIST and failure.op.kind in ("add_sa", "add_policy"):
+    if failure.errno == errno.EEXIST and failure.op.kind in (OpKind.ADD_SA, OpKind.ADD_POLICY):
         return Failure(label, "already exists (EEXIST); use --replace to overwrite")
     if failure.message:
         return Failure(label, failure.message)
     reason = os.strerror(failure.errno) if failure.errno > 0 else "refused"
-    return Failure(label, f"{failure.op.kind.replace('_', ' ')}: {reason} ({code})")
+    return Failure(label, f"{failure.op.kind.value.replace('_', ' ')}: {reason} ({code})")
 
 
 # --- the restore --------------------------------------------------------------------
@@ -238,32 +208,28 @@ def prepare(
         return list(snapshot.sad), [], 0
     check_oseq_jump(oseq_jump)  # once, not as one refusal per SA
     outbound = classify_outbound(snapshot.sad, snapshot.spd, local_addresses)
-    prepared: list[SadEntry] = []
-    refused: list[Failure] = []
-    jumped = 0
-    for sa, is_out in zip(snapshot.sad, outbound, strict=True):
-        if not is_out:
-            prepared.append(sa)
-            continue
-        try:
-            prepared.append(jump_oseq(sa, oseq_jump))
-            jumped += 1
-        except RestoreError as exc:
-            refused.append(Failure(sa.label(), str(exc).removeprefix(f"{sa.label()}: ")))
-    return prepared, refused, jumped
+    prepared = prepare_sas(snapshot.sad, outbound, oseq_jump)
+    refused = [Failure(sa.label(), str(exc)) for sa, exc in prepared.invalid]
+    refused += [Failure(sa.label(), rekey.reason) for sa, rekey in prepared.rekey]
+    return prepared.sad, refused, len(prepared.advanced)
 
 
 def restore(
     snapshot: Snapshot,
-    xfrm: XfrmBatch,
+    xfrm: XfrmKernel,
     *,
     oseq_jump: int = 0,
     replace: bool = False,
     keep_going: bool = False,
     local_addresses: Iterable[Address] = (),
     progress: Progress | None = None,
+    with_lifetime_cur: bool = False,
 ) -> RestoreReport:
-    """Install ``snapshot`` through ``xfrm``; see the module docstring for the rules."""
+    """Install ``snapshot`` through ``xfrm``; see the module docstring for the rules.
+
+    ``with_lifetime_cur``: carry the SAs' byte/packet counters and add times
+    over (XFRMA_LTIME_VAL), so that lifetimes keep running where they were.
+    """
     report = RestoreReport()
     sad, refused, report.oseq_jumped = prepare(snapshot, oseq_jump, local_addresses)
     if refused and not keep_going:
@@ -274,27 +240,19 @@ def restore(
         refused_labels = {f.entry for f in refused}
         sad = [sa for sa in sad if sa.label() not in refused_labels]
 
-    old_sas: dict[tuple[object, ...], SadEntry] = {}
-    old_policies: dict[tuple[object, ...], SpdEntry] = {}
+    old_sas: dict[Identity, SadEntry] = {}
+    old_policies: dict[Identity, SpdEntry] = {}
     if replace:
-        old_sas = {sa_identity(sa): sa for sa in xfrm.dump_sa()}
-        old_policies = {policy_identity(p): p for p in xfrm.dump_policy()}
-    replaced_sas = [
-        old_sas[k] for k in dict.fromkeys(sa_identity(sa) for sa in sad) if k in old_sas
-    ]
-
-    ops: list[Op] = [Op("delete_sa", sa) for sa in replaced_sas]
-    ops += [Op("add_sa", sa) for sa in sad]
-    ops += [
-        Op("update_policy" if policy_identity(p) in old_policies else "add_policy", p)
-        for p in snapshot.spd
-    ]
-    outcomes = _apply(xfrm, ops, stop_on_error=not keep_going, progress=progress)
+        old_sas = {sa_identity(sa): sa for sa in xfrm.dump_sad()}
+        old_policies = {policy_identity(p): p for p in xfrm.dump_spd()}
+    ops = plan_restore(sad, snapshot.spd, old_sas, old_policies)
+    send = _Sender(xfrm, with_lifetime_cur)
+    outcomes = _apply(send, ops, stop_on_error=not keep_going, progress=progress)
     failures = [o for o in outcomes if isinstance(o, OpFailure)]
     applied = [op for op, o in zip(ops, outcomes, strict=True) if o == "ok"]
 
     if failures and not keep_going:
-        _roll_back(xfrm, applied, old_policies)
+        _roll_back(send, applied, old_policies)
         reason = describe_failure(failures[0])
         report.rolled_back = True
         raise RestoreError(f"{reason.entry}: {reason.reason}; the restore was undone")
@@ -304,16 +262,20 @@ def restore(
     deleted = {
         sa_identity(op.entry)
         for op in applied
-        if op.kind == "delete_sa" and isinstance(op.entry, SadEntry)
+        if op.kind is OpKind.DELETE_SA and isinstance(op.entry, SadEntry)
     }
     refused_sas = [
-        f.op.entry for f in failures if f.op.kind == "add_sa" and isinstance(f.op.entry, SadEntry)
+        f.op.entry
+        for f in failures
+        if f.op.kind is OpKind.ADD_SA and isinstance(f.op.entry, SadEntry)
     ]
     put_back = [
-        Op("add_sa", old_sas[sa_identity(sa)]) for sa in refused_sas if sa_identity(sa) in deleted
+        Op(OpKind.ADD_SA, old_sas[sa_identity(sa)])
+        for sa in refused_sas
+        if sa_identity(sa) in deleted
     ]
     if put_back:
-        lost = [o for o in xfrm.apply(put_back, stop_on_error=False) if isinstance(o, OpFailure)]
+        lost = [o for o in send(put_back) if isinstance(o, OpFailure)]
         if lost:
             first = describe_failure(lost[0])
             raise RestoreRollbackError(
@@ -321,16 +283,33 @@ def restore(
                 f"was refused (first {first.entry}: {first.reason})"
             )
     report.failures.extend(describe_failure(f) for f in failures)
-    added_sas = sum(1 for op in applied if op.kind == "add_sa")
+    added_sas = sum(1 for op in applied if op.kind is OpKind.ADD_SA)
     report.sa_replaced = min(len(deleted), added_sas)
     report.sa_added = added_sas - report.sa_replaced
-    report.policy_added = sum(1 for op in applied if op.kind == "add_policy")
-    report.policy_replaced = sum(1 for op in applied if op.kind == "update_policy")
+    report.policy_added = sum(1 for op in applied if op.kind is OpKind.ADD_POLICY)
+    report.policy_replaced = sum(1 for op in applied if op.kind is OpKind.UPDATE_POLICY)
     return report
 
 
+class _Sender:
+    """Sends ops through ``apply_ops`` and answers one outcome per op."""
+
+    def __init__(self, xfrm: XfrmKernel, with_lifetime_cur: bool) -> None:
+        self.xfrm = xfrm
+        self.with_lifetime_cur = with_lifetime_cur
+
+    def __call__(self, ops: list[Op]) -> list[Outcome]:
+        # The whole list is sent before the answers are read, so every op not
+        # reported as refused has been applied.
+        failures = apply_ops(self.xfrm, ops, with_lifetime_cur=self.with_lifetime_cur)
+        outcomes: list[Outcome] = ["ok"] * len(ops)
+        for failure in failures:
+            outcomes[failure.index] = OpFailure(ops[failure.index], failure.errno, failure.message)
+        return outcomes
+
+
 def _apply(
-    xfrm: XfrmBatch, ops: list[Op], stop_on_error: bool, progress: Progress | None
+    send: _Sender, ops: list[Op], stop_on_error: bool, progress: Progress | None
 ) -> list[Outcome]:
     """Apply ops in chunks, so that progress can be shown and a failure stops early."""
     chunk = 1024
@@ -341,7 +320,7 @@ def _apply(
         if failed and stop_on_error:
             outcomes += ["skipped"] * len(part)
             continue
-        results = xfrm.apply(part, stop_on_error)
+        results = send(part)
         failed = failed or any(isinstance(o, OpFailure) for o in results)
         outcomes += results
         if progress is not None:
@@ -349,22 +328,10 @@ def _apply(
     return outcomes
 
 
-def _roll_back(
-    xfrm: XfrmBatch, applied: list[Op], old_policies: dict[tuple[object, ...], SpdEntry]
-) -> None:
+def _roll_back(send: _Sender, applied: list[Op], old_policies: dict[Identity, SpdEntry]) -> None:
     """Undo ``applied`` (all succeeded) in reverse order; raise if that fails too."""
-    undo: list[Op] = []
-    for op in reversed(applied):
-        if op.kind == "add_policy":
-            undo.append(Op("delete_policy", op.entry))
-        elif op.kind == "update_policy":
-            assert isinstance(op.entry, SpdEntry)
-            undo.append(Op("update_policy", old_policies[policy_identity(op.entry)]))
-        elif op.kind == "add_sa":
-            undo.append(Op("delete_sa", op.entry))
-        elif op.kind == "delete_sa":
-            undo.append(Op("add_sa", op.entry))
-    outcomes = xfrm.apply(undo, stop_on_error=False) if undo else []
+    undo = plan_undo(applied, old_policies)
+    outcomes = send(undo) if undo else []
     failures = [o for o in outcomes if isinstance(o, OpFailure)]
     if failures:
         first = describe_failure(failures[0])
@@ -372,58 +339,6 @@ def _roll_back(
             f"restore failed and undoing it failed too ({len(failures)} entries, first "
             f"{first.entry}: {first.reason}); the namespace is NOT as it was"
         )
-
-
-# --- the real kernel ----------------------------------------------------------------
-
-
-class SocketBatch:
-    """``XfrmBatch`` over ``appliance.xfrm``'s socket and its pipelined ``install_batch``."""
-
-    def __init__(self, xfrm: XfrmSocket, *, with_lifetime_cur: bool = True) -> None:
-        self._xfrm = xfrm
-        self._with_lifetime_cur = with_lifetime_cur
-
-    def dump_sa(self) -> list[SadEntry]:
-        return self._xfrm.dump_sad()
-
-    def dump_policy(self) -> list[SpdEntry]:
-        return self._xfrm.dump_spd()
-
-    def apply(self, ops: Sequence[Op], stop_on_error: bool) -> list[Outcome]:
-        # install_batch sends the whole list before it reads answers, so every
-        # op not reported as failed has been applied (stop_on_error or not).
-        failures = self._xfrm.install_batch(
-            [(op.kind, op.entry) for op in ops], with_lifetime_cur=self._with_lifetime_cur
-        )
-        outcomes: list[Outcome] = ["ok"] * len(ops)
-        for failure in failures:
-            outcomes[failure.index] = OpFailure(ops[failure.index], failure.errno, failure.message)
-        return outcomes
-
-
-def netns_local_addresses(netns: str | None) -> list[Address]:
-    """The addresses configured on the interfaces of ``netns``."""
-    from pyroute2 import IPRoute
-
-    from appliance.xfrm.socket import netns_path
-
-    if netns and not os.path.exists(netns_path(netns)):
-        raise KernelError(f"network namespace {netns!r} does not exist")
-    try:
-        # flags=0: never create the namespace (pyroute2's default would).
-        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
-    except OSError as exc:
-        raise KernelError(f"cannot open namespace {netns!r}: {exc.strerror}") from None
-    try:
-        found: list[Address] = []
-        for msg in ipr.get_addr():
-            text = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-            if text:
-                found.append(ipaddress.ip_address(text.split("%")[0]))
-        return found
-    finally:
-        ipr.close()
 
 
 def restore_netns(
@@ -442,14 +357,15 @@ def restore_netns(
     """
     from appliance.xfrm.socket import XfrmSocket
 
-    local = netns_local_addresses(netns) if oseq_jump else []
+    local = local_addresses(netns) if oseq_jump else []
     with XfrmSocket(netns) as xfrm, gc_paused():
         return restore(
             snapshot,
-            SocketBatch(xfrm),
+            xfrm,
             oseq_jump=oseq_jump,
             replace=replace,
             keep_going=keep_going,
             local_addresses=local,
             progress=progress,
+            with_lifetime_cur=True,
         )

@@ -59,7 +59,7 @@ from appliance.errors import ApplianceError, LabError
 from appliance.model import (
     AeadAlgorithm,
     Direction,
-    Key,
+    KeyMaterial,
     Mode,
     SadEntry,
     Selector,
@@ -121,7 +121,7 @@ def pair(index: int) -> Pair:
 
 def _aead() -> AeadAlgorithm:
     return AeadAlgorithm(
-        AEAD, AEAD_KEY_BITS, ICV_BITS, Key(secrets.token_bytes(AEAD_KEY_BITS // 8))
+        AEAD, AEAD_KEY_BITS, ICV_BITS, KeyMaterial(secrets.token_bytes(AEAD_KEY_BITS // 8))
     )
 
 
@@ -300,7 +300,7 @@ class Run:
 
     def _wait_standby(self, lab: Any, services: Any) -> None:
         """Wait until gw2's store (and in hot mode its kernel) holds everything gw1 has."""
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
         from appliance.store.client import StoreClient
         from appliance.store.config import load_psk
         from netns_lab.lab import wait_for

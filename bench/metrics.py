@@ -21,13 +21,19 @@ daemon (and gw2's store, when the store server has metrics), then:
 Two figures, both as percent of one core over a window:
 
 - **metrics thread**: the CPU time (utime + stime in
-  ``/proc/PID/task/TID/stat``) of the thread that serves ``/metrics``
-  (``MetricsEndpoint`` names its thread ``ipsec-ha-metrics`` in /proc, where
-  comm keeps 15 characters: ``ipsec-ha-metric``). Should no thread have that
-  name (a daemon whose endpoint does not name it), the thread is found by a
-  calibration burst instead: a few seconds of back-to-back scrapes against a
-  window as long without, and the thread whose CPU grew most beyond its idle
-  growth is it; the table says which way it was found.
+  ``/proc/PID/task/TID/stat``) summed over ALL the daemon's threads whose
+  comm starts with ``ipsec-ha-metric``: the thread that serves ``/metrics``
+  (``MetricsEndpoint`` names it ``ipsec-ha-metrics``; comm keeps 15
+  characters) and every thread a scrape makes work (the collector's worker
+  in the served namespace, ``ipsec-ha-metrics-netns``), so that work a
+  scrape causes in a helper thread is counted as the scrape's. The threads
+  are listed again at the end of each window: one born during it counts
+  from zero; one that ended during it is lost (its times go with it). Should
+  no thread have that name (a daemon that does not name them), the serving
+  thread is found by a calibration burst instead: a few seconds of
+  back-to-back scrapes against a window as long without, and the thread
+  whose CPU grew most beyond its idle growth is it; the table says which way
+  it was found.
 - **daemon**: the whole process (utime + stime, plus cutime + cstime: the
   children it waited for, e.g. an ``nft`` it ran), scraped window against
   the reference window of the same run. The difference is what scraping
@@ -76,7 +82,8 @@ DAEMON_PORT = 9641
 STORE_PORT = 9642
 """The contract's default ports: the daemon's and the store server's ``[metrics]``."""
 METRICS_THREAD_COMM = "ipsec-ha-metric"
-"""``ipsec-ha-metrics`` as the kernel keeps it: comm holds 15 characters."""
+"""How the comm of every metrics thread starts (``ipsec-ha-metrics``, ``ipsec-ha-metrics-netns``:
+comm holds 15 characters)."""
 SCRAPE_TIMEOUT_S = 10.0
 CALIBRATION_S = 5.0
 BUDGET_PCT = 5.0
@@ -155,6 +162,11 @@ def most_grown(before: Mapping[int, int], after: Mapping[int, int]) -> int | Non
     return max(grown, key=lambda tid: (grown[tid], -tid))
 
 
+def grown_ticks(before: Mapping[int, int], after: Mapping[int, int]) -> int:
+    """The ticks a set of threads grew by: one not in ``before`` (born since) counts from 0."""
+    return sum(ticks - before.get(tid, 0) for tid, ticks in after.items())
+
+
 def calibrated_thread(
     idle: tuple[Mapping[int, int], Mapping[int, int]],
     burst: tuple[Mapping[int, int], Mapping[int, int]],
@@ -214,15 +226,28 @@ def thread_times(pid: int) -> dict[int, int]:
     return out
 
 
-def named_thread(pid: int, comm: str = METRICS_THREAD_COMM) -> int | None:
+def named_threads(pid: int, prefix: str = METRICS_THREAD_COMM) -> list[int]:
+    """The threads whose comm starts with ``prefix``."""
+    found = []
     for entry in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{entry}/comm") as f:
-                if f.read().strip() == comm:
-                    return int(entry)
+                if f.read().strip().startswith(prefix):
+                    found.append(int(entry))
         except OSError:
             continue
-    return None
+    return sorted(found)
+
+
+def threads_ticks(pid: int, tids: Sequence[int]) -> dict[int, int]:
+    """utime + stime of each of ``tids`` still alive."""
+    out: dict[int, int] = {}
+    for tid in tids:
+        try:
+            out[tid] = read_times(pid, tid).own
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def daemon_pid(launcher_pid: int) -> int:
@@ -349,7 +374,7 @@ class Scraper:
             self._stop.wait(max(0.0, start + k * self.interval - time.monotonic()))
 
     def _run(self) -> None:
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
 
         try:
             run_in_netns(self.netns, self._loop)
@@ -371,7 +396,7 @@ class Scraper:
 
     def burst(self, target: str, seconds: float) -> list[Scrape]:
         """Back-to-back scrapes of one target for ``seconds`` (the calibration), recorded too."""
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
 
         def loop() -> list[Scrape]:
             out = []
@@ -411,8 +436,11 @@ class Result:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     metrics_thread_pct: float | None = None
+    """Every metrics thread's CPU (comm ``ipsec-ha-metric*``) summed, over the scraped windows."""
     metrics_thread_found: str | None = None
-    """``named`` (its comm) or ``calibrated`` (a scrape burst); None: not found."""
+    """``named`` (their comm) or ``calibrated`` (a scrape burst); None: not found."""
+    metrics_threads: int | None = None
+    """How many threads the metrics thread figure sums (at the end of the scraped windows)."""
     daemon_scraped_pct: float | None = None
     daemon_reference_pct: float | None = None
     windows_s: dict[str, float] = field(default_factory=dict)
@@ -484,6 +512,8 @@ def table(result: Result) -> str:
         ("scrape latency p50 / p99", f"{_fmt(r.latency_p50_ms, ' ms')} / "
                                      f"{_fmt(r.latency_p99_ms, ' ms')}"),
         (f"metrics thread CPU ({found})", _fmt(r.metrics_thread_pct, " % of one core", 3)),
+        (f"metrics threads summed ({METRICS_THREAD_COMM}*)",
+         "-" if r.metrics_threads is None else str(r.metrics_threads)),
         ("metrics thread CPU per scrape", _fmt(r.metrics_thread_ms_per_scrape, " ms")),
         ("daemon CPU, scraped window", _fmt(r.daemon_scraped_pct, " % of one core")),
         ("daemon CPU, reference window", _fmt(r.daemon_reference_pct, " % of one core")),
@@ -585,33 +615,43 @@ class MetricsRun(failover.Run):
         if not any(s.ok for s in probe):
             raise LabError(f"gw2's metrics do not answer: {probe[-1].error or probe[-1].status}")
 
-        tid = named_thread(pid)
-        r.metrics_thread_found = "named" if tid is not None else None
-        if tid is None:
-            failover.say(f"no thread named {METRICS_THREAD_COMM}: calibrating with a burst")
+        named = bool(named_threads(pid))
+        r.metrics_thread_found = "named" if named else None
+        calibrated: int | None = None
+        if not named:
+            failover.say(f"no thread named {METRICS_THREAD_COMM}*: calibrating with a burst")
             idle0 = thread_times(pid)
             time.sleep(CALIBRATION_S)
             idle1 = thread_times(pid)
             scraper.burst("daemon", CALIBRATION_S)
             burst1 = thread_times(pid)
-            tid = calibrated_thread((idle0, idle1), (idle1, burst1))
-            r.metrics_thread_found = None if tid is None else "calibrated"
+            calibrated = calibrated_thread((idle0, idle1), (idle1, burst1))
+            r.metrics_thread_found = None if calibrated is None else "calibrated"
+
+        def metrics_tids() -> list[int]:
+            """Listed anew each time: a helper thread may start at a scrape."""
+            if named:
+                return named_threads(pid)
+            return [] if calibrated is None else [calibrated]
 
         ticks = {"reference": 0, "scraped": 0}
         thread_ticks = 0
         r.windows_s = {"reference": 0.0, "scraped": 0.0}
 
         def window(name: str, seconds: float) -> None:
-            """Sleep ``seconds``; add the daemon's (and the thread's) CPU to ``name``'s totals."""
+            """Sleep ``seconds``; add the daemon's CPU (and, when scraped, the metrics threads')
+            to ``name``'s totals."""
             nonlocal thread_ticks
             before = read_times(pid).with_children
-            thread_before = None if tid is None else read_times(pid, tid).own
+            threads_before = threads_ticks(pid, metrics_tids())
             start = time.monotonic()
             time.sleep(seconds)
             r.windows_s[name] += time.monotonic() - start
             ticks[name] += read_times(pid).with_children - before
-            if tid is not None and thread_before is not None:
-                thread_ticks += read_times(pid, tid).own - thread_before
+            if name == "scraped":
+                tids = metrics_tids()
+                r.metrics_threads = len(tids)
+                thread_ticks += grown_ticks(threads_before, threads_ticks(pid, tids))
 
         # Alternating halves, so that a drift of the follower's own load weighs on both.
         part = self.args.seconds / self.args.rounds
@@ -647,7 +687,7 @@ class MetricsRun(failover.Run):
         r.daemon_scraped_pct = round(
             percent_of_core(ticks["scraped"], r.windows_s["scraped"], r.hz), 3
         )
-        if tid is not None:
+        if r.metrics_thread_found is not None:
             r.metrics_thread_pct = round(
                 percent_of_core(thread_ticks, r.windows_s["scraped"], r.hz), 3
             )

@@ -5,8 +5,9 @@
 
 ``micro``: decode a queued-packet message, let the core decide (the positive
 cache: the state right after a retrieval), encode the verdict; no socket.
-It runs twice: with the codec, then with the pyroute2 declarations as the
-reference, and prints the ratio.
+It runs twice: with the codec, then with the oracle the unit tests hold the
+codec to (``tests/nfqueue/nfqueue_oracle.py``, pyroute2 declarations) as
+the reference, and prints the ratio.
 ``netns``: the service on a real NFQUEUE in a fresh namespace, a retrieval
 that succeeds at once, ESP of one SPI sent as fast as a raw socket goes;
 packets accepted per second of the service's wall time.  Numbers vary with
@@ -23,8 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "ondemand"))
-sys.path.insert(0, str(ROOT / "tests" / "nfqueue"))
 
 from ondemand_packets import esp4  # noqa: E402
 
@@ -53,11 +54,15 @@ def queued_message(packet_id: int, packet: bytes, queue_num: int = 3) -> bytes:
 def micro(count: int, reference: bool = False) -> float:
     """Packets/s through decode, core and verdict encoding.
 
-    ``reference``: decode and encode through the pyroute2 declarations
-    (``appliance.nfqueue.messages``, as the unit tests' reference readers
-    do) instead of the codec's precompiled structs.
+    ``reference``: decode and encode through the oracle's pyroute2
+    declarations instead of the codec's precompiled structs.
     """
-    from test_nfqueue_codec import reference_packet, reference_verdict
+    from tests.nfqueue import nfqueue_oracle as oracle
+
+    def reference_packet(data: bytes) -> codec.QueuedPacket:
+        msg = oracle.nfqnl_packet_msg(data)
+        msg.decode()
+        return codec.QueuedPacket(**oracle.read_packet(msg))
 
     core = OnDemandCore(OnDemandLimits(), now=0.0)
     core.handle_packet(1, esp4(0x1234), 0.0)
@@ -72,16 +77,15 @@ def micro(count: int, reference: bool = False) -> float:
             for action in core.handle_packet(event.packet_id, event.payload, 1.0):
                 assert isinstance(action, Verdict)
                 if reference:
-                    reference_verdict(verdict_kind, 3, action.packet_id, action.accept, 1)
+                    oracle.write_verdict(verdict_kind, 3, action.packet_id, action.accept, 1)
                 else:
                     codec.encode_verdict(3, action.packet_id, action.accept, 1)
     return count / (time.perf_counter() - start)
 
 
 def netns(count: int) -> tuple[float, dict[str, int]]:
-    from nfq_lab import ADDR4, namespace, open_socket, queue_rule
-
     from appliance.ondemand import OnDemandService
+    from tests.nfqueue.nfq_lab import ADDR4, namespace, open_socket, queue_rule
 
     with namespace() as name:
         queue_rule(name, 9, "meta l4proto esp")
@@ -121,8 +125,8 @@ def main() -> None:
     args = parser.parse_args()
     ours, reference = micro(args.count), micro(args.count, reference=True)
     print(
-        f"micro (decode + core + encode): {ours:,.0f} packets/s; through the pyroute2 "
-        f"declarations (reference, same run): {reference:,.0f}; ratio {ours / reference:.1f}x"
+        f"micro (decode + core + encode): {ours:,.0f} packets/s; through the oracle "
+        f"(reference, same run): {reference:,.0f}; ratio {ours / reference:.1f}x"
     )
     if args.netns:
         rate, counters = netns(args.count)

@@ -253,7 +253,7 @@ class Services:
     def stored_oseq(self, gw: str, spi: int) -> int | None:
         """The outbound counter ``gw``'s store holds for the SA ``spi`` (None: not stored)."""
         from appliance.failover.executor import StoreAccess
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
         from appliance.store.client import StoreClient
         from appliance.store.config import load_psk
 
@@ -279,7 +279,7 @@ class Services:
 
     def scrape(self, gw: str, host: str = "client", timeout: float = 30.0) -> str:
         """``gw``'s daemon's ``/metrics``, fetched over HTTP from ``host``'s namespace."""
-        from appliance.nft.netns import run_in_netns
+        from appliance.netns import run_in_netns
 
         url = self.metrics_url(gw)
 

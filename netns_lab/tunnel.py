@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import LabError
-from appliance.nft.netns import run_in_netns
+from appliance.netns import run_in_netns
 from netns_lab.lab import Lab
 from netns_lab.plan import CLIENT_PROTECTED, INSIDE, OUTSIDE, address_of, vip_address
 

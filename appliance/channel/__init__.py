@@ -39,7 +39,11 @@ Rules this package keeps:
 * **Bad input never raises.**  A datagram that is malformed, forged,
   replayed, or for an unknown association is dropped and counted per
   ``DropReason`` in ``endpoint.drops``; the drop is logged with reason, peer
-  and length only -- never content.
+  and length only -- never content.  Errors split as h11's do:
+  ``LocalChannelError`` (the caller's misuse: a bad key or node ID, sending
+  with no association, a full queue) is raised; ``RemoteChannelError`` (a
+  datagram that does not parse) stays inside and becomes a MALFORMED drop.
+  Both are ``ChannelError``.
 * **Bounded tables.**  A client says CLOSE (authenticated like data) when it
   is done, and the server forgets the association at once.  Associations and
   half-open ones (no authenticated data yet) are limited in total and per
@@ -50,18 +54,19 @@ Rules this package keeps:
 
 Usage (client)::
 
-    ep = ChannelEndpoint(psk, "gw-a", Role.CLIENT)
+    ep = ChannelEndpoint(psk, "gw-a", Side.CLIENT)
     ep.connect(("192.0.2.10", 4501), now)
     ep.send(encode_message(request), now)     # buffered until the handshake is done
     for datagram, addr in ep.datagrams_to_send(now): sock.sendto(datagram, addr)
     for event in ep.receive_datagram(data, addr, now): ...  # DataReceived(data=...)
     ep.disconnect()                           # CLOSE on every association; send them, then stop
 
-Usage (server): ``ChannelEndpoint(psk, "store-1", Role.SERVER)``; answer a
+Usage (server): ``ChannelEndpoint(psk, "store-1", Side.SERVER)``; answer a
 ``DataReceived`` event with ``ep.send(reply, now, association=event.association)``.
 """
 
-from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, ChannelError, Role
+from appliance.channel._errors import ChannelError, LocalChannelError, RemoteChannelError
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Side
 from appliance.channel.events import (
     AssociationClosed,
     DataReceived,
@@ -82,6 +87,8 @@ __all__ = [
     "Event",
     "HandshakeCompleted",
     "HandshakeFailed",
+    "LocalChannelError",
     "NetworkAddress",
-    "Role",
+    "RemoteChannelError",
+    "Side",
 ]

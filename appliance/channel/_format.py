@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from appliance.channel._errors import RemoteChannelError
 from appliance.wire.constants import CHANNEL_OVERHEAD
 
 VERSION = 2
@@ -51,10 +52,6 @@ assert DATA_HEADER_LENGTH + TAG_LENGTH == CHANNEL_OVERHEAD
 
 _HANDSHAKE_INFO = b"ipsec-ha channel v1 handshake"
 _SESSION_INFO = b"ipsec-ha channel v1 session"
-
-
-class FormatError(Exception):
-    """Internal: a datagram that does not parse (counted as MALFORMED, never raised out)."""
 
 
 def handshake_key(psk: bytes) -> bytes:
@@ -176,11 +173,11 @@ def build_resp(
 
 def _node_id_and_mac(data: bytes, offset: int) -> tuple[bytes, bytes, bytes]:
     if len(data) < offset + 1:
-        raise FormatError("truncated before the node ID")
+        raise RemoteChannelError("truncated before the node ID")
     length = data[offset]
     end = offset + 1 + length
     if length == 0 or len(data) != end + MAC_LENGTH:
-        raise FormatError("node ID length does not match the datagram length")
+        raise RemoteChannelError("node ID length does not match the datagram length")
     return data[offset + 1 : end], data[:end], data[end:]
 
 
@@ -188,19 +185,19 @@ def parse_init(data: bytes) -> Init:
     aid_end = 4 + ASSOCIATION_ID_LENGTH
     nonce_end = aid_end + NONCE_LENGTH
     if len(data) < MIN_INIT_LENGTH:
-        raise FormatError("INIT too short")
+        raise RemoteChannelError("INIT too short")
     id_end = nonce_end + 1 + data[nonce_end]
     if data[nonce_end] == 0 or len(data) < id_end + 1 + 2 + MAC_LENGTH:
-        raise FormatError("node ID length does not match the datagram length")
+        raise RemoteChannelError("node ID length does not match the datagram length")
     cookie_end = id_end + 1 + data[id_end]
     if data[id_end] not in (0, COOKIE_LENGTH) or len(data) < cookie_end + 2 + MAC_LENGTH:
-        raise FormatError("bad cookie length")
+        raise RemoteChannelError("bad cookie length")
     pad_end = cookie_end + 2 + int.from_bytes(data[cookie_end : cookie_end + 2], "big")
     if len(data) != pad_end + MAC_LENGTH or any(data[cookie_end + 2 : pad_end]):
-        raise FormatError("padding does not match the datagram length or is not zero")
+        raise RemoteChannelError("padding does not match the datagram length or is not zero")
     cookie = data[id_end + 1 : cookie_end]
     if cookie and len(data) < MIN_COOKIE_INIT_LENGTH:
-        raise FormatError("an INIT with a cookie must be padded to the largest RESP")
+        raise RemoteChannelError("an INIT with a cookie must be padded to the largest RESP")
     return Init(
         initiator_aid=data[4:aid_end],
         ni=data[aid_end:nonce_end],
@@ -214,7 +211,7 @@ def parse_init(data: bytes) -> Init:
 
 def parse_cookie(data: bytes) -> Cookie:
     if len(data) != COOKIE_DATAGRAM_LENGTH:
-        raise FormatError("COOKIE has the wrong length")
+        raise RemoteChannelError("COOKIE has the wrong length")
     aid_end = 4 + ASSOCIATION_ID_LENGTH
     cookie_end = aid_end + COOKIE_LENGTH
     return Cookie(data[4:aid_end], data[aid_end:cookie_end], data[:cookie_end], data[cookie_end:])

@@ -13,11 +13,13 @@ import os
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance.channel import _format as fmt
+from appliance.channel._errors import LocalChannelError, RemoteChannelError
 from appliance.channel._replay import ReplayWindow
 from appliance.channel.events import (
     AssociationClosed,
@@ -28,18 +30,17 @@ from appliance.channel.events import (
     HandshakeFailed,
     NetworkAddress,
 )
-from appliance.errors import ApplianceError
 
 log = logging.getLogger("appliance.channel")
 
 MAX_SEQUENCE = (1 << 64) - 1
 
-
-class ChannelError(ApplianceError):
-    """A local misuse of the channel: bad key or node ID, no association to send on."""
+_Answer = TypeVar("_Answer", fmt.Cookie, fmt.Resp)
 
 
-class Role(enum.Enum):
+class Side(enum.Enum):
+    """Which end of the channel an endpoint is."""
+
     CLIENT = "client"
     """Initiates handshakes (a gateway node talking to the store)."""
     SERVER = "server"
@@ -97,9 +98,9 @@ class ChannelConfig:
         }
         for name, value in limits.items():
             if value < 1:
-                raise ChannelError(f"channel config: {name} must be at least 1, got {value}")
+                raise LocalChannelError(f"channel config: {name} must be at least 1, got {value}")
         if self.cookie_secret_seconds <= 0:
-            raise ChannelError("channel config: cookie_secret_seconds must be positive")
+            raise LocalChannelError("channel config: cookie_secret_seconds must be positive")
 
 
 @dataclass(eq=False)
@@ -158,17 +159,17 @@ class ChannelEndpoint:
         self,
         psk: bytes,
         node_id: str,
-        role: Role | str,
+        role: Side | str,
         config: ChannelConfig | None = None,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not isinstance(psk, bytes) or len(psk) < fmt.MIN_PSK_LENGTH:
-            raise ChannelError(f"the cluster key must be at least {fmt.MIN_PSK_LENGTH} bytes")
+            raise LocalChannelError(f"the cluster key must be at least {fmt.MIN_PSK_LENGTH} bytes")
         encoded_id = node_id.encode("utf-8")
         if not 1 <= len(encoded_id) <= fmt.MAX_NODE_ID_LENGTH:
-            raise ChannelError("the node ID must be 1-255 bytes of UTF-8")
-        self.role = Role(role)
+            raise LocalChannelError("the node ID must be 1-255 bytes of UTF-8")
+        self.role = Side(role)
         self.node_id = node_id
         self.config = config or ChannelConfig()
         self._psk = psk
@@ -220,7 +221,7 @@ class ChannelEndpoint:
     @property
     def established(self) -> bool:
         """Client: an association is up; server: at least one association exists."""
-        if self.role is Role.CLIENT:
+        if self.role is Side.CLIENT:
             return self._current is not None
         return bool(self._associations)
 
@@ -246,8 +247,8 @@ class ChannelEndpoint:
     # -- client: handshake ------------------------------------------------
     def connect(self, addr: NetworkAddress, now: float) -> None:
         """Client: start a handshake with the server at ``addr`` (again, if called again)."""
-        if self.role is not Role.CLIENT:
-            raise ChannelError("only a client endpoint initiates handshakes")
+        if self.role is not Side.CLIENT:
+            raise LocalChannelError("only a client endpoint initiates handshakes")
         self._server_addr = addr
         self._want_connection = True
         self._start_handshake(now)
@@ -271,7 +272,7 @@ class ChannelEndpoint:
     def _seal(self, datagram_type: int, plaintext: bytes, assoc: _Association) -> bytes:
         if assoc.send_seq + 1 >= MAX_SEQUENCE:
             # Never reuse a nonce: this association cannot send any more.
-            raise ChannelError("the association's sequence numbers are exhausted; rekey first")
+            raise LocalChannelError("the association's sequence numbers are exhausted; rekey first")
         assoc.send_seq += 1
         header = fmt.DATA_HEADER.pack(datagram_type, fmt.VERSION, 0, assoc.peer_id, assoc.send_seq)
         sealed = assoc.send_aead.encrypt(
@@ -281,7 +282,7 @@ class ChannelEndpoint:
 
     def send(self, plaintext: bytes, now: float, association: bytes | None = None) -> None:
         """Queue ``plaintext`` for ``datagrams_to_send``; a client buffers it until connected."""
-        if self.role is Role.CLIENT and association is None:
+        if self.role is Side.CLIENT and association is None:
             current = self._associations.get(self._current) if self._current else None
             stale = (
                 current is not None
@@ -292,7 +293,7 @@ class ChannelEndpoint:
                 self._start_handshake(now)
             if current is None or stale:
                 if len(self._unsent) >= self.config.max_queued:
-                    raise ChannelError("too many messages queued while the channel is down")
+                    raise LocalChannelError("too many messages queued while the channel is down")
                 self._unsent.append(plaintext)
                 return
             if self._awaiting_since is None:
@@ -300,7 +301,7 @@ class ChannelEndpoint:
         resolved = self._resolve(association)
         self._queue(self.protect(plaintext, resolved), self._get(resolved).addr)
         if (
-            self.role is Role.CLIENT
+            self.role is Side.CLIENT
             and self._pending is None
             and self._get(resolved).send_seq >= self.config.rekey_after_messages
         ):
@@ -332,7 +333,7 @@ class ChannelEndpoint:
         elif data[0] == fmt.TYPE_RESP:
             self._receive_resp(data, addr, now)
         elif data[0] == fmt.TYPE_CLOSE:
-            if self.role is Role.SERVER:
+            if self.role is Side.SERVER:
                 self._receive_data(data, addr, now)
             else:
                 self._drop(DropReason.WRONG_ROLE, addr, data)
@@ -384,13 +385,13 @@ class ChannelEndpoint:
             self._events.append(DataReceived(plaintext, assoc.local_id, assoc.peer_node_id, addr))
 
     def _receive_init(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        if self.role is not Role.SERVER:
+        if self.role is not Side.SERVER:
             self._drop(DropReason.WRONG_ROLE, addr, data)
             return
         try:
             init = fmt.parse_init(data)
             peer_node_id = init.node_id.decode("utf-8")
-        except (fmt.FormatError, UnicodeDecodeError):
+        except (RemoteChannelError, UnicodeDecodeError):
             self._drop(DropReason.MALFORMED, addr, data)
             return
         if not hmac.compare_digest(init.mac, fmt.mac(self._handshake_key, init.signed)):
@@ -498,24 +499,39 @@ class ChannelEndpoint:
             return _lru_of_largest_source(table), "evicted: association table full"
         return None
 
-    def _receive_cookie(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        if self.role is not Role.CLIENT:
+    def _answer_to_pending(
+        self, data: bytes, addr: NetworkAddress, parse: Callable[[bytes], _Answer]
+    ) -> tuple[_Answer, _PendingHandshake] | None:
+        """A COOKIE or RESP that answers our pending INIT, its MAC checked; else a drop (None).
+
+        A COOKIE's MAC also covers our Ni, a RESP's our whole INIT: only the
+        server we sent that INIT to can make either.
+        """
+        if self.role is not Side.CLIENT:
             self._drop(DropReason.WRONG_ROLE, addr, data)
-            return
+            return None
         try:
-            cookie = fmt.parse_cookie(data)
-        except fmt.FormatError:
+            answer = parse(data)
+        except RemoteChannelError:
             self._drop(DropReason.MALFORMED, addr, data)
-            return
+            return None
         pending = self._pending
-        if pending is None or cookie.initiator_aid != pending.local_id:
+        if pending is None or answer.initiator_aid != pending.local_id:
             self._drop(DropReason.HANDSHAKE_UNEXPECTED, addr, data)
-            return
+            return None
+        covered = pending.ni if isinstance(answer, fmt.Cookie) else pending.datagram
         if not hmac.compare_digest(
-            cookie.mac, fmt.mac(self._handshake_key, pending.ni, cookie.signed)
+            answer.mac, fmt.mac(self._handshake_key, covered, answer.signed)
         ):
             self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
+            return None
+        return answer, pending
+
+    def _receive_cookie(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        answered = self._answer_to_pending(data, addr, fmt.parse_cookie)
+        if answered is None:
             return
+        cookie, pending = answered
         if cookie.cookie == pending.cookie:
             return  # a duplicate: the INIT with this cookie is already on its way
         if pending.cookie:
@@ -533,22 +549,10 @@ class ChannelEndpoint:
         self._queue(pending.datagram, pending.addr)
 
     def _receive_resp(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        if self.role is not Role.CLIENT:
-            self._drop(DropReason.WRONG_ROLE, addr, data)
+        answered = self._answer_to_pending(data, addr, fmt.parse_resp)
+        if answered is None:
             return
-        try:
-            resp = fmt.parse_resp(data)
-        except fmt.FormatError:
-            self._drop(DropReason.MALFORMED, addr, data)
-            return
-        pending = self._pending
-        if pending is None or resp.initiator_aid != pending.local_id:
-            self._drop(DropReason.HANDSHAKE_UNEXPECTED, addr, data)
-            return
-        expected = fmt.mac(self._handshake_key, pending.datagram, resp.signed)
-        if not hmac.compare_digest(resp.mac, expected):
-            self._drop(DropReason.HANDSHAKE_AUTH_FAILED, addr, data)
-            return
+        resp, pending = answered
         try:
             peer_node_id = resp.node_id.decode("utf-8")
         except UnicodeDecodeError:
@@ -594,7 +598,7 @@ class ChannelEndpoint:
         times.extend(self._retiring.values())
         for assoc in self._associations.values():
             times.append(assoc.expires)
-            if self.role is Role.SERVER:
+            if self.role is Side.SERVER:
                 times.append(assoc.last_received + self.config.idle_timeout_seconds)
                 if not assoc.confirmed:
                     times.append(assoc.created + self.config.half_open_timeout)
@@ -628,20 +632,20 @@ class ChannelEndpoint:
             if now >= assoc.expires:
                 self._close(assoc.local_id, "lifetime expired")
             elif (
-                self.role is Role.SERVER
+                self.role is Side.SERVER
                 and not assoc.confirmed
                 and now >= assoc.created + self.config.half_open_timeout
             ):
                 self._close(assoc.local_id, "no data after the handshake")
             elif (
-                self.role is Role.SERVER
+                self.role is Side.SERVER
                 and now >= assoc.last_received + self.config.idle_timeout_seconds
             ):
                 self._close(assoc.local_id, "idle")
         self._maybe_rekey(now)
 
     def _maybe_rekey(self, now: float) -> None:
-        if self.role is not Role.CLIENT or self._pending is not None or self._server_addr is None:
+        if self.role is not Side.CLIENT or self._pending is not None or self._server_addr is None:
             return
         current = self._associations.get(self._current) if self._current else None
         if current is None:
@@ -671,8 +675,8 @@ class ChannelEndpoint:
         lost costs the server a table entry until it is idle or evicted.  Take
         the CLOSE datagrams from ``datagrams_to_send``.
         """
-        if self.role is not Role.CLIENT:
-            raise ChannelError("only a client endpoint closes its associations")
+        if self.role is not Side.CLIENT:
+            raise LocalChannelError("only a client endpoint closes its associations")
         self._want_connection = False
         self._pending = None
         self._unsent.clear()
@@ -686,13 +690,13 @@ class ChannelEndpoint:
         if association is not None:
             return association
         if self._current is None:
-            raise ChannelError("no association to send on: the handshake has not completed")
+            raise LocalChannelError("no association to send on: the handshake has not completed")
         return self._current
 
     def _get(self, association: bytes) -> _Association:
         assoc = self._associations.get(association)
         if assoc is None:
-            raise ChannelError(f"association {association.hex()} does not exist")
+            raise LocalChannelError(f"association {association.hex()} does not exist")
         return assoc
 
     def _new_association_id(self) -> bytes:

@@ -9,7 +9,7 @@ import typer
 from appliance.cli._app import app
 from appliance.cli._output import emit
 from appliance.cli.sa import JsonOption, NetnsOption, mode_name, proto_name
-from appliance.model import Action, Direction, PolicyFlag, SpdEntry, flag_names
+from appliance.model import Direction, PolicyAction, PolicyFlag, SpdEntry, flag_names
 
 policy_app = typer.Typer(
     help="Inspect the kernel's IPsec policies (XFRM SPD).", no_args_is_help=True
@@ -17,7 +17,7 @@ policy_app = typer.Typer(
 app.add_typer(policy_app, name="policy")
 
 
-def _name(enum_type: type[Direction] | type[Action], value: int) -> str:
+def _name(enum_type: type[Direction] | type[PolicyAction], value: int) -> str:
     try:
         return enum_type(value).name.lower()
     except ValueError:
@@ -31,7 +31,7 @@ def render_policy(policy: SpdEntry) -> str:
         f"src {sel.saddr}/{sel.prefixlen_s} dst {sel.daddr}/{sel.prefixlen_d} "
         f"proto {sel.proto} dir {_name(Direction, policy.dir)}",
         f"  priority {policy.priority} index {policy.index} "
-        f"action {_name(Action, policy.action)} ptype {'sub' if policy.ptype else 'main'} "
+        f"action {_name(PolicyAction, policy.action)} ptype {'sub' if policy.ptype else 'main'} "
         f"flags {' '.join(flag_names(policy.flags, PolicyFlag)) or '-'}",
     ]
     extras = []

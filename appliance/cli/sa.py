@@ -13,7 +13,7 @@ from appliance.model import (
     IPPROTO_COMP,
     IPPROTO_ESP,
     XFRM_INF,
-    Key,
+    KeyMaterial,
     Mode,
     SadEntry,
     StateExtraFlag,
@@ -46,7 +46,7 @@ def mode_name(mode: int) -> str:
         return str(mode)
 
 
-def _key_text(key: Key, show_keys: bool) -> str:
+def _key_text(key: KeyMaterial, show_keys: bool) -> str:
     return "0x" + key.data.hex() if show_keys else f"<{len(key)} bytes hidden>"
 
 

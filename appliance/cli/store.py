@@ -183,7 +183,6 @@ def get(
 ) -> None:
     """Retrieve state (SA_Retr): a server's whole state, or one SA with its policies."""
     from appliance.model import Snapshot
-    from appliance.store.client import merge_replay
 
     if (server_id is None) == (spi is None):
         raise UsageError("give either --server-id ID or --spi SPI --dst ADDR")
@@ -191,21 +190,13 @@ def get(
         raise UsageError("--spi needs --dst ADDR")
     with _client(config) as client:
         if server_id is not None:
-            state = client.get_server(server_id)
-            sid, ep = state.server_id, state.epoch
-            sad = [
-                merge_replay(sa, state.replay[k]) if (k := _key(sa)) in state.replay else sa
-                for sa in state.sad
-            ]
-            spd = state.spd
-            extra: dict[str, Any] = {"pages": state.pages}
+            found = client.fetch(server_id)
+            extra: dict[str, Any] = {"pages": found.pages}
         else:
             assert spi is not None and dst is not None
-            answer = client.get_spi(_parse_spi(spi), dst, proto)
-            sid, ep = answer.server_id, answer.epoch
-            sad = [answer.sad if answer.replay is None else merge_replay(answer.sad, answer.replay)]
-            spd = answer.spd
+            found = client.fetch_sa(_parse_spi(spi), dst, proto)
             extra = {}
+    sid, ep, sad, spd = found.server_id, found.epoch, found.sad, found.spd
     if output is not None:
         snap = Snapshot(sid, datetime.datetime.now(datetime.UTC), tuple(sad), tuple(spd))
         _write_private(output, snap.to_bytes())
@@ -230,12 +221,6 @@ def get(
         return "\n".join(lines)
 
     emit(result, as_json, render)
-
-
-def _key(sa: Any) -> Any:
-    from appliance.store.client import sa_key_of
-
-    return sa_key_of(sa)
 
 
 @store_app.command()

@@ -15,16 +15,16 @@ from appliance.failover.seqjump import (
     compute_jump,
     unsynced_packets_bound,
 )
-from appliance.failover.transitions import Action, Role, StandbyMode, plan, role_for
+from appliance.failover.transitions import Role, StandbyMode, Step, plan, role_for
 
 __all__ = [
-    "Action",
     "Advanced",
     "AdvancedSa",
     "RekeyRequired",
     "Role",
     "SeqJumpError",
     "StandbyMode",
+    "Step",
     "advance_oseq",
     "advance_sa",
     "compute_jump",

@@ -71,14 +71,13 @@ from appliance.failover.sync import (
     SetThresholds,
     SyncCore,
     SyncOp,
-    is_gate,
 )
 from appliance.failover.transitions import (
     FENCED,
     RECLAIM,
-    Action,
     Role,
     StandbyMode,
+    Step,
     plan,
     role_for,
 )
@@ -88,10 +87,14 @@ from appliance.failover.vrrp_source import (
     log_transitions,
     open_fifo,
 )
-from appliance.model import SadEntry, SpdEntry
 from appliance.notify import VrrpState
-from appliance.store.base import FetchCancelled, NotFoundError, StaleEpochError, StoreError
-from appliance.wire.entries import replay_update_for
+from appliance.planner import Op, OpKind, apply_ops, is_gate
+from appliance.store.base import (
+    FetchCancelled,
+    NotFoundError,
+    StaleEpochError,
+    StoreError,
+)
 from appliance.xfrm import constants as c
 from appliance.xfrm.events import EventsOverrun, xfrm_events
 from appliance.xfrm.types import XfrmError
@@ -274,9 +277,7 @@ class FailoverDaemon:
                 )
                 self._published(add=op)
             elif isinstance(op, PutReplay):
-                self._to_stores(
-                    "replay", lambda cl, ep, op=op: cl.update_replay(sid, ep, op.states)
-                )
+                self._to_stores("replay", lambda cl, ep, op=op: cl.update_replay(sid, ep, op.sas))
             elif isinstance(op, DeleteEntries):
                 self._to_stores(
                     "delete",
@@ -300,9 +301,9 @@ class FailoverDaemon:
         if not ops:
             return
         replay_thresh, etimer_thresh = self.config.sync.replay_seq_thresh, self.etimer
-        batch: list[tuple[str, SadEntry | SpdEntry]] = [
-            (
-                "set_thresholds",
+        batch = [
+            Op(
+                OpKind.SET_THRESHOLDS,
                 dataclasses.replace(
                     op.sa, replay_thresh=replay_thresh, etimer_thresh=etimer_thresh
                 ),
@@ -310,7 +311,7 @@ class FailoverDaemon:
             for op in ops
         ]
         try:
-            failures = self.kernel.install_batch(batch)
+            failures = apply_ops(self.kernel, batch)
         except XfrmError as exc:
             log.warning("thresholds of %d SAs not set: %s", len(batch), exc)
             return
@@ -345,9 +346,7 @@ class FailoverDaemon:
             if plan.put_sad or plan.put_spd:
                 client.put_entries(sid, epoch, plan.put_sad, plan.put_spd)
             if plan.replay_only:
-                client.update_replay(
-                    sid, epoch, tuple(replay_update_for(sa) for sa in plan.replay_only)
-                )
+                client.update_replay(sid, epoch, plan.replay_only)
             if plan.stale_sas or plan.stale_policies:
                 client.delete(sid, epoch, plan.stale_sas, plan.stale_policies)
 
@@ -416,7 +415,7 @@ class FailoverDaemon:
                     await asyncio.to_thread(self.apply_ops, ops)
 
     async def _follower(self) -> None:
-        apply = [Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+        apply = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
         last_cycle = 0.0
         while True:
             # Rest at least as long as the last cycle took: with thousands of SAs a
@@ -442,7 +441,7 @@ class FailoverDaemon:
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
-                    actions = apply if fetched is not None else [Action.FETCH_STATE, *apply]
+                    actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
                     held = await asyncio.to_thread(self._follow_once, actions, fetched)
                 # In step with the store as of the fetch's start, holding this much of it.
                 self.health.record_sync(started, started_unix)
@@ -454,7 +453,7 @@ class FailoverDaemon:
                 log.warning("hot standby: %s", exc)
             last_cycle = time.monotonic() - started
 
-    def _follow_once(self, actions: list[Action], fetched: Any) -> tuple[int, int] | None:
+    def _follow_once(self, actions: list[Step], fetched: Any) -> tuple[int, int] | None:
         """One follow run (blocking); what the kernel then holds of the fetched state."""
         self.executor.run(actions, fetched=fetched)
         return self.executor.held_of_fetched()
@@ -502,7 +501,7 @@ class FailoverDaemon:
                     log.warning("reclaimed ownership of %s", self.config.node.server_id)
                     self._write_status(VrrpState.MASTER, last_reclaim, ok=True)
 
-    async def _run_plan(self, actions: list[Action], what: str, at: float) -> bool:
+    async def _run_plan(self, actions: list[Step], what: str, at: float) -> bool:
         """Run the fenced or reclaim plan; counted as a transition of state FENCED or RECLAIM."""
         async with self._kernel_lock:
             try:

@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 ``PlanExecutor.run(actions, received_at)`` performs the actions in order.
-The kernel side goes through the small ``XfrmKernel`` protocol (what
-``XfrmSocket`` offers), the store side through ``StateStore`` (``StoreAccess``
+What each kernel action changes is planned by ``appliance.planner`` (the
+same rules as ``ipsec-ha restore`` and on-demand install); the kernel side
+goes through its ``XfrmKernel`` protocol (what ``XfrmSocket`` offers), the
+store side through ``StateStore`` (``StoreAccess``
 below wraps one ``StoreClient`` per configured store) and the daemon's loops
 through ``SyncLoops``, so that the logic is tested with fakes.
 
@@ -21,10 +23,10 @@ as it should be is not rewritten. Running the same plan again changes
 nothing in the kernel (``CLAIM_OWNERSHIP`` raises this node's epoch once
 more, which fences nobody new).
 
-Outbound SAs get their counter advanced by the jump (``seqjump.advance_sa``)
-before they are added; an SA whose counter would wrap is *not* installed but
-reported (``ExecutionReport.rekey``), for IKE to rekey. Inbound SAs are added
-with the replay window the store holds.
+Outbound SAs get their counter advanced by the jump (``seqjump.advance_sa``,
+through ``planner.prepare_sas``) before they are added; an SA whose counter
+would wrap is *not* installed but reported (``ExecutionReport.rekey``), for
+IKE to rekey. Inbound SAs are added with the replay window the store holds.
 
 The run is bounded: before each action and each kernel batch the deadline
 is checked, and ``ExecutionTimeout`` names the action it stopped at. Since
@@ -51,23 +53,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.errors import ApplianceError
-from appliance.failover.seqjump import AdvancedSa, RekeyRequired, advance_sa
-from appliance.failover.sync import is_gate, sa_key
-from appliance.failover.transitions import Action
-from appliance.model import (
-    Action as PolicyAction,
-)
+from appliance.failover.seqjump import AdvancedSa
+from appliance.failover.transitions import Step
 from appliance.model import (
     Address,
-    Direction,
-    LifetimeCur,
     ReplayState,
     ReplayStateEsn,
     SadEntry,
-    SpdEntry,
     classify_outbound,
 )
-from appliance.restore import policy_identity, sa_identity
+from appliance.planner import (
+    Identity,
+    Op,
+    XfrmKernel,
+    apply_ops,
+    counters_behind,
+    plan_close_outbound,
+    plan_install,
+    plan_open_outbound,
+    plan_remove_state,
+    policy_identity,
+    prepare_sas,
+    replay_of,
+    sa_identity,
+    wanted_counter,
+)
+from appliance.rtnl import local_addresses
+from appliance.store.client import Retrieved
 from appliance.xfrm.types import AeState, BatchFailure
 
 if TYPE_CHECKING:
@@ -94,32 +106,6 @@ rounds keep short the time in which traffic could move an inbound counter
 between the read and the write (a NEWAE with replace would then rewind it)."""
 
 
-class XfrmKernel(Protocol):
-    """The part of ``XfrmSocket`` the executor uses."""
-
-    def dump_sad(self) -> list[SadEntry]: ...
-
-    def dump_spd(self) -> list[SpdEntry]: ...
-
-    def install_batch(
-        self, operations: Sequence[tuple[str, SadEntry | SpdEntry]]
-    ) -> list[BatchFailure]: ...
-
-    def get_ae_batch(self, entries: Sequence[SadEntry]) -> list[AeState | BatchFailure]: ...
-
-
-@dataclass(frozen=True)
-class FetchedState:
-    """A server ID's state as retrieved: SAs with their latest counters, policies."""
-
-    sad: tuple[SadEntry, ...]
-    spd: tuple[SpdEntry, ...]
-    source: str
-    """Which store answered."""
-    skipped: tuple[str, ...] = ()
-    """Stored entries that did not decode and were left out, one line each (no key bytes)."""
-
-
 class StateStore(Protocol):
     """The store operations a plan needs."""
 
@@ -127,7 +113,7 @@ class StateStore(Protocol):
         """Raise the epoch; returns the new epoch per store that answered."""
         ...
 
-    def fetch(self, server_id: str) -> FetchedState: ...
+    def fetch(self, server_id: str) -> Retrieved: ...
 
 
 class SyncLoops(Protocol):
@@ -191,29 +177,6 @@ class ExecutionReport:
         return out
 
 
-def gate_for(policy: SpdEntry) -> SpdEntry:
-    """The block gate standing in for an ``out`` policy: same identity and priority."""
-    return dataclasses.replace(
-        policy, action=PolicyAction.BLOCK, templates=(), lifetime_cur=LifetimeCur()
-    )
-
-
-def _same_policy(a: SpdEntry, b: SpdEntry) -> bool:
-    return (a.action, a.templates, a.priority) == (b.action, b.templates, b.priority)
-
-
-def _seq64(state: ReplayState | ReplayStateEsn | None, *, outbound: bool) -> int:
-    if state is None:
-        return 0
-    if isinstance(state, ReplayStateEsn):
-        return state.oseq64 if outbound else state.seq64
-    return state.oseq if outbound else state.seq
-
-
-def _replay_of(sa: SadEntry | AeState) -> ReplayState | ReplayStateEsn | None:
-    return sa.replay_esn if sa.replay_esn is not None else sa.replay
-
-
 def kernel_hz(release: str | None = None) -> int:
     """CONFIG_HZ of the running kernel (``XFRMA_ETIMER_THRESH`` is read in jiffies).
 
@@ -259,13 +222,13 @@ class PlanExecutor:
         self.settings = settings
         self.local_addresses = local_addresses
         self.clock = clock
-        self.fetched: FetchedState | None = None
-        self._installed: set[Any] = set()
+        self.fetched: Retrieved | None = None
+        self._installed: set[Identity] = set()
         """Identities of the SAs this run added (their counters are already advanced)."""
-        self._held: set[Any] | None = None
+        self._held: set[Identity] | None = None
         """Identities of the SAs the kernel holds, once this run dumped them or installed,
         removed or cleared any (None: not known yet in this run)."""
-        self._inbound_checked: dict[Any, int] = {}
+        self._inbound_checked: dict[Identity, int] = {}
         """Inbound SA identity -> the stored counter last brought into the kernel. A hot
         standby's inbound SAs see no traffic, so an unchanged stored counter needs no
         GETAE on the next follow; any other plan clears this."""
@@ -274,10 +237,10 @@ class PlanExecutor:
 
     def run(
         self,
-        actions: Sequence[Action],
+        actions: Sequence[Step],
         received_at: float | None = None,
         *,
-        fetched: FetchedState | None = None,
+        fetched: Retrieved | None = None,
     ) -> ExecutionReport:
         """Perform ``actions`` in order; raise ``ExecutionError`` on the first failure.
 
@@ -337,38 +300,38 @@ class PlanExecutor:
         log.info("%s", json.dumps({"timeline": step, "monotonic": entry.monotonic, **detail}))
 
     @staticmethod
-    def _note_skipped(report: ExecutionReport, fetched: FetchedState) -> None:
+    def _note_skipped(report: ExecutionReport, fetched: Retrieved) -> None:
         # Logged once by the fetch; the report (and so the status file) carries the count.
         report.skipped = list(fetched.skipped)
         report.skipped_entries = len(fetched.skipped)
 
-    def _check_deadline(self, deadline: float, action: Action) -> None:
+    def _check_deadline(self, deadline: float, action: Step) -> None:
         if self.clock() > deadline:
             raise ExecutionTimeout(
                 f"the transition did not finish within {self.settings.timeout_s:g} s; "
                 f"stopped before {action.value} (outbound stays gated)"
             )
 
-    def _do(self, action: Action, report: ExecutionReport, deadline: float) -> dict[str, Any]:
+    def _do(self, action: Step, report: ExecutionReport, deadline: float) -> dict[str, Any]:
         sid = self.settings.server_id
-        if action is Action.CLOSE_OUTBOUND:
+        if action is Step.CLOSE_OUTBOUND:
             return {"gated": self._close_outbound(report, deadline)}
-        if action is Action.STOP_PUBLISHING:
+        if action is Step.STOP_PUBLISHING:
             self.loops.stop_publishing()
             return {}
-        if action is Action.START_PUBLISHING:
+        if action is Step.START_PUBLISHING:
             self.loops.start_publishing(dict(report.epochs))
             return {}
-        if action is Action.STOP_FOLLOWING:
+        if action is Step.STOP_FOLLOWING:
             self.loops.stop_following()
             return {}
-        if action is Action.START_FOLLOWING:
+        if action is Step.START_FOLLOWING:
             self.loops.start_following()
             return {}
-        if action is Action.CLAIM_OWNERSHIP:
+        if action is Step.CLAIM_OWNERSHIP:
             report.epochs = self.store.claim(sid)
             return {"epochs": report.epochs}
-        if action is Action.FETCH_STATE:
+        if action is Step.FETCH_STATE:
             self.fetched = self.store.fetch(sid)
             self._note_skipped(report, self.fetched)
             return {
@@ -378,30 +341,28 @@ class PlanExecutor:
                 "skipped": len(self.fetched.skipped),
             }
         fetched = self.fetched
-        if action is Action.REMOVE_STATE:
+        if action is Step.REMOVE_STATE:
             return {"removed": self._remove_state(report, deadline)}
         if fetched is None:
             raise ExecutionError(f"{action.value} needs the state from fetch-state first")
-        if action is Action.INSTALL_STATE:
+        if action is Step.INSTALL_STATE:
             return self._install(fetched, report, deadline, reconcile=False)
-        if action is Action.RECONCILE_STATE:
+        if action is Step.RECONCILE_STATE:
             return self._install(fetched, report, deadline, reconcile=True)
-        if action is Action.ADVANCE_OUTBOUND_SEQ:
+        if action is Step.ADVANCE_OUTBOUND_SEQ:
             return self._advance_outbound(fetched, report, deadline)
-        if action is Action.RESTORE_INBOUND_REPLAY:
+        if action is Step.RESTORE_INBOUND_REPLAY:
             return self._restore_inbound(fetched, report, deadline)
-        if action is Action.OPEN_OUTBOUND:
+        if action is Step.OPEN_OUTBOUND:
             return {"opened": self._open_outbound(fetched, report, deadline)}
         raise ExecutionError(f"unknown action {action!r}")
 
     # -- kernel work -------------------------------------------------------------
 
-    def _batch(
-        self, ops: list[tuple[str, SadEntry | SpdEntry]], what: str, deadline: float
-    ) -> None:
+    def _batch(self, ops: list[Op], what: str, deadline: float) -> None:
         if not ops:
             return
-        failures = self.kernel.install_batch(ops)
+        failures = apply_ops(self.kernel, ops)
         if failures:
             first = failures[0]
             raise ExecutionError(
@@ -415,85 +376,54 @@ class PlanExecutor:
             )
 
     def _close_outbound(self, report: ExecutionReport, deadline: float) -> int:
-        ops: list[tuple[str, SadEntry | SpdEntry]] = [
-            ("update_policy", gate_for(p))
-            for p in self.kernel.dump_spd()
-            if p.dir == Direction.OUT and not is_gate(p)
-        ]
+        ops = plan_close_outbound(self.kernel.dump_spd())
         self._batch(ops, "close-outbound", deadline)
         report.gated += len(ops)
         return len(ops)
 
-    def _outbound_flags(self, fetched: FetchedState) -> list[bool]:
+    def _outbound_flags(self, fetched: Retrieved) -> list[bool]:
         return classify_outbound(fetched.sad, fetched.spd, self.local_addresses())
 
-    def _with_thresholds(self, sa: SadEntry) -> SadEntry:
-        return dataclasses.replace(
-            sa,
-            replay_thresh=self.settings.replay_seq_thresh,
-            etimer_thresh=self.settings.etimer_jiffies,
-        )
-
     def _install(
-        self, fetched: FetchedState, report: ExecutionReport, deadline: float, *, reconcile: bool
+        self, fetched: Retrieved, report: ExecutionReport, deadline: float, *, reconcile: bool
     ) -> dict[str, Any]:
         kernel_sas = {sa_identity(sa): sa for sa in self.kernel.dump_sad()}
         kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
-        sa_ops: list[tuple[str, SadEntry | SpdEntry]] = []
-        for sa, outbound in zip(fetched.sad, self._outbound_flags(fetched), strict=True):
-            if sa_identity(sa) in kernel_sas:
-                continue
-            if outbound:
-                outcome = advance_sa(sa, self.settings.oseq_jump)
-                if isinstance(outcome, RekeyRequired):
-                    report.rekey.append((sa.spi, outcome.reason))
-                    continue
-                report.advanced.append((sa.spi, outcome.old_oseq, outcome.new_oseq))
-                sa = outcome.sa
-            sa_ops.append(("add_sa", self._with_thresholds(sa)))
-        pol_ops: list[tuple[str, SadEntry | SpdEntry]] = []
-        for pol in fetched.spd:
-            # Outbound stays gated until open-outbound.
-            target = gate_for(pol) if pol.dir == Direction.OUT else pol
-            present = kernel_pols.get(policy_identity(pol))
-            if present is None:
-                pol_ops.append(("add_policy", target))
-            elif not _same_policy(present, target) and not (
-                pol.dir == Direction.OUT and _same_policy(present, pol)
-            ):
-                # An out policy already open (a re-run after open-outbound) stays open.
-                pol_ops.append(("update_policy", target))
-        removals: list[tuple[str, SadEntry | SpdEntry]] = []
-        if reconcile:
-            wanted_sas = {sa_identity(sa) for sa in fetched.sad}
-            wanted_pols = {policy_identity(p) for p in fetched.spd}
-            removals += [("delete_sa", sa) for k, sa in kernel_sas.items() if k not in wanted_sas]
-            removals += [
-                ("delete_policy", p)
-                for k, p in kernel_pols.items()
-                if k not in wanted_pols and not is_gate(p)
-            ]
-        # SAs before the policies that name them; removals last (policies first).
-        self._batch(sa_ops, "install SAs", deadline)
-        self._installed.update(sa_identity(op[1]) for op in sa_ops if isinstance(op[1], SadEntry))
-        self._batch(pol_ops, "install policies", deadline)
-        removals.sort(key=lambda op: op[0] != "delete_policy")
-        self._batch(removals, "remove stale entries", deadline)
+        plan = plan_install(
+            fetched.sad,
+            self._outbound_flags(fetched),
+            fetched.spd,
+            kernel_sas,
+            kernel_pols,
+            self.settings.oseq_jump,
+            thresholds=(self.settings.replay_seq_thresh, self.settings.etimer_jiffies),
+            reconcile=reconcile,
+        )
+        if plan.invalid:
+            raise plan.invalid[0][1]  # the configuration's or the state's fault, not the SA's
+        report.rekey += [(sa.spi, rekey.reason) for sa, rekey in plan.rekey]
+        report.advanced += [(a.sa.spi, a.old_oseq, a.new_oseq) for a in plan.advanced]
+        self._batch(plan.sa_ops, "install SAs", deadline)
+        self._installed.update(
+            sa_identity(op.entry) for op in plan.sa_ops if isinstance(op.entry, SadEntry)
+        )
+        self._batch(plan.policy_ops, "install policies", deadline)
+        self._batch(plan.removals, "remove stale entries", deadline)
         self._held = (set(kernel_sas) | self._installed) - {
-            sa_identity(op[1]) for op in removals if isinstance(op[1], SadEntry)
+            sa_identity(op.entry) for op in plan.removals if isinstance(op.entry, SadEntry)
         }
-        report.installed_sas += len(sa_ops)
-        report.installed_policies += len(pol_ops)
-        report.removed += len(removals)
+        report.installed_sas += len(plan.sa_ops)
+        report.installed_policies += len(plan.policy_ops)
+        report.removed += len(plan.removals)
         return {
-            "sas": len(sa_ops),
-            "policies": len(pol_ops),
-            "removed": len(removals),
+            "sas": len(plan.sa_ops),
+            "policies": len(plan.policy_ops),
+            "removed": len(plan.removals),
             "rekey": len(report.rekey),
         }
 
     def _present(
-        self, fetched: FetchedState, flags: list[bool] | None = None
+        self, fetched: Retrieved, flags: list[bool] | None = None
     ) -> list[tuple[SadEntry, bool]]:
         """The fetched SAs the kernel holds, each with its outbound flag (given or computed)."""
         if self._held is None:
@@ -517,38 +447,33 @@ class PlanExecutor:
                 f"{what}: the kernel could not read {len(failures)} of {len(sas)} replay "
                 f"states; first: {failures[0].message}"
             )
-        return [_replay_of(a) for a in answers if isinstance(a, AeState)]
+        return [replay_of(a) for a in answers if isinstance(a, AeState)]
 
     def _move_counters(
         self,
         wanted: Sequence[tuple[SadEntry, int]],
         *,
         outbound: bool,
-        action: Action,
+        action: Step,
         deadline: float,
-    ) -> Iterator[tuple[Sequence[tuple[SadEntry, int]], list[SadEntry]]]:
+    ) -> Iterator[tuple[Sequence[tuple[SadEntry, int]], list[Op]]]:
         """Give each SA its own replay state where the kernel's counter is below ``wanted``.
 
-        Never rewinds: an SA already there, or moved further by traffic, is
-        left alone. Works in rounds of ``AE_ROUND`` SAs (one GETAE batch, then
-        one NEWAE batch); once a round is done, yields what it checked and the
-        SAs it set.
+        Never rewinds (``planner.counters_behind``). Works in rounds of
+        ``AE_ROUND`` SAs (one GETAE batch, then one NEWAE batch); once a round
+        is done, yields what it checked and the ops it applied.
         """
         what = action.value
         for start in range(0, len(wanted), AE_ROUND):
             part = wanted[start : start + AE_ROUND]
             self._check_deadline(deadline, action)
             current = self._kernel_replays([sa for sa, _ in part], what)
-            behind = [
-                sa
-                for (sa, target), now in zip(part, current, strict=True)
-                if _seq64(now, outbound=outbound) < target
-            ]
-            self._batch([("set_replay", sa) for sa in behind], what, deadline)
+            behind = counters_behind(part, current, outbound=outbound)
+            self._batch(behind, what, deadline)
             yield part, behind
 
     def _advance_outbound(
-        self, fetched: FetchedState, report: ExecutionReport, deadline: float
+        self, fetched: Retrieved, report: ExecutionReport, deadline: float
     ) -> dict[str, Any]:
         flags = self._outbound_flags(fetched)
         if all(
@@ -557,42 +482,43 @@ class PlanExecutor:
             if o
         ):
             return {"advanced": 0, "rekey": len(report.rekey)}  # no dump needed
-        outcomes: dict[tuple[object, ...], AdvancedSa] = {}
-        for sa, outbound in self._present(fetched, flags):
-            if not outbound or sa_identity(sa) in self._installed:
-                continue
-            outcome = advance_sa(sa, self.settings.oseq_jump)
-            if isinstance(outcome, RekeyRequired):
-                report.rekey.append((sa.spi, outcome.reason))
-                continue
-            outcomes[sa_identity(outcome.sa)] = outcome
+        todo = [
+            sa
+            for sa, outbound in self._present(fetched, flags)
+            if outbound and sa_identity(sa) not in self._installed
+        ]
+        prepared = prepare_sas(todo, [True] * len(todo), self.settings.oseq_jump)
+        if prepared.invalid:
+            raise prepared.invalid[0][1]
+        report.rekey += [(sa.spi, rekey.reason) for sa, rekey in prepared.rekey]
+        outcomes: dict[Identity, AdvancedSa] = {sa_identity(a.sa): a for a in prepared.advanced}
         moved = 0
         for _, done in self._move_counters(
             [(o.sa, o.new_oseq) for o in outcomes.values()],
             outbound=True,
-            action=Action.ADVANCE_OUTBOUND_SEQ,
+            action=Step.ADVANCE_OUTBOUND_SEQ,
             deadline=deadline,
         ):
-            for sa in done:
-                o = outcomes[sa_identity(sa)]
-                report.advanced.append((sa.spi, o.old_oseq, o.new_oseq))
+            for op in done:
+                if isinstance(op.entry, SadEntry):
+                    o = outcomes[sa_identity(op.entry)]
+                    report.advanced.append((o.sa.spi, o.old_oseq, o.new_oseq))
             moved += len(done)
         return {"advanced": moved, "rekey": len(report.rekey)}
 
     def _restore_inbound(
-        self, fetched: FetchedState, report: ExecutionReport, deadline: float
+        self, fetched: Retrieved, report: ExecutionReport, deadline: float
     ) -> dict[str, Any]:
         unchecked: list[tuple[SadEntry, int]] = []
         for sa, outbound in self._present(fetched):
-            stored = _replay_of(sa)
-            if outbound or stored is None:
+            if outbound or replay_of(sa) is None:
                 continue
-            wanted = _seq64(stored, outbound=False)
+            wanted = wanted_counter(sa, outbound=False)
             if self._inbound_checked.get(sa_identity(sa)) != wanted:
                 unchecked.append((sa, wanted))
         restored = 0
         for checked, done in self._move_counters(
-            unchecked, outbound=False, action=Action.RESTORE_INBOUND_REPLAY, deadline=deadline
+            unchecked, outbound=False, action=Step.RESTORE_INBOUND_REPLAY, deadline=deadline
         ):
             for sa, wanted in checked:
                 self._inbound_checked[sa_identity(sa)] = wanted
@@ -600,42 +526,29 @@ class PlanExecutor:
         report.restored_inbound += restored
         return {"restored": restored}
 
-    def _open_outbound(
-        self, fetched: FetchedState, report: ExecutionReport, deadline: float
-    ) -> int:
+    def _open_outbound(self, fetched: Retrieved, report: ExecutionReport, deadline: float) -> int:
         kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
-        ops: list[tuple[str, SadEntry | SpdEntry]] = []
-        for pol in fetched.spd:
-            if pol.dir != Direction.OUT:
-                continue
-            present = kernel_pols.get(policy_identity(pol))
-            if present is None or not _same_policy(present, pol):
-                ops.append(("update_policy", pol))
+        ops = plan_open_outbound(fetched.spd, kernel_pols)
         self._batch(ops, "open-outbound", deadline)
         report.opened += len(ops)
         return len(ops)
 
     def _remove_state(self, report: ExecutionReport, deadline: float) -> int:
-        ops: list[tuple[str, SadEntry | SpdEntry]] = [
-            ("delete_policy", p) for p in self.kernel.dump_spd() if not is_gate(p)
-        ]
-        ops += [("delete_sa", sa) for sa in self.kernel.dump_sad()]
+        ops = plan_remove_state(self.kernel.dump_sad(), self.kernel.dump_spd())
         self._batch(ops, "remove-state", deadline)
         self._held = set()
         report.removed += len(ops)
         return len(ops)
 
 
-_FOLLOW_ACTIONS = frozenset(
-    {Action.FETCH_STATE, Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY}
-)
+_FOLLOW_ACTIONS = frozenset({Step.FETCH_STATE, Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY})
 """What a hot standby's follow runs; other plans may let traffic move inbound counters."""
 
 _MILESTONES = {
-    Action.FETCH_STATE: "state-fetched",
-    Action.INSTALL_STATE: "sas-installed",
-    Action.RECONCILE_STATE: "sas-installed",
-    Action.OPEN_OUTBOUND: "outbound-opened",
+    Step.FETCH_STATE: "state-fetched",
+    Step.INSTALL_STATE: "sas-installed",
+    Step.RECONCILE_STATE: "sas-installed",
+    Step.OPEN_OUTBOUND: "outbound-opened",
 }
 
 
@@ -698,48 +611,27 @@ class StoreAccess:
     def claim(self, server_id: str) -> dict[str, int]:
         return self._each("claim", lambda c: c.claim(server_id))
 
-    def fetch(self, server_id: str, stop: Callable[[], bool] | None = None) -> FetchedState:
-        """The state from the first store that answers; ``stop`` cancels between pages."""
+    def fetch(self, server_id: str, stop: Callable[[], bool] | None = None) -> Retrieved:
+        """The state from the first store that answers; ``stop`` cancels between pages.
+
+        Entries that do not decode, and SAs whose replay state does not apply,
+        are skipped, logged and counted by the client, not fatal.
+        """
         from appliance.store.base import StoreError
-        from appliance.store.client import merge_replay
 
         errors: list[str] = []
         for client in self.clients:
             try:
-                state = client.get_server(server_id, stop)
+                return client.fetch(server_id, stop)  # type: ignore[no-any-return]
             except StoreError as exc:
                 errors.append(f"{client.server}: {exc}")
-                continue
-            # Converting costs more than the transfer: a takeover must not wait on it.
-            # Entries that do not decode are skipped, logged and counted, not fatal.
-            state.convert(stop)
-            skipped = list(state.skipped)
-            sad = []
-            for sa in state.sad:
-                update = state.replay.get(sa_key(sa))
-                if update is None:
-                    sad.append(sa)
-                    continue
-                try:
-                    sad.append(merge_replay(sa, update))
-                except ApplianceError as exc:
-                    # Older counters could reuse sequence numbers: leave the SA out.
-                    line = f"SA spi 0x{sa.spi:08x} dst {sa.daddr}: its replay state: {exc}"
-                    log.warning("server ID %s: stored %s; skipped", server_id, line)
-                    skipped.append(line)
-            return FetchedState(tuple(sad), tuple(state.spd), client.server, tuple(skipped))
         raise ExecutionError(f"fetch-state: no store answered ({'; '.join(errors)})")
 
 
 def node_netns_addresses(netns: str | None) -> Callable[[], Sequence[Address]]:
     """The local-address lookup for ``classify_outbound`` in ``netns``."""
 
-    def lookup() -> Sequence[Address]:
-        from appliance.restore import netns_local_addresses
-
-        return netns_local_addresses(netns)
-
-    return lookup
+    return lambda: local_addresses(netns)
 
 
 __all__ = [
@@ -747,13 +639,10 @@ __all__ = [
     "ExecutionReport",
     "ExecutionTimeout",
     "ExecutorSettings",
-    "FetchedState",
     "PlanExecutor",
     "StateStore",
     "StoreAccess",
     "SyncLoops",
-    "XfrmKernel",
     "etimer_jiffies",
-    "gate_for",
     "kernel_hz",
 ]

@@ -6,18 +6,19 @@ Theory of operation
 on a pool thread for each (destination, SPI) whose packets the guard trapped.
 :class:`OnDemandInstaller` answers it:
 
-1. **Lookup.** ``get_spi(spi, daddr, "esp")`` on each configured store in
-   order; a store that fails or does not know the SA passes to the next.
-   An SA stored under another server ID is refused: this daemon serves one
-   (it would publish the SA under its own server ID and collide). So is a
-   tunnel-mode SA stored without its policies (the owner stores them just
-   after the SA): installed alone, it would decrypt into ``XfrmInNoPols``.
+1. **Lookup.** ``fetch_sa(spi, daddr, "esp")`` on each configured store in
+   order (the SA comes with its latest stored counters); a store that fails
+   or does not know the SA passes to the next. An SA stored under another
+   server ID is refused: this daemon serves one (it would publish the SA
+   under its own server ID and collide). So is a tunnel-mode SA stored
+   without its policies (the owner stores them just after the SA):
+   installed alone, it would decrypt into ``XfrmInNoPols``.
 2. **Install** (``install_guard``: the daemon runs it under the lock that
    orders its kernel work, so a retrieval never races a transition's
-   install). One ``install_batch``: the SA with its latest replay state,
-   then its SPD entries. An outbound SA (``classify_outbound``) is advanced
-   by the sequence jump first, as at a takeover; one whose counter would
-   wrap is not installed (IKE must rekey). An SA or policy already present
+   install). One batch (``planner.plan_sa_install``): the SA with its latest
+   replay state, then its SPD entries. An outbound SA (``classify_outbound``)
+   is advanced by the sequence jump first, as at a takeover; one whose
+   counter would wrap is not installed (IKE must rekey). An SA or policy already present
    (``EEXIST``) is left alone: its counters have moved on.
 3. **Hold** (:meth:`OnDemandInstaller.hold`, the service's ``on_retrieved``,
    once the queue held none of the SPI's packets: the core's ``Hold``). The
@@ -50,11 +51,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance.errors import ApplianceError
-from appliance.failover.seqjump import RekeyRequired, advance_sa
+from appliance.failover.seqjump import RekeyRequired
 from appliance.model import Address, Mode, SadEntry, SpdEntry, classify_outbound
+from appliance.planner import XfrmKernel, apply_ops, plan_sa_install
 from appliance.store.base import NotFoundError, StoreError
-from appliance.store.client import SaAnswer, UndecodableEntryError, merge_replay
-from appliance.xfrm.types import BatchFailure
+from appliance.store.client import Retrieved, UndecodableEntryError
 
 log = logging.getLogger("ipsec_ha.ondemand")
 
@@ -70,22 +71,12 @@ STATUS_INTERVAL_S = 1.0
 """How often the daemon refreshes the counters in its status file."""
 
 
-class InstallKernel(Protocol):
-    """What the installer needs of ``XfrmSocket``."""
-
-    def dump_sad(self) -> list[SadEntry]: ...
-
-    def install_batch(
-        self, operations: Sequence[tuple[str, SadEntry | SpdEntry]]
-    ) -> list[BatchFailure]: ...
-
-
 class SpiSource(Protocol):
     """What the installer needs of ``StoreClient``."""
 
     server: str
 
-    def get_spi(self, spi: int, dst: str, proto: int | str = "esp") -> SaAnswer: ...
+    def fetch_sa(self, spi: int, dst: str, proto: int | str = "esp") -> Retrieved: ...
 
 
 class HeldSet(Protocol):
@@ -132,6 +123,18 @@ def _direct(step: Callable[[], bool]) -> bool:
 
 
 @dataclass
+class HeldSetCounters:
+    """What ``sync_held`` did."""
+
+    synced: int = 0
+    """Held-set syncs run."""
+    added: int = 0
+    """SPIs added to ``held_spis``."""
+    removed: int = 0
+    """SPIs removed from it."""
+
+
+@dataclass
 class InstallCounters:
     """What the retrievals came to (the service counts packets; this counts SAs)."""
 
@@ -155,13 +158,14 @@ class InstallCounters:
     """The SPI could not be added to ``held_spis`` (the SA is installed all the same)."""
     undecodable: int = 0
     """The store holds the SA, but it, a policy of it or its replay state does not decode."""
-    held_synced: int = 0
-    """Held-set syncs run."""
-    held_added: int = 0
-    held_removed: int = 0
+    held: HeldSetCounters = dataclasses.field(default_factory=HeldSetCounters)
+    """What the held-set syncs did."""
 
     def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        """Flat, as the status file has them (``held_synced``, ``held_added``...)."""
+        counts = dataclasses.asdict(self)
+        held = counts.pop("held")
+        return counts | {f"held_{name}": n for name, n in held.items()}
 
 
 class OnDemandInstaller:
@@ -169,7 +173,7 @@ class OnDemandInstaller:
 
     def __init__(
         self,
-        kernel: InstallKernel,
+        kernel: XfrmKernel,
         stores: Sequence[SpiSource],
         held: HeldSet,
         *,
@@ -212,7 +216,8 @@ class OnDemandInstaller:
                         spi, daddr, answer.server_id, self.server_id)  # fmt: skip
             self._count("foreign")
             return False
-        if answer.sad.mode == Mode.TUNNEL and not answer.spd:
+        (sa,) = answer.sad
+        if sa.mode == Mode.TUNNEL and not answer.spd:
             # Without its policies the kernel would decrypt and then drop every packet
             # (XfrmInNoPols), and nothing would fetch them later: try again after the
             # negative TTL, by when the owner has stored them.
@@ -220,22 +225,19 @@ class OnDemandInstaller:
                         spi, daddr)  # fmt: skip
             self._count("incomplete")
             return False
-        try:
-            sa = answer.sad if answer.replay is None else merge_replay(answer.sad, answer.replay)
-        except ApplianceError as exc:
-            # Older counters could reuse sequence numbers: not installed.
-            log.warning("SA spi 0x%08x dst %s: stored replay state does not apply (%s); "
-                        "not installed", spi, daddr, exc)  # fmt: skip
-            self._count("undecodable")
-            return False
         return self.install_guard(lambda: self.install(sa, answer.spd))
 
-    def lookup(self, spi: int, daddr: str) -> SaAnswer | None:
-        """The first store's answer for the SA; None when none has it."""
+    def lookup(self, spi: int, daddr: str) -> Retrieved | None:
+        """The first store's answer for the SA (with its latest counters); None when none has it.
+
+        An SA whose entry, policies or replay state does not decode or apply
+        counts as ``undecodable`` and the next store is asked: older counters
+        could reuse sequence numbers.
+        """
         with self._store_lock:
             for client in self.stores:
                 try:
-                    return client.get_spi(spi, daddr, "esp")
+                    return client.fetch_sa(spi, daddr, "esp")
                 except NotFoundError:
                     continue
                 except UndecodableEntryError as exc:
@@ -256,19 +258,18 @@ class OnDemandInstaller:
         """Install ``sa`` with its policies (blocking); True on success; ``hold`` follows."""
         with self._kernel_lock:
             (outbound,) = classify_outbound([sa], spd, self.local_addresses())
-            if outbound:
-                outcome = advance_sa(sa, self.oseq_jump)
-                if isinstance(outcome, RekeyRequired):
-                    log.warning("SA spi 0x%08x not installed: %s", sa.spi, outcome.reason)
-                    self._count("rekey_required")
-                    return False
-                sa = outcome.sa
-            sa = dataclasses.replace(
-                sa, replay_thresh=self.replay_seq_thresh, etimer_thresh=self.etimer_jiffies
+            ops = plan_sa_install(
+                sa,
+                spd,
+                outbound,
+                self.oseq_jump,
+                thresholds=(self.replay_seq_thresh, self.etimer_jiffies),
             )
-            ops: list[tuple[str, SadEntry | SpdEntry]] = [("add_sa", sa)]
-            ops += [("add_policy", p) for p in spd]
-            failures = self.kernel.install_batch(ops)
+            if isinstance(ops, RekeyRequired):
+                log.warning("SA spi 0x%08x not installed: %s", sa.spi, ops.reason)
+                self._count("rekey_required")
+                return False
+            failures = apply_ops(self.kernel, ops)
             present = any(f.index == 0 and f.errno == errno.EEXIST for f in failures)
             refused = [f for f in failures if f.errno != errno.EEXIST]
             if refused:
@@ -319,10 +320,10 @@ class OnDemandInstaller:
             if extra:
                 self.held.remove(extra)
         with self._counter_lock:
-            c = self.counters
-            c.held_synced += 1
-            c.held_added += len(missing)
-            c.held_removed += len(extra)
+            held = self.counters.held
+            held.synced += 1
+            held.added += len(missing)
+            held.removed += len(extra)
         return len(missing), len(extra)
 
     def _count(self, name: str) -> None:

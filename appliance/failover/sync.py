@@ -43,10 +43,9 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from appliance.model import Action, Direction, SadEntry, SpdEntry
+from appliance.model import SadEntry, SpdEntry
+from appliance.planner import is_gate
 from appliance.store.base import SaKey
-from appliance.wire.entries import replay_update_for
-from appliance.wire.payloads import ReplayStatePayload
 from appliance.xfrm.events import (
     AeChanged,
     Event,
@@ -89,10 +88,11 @@ class PutEntries:
 
 @dataclass(frozen=True, slots=True)
 class PutReplay:
-    """SA_Stor: counter updates of SAs the store holds."""
+    """SA_Stor: counter updates of SAs the store holds (Replay State payloads)."""
 
-    states: tuple[ReplayStatePayload, ...]
-    """One per SA, the latest."""
+    sas: tuple[SadEntry, ...]
+    """The SAs whose counters moved, each with its latest counters; the store
+    client sends only their counters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +106,6 @@ class DeleteEntries:
 
 
 SyncOp = SetThresholds | FullResync | PutEntries | PutReplay | DeleteEntries
-
-
-def is_gate(policy: SpdEntry) -> bool:
-    """An outbound block gate: ``out``, action block, no template."""
-    return policy.dir == Direction.OUT and policy.action == Action.BLOCK and not policy.templates
-
-
-def sa_key(sa: SadEntry) -> SaKey:
-    """The store's key of an SA."""
-    return SaKey(sa.spi, sa.daddr.compressed, sa.proto)
 
 
 def _apply_ae(sa: SadEntry, event: AeChanged) -> SadEntry:
@@ -162,7 +152,7 @@ class SyncCore:
 
     def resynced(self, sad: Iterable[SadEntry], now: float) -> None:
         """The adapter made the store equal to this dump: it is now what the core knows."""
-        self._known = {sa_key(sa): sa for sa in sad}
+        self._known = {SaKey.of(sa): sa for sa in sad}
 
     def on_event(self, event: Event, now: float) -> None:
         """Take one XFRM notification into account."""
@@ -170,10 +160,10 @@ class SyncCore:
         if isinstance(event, SaAdded):
             self._sa_changed(event.entry, now, new=not event.updated)
         elif isinstance(event, SaDeleted):
-            self._sa_gone(SaKey(event.spi, event.daddr.compressed, event.proto), now)
+            self._sa_gone(SaKey(event.spi, event.daddr, event.proto), now)
         elif isinstance(event, SaExpired):
             if event.hard:  # the kernel deletes it without a DELSA notification
-                self._sa_gone(sa_key(event.entry), now)
+                self._sa_gone(SaKey.of(event.entry), now)
         elif isinstance(event, AeChanged):
             self._ae(event, now)
         elif isinstance(event, PolicyAdded):
@@ -198,7 +188,7 @@ class SyncCore:
             self._deadline = now + self.coalesce_s
 
     def _sa_changed(self, sa: SadEntry, now: float, *, new: bool) -> None:
-        key = sa_key(sa)
+        key = SaKey.of(sa)
         if new or key not in self._known:
             self._thresholds.append(sa)
         self._known[key] = sa
@@ -220,7 +210,7 @@ class SyncCore:
         self._del_pols.add(index)
 
     def _ae(self, event: AeChanged, now: float) -> None:
-        key = SaKey(event.spi, event.daddr.compressed, event.proto)
+        key = SaKey(event.spi, event.daddr, event.proto)
         known = self._known.get(key)
         if known is None:
             # Counters of an SA we never saw: the store may lack the SA itself.
@@ -259,7 +249,7 @@ class SyncCore:
         if self._put_sas or self._put_pols:
             ops.append(PutEntries(tuple(self._put_sas.values()), tuple(self._put_pols.values())))
         if self._replay:
-            ops.append(PutReplay(tuple(replay_update_for(sa) for sa in self._replay.values())))
+            ops.append(PutReplay(tuple(self._replay.values())))
         if self._del_sas or self._del_pols:
             ops.append(DeleteEntries(tuple(self._del_sas.values()), tuple(sorted(self._del_pols))))
         self._clear()

@@ -5,7 +5,7 @@ Theory of operation
 keepalived tells a node the VRRP state it enters (MASTER, BACKUP, FAULT,
 STOP, DELETED). The node knows the role it holds (``Role``). ``plan(role,
 state, mode)`` looks the pair up in ``TABLE`` and returns the ordered
-actions that take the kernel and the sync loops from that role to the one
+steps that take the kernel and the sync loops from that role to the one
 the state calls for (``role_for(state)``). The table is data so that it can
 be checked against the draft (section 4, failover) and RFC 6027/6311.
 
@@ -39,7 +39,7 @@ seen.** It is kept by how outbound traffic is gated, the same in both modes:
   opens the gates, which is much less kernel work on the failover path.
 
 If a MASTER plan stops half way (store unreachable, kernel refusal), every
-action before ``OPEN_OUTBOUND`` has left outbound closed: the failure costs
+step before ``OPEN_OUTBOUND`` has left outbound closed: the failure costs
 traffic, never a replayed sequence number. Running the plan again is safe.
 
 Plans are idempotent by construction: the role a state leads to maps that
@@ -74,8 +74,8 @@ class Role(enum.StrEnum):
     """keepalived stopped (STOP/DELETED): outbound gated, no state, no loops."""
 
 
-class Action(enum.StrEnum):
-    """One step of a transition (not to be confused with a policy's allow/block)."""
+class Step(enum.StrEnum):
+    """One step of a transition plan."""
 
     CLOSE_OUTBOUND = "close-outbound"
     """Replace every ``out`` policy of the served state with a block gate."""
@@ -116,59 +116,59 @@ _ROLE_FOR_STATE: Mapping[VrrpState, Role] = {
     VrrpState.DELETED: Role.STOPPED,
 }
 
-A = Action
+S = Step
 # ADVANCE_OUTBOUND_SEQ also in cold takeovers: an outbound SA the kernel still
 # holds (a daemon restarted, a node back from a crash) is not re-added by
 # INSTALL_STATE, and its counter may be older than the store's. SAs the run
 # just added carry the jump already and are skipped.
 _COLD_TAKEOVER = (
-    A.CLAIM_OWNERSHIP,
-    A.FETCH_STATE,
-    A.INSTALL_STATE,
-    A.ADVANCE_OUTBOUND_SEQ,
-    A.OPEN_OUTBOUND,
+    S.CLAIM_OWNERSHIP,
+    S.FETCH_STATE,
+    S.INSTALL_STATE,
+    S.ADVANCE_OUTBOUND_SEQ,
+    S.OPEN_OUTBOUND,
 )
 _HOT_TAKEOVER = (
-    A.CLAIM_OWNERSHIP,
-    A.FETCH_STATE,
-    A.RECONCILE_STATE,
-    A.ADVANCE_OUTBOUND_SEQ,
-    A.RESTORE_INBOUND_REPLAY,
-    A.OPEN_OUTBOUND,
+    S.CLAIM_OWNERSHIP,
+    S.FETCH_STATE,
+    S.RECONCILE_STATE,
+    S.ADVANCE_OUTBOUND_SEQ,
+    S.RESTORE_INBOUND_REPLAY,
+    S.OPEN_OUTBOUND,
 )
-_LEAVE_ACTIVE = (A.CLOSE_OUTBOUND, A.STOP_PUBLISHING)
+_LEAVE_ACTIVE = (S.CLOSE_OUTBOUND, S.STOP_PUBLISHING)
 
-Key = tuple[Role, Role]
+RoleChange = tuple[Role, Role]
 """(current role, target role)."""
 
-TABLE: Mapping[StandbyMode, Mapping[Key, tuple[Action, ...]]] = {
+TABLE: Mapping[StandbyMode, Mapping[RoleChange, tuple[Step, ...]]] = {
     StandbyMode.COLD: {
-        (Role.INIT, Role.ACTIVE): (A.CLOSE_OUTBOUND, *_COLD_TAKEOVER, A.START_PUBLISHING),
-        (Role.INIT, Role.STANDBY): (A.CLOSE_OUTBOUND, A.REMOVE_STATE),
-        (Role.INIT, Role.STOPPED): (A.CLOSE_OUTBOUND, A.REMOVE_STATE),
+        (Role.INIT, Role.ACTIVE): (S.CLOSE_OUTBOUND, *_COLD_TAKEOVER, S.START_PUBLISHING),
+        (Role.INIT, Role.STANDBY): (S.CLOSE_OUTBOUND, S.REMOVE_STATE),
+        (Role.INIT, Role.STOPPED): (S.CLOSE_OUTBOUND, S.REMOVE_STATE),
         (Role.ACTIVE, Role.ACTIVE): (),
-        (Role.ACTIVE, Role.STANDBY): (*_LEAVE_ACTIVE, A.REMOVE_STATE),
-        (Role.ACTIVE, Role.STOPPED): (*_LEAVE_ACTIVE, A.REMOVE_STATE),
-        (Role.STANDBY, Role.ACTIVE): (*_COLD_TAKEOVER, A.START_PUBLISHING),
+        (Role.ACTIVE, Role.STANDBY): (*_LEAVE_ACTIVE, S.REMOVE_STATE),
+        (Role.ACTIVE, Role.STOPPED): (*_LEAVE_ACTIVE, S.REMOVE_STATE),
+        (Role.STANDBY, Role.ACTIVE): (*_COLD_TAKEOVER, S.START_PUBLISHING),
         (Role.STANDBY, Role.STANDBY): (),
         (Role.STANDBY, Role.STOPPED): (),
-        (Role.STOPPED, Role.ACTIVE): (*_COLD_TAKEOVER, A.START_PUBLISHING),
+        (Role.STOPPED, Role.ACTIVE): (*_COLD_TAKEOVER, S.START_PUBLISHING),
         (Role.STOPPED, Role.STANDBY): (),
         (Role.STOPPED, Role.STOPPED): (),
     },
     StandbyMode.HOT: {
         # Nothing pre-installed can be trusted from INIT or STOPPED: install it all.
-        (Role.INIT, Role.ACTIVE): (A.CLOSE_OUTBOUND, *_COLD_TAKEOVER, A.START_PUBLISHING),
-        (Role.INIT, Role.STANDBY): (A.CLOSE_OUTBOUND, A.START_FOLLOWING),
-        (Role.INIT, Role.STOPPED): (A.CLOSE_OUTBOUND, A.REMOVE_STATE),
+        (Role.INIT, Role.ACTIVE): (S.CLOSE_OUTBOUND, *_COLD_TAKEOVER, S.START_PUBLISHING),
+        (Role.INIT, Role.STANDBY): (S.CLOSE_OUTBOUND, S.START_FOLLOWING),
+        (Role.INIT, Role.STOPPED): (S.CLOSE_OUTBOUND, S.REMOVE_STATE),
         (Role.ACTIVE, Role.ACTIVE): (),
-        (Role.ACTIVE, Role.STANDBY): (*_LEAVE_ACTIVE, A.START_FOLLOWING),
-        (Role.ACTIVE, Role.STOPPED): (*_LEAVE_ACTIVE, A.REMOVE_STATE),
-        (Role.STANDBY, Role.ACTIVE): (A.STOP_FOLLOWING, *_HOT_TAKEOVER, A.START_PUBLISHING),
+        (Role.ACTIVE, Role.STANDBY): (*_LEAVE_ACTIVE, S.START_FOLLOWING),
+        (Role.ACTIVE, Role.STOPPED): (*_LEAVE_ACTIVE, S.REMOVE_STATE),
+        (Role.STANDBY, Role.ACTIVE): (S.STOP_FOLLOWING, *_HOT_TAKEOVER, S.START_PUBLISHING),
         (Role.STANDBY, Role.STANDBY): (),
-        (Role.STANDBY, Role.STOPPED): (A.STOP_FOLLOWING, A.REMOVE_STATE),
-        (Role.STOPPED, Role.ACTIVE): (*_COLD_TAKEOVER, A.START_PUBLISHING),
-        (Role.STOPPED, Role.STANDBY): (A.START_FOLLOWING,),
+        (Role.STANDBY, Role.STOPPED): (S.STOP_FOLLOWING, S.REMOVE_STATE),
+        (Role.STOPPED, Role.ACTIVE): (*_COLD_TAKEOVER, S.START_PUBLISHING),
+        (Role.STOPPED, Role.STANDBY): (S.START_FOLLOWING,),
         (Role.STOPPED, Role.STOPPED): (),
     },
 }
@@ -182,8 +182,8 @@ TABLE: Mapping[StandbyMode, Mapping[Key, tuple[Action, ...]]] = {
 # new epoch, the latest published counters, the jump (never a rewind), then
 # outbound. While two nodes are MASTER the store thus admits one owner at a
 # time; once VRRP heals, the loser's BACKUP plan stops it claiming.
-FENCED = (A.CLOSE_OUTBOUND, A.STOP_PUBLISHING)
-RECLAIM = (*_COLD_TAKEOVER, A.START_PUBLISHING)
+FENCED = (S.CLOSE_OUTBOUND, S.STOP_PUBLISHING)
+RECLAIM = (*_COLD_TAKEOVER, S.START_PUBLISHING)
 
 
 def role_for(state: VrrpState) -> Role:
@@ -191,8 +191,8 @@ def role_for(state: VrrpState) -> Role:
     return _ROLE_FOR_STATE[state]
 
 
-def plan(role: Role, state: VrrpState, mode: StandbyMode) -> list[Action]:
-    """The ordered actions that take a node in ``role`` into ``state``."""
+def plan(role: Role, state: VrrpState, mode: StandbyMode) -> list[Step]:
+    """The ordered steps that take a node in ``role`` into ``state``."""
     return list(TABLE[mode][(role, role_for(state))])
 
 

@@ -6,5 +6,7 @@
 - ``exposition``: the HTTP endpoint, one thread serving ``/metrics`` from a
   registry of collectors;
 - the collectors read the live objects at scrape time, so a metric costs
-  nothing between scrapes.
+  nothing between scrapes;
+- ``live_reads``: the daemon collector's reads of the served namespace
+  (``xfrm_stat``, the guard's counters), from one thread kept there.
 """

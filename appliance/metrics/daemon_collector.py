@@ -6,8 +6,9 @@ health probe, the follower and the publisher fill between scrapes), the
 store clients' own counters are summed per store. Only two things are read
 live, both small: the kernel's ``xfrm_stat`` of the served namespace and the
 nftables guard's named counters (and, with on-demand retrieval, its held
-SPI set). A live read that fails gives no samples and one log line, not an
-error per scrape.
+SPI set), by a ``LiveReader`` that keeps its thread in that namespace
+between scrapes (``close`` stops it). A live read that fails gives no
+samples and one log line, not an error per scrape.
 
 The metric names are the contract with docs/operations.md ("Monitoring and
 readiness") and the dashboards; see there for each one's meaning.
@@ -20,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -28,45 +28,11 @@ from prometheus_client.metrics_core import Metric
 
 from appliance.metrics.exposition import histogram_family
 from appliance.metrics.latency import HistogramSnapshot
-from appliance.metrics.xfrm_stat import read_xfrm_stat
+from appliance.metrics.live_reads import GuardCounters, LiveReader
 
 log = logging.getLogger("ipsec_ha.metrics")
 
 ROLES = ("init", "active", "standby")
-
-
-@dataclass(frozen=True)
-class GuardCounters:
-    """What the scrape reads of the guard's table: its named counters and held SPIs."""
-
-    counters: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Counter name -> (packets, bytes); empty when the table is absent."""
-    held_spis: int | None = None
-    """SPIs in the held set (None: not read, the on-demand retrieval is off)."""
-
-
-def read_guard_counters(netns: str | None, with_held: bool) -> GuardCounters:
-    """The guard's counters in ``netns`` (listing only the counters, not the whole table).
-
-    ``with_held``: also count the held SPI set (its elements are listed, so
-    only when on-demand retrieval keeps it).
-    """
-    from appliance.nft import libnft
-    from appliance.nft.render import SPI_SET, TABLE
-    from appliance.nft.status import parse_listing, table_listed
-
-    def work(nft: Any) -> GuardCounters:
-        if not table_listed(libnft.list_json(nft, "list tables", netns)):
-            return GuardCounters()
-        listed = parse_listing(netns, libnft.list_json(nft, f"list counters table {TABLE}", netns))
-        held = None
-        if with_held:
-            items = libnft.list_json(nft, f"list set {TABLE} {SPI_SET}", netns)
-            held = len(parse_listing(netns, items).held_spis)
-        counters = {n: (v.packets, v.bytes) for n, v in listed.counters.items()}
-        return GuardCounters(counters, held)
-
-    return libnft.session(netns, work)
 
 
 def merge_histograms(snaps: Iterable[HistogramSnapshot]) -> HistogramSnapshot | None:
@@ -87,23 +53,29 @@ class DaemonCollector:
     """Yields the daemon's metrics (``ipsec_ha_*``) for a ``MetricsEndpoint``.
 
     ``daemon`` is a ``FailoverDaemon`` (or anything with its attributes);
-    the readers are injectable for tests.
+    the live reads (by default a ``LiveReader`` of ``daemon.config.netns``)
+    are injectable for tests.
     """
 
     def __init__(
         self,
         daemon: Any,
         *,
-        xfrm_stat: Callable[[str | None], dict[str, int]] = read_xfrm_stat,
-        guard: Callable[[str | None, bool], GuardCounters] = read_guard_counters,
+        xfrm_stat: Callable[[], dict[str, int]] | None = None,
+        guard: Callable[[bool], GuardCounters] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.daemon = daemon
-        self._read_xfrm_stat = xfrm_stat
-        self._read_guard = guard
+        self._reader = LiveReader(daemon.config.netns)
+        self._read_xfrm_stat = xfrm_stat or self._reader.xfrm_stat
+        self._read_guard = guard or self._reader.guard_counters
         self._clock = clock
         self._failed: set[str] = set()
         self._failed_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the live reader's thread (the endpoint's ``stop`` calls this)."""
+        self._reader.close()
 
     def describe(self) -> list[Metric]:
         return []  # the families depend on the state: nothing to describe up front
@@ -250,16 +222,15 @@ class DaemonCollector:
                        "by reason.", ["store", "reason"], drops)  # fmt: skip
 
     def _kernel(self, d: Any) -> Iterator[Metric]:
-        netns = d.config.netns
         xfrm: dict[tuple[str, ...], float] = {}
-        stats = self._live("xfrm_stat", lambda: self._read_xfrm_stat(netns))
+        stats = self._live("xfrm_stat", self._read_xfrm_stat)
         for name, value in (stats or {}).items():
             xfrm[(name,)] = value
         yield _counter("ipsec_ha_kernel_xfrm_stat", "The kernel's xfrm_stat counters of the "
                        "served namespace.", ["counter"], xfrm)  # fmt: skip
 
         ondemand = getattr(d, "ondemand", None)
-        guard = self._live("nft guard", lambda: self._read_guard(netns, ondemand is not None))
+        guard = self._live("nft guard", lambda: self._read_guard(ondemand is not None))
         packets: dict[tuple[str, ...], float] = {}
         octets: dict[tuple[str, ...], float] = {}
         for name, (p, b) in (guard.counters if guard else {}).items():
@@ -321,4 +292,4 @@ def _counter(
     return family
 
 
-__all__ = ["DaemonCollector", "GuardCounters", "merge_histograms", "read_guard_counters"]
+__all__ = ["DaemonCollector", "GuardCounters", "merge_histograms"]

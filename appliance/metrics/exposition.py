@@ -2,18 +2,20 @@
 
 One thread serves every scrape in turn (prometheus_client's own server
 starts a thread per request): a scraper that floods or stalls the port
-costs the daemon one thread, never many, and the bench can measure what
-scraping costs by reading that one thread's CPU time. A connection that
-sends nothing is dropped after ``REQUEST_TIMEOUT_S``.
+costs the daemon one thread, never many. Its name in /proc begins with
+``ipsec-ha-metric``, as does every thread a collector works in (see
+``live_reads``), so the bench measures what scraping costs by the CPU time
+of the threads so named. A connection that sends nothing is dropped after
+``REQUEST_TIMEOUT_S``.
 
 The collectors read live objects at scrape time. A collector that fails
 answers the scrape with 500 and a log line; the daemon carries on.
+``stop`` closes the collectors that have a ``close`` (their threads).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.server
 import logging
 import socket
@@ -27,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from appliance.errors import ApplianceError
 from appliance.metrics.latency import HistogramSnapshot
+from appliance.netns import name_this_thread
 
 log = logging.getLogger("ipsec_ha.metrics")
 
@@ -35,14 +38,7 @@ REQUEST_TIMEOUT_S = 5.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format, which every Prometheus 2.x parses (``generate_latest`` writes it)."""
 THREAD_NAME = "ipsec-ha-metrics"
-_PR_SET_NAME = 15
-
-
-def _name_os_thread(name: str) -> None:
-    """Give the calling thread ``name`` in /proc (comm keeps 15 bytes), so that ``top -H`` and
-    the bench can find it; Python before 3.14 names only its own thread object."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+"""The serving thread's name; /proc keeps its first 15 bytes, ``ipsec-ha-metric``."""
 
 
 def histogram_family(
@@ -108,7 +104,8 @@ class MetricsEndpoint:
     def __init__(self, listen: tuple[str, int], collectors: Iterable[Collector]) -> None:
         self.listen = listen
         self.registry = CollectorRegistry(auto_describe=False)
-        for collector in collectors:
+        self._collectors = list(collectors)
+        for collector in self._collectors:
             self.registry.register(collector)
         self._server: _MetricsHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -127,7 +124,7 @@ class MetricsEndpoint:
         named = threading.Event()
 
         def serve() -> None:
-            _name_os_thread(THREAD_NAME)
+            name_this_thread(THREAD_NAME)
             named.set()
             server.serve_forever()
 
@@ -151,6 +148,7 @@ class MetricsEndpoint:
         return None if self._thread is None else self._thread.native_id
 
     def stop(self) -> None:
+        """Stop serving, then close the collectors (no scrape runs by then)."""
         if self._server is not None:
             self._server.shutdown()
             with contextlib.suppress(OSError):
@@ -159,6 +157,14 @@ class MetricsEndpoint:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        for collector in self._collectors:
+            close = getattr(collector, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:  # the daemon is stopping: say so, stop the rest
+                log.warning("metrics: closing a collector failed: %s: %s", type(exc).__name__, exc)
 
 
 __all__ = [

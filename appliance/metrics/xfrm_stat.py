@@ -8,7 +8,7 @@ namespace, not at every scrape.
 
 ``/proc/net`` follows the thread-group leader's namespace, so the file is
 read as ``/proc/thread-self/net/xfrm_stat`` from a thread inside the
-namespace (``appliance.nft.netns.run_in_netns``).
+namespace: a ``NetnsWorker``'s (``appliance.netns``), which the scrapes share.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from appliance.nft.netns import run_in_netns
+from appliance.netns import NetnsWorker
 
 log = logging.getLogger("ipsec_ha.metrics")
 
@@ -39,11 +39,10 @@ def parse_xfrm_stat(text: str) -> dict[str, int]:
     return counters
 
 
-def read_xfrm_stat(netns: str | None) -> dict[str, int]:
-    """The counters of ``netns`` (None: the caller's); {} when the kernel keeps none.
+def read_xfrm_stat(worker: NetnsWorker) -> dict[str, int]:
+    """The counters of the worker's namespace; {} when the kernel keeps none.
 
-    ``KernelError`` when the namespace cannot be entered; ``ValueError`` when
-    the file does not parse.
+    ``ValueError`` when the file does not parse.
     """
 
     def read() -> str | None:
@@ -53,7 +52,8 @@ def read_xfrm_stat(netns: str | None) -> dict[str, int]:
         except FileNotFoundError:
             return None
 
-    text = run_in_netns(netns, read)
+    text = worker.run(read)
+    netns = worker.netns
     if text is None:
         with _absent_lock:
             first = netns not in _absent_logged

@@ -2,10 +2,10 @@
 
 Every object is an immutable, slotted dataclass mirroring the kernel's XFRM
 structures (``include/uapi/linux/xfrm.h``), so that conversion to and from
-netlink (``appliance.xfrm.convert``) is lossless. Every object has a
+netlink (``appliance.xfrm.codec``) is lossless. Every object has a
 versioned, canonical serialisation (``to_dict``/``from_dict``,
 ``to_bytes``/``from_bytes``) described in ``docs/model.md``. Key material is
-wrapped in ``Key``, whose repr never shows the bytes.
+wrapped in ``KeyMaterial``, whose repr never shows the bytes.
 """
 
 from appliance.model._codec import MODEL_VERSION, canonical_json, gc_paused
@@ -18,16 +18,16 @@ from appliance.model._common import (
     IPPROTO_ESP,
     XFRM_INF,
     XFRM_PROTO_ANY,
-    Action,
     Address,
     Direction,
-    Key,
+    KeyMaterial,
     LifetimeCfg,
     LifetimeCur,
     Mark,
     Mode,
     ModelError,
     OffloadDev,
+    PolicyAction,
     PolicyFlag,
     PolicyType,
     SaDir,
@@ -70,20 +70,20 @@ __all__ = [
     "SPD_ENTRY_FORMAT",
     "XFRM_INF",
     "XFRM_PROTO_ANY",
-    "Action",
     "Address",
     "AeadAlgorithm",
     "Algorithm",
     "AuthTruncAlgorithm",
     "Direction",
     "Encap",
-    "Key",
+    "KeyMaterial",
     "LifetimeCfg",
     "LifetimeCur",
     "Mark",
     "Mode",
     "ModelError",
     "OffloadDev",
+    "PolicyAction",
     "PolicyFlag",
     "PolicyType",
     "ReplayState",

@@ -15,6 +15,7 @@ texts are cached (a node's entries repeat few addresses).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -22,13 +23,16 @@ import functools
 import gc
 import ipaddress
 import json
+import logging
 import socket
 import types
 import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from appliance.model._common import Address, Key, ModelError, UnsupportedVersionError
+from appliance.model._common import Address, KeyMaterial, ModelError, UnsupportedVersionError
+
+log = logging.getLogger("appliance.model")
 
 MODEL_VERSION = 1
 """Version of the serialised form of every model document (see docs/model.md)."""
@@ -95,8 +99,8 @@ def _enc_key(value: Any, redact: bool) -> Any:
     return None if redact else value.data.hex()
 
 
-def _dec_key(data: Any) -> Key:
-    return Key(_dec_bytes(data))
+def _dec_key(data: Any) -> KeyMaterial:
+    return KeyMaterial(_dec_bytes(data))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -216,7 +220,7 @@ def _codec_for(hint: Any) -> tuple[Encoder, Decoder]:
         int: (_enc_int, _dec_int),
         str: (_enc_int, _dec_str),
         bytes: (_enc_bytes, _dec_bytes),
-        Key: (_enc_key, _dec_key),
+        KeyMaterial: (_enc_key, _dec_key),
         datetime.datetime: (_enc_datetime, _dec_datetime),
     }
     if hint in simple:
@@ -296,12 +300,15 @@ def decode_object(cls: type, data: Any, path: str) -> Any:
     """
     try:
         return _fast_decoder(cls)(data)
-    except Exception:
-        pass
+    except Exception as fast_error:
+        # Expected for invalid input: the checked decoder below says where it is wrong.
+        fast_failure: Exception = fast_error
     try:
-        return _decode(cls, data)
+        decoded = _decode(cls, data)
     except _DecodeError as exc:
         raise ModelError(f"{path}{exc.path}: {exc.message}") from None
+    _fast_path_fell_back(cls, fast_failure)
+    return decoded
 
 
 # --- the fast path ------------------------------------------------------------------
@@ -313,9 +320,34 @@ def decode_object(cls: type, data: Any, path: str) -> Any:
 # made only of plain values (selectors, lifetimes, templates, ...) shared
 # between entries that have equal ones. It accepts exactly what the checked
 # decoder accepts; on anything unexpected it raises, and ``decode_object``
-# runs the checked decoder, which gives the error its path.
+# runs the checked decoder, which gives the error its path. Should the
+# checked decoder accept what the fast one refused, the fast one has a bug:
+# ``fast_path_fallbacks`` counts it and the first per class is logged.
 
 _fast: dict[type, Callable[[Any], Any]] = {}
+
+fast_path_fallbacks: collections.Counter[str] = collections.Counter()
+"""Valid documents the fast decoder refused, per class name: each one is a bug in it.
+
+The checked decoder still decodes them, so nothing is lost but speed; the
+first per class is logged at warning, and the unit tests fail on any.
+"""
+
+
+def _fast_path_fell_back(cls: type, error: Exception) -> None:
+    """The fast decoder refused what the checked one accepted: count it, say it once."""
+    name = cls.__qualname__
+    if not fast_path_fallbacks[name]:
+        log.warning(
+            "model codec: the fast decoder of %s refused a valid document (%s: %s); "
+            "decoding on the slow path",
+            name,
+            type(error).__name__,
+            error,
+        )
+    fast_path_fallbacks[name] += 1
+
+
 _SHARE_LIMIT = 1 << 17
 _PLAIN_HINTS: frozenset[Any] = frozenset(
     {int, str, int | None, str | None, Address, Address | None}
@@ -363,8 +395,8 @@ def _fast_expr(hint: Any, bits: bool, ns: dict[str, Any], slot: str) -> str:
     if hint == (Address | None):
         ns[slot] = _parse_optional_address
         return f"{slot}(v)"
-    if hint is Key:
-        ns[slot] = Key
+    if hint is KeyMaterial:
+        ns[slot] = KeyMaterial
         return f"{slot}(bytes.fromhex(v))"
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         ns[slot] = _fast_decoder(hint)

@@ -59,7 +59,7 @@ class Direction(enum.IntEnum):
     FWD = 2
 
 
-class Action(enum.IntEnum):
+class PolicyAction(enum.IntEnum):
     """``XFRM_POLICY_ALLOW/BLOCK``."""
 
     ALLOW = 0
@@ -260,7 +260,7 @@ class _Checked:
 
 
 @dataclass(frozen=True, slots=True)
-class Key:
+class KeyMaterial:
     """Key material. Its repr and str never show the bytes (keys never reach logs)."""
 
     data: bytes = field(repr=False)
@@ -270,7 +270,7 @@ class Key:
             raise ModelError("key material must be bytes")
 
     def __repr__(self) -> str:
-        return f"Key(<{len(self.data)} bytes redacted>)"
+        return f"KeyMaterial(<{len(self.data)} bytes redacted>)"
 
     __str__ = __repr__
 

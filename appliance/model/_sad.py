@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from appliance.model._codec import decode_object, encode_object, from_canonical, to_canonical
 from appliance.model._common import (
@@ -11,7 +11,7 @@ from appliance.model._common import (
     IPPROTO_ESP,
     ZERO4,
     Address,
-    Key,
+    KeyMaterial,
     LifetimeCfg,
     LifetimeCur,
     Mark,
@@ -29,6 +29,37 @@ SAD_ENTRY_FORMAT = "ipsec-ha/sad-entry"
 SPD_ENTRY_FORMAT = "ipsec-ha/spd-entry"
 
 
+class _Entry(_Checked):
+    """What an SAD and an SPD entry share: their dict and canonical-bytes forms."""
+
+    __slots__ = ()
+    _FORMAT: ClassVar[str]
+    """The canonical form's name and version key (``to_canonical``)."""
+    _KIND: ClassVar[str]
+    """``sad`` or ``spd``: how ``decode_object`` names the entry in its errors."""
+
+    def to_dict(self, *, redact_keys: bool = False) -> dict[str, Any]:
+        """JSON-ready dict (binary as hex). ``redact_keys`` replaces keys by null."""
+        result: dict[str, Any] = encode_object(self, redact_keys=redact_keys)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        """Inverse of ``to_dict`` (without redaction); bad input raises ``ModelError``."""
+        entry: Self = decode_object(cls, data, cls._KIND)
+        return entry
+
+    def to_bytes(self) -> bytes:
+        """Canonical, versioned bytes: equal entries give equal bytes."""
+        return to_canonical(self._FORMAT, {"entry": self.to_dict()})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Inverse of ``to_bytes``; an unknown version raises ``UnsupportedVersionError``."""
+        body = from_canonical(cls._FORMAT, data)
+        return cls.from_dict(body.get("entry"))
+
+
 @dataclass(frozen=True, slots=True)
 class Algorithm(_Checked):
     """``struct xfrm_algo``: XFRMA_ALG_CRYPT, XFRMA_ALG_AUTH and XFRMA_ALG_COMP."""
@@ -36,7 +67,7 @@ class Algorithm(_Checked):
     name: str
     key_bits: int = _uint(32)
     """``alg_key_len``: the key length in bits (the key holds ceil(bits/8) bytes)."""
-    key: Key = field(default_factory=lambda: Key(b""))
+    key: KeyMaterial = field(default_factory=lambda: KeyMaterial(b""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +77,7 @@ class AuthTruncAlgorithm(_Checked):
     name: str
     key_bits: int = _uint(32)
     trunc_bits: int = _uint(32)
-    key: Key = field(default_factory=lambda: Key(b""))
+    key: KeyMaterial = field(default_factory=lambda: KeyMaterial(b""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +87,7 @@ class AeadAlgorithm(_Checked):
     name: str
     key_bits: int = _uint(32)
     icv_bits: int = _uint(32)
-    key: Key = field(default_factory=lambda: Key(b""))
+    key: KeyMaterial = field(default_factory=lambda: KeyMaterial(b""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +171,16 @@ def _check_extra_attrs(owner: str, extra_attrs: tuple[tuple[int, bytes], ...]) -
 
 
 @dataclass(frozen=True, slots=True)
-class SadEntry(_Checked):
+class SadEntry(_Entry):
     """One XFRM state: the header ``xfrm_usersa_info`` and every attribute.
 
     Optional attributes are ``None`` when the kernel did not return them.
     ``extra_attrs`` holds, as raw ``(nla type, payload)``, every attribute the
     converter does not model, so that a restore puts them back unchanged.
     """
+
+    _FORMAT = SAD_ENTRY_FORMAT
+    _KIND = "sad"
 
     # xfrm_usersa_info.id (struct xfrm_id)
     daddr: Address
@@ -224,24 +258,3 @@ class SadEntry(_Checked):
     def label(self) -> str:
         """A short, key-free name for messages: ``SA spi 0x... dst ...``."""
         return f"SA spi 0x{self.spi:08x} dst {self.daddr} proto {self.proto}"
-
-    def to_dict(self, *, redact_keys: bool = False) -> dict[str, Any]:
-        """JSON-ready dict (binary as hex). ``redact_keys`` replaces keys by null."""
-        result: dict[str, Any] = encode_object(self, redact_keys=redact_keys)
-        return result
-
-    @classmethod
-    def from_dict(cls, data: Any) -> SadEntry:
-        """Inverse of ``to_dict`` (without redaction); bad input raises ``ModelError``."""
-        entry: SadEntry = decode_object(cls, data, "sad")
-        return entry
-
-    def to_bytes(self) -> bytes:
-        """Canonical, versioned bytes: equal entries give equal bytes."""
-        return to_canonical(SAD_ENTRY_FORMAT, {"entry": self.to_dict()})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SadEntry:
-        """Inverse of ``to_bytes``; an unknown version raises ``UnsupportedVersionError``."""
-        body = from_canonical(SAD_ENTRY_FORMAT, data)
-        return cls.from_dict(body.get("entry"))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from appliance.model._codec import decode_object, encode_object, from_canonical, to_canonical
 from appliance.model._common import (
     AF_INET,
     IPPROTO_ESP,
@@ -21,7 +19,7 @@ from appliance.model._common import (
     _opt_uint,
     _uint,
 )
-from appliance.model._sad import SPD_ENTRY_FORMAT, _check_extra_attrs
+from appliance.model._sad import SPD_ENTRY_FORMAT, _check_extra_attrs, _Entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +44,11 @@ class Template(_Checked):
 
 
 @dataclass(frozen=True, slots=True)
-class SpdEntry(_Checked):
+class SpdEntry(_Entry):
     """One XFRM policy. See ``SadEntry`` for ``None`` and ``extra_attrs``."""
+
+    _FORMAT = SPD_ENTRY_FORMAT
+    _KIND = "spd"
 
     selector: Selector
     dir: int = _uint(8)
@@ -82,24 +83,3 @@ class SpdEntry(_Checked):
             f"src {sel.saddr}/{sel.prefixlen_s} dst {sel.daddr}/{sel.prefixlen_d}"
             f" index {self.index}"
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (binary as hex)."""
-        result: dict[str, Any] = encode_object(self, redact_keys=False)
-        return result
-
-    @classmethod
-    def from_dict(cls, data: Any) -> SpdEntry:
-        """Inverse of ``to_dict``; bad input raises ``ModelError``."""
-        entry: SpdEntry = decode_object(cls, data, "spd")
-        return entry
-
-    def to_bytes(self) -> bytes:
-        """Canonical, versioned bytes: equal entries give equal bytes."""
-        return to_canonical(SPD_ENTRY_FORMAT, {"entry": self.to_dict()})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SpdEntry:
-        """Inverse of ``to_bytes``; an unknown version raises ``UnsupportedVersionError``."""
-        body = from_canonical(SPD_ENTRY_FORMAT, data)
-        return cls.from_dict(body.get("entry"))

@@ -1,9 +1,11 @@
 """nfnetlink_queue: receive queued packets and give their verdicts.
 
-``codec`` is the sans-IO part (bytes in, events out; verdicts to bytes),
+``codec`` is the sans-IO part (bytes in, events out; requests and verdicts
+to bytes), the only nfnetlink_queue codec at run time: the pyroute2-style
+declarations it is held to live in ``tests/nfqueue/nfqueue_oracle.py``.
 ``batch`` plans which verdicts may go as one VERDICT_BATCH (sans-IO),
-``messages`` the pyroute2-style declarations with the kernel's structs,
-``socket`` the thin adapter :class:`NfQueue`.
+``constants`` has the kernel's numbers, ``socket`` the thin adapter
+:class:`NfQueue`.
 """
 
 from appliance.nfqueue.batch import VerdictMessage, VerdictPlanner

@@ -1,31 +1,29 @@
 """Sans-IO nfnetlink_queue codec: requests to bytes, received bytes to events.
 
-Nothing here touches a socket; :mod:`appliance.nfqueue.socket` is the
-adapter.  The pyroute2-style declarations in :mod:`appliance.nfqueue.messages`
-are the reference: CONFIG requests (rare) are built from them.  The two
-messages on the per-packet path, the queued packet in and its verdict out,
-are read and written here with precompiled ``struct``s instead (pyroute2
-costs tens of microseconds per message, which a slow machine multiplies
-into a loop that cannot keep up); the unit tests hold both to the same
-bytes and fields.  Received datagrams become :class:`QueuedPacket` (a
-packet waiting for our verdict) or :class:`NetlinkError` (an ack or a
-refusal).
+The one codec of nfnetlink_queue at run time.  Nothing here touches a
+socket; :mod:`appliance.nfqueue.socket` is the adapter.  Every message is
+read and written with precompiled ``struct``s, each quoting its kernel C
+struct (pyroute2 costs tens of microseconds per message, which a slow
+machine multiplies into a loop that cannot keep up).  The unit tests hold
+this codec to pyroute2-style declarations of the same structs
+(``tests/nfqueue/nfqueue_oracle.py``) on recorded kernel bytes.  Received
+datagrams become :class:`QueuedPacket` (a packet waiting for our verdict) or
+:class:`NetlinkError` (an ack or a refusal), each message through the
+decoder its type maps to in :data:`DECODERS`.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from appliance.netlink import NLMSGHDR, frames
 from appliance.nfqueue import constants as c
-from appliance.nfqueue.messages import nfqnl_config_msg
 
 Buffer = bytes | bytearray | memoryview
 
-# struct nlmsghdr { __u32 nlmsg_len; __u16 nlmsg_type; __u16 nlmsg_flags;
-#                   __u32 nlmsg_seq; __u32 nlmsg_pid; };            (host order)
-_NLMSGHDR = struct.Struct("=IHHII")
+_NLMSGHDR = NLMSGHDR  # struct nlmsghdr (appliance.netlink)
 # struct nlmsgerr { int error; struct nlmsghdr msg; ... };
 _NLMSGERR = struct.Struct("=i")
 # struct nfgenmsg { __u8 nfgen_family; __u8 version; __be16 res_id; };
@@ -36,6 +34,10 @@ _NLATTR = struct.Struct("=HH")
 _PACKET_HDR = struct.Struct("!IHB")
 # struct nfqnl_msg_verdict_hdr { __be32 verdict; __be32 id; };
 _VERDICT_HDR = struct.Struct("!II")
+# struct nfqnl_msg_config_cmd { __u8 command; __u8 _pad; __be16 pf; };
+_CONFIG_CMD = struct.Struct("!BxH")
+# struct nfqnl_msg_config_params { __be32 copy_range; __u8 copy_mode; } packed (5 bytes)
+_CONFIG_PARAMS = struct.Struct("!IB")
 _BE32 = struct.Struct("!I")
 _HEADERS = _NLMSGHDR.size + _NFGENMSG.size
 _VERDICT_NLA_LEN = _NLATTR.size + _VERDICT_HDR.size
@@ -85,12 +87,27 @@ def _check_queue(queue_num: int) -> None:
         raise ValueError(f"queue number {queue_num} is outside 0-{MAX_QUEUE_NUM}")
 
 
-def _finish(msg: Any, kind: int, flags: int, seq: int) -> bytes:
-    msg["header"].update(
-        {"type": c.msg_type(kind), "flags": flags, "sequence_number": seq, "pid": 0}
+def _attr(kind: int, value: bytes) -> bytes:
+    """One attribute, padded to 4 bytes (``nla_len`` counts the value, not the padding)."""
+    length = _NLATTR.size + len(value)
+    return _NLATTR.pack(length, kind) + value + bytes(-length % 4)
+
+
+def _config(queue_num: int, seq: int, attrs: bytes) -> bytes:
+    """A CONFIG request for ``queue_num``, acked by the kernel."""
+    return b"".join(
+        (
+            _NLMSGHDR.pack(
+                _HEADERS + len(attrs),
+                c.msg_type(c.NFQNL_MSG_CONFIG),
+                c.NLM_F_REQUEST | c.NLM_F_ACK,
+                seq & 0xFFFFFFFF,
+                0,
+            ),
+            _NFGENMSG.pack(0, c.NFNETLINK_V0, queue_num),
+            attrs,
+        )
     )
-    msg.encode()
-    return bytes(msg.data)
 
 
 def encode_bind(
@@ -113,27 +130,24 @@ def encode_bind(
         raise ValueError(f"copy range {copy_range} is outside 1-65535")
     if maxlen is not None and not 0 < maxlen <= 0xFFFFFFFF:
         raise ValueError(f"queue length {maxlen} is outside 1-4294967295")
-    msg = nfqnl_config_msg()
-    msg.update({"nfgen_family": 0, "version": c.NFNETLINK_V0, "res_id": queue_num})
-    attrs: list[tuple[str, Any]] = [
-        ("NFQA_CFG_CMD", {"command": c.NFQNL_CFG_CMD_BIND, "pf": 0}),
-        ("NFQA_CFG_PARAMS", {"copy_range": copy_range, "copy_mode": c.NFQNL_COPY_PACKET}),
+    attrs = [
+        _attr(c.NFQA_CFG_CMD, _CONFIG_CMD.pack(c.NFQNL_CFG_CMD_BIND, 0)),
+        _attr(c.NFQA_CFG_PARAMS, _CONFIG_PARAMS.pack(copy_range, c.NFQNL_COPY_PACKET)),
     ]
     if maxlen is not None:
-        attrs.append(("NFQA_CFG_QUEUE_MAXLEN", maxlen))
-    attrs.append(("NFQA_CFG_FLAGS", c.NFQA_CFG_F_FAIL_OPEN if fail_open else 0))
-    attrs.append(("NFQA_CFG_MASK", c.NFQA_CFG_F_FAIL_OPEN))
-    msg["attrs"] = attrs
-    return _finish(msg, c.NFQNL_MSG_CONFIG, c.NLM_F_REQUEST | c.NLM_F_ACK, seq)
+        attrs.append(_attr(c.NFQA_CFG_QUEUE_MAXLEN, _BE32.pack(maxlen)))
+    flags = c.NFQA_CFG_F_FAIL_OPEN if fail_open else 0
+    attrs.append(_attr(c.NFQA_CFG_FLAGS, _BE32.pack(flags)))
+    attrs.append(_attr(c.NFQA_CFG_MASK, _BE32.pack(c.NFQA_CFG_F_FAIL_OPEN)))
+    return _config(queue_num, seq, b"".join(attrs))
 
 
 def encode_unbind(queue_num: int, seq: int) -> bytes:
     """CONFIG: release ``queue_num`` (packets still held are dropped by the kernel)."""
     _check_queue(queue_num)
-    msg = nfqnl_config_msg()
-    msg.update({"nfgen_family": 0, "version": c.NFNETLINK_V0, "res_id": queue_num})
-    msg["attrs"] = [("NFQA_CFG_CMD", {"command": c.NFQNL_CFG_CMD_UNBIND, "pf": 0})]
-    return _finish(msg, c.NFQNL_MSG_CONFIG, c.NLM_F_REQUEST | c.NLM_F_ACK, seq)
+    return _config(
+        queue_num, seq, _attr(c.NFQA_CFG_CMD, _CONFIG_CMD.pack(c.NFQNL_CFG_CMD_UNBIND, 0))
+    )
 
 
 def encode_verdict(queue_num: int, packet_id: int, accept: bool, seq: int) -> bytes:
@@ -215,25 +229,32 @@ def _packet(buf: Buffer, start: int, end: int) -> QueuedPacket:
     )
 
 
+def _error(buf: Buffer, start: int, end: int) -> NetlinkError:
+    """The NLMSG_ERROR in ``buf[start:end]``: the error and the request's header it answers."""
+    if end - start < _NLMSGHDR.size + _NLMSGERR.size + _NLMSGHDR.size:
+        raise ValueError("truncated NLMSG_ERROR")
+    (error,) = _NLMSGERR.unpack_from(buf, start + _NLMSGHDR.size)
+    _length, request_type, _flags, seq, _pid = _NLMSGHDR.unpack_from(
+        buf, start + _NLMSGHDR.size + _NLMSGERR.size
+    )
+    return NetlinkError(error, seq, request_type)
+
+
+DECODERS: dict[int, Callable[[Buffer, int, int], Event]] = {
+    _PACKET_TYPE: _packet,
+    c.NLMSG_ERROR: _error,
+}
+"""The decoder of each message type we read; ``decode`` skips the others."""
+
+
 def decode(buf: Buffer) -> list[Event]:
     """The events in one received datagram; other message types are skipped.
 
     Raises ``ValueError`` on a datagram that is not well-formed netlink.
     """
     events: list[Event] = []
-    offset = 0
-    end = len(buf)
-    while offset + _NLMSGHDR.size <= end:
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
-        if length < _NLMSGHDR.size or offset + length > end:
-            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
-        if kind == _PACKET_TYPE:
-            events.append(_packet(buf, offset, offset + length))
-        elif kind == c.NLMSG_ERROR:
-            if length < _NLMSGHDR.size + _NLMSGERR.size + _NLMSGHDR.size:
-                raise ValueError("truncated NLMSG_ERROR")
-            (error,) = _NLMSGERR.unpack_from(buf, offset + _NLMSGHDR.size)
-            req = _NLMSGHDR.unpack_from(buf, offset + _NLMSGHDR.size + _NLMSGERR.size)
-            events.append(NetlinkError(error, req[3], req[1]))
-        offset += (length + 3) & ~3
+    for kind, _flags, start, end in frames(buf):
+        decoder = DECODERS.get(kind)
+        if decoder is not None:
+            events.append(decoder(buf, start, end))
     return events

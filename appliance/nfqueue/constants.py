@@ -16,13 +16,20 @@ NFQNL_MSG_VERDICT = 1
 NFQNL_MSG_CONFIG = 2
 NFQNL_MSG_VERDICT_BATCH = 3
 
-# enum nfqnl_attr_type (the ones the fast codec reads or writes)
+# enum nfqnl_attr_type (the ones the codec reads or writes)
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
 NFQA_MARK = 3
 NFQA_IFINDEX_INDEV = 5
 NFQA_PAYLOAD = 10
 NFQA_CAP_LEN = 13
+
+# enum nfqnl_attr_config
+NFQA_CFG_CMD = 1
+NFQA_CFG_PARAMS = 2
+NFQA_CFG_QUEUE_MAXLEN = 3
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
 
 # enum nfqnl_msg_config_cmds
 NFQNL_CFG_CMD_NONE = 0

@@ -2,7 +2,7 @@
 
 All encoding and decoding is in :mod:`appliance.nfqueue.codec`; this module
 only opens the socket (inside ``netns``, through
-:func:`appliance.nft.netns.run_in_netns`, so the socket belongs to that
+:func:`appliance.netns.run_in_netns`, so the socket belongs to that
 namespace while the caller's thread never moves), sends, and receives.
 """
 
@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from appliance.errors import KernelError
+from appliance.netns import run_in_netns
 from appliance.nfqueue import codec
 from appliance.nfqueue import constants as c
 from appliance.nfqueue.batch import VerdictPlanner
 from appliance.nfqueue.codec import NetlinkError, QueuedPacket
-from appliance.nft.netns import run_in_netns
 
 log = logging.getLogger(__name__)
 

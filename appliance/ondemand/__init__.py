@@ -5,7 +5,7 @@
 """
 
 from appliance.ondemand.core import (
-    Action,
+    Command,
     Hold,
     OnDemandCore,
     OnDemandCounters,
@@ -18,7 +18,7 @@ from appliance.ondemand.packet import EspPacket, MalformedPacket, NotEsp, parse_
 from appliance.ondemand.service import OnDemandService, RetrieveFn
 
 __all__ = [
-    "Action",
+    "Command",
     "EspPacket",
     "Hold",
     "MalformedPacket",

@@ -18,7 +18,7 @@ had its verdict (the positive cache accepts them at once).  A queue that
 never runs dry still gets the SPI held after :func:`hold_fallback`.
 
 Inputs are packets, retrieval results, "the queue is drained" and the time;
-outputs are :class:`Retrieve`, :class:`Verdict` and :class:`Hold` actions
+outputs are :class:`Retrieve`, :class:`Verdict` and :class:`Hold` commands
 and :class:`OnDemandCounters`.  The time must not go backwards (a monotonic
 clock): timers are kept in start order.
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from appliance.ondemand.packet import EspPacket, MalformedPacket, parse_outer
 
-Key = tuple[str, int]
+RetrievalKey = tuple[str, int]
 """(destination address, SPI): what one retrieval fetches."""
 
 HOLD_FALLBACK = 5.0
@@ -93,14 +93,14 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Add ``spi`` to the held set (after giving the verdicts that came before this action):
+    """Add ``spi`` to the held set (after giving the verdicts that came before this command):
     none of its packets waits in the queue any more."""
 
     spi: int
     daddr: str
 
 
-Action = Retrieve | Verdict | Hold
+Command = Retrieve | Verdict | Hold
 
 
 def hold_fallback(limits: OnDemandLimits) -> float:
@@ -154,7 +154,7 @@ class OnDemandCounters:
 
 @dataclass(slots=True)
 class _Flight:
-    key: Key
+    key: RetrievalKey
     deadline: float
     packets: list[int] = field(default_factory=list)
 
@@ -169,16 +169,16 @@ class OnDemandCore:
         self._stamp = now
         self._next_id = 1
         self._flights: dict[int, _Flight] = {}  # by request id, in start order
-        self._by_key: dict[Key, int] = {}
+        self._by_key: dict[RetrievalKey, int] = {}
         # Expiry times; constant TTLs keep insertion order = expiry order.
-        self._negative: OrderedDict[Key, float] = OrderedDict()
-        self._positive: OrderedDict[Key, float] = OrderedDict()
+        self._negative: OrderedDict[RetrievalKey, float] = OrderedDict()
+        self._positive: OrderedDict[RetrievalKey, float] = OrderedDict()
         self._hold_after = hold_fallback(self.limits)
         # Retrieved, not held yet: key -> when to hold it anyway.  The positive cache, which
         # outlives the entry, answers the key's packets meanwhile.
-        self._to_hold: OrderedDict[Key, float] = OrderedDict()
+        self._to_hold: OrderedDict[RetrievalKey, float] = OrderedDict()
         # Timed-out retrievals, to know the key of a late success; bounded, oldest out.
-        self._timed_out: OrderedDict[int, Key] = OrderedDict()
+        self._timed_out: OrderedDict[int, RetrievalKey] = OrderedDict()
 
     @property
     def held(self) -> int:
@@ -199,7 +199,7 @@ class OnDemandCore:
         """A copy of the counters."""
         return dataclasses.replace(self.counters)
 
-    def handle_packet(self, packet_id: int, data: bytes, now: float) -> list[Action]:
+    def handle_packet(self, packet_id: int, data: bytes, now: float) -> list[Command]:
         """A packet from the queue: what to do now."""
         c = self.counters
         c.queued += 1
@@ -238,7 +238,7 @@ class OnDemandCore:
         c.retrievals += 1
         return [Retrieve(request_id, parsed.spi, parsed.daddr)]
 
-    def handle_result(self, request_id: int, ok: bool, now: float) -> list[Action]:
+    def handle_result(self, request_id: int, ok: bool, now: float) -> list[Command]:
         """A retrieval ended: ``ok`` means the SA is installed (its SPI not held yet)."""
         c = self.counters
         self._expire(now)
@@ -262,18 +262,18 @@ class OnDemandCore:
             c.dropped_unknown += len(flight.packets)
         return [Verdict(p, ok) for p in flight.packets]
 
-    def handle_idle(self, now: float) -> list[Action]:
+    def handle_idle(self, now: float) -> list[Command]:
         """The adapter read the queue dry after handing over everything it had read, and
         gives the verdicts returned so far before acting on these: hold the SPIs of the
         SAs retrieved since (their packets have all had their verdicts)."""
         # A key with a retrieval under way again (the loop stalled past the positive cache)
         # waits for that one's result.
-        actions: list[Action] = [
+        commands: list[Command] = [
             Hold(spi, daddr) for daddr, spi in self._to_hold if (daddr, spi) not in self._by_key
         ]
-        self.counters.holds += len(actions)
+        self.counters.holds += len(commands)
         self._to_hold.clear()
-        return actions
+        return commands
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must run next (``None``: nothing pending)."""
@@ -281,10 +281,10 @@ class OnDemandCore:
         timers += [deadline for deadline in self._to_hold.values()][:1]
         return min(timers, default=None)
 
-    def handle_timer(self, now: float) -> list[Action]:
+    def handle_timer(self, now: float) -> list[Command]:
         """Drop the packets of retrievals that have run out of time; hold the SPIs that
         waited :func:`hold_fallback` for the queue to run dry."""
-        actions: list[Action] = []
+        commands: list[Command] = []
         while self._flights:
             request_id, flight = next(iter(self._flights.items()))
             if flight.deadline > now:
@@ -297,7 +297,7 @@ class OnDemandCore:
                 self._timed_out.popitem(last=False)
             self.counters.retrieval_timeouts += 1
             self.counters.dropped_timeout += len(flight.packets)
-            actions.extend(Verdict(p, False) for p in flight.packets)
+            commands.extend(Verdict(p, False) for p in flight.packets)
         while self._to_hold:
             (daddr, spi), deadline = next(iter(self._to_hold.items()))
             if deadline > now:
@@ -307,16 +307,16 @@ class OnDemandCore:
                 continue  # as in handle_idle
             self.counters.holds += 1
             self.counters.holds_forced += 1
-            actions.append(Hold(spi, daddr))
-        return actions
+            commands.append(Hold(spi, daddr))
+        return commands
 
-    def _retrieved(self, key: Key, now: float) -> None:
+    def _retrieved(self, key: RetrievalKey, now: float) -> None:
         self._positive.pop(key, None)
         self._positive[key] = now + self.limits.positive_ttl
         if key not in self._to_hold:
             self._to_hold[key] = now + self._hold_after
 
-    def _remember_failure(self, key: Key, now: float) -> None:
+    def _remember_failure(self, key: RetrievalKey, now: float) -> None:
         self._negative.pop(key, None)
         self._negative[key] = now + self.limits.negative_ttl
 

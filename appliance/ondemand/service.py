@@ -1,4 +1,4 @@
-"""The adapter: NFQUEUE packets into :class:`OnDemandCore`, its actions out.
+"""The adapter: NFQUEUE packets into :class:`OnDemandCore`, its commands out.
 
 One loop thread owns the queue socket and the core; retrievals run on a
 small thread pool (they block on the store and the kernel) and post their
@@ -8,7 +8,7 @@ waits on a retrieval and the core is only touched by the loop.
 Each turn of the loop takes the results, then reads the queue until it is
 dry (or ``READ_BATCH`` packets), gives the core all of it, sends the
 verdicts in one datagram, and when the read ended dry tells the core so
-(``handle_idle``): the ``Hold`` actions that yields run ``on_retrieved``
+(``handle_idle``): the ``Hold`` commands that yields run ``on_retrieved``
 on the pool, after the verdicts went out.
 """
 
@@ -28,7 +28,7 @@ from types import TracebackType
 from appliance.nfqueue.codec import MAX_QUEUE_NUM
 from appliance.nfqueue.socket import DEFAULT_COPY_RANGE, DEFAULT_MAXLEN, NfQueue
 from appliance.ondemand.core import (
-    Action,
+    Command,
     Hold,
     OnDemandCore,
     OnDemandCounters,
@@ -170,7 +170,7 @@ class OnDemandService:
                     with contextlib.suppress(BlockingIOError):
                         while self._wake_r.recv(4096):
                             pass
-                actions: list[Action] = []
+                commands: list[Command] = []
                 now = self._clock()
                 with self._lock:
                     # Results first: a dry read below then comes after their verdicts.
@@ -179,49 +179,49 @@ class OnDemandService:
                             request_id, ok = self._results.get_nowait()
                         except queue.Empty:
                             break
-                        actions += self._core.handle_result(request_id, ok, now)
+                        commands += self._core.handle_result(request_id, ok, now)
                 # Read even without a wake-up: only a read that finds nothing proves the
                 # queue dry.
                 packets = nfq.receive(timeout=0, max_packets=READ_BATCH)
                 now = self._clock()
                 with self._lock:
                     for packet in packets:
-                        actions += self._core.handle_packet(packet.packet_id, packet.payload, now)
-                    actions += self._core.handle_timer(now)
+                        commands += self._core.handle_packet(packet.packet_id, packet.payload, now)
+                    commands += self._core.handle_timer(now)
                     if nfq.drained:
-                        actions += self._core.handle_idle(now)
-                self._act(nfq, actions)
+                        commands += self._core.handle_idle(now)
+                self._act(nfq, commands)
         except BaseException as exc:
             # The queue stays bound without verdicts: the kernel drops (no fail-open).
             if not self._stopping.is_set():
                 self.error = exc
                 log.error("on-demand SA retrieval stopped: %s", exc)
 
-    def _act(self, nfq: NfQueue, actions: list[Action]) -> None:
+    def _act(self, nfq: NfQueue, commands: list[Command]) -> None:
         """Verdicts in one send, then the rest: a hold must follow the verdicts before it."""
-        verdicts = [(a.packet_id, a.accept) for a in actions if isinstance(a, Verdict)]
+        verdicts = [(a.packet_id, a.accept) for a in commands if isinstance(a, Verdict)]
         if verdicts:
             nfq.verdicts(verdicts)
         assert self._pool is not None
-        for action in actions:
-            if isinstance(action, Retrieve):
-                self._pool.submit(self._run_retrieve, action)
-            elif isinstance(action, Hold) and self._on_retrieved is not None:
-                self._pool.submit(self._run_retrieved, action.spi, action.daddr)
+        for command in commands:
+            if isinstance(command, Retrieve):
+                self._pool.submit(self._run_retrieve, command)
+            elif isinstance(command, Hold) and self._on_retrieved is not None:
+                self._pool.submit(self._run_retrieved, command.spi, command.daddr)
 
-    def _run_retrieve(self, action: Retrieve) -> None:
+    def _run_retrieve(self, request: Retrieve) -> None:
         try:
-            ok = bool(self._retrieve(action.spi, action.daddr))
+            ok = bool(self._retrieve(request.spi, request.daddr))
         except Exception as exc:
             # Name the SA and the error class only: the message may carry store details.
             log.warning(
                 "retrieving SA spi 0x%08x dst %s failed: %s",
-                action.spi,
-                action.daddr,
+                request.spi,
+                request.daddr,
                 type(exc).__name__,
             )
             ok = False
-        self._results.put((action.request_id, ok))
+        self._results.put((request.request_id, ok))
         self._wake()
 
     def _run_retrieved(self, spi: int, daddr: str) -> None:

@@ -35,12 +35,17 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    from appliance.model import Address, SadEntry
 
 #: Largest server ID: an FQDN is at most 253 characters.
 MAX_SERVER_ID_LEN = 253
@@ -154,26 +159,63 @@ ERRORS_BY_STATUS: dict[Status, type[StoreError]] = {
 }
 
 
-@dataclass(frozen=True, order=True)
+def _parse_address(text: str) -> Address:
+    try:
+        return _cached_address(text)
+    except ValueError:
+        raise InvalidRequestError(f"destination {text!r} is not an IP address") from None
+
+
+# Backends keep destinations as text and read back the same few (VIPs) over and over.
+_cached_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
+
+
+@functools.total_ordering
 class SaKey:
-    """The SAD index of one SA: ``(SPI, destination address, IP protocol)``."""
+    """The SAD index of one SA: ``(SPI, destination address, IP protocol)``.
+
+    The one key of an SA across the package: the sync core, the store client,
+    the server and the backends. ``SaKey.of`` derives it from a model SA and
+    ``_convert.raw_sa_key`` from a payload's raw fields; both give the same
+    key (the destination is an address object, so ``2001:DB8:0::1`` and
+    ``2001:db8::1`` are one key). Backends that keep the destination as text
+    pass it as text and read it back as ``dst``.
+    """
+
+    __slots__ = ("_hash", "_text", "daddr", "proto", "spi")
 
     spi: int
     """The SPI, 0..2**32-1 (host order)."""
-    dst: str
-    """The destination address in its compressed text form."""
+    daddr: Address
+    """The destination address."""
     proto: int
     """The IP protocol number: 50 (ESP), 51 (AH) or 108 (IPComp)."""
+    _text: str | None
+    _hash: int
+
+    def __init__(
+        self, spi: int, daddr: Address | str, proto: int, *, text: str | None = None
+    ) -> None:
+        """``text``: the destination's compressed text, when the caller has it at hand."""
+        if isinstance(daddr, str):
+            daddr = _parse_address(daddr)
+        object.__setattr__(self, "spi", spi)
+        object.__setattr__(self, "daddr", daddr)
+        object.__setattr__(self, "proto", proto)
+        object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "_hash", hash((spi, int(daddr), proto)))
+
+    @classmethod
+    def of(cls, sa: SadEntry) -> SaKey:
+        """The key of a model SA."""
+        return cls(sa.spi, sa.daddr, sa.proto)
 
     @classmethod
     def make(cls, spi: int, dst: str, proto: int | str) -> SaKey:
-        """Validate and normalise (``2001:DB8::1`` and ``2001:db8:0::1`` are one key)."""
+        """Validate and normalise what a user or a request gave (``InvalidRequestError``)."""
         if isinstance(spi, bool) or not isinstance(spi, int) or not 0 <= spi < 2**32:
             raise InvalidRequestError(f"SPI must be an integer 0..0xffffffff, got {spi!r}")
-        try:
-            addr = ipaddress.ip_address(dst)
-        except ValueError:
-            raise InvalidRequestError(f"destination {dst!r} is not an IP address") from None
+        addr = _parse_address(dst)
         if isinstance(proto, str):
             if proto.lower() not in PROTO_NUMBERS:
                 raise InvalidRequestError(
@@ -182,7 +224,37 @@ class SaKey:
             proto = PROTO_NUMBERS[proto.lower()]
         if proto not in PROTO_NAMES:
             raise InvalidRequestError(f"protocol number {proto!r} is not ESP (50), AH or IPComp")
-        return cls(spi, addr.compressed, proto)
+        return cls(spi, addr, proto)
+
+    @property
+    def dst(self) -> str:
+        """The destination in its compressed text form (how backends keep it)."""
+        if self._text is None:
+            object.__setattr__(self, "_text", self.daddr.compressed)
+        assert self._text is not None
+        return self._text
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"SaKey is immutable: cannot set {name}")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SaKey):
+            return NotImplemented
+        return (self.spi, self.daddr, self.proto) == (other.spi, other.daddr, other.proto)
+
+    def _order(self) -> tuple[int, int, int, int]:
+        return (self.spi, self.daddr.version, int(self.daddr), self.proto)
+
+    def __lt__(self, other: SaKey) -> bool:
+        if not isinstance(other, SaKey):
+            return NotImplemented
+        return self._order() < other._order()
+
+    def __repr__(self) -> str:
+        return f"SaKey(spi={self.spi}, daddr={self.daddr!r}, proto={self.proto})"
 
     def __str__(self) -> str:
         return f"{PROTO_NAMES.get(self.proto, self.proto)} spi 0x{self.spi:08x} dst {self.dst}"

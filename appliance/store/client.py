@@ -33,14 +33,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Side
 from appliance.channel.events import DataReceived, HandshakeFailed
+from appliance.errors import ApplianceError
 from appliance.metrics.latency import LatencyHistogram
 from appliance.model import SadEntry, Snapshot, SpdEntry
 from appliance.store import _convert as conv
 from appliance.store import _rawwire
 from appliance.store._convert import UndecodableEntryError as UndecodableEntryError
-from appliance.store._convert import sa_key_of as sa_key_of  # keys RetrievedState.replay
 from appliance.store.base import (
     EpochLimitError,
     FetchCancelled,
@@ -104,6 +104,30 @@ CONVERT_STEP = 256
 """Entries converted between two questions to a ``stop`` callback."""
 
 log = logging.getLogger("appliance.store.client")
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What a retrieval gives its users: SAs with their latest stored counters, and policies.
+
+    The one result of ``StoreClient.fetch`` (a server ID's whole state) and
+    ``StoreClient.fetch_sa`` (one SA and its policies): every SA already
+    carries the replay state the store holds for it (``merge_replay``), so
+    no caller merges counters itself.
+    """
+
+    sad: tuple[SadEntry, ...]
+    spd: tuple[SpdEntry, ...]
+    source: str
+    """Which store answered."""
+    skipped: tuple[str, ...] = ()
+    """Stored entries that did not decode, or whose replay state did not apply, and were
+    left out: one line each (its place and SPI or policy index, why; never key bytes)."""
+    server_id: str = ""
+    """The server ID the state is stored under (its owner)."""
+    epoch: int = 0
+    pages: int = 0
+    """Pages the retrieval took."""
 
 
 @dataclass
@@ -196,6 +220,37 @@ class RetrievedState:
             log.warning("server ID %s: stored %s; skipped", self.server_id, line)
         self._sad, self._spd, self.skipped = sad, spd, skipped
 
+    def merged(self, source: str, stop: Callable[[], bool] | None = None) -> Retrieved:
+        """The state with each SA's stored replay state merged in (converting first).
+
+        An SA whose replay state does not apply is left out, logged and named
+        in ``skipped``: installing it with older counters could reuse
+        sequence numbers.
+        """
+        self.convert(stop)
+        skipped = list(self.skipped)
+        sad: list[SadEntry] = []
+        for sa in self.sad:
+            update = self.replay.get(SaKey.of(sa)) if self.replay else None
+            if update is None:
+                sad.append(sa)
+                continue
+            try:
+                sad.append(merge_replay(sa, update))
+            except ApplianceError as exc:
+                line = f"SA spi 0x{sa.spi:08x} dst {sa.daddr}: its replay state: {exc}"
+                log.warning("server ID %s: stored %s; skipped", self.server_id, line)
+                skipped.append(line)
+        return Retrieved(
+            tuple(sad),
+            tuple(self.spd),
+            source,
+            tuple(skipped),
+            self.server_id,
+            self.epoch,
+            self.pages,
+        )
+
 
 @dataclass
 class SaAnswer:
@@ -276,7 +331,7 @@ class StoreClient:
         self._channel = ChannelEndpoint(
             psk,
             node_id,
-            Role.CLIENT,
+            Side.CLIENT,
             ChannelConfig(
                 handshake_initial_timeout=timeout,
                 handshake_attempts=retries + 1,
@@ -564,7 +619,7 @@ class StoreClient:
         index = PolicyIndex(spd)
         for sa in sad:
             group: list[Payload] = [conv.sad_to_payload(sa)]
-            key = conv.sa_key_of(sa)
+            key = SaKey.of(sa)
             if replay and key in replay:
                 group.append(replay[key])
             for pol in index.policies_for(sa):
@@ -619,10 +674,13 @@ class StoreClient:
         ]
         self._call(ExchangeType.SA_STOR, payloads)
 
-    def update_replay(
-        self, server_id: str, epoch: int, states: Sequence[ReplayStatePayload]
-    ) -> int:
-        """Send replay-state-only updates (small, frequent); returns the messages sent."""
+    def update_replay(self, server_id: str, epoch: int, sas: Sequence[SadEntry]) -> int:
+        """Send the counters of SAs stored before (small, frequent); returns the messages sent.
+
+        Only each SA's replay state and lifetime counters go (a Replay State
+        payload), not the SA.
+        """
+        states = (entries.replay_update_for(sa) for sa in sas)
         messages = self._pack(server_id, epoch, ([s] for s in states))
         self._store_messages(messages)
         return len(messages)
@@ -678,6 +736,32 @@ class StoreClient:
             if not raw.more or next_cursor is None:
                 return state
             cursor = next_cursor
+
+    def fetch(self, server_id: str, stop: Callable[[], bool] | None = None) -> Retrieved:
+        """Every SA (with its latest counters) and policy stored under ``server_id``.
+
+        ``get_server`` then ``RetrievedState.merged``; ``stop`` cancels between
+        pages and conversion steps (``FetchCancelled``).
+        """
+        return self.get_server(server_id, stop).merged(self.server, stop)
+
+    def fetch_sa(self, spi: int, dst: str, proto: int | str = "esp") -> Retrieved:
+        """One SA, with its latest counters, and its policies; ``sad`` holds that one SA.
+
+        ``NotFoundError`` if the store has none; ``UndecodableEntryError`` if
+        the SA, one of its policies or its replay state does not decode or
+        apply (older counters could reuse sequence numbers).
+        """
+        answer = self.get_spi(spi, dst, proto)
+        sa = answer.sad
+        if answer.replay is not None:
+            try:
+                sa = merge_replay(sa, answer.replay)
+            except ApplianceError as exc:
+                raise UndecodableEntryError(f"stored replay state does not apply: {exc}") from None
+        return Retrieved(
+            (sa,), tuple(answer.spd), self.server, (), answer.server_id, answer.epoch, 1
+        )
 
     def get_spi(self, spi: int, dst: str, proto: int | str = "esp") -> SaAnswer:
         """One SA with its SPD entries; NotFoundError if the store has none.

@@ -33,25 +33,19 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from appliance.store import base as store
 from appliance.store.base import (
     MAX_CURSOR_LEN,
     Batch,
-    InvalidRequestError,
-    NotFoundError,
     Page,
     PolicyRecord,
     SaKey,
     SaLookup,
     SaRecord,
     SaStore,
-    SchemaVersionError,
     ServerStats,
-    SpiCollisionError,
-    StaleEpochError,
-    StoreError,
     StoreStats,
     StoreSummary,
-    StoreUnavailableError,
     check_batch,
     check_epoch,
     check_epoch_raise,
@@ -135,13 +129,30 @@ def _kvs(resp: Json) -> list[tuple[str, bytes]]:
 _AUTH_PATH = "/v3/auth/authenticate"
 
 
+def client_tls(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> ssl.SSLContext:
+    """The TLS context for ``https`` endpoints: the CA to trust, and our certificate if any."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if cert_file is not None:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise store.StoreUnavailableError(
+                f"etcd client certificate {cert_file} with key {key_file}: "
+                f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
+            ) from None
+    return context
+
+
 class EtcdClient:
     """A minimal etcd v3 JSON-gateway client with endpoint failover and retries.
 
-    With ``cert_file``/``key_file`` it presents a TLS client certificate
-    (etcd ``--client-cert-auth``); with ``user``/``password`` it authenticates
-    (``/v3/auth/authenticate``) and sends the token in the ``Authorization``
-    header, authenticating again when etcd says the token is no longer valid.
+    ``tls`` is used for ``https`` endpoints (:func:`client_tls`; a client
+    certificate answers etcd's ``--client-cert-auth``).  With ``user`` and
+    ``password`` it authenticates (``/v3/auth/authenticate``) and sends the
+    token in the ``Authorization`` header, authenticating again when etcd
+    says the token is no longer valid.
     """
 
     def __init__(
@@ -149,31 +160,21 @@ class EtcdClient:
         endpoints: Sequence[str],
         timeout: float = 5.0,
         retry_for: float = 15.0,
-        ca_file: str | None = None,
-        cert_file: str | None = None,
-        key_file: str | None = None,
+        tls: ssl.SSLContext | None = None,
         user: str | None = None,
         password: str | None = None,
     ) -> None:
         if not endpoints:
-            raise InvalidRequestError("etcd backend needs at least one endpoint")
+            raise store.InvalidRequestError("etcd backend needs at least one endpoint")
         self._endpoints = [urllib.parse.urlsplit(e) for e in endpoints]
         for raw, url in zip(endpoints, self._endpoints, strict=True):
             if url.scheme not in ("http", "https") or not url.hostname:
-                raise InvalidRequestError(f"etcd endpoint {raw!r} must be http://HOST:PORT")
+                raise store.InvalidRequestError(f"etcd endpoint {raw!r} must be http://HOST:PORT")
         self._timeout = timeout
         self._retry_for = retry_for
-        self._ssl = ssl.create_default_context(cafile=ca_file)
-        if cert_file is not None:
-            try:
-                self._ssl.load_cert_chain(cert_file, key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise StoreUnavailableError(
-                    f"etcd client certificate {cert_file} with key {key_file}: "
-                    f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
-                ) from None
+        self._ssl = tls if tls is not None else client_tls()
         if (user is None) != (password is None):
-            raise InvalidRequestError("etcd authentication needs both a user and a password")
+            raise store.InvalidRequestError("etcd authentication needs both a user and a password")
         self._user = user
         self._password = password
         self._token: str | None = None
@@ -205,29 +206,29 @@ class EtcdClient:
         answer = self.call(_AUTH_PATH, {"name": self._user, "password": self._password})
         token = answer.get("token")
         if not isinstance(token, str) or not token:
-            raise StoreUnavailableError(f"etcd gave user {self._user} no auth token")
+            raise store.StoreUnavailableError(f"etcd gave user {self._user} no auth token")
         return token
 
-    def _auth_error(self, message: str) -> StoreError | None:
+    def _auth_error(self, message: str) -> store.StoreError | None:
         """A clear error for an authentication or permission refusal (retrying cannot help)."""
         where = f"etcd {self._endpoints[self._current].netloc}"
         if "authentication failed" in message:
-            return StoreUnavailableError(
+            return store.StoreUnavailableError(
                 f"{where} refused user {self._user}: {message} "
                 "(check [store.etcd] user and password_file)"
             )
         if "user name is empty" in message or "user name not found" in message:
-            return StoreUnavailableError(
+            return store.StoreUnavailableError(
                 f"{where} requires authentication ({message}); "
                 "set [store.etcd] user and password_file"
             )
         if "CommonName of client" in message:
-            return StoreUnavailableError(
+            return store.StoreUnavailableError(
                 f"{where} refuses a client certificate with a Common Name when authentication "
                 "is on ({message}); issue [store.etcd] cert_file without one"
             )
         if "permission denied" in message:
-            return StoreUnavailableError(
+            return store.StoreUnavailableError(
                 f"{where}: user {self._user} may not do this ({message}); grant it a role "
                 f"with readwrite on the prefix {SCHEMA_KEY.rsplit('/', 1)[0]}/"
             )
@@ -260,7 +261,7 @@ class EtcdClient:
                 self._fail_over()
                 tls_failures += 1
                 if tls_failures >= len(self._endpoints):
-                    raise StoreUnavailableError(
+                    raise store.StoreUnavailableError(
                         f"etcd {last}; check [store.etcd] ca_file, cert_file and key_file"
                     ) from None
             except (OSError, http.client.HTTPException) as exc:
@@ -276,7 +277,7 @@ class EtcdClient:
                 message = str(answer.get("message") or answer.get("error") or status)
                 if "invalid auth token" in message and self._user is not None:
                     if reauthenticated:
-                        raise StoreUnavailableError(
+                        raise store.StoreUnavailableError(
                             f"etcd keeps refusing the auth token of user {self._user} ({message})"
                         )
                     self._token = None  # expired (or etcd restarted): authenticate again
@@ -286,16 +287,16 @@ class EtcdClient:
                 if auth_error is not None:
                     raise auth_error
                 if "too many operations" in message or "request is too large" in message:
-                    raise StoreUnavailableError(
+                    raise store.StoreUnavailableError(
                         f"etcd refused the transaction ({message}); start etcd with larger "
                         "--max-txn-ops / --max-request-bytes (see docs/store.md)"
                     )
                 if status in (400, 404) and "leader" not in message:
-                    raise StoreError(f"etcd rejected {path}: {message}")
+                    raise store.StoreError(f"etcd rejected {path}: {message}")
                 last = f"{self._endpoints[self._current].netloc}: {message}"
                 self._fail_over()
             if time.monotonic() >= deadline:
-                raise StoreUnavailableError(f"etcd unavailable ({last})")
+                raise store.StoreUnavailableError(f"etcd unavailable ({last})")
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -342,9 +343,8 @@ class EtcdStore(SaStore):
         user: str | None = None,
         password: str | None = None,
     ) -> None:
-        self._etcd = EtcdClient(
-            endpoints, timeout, retry_for, ca_file, cert_file, key_file, user, password
-        )
+        tls = client_tls(ca_file, cert_file, key_file)
+        self._etcd = EtcdClient(endpoints, timeout, retry_for, tls, user, password)
         try:
             self._check_schema()
         except BaseException:
@@ -363,9 +363,9 @@ class EtcdStore(SaStore):
         try:
             version = int(raw)
         except ValueError:
-            raise SchemaVersionError(f"etcd key {SCHEMA_KEY} holds {raw[:20]!r}") from None
+            raise store.SchemaVersionError(f"etcd key {SCHEMA_KEY} holds {raw[:20]!r}") from None
         if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
+            raise store.SchemaVersionError(
                 f"etcd store has layout version {version}, newer than this ipsec-ha knows "
                 f"({SCHEMA_VERSION}); upgrade ipsec-ha"
             )
@@ -386,7 +386,7 @@ class EtcdStore(SaStore):
     ) -> tuple[list[Json], list[Json]]:
         """Compares that pin the epoch we read, and the put that raises it if needed."""
         if current is not None and epoch < current:
-            raise StaleEpochError(
+            raise store.StaleEpochError(
                 f"server {server_id}: write with epoch {epoch} refused, "
                 f"the current epoch is {current} (another node took over)",
                 current,
@@ -406,7 +406,7 @@ class EtcdStore(SaStore):
             if owner is None:
                 compare.append(_absent(_owner_key(k)))
             elif owner != server_id:
-                raise SpiCollisionError(
+                raise store.SpiCollisionError(
                     f"SA {k} belongs to server {owner}, not {server_id}: "
                     + ("SPI collisions must not occur" if verb == "put" else "cannot delete it"),
                     k,
@@ -433,7 +433,7 @@ class EtcdStore(SaStore):
             new = (current or 0) + 1 if epoch is None else epoch
             check_epoch_raise(server_id, current or 0, new)
             if current is not None and new <= current:
-                raise StaleEpochError(
+                raise store.StaleEpochError(
                     f"server {server_id}: claim of epoch {new} refused, "
                     f"the current epoch is already {current}",
                     current,
@@ -441,7 +441,7 @@ class EtcdStore(SaStore):
             guard = _absent(key) if current is None else _value_equals(key, str(current))
             if self._etcd.txn([guard], [_put(key, str(new))]).get("succeeded"):
                 return new
-        raise StoreUnavailableError(f"server {server_id}: epoch claim kept losing races")
+        raise store.StoreUnavailableError(f"server {server_id}: epoch claim kept losing races")
 
     def apply(self, server_id: str, epoch: int, batch: Batch) -> None:
         check_server_id(server_id)
@@ -458,7 +458,7 @@ class EtcdStore(SaStore):
             compare += self._owner_guard(server_id, delete_sas, owners, "delete")
             for k in replay_keys:
                 if owners.get(k) != server_id:
-                    raise NotFoundError(f"SA {k} of server {server_id} is not in the store")
+                    raise store.NotFoundError(f"SA {k} of server {server_id} is not in the store")
                 compare.append(_value_equals(_owner_key(k), server_id))
             for k in delete_sas:
                 path = _sa_path(k)
@@ -490,7 +490,7 @@ class EtcdStore(SaStore):
             ops += [_put(f"{prefix}replay/{_sa_path(k)}", r) for k, r in batch.replay]
             if self._etcd.txn(compare, ops).get("succeeded"):
                 return
-        raise StoreUnavailableError(f"server {server_id}: write kept losing races")
+        raise store.StoreUnavailableError(f"server {server_id}: write kept losing races")
 
     def keys_for_spi(self, server_id: str, spi: int, proto: int) -> list[SaKey]:
         base = f"{_server_prefix(server_id)}sa/{proto:03d}/"
@@ -507,7 +507,7 @@ class EtcdStore(SaStore):
     def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
         check_server_id(server_id)
         if not 0 < limit <= 10_000:
-            raise InvalidRequestError("page limit must be 1..10000")
+            raise store.InvalidRequestError("page limit must be 1..10000")
         prefix = _server_prefix(server_id)
         # Cursors are compact (at most 64 bytes): "S" + SA path, or "P" + policy ID.
         phase, after = "sa", ""
@@ -520,7 +520,7 @@ class EtcdStore(SaStore):
                 if phase == "sa":
                     _sa_from_path(after)
             except ValueError:
-                raise InvalidRequestError("malformed page cursor") from None
+                raise store.InvalidRequestError("malformed page cursor") from None
         sas: list[SaRecord] = []
         revision = 0
         epoch_resp = self._etcd.range(_epoch_key(server_id))

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelConfig, ChannelEndpoint, Side
 from appliance.channel.events import DataReceived
 from appliance.errors import ApplianceError
 from appliance.metrics.latency import LatencyHistogram
@@ -50,7 +50,7 @@ from appliance.store.config import ServerConfig, load_psk, load_secret
 from appliance.store.envelope import Sealer
 from appliance.store.sealed import SealedStore
 from appliance.store.service import StoreService
-from appliance.wire import WireError
+from appliance.wire import RemoteWireError, WireError
 from appliance.wire.constants import ExchangeType, Status
 from appliance.wire.messages import decode_message, peek_header
 
@@ -204,7 +204,7 @@ class StoreServer(asyncio.DatagramProtocol):
         self.channel = ChannelEndpoint(
             psk,
             cfg.node_id,
-            Role.SERVER,
+            Side.SERVER,
             ChannelConfig(
                 max_associations=cfg.max_peers,
                 max_associations_per_source=cfg.max_peers_per_address,
@@ -262,7 +262,7 @@ class StoreServer(asyncio.DatagramProtocol):
     def _request(self, event: DataReceived, now: float) -> None:
         try:
             exchange, message_id, is_response = peek_header(event.data)
-        except WireError:
+        except RemoteWireError:
             self.counters.undecodable += 1
             return
         if is_response:

@@ -54,7 +54,7 @@ from appliance.store.base import (
     StoreError,
 )
 from appliance.store.base import Status as StoreStatus
-from appliance.wire import WireError
+from appliance.wire import LocalWireError, RemoteWireError, WireError
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
     DEFAULT_MAX_DATAGRAM,
@@ -191,7 +191,7 @@ class StoreService:
         """:meth:`handle_bytes`, not yet counted in ``counters.responses``."""
         try:
             exchange, message_id, _ = peek_header(data)
-        except WireError:
+        except RemoteWireError:
             return b"", None
         try:
             if exchange == ExchangeType.SA_STOR:
@@ -202,7 +202,7 @@ class StoreService:
                 request = decode_message(data)
                 items = list(request.payloads)
             if request.response:
-                raise WireError("a response was sent as a request")
+                raise RemoteWireError("a response was sent as a request")
         except WireError as exc:
             self._count_error(exc.status)
             return self._fitted(
@@ -236,7 +236,7 @@ class StoreService:
         status = response.status
         try:
             data = encode_message(response)
-        except WireError:  # past the 65,507-byte message limit: too large for any datagram
+        except LocalWireError:  # past the 65,507-byte message limit: too large for any datagram
             data = b""
             size = f"more than {MAX_MESSAGE_LENGTH}"
         else:
@@ -378,7 +378,7 @@ class StoreService:
         for p in items:
             if isinstance(p, _rawwire.RawSad):
                 close_group()
-                key = conv.raw_sa_key(p.spi, p.family, p.daddr, p.protocol)
+                key = conv.sa_key_of_payload(p.payload)
                 where = f"SAD entry {p.ordinal} ({key})"
                 sa = conv.admit_sad(p.payload, where, key)
                 group = [key, conv.ENTRY_FORMAT_WIRE_V1 + p.body, [], None, None, sa]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from appliance.nft.netns import run_in_netns
+from appliance.netns import run_in_netns
 from appliance.traffic.analysis import RESULT_FORMAT
 from appliance.traffic.probe import (
     HEADER_SIZE,

@@ -10,10 +10,16 @@ bytes.
   ``Message``: a header (exchange type, message ID, response and more-pages
   flags) and a tuple of payload objects.  ``encode_message`` is its inverse.
   ``decode_message(encode_message(m)) == m`` for every valid ``m``.
-* Anything wrong with the input -- truncated, oversized, an unknown critical
-  payload, a length that does not add up -- raises ``WireError``, never
-  another exception.  ``WireError.status`` is the status code a responder
-  should put in its Notify reply (MALFORMED or UNSUPPORTED).
+* Errors say whose fault they are, as h11's do.  Anything wrong with the
+  input -- truncated, oversized, an unknown critical payload, a length that
+  does not add up -- raises ``RemoteWireError``, never another exception;
+  its ``status`` is the status code a responder should put in its Notify
+  reply (MALFORMED or UNSUPPORTED).  A value that cannot be encoded (a field
+  out of range, an entry too large for any page) raises ``LocalWireError``.
+  Both are ``WireError``, for code that treats them alike.
+* ``split_message(data)`` checks the header and splits the payload chain
+  without decoding a payload; ``decode_message`` decodes after it, and the
+  store's fast path keeps the entry bodies as they came.
 * An unknown payload type without the critical bit is kept as
   ``UnknownPayload`` and otherwise ignored, as in IKEv2.
 * An SPD entry travels as three generic payloads (SPD Entry, TSi, TSr); here
@@ -28,11 +34,11 @@ bytes.
   pair), losslessly.
 * ``Buffer`` is the bounds-checked cursor every ``pull_*`` / ``push_*``
   function works on; the store's fast path (``appliance.store._rawwire``)
-  walks payload chains with it too.
+  decodes payload bodies with it too.
 """
 
 from appliance.wire._buffer import Buffer
-from appliance.wire._errors import WireError
+from appliance.wire._errors import LocalWireError, RemoteWireError, WireError
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
     DEFAULT_MAX_DATAGRAM,
@@ -53,7 +59,9 @@ from appliance.wire.entries import (
     spd_to_payload,
 )
 from appliance.wire.messages import (
+    Chunk,
     Message,
+    RawMessage,
     decode_message,
     describe,
     encode_message,
@@ -61,6 +69,9 @@ from appliance.wire.messages import (
     page_budget,
     paginate,
     peek_header,
+    pull_payload,
+    pull_spd_entry,
+    split_message,
 )
 from appliance.wire.payloads import (
     Attribute,
@@ -86,17 +97,21 @@ __all__ = [
     "Attribute",
     "AttributeType",
     "Buffer",
+    "Chunk",
     "Delete",
     "EpochPayload",
     "ExchangeType",
     "IdType",
     "IkeSaPayload",
+    "LocalWireError",
     "Message",
     "Notify",
     "PagePayload",
     "Payload",
     "PayloadType",
     "ProtocolId",
+    "RawMessage",
+    "RemoteWireError",
     "ReplayStatePayload",
     "SaLookupPayload",
     "SadEntryPayload",
@@ -116,7 +131,10 @@ __all__ = [
     "payload_to_sad",
     "payload_to_spd",
     "peek_header",
+    "pull_payload",
+    "pull_spd_entry",
     "replay_update_for",
     "sad_to_payload",
     "spd_to_payload",
+    "split_message",
 ]

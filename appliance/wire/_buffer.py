@@ -1,4 +1,4 @@
-"""A byte buffer with ``pull_*`` / ``push_*`` methods that never raise anything but WireError.
+"""A byte buffer whose ``pull_*`` raise only RemoteWireError and ``push_*`` only LocalWireError.
 
 Decoding reads from bytes that came off the network.  Every read is bounds
 checked here, once, so that the payload parsers above cannot fail with an
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from appliance.wire._errors import WireError
+from appliance.wire._errors import LocalWireError, RemoteWireError
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -41,7 +41,7 @@ class Buffer:
 
     def pull_bytes(self, length: int, field: str = "field") -> bytes:
         if length < 0 or self._pos + length > len(self._data):
-            raise WireError(
+            raise RemoteWireError(
                 f"{self._what} truncated: {field} needs {length} bytes at offset {self._pos}, "
                 f"{self.remaining} left"
             )
@@ -66,7 +66,7 @@ class Buffer:
 
     def expect_end(self) -> None:
         if self.remaining:
-            raise WireError(f"{self._what} has {self.remaining} unexpected trailing bytes")
+            raise RemoteWireError(f"{self._what} has {self.remaining} unexpected trailing bytes")
 
     # -- writing -------------------------------------------------------
     def push_bytes(self, value: bytes) -> None:
@@ -94,5 +94,5 @@ class Buffer:
 def _checked(value: int, bits: int, field: str) -> int:
     # Encoding a value that does not fit is a caller bug; say which field.
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < (1 << bits):
-        raise WireError(f"{field} = {value!r} does not fit an unsigned {bits}-bit field")
+        raise LocalWireError(f"{field} = {value!r} does not fit an unsigned {bits}-bit field")
     return value

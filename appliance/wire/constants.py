@@ -1,4 +1,4 @@
-"""Numbers on the wire: versions, exchange types, payload types, status codes.
+"""Numbers on the wire: exchange types, payload types, status codes; versions and sizes.
 
 Every number here is defined in docs/protocol.md; the comments give the
 section.  New numbers come from the private-use ranges of the IKEv2 IANA
@@ -8,27 +8,6 @@ registries (RFC 7296 section 3 and its IANA registries), pending assignment.
 from __future__ import annotations
 
 import enum
-
-PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
-
-DEFAULT_PORT = 4501
-"""Default UDP port of the store (configurable; not IANA-assigned, see protocol.md)."""
-
-HEADER_LENGTH = 12
-"""Fixed message header (protocol.md 5.2.1)."""
-
-GENERIC_HEADER_LENGTH = 4
-"""Generic payload header (RFC 7296 section 3.2)."""
-
-DEFAULT_MAX_DATAGRAM = 1400
-"""Largest UDP payload a node sends by default: fits a 1500-byte MTU with IPv6 + UDP headers."""
-
-MAX_MESSAGE_LENGTH = 65507
-"""No message may be larger than the largest IPv4 UDP payload."""
-
-MAX_CURSOR_LENGTH = 64
-"""Longest page cursor a store may hand out (protocol.md 5.1.8)."""
 
 
 class ExchangeType(enum.IntEnum):
@@ -118,6 +97,29 @@ class Status(enum.IntEnum):
 
 IPPROTO_TO_PROTOCOL_ID = {50: ProtocolId.ESP, 51: ProtocolId.AH, 108: ProtocolId.IPCOMP}
 PROTOCOL_ID_TO_IPPROTO = {v: k for k, v in IPPROTO_TO_PROTOCOL_ID.items()}
+
+
+# -- version, port and sizes ------------------------------------------------
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+
+DEFAULT_PORT = 4501
+"""Default UDP port of the store (configurable; not IANA-assigned, see protocol.md)."""
+
+HEADER_LENGTH = 12
+"""Fixed message header (protocol.md 5.2.1)."""
+
+GENERIC_HEADER_LENGTH = 4
+"""Generic payload header (RFC 7296 section 3.2)."""
+
+DEFAULT_MAX_DATAGRAM = 1400
+"""Largest UDP payload a node sends by default: fits a 1500-byte MTU with IPv6 + UDP headers."""
+
+MAX_MESSAGE_LENGTH = 65507
+"""No message may be larger than the largest IPv4 UDP payload."""
+
+MAX_CURSOR_LENGTH = 64
+"""Longest page cursor a store may hand out (protocol.md 5.1.8)."""
 
 CHANNEL_OVERHEAD = 36
 """Bytes the protected channel adds to each message: 20-byte data header + 16-byte tag."""

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from appliance import model as m
-from appliance.wire._errors import WireError
+from appliance.wire._errors import LocalWireError, RemoteWireError
 from appliance.wire.constants import Status
 from appliance.wire.payloads import (
     Attribute,
@@ -85,16 +85,16 @@ _ALG_HEAD = struct.Struct("!IIB")
 # -- helpers -----------------------------------------------------------------
 def _unpack(fmt: struct.Struct, value: bytes, what: str) -> tuple[Any, ...]:
     if len(value) != fmt.size:
-        raise WireError(f"{what} attribute must be {fmt.size} bytes, got {len(value)}")
+        raise RemoteWireError(f"{what} attribute must be {fmt.size} bytes, got {len(value)}")
     return fmt.unpack(value)
 
 
 def _model(build: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Build a model object; its validation errors become WireError (MALFORMED)."""
+    """Build a model object; its validation errors become RemoteWireError (MALFORMED)."""
     try:
         return build(*args, **kwargs)
     except m.ModelError as error:
-        raise WireError(f"entry does not make a valid model object: {error}") from None
+        raise RemoteWireError(f"entry does not make a valid model object: {error}") from None
 
 
 def _pack_address(address: m.Address) -> bytes:
@@ -107,7 +107,7 @@ def _unpack_address(value: bytes, what: str) -> m.Address:
         return ipaddress.IPv4Address(value[1:])
     if len(value) == 17 and value[0] == 6:
         return ipaddress.IPv6Address(value[1:])
-    raise WireError(f"{what} attribute is not a version byte plus 4 or 16 address bytes")
+    raise RemoteWireError(f"{what} attribute is not a version byte plus 4 or 16 address bytes")
 
 
 def _xfrm_address(family: int, raw: bytes) -> m.Address:
@@ -152,25 +152,25 @@ def _unpack_selector(value: bytes) -> m.Selector:
     )
 
 
-def _pack_algorithm(name: str, key_bits: int, param: int, key: m.Key) -> bytes:
+def _pack_algorithm(name: str, key_bits: int, param: int, key: m.KeyMaterial) -> bytes:
     encoded = name.encode("utf-8")
     if len(encoded) > 255:
-        raise WireError(f"algorithm name {name!r} is longer than 255 bytes")
+        raise LocalWireError(f"algorithm name {name!r} is longer than 255 bytes")
     return _ALG_HEAD.pack(key_bits, param, len(encoded)) + encoded + key.data
 
 
-def _unpack_algorithm(value: bytes, what: str) -> tuple[str, int, int, m.Key]:
+def _unpack_algorithm(value: bytes, what: str) -> tuple[str, int, int, m.KeyMaterial]:
     if len(value) < _ALG_HEAD.size:
-        raise WireError(f"{what} attribute is truncated")
+        raise RemoteWireError(f"{what} attribute is truncated")
     key_bits, param, name_length = _ALG_HEAD.unpack_from(value)
     end = _ALG_HEAD.size + name_length
     if len(value) < end:
-        raise WireError(f"{what} attribute: the algorithm name runs past the attribute")
+        raise RemoteWireError(f"{what} attribute: the algorithm name runs past the attribute")
     try:
         name = value[_ALG_HEAD.size : end].decode("utf-8")
     except UnicodeDecodeError:
-        raise WireError(f"{what} attribute: the algorithm name is not UTF-8") from None
-    return name, key_bits, param, m.Key(value[end:])
+        raise RemoteWireError(f"{what} attribute: the algorithm name is not UTF-8") from None
+    return name, key_bits, param, m.KeyMaterial(value[end:])
 
 
 def _pack_lifetimes(entry: m.SadEntry | m.SpdEntry, out: list[Attribute]) -> None:
@@ -217,12 +217,12 @@ def _decode_common(attr: Attribute, fields: dict[str, Any], raw: list[tuple[int,
         _set_once(fields, "offload", m.OffloadDev(*offload), attr.type)
     elif attr.type == A.SEC_CTX:
         if len(value) < _SEC_CTX_HEAD.size:
-            raise WireError("sec-ctx attribute is truncated")
+            raise RemoteWireError("sec-ctx attribute is truncated")
         doi, alg = _SEC_CTX_HEAD.unpack_from(value)
         _set_once(fields, "sec_ctx", m.SecCtx(doi, alg, value[_SEC_CTX_HEAD.size :]), attr.type)
     elif attr.type == A.RAW_NETLINK:
         if len(value) < 2:
-            raise WireError("raw-netlink attribute is truncated")
+            raise RemoteWireError("raw-netlink attribute is truncated")
         raw.append((int.from_bytes(value[:2], "big"), value[2:]))
         return True
     else:
@@ -232,7 +232,7 @@ def _decode_common(attr: Attribute, fields: dict[str, Any], raw: list[tuple[int,
 
 def _set_once(fields: dict[str, Any], name: str, value: Any, attr_type: int) -> None:
     if name in fields:
-        raise WireError(f"attribute {AttributeType(attr_type).name} appears twice")
+        raise RemoteWireError(f"attribute {AttributeType(attr_type).name} appears twice")
     fields[name] = value
 
 
@@ -313,7 +313,7 @@ def _pack_replay_esn(esn: m.ReplayStateEsn) -> bytes:
 
 def _unpack_replay_esn(value: bytes) -> m.ReplayStateEsn:
     if len(value) < _REPLAY_ESN_HEAD.size or (len(value) - _REPLAY_ESN_HEAD.size) % 4:
-        raise WireError("replay-esn attribute must be 24 bytes plus whole 32-bit words")
+        raise RemoteWireError("replay-esn attribute must be 24 bytes plus whole 32-bit words")
     bmp_len, oseq, seq, oseq_hi, seq_hi, window = _REPLAY_ESN_HEAD.unpack_from(value)
     words = tuple(
         _U32.unpack_from(value, offset)[0] for offset in range(_REPLAY_ESN_HEAD.size, len(value), 4)
@@ -322,7 +322,7 @@ def _unpack_replay_esn(value: bytes) -> m.ReplayStateEsn:
 
 
 def payload_to_sad(payload: SadEntryPayload) -> m.SadEntry:
-    """The model SadEntry of a SAD Entry payload; WireError if it is not a valid one."""
+    """The model SadEntry of a SAD Entry payload; RemoteWireError if it is not a valid one."""
     fields: dict[str, Any] = {}
     raw: list[tuple[int, bytes]] = []
     for attr in payload.attributes:
@@ -354,7 +354,7 @@ def payload_to_sad(payload: SadEntryPayload) -> m.SadEntry:
             _set_once(fields, "replay_esn", _unpack_replay_esn(value), attr.type)
         elif attr.type == A.ENCAP:
             if len(value) < _ENCAP_HEAD.size:
-                raise WireError("encap attribute is truncated")
+                raise RemoteWireError("encap attribute is truncated")
             etype, sport, dport = _ENCAP_HEAD.unpack_from(value)
             oa = _unpack_address(value[_ENCAP_HEAD.size :], "encap")
             _set_once(fields, "encap", _model(m.Encap, etype, sport, dport, oa), attr.type)
@@ -376,7 +376,7 @@ def payload_to_sad(payload: SadEntryPayload) -> m.SadEntry:
         else:
             raise _unknown_attribute(attr.type, "SAD")
     if "selector" not in fields:
-        raise WireError("SAD entry has no SELECTOR attribute")
+        raise RemoteWireError("SAD entry has no SELECTOR attribute")
     family = payload.family
     return _model(
         m.SadEntry,
@@ -395,9 +395,9 @@ def payload_to_sad(payload: SadEntryPayload) -> m.SadEntry:
     )
 
 
-def _unknown_attribute(attr_type: int, where: str) -> WireError:
+def _unknown_attribute(attr_type: int, where: str) -> RemoteWireError:
     # Dropping an attribute would install a different SA than the one stored; refuse instead.
-    return WireError(
+    return RemoteWireError(
         f"{where} entry attribute type {attr_type} is not supported", Status.UNSUPPORTED
     )
 
@@ -420,15 +420,17 @@ def _from_ts(
 ) -> tuple[m.Address, int]:
     wanted = 4 if family == m.AF_INET else 6
     if ts.start_address.version != wanted:
-        raise WireError(f"{what} is IPv{ts.start_address.version} but the SPD family is {family}")
+        raise RemoteWireError(
+            f"{what} is IPv{ts.start_address.version} but the SPD family is {family}"
+        )
     host = _host_mask(prefixlen, ts.start_address.max_prefixlen)
     if int(ts.end_address) != int(ts.start_address) | host:
-        raise WireError(
+        raise RemoteWireError(
             f"{what} address range is not the prefix /{prefixlen} of its start address",
             Status.UNSUPPORTED,
         )
     if ts.end_port != ts.start_port | (~port_mask & 0xFFFF):
-        raise WireError(f"{what} port range does not match the port mask", Status.UNSUPPORTED)
+        raise RemoteWireError(f"{what} port range does not match the port mask", Status.UNSUPPORTED)
     return ts.start_address, ts.start_port
 
 
@@ -480,9 +482,9 @@ def spd_to_payload(entry: m.SpdEntry) -> SpdEntryPayload:
 
 
 def payload_to_spd(payload: SpdEntryPayload) -> m.SpdEntry:
-    """The model SpdEntry of an SPD Entry payload; WireError if it is not a valid one."""
+    """The model SpdEntry of an SPD Entry payload; RemoteWireError if it is not a valid one."""
     if payload.tsi.ip_protocol != payload.tsr.ip_protocol:
-        raise WireError(
+        raise RemoteWireError(
             "TSi and TSr of an SPD entry name different IP protocols", Status.UNSUPPORTED
         )
     saddr, sport = _from_ts(
@@ -594,7 +596,9 @@ def apply_replay_update(entry: m.SadEntry, update: ReplayStatePayload) -> m.SadE
         and update.daddr == m.address_to_xfrm(entry.daddr)
     )
     if not same_sa:
-        raise WireError(f"replay update for SPI 0x{update.spi:08x} does not match {entry.label()}")
+        raise RemoteWireError(
+            f"replay update for SPI 0x{update.spi:08x} does not match {entry.label()}"
+        )
     cur = dataclasses.replace(
         entry.lifetime_cur, bytes=update.lifetime_bytes, packets=update.lifetime_packets
     )
@@ -611,9 +615,9 @@ def apply_replay_update(entry: m.SadEntry, update: ReplayStatePayload) -> m.SadE
         )
         return dataclasses.replace(entry, replay_esn=esn, lifetime_cur=cur)
     if len(update.bitmap) != 1:
-        raise WireError("a non-ESN replay update must carry exactly one bitmap word")
+        raise RemoteWireError("a non-ESN replay update must carry exactly one bitmap word")
     if update.replay_window > 0xFF:
-        raise WireError("a non-ESN replay window must fit 8 bits")
+        raise RemoteWireError("a non-ESN replay window must fit 8 bits")
     replay = m.ReplayState(update.oseq, update.seq, update.bitmap[0])
     return dataclasses.replace(
         entry, replay=replay, replay_window=update.replay_window, lifetime_cur=cur

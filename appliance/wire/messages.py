@@ -8,12 +8,13 @@ its selector; the three travel as one ``SpdEntryPayload`` object here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from appliance.wire._buffer import Buffer
-from appliance.wire._errors import WireError
+from appliance.wire._errors import LocalWireError, RemoteWireError
 from appliance.wire.constants import (
     CHANNEL_OVERHEAD,
     GENERIC_HEADER_LENGTH,
@@ -28,16 +29,10 @@ from appliance.wire.constants import (
     Status,
 )
 from appliance.wire.payloads import (
-    Delete,
-    EpochPayload,
-    IkeSaPayload,
+    BODY_PULLERS,
     Notify,
     PagePayload,
     Payload,
-    ReplayStatePayload,
-    SadEntryPayload,
-    SaLookupPayload,
-    ServerIdPayload,
     SpdEntryPayload,
     UnknownPayload,
     pull_ts_body,
@@ -48,17 +43,12 @@ CRITICAL = 0x80
 
 _P = TypeVar("_P")
 
-_PULLERS: dict[int, Callable[[Buffer], Payload]] = {
-    PayloadType.NOTIFY: Notify.pull_body,
-    PayloadType.DELETE: Delete.pull_body,
-    PayloadType.SAD_ENTRY: SadEntryPayload.pull_body,
-    PayloadType.IKE_SA: IkeSaPayload.pull_body,
-    PayloadType.REPLAY_STATE: ReplayStatePayload.pull_body,
-    PayloadType.SERVER_ID: ServerIdPayload.pull_body,
-    PayloadType.EPOCH: EpochPayload.pull_body,
-    PayloadType.PAGE: PagePayload.pull_body,
-    PayloadType.SA_LOOKUP: SaLookupPayload.pull_body,
-}
+# struct rather than Buffer: the store server splits every request it gets.
+_HEADER = struct.Struct("!BBBBII")
+_GENERIC = struct.Struct("!BBH")
+
+Chunk = tuple[int, bool, bytes]
+"""One payload of a chain as it came: (payload type, critical bit, body)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +79,17 @@ class Message:
         return self.first(Notify)
 
 
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A message whose header is checked and whose payload chain is split, not yet decoded."""
+
+    exchange: ExchangeType
+    message_id: int
+    response: bool
+    more: bool
+    chunks: list[Chunk]
+
+
 def _payload_type(payload: Payload) -> int:
     if isinstance(payload, UnknownPayload):
         return payload.payload_type
@@ -114,23 +115,27 @@ def encoded_payload_length(payload: Payload) -> int:
 
 
 def encode_message(message: Message) -> bytes:
-    """The message's bytes; WireError if a field does not fit or the message is too long."""
+    """The message's bytes; LocalWireError if a field does not fit or the message is too long."""
     if message.more and not message.response:
-        raise WireError("the M (more pages) flag is only valid in a response")
+        raise LocalWireError("the M (more pages) flag is only valid in a response")
     chunks = [chunk for payload in message.payloads for chunk in _chunks(payload)]
     body = Buffer()
     for index, (_, chunk_body) in enumerate(chunks):
         next_type = chunks[index + 1][0] if index + 1 < len(chunks) else PayloadType.NONE
         length = GENERIC_HEADER_LENGTH + len(chunk_body)
         if length > 0xFFFF:
-            raise WireError(f"a payload of {length} bytes exceeds the 65535-byte payload limit")
+            raise LocalWireError(
+                f"a payload of {length} bytes exceeds the 65535-byte payload limit"
+            )
         body.push_uint8(next_type)
         body.push_uint8(0)
         body.push_uint16(length)
         body.push_bytes(chunk_body)
     total = HEADER_LENGTH + len(body)
     if total > MAX_MESSAGE_LENGTH:
-        raise WireError(f"message of {total} bytes exceeds the {MAX_MESSAGE_LENGTH}-byte limit")
+        raise LocalWireError(
+            f"message of {total} bytes exceeds the {MAX_MESSAGE_LENGTH}-byte limit"
+        )
     flags = (Flag.RESPONSE if message.response else 0) | (Flag.MORE if message.more else 0)
     header = Buffer()
     header.push_uint8(chunks[0][0] if chunks else PayloadType.NONE)
@@ -146,7 +151,7 @@ def peek_header(data: bytes) -> tuple[int, int, bool]:
     """(exchange type, message ID, response flag) of a message, for error replies.
 
     Lets a responder answer MALFORMED with the right message ID even when the
-    payloads cannot be decoded.  WireError if not even the header is there.
+    payloads cannot be decoded.  RemoteWireError if not even the header is there.
     """
     buf = Buffer(data, "message header")
     buf.pull_uint8("next payload")
@@ -157,78 +162,107 @@ def peek_header(data: bytes) -> tuple[int, int, bool]:
     return exchange, message_id, bool(flags & Flag.RESPONSE)
 
 
-def decode_message(data: bytes) -> Message:
-    """Decode one message; WireError (with a status code) for anything invalid."""
-    if len(data) > MAX_MESSAGE_LENGTH:
-        raise WireError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_LENGTH}-byte limit")
-    buf = Buffer(data, "message")
-    next_type = buf.pull_uint8("next payload")
-    version = buf.pull_uint8("version")
-    exchange_value = buf.pull_uint8("exchange type")
-    flags = buf.pull_uint8("flags")
-    message_id = buf.pull_uint32("message ID")
-    length = buf.pull_uint32("length")
+def split_message(data: bytes) -> RawMessage:
+    """Check a message's header and split its payload chain, decoding no payload.
+
+    The one place the header and the generic payload headers are checked:
+    :func:`decode_message` decodes the chunks after it, and the store's fast
+    path keeps entry bodies as they came.  RemoteWireError for anything invalid.
+    """
+    end = len(data)
+    if end > MAX_MESSAGE_LENGTH:
+        raise RemoteWireError(f"message of {end} bytes exceeds the {MAX_MESSAGE_LENGTH}-byte limit")
+    if end < HEADER_LENGTH:
+        raise RemoteWireError(f"message of {end} bytes is shorter than its header")
+    next_type, version, exchange_value, flags, message_id, length = _HEADER.unpack_from(data)
     if version >> 4 != PROTOCOL_MAJOR:
-        raise WireError(
+        raise RemoteWireError(
             f"protocol major version {version >> 4} is not supported (we speak {PROTOCOL_MAJOR})",
             Status.UNSUPPORTED,
         )
-    if length != len(data):
-        raise WireError(f"header length {length} does not match the {len(data)} bytes received")
+    if length != end:
+        raise RemoteWireError(f"header length {length} does not match the {end} bytes received")
     try:
         exchange = ExchangeType(exchange_value)
     except ValueError:
-        raise WireError(
+        raise RemoteWireError(
             f"exchange type {exchange_value} is not supported", Status.UNSUPPORTED
         ) from None
     response = bool(flags & Flag.RESPONSE)
     more = bool(flags & Flag.MORE)
     if more and not response:
-        raise WireError("the M (more pages) flag is set in a request")
-
-    raw: list[tuple[int, bool, bytes]] = []
+        raise RemoteWireError("the M (more pages) flag is set in a request")
+    chunks: list[Chunk] = []
+    pos = HEADER_LENGTH
     while next_type != PayloadType.NONE:
+        if pos + GENERIC_HEADER_LENGTH > end:
+            raise RemoteWireError(f"payload {next_type} header is truncated")
         this_type = next_type
-        next_type = buf.pull_uint8("payload next payload")
-        critical = bool(buf.pull_uint8("payload critical byte") & CRITICAL)
-        payload_length = buf.pull_uint16("payload length")
-        if payload_length < GENERIC_HEADER_LENGTH:
-            raise WireError(f"payload length {payload_length} is shorter than its header")
-        body = buf.pull_bytes(payload_length - GENERIC_HEADER_LENGTH, f"payload {this_type}")
-        raw.append((this_type, critical, body))
-    buf.expect_end()
-    return Message(exchange, message_id, _assemble(raw), response, more)
+        next_type, critical, payload_length = _GENERIC.unpack_from(data, pos)
+        if payload_length < GENERIC_HEADER_LENGTH or pos + payload_length > end:
+            raise RemoteWireError(f"payload {this_type} length {payload_length} is invalid")
+        body = data[pos + GENERIC_HEADER_LENGTH : pos + payload_length]
+        chunks.append((this_type, bool(critical & CRITICAL), body))
+        pos += payload_length
+    if pos != end:
+        raise RemoteWireError(f"{end - pos} bytes follow the last payload")
+    return RawMessage(exchange, message_id, response, more, chunks)
 
 
-def _assemble(raw: list[tuple[int, bool, bytes]]) -> tuple[Payload, ...]:
+def decode_message(data: bytes) -> Message:
+    """Decode one message; RemoteWireError (with a status code) for anything invalid."""
+    raw = split_message(data)
+    return Message(raw.exchange, raw.message_id, _assemble(raw.chunks), raw.response, raw.more)
+
+
+def pull_spd_entry(chunks: Sequence[Chunk], index: int) -> tuple[SpdEntryPayload, int]:
+    """The SPD entry whose SPD Entry payload is ``chunks[index]``, with its TSi and TSr.
+
+    Returns the entry and the index of the chunk after its TSr.
+    """
+    fixed = SpdEntryPayload.pull_fixed(Buffer(chunks[index][2], "SPD entry payload"))
+    selectors = []
+    for wanted in (PayloadType.TSI, PayloadType.TSR):
+        index += 1
+        if index >= len(chunks) or chunks[index][0] != wanted:
+            raise RemoteWireError(f"an SPD entry payload must be followed by {wanted.name}")
+        found = pull_ts_body(Buffer(chunks[index][2], f"{wanted.name} payload"))
+        if len(found) != 1:
+            raise RemoteWireError(f"{wanted.name} of an SPD entry must hold exactly one selector")
+        selectors.append(found[0])
+    return SpdEntryPayload(tsi=selectors[0], tsr=selectors[1], **fixed), index + 1
+
+
+def pull_payload(payload_type: int, critical: bool, body: bytes) -> Payload | None:
+    """A payload other than an SPD entry and its selectors; None for an unknown one.
+
+    An unknown payload without the critical bit is ignored, as in IKEv2;
+    with it, the message is UNSUPPORTED.
+    """
+    pull = BODY_PULLERS.get(payload_type)
+    if pull is not None:
+        return pull(Buffer(body, f"payload {payload_type}"))
+    if payload_type in (PayloadType.TSI, PayloadType.TSR):
+        raise RemoteWireError("a TSi or TSr payload must follow an SPD entry payload")
+    if critical:
+        raise RemoteWireError(
+            f"critical payload type {payload_type} is not supported", Status.UNSUPPORTED
+        )
+    return None
+
+
+def _assemble(chunks: list[Chunk]) -> tuple[Payload, ...]:
     payloads: list[Payload] = []
     index = 0
-    while index < len(raw):
-        payload_type, critical, body = raw[index]
-        index += 1
-        what = f"payload {payload_type}"
+    while index < len(chunks):
+        payload_type, critical, body = chunks[index]
         if payload_type == PayloadType.SPD_ENTRY:
-            fixed = SpdEntryPayload.pull_fixed(Buffer(body, "SPD entry payload"))
-            selectors = []
-            for wanted in (PayloadType.TSI, PayloadType.TSR):
-                if index >= len(raw) or raw[index][0] != wanted:
-                    raise WireError(f"an SPD entry payload must be followed by {wanted.name}")
-                found = pull_ts_body(Buffer(raw[index][2], f"{wanted.name} payload"))
-                if len(found) != 1:
-                    raise WireError(f"{wanted.name} of an SPD entry must hold exactly one selector")
-                selectors.append(found[0])
-                index += 1
-            payloads.append(SpdEntryPayload(tsi=selectors[0], tsr=selectors[1], **fixed))
-        elif payload_type in (PayloadType.TSI, PayloadType.TSR):
-            raise WireError("a TSi or TSr payload must follow an SPD entry payload")
-        elif payload_type in _PULLERS:
-            payloads.append(_PULLERS[payload_type](Buffer(body, what)))
-        elif critical:
-            raise WireError(
-                f"critical payload type {payload_type} is not supported", Status.UNSUPPORTED
-            )
-        else:
-            payloads.append(UnknownPayload(payload_type, body))
+            spd, index = pull_spd_entry(chunks, index)
+            payloads.append(spd)
+            continue
+        index += 1
+        payload = pull_payload(payload_type, critical, body)
+        payloads.append(UnknownPayload(payload_type, body) if payload is None else payload)
     return tuple(payloads)
 
 
@@ -258,7 +292,7 @@ def paginate(
     An entry is one payload, or a sequence of payloads that must stay together
     (a SAD Entry with its Replay State and IKE SA).  Order is kept; an entry
     never spans pages; pages hold the payloads flattened.  Always returns at
-    least one (possibly empty) page.  WireError if one entry alone cannot fit.
+    least one (possibly empty) page.  LocalWireError if one entry alone cannot fit.
     """
     budget = page_budget(max_datagram, fixed_payloads)
     pages: list[list[Payload]] = [[]]
@@ -267,7 +301,7 @@ def paginate(
         group: Sequence[Payload] = entry if isinstance(entry, list | tuple) else (entry,)
         size = sum(encoded_payload_length(p) for p in group)
         if size > budget:
-            raise WireError(
+            raise LocalWireError(
                 f"an entry of {size} bytes cannot fit a {max_datagram}-byte datagram "
                 f"({budget} bytes available for entries)"
             )

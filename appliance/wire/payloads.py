@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from appliance.wire._buffer import Buffer
-from appliance.wire._errors import WireError
+from appliance.wire._errors import LocalWireError, RemoteWireError
 from appliance.wire.constants import (
     MAX_CURSOR_LENGTH,
     IdType,
@@ -35,7 +36,7 @@ def _pull_xfrm_address(buf: Buffer, field_name: str) -> bytes:
 
 def _check_len(value: bytes, length: int, field_name: str) -> bytes:
     if not isinstance(value, bytes) or len(value) != length:
-        raise WireError(f"{field_name} must be {length} bytes")
+        raise LocalWireError(f"{field_name} must be {length} bytes")
     return value
 
 
@@ -96,7 +97,7 @@ class Notify:
         spi_size = buf.pull_uint8("notify SPI size")
         status = buf.pull_uint16("notify message type")
         if spi_size not in (0, 4):
-            raise WireError(f"notify SPI size {spi_size} is not 0 or 4")
+            raise RemoteWireError(f"notify SPI size {spi_size} is not 0 or 4")
         spi = buf.pull_uint32("notify SPI") if spi_size == 4 else None
         return cls(status, protocol_id, spi, buf.pull_rest())
 
@@ -119,7 +120,9 @@ class Delete:
 
     def push_body(self, buf: Buffer) -> None:
         if self.protocol_id not in _DELETE_PROTOCOLS:
-            raise WireError(f"delete protocol id {self.protocol_id} is not AH, ESP, IPCOMP or SPD")
+            raise LocalWireError(
+                f"delete protocol id {self.protocol_id} is not AH, ESP, IPCOMP or SPD"
+            )
         buf.push_uint8(self.protocol_id)
         buf.push_uint8(4)
         buf.push_uint16(len(self.spis), "number of SPIs")
@@ -132,11 +135,11 @@ class Delete:
         spi_size = buf.pull_uint8("delete SPI size")
         count = buf.pull_uint16("number of SPIs")
         if protocol_id not in _DELETE_PROTOCOLS:
-            raise WireError(
+            raise RemoteWireError(
                 f"delete protocol id {protocol_id} is not supported", Status.UNSUPPORTED
             )
         if spi_size != 4:
-            raise WireError(f"delete SPI size is {spi_size}, must be 4")
+            raise RemoteWireError(f"delete SPI size is {spi_size}, must be 4")
         spis = tuple(buf.pull_uint32("delete SPI") for _ in range(count))
         buf.expect_end()
         return cls(protocol_id, spis)
@@ -154,7 +157,7 @@ class TrafficSelector:
 
     def __post_init__(self) -> None:
         if self.start_address.version != self.end_address.version:
-            raise WireError("traffic selector start and end addresses differ in family")
+            raise LocalWireError("traffic selector start and end addresses differ in family")
 
     @property
     def ts_type(self) -> TsType:
@@ -182,9 +185,11 @@ class TrafficSelector:
         elif ts_type == TsType.IPV6_ADDR_RANGE:
             size = 16
         else:
-            raise WireError(f"traffic selector type {ts_type} is not supported", Status.UNSUPPORTED)
+            raise RemoteWireError(
+                f"traffic selector type {ts_type} is not supported", Status.UNSUPPORTED
+            )
         if length != 8 + 2 * size:
-            raise WireError(f"traffic selector length {length} is wrong for type {ts_type}")
+            raise RemoteWireError(f"traffic selector length {length} is wrong for type {ts_type}")
         start_port = buf.pull_uint16("TS start port")
         end_port = buf.pull_uint16("TS end port")
         start = _address(buf.pull_bytes(size, "TS start address"))
@@ -451,7 +456,9 @@ class ServerIdPayload:
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_server_id(self.id_type, self.data)
+        problem = _server_id_problem(self.id_type, self.data)
+        if problem is not None:
+            raise LocalWireError(problem[0])
 
     @classmethod
     def parse(cls, text: str) -> ServerIdPayload:
@@ -480,23 +487,29 @@ class ServerIdPayload:
     def pull_body(cls, buf: Buffer) -> ServerIdPayload:
         id_type = buf.pull_uint8("server ID type")
         buf.pull_bytes(3, "server ID reserved")
-        return cls(id_type, buf.pull_rest())
+        data = buf.pull_rest()
+        problem = _server_id_problem(id_type, data)
+        if problem is not None:
+            raise RemoteWireError(*problem)
+        return cls(id_type, data)
 
 
-def _check_server_id(id_type: int, data: bytes) -> None:
+def _server_id_problem(id_type: int, data: bytes) -> tuple[str, Status] | None:
+    """What breaks the draft's rules for a server ID (and the status to answer), if anything."""
     if id_type == IdType.IPV4_ADDR and len(data) != 4:
-        raise WireError(f"IPv4 server ID must be 4 bytes, got {len(data)}")
+        return f"IPv4 server ID must be 4 bytes, got {len(data)}", Status.MALFORMED
     if id_type == IdType.IPV6_ADDR and len(data) != 16:
-        raise WireError(f"IPv6 server ID must be 16 bytes, got {len(data)}")
+        return f"IPv6 server ID must be 16 bytes, got {len(data)}", Status.MALFORMED
     if id_type == IdType.FQDN:
         if not 1 <= len(data) <= 255:
-            raise WireError(f"FQDN server ID must be 1-255 bytes, got {len(data)}")
+            return f"FQDN server ID must be 1-255 bytes, got {len(data)}", Status.MALFORMED
         if not all(0x21 <= b <= 0x7E for b in data):
-            raise WireError("FQDN server ID must be printable ASCII without spaces")
+            return "FQDN server ID must be printable ASCII without spaces", Status.MALFORMED
     if id_type == IdType.KEY_ID and not 1 <= len(data) <= 255:
-        raise WireError(f"key-ID server ID must be 1-255 bytes, got {len(data)}")
+        return f"key-ID server ID must be 1-255 bytes, got {len(data)}", Status.MALFORMED
     if id_type not in tuple(IdType):
-        raise WireError(f"server ID type {id_type} is not supported", Status.UNSUPPORTED)
+        return f"server ID type {id_type} is not supported", Status.UNSUPPORTED
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +544,9 @@ class PagePayload:
 
     def push_body(self, buf: Buffer) -> None:
         if len(self.cursor) > MAX_CURSOR_LENGTH:
-            raise WireError(f"page cursor is {len(self.cursor)} bytes, max {MAX_CURSOR_LENGTH}")
+            raise LocalWireError(
+                f"page cursor is {len(self.cursor)} bytes, max {MAX_CURSOR_LENGTH}"
+            )
         buf.push_uint16(self.max_length, "page max length")
         buf.push_uint16(0)
         buf.push_bytes(self.cursor)
@@ -542,7 +557,7 @@ class PagePayload:
         buf.pull_uint16("page reserved")
         cursor = buf.pull_rest()
         if len(cursor) > MAX_CURSOR_LENGTH:
-            raise WireError(f"page cursor is {len(cursor)} bytes, max {MAX_CURSOR_LENGTH}")
+            raise RemoteWireError(f"page cursor is {len(cursor)} bytes, max {MAX_CURSOR_LENGTH}")
         return cls(max_length, cursor)
 
 
@@ -599,3 +614,16 @@ Payload = (
     | SaLookupPayload
     | UnknownPayload
 )
+
+BODY_PULLERS: dict[int, Callable[[Buffer], Payload]] = {
+    PayloadType.NOTIFY: Notify.pull_body,
+    PayloadType.DELETE: Delete.pull_body,
+    PayloadType.SAD_ENTRY: SadEntryPayload.pull_body,
+    PayloadType.IKE_SA: IkeSaPayload.pull_body,
+    PayloadType.REPLAY_STATE: ReplayStatePayload.pull_body,
+    PayloadType.SERVER_ID: ServerIdPayload.pull_body,
+    PayloadType.EPOCH: EpochPayload.pull_body,
+    PayloadType.PAGE: PagePayload.pull_body,
+    PayloadType.SA_LOOKUP: SaLookupPayload.pull_body,
+}
+"""The body decoder of each payload type that stands alone (not SPD Entry, TSi, TSr)."""

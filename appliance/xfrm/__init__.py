@@ -1,31 +1,25 @@
 """Kernel XFRM (SAD/SPD) over NETLINK_XFRM.
 
-* ``structs``: the netlink messages, one pyroute2 class per struct of
-  ``include/uapi/linux/xfrm.h``; ``constants``: its numbers.
-* ``codec``: model entries <-> message bytes with precompiled structs (no
-  pyroute2); ``convert``: the same through the declarative classes, the
-  reference the tests hold ``codec`` to.
+* ``codec`` (SAs, policies, AE), ``codec_migrate`` and the decoders of
+  ``events``: the one codec, model entries <-> message bytes with
+  precompiled structs quoting ``include/uapi/linux/xfrm.h``. It never
+  imports pyroute2; the tests hold it to pyroute2 declarations of the same
+  structs under ``tests/xfrm/oracle``. ``constants``: the header's numbers.
 * ``XfrmSocket``: one socket per network namespace; dump/get/add/update/
   delete/flush of SAs and policies, GETAE/NEWAE, ALLOCSPI, MIGRATE, and
   ``install_batch`` for thousands of entries.
 * ``events``: ``parse_events`` (sans-IO) and ``xfrm_events`` (asyncio).
 
 The names below load their module on first use, so that importing one
-submodule (``appliance.xfrm.socket`` for a restore) does not import pyroute2
-and asyncio with the rest. See docs/xfrm.md.
+submodule (``appliance.xfrm.socket`` for a restore) does not import asyncio
+with the rest. See docs/xfrm.md.
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from appliance.xfrm.codec import encode_policy, encode_sa
-    from appliance.xfrm.convert import (
-        sad_from_msg,
-        sad_to_msg,
-        spd_from_msg,
-        spd_to_msg,
-    )
+    from appliance.xfrm.codec import encode_policy, encode_sa, sad_from_bytes, spd_from_bytes
     from appliance.xfrm.events import (
         Acquire,
         AeChanged,
@@ -76,10 +70,8 @@ _MODULE_OF = {
     "encode_sa": "codec",
     "open_xfrm_socket": "socket",
     "parse_events": "events",
-    "sad_from_msg": "convert",
-    "sad_to_msg": "convert",
-    "spd_from_msg": "convert",
-    "spd_to_msg": "convert",
+    "sad_from_bytes": "codec",
+    "spd_from_bytes": "codec",
     "xfrm_events": "events",
 }
 """Public name -> the submodule defining it."""
@@ -112,10 +104,8 @@ __all__ = [
     "encode_sa",
     "open_xfrm_socket",
     "parse_events",
-    "sad_from_msg",
-    "sad_to_msg",
-    "spd_from_msg",
-    "spd_to_msg",
+    "sad_from_bytes",
+    "spd_from_bytes",
     "xfrm_events",
 ]
 

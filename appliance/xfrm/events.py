@@ -1,7 +1,10 @@
 """XFRM notifications as small typed events.
 
 ``parse_events(data)`` is the sans-IO core: it turns one datagram from an
-XFRM multicast socket into events.  ``xfrm_events(netns, groups)`` is the
+XFRM multicast socket into events, each message through the decoder that
+``EVENT_DECODERS`` names for its type (SAs, policies and AE through
+``codec``, MIGRATE through ``codec_migrate``; the fixed parts that only
+notifications carry are laid out here).  ``xfrm_events(netns, groups)`` is the
 thin asyncio adapter that reads such a socket and yields the events.
 
 Groups (``XFRMNLGRP_*``) and what they carry:
@@ -18,20 +21,16 @@ Groups (``XFRMNLGRP_*``) and what they carry:
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from appliance.model import Address, SadEntry, Selector, SpdEntry, Template, address_from_xfrm
-from appliance.xfrm import codec
+from appliance.xfrm import codec, codec_migrate
 from appliance.xfrm import constants as c
-from appliance.xfrm import convert as cv
-from appliance.xfrm import structs as s
 from appliance.xfrm.netlink import RawMessage, iter_messages
-from appliance.xfrm.socket import (
-    group_mask,
-    migration_from_dict,
-    open_xfrm_socket,
-)
+from appliance.xfrm.socket import group_mask, open_xfrm_socket
 from appliance.xfrm.types import AeState, KmAddress, Migration, XfrmError
 
 DEFAULT_GROUPS = (
@@ -54,14 +53,32 @@ class Event:
     """``nlmsg_pid``: the port of the socket whose request caused it (0 = the kernel)."""
 
 
-@dataclass(frozen=True, slots=True)
-class SaAdded(Event):
-    """An SA was added (NEWSA) or updated (UPDSA)."""
+EntryT = TypeVar("EntryT", SadEntry, SpdEntry)
 
-    entry: SadEntry
-    """The SA as it now is."""
+
+@dataclass(frozen=True, slots=True)
+class _EntryAdded(Event, Generic[EntryT]):
+    """An SA or a policy was added or updated: ``SaAdded`` and ``PolicyAdded``."""
+
+    entry: EntryT
+    """The SA or policy as it now is."""
     updated: bool
-    """True for UPDSA."""
+    """True for UPDSA and UPDPOLICY."""
+
+
+@dataclass(frozen=True, slots=True)
+class _EntryExpired(Event, Generic[EntryT]):
+    """An SA or a policy reached a limit: ``SaExpired`` and ``PolicyExpired``."""
+
+    entry: EntryT
+    """The SA or policy."""
+    hard: bool
+    """True: it is gone; False: soft limit, rekey now."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaAdded(_EntryAdded[SadEntry]):
+    """An SA was added (NEWSA) or updated (UPDSA)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +104,13 @@ class SaFlushed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class SaExpired(Event):
+class SaExpired(_EntryExpired[SadEntry]):
     """An SA reached a soft or hard limit (EXPIRE)."""
-
-    entry: SadEntry
-    """The SA."""
-    hard: bool
-    """True: the SA is gone; False: soft limit, rekey now."""
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyAdded(Event):
+class PolicyAdded(_EntryAdded[SpdEntry]):
     """A policy was added (NEWPOLICY) or updated (UPDPOLICY)."""
-
-    entry: SpdEntry
-    """The policy as it now is."""
-    updated: bool
-    """True for UPDPOLICY."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +136,8 @@ class PolicyFlushed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyExpired(Event):
+class PolicyExpired(_EntryExpired[SpdEntry]):
     """A policy reached a soft or hard limit (POLEXPIRE)."""
-
-    entry: SpdEntry
-    """The policy."""
-    hard: bool
-    """True: the policy is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,125 +234,172 @@ class UnknownEvent(Event):
     """Why decoding failed, if it did."""
 
 
-def _decode(cls: type[s.xfrm_attrs], data: bytes) -> s.xfrm_attrs:
-    msg = cls(data)
-    msg.decode()
-    return msg
+# ---------------------------------------------------------------------------
+# Decoders, one per message type. The fixed parts below are those only
+# notifications carry; SAs, policies, AE and MIGRATE go through their codec.
+
+_EXPIRE_SIZE = codec.USERSA_INFO_SIZE + 8
+"""``struct xfrm_user_expire { struct xfrm_usersa_info state; __u8 hard; }`` (232 bytes)."""
+_POLEXPIRE_SIZE = codec.USERPOLICY_INFO_SIZE + 8
+"""``struct xfrm_user_polexpire { struct xfrm_userpolicy_info pol; __u8 hard; }`` (176 bytes)."""
+_ACQUIRE_ID = struct.Struct("=16sIB3x16s")
+"""The head of ``struct xfrm_user_acquire { struct xfrm_id id {xfrm_address_t daddr; __be32 spi;
+__u8 proto;}; xfrm_address_t saddr; struct xfrm_selector sel; struct xfrm_userpolicy_info
+policy; __u32 aalgos, ealgos, calgos; __u32 seq; }`` (280 bytes)."""
+_ACQUIRE_SEL = _ACQUIRE_ID.size
+_ACQUIRE_POLICY = _ACQUIRE_SEL + codec.SELECTOR_SIZE
+_ACQUIRE_TAIL = struct.Struct("=IIII")
+"""``aalgos``, ``ealgos``, ``calgos`` and ``seq`` of ``struct xfrm_user_acquire``."""
+_ACQUIRE_SIZE = _ACQUIRE_POLICY + codec.USERPOLICY_INFO_SIZE + _ACQUIRE_TAIL.size
+_MAPPING_TAIL = struct.Struct("=I16s16sHH")
+"""``struct xfrm_user_mapping { struct xfrm_usersa_id id; __u32 reqid; xfrm_address_t
+old_saddr, new_saddr; __be16 old_sport, new_sport; }`` after ``id`` (64 bytes in all)."""
 
 
-def _split(attrs: Iterable[object], kind: int) -> tuple[object | None, list[object]]:
-    found = None
-    rest = []
-    for slot in attrs:
-        if found is None and cv.attr_type(slot) == kind:
-            found = slot
-        else:
-            rest.append(slot)
-    return found, rest
+def _attrs(data: bytes, fixed: int) -> list[tuple[int, bytes]]:
+    """The attributes after a fixed part of ``fixed`` bytes."""
+    return codec.unpack_attrs(data, 16 + fixed, len(data))
 
 
-def _event(raw: RawMessage) -> Event:
-    t = raw.type
-    seq, pid = raw.seq, raw.pid
-    # The frequent ones (installs, replay updates) through the struct codec.
-    if t in (c.XFRM_MSG_NEWSA, c.XFRM_MSG_UPDSA):
-        return SaAdded(seq, pid, codec.sad_from_bytes(raw.data), t == c.XFRM_MSG_UPDSA)
-    if t == c.XFRM_MSG_DELSA:
-        msg = _decode(s.xfrm_usersa_id, raw.data)
-        sa_slot, rest = _split(msg["attrs"], c.XFRMA_SA)
-        entry = cv.sad_from_info(sa_slot.value, rest) if sa_slot is not None else None  # type: ignore[attr-defined]
-        return SaDeleted(
-            seq,
-            pid,
-            address_from_xfrm(msg["family"], msg["daddr"]),
-            msg["spi"],
-            msg["proto"],
-            entry,
-        )
-    if t == c.XFRM_MSG_FLUSHSA:
-        return SaFlushed(seq, pid, _decode(s.xfrm_usersa_flush, raw.data)["proto"])
-    if t == c.XFRM_MSG_EXPIRE:
-        msg = _decode(s.xfrm_user_expire, raw.data)
-        return SaExpired(seq, pid, cv.sad_from_info(msg["state"], msg["attrs"]), bool(msg["hard"]))
-    if t in (c.XFRM_MSG_NEWPOLICY, c.XFRM_MSG_UPDPOLICY):
-        return PolicyAdded(seq, pid, codec.spd_from_bytes(raw.data), t == c.XFRM_MSG_UPDPOLICY)
-    if t == c.XFRM_MSG_DELPOLICY:
-        msg = _decode(s.xfrm_userpolicy_id, raw.data)
-        pol_slot, rest = _split(msg["attrs"], c.XFRMA_POLICY)
-        pentry = cv.spd_from_info(pol_slot.value, rest) if pol_slot is not None else None  # type: ignore[attr-defined]
-        return PolicyDeleted(
-            seq, pid, cv.selector_from_dict(msg["sel"]), msg["dir"], msg["index"], pentry
-        )
-    if t == c.XFRM_MSG_FLUSHPOLICY:
-        msg = _decode(s.xfrm_flushpolicy, raw.data)
-        ptype_slot, _ = _split(msg["attrs"], c.XFRMA_POLICY_TYPE)
-        ptype = ptype_slot.value["type"] if ptype_slot is not None else None  # type: ignore[attr-defined]
-        return PolicyFlushed(seq, pid, ptype)
-    if t == c.XFRM_MSG_POLEXPIRE:
-        msg = _decode(s.xfrm_user_polexpire, raw.data)
-        return PolicyExpired(
-            seq, pid, cv.spd_from_info(msg["pol"], msg["attrs"]), bool(msg["hard"])
-        )
-    if t == c.XFRM_MSG_NEWAE:
-        daddr, spi, proto, saddr, reqid, flags = codec.aevent_id_from_bytes(raw.data)
-        state = codec.ae_state_from_bytes(raw.data)
-        return AeChanged(seq, pid, daddr, spi, proto, saddr, reqid, flags, state)
-    if t == c.XFRM_MSG_ACQUIRE:
-        msg = _decode(s.xfrm_user_acquire, raw.data)
-        policy = cv.spd_from_info(msg["policy"], msg["attrs"])
-        family = msg["sel"]["family"] or msg["policy"]["sel"]["family"]
-        templates = policy.templates
-        if templates:
-            family = templates[0].family
-        return Acquire(
-            seq,
-            pid,
-            address_from_xfrm(family, msg["id"]["daddr"]),
-            address_from_xfrm(family, msg["saddr"]),
-            msg["id"]["proto"],
-            cv.selector_from_dict(msg["sel"]),
-            policy,
-            templates,
-            msg["aalgos"],
-            msg["ealgos"],
-            msg["calgos"],
-            msg["seq"],
-        )
-    if t == c.XFRM_MSG_MIGRATE:
-        msg = _decode(s.xfrm_migrate_msg, raw.data)
-        migrations: tuple[Migration, ...] = ()
-        kmaddress = None
-        for slot in msg["attrs"]:
-            kind = cv.attr_type(slot)
-            if kind == c.XFRMA_MIGRATE:
-                migrations = tuple(migration_from_dict(d) for d in slot.value)
-            elif kind == c.XFRMA_KMADDRESS:
-                v = slot.value
-                kmaddress = KmAddress(
-                    address_from_xfrm(v["family"], v["local"]),
-                    address_from_xfrm(v["family"], v["remote"]),
-                    v["reserved"],
-                )
-        return Migrated(
-            seq, pid, cv.selector_from_dict(msg["sel"]), msg["dir"], migrations, kmaddress
-        )
-    if t == c.XFRM_MSG_MAPPING:
-        msg = _decode(s.xfrm_user_mapping, raw.data)
-        ident = msg["id"]
-        family = ident["family"]
-        return MappingChanged(
-            seq,
-            pid,
-            address_from_xfrm(family, ident["daddr"]),
-            ident["spi"],
-            ident["proto"],
-            msg["reqid"],
-            address_from_xfrm(family, msg["old_saddr"]),
-            address_from_xfrm(family, msg["new_saddr"]),
-            msg["old_sport"],
-            msg["new_sport"],
-        )
-    return UnknownEvent(seq, pid, t, raw.data)
+def _split(
+    attrs: list[tuple[int, bytes]], kind: int
+) -> tuple[bytes | None, list[tuple[int, bytes]]]:
+    """The payload of the first ``kind`` attribute, and the others."""
+    for at, (found, payload) in enumerate(attrs):
+        if found == kind:
+            return payload, attrs[:at] + attrs[at + 1 :]
+    return None, attrs
+
+
+def _sa_added(raw: RawMessage) -> Event:
+    updated = raw.type == c.XFRM_MSG_UPDSA
+    return SaAdded(raw.seq, raw.pid, codec.sad_from_bytes(raw.data), updated)
+
+
+def _sa_deleted(raw: RawMessage) -> Event:
+    """DELSA: ``xfrm_usersa_id``, the SA in XFRMA_SA, its attributes after."""
+    daddr, spi, _, proto = codec.sa_id_from_bytes(raw.data, 16)
+    info, rest = _split(_attrs(raw.data, codec.USERSA_ID_SIZE), c.XFRMA_SA)
+    entry = None if info is None else codec.sad_from_parts(info, 0, rest)
+    return SaDeleted(raw.seq, raw.pid, daddr, spi, proto, entry)
+
+
+def _sa_flushed(raw: RawMessage) -> Event:
+    """FLUSHSA: ``struct xfrm_usersa_flush { __u8 proto; }``."""
+    return SaFlushed(raw.seq, raw.pid, raw.data[16])
+
+
+def _sa_expired(raw: RawMessage) -> Event:
+    entry = codec.sad_from_parts(raw.data, 16, _attrs(raw.data, _EXPIRE_SIZE))
+    return SaExpired(raw.seq, raw.pid, entry, bool(raw.data[16 + codec.USERSA_INFO_SIZE]))
+
+
+def _policy_added(raw: RawMessage) -> Event:
+    updated = raw.type == c.XFRM_MSG_UPDPOLICY
+    return PolicyAdded(raw.seq, raw.pid, codec.spd_from_bytes(raw.data), updated)
+
+
+def _policy_deleted(raw: RawMessage) -> Event:
+    """DELPOLICY: ``xfrm_userpolicy_id``, the policy in XFRMA_POLICY, its attributes after."""
+    selector, index, dir = codec.policy_id_from_bytes(raw.data, 16)
+    info, rest = _split(_attrs(raw.data, codec.USERPOLICY_ID_SIZE), c.XFRMA_POLICY)
+    entry = None if info is None else codec.spd_from_parts(info, 0, rest)
+    return PolicyDeleted(raw.seq, raw.pid, selector, dir, index, entry)
+
+
+def _policy_flushed(raw: RawMessage) -> Event:
+    """FLUSHPOLICY: no fixed part; XFRMA_POLICY_TYPE when the flush named a type."""
+    ptype, _ = _split(_attrs(raw.data, 0), c.XFRMA_POLICY_TYPE)
+    return PolicyFlushed(raw.seq, raw.pid, None if ptype is None else ptype[0])
+
+
+def _policy_expired(raw: RawMessage) -> Event:
+    entry = codec.spd_from_parts(raw.data, 16, _attrs(raw.data, _POLEXPIRE_SIZE))
+    return PolicyExpired(raw.seq, raw.pid, entry, bool(raw.data[16 + codec.USERPOLICY_INFO_SIZE]))
+
+
+def _ae_changed(raw: RawMessage) -> Event:
+    daddr, spi, proto, saddr, reqid, flags = codec.aevent_id_from_bytes(raw.data)
+    state = codec.ae_state_from_bytes(raw.data)
+    return AeChanged(raw.seq, raw.pid, daddr, spi, proto, saddr, reqid, flags, state)
+
+
+def _acquire(raw: RawMessage) -> Event:
+    data = raw.data
+    daddr, _, proto, saddr = _ACQUIRE_ID.unpack_from(data, 16)
+    selector = codec.selector_from_bytes(data, 16 + _ACQUIRE_SEL)
+    policy = codec.spd_from_parts(data, 16 + _ACQUIRE_POLICY, _attrs(data, _ACQUIRE_SIZE))
+    aalgos, ealgos, calgos, acquire_seq = _ACQUIRE_TAIL.unpack_from(
+        data, 16 + _ACQUIRE_SIZE - _ACQUIRE_TAIL.size
+    )
+    # The addresses are the template's (the SA to negotiate), in its family.
+    family = selector.family or policy.selector.family
+    if policy.templates:
+        family = policy.templates[0].family
+    return Acquire(
+        raw.seq,
+        raw.pid,
+        address_from_xfrm(family, daddr),
+        address_from_xfrm(family, saddr),
+        proto,
+        selector,
+        policy,
+        policy.templates,
+        aalgos,
+        ealgos,
+        calgos,
+        acquire_seq,
+    )
+
+
+def _migrated(raw: RawMessage) -> Event:
+    selector, _, dir = codec.policy_id_from_bytes(raw.data, 16)
+    migrations: tuple[Migration, ...] = ()
+    kmaddress = None
+    for kind, payload in _attrs(raw.data, codec.USERPOLICY_ID_SIZE):
+        if kind == c.XFRMA_MIGRATE:
+            migrations = codec_migrate.migrations_from(payload)
+        elif kind == c.XFRMA_KMADDRESS:
+            kmaddress = codec_migrate.kmaddress_from(payload)
+    return Migrated(raw.seq, raw.pid, selector, dir, migrations, kmaddress)
+
+
+def _mapping_changed(raw: RawMessage) -> Event:
+    daddr, spi, family, proto = codec.sa_id_from_bytes(raw.data, 16)
+    reqid, old_saddr, new_saddr, old_sport, new_sport = _MAPPING_TAIL.unpack_from(
+        raw.data, 16 + codec.USERSA_ID_SIZE
+    )
+    return MappingChanged(
+        raw.seq,
+        raw.pid,
+        daddr,
+        spi,
+        proto,
+        reqid,
+        address_from_xfrm(family, old_saddr),
+        address_from_xfrm(family, new_saddr),
+        codec.swap16(old_sport),
+        codec.swap16(new_sport),
+    )
+
+
+EVENT_DECODERS: dict[int, Callable[[RawMessage], Event]] = {
+    c.XFRM_MSG_NEWSA: _sa_added,
+    c.XFRM_MSG_UPDSA: _sa_added,
+    c.XFRM_MSG_DELSA: _sa_deleted,
+    c.XFRM_MSG_FLUSHSA: _sa_flushed,
+    c.XFRM_MSG_EXPIRE: _sa_expired,
+    c.XFRM_MSG_NEWPOLICY: _policy_added,
+    c.XFRM_MSG_UPDPOLICY: _policy_added,
+    c.XFRM_MSG_DELPOLICY: _policy_deleted,
+    c.XFRM_MSG_FLUSHPOLICY: _policy_flushed,
+    c.XFRM_MSG_POLEXPIRE: _policy_expired,
+    c.XFRM_MSG_NEWAE: _ae_changed,
+    c.XFRM_MSG_ACQUIRE: _acquire,
+    c.XFRM_MSG_MIGRATE: _migrated,
+    c.XFRM_MSG_MAPPING: _mapping_changed,
+}
+"""Notification type -> its decoder; other types become ``UnknownEvent``."""
 
 
 def parse_events(data: bytes) -> list[Event]:
@@ -361,8 +410,12 @@ def parse_events(data: bytes) -> list[Event]:
     """
     events: list[Event] = []
     for raw in iter_messages(data):
+        decode = EVENT_DECODERS.get(raw.type)
+        if decode is None:
+            events.append(UnknownEvent(raw.seq, raw.pid, raw.type, raw.data))
+            continue
         try:
-            events.append(_event(raw))
+            events.append(decode(raw))
         except Exception as exc:  # reported in the event, not lost
             events.append(
                 UnknownEvent(raw.seq, raw.pid, raw.type, raw.data, f"{type(exc).__name__}: {exc}")

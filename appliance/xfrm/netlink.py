@@ -10,9 +10,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from appliance.netlink import NLMSGHDR, frames
 from appliance.xfrm import constants as c
 
-NLMSGHDR = struct.Struct("=IHHII")
 NLMSGERR = struct.Struct("=i")
 
 
@@ -34,14 +34,9 @@ class RawMessage:
 
 def iter_messages(buf: bytes | bytearray | memoryview) -> Iterator[RawMessage]:
     """Split a datagram into its netlink messages (4-byte aligned, as the kernel packs them)."""
-    offset = 0
-    end = len(buf)
-    while offset + 16 <= end:
-        length, kind, flags, seq, pid = NLMSGHDR.unpack_from(buf, offset)
-        if length < 16 or offset + length > end:
-            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
-        yield RawMessage(kind, flags, seq, pid, bytes(buf[offset : offset + length]))
-        offset += (length + 3) & ~3
+    for kind, flags, start, end in frames(buf):
+        _length, _kind, _flags, seq, pid = NLMSGHDR.unpack_from(buf, start)
+        yield RawMessage(kind, flags, seq, pid, bytes(buf[start:end]))
 
 
 @dataclass(frozen=True, slots=True)

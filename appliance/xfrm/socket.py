@@ -1,29 +1,27 @@
 """The NETLINK_XFRM adapter: one socket per network namespace, and the operations.
 
-Messages are the pyroute2 classes of ``appliance.xfrm.structs``; the socket
-itself is a plain ``AF_NETLINK`` socket rather than pyroute2's
+Messages are packed and parsed by ``codec`` (and ``codec_migrate``); the
+socket itself is a plain ``AF_NETLINK`` socket rather than pyroute2's
 ``NetlinkSocket``, because batched installs need control that pyroute2's
 request loop hides: many requests per ``sendmsg`` without waiting for acks,
 extended acks (``NETLINK_EXT_ACK``) and capped error echoes
 (``NETLINK_CAP_ACK``).
 
-A socket opened for a named namespace is created in a short-lived thread
-that first joins the namespace (``setns`` only moves the calling thread); the
+A socket opened for a named namespace is created by
+:func:`appliance.netns.run_in_netns` in that namespace's worker thread; the
 socket stays bound to that namespace for its whole life.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
 import queue
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.model import (
     IPPROTO_ESP,
@@ -35,25 +33,14 @@ from appliance.model import (
     SadEntry,
     Selector,
     SpdEntry,
-    address_from_xfrm,
-    address_to_xfrm,
-    family_of,
 )
-from appliance.xfrm import codec
+from appliance.netns import run_in_netns
+from appliance.xfrm import codec, codec_migrate
 from appliance.xfrm import constants as c
 from appliance.xfrm.netlink import RawMessage, describe_errno, iter_messages, parse_error
 from appliance.xfrm.per_socket import is_per_socket_message
 from appliance.xfrm.types import AeState, BatchFailure, KmAddress, Migration, XfrmError
 
-# The declarative messages import pyroute2, whose package import takes longer
-# than a whole 1,000-SA restore on a slow machine. Dumps, batches, AE and
-# the single-SA and single-policy requests go through ``codec``; the rarer
-# operations below import ``structs``/``convert`` where they need them.
-if TYPE_CHECKING:
-    from appliance.xfrm import structs as s
-
-NETNS_RUN_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 DEFAULT_RCVBUF = 32 << 20
@@ -62,17 +49,6 @@ BATCH_CHUNK = 1 << 20
 """Bytes of requests per sendmsg in a batch (must stay below the send buffer)."""
 RECV_SIZE = 1 << 20
 DUMP_RETRIES = 5
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def netns_path(netns: str) -> str:
-    """The file naming a network namespace: ``/run/netns/NAME`` or an absolute path."""
-    if "/" in netns:
-        return netns
-    if not netns or netns in (".", ".."):
-        raise XfrmError(f"invalid network namespace name {netns!r}")
-    return f"{NETNS_RUN_DIR}/{netns}"
 
 
 def _new_socket(groups: int, rcvbuf: int, sndbuf: int) -> socket.socket:
@@ -122,36 +98,11 @@ def open_xfrm_socket(
 
     ``groups`` is a bit mask of multicast groups, bit ``n-1`` for group
     ``n`` (see :func:`group_mask`).
+
+    A bad name is a ``UsageError``, a missing namespace a ``KernelError``
+    (see :mod:`appliance.netns`).
     """
-    if netns is None:
-        return _new_socket(groups, rcvbuf, sndbuf)
-    path = netns_path(netns)
-    if not os.path.exists(path):
-        raise XfrmError(f"network namespace {netns!r} does not exist ({path})", errno.ENOENT)
-    result: dict[str, Any] = {}
-
-    def create() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise XfrmError(
-                        f"cannot enter network namespace {netns!r}: {os.strerror(err)}", err
-                    )
-            finally:
-                os.close(fd)
-            result["sock"] = _new_socket(groups, rcvbuf, sndbuf)
-        except BaseException as exc:  # handed to the caller's thread below
-            result["error"] = exc
-
-    worker = threading.Thread(target=create, name=f"xfrm-netns-{netns}")
-    worker.start()
-    worker.join()
-    if "error" in result:
-        raise result["error"]
-    sock: socket.socket = result["sock"]
-    return sock
+    return run_in_netns(netns, lambda: _new_socket(groups, rcvbuf, sndbuf))
 
 
 def group_mask(groups: Iterable[int]) -> int:
@@ -177,16 +128,6 @@ _DIR_NAMES = {c.XFRM_POLICY_IN: "in", c.XFRM_POLICY_OUT: "out", c.XFRM_POLICY_FW
 
 def _sa_id_label(daddr: Address, spi: int, proto: int) -> str:
     return f"SA spi 0x{spi:08x} dst {daddr} proto {proto}"
-
-
-def _mark_attr(mark: Mark | None) -> list[tuple[str, Any]]:
-    return [] if mark is None else [("XFRMA_MARK", {"v": mark.value, "m": mark.mask})]
-
-
-def _decode(cls: type[s.xfrm_attrs], data: bytes) -> Any:
-    msg = cls(data)
-    msg.decode()
-    return msg
 
 
 class XfrmSocket:
@@ -309,24 +250,6 @@ class XfrmSocket:
             raise _DumpInterrupted
         return replies
 
-    def request(
-        self,
-        msg: Any,
-        msg_type: int,
-        what: str,
-        *,
-        flags: int = c.NLM_F_REQUEST | c.NLM_F_ACK,
-        proto: int | None = None,
-    ) -> list[RawMessage]:
-        """Encode a structs message with a fresh sequence number and transact it."""
-        from appliance.xfrm import convert as cv
-
-        seq = self.next_seq()
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = flags
-        msg["header"]["sequence_number"] = seq
-        return self.transact(cv.encode_msg(msg), seq, what, proto=proto)
-
     def _dump(self, msg_type: int, what: str) -> list[RawMessage]:
         for _ in range(DUMP_RETRIES):
             seq = self.next_seq()
@@ -339,15 +262,8 @@ class XfrmSocket:
 
     # -- SAs ------------------------------------------------------------------
 
-    def dump_sa(self) -> list[s.xfrm_usersa_info]:
-        """Every SA of the namespace, as decoded ``xfrm_usersa_info`` messages."""
-        from appliance.xfrm import structs as s
-
-        raw = self._dump(c.XFRM_MSG_GETSA, "SA dump")
-        return [_decode(s.xfrm_usersa_info, m.data) for m in raw if m.type == c.XFRM_MSG_NEWSA]
-
     def dump_sad(self) -> list[SadEntry]:
-        """Every SA of the namespace, as model entries (fast decoder)."""
+        """Every SA of the namespace, as model entries."""
         raw = self._dump(c.XFRM_MSG_GETSA, "SA dump")
         return [codec.sad_from_bytes(m.data) for m in raw if m.type == c.XFRM_MSG_NEWSA]
 
@@ -360,11 +276,10 @@ class XfrmSocket:
         mark: Mark | None = None,
     ) -> SadEntry:
         """One SA by (daddr, spi, proto[, mark])."""
-        seq = self.next_seq()
-        data = codec.encode_sa_id(
-            c.XFRM_MSG_GETSA, c.NLM_F_REQUEST | c.NLM_F_ACK, seq, daddr, spi, proto, mark=mark
+        replies = self._sa_request(
+            codec.encode_sa_id, c.XFRM_MSG_GETSA, daddr, spi, proto, mark=mark
         )
-        for reply in self.transact(data, seq, _sa_id_label(daddr, spi, proto)):
+        for reply in replies:
             if reply.type == c.XFRM_MSG_NEWSA:
                 return codec.sad_from_bytes(reply.data)
         raise XfrmError(f"{_sa_id_label(daddr, spi, proto)}: kernel sent no SA", errno.ENOENT)
@@ -405,26 +320,33 @@ class XfrmSocket:
         mark: Mark | None = None,
     ) -> None:
         """Remove one SA (XFRM_MSG_DELSA)."""
-        seq = self.next_seq()
-        data = codec.encode_sa_id(
-            c.XFRM_MSG_DELSA,
-            c.NLM_F_REQUEST | c.NLM_F_ACK,
-            seq,
-            daddr,
-            spi,
-            proto,
-            family=family,
-            mark=mark,
+        self._sa_request(
+            codec.encode_sa_id, c.XFRM_MSG_DELSA, daddr, spi, proto, family=family, mark=mark
         )
-        self.transact(data, seq, _sa_id_label(daddr, spi, proto))
+
+    def _sa_request(
+        self,
+        encoder: Callable[..., bytes],
+        msg_type: int,
+        daddr: Address,
+        spi: int,
+        proto: int,
+        *,
+        flags: int = c.NLM_F_REQUEST | c.NLM_F_ACK,
+        **options: Any,
+    ) -> list[RawMessage]:
+        """Send one request naming the SA (daddr, spi, proto); its replies, errors naming the SA.
+
+        ``encoder`` is ``codec.encode_sa_id`` or ``codec.encode_ae``.
+        """
+        seq = self.next_seq()
+        data = encoder(msg_type, flags, seq, daddr, spi, proto, **options)
+        return self.transact(data, seq, _sa_id_label(daddr, spi, proto))
 
     def flush_sa(self, proto: int = c.IPSEC_PROTO_ANY) -> None:
         """Remove every SA of ``proto`` (default: all)."""
-        from appliance.xfrm import structs as s
-
-        msg = s.xfrm_usersa_flush()
-        msg["proto"] = proto
-        self.request(msg, c.XFRM_MSG_FLUSHSA, f"SA flush (proto {proto})")
+        seq = self.next_seq()
+        self.transact(codec.encode_flush_sa(seq, proto), seq, f"SA flush (proto {proto})")
 
     # -- replay / lifetime state (AE) -----------------------------------------
 
@@ -439,11 +361,9 @@ class XfrmSocket:
         reqid: int = 0,
     ) -> AeState:
         """Replay counters and current lifetime of a live SA (XFRM_MSG_GETAE)."""
-        seq = self.next_seq()
-        data = codec.encode_ae(
+        replies = self._sa_request(
+            codec.encode_ae,
             c.XFRM_MSG_GETAE,
-            c.NLM_F_REQUEST | c.NLM_F_ACK,
-            seq,
             daddr,
             spi,
             proto,
@@ -452,7 +372,6 @@ class XfrmSocket:
             reqid=reqid,
             ae_flags=c.XFRM_AE_RVAL | c.XFRM_AE_LVAL,
         )
-        replies = self.transact(data, seq, _sa_id_label(daddr, spi, proto))
         for reply in replies:
             if reply.type == c.XFRM_MSG_NEWAE:
                 return codec.ae_state_from_bytes(reply.data)
@@ -479,14 +398,13 @@ class XfrmSocket:
         """
         if all(v is None for v in (replay, lifetime_cur, replay_thresh, etimer_thresh)):
             raise XfrmError("set_ae needs a replay state, a lifetime or a threshold to set")
-        seq = self.next_seq()
-        data = codec.encode_ae(
+        self._sa_request(
+            codec.encode_ae,
             c.XFRM_MSG_NEWAE,
-            c.NLM_F_REQUEST | c.NLM_F_ACK | c.NLM_F_REPLACE,
-            seq,
             daddr,
             spi,
             proto,
+            flags=c.NLM_F_REQUEST | c.NLM_F_ACK | c.NLM_F_REPLACE,
             replay=replay,
             lifetime_cur=lifetime_cur,
             mark=mark,
@@ -495,7 +413,6 @@ class XfrmSocket:
             replay_thresh=replay_thresh,
             etimer_thresh=etimer_thresh,
         )
-        self.transact(data, seq, _sa_id_label(daddr, spi, proto))
 
     def set_replay(self, entry: SadEntry, replay: ReplayState | ReplayStateEsn) -> None:
         """``set_ae`` for the SA an entry names."""
@@ -524,28 +441,23 @@ class XfrmSocket:
         """
         if not 0 < spi_min <= spi_max <= 0xFFFFFFFF:
             raise XfrmError(f"invalid SPI range 0x{spi_min:x}-0x{spi_max:x}", errno.EINVAL)
-        from appliance.xfrm import structs as s
-
-        family = family_of(daddr)
-        info = s.xfrm_usersa_info_struct.zero()
-        info["id"] = {"daddr": address_to_xfrm(daddr), "spi": 0, "proto": proto}
-        info["saddr"] = address_to_xfrm(saddr) if saddr is not None else bytes(16)
-        info["family"] = family
-        info["mode"] = mode
-        info["reqid"] = reqid
-        info["seq"] = seq
-        info["sel"]["family"] = family
-        msg = s.xfrm_userspi_info()
-        msg["info"] = info
-        msg["min"] = spi_min
-        msg["max"] = spi_max
-        attrs = _mark_attr(mark)
-        if if_id is not None:
-            attrs.append(("XFRMA_IF_ID", if_id))
-        msg["attrs"] = attrs
+        request_seq = self.next_seq()
+        data = codec.encode_alloc_spi(
+            request_seq,
+            daddr,
+            proto,
+            spi_min,
+            spi_max,
+            saddr=saddr,
+            mode=mode,
+            reqid=reqid,
+            sa_seq=seq,
+            mark=mark,
+            if_id=if_id,
+        )
         what = f"SPI allocation for dst {daddr} proto {proto} in 0x{spi_min:x}-0x{spi_max:x}"
         try:
-            replies = self.request(msg, c.XFRM_MSG_ALLOCSPI, what, proto=proto)
+            replies = self.transact(data, request_seq, what, proto=proto)
         except XfrmError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -559,38 +471,26 @@ class XfrmSocket:
             ) from None
         for reply in replies:
             if reply.type == c.XFRM_MSG_NEWSA:
-                spi: int = _decode(s.xfrm_usersa_info, reply.data)["id"]["spi"]
-                return spi
+                return codec.sad_from_bytes(reply.data).spi
         raise XfrmError(f"{what}: kernel sent no SA", errno.ENOENT)
 
     # -- policies -------------------------------------------------------------
 
-    def dump_policy(self) -> list[s.xfrm_userpolicy_info]:
-        """Every policy (main and sub), as decoded ``xfrm_userpolicy_info`` messages.
-
-        Per-socket policies included (direction 3 or 4, see ``appliance.xfrm.per_socket``).
-        """
-        from appliance.xfrm import structs as s
-
-        raw = self._dump(c.XFRM_MSG_GETPOLICY, "policy dump")
-        return [
-            _decode(s.xfrm_userpolicy_info, m.data) for m in raw if m.type == c.XFRM_MSG_NEWPOLICY
-        ]
-
-    def dump_spd(self) -> list[SpdEntry]:
-        """Every policy but the per-socket ones, as model entries (fast decoder).
+    def dump_spd(self, *, per_socket: bool = False) -> list[SpdEntry]:
+        """Every policy (main and sub) but the per-socket ones, as model entries.
 
         This is the SPD that ipsec-ha serves: the daemon, the executor,
         snapshots and restores all read it here. Per-socket policies (an IKE
         daemon's bypass for its own sockets) belong to their socket, and the
         kernel refuses to add or delete them, so they are left out before
-        decoding (``appliance.xfrm.per_socket``).
+        decoding (``appliance.xfrm.per_socket``); ``per_socket`` keeps them
+        (direction 3 or 4), for diagnostics.
         """
         raw = self._dump(c.XFRM_MSG_GETPOLICY, "policy dump")
         return [
             codec.spd_from_bytes(m.data)
             for m in raw
-            if m.type == c.XFRM_MSG_NEWPOLICY and not is_per_socket_message(m.data)
+            if m.type == c.XFRM_MSG_NEWPOLICY and (per_socket or not is_per_socket_message(m.data))
         ]
 
     def add_policy(self, entry: SpdEntry) -> None:
@@ -642,15 +542,8 @@ class XfrmSocket:
 
     def flush_policy(self, ptype: int | None = None) -> None:
         """Remove every policy (of ``ptype`` when given; else main policies)."""
-        from appliance.xfrm import structs as s
-
-        msg = s.xfrm_flushpolicy()
-        msg["attrs"] = (
-            []
-            if ptype is None
-            else [("XFRMA_POLICY_TYPE", {"type": ptype, "reserved1": 0, "reserved2": 0})]
-        )
-        self.request(msg, c.XFRM_MSG_FLUSHPOLICY, "policy flush")
+        seq = self.next_seq()
+        self.transact(codec.encode_flush_policy(seq, ptype), seq, "policy flush")
 
     # -- migrate ----------------------------------------------------------------
 
@@ -666,36 +559,16 @@ class XfrmSocket:
         """Move a policy's templates and SAs to new endpoints (XFRM_MSG_MIGRATE)."""
         if not migrations:
             raise XfrmError("migrate needs at least one migration")
-        from appliance.xfrm import convert as cv
-        from appliance.xfrm import structs as s
-
-        msg = s.xfrm_migrate_msg()
-        msg["sel"] = cv.selector_to_dict(selector)
-        msg["index"] = 0
-        msg["dir"] = dir
-        attrs: list[tuple[str, Any]] = [
-            ("XFRMA_POLICY_TYPE", {"type": ptype, "reserved1": 0, "reserved2": 0}),
-            ("XFRMA_MIGRATE", [migration_to_dict(m) for m in migrations]),
-        ]
-        if kmaddress is not None:
-            attrs.append(
-                (
-                    "XFRMA_KMADDRESS",
-                    {
-                        "local": address_to_xfrm(kmaddress.local),
-                        "remote": address_to_xfrm(kmaddress.remote),
-                        "reserved": kmaddress.reserved,
-                        "family": family_of(kmaddress.local),
-                    },
-                )
-            )
-        msg["attrs"] = attrs
+        seq = self.next_seq()
+        data = codec_migrate.encode_migrate(
+            seq, selector, dir, migrations, kmaddress=kmaddress, ptype=ptype
+        )
         first = migrations[0]
         what = (
             f"migration of policy {_DIR_NAMES.get(dir, str(dir))} "
             f"from {first.old_saddr}->{first.old_daddr} to {first.new_saddr}->{first.new_daddr}"
         )
-        self.request(msg, c.XFRM_MSG_MIGRATE, what)
+        self.transact(data, seq, what)
 
     # -- batches ----------------------------------------------------------------
 
@@ -977,36 +850,6 @@ def _chunks(
         size += len(data)
     chunk.append(ending)
     yield b"".join(chunk)
-
-
-def migration_to_dict(m: Migration) -> dict[str, Any]:
-    """``xfrm_user_migrate`` member values of a migration."""
-    return {
-        "old_daddr": address_to_xfrm(m.old_daddr),
-        "old_saddr": address_to_xfrm(m.old_saddr),
-        "new_daddr": address_to_xfrm(m.new_daddr),
-        "new_saddr": address_to_xfrm(m.new_saddr),
-        "proto": m.proto,
-        "mode": m.mode,
-        "reserved": m.reserved,
-        "reqid": m.reqid,
-        "old_family": family_of(m.old_daddr),
-        "new_family": family_of(m.new_daddr),
-    }
-
-
-def migration_from_dict(d: dict[str, Any]) -> Migration:
-    """Inverse of :func:`migration_to_dict`."""
-    return Migration(
-        old_daddr=address_from_xfrm(d["old_family"], d["old_daddr"]),
-        old_saddr=address_from_xfrm(d["old_family"], d["old_saddr"]),
-        new_daddr=address_from_xfrm(d["new_family"], d["new_daddr"]),
-        new_saddr=address_from_xfrm(d["new_family"], d["new_saddr"]),
-        proto=d["proto"],
-        mode=d["mode"],
-        reqid=d["reqid"],
-        reserved=d["reserved"],
-    )
 
 
 def dump_sad(netns: str | None = None) -> list[SadEntry]:

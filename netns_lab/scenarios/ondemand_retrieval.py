@@ -54,8 +54,8 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 
 from appliance.errors import ApplianceError, LabError
+from appliance.netns import run_in_netns
 from appliance.nft import apply_guard, guard_status, parse_nft_section
-from appliance.nft.netns import run_in_netns
 from appliance.store.client import StoreClient
 from appliance.store.config import load_psk
 from appliance.traffic.analysis import analyse

@@ -100,6 +100,13 @@ def test_the_metrics_thread_is_the_one_a_burst_grew_beyond_its_idle_growth() -> 
     assert bm.calibrated_thread(quiet, quiet) is None
 
 
+def test_the_metrics_threads_growth_counts_a_thread_born_in_the_window_from_zero() -> None:
+    # 20: the endpoint's thread; 21: the namespace worker, started by the window's first scrape.
+    assert bm.grown_ticks({20: 100}, {20: 130, 21: 12}) == 30 + 12
+    assert bm.grown_ticks({20: 100, 21: 5}, {20: 100}) == 0  # 21 ended: its ticks are lost
+    assert bm.grown_ticks({}, {}) == 0
+
+
 def test_an_http_reply_is_split_into_status_and_body() -> None:
     assert bm.parse_reply(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\na 1\n") == (200, "a 1\n")
     with pytest.raises(ValueError):
@@ -132,6 +139,7 @@ def test_the_table_shows_the_figures_and_the_verdict() -> None:
         latency_p99_ms=20.0,
         metrics_thread_pct=0.8,
         metrics_thread_found="named",
+        metrics_threads=2,
         daemon_scraped_pct=12.5,
         daemon_reference_pct=11.0,
         windows_s={"reference": 60.0, "scraped": 60.0},
@@ -141,6 +149,7 @@ def test_the_table_shows_the_figures_and_the_verdict() -> None:
     assert "8.00 ms" in text
     assert "10000" in text and "12000 bytes, 150 series" in text
     assert "0.800 % of one core" in text and "by its name" in text
+    assert next(line for line in text.splitlines() if "threads summed" in line).endswith("2")
     assert "1.50 % of one core" in text  # the difference of the windows
 
     def verdict(text: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from appliance.channel import ChannelConfig, ChannelEndpoint, DataReceived, Event, Role
+from appliance.channel import ChannelConfig, ChannelEndpoint, DataReceived, Event, Side
 
 PSK = bytes(range(32))
 CLIENT_ADDR = ("198.51.100.10", 40000)
@@ -23,8 +23,8 @@ class Pair:
         config: ChannelConfig | None = None,
     ) -> None:
         self.now = 1000.0
-        self.client = client or ChannelEndpoint(PSK, "gw-a", Role.CLIENT, config)
-        self.server = server or ChannelEndpoint(PSK, "store-1", Role.SERVER, config)
+        self.client = client or ChannelEndpoint(PSK, "gw-a", Side.CLIENT, config)
+        self.server = server or ChannelEndpoint(PSK, "store-1", Side.SERVER, config)
         self.client_events: list[Event] = []
         self.server_events: list[Event] = []
         self.to_server: list[bytes] = []
@@ -112,7 +112,7 @@ def connect_from(
     Without ``confirm`` the client's confirmation is lost, so the association
     stays half-open at the server.
     """
-    client = ChannelEndpoint(PSK, node_id, Role.CLIENT, config)
+    client = ChannelEndpoint(PSK, node_id, Side.CLIENT, config)
     client.connect(SERVER_ADDR, now)
     for _ in range(10):
         to_server = [d for d, _ in client.datagrams_to_send(now)]

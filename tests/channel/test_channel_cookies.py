@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from appliance.channel import (
     ChannelConfig,
     ChannelEndpoint,
-    ChannelError,
     DropReason,
     HandshakeCompleted,
-    Role,
+    LocalChannelError,
+    Side,
 )
 from appliance.channel import _format as fmt
 
@@ -34,8 +34,8 @@ def _types(datagrams: list[tuple[bytes, object]]) -> list[int]:
 
 def _first_round() -> tuple[ChannelEndpoint, ChannelEndpoint, bytes]:
     """A server, a client whose first INIT it has seen, and the COOKIE it answered."""
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
-    client = ChannelEndpoint(PSK, "gw-a", Role.CLIENT)
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
+    client = ChannelEndpoint(PSK, "gw-a", Side.CLIENT)
     client.connect(SERVER_ADDR, 0.0)
     ((init, _),) = client.datagrams_to_send(0.0)
     server.receive_datagram(init, CLIENT_ADDR, 0.0)
@@ -44,8 +44,8 @@ def _first_round() -> tuple[ChannelEndpoint, ChannelEndpoint, bytes]:
 
 
 def test_a_first_init_gets_a_small_cookie_and_costs_no_state() -> None:
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
-    client = ChannelEndpoint(PSK, "g", Role.CLIENT)  # the shortest INIT there is
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
+    client = ChannelEndpoint(PSK, "g", Side.CLIENT)  # the shortest INIT there is
     client.connect(SERVER_ADDR, 0.0)
     ((init, _),) = client.datagrams_to_send(0.0)
     for _ in range(1000):
@@ -60,16 +60,16 @@ def test_a_first_init_gets_a_small_cookie_and_costs_no_state() -> None:
 
 def test_inits_recorded_and_replayed_after_a_restart_create_nothing() -> None:
     # 64 real handshakes, every datagram recorded; then the store restarts.
-    first = ChannelEndpoint(PSK, "store-1", Role.SERVER)
+    first = ChannelEndpoint(PSK, "store-1", Side.SERVER)
     recorded: list[bytes] = []
     for index in range(32):
         pair = Pair(server=first)
-        pair.client = ChannelEndpoint(PSK, f"gw-{index}", Role.CLIENT)
+        pair.client = ChannelEndpoint(PSK, f"gw-{index}", Side.CLIENT)
         pair.connect()
         assert pair.client.established
         recorded += [d for d in pair.to_server if d[0] == fmt.TYPE_INIT]
     assert len(recorded) == 64  # 32 without a cookie, 32 with one
-    restarted = ChannelEndpoint(PSK, "store-1", Role.SERVER)
+    restarted = ChannelEndpoint(PSK, "store-1", Side.SERVER)
     for source in (OTHER_ADDR, CLIENT_ADDR):
         for init in recorded:
             assert restarted.receive_datagram(init, source, pair.now) == []
@@ -97,7 +97,7 @@ def test_a_cookie_is_good_only_for_the_address_it_was_made_for() -> None:
 
 def test_a_forged_cookie_is_counted_creates_nothing_and_gets_a_fresh_one() -> None:
     # Even a holder of the cluster key cannot make a cookie: it is under the server's secret.
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
     key = fmt.handshake_key(PSK)
     aid, ni = os.urandom(8), os.urandom(32)
     forged = fmt.build_init(key, aid, ni, b"gw-a", cookie=os.urandom(fmt.COOKIE_LENGTH))
@@ -150,7 +150,7 @@ def test_an_init_with_a_valid_cookie_replayed_while_its_association_lives_gets_t
 
 
 def test_a_full_replay_memory_invalidates_every_outstanding_cookie() -> None:
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER, ChannelConfig(max_remembered_inits=2))
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER, ChannelConfig(max_remembered_inits=2))
     recorded: list[bytes] = []
     for index in range(3):
         pair = Pair(server=server)
@@ -166,9 +166,9 @@ def test_a_full_replay_memory_invalidates_every_outstanding_cookie() -> None:
 
 
 def test_the_client_ignores_cookies_that_answer_nothing_it_asked() -> None:
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
-    client = ChannelEndpoint(PSK, "gw-a", Role.CLIENT)
-    other = ChannelEndpoint(PSK, "gw-b", Role.CLIENT)
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
+    client = ChannelEndpoint(PSK, "gw-a", Side.CLIENT)
+    other = ChannelEndpoint(PSK, "gw-b", Side.CLIENT)
     other.connect(SERVER_ADDR, 0.0)
     ((init, _),) = other.datagrams_to_send(0.0)
     server.receive_datagram(init, CLIENT_ADDR, 0.0)
@@ -195,7 +195,7 @@ def test_a_duplicated_cookie_sends_the_init_once() -> None:
 
 
 def test_an_init_with_a_cookie_shorter_than_the_largest_resp_is_malformed() -> None:
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
     key = fmt.handshake_key(PSK)
     full = fmt.build_init(key, os.urandom(8), os.urandom(32), b"gw-a", cookie=bytes(16))
     unpadded = full[: 4 + 8 + 32 + 1 + 4 + 1 + 16] + bytes(2)
@@ -210,8 +210,8 @@ def test_no_handshake_reply_is_larger_than_the_datagram_that_caused_it(
     client_id_length: int, server_id_length: int, lose_resp: bool
 ) -> None:
     pair = Pair(
-        client=ChannelEndpoint(PSK, "c" * client_id_length, Role.CLIENT),
-        server=ChannelEndpoint(PSK, "s" * server_id_length, Role.SERVER),
+        client=ChannelEndpoint(PSK, "c" * client_id_length, Side.CLIENT),
+        server=ChannelEndpoint(PSK, "s" * server_id_length, Side.SERVER),
     )
     pair.client.connect(SERVER_ADDR, pair.now)
     for _ in range(3):  # with a lost RESP, the INIT goes again and is answered again
@@ -228,11 +228,11 @@ def test_no_handshake_reply_is_larger_than_the_datagram_that_caused_it(
 
 
 def test_the_limits_are_checked() -> None:
-    with pytest.raises(ChannelError, match="max_half_open must be at least 1"):
+    with pytest.raises(LocalChannelError, match="max_half_open must be at least 1"):
         ChannelConfig(max_half_open=0)
-    with pytest.raises(ChannelError, match="max_associations_per_source must be"):
+    with pytest.raises(LocalChannelError, match="max_associations_per_source must be"):
         ChannelConfig(max_associations_per_source=-1)
-    with pytest.raises(ChannelError, match="cookie_secret_seconds"):
+    with pytest.raises(LocalChannelError, match="cookie_secret_seconds"):
         ChannelConfig(cookie_secret_seconds=0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 from channel_pair import CLIENT_ADDR, PSK, SERVER_ADDR, Pair, client_and_server
@@ -18,8 +19,11 @@ from appliance.channel import (
     DropReason,
     HandshakeCompleted,
     HandshakeFailed,
-    Role,
+    LocalChannelError,
+    RemoteChannelError,
+    Side,
 )
+from appliance.channel import _format as fmt
 from appliance.channel.endpoint import MAX_SEQUENCE
 from appliance.errors import ApplianceError
 
@@ -80,8 +84,8 @@ def test_flipping_any_byte_of_a_data_datagram_gets_it_rejected() -> None:
 
 
 def test_flipping_any_byte_of_a_handshake_message_gets_it_rejected() -> None:
-    client = ChannelEndpoint(PSK, "gw-a", Role.CLIENT)
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
+    client = ChannelEndpoint(PSK, "gw-a", Side.CLIENT)
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
     client.connect(SERVER_ADDR, 0.0)
     ((init, _),) = client.datagrams_to_send(0.0)
     for position in range(len(init)):
@@ -145,7 +149,7 @@ def test_reordering_within_the_window_is_accepted_and_beyond_it_rejected() -> No
 
 
 def test_a_wrong_cluster_key_is_rejected_at_the_handshake() -> None:
-    wrong = ChannelEndpoint(bytes(32), "gw-x", Role.CLIENT)
+    wrong = ChannelEndpoint(bytes(32), "gw-x", Side.CLIENT)
     pair = Pair(client=wrong)
     pair.connect()
     assert not pair.client.established
@@ -168,7 +172,7 @@ def test_data_sealed_under_another_association_is_rejected() -> None:
 def test_a_restarted_client_gets_fresh_keys_and_never_repeats_a_datagram() -> None:
     first = client_and_server()
     before = _one_data_datagram(first, b"same plaintext")
-    restarted = Pair(client=ChannelEndpoint(PSK, "gw-a", Role.CLIENT), server=first.server)
+    restarted = Pair(client=ChannelEndpoint(PSK, "gw-a", Side.CLIENT), server=first.server)
     restarted.connect()
     after = _one_data_datagram(restarted, b"same plaintext")
     # Same sequence number, same plaintext: only fresh keys make them differ.
@@ -184,8 +188,8 @@ def test_a_restarted_peer_gets_fresh_keys_even_if_the_other_side_repeats_its_non
 
     outputs = []
     for _ in range(2):
-        client = ChannelEndpoint(PSK, "gw-a", Role.CLIENT, random_bytes=fixed)
-        pair = Pair(client=client, server=ChannelEndpoint(PSK, "store-1", Role.SERVER))
+        client = ChannelEndpoint(PSK, "gw-a", Side.CLIENT, random_bytes=fixed)
+        pair = Pair(client=client, server=ChannelEndpoint(PSK, "store-1", Side.SERVER))
         pair.connect()
         outputs.append(_one_data_datagram(pair, b"same plaintext"))
     assert outputs[0][12:20] == outputs[1][12:20]  # same sequence number
@@ -196,13 +200,13 @@ def test_an_identical_init_after_its_association_is_gone_is_a_replay() -> None:
     def fixed(n: int) -> bytes:
         return b"\x07" * n
 
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER)
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
     Pair(
-        client=ChannelEndpoint(PSK, "gw-a", Role.CLIENT, random_bytes=fixed), server=server
+        client=ChannelEndpoint(PSK, "gw-a", Side.CLIENT, random_bytes=fixed), server=server
     ).connect()
     server.close(server.associations()[0][0])
     again = Pair(
-        client=ChannelEndpoint(PSK, "gw-a", Role.CLIENT, random_bytes=fixed), server=server
+        client=ChannelEndpoint(PSK, "gw-a", Side.CLIENT, random_bytes=fixed), server=server
     )
     again.connect()
     assert not again.client.established
@@ -211,7 +215,7 @@ def test_an_identical_init_after_its_association_is_gone_is_a_replay() -> None:
 
 def test_a_restarted_server_is_found_again_by_the_dead_peer_timer() -> None:
     pair = client_and_server(ChannelConfig(dead_peer_timeout=5.0))
-    pair.server = ChannelEndpoint(PSK, "store-1", Role.SERVER, ChannelConfig())
+    pair.server = ChannelEndpoint(PSK, "store-1", Side.SERVER, ChannelConfig())
     pair.client.send(b"lost", pair.now)
     pair.flush()
     assert pair.server.drops[DropReason.UNKNOWN_ASSOCIATION] == 1
@@ -247,7 +251,7 @@ def test_a_lost_response_is_resent_without_a_second_association() -> None:
 def test_the_handshake_gives_up_after_its_attempts() -> None:
     pair = Pair(config=ChannelConfig(handshake_attempts=3))
     pair.client.connect(SERVER_ADDR, pair.now)
-    pair.server = ChannelEndpoint(bytes(32), "other", Role.SERVER)  # answers nothing valid
+    pair.server = ChannelEndpoint(bytes(32), "other", Side.SERVER)  # answers nothing valid
     pair.flush()
     pair.advance(60.0)
     assert any(isinstance(e, HandshakeFailed) for e in pair.client_events)
@@ -351,18 +355,32 @@ def test_receive_never_raises_on_mutated_real_datagrams(kind: int, data: st.Data
     pair.client.receive_datagram(bytes(base[:length]), SERVER_ADDR, pair.now)
 
 
-def test_local_misuse_is_a_clear_error() -> None:
-    with pytest.raises(ChannelError, match="at least 32 bytes"):
-        ChannelEndpoint(b"short", "gw-a", Role.CLIENT)
-    with pytest.raises(ChannelError, match="node ID"):
-        ChannelEndpoint(PSK, "", Role.CLIENT)
-    client = ChannelEndpoint(PSK, "gw-a", Role.CLIENT)
-    with pytest.raises(ChannelError, match="handshake has not completed"):
+def test_local_misuse_is_a_clear_local_error() -> None:
+    with pytest.raises(LocalChannelError, match="at least 32 bytes"):
+        ChannelEndpoint(b"short", "gw-a", Side.CLIENT)
+    with pytest.raises(LocalChannelError, match="node ID"):
+        ChannelEndpoint(PSK, "", Side.CLIENT)
+    client = ChannelEndpoint(PSK, "gw-a", Side.CLIENT)
+    with pytest.raises(LocalChannelError, match="handshake has not completed"):
         client.protect(b"x")
     server = ChannelEndpoint(PSK, "store-1", "server")
-    with pytest.raises(ChannelError, match="only a client"):
+    with pytest.raises(LocalChannelError, match="only a client"):
         server.connect(SERVER_ADDR, 0.0)
     assert issubclass(ChannelError, ApplianceError)
+    assert issubclass(LocalChannelError, ChannelError)
+    assert issubclass(RemoteChannelError, ChannelError)
+
+
+@pytest.mark.parametrize("parse", [fmt.parse_init, fmt.parse_cookie, fmt.parse_resp])
+def test_a_datagram_that_does_not_parse_is_a_remote_error_counted_not_raised(
+    parse: Callable[[bytes], object],
+) -> None:
+    garbage = bytes([fmt.TYPE_INIT, fmt.VERSION, 0, 0]) + b"\xff" * 40
+    with pytest.raises(RemoteChannelError):
+        parse(garbage)
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER)
+    assert server.receive_datagram(garbage, CLIENT_ADDR, 0.0) == []
+    assert server.drops[DropReason.MALFORMED] == 1
 
 
 def test_the_server_forgets_idle_associations_and_a_quiet_client_reconnects_first() -> None:
@@ -390,5 +408,5 @@ def test_sequence_numbers_never_wrap() -> None:
     pair.client._associations[association].send_seq = MAX_SEQUENCE - 2
     last = pair.client.protect(b"last")
     assert int.from_bytes(last[12:20], "big") == MAX_SEQUENCE - 1  # 2**64 - 2: the last one
-    with pytest.raises(ChannelError, match="exhausted"):
+    with pytest.raises(LocalChannelError, match="exhausted"):
         pair.client.protect(b"one too many")

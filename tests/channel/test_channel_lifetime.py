@@ -14,10 +14,10 @@ from appliance.channel import (
     AssociationClosed,
     ChannelConfig,
     ChannelEndpoint,
-    ChannelError,
     DropReason,
     Event,
-    Role,
+    LocalChannelError,
+    Side,
 )
 from appliance.channel import _format as fmt
 
@@ -31,7 +31,7 @@ def _addr(host: int, port: int = 40000) -> tuple[str, int]:
 
 
 def _server(**limits: int) -> ChannelEndpoint:
-    return ChannelEndpoint(PSK, "store-1", Role.SERVER, ChannelConfig(**limits))
+    return ChannelEndpoint(PSK, "store-1", Side.SERVER, ChannelConfig(**limits))
 
 
 def test_a_closing_client_is_forgotten_by_the_server_at_once() -> None:
@@ -69,7 +69,7 @@ def test_a_close_is_authenticated() -> None:
 
 
 def test_disconnect_is_for_clients() -> None:
-    with pytest.raises(ChannelError, match="only a client"):
+    with pytest.raises(LocalChannelError, match="only a client"):
         _server().disconnect()
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from appliance.channel import ChannelEndpoint, DataReceived, Role
+from appliance.channel import ChannelEndpoint, DataReceived, Side
 
 pytestmark = pytest.mark.unit
 
@@ -38,8 +38,8 @@ def _hkdf(salt: bytes | None, info: bytes, length: int) -> bytes:
 
 
 def test_handshake_and_first_datagram_match_the_specification() -> None:
-    client = ChannelEndpoint(PSK, "gw-a", Role.CLIENT, random_bytes=_counter_random(1))
-    server = ChannelEndpoint(PSK, "store-1", Role.SERVER, random_bytes=_counter_random(2))
+    client = ChannelEndpoint(PSK, "gw-a", Side.CLIENT, random_bytes=_counter_random(1))
+    server = ChannelEndpoint(PSK, "store-1", Side.SERVER, random_bytes=_counter_random(2))
     client_draw, server_draw = _counter_random(1), _counter_random(2)
     aid_i, ni = client_draw(8), client_draw(32)
     cookie_secret, aid_r, nr = server_draw(32), server_draw(8), server_draw(32)

@@ -17,19 +17,20 @@ from test_executor import IN_POL, IN_SA, OUT_POL, OUT_SA, STATE, FakeKernel
 
 from appliance.failover.config import load_daemon_config
 from appliance.failover.daemon import FailoverDaemon
-from appliance.failover.sync import DeleteEntries, FullResync, PutReplay, sa_key
+from appliance.failover.sync import DeleteEntries, FullResync, PutReplay
 from appliance.failover.transitions import Role
 from appliance.model import SadEntry
 from appliance.notify import VrrpState
-from appliance.store.base import FetchCancelled, NotFoundError, StaleEpochError
-from appliance.store.client import StoreTimeoutError
-from appliance.wire.entries import replay_update_for
+from appliance.store.base import FetchCancelled, NotFoundError, SaKey, StaleEpochError
+from appliance.store.client import RetrievedState, StoreClient, StoreTimeoutError
 
 pytestmark = pytest.mark.unit
 
 
 class Stored:
     def __init__(self) -> None:
+        self.server_id = "192.0.2.1"
+        self.pages = 1
         self.sad: list[Any] = []
         self.spd: list[Any] = []
         self.epoch = 0
@@ -38,6 +39,8 @@ class Stored:
 
     def convert(self, stop: Any = None) -> None:
         """Already model objects."""
+
+    merged = RetrievedState.merged
 
 
 class FakeClient:
@@ -50,6 +53,8 @@ class FakeClient:
         self.epoch = 0
         self.calls: list[str] = []
         self.fail_with: Exception | None = None
+
+    fetch = StoreClient.fetch
 
     def _check(self, epoch: int) -> None:
         if self.fail_with is not None:
@@ -69,7 +74,7 @@ class FakeClient:
     def put_entries(self, sid: str, epoch: int, sad: Any, spd: Any = ()) -> int:
         self._check(epoch)
         self.calls.append("put")
-        self.data.update({sa_key(sa): sa for sa in sad})
+        self.data.update({SaKey.of(sa): sa for sa in sad})
         self.pols.update({p.index: p for p in spd})
         return 1
 
@@ -137,11 +142,11 @@ def test_full_resync_makes_every_store_equal_to_the_kernel(config: Any, tmp_path
     kernel.install_batch([("add_sa", OUT_SA), ("add_policy", IN_POL)])
     stale = IN_SA
     for client in clients:
-        client.data[sa_key(stale)] = stale
+        client.data[SaKey.of(stale)] = stale
     daemon.start_publishing({"198.51.100.10": 0, "198.51.100.11": 0})
     daemon.apply_ops(daemon.core.pending_ops(float("inf")))
     for client in clients:
-        assert list(client.data) == [sa_key(OUT_SA)]
+        assert list(client.data) == [SaKey.of(OUT_SA)]
         assert list(client.pols.values()) == [IN_POL]
     assert kernel.thresholds == [(OUT_SA.spi, 1000, daemon.etimer)]
 
@@ -151,7 +156,7 @@ def test_not_found_from_the_store_asks_for_a_resync(config: Any, tmp_path: Path)
     daemon.start_publishing({"198.51.100.10": 0})
     daemon.core.pending_ops(float("inf"))
     clients[0].fail_with = NotFoundError("no such SA")
-    daemon.apply_ops([PutReplay((replay_update_for(OUT_SA),))])
+    daemon.apply_ops([PutReplay((OUT_SA,))])
     assert daemon.core.pending_ops(float("inf")) == [FullResync("store 198.51.100.10: no such SA")]
 
 
@@ -168,7 +173,7 @@ def test_takeover_from_a_notify_claims_every_store_and_publishes(
 ) -> None:
     daemon, kernel, clients = make(config, tmp_path)
     for client in clients[:1]:  # the other store (the dead node's) holds nothing
-        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.data = {SaKey.of(sa): sa for sa in STATE.sad}
         client.pols = {i: p for i, p in enumerate(STATE.spd)}
     clients[1].fail_with = None
     ok = asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))
@@ -187,7 +192,7 @@ def test_a_fenced_active_node_gates_outbound_then_reclaims_with_the_jump(
 ) -> None:
     daemon, kernel, clients = make(config, tmp_path)
     for client in clients:
-        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.data = {SaKey.of(sa): sa for sa in STATE.sad}
         client.pols = {i: p for i, p in enumerate(STATE.spd)}
     assert asyncio.run(daemon.transition(VrrpState.MASTER, time.monotonic()))
     out_key = next(k for k, sa in kernel.sad.items() if sa.spi == OUT_SA.spi)
@@ -240,7 +245,7 @@ def test_a_takeover_does_not_wait_for_the_hot_standbys_background_fetch(
     kernel = ThresholdKernel()
     clients = [FakeClient("198.51.100.10"), FakeClient("198.51.100.11")]
     for client in clients:
-        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.data = {SaKey.of(sa): sa for sa in STATE.sad}
         client.pols = {i: p for i, p in enumerate(STATE.spd)}
     background = BackgroundFetch()
     daemon = FailoverDaemon(
@@ -323,7 +328,7 @@ def test_the_probe_records_each_store_and_rewrites_the_status_health(
 ) -> None:
     kernel = ThresholdKernel()
     up, down = FakeClient("198.51.100.10"), FakeClient("198.51.100.11")
-    up.data = {sa_key(sa): sa for sa in STATE.sad}
+    up.data = {SaKey.of(sa): sa for sa in STATE.sad}
     up.epoch = 3
     down.fail_with = StoreTimeoutError("store 198.51.100.11 port 4501 did not answer")
     daemon = FailoverDaemon(
@@ -370,7 +375,7 @@ def test_publishing_counts_each_operation_per_store_and_result(config: Any, tmp_
     daemon.start_publishing({"198.51.100.10": 1, "198.51.100.11": 1})
     daemon.apply_ops(daemon.core.pending_ops(float("inf")))
     clients[1].fail_with = NotFoundError("no such SA")
-    daemon.apply_ops([PutReplay((replay_update_for(OUT_SA),))])
+    daemon.apply_ops([PutReplay((OUT_SA,))])
     snap = daemon.health.snapshot()
     assert snap.sync_messages == {
         ("198.51.100.10", "resync", "stale_epoch"): 1,
@@ -386,7 +391,7 @@ def test_publishing_counts_each_operation_per_store_and_result(config: Any, tmp_
 def test_a_takeover_counts_and_times_its_steps(config: Any, tmp_path: Path) -> None:
     daemon, _, clients = make(config, tmp_path)
     for client in clients:
-        client.data = {sa_key(sa): sa for sa in STATE.sad}
+        client.data = {SaKey.of(sa): sa for sa in STATE.sad}
         client.pols = {i: p for i, p in enumerate(STATE.spd)}
     received = time.monotonic()
     assert asyncio.run(daemon.transition(VrrpState.MASTER, received))
@@ -425,7 +430,7 @@ def test_a_hot_standby_records_its_last_follow_and_what_it_holds(
     path.write_text(path.read_text().replace("[failover]\n", '[failover]\nmode = "hot"\n'))
     hot = load_daemon_config(path)
     clients = [FakeClient("198.51.100.10")]
-    clients[0].data = {sa_key(sa): sa for sa in STATE.sad}
+    clients[0].data = {SaKey.of(sa): sa for sa in STATE.sad}
     clients[0].pols = {i: p for i, p in enumerate(STATE.spd)}
     follower = FakeClient("198.51.100.10")
     follower.data, follower.pols = clients[0].data, clients[0].pols

@@ -18,17 +18,15 @@ from appliance.failover.executor import (
     ExecutionError,
     ExecutionTimeout,
     ExecutorSettings,
-    FetchedState,
     PlanExecutor,
     etimer_jiffies,
-    gate_for,
     open_store_clients,
 )
 from appliance.failover.seqjump import SEQ32_MAX
-from appliance.failover.sync import is_gate
-from appliance.failover.transitions import Action, Role, StandbyMode, plan
+from appliance.failover.transitions import Role, StandbyMode, Step, plan
 from appliance.notify import VrrpState
-from appliance.restore import policy_identity, sa_identity
+from appliance.planner import gate_for, is_gate, policy_identity, sa_identity
+from appliance.store.client import Retrieved
 from appliance.xfrm.types import AeState, BatchFailure
 
 pytestmark = pytest.mark.unit
@@ -37,7 +35,7 @@ GW = ipaddress.ip_address("192.0.2.1")
 PEER = ipaddress.ip_address("192.0.2.2")
 NET_LOCAL = ipaddress.ip_address("198.51.100.0")
 NET_REMOTE = ipaddress.ip_address("203.0.113.0")
-KEY = m.Key(bytes(range(20)))
+KEY = m.KeyMaterial(bytes(range(20)))
 JUMP = 50_000
 
 
@@ -68,7 +66,7 @@ IN_SA = sa(0x2002, PEER, GW, oseq=0, seq=4000, reqid=2)
 OUT_POL = policy(m.Direction.OUT, NET_LOCAL, NET_REMOTE, GW, PEER, 1)
 IN_POL = policy(m.Direction.IN, NET_REMOTE, NET_LOCAL, PEER, GW, 2)
 FWD_POL = dataclasses.replace(IN_POL, dir=m.Direction.FWD)
-STATE = FetchedState((OUT_SA, IN_SA), (OUT_POL, IN_POL, FWD_POL), "198.51.100.10")
+STATE = Retrieved((OUT_SA, IN_SA), (OUT_POL, IN_POL, FWD_POL), "198.51.100.10")
 
 
 class FakeKernel:
@@ -89,7 +87,10 @@ class FakeKernel:
         return list(self.spd.values())
 
     def install_batch(
-        self, operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]]
+        self,
+        operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]],
+        *,
+        with_lifetime_cur: bool = False,
     ) -> list[BatchFailure]:
         failures = []
         for i, (op, entry) in enumerate(operations):
@@ -139,7 +140,7 @@ class FakeKernel:
 
 
 class FakeStore:
-    def __init__(self, state: FetchedState) -> None:
+    def __init__(self, state: Retrieved) -> None:
         self.state = state
         self.epoch = 3
         self.calls: list[str] = []
@@ -149,7 +150,7 @@ class FakeStore:
         self.epoch += 1
         return {"198.51.100.10": self.epoch}
 
-    def fetch(self, server_id: str, stop: object = None) -> FetchedState:
+    def fetch(self, server_id: str, stop: object = None) -> Retrieved:
         self.calls.append(f"fetch {server_id}")
         return self.state
 
@@ -182,7 +183,7 @@ class Clock:
 
 
 def make(
-    kernel: FakeKernel | None = None, state: FetchedState = STATE, timeout: float = 10.0
+    kernel: FakeKernel | None = None, state: Retrieved = STATE, timeout: float = 10.0
 ) -> tuple[PlanExecutor, FakeKernel, FakeStore, FakeLoops, Clock]:
     kernel = kernel or FakeKernel()
     store, loops, clock = FakeStore(state), FakeLoops(), Clock()
@@ -193,7 +194,7 @@ def make(
     return executor, kernel, store, loops, clock
 
 
-def cold_takeover() -> list[Action]:
+def cold_takeover() -> list[Step]:
     return plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.COLD)
 
 
@@ -216,7 +217,7 @@ def test_cold_takeover_installs_with_jump_and_opens_outbound() -> None:
 def test_outbound_is_gated_until_open_outbound() -> None:
     executor, kernel, _, _, _ = make()
     actions = cold_takeover()
-    executor.run(actions[: actions.index(Action.OPEN_OUTBOUND)])
+    executor.run(actions[: actions.index(Step.OPEN_OUTBOUND)])
     assert is_gate(kernel.spd[policy_identity(OUT_POL)])
     # Every SA went in before any out policy, and the first out policy was a gate.
     first_out = next(
@@ -317,7 +318,7 @@ def test_reconcile_deletes_what_the_store_no_longer_has() -> None:
     assert sa_identity(OUT_SA) in kernel.sad
 
 
-FOLLOW = [Action.RECONCILE_STATE, Action.RESTORE_INBOUND_REPLAY]
+FOLLOW = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
 
 
 def test_follow_with_prefetched_state_asks_the_store_nothing() -> None:
@@ -337,7 +338,7 @@ def test_follow_reads_an_inbound_counter_again_only_when_the_stored_one_moved() 
     assert kernel.ae_reads == []  # nothing moved in the store: no GETAE
     assert IN_SA.replay is not None
     moved = dataclasses.replace(IN_SA, replay=dataclasses.replace(IN_SA.replay, seq=9000))
-    newer = FetchedState(
+    newer = Retrieved(
         tuple(moved if s_.spi == IN_SA.spi else s_ for s_ in STATE.sad), STATE.spd, "test"
     )
     kernel.changes.clear()
@@ -356,7 +357,7 @@ def test_counters_move_in_rounds_of_a_read_batch_then_a_write_batch(
 ) -> None:
     monkeypatch.setattr(executor_module, "AE_ROUND", 2)
     inbound = tuple(sa(0x3000 + n, PEER, GW, oseq=0, seq=100, reqid=10 + n) for n in range(5))
-    state = FetchedState(inbound, (), "test")
+    state = Retrieved(inbound, (), "test")
     executor, kernel, _, _, _ = make()
     executor.run(FOLLOW, fetched=state)
     rounds: list[list[int]] = []
@@ -373,7 +374,7 @@ def test_counters_move_in_rounds_of_a_read_batch_then_a_write_batch(
         for e, seq in zip(inbound, (500, 100, 600, 50, 700), strict=True)
     ]
     kernel.changes.clear()
-    report = executor.run(FOLLOW, fetched=FetchedState(tuple(moved), (), "test"))
+    report = executor.run(FOLLOW, fetched=Retrieved(tuple(moved), (), "test"))
     assert rounds == [[0x3000, 0x3002], [0x3003, 0x3004]]  # 0x3001 unchanged: not read
     assert [e.spi for op, e in kernel.changes if op == "set_replay"] == [0x3000, 0x3002, 0x3004]
     assert report.restored_inbound == 3
@@ -414,7 +415,7 @@ def test_timeline_names_the_steps_and_never_logs_keys(caplog: pytest.LogCaptureF
 def test_install_without_fetch_is_refused() -> None:
     executor, kernel, _, _, _ = make()
     with pytest.raises(ExecutionError, match="fetch-state first"):
-        executor.run([Action.INSTALL_STATE])
+        executor.run([Step.INSTALL_STATE])
     assert kernel.changes == []
 
 

@@ -10,10 +10,11 @@ import pytest
 from test_executor import IN_POL, OUT_POL, FakeLoops, FakeStore
 
 from appliance import model as m
-from appliance.failover.executor import ExecutorSettings, FetchedState, PlanExecutor
-from appliance.failover.sync import is_gate
+from appliance.failover.executor import ExecutorSettings, PlanExecutor
 from appliance.failover.transitions import Role, StandbyMode, plan
 from appliance.notify import VrrpState
+from appliance.planner import is_gate
+from appliance.store.client import Retrieved
 from appliance.xfrm.socket import XfrmSocket
 
 pytestmark = pytest.mark.netns
@@ -34,7 +35,7 @@ def out_policies(xs: XfrmSocket) -> list[m.SpdEntry]:
 
 
 def test_policies_are_gated_then_opened_in_a_real_spd(netns: str) -> None:
-    state = FetchedState((), (OUT_POL, IN_POL), "198.51.100.10")
+    state = Retrieved((), (OUT_POL, IN_POL), "198.51.100.10")
     with XfrmSocket(netns) as xs:
         xs.add_policy(OUT_POL)
         executor = PlanExecutor(

@@ -11,9 +11,10 @@ from test_executor import IN_SA, OUT_POL, OUT_SA, FakeKernel, FakeLoops, cold_ta
 
 from appliance.failover.executor import ExecutorSettings, PlanExecutor, StoreAccess
 from appliance.notify import summary_line
-from appliance.restore import sa_identity
+from appliance.planner import sa_identity
 from appliance.store import _convert as conv
-from appliance.store.client import RetrievedState
+from appliance.store.base import SaKey
+from appliance.store.client import RetrievedState, StoreClient
 from appliance.wire.entries import AttributeType, replay_update_for
 from appliance.wire.payloads import Attribute
 
@@ -35,6 +36,8 @@ class OneStoreClient:
 
     def get_server(self, server_id: str, stop: object = None) -> RetrievedState:
         return self.state
+
+    fetch = StoreClient.fetch
 
 
 def stored_state() -> RetrievedState:
@@ -78,3 +81,19 @@ def test_the_notify_summary_names_the_skipped_entries(tmp_path: Path) -> None:
     daemon = {"pid": 1, "role": "active", "installed_sas": 1, "advanced": 1, "skipped_entries": 2}
     out = {"type": "INSTANCE", "name": "VI_1", "state": "MASTER", "daemon": daemon}
     assert "2 stored entries skipped" in summary_line(out, tmp_path / "notify.log")
+
+
+def test_a_fetch_gives_each_sa_its_latest_stored_counters() -> None:
+    moved = dataclasses.replace(IN_SA, replay=dataclasses.replace(IN_SA.replay, seq=9000))  # type: ignore[type-var]
+    state = RetrievedState(
+        "192.0.2.1",
+        3,
+        sad_entries=[conv.sad_entry_bytes(conv.sad_to_payload(s)) for s in (OUT_SA, IN_SA)],
+        replay={SaKey.of(IN_SA): replay_update_for(moved)},
+        pages=2,
+    )
+    fetched = StoreAccess([OneStoreClient(state)]).fetch("192.0.2.1")
+    assert fetched.sad == (OUT_SA, moved) and fetched.skipped == ()
+    assert (fetched.source, fetched.server_id, fetched.epoch, fetched.pages) == (
+        OneStoreClient.server, "192.0.2.1", 3, 2,
+    )  # fmt: skip

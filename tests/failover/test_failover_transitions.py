@@ -13,9 +13,9 @@ import pytest
 
 from appliance.failover.transitions import (
     TABLE,
-    Action,
     Role,
     StandbyMode,
+    Step,
     plan,
     role_for,
     table_markdown,
@@ -24,7 +24,7 @@ from appliance.notify import VrrpState
 
 pytestmark = pytest.mark.unit
 
-A = Action
+S = Step
 MODES = list(StandbyMode)
 STATES = list(VrrpState)
 
@@ -43,49 +43,49 @@ class AbstractNode:
     publishing: bool = False
     following: bool = False
 
-    def run(self, action: Action) -> None:
-        if action is A.CLOSE_OUTBOUND:
+    def run(self, action: Step) -> None:
+        if action is S.CLOSE_OUTBOUND:
             self.outbound_open = False
-        elif action is A.STOP_PUBLISHING:
+        elif action is S.STOP_PUBLISHING:
             self.publishing = False
-        elif action is A.STOP_FOLLOWING:
+        elif action is S.STOP_FOLLOWING:
             self.following = False
-        elif action is A.CLAIM_OWNERSHIP:
+        elif action is S.CLAIM_OWNERSHIP:
             assert not self.following, "claiming while the follower still writes the kernel"
             self.claimed = True
-        elif action is A.FETCH_STATE:
+        elif action is S.FETCH_STATE:
             assert self.claimed, "fetch before claim: the old owner may still publish"
             self.fetched = True
-        elif action is A.INSTALL_STATE:
+        elif action is S.INSTALL_STATE:
             assert self.fetched and not self.outbound_open
             self.holds_state = True
             self.counters_fresh = True
-        elif action is A.RECONCILE_STATE:
+        elif action is S.RECONCILE_STATE:
             assert self.fetched and self.holds_state and not self.outbound_open
-        elif action is A.ADVANCE_OUTBOUND_SEQ:
+        elif action is S.ADVANCE_OUTBOUND_SEQ:
             assert self.fetched and self.holds_state
             self.counters_fresh = True
-        elif action is A.RESTORE_INBOUND_REPLAY:
+        elif action is S.RESTORE_INBOUND_REPLAY:
             assert self.fetched and self.holds_state
-        elif action is A.OPEN_OUTBOUND:
+        elif action is S.OPEN_OUTBOUND:
             assert self.counters_fresh, "outbound opened with counters the peer may have seen"
             self.outbound_open = True
-        elif action is A.START_PUBLISHING:
+        elif action is S.START_PUBLISHING:
             assert self.claimed
             self.publishing = True
-        elif action is A.START_FOLLOWING:
+        elif action is S.START_FOLLOWING:
             assert self.mode is StandbyMode.HOT and not self.outbound_open
             self.following = True
             self.holds_state = True
             self.counters_fresh = False  # the store's counters lag the active node
-        elif action is A.REMOVE_STATE:
+        elif action is S.REMOVE_STATE:
             assert not self.outbound_open
             self.holds_state = False
             self.counters_fresh = False
         else:  # pragma: no cover - every action is handled above
             raise AssertionError(action)
 
-    def enter(self, state: VrrpState) -> list[Action]:
+    def enter(self, state: VrrpState) -> list[Step]:
         actions = plan(self.role, state, self.mode)
         for action in actions:
             self.run(action)
@@ -139,35 +139,35 @@ def test_every_sequence_of_states_keeps_the_safety_rules(mode: StandbyMode) -> N
 @pytest.mark.parametrize("mode", MODES)
 def test_only_master_opens_outbound_and_only_after_the_counters_move(mode: StandbyMode) -> None:
     for (_, target), actions in TABLE[mode].items():
-        if A.OPEN_OUTBOUND in actions:
+        if S.OPEN_OUTBOUND in actions:
             assert target is Role.ACTIVE
-            opened = actions.index(A.OPEN_OUTBOUND)
-            assert {A.CLAIM_OWNERSHIP, A.FETCH_STATE} <= set(actions[:opened])
-            assert A.INSTALL_STATE in actions[:opened] or A.ADVANCE_OUTBOUND_SEQ in actions[:opened]
+            opened = actions.index(S.OPEN_OUTBOUND)
+            assert {S.CLAIM_OWNERSHIP, S.FETCH_STATE} <= set(actions[:opened])
+            assert S.INSTALL_STATE in actions[:opened] or S.ADVANCE_OUTBOUND_SEQ in actions[:opened]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_leaving_active_closes_outbound_first(mode: StandbyMode) -> None:
     for state in (VrrpState.BACKUP, VrrpState.FAULT, VrrpState.STOP, VrrpState.DELETED):
-        assert plan(Role.ACTIVE, state, mode)[0] is A.CLOSE_OUTBOUND
-        assert plan(Role.INIT, state, mode)[0] is A.CLOSE_OUTBOUND
+        assert plan(Role.ACTIVE, state, mode)[0] is S.CLOSE_OUTBOUND
+        assert plan(Role.INIT, state, mode)[0] is S.CLOSE_OUTBOUND
 
 
 def test_hot_takeover_moves_counters_instead_of_installing() -> None:
     actions = plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT)
-    assert A.INSTALL_STATE not in actions
-    assert actions.index(A.ADVANCE_OUTBOUND_SEQ) < actions.index(A.OPEN_OUTBOUND)
-    assert A.RESTORE_INBOUND_REPLAY in actions
+    assert S.INSTALL_STATE not in actions
+    assert actions.index(S.ADVANCE_OUTBOUND_SEQ) < actions.index(S.OPEN_OUTBOUND)
+    assert S.RESTORE_INBOUND_REPLAY in actions
 
 
 def test_cold_takeover_installs_everything() -> None:
     assert plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.COLD) == [
-        A.CLAIM_OWNERSHIP,
-        A.FETCH_STATE,
-        A.INSTALL_STATE,
-        A.ADVANCE_OUTBOUND_SEQ,  # SAs the kernel still held (a crashed node's) move too
-        A.OPEN_OUTBOUND,
-        A.START_PUBLISHING,
+        S.CLAIM_OWNERSHIP,
+        S.FETCH_STATE,
+        S.INSTALL_STATE,
+        S.ADVANCE_OUTBOUND_SEQ,  # SAs the kernel still held (a crashed node's) move too
+        S.OPEN_OUTBOUND,
+        S.START_PUBLISHING,
     ]
 
 

@@ -14,9 +14,9 @@ from test_executor import FWD_POL, GW, IN_POL, IN_SA, JUMP, OUT_POL, OUT_SA, PEE
 from appliance import model as m
 from appliance.errors import KernelError
 from appliance.failover.ondemand_install import PENDING_HOLD_S, OnDemandInstaller
-from appliance.restore import policy_identity, sa_identity
+from appliance.planner import policy_identity, sa_identity
 from appliance.store.base import NotFoundError, StoreUnavailableError
-from appliance.store.client import SaAnswer
+from appliance.store.client import SaAnswer, StoreClient
 from appliance.wire.entries import replay_update_for
 from appliance.xfrm.types import BatchFailure
 
@@ -26,7 +26,7 @@ SID = "192.0.2.1"
 
 
 class FakeStore:
-    """``get_spi`` over a dict; records every lookup."""
+    """``get_spi`` over a dict; records every lookup. ``fetch_sa`` is the client's own."""
 
     def __init__(self, server: str, answers: dict[int, SaAnswer] | None = None) -> None:
         self.server = server
@@ -41,6 +41,8 @@ class FakeStore:
         if spi not in self.answers:
             raise NotFoundError(f"no SA {spi:#x}")
         return self.answers[spi]
+
+    fetch_sa = StoreClient.fetch_sa
 
 
 class FakeHeld:
@@ -64,7 +66,10 @@ class Kernel(FakeKernel):
     """Answers EEXIST for a policy already present, as the kernel does."""
 
     def install_batch(
-        self, operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]]
+        self,
+        operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]],
+        *,
+        with_lifetime_cur: bool = False,
     ) -> list[BatchFailure]:
         failures = []
         for i, (op, entry) in enumerate(operations):
@@ -80,7 +85,10 @@ class RefusingKernel(FakeKernel):
     """Refuses policies with EINVAL."""
 
     def install_batch(
-        self, operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]]
+        self,
+        operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]],
+        *,
+        with_lifetime_cur: bool = False,
     ) -> list[BatchFailure]:
         sas = [(op, e) for op, e in operations if isinstance(e, m.SadEntry)]
         super().install_batch(sas)
@@ -141,6 +149,21 @@ def test_the_latest_replay_update_is_installed() -> None:
     installer, kernel, _ = make([store])
     assert installer.retrieve(IN_SA.spi, str(GW))
     assert kernel.sad[sa_identity(IN_SA)].replay == moved.replay
+
+
+def test_a_replay_update_that_does_not_apply_is_undecodable_and_the_next_store_asked() -> None:
+    # Two bitmap words for a legacy SA: installing the SA with older counters could replay.
+    broken = dataclasses.replace(replay_update_for(IN_SA), bitmap=(1, 2))
+    first = FakeStore("a", {IN_SA.spi: answer(IN_SA, [IN_POL], replay=broken)})
+    second = FakeStore("b", {IN_SA.spi: answer(IN_SA, [IN_POL])})
+    installer, kernel, _ = make([first, second])
+    assert installer.retrieve(IN_SA.spi, str(GW))
+    assert installer.counters.undecodable == 1 and len(second.calls) == 1
+    installer, kernel, _ = make(
+        [FakeStore("a", {IN_SA.spi: answer(IN_SA, [IN_POL], replay=broken)})]
+    )
+    assert not installer.retrieve(IN_SA.spi, str(GW))
+    assert kernel.sad == {} and installer.counters.undecodable == 1
 
 
 def test_a_store_without_the_sa_or_failing_passes_to_the_next() -> None:
@@ -247,7 +270,12 @@ def test_sync_held_holds_exactly_the_esp_sas_to_a_vip() -> None:
     assert installer.sync_held() == (0, 1)
     assert held.spis == set()
     c = installer.counters
-    assert (c.held_synced, c.held_added, c.held_removed) == (2, 1, 2)
+    assert (c.held.synced, c.held.added, c.held.removed) == (2, 1, 2)
+    assert {k: v for k, v in c.as_dict().items() if k.startswith("held")} == {
+        "held_synced": 2,
+        "held_added": 1,
+        "held_removed": 2,
+    }
 
 
 def test_sync_leaves_an_spi_installed_on_demand_to_hold_for_a_while() -> None:

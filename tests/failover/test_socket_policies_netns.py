@@ -23,10 +23,11 @@ import pytest
 from test_executor import IN_POL, OUT_POL, FakeLoops, FakeStore
 
 from appliance import model as m
-from appliance.failover.executor import ExecutorSettings, FetchedState, PlanExecutor
-from appliance.failover.sync import is_gate
+from appliance.failover.executor import ExecutorSettings, PlanExecutor
 from appliance.failover.transitions import Role, StandbyMode, plan
 from appliance.notify import VrrpState
+from appliance.planner import is_gate
+from appliance.store.client import Retrieved
 from appliance.xfrm.socket import XfrmSocket
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "xfrm"))
@@ -64,7 +65,7 @@ def charon_sockets(netns: str) -> Iterator[list[socket.socket]]:
 def socket_policy_dirs(netns: str) -> Counter[int]:
     """Directions of the per-socket policies, from the raw dump that includes them."""
     with XfrmSocket(netns) as xs:
-        return Counter(p["dir"] for p in xs.dump_policy() if p["dir"] >= 3)
+        return Counter(int(p.dir) for p in xs.dump_spd(per_socket=True) if p.dir >= 3)
 
 
 def ip_xfrm_policy(netns: str) -> str:
@@ -114,7 +115,7 @@ def test_snapshot_and_restore_leave_socket_policies_alone(
 def test_executor_plans_succeed_beside_socket_policies(
     netns: str, charon_sockets: list[socket.socket]
 ) -> None:
-    state = FetchedState((), (OUT_POL, IN_POL), "198.51.100.10")
+    state = Retrieved((), (OUT_POL, IN_POL), "198.51.100.10")
     with XfrmSocket(netns) as xs:
         xs.add_policy(OUT_POL)
         xs.add_policy(IN_POL)

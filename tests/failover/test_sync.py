@@ -8,7 +8,6 @@ import ipaddress
 import pytest
 
 from appliance import model as m
-from appliance.failover.executor import gate_for
 from appliance.failover.sync import (
     DeleteEntries,
     FullResync,
@@ -17,6 +16,7 @@ from appliance.failover.sync import (
     SetThresholds,
     SyncCore,
 )
+from appliance.planner import gate_for
 from appliance.xfrm.events import (
     AeChanged,
     PolicyAdded,
@@ -80,8 +80,8 @@ def test_a_burst_of_counter_events_becomes_one_update_with_the_latest() -> None:
     assert core.get_timer() == pytest.approx(1.02)
     (op,) = core.pending_ops(1.02)
     assert isinstance(op, PutReplay)
-    assert sorted((s.spi, s.oseq) for s in op.states) == [(1, 1099), (2, 5)]
-    assert op.states[0].replay_window == 32  # the SA's window, not the event's 0
+    assert sorted((s.spi, s.oseq64) for s in op.sas) == [(1, 1099), (2, 5)]
+    assert op.sas[0].replay_window == 32  # the SA's window: the event carries none
     assert core.events_coalesced == 99
 
 
@@ -144,3 +144,19 @@ def test_resync_at_a_later_time_waits_and_holds_other_changes() -> None:
     assert core.pending_ops(1.0) == [SetThresholds(sa(3))]
     assert core.pending_ops(9.0) == []
     assert core.pending_ops(10.0) == [FullResync("store unreachable")]
+
+
+@pytest.mark.parametrize("daddr", ["192.0.2.2", "2001:db8:0:0::2"])
+def test_one_sa_key_from_the_model_from_raw_payload_fields_and_from_text(daddr: str) -> None:
+    from appliance.store import _convert as conv
+    from appliance.store.base import SaKey
+
+    addr = ipaddress.ip_address(daddr)
+    entry = m.SadEntry(daddr=addr, saddr=addr, spi=0x1234, family=m.family_of(addr))
+    payload = conv.sad_to_payload(entry)
+    raw = conv.raw_sa_key(payload.spi, payload.family, payload.daddr, payload.protocol)
+    key = SaKey.of(entry)
+    assert raw == key and hash(raw) == hash(key)
+    assert key.daddr == addr and key.dst == raw.dst == addr.compressed
+    assert SaKey.make(0x1234, daddr.upper(), "esp") == key
+    assert conv.key_of_lookup(conv.lookup_payload(key)) == key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -12,12 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.failover.health import DaemonHealth, StoreProbe
 from appliance.failover.transitions import Role, StandbyMode
-from appliance.metrics.daemon_collector import (
-    DaemonCollector,
-    GuardCounters,
-    merge_histograms,
-    read_guard_counters,
-)
+from appliance.metrics.daemon_collector import DaemonCollector, GuardCounters, merge_histograms
 from appliance.metrics.latency import LatencyHistogram
 
 SID = "192.0.2.1"
@@ -90,13 +87,10 @@ def scrape(collector: DaemonCollector) -> dict[str, dict[tuple[tuple[str, str], 
 
 
 def collector(daemon: Any, **kw: Any) -> DaemonCollector:
-    reads: list[tuple[str | None, bool]] = []
-
-    def guard(netns: str | None, with_held: bool) -> GuardCounters:
-        reads.append((netns, with_held))
+    def guard(with_held: bool) -> GuardCounters:
         return GuardCounters({"esp_dropped": (3, 300), "ike_accepted": (10, 1000)}, 42)
 
-    kw.setdefault("xfrm_stat", lambda netns: {"XfrmInStateSeqError": 9, "XfrmInNoStates": 1})
+    kw.setdefault("xfrm_stat", lambda: {"XfrmInStateSeqError": 9, "XfrmInNoStates": 1})
     kw.setdefault("guard", guard)
     kw.setdefault("clock", lambda: 53.5)
     return DaemonCollector(daemon, **kw)
@@ -171,7 +165,7 @@ def test_a_standby_has_a_lag_and_no_epoch() -> None:
 def test_without_ondemand_the_held_set_is_not_listed() -> None:
     reads: list[bool] = []
 
-    def guard(netns: str | None, with_held: bool) -> GuardCounters:
+    def guard(with_held: bool) -> GuardCounters:
         reads.append(with_held)
         return GuardCounters({"esp_dropped": (1, 2)})
 
@@ -184,7 +178,7 @@ def test_without_ondemand_the_held_set_is_not_listed() -> None:
 def test_a_failing_live_read_gives_no_samples_and_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(netns: str | None, *rest: Any) -> Any:
+    def broken(*args: Any) -> Any:
         raise OSError("cannot load libnftables")
 
     c = collector(fake_daemon(ondemand=False), xfrm_stat=broken, guard=broken)
@@ -209,23 +203,58 @@ def test_histograms_of_the_same_store_add_up() -> None:
     assert merge_histograms([]) is None
 
 
-@pytest.mark.netns
-def test_the_guards_counters_are_read_from_the_served_namespace(require_root: None) -> None:
-    import os
-    import subprocess
+def metrics_threads() -> set[str]:
+    """This process's threads whose name in /proc is the metrics' (the bench's count)."""
+    found = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip().startswith("ipsec-ha-metric"):
+                    found.add(tid)
+        except FileNotFoundError:
+            continue
+    return found
 
+
+def metrics_threads_soon(expected: set[str]) -> set[str]:
+    """``metrics_threads()`` once it is ``expected`` or after 2 s (a joined thread's task
+    leaves /proc a moment after ``join`` returns)."""
+    deadline = time.monotonic() + 2
+    while (found := metrics_threads()) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
+@pytest.mark.unit
+def test_the_live_reads_run_in_one_metrics_thread_that_close_ends() -> None:
+    d = fake_daemon(ondemand=False)
+    d.config.netns = None  # the live reads of this namespace; the guard's is a stand-in
+    before = metrics_threads()
+    c = collector(d, xfrm_stat=None)
+    for _ in range(3):
+        scrape(c)
+    assert len(metrics_threads() - before) == 1
+    c.close()
+    assert metrics_threads_soon(before) == before
+
+
+@pytest.mark.netns
+def test_the_figures_of_a_real_guard_in_the_served_namespace(require_root: None) -> None:
+    from appliance.netns import temporary_netns
     from appliance.nft import add_spis, apply_guard, parse_nft_section
 
-    ns = f"ha-gctr-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        assert read_guard_counters(ns, True) == GuardCounters()  # no table: no samples
-        # No trap_queue: the host kernel may lack nft_queue; the held set exists all the same.
+    with temporary_netns("collector") as ns:
         apply_guard(ns, parse_nft_section({"vips": ["192.0.2.1"], "peers": ["198.51.100.3"]}))
-        add_spis(ns, [0x1001, 0x1002])
-        read = read_guard_counters(ns, True)
-        assert read.held_spis == 2
-        assert read.counters["esp_dropped"] == (0, 0) and "ike_accepted" in read.counters
-        assert read_guard_counters(ns, False).held_spis is None
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=True)
+        add_spis(ns, [0x1001, 0x1002, 0x1003])
+        d = fake_daemon()
+        d.config.netns = ns
+        c = DaemonCollector(d)
+        try:
+            m = scrape(c)
+            assert one(m["ipsec_ha_guard_packets_total"], counter="esp_dropped") == 0
+            assert len(m["ipsec_ha_guard_bytes_total"]) == 12  # render.COUNTERS
+            assert m["ipsec_ha_ondemand_held_spis"] == {(): 3}
+            if os.path.exists("/proc/net/xfrm_stat"):
+                assert one(m["ipsec_ha_kernel_xfrm_stat_total"], counter="XfrmOutPolBlock") == 0
+        finally:
+            c.close()

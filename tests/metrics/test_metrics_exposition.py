@@ -91,6 +91,34 @@ def test_a_failing_collector_answers_500_and_the_endpoint_keeps_serving() -> Non
         endpoint.stop()
 
 
+class _Closing(_Gauge):
+    def __init__(self, log: list[str], fail: bool = False) -> None:
+        super().__init__()
+        self.log, self.fail = log, fail
+
+    def close(self) -> None:
+        self.log.append(f"closed while serving: {self.serving()}")
+        if self.fail:
+            raise OSError("cannot close")
+
+    def serving(self) -> bool:
+        return bool(self.endpoint and self.endpoint.thread_native_id is not None)
+
+    endpoint: MetricsEndpoint | None = None
+
+
+def test_stop_closes_the_collectors_that_close_after_serving_ends() -> None:
+    log: list[str] = []
+    failing, closing = _Closing(log, fail=True), _Closing(log)
+    endpoint = MetricsEndpoint(("127.0.0.1", 0), [failing, _Gauge(), closing])
+    failing.endpoint = closing.endpoint = endpoint
+    endpoint.start()
+    assert _get(endpoint)[0] == 200
+    endpoint.stop()
+    # a collector that fails to close does not keep the next one open
+    assert log == ["closed while serving: False", "closed while serving: False"]
+
+
 def test_a_port_in_use_is_an_error_naming_the_address() -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.channel.endpoint import ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelEndpoint, Side
 from appliance.channel.events import DropReason
 from appliance.errors import ApplianceError
 from appliance.metrics.store_collector import UNDECODABLE_REQUEST, StoreServerCollector
@@ -174,7 +174,7 @@ def test_a_live_association_and_a_half_open_handshake_are_counted(running: Runni
     client = running.client()
     client.connect()
     # A second client completes the handshake but never sends its confirming datagram.
-    endpoint = ChannelEndpoint(running.psk, "gw-half", Role.CLIENT)
+    endpoint = ChannelEndpoint(running.psk, "gw-half", Side.CLIENT)
     addr = ("127.0.0.1", running.port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)

@@ -11,6 +11,7 @@ import pytest
 
 from appliance.metrics import xfrm_stat
 from appliance.metrics.xfrm_stat import parse_xfrm_stat, read_xfrm_stat
+from appliance.netns import NetnsWorker
 
 RECORDED = Path(__file__).parents[1] / "data" / "xfrm_stat.txt"
 """``cat /proc/net/xfrm_stat`` of a namespace (kernel 6.18) after one ping hit a block policy."""
@@ -41,9 +42,12 @@ def test_a_kernel_without_statistics_gives_no_counters_and_one_warning(
 ) -> None:
     monkeypatch.setattr(xfrm_stat, "XFRM_STAT_PATH", str(tmp_path / "absent"))
     monkeypatch.setattr(xfrm_stat, "_absent_logged", set())
-    with caplog.at_level(logging.WARNING, logger="ipsec_ha.metrics"):
-        assert read_xfrm_stat(None) == {}
-        assert read_xfrm_stat(None) == {}
+    with (
+        caplog.at_level(logging.WARNING, logger="ipsec_ha.metrics"),
+        NetnsWorker(None, "ipsec-ha-test") as worker,
+    ):
+        assert read_xfrm_stat(worker) == {}
+        assert read_xfrm_stat(worker) == {}
     assert len(caplog.records) == 1 and "CONFIG_XFRM_STATISTICS" in caplog.text
 
 
@@ -51,7 +55,8 @@ def test_a_kernel_without_statistics_gives_no_counters_and_one_warning(
 def test_this_namespace_is_read() -> None:
     if not os.path.exists("/proc/net/xfrm_stat"):
         pytest.skip("this kernel keeps no xfrm statistics")
-    assert "XfrmInStateSeqError" in read_xfrm_stat(None)
+    with NetnsWorker(None, "ipsec-ha-test") as worker:
+        assert "XfrmInStateSeqError" in read_xfrm_stat(worker)
 
 
 @pytest.mark.netns
@@ -70,10 +75,11 @@ def test_the_served_namespace_is_read_not_the_callers(require_root: None) -> Non
              "dir", "out", "action", "block"],
         ):  # fmt: skip
             subprocess.run(cmd, check=True)
-        before = read_xfrm_stat(ns)["XfrmOutPolBlock"]
-        for _ in range(3):  # each send is refused by the block policy and counted
-            subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "0.2",
-                            "198.51.100.2"], capture_output=True)  # fmt: skip
-        assert read_xfrm_stat(ns)["XfrmOutPolBlock"] == before + 3
+        with NetnsWorker(ns, "ipsec-ha-test") as worker:
+            before = read_xfrm_stat(worker)["XfrmOutPolBlock"]
+            for _ in range(3):  # each send is refused by the block policy and counted
+                subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "0.2",
+                                "198.51.100.2"], capture_output=True)  # fmt: skip
+            assert read_xfrm_stat(worker)["XfrmOutPolBlock"] == before + 3
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=True)

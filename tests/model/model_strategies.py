@@ -16,7 +16,7 @@ u64 = st.integers(0, 2**64 - 1)
 v4 = st.builds(ipaddress.IPv4Address, u32)
 v6 = st.builds(ipaddress.IPv6Address, st.integers(0, 2**128 - 1))
 addresses = st.one_of(v4, v6)
-keys = st.builds(m.Key, st.binary(max_size=64))
+keys = st.builds(m.KeyMaterial, st.binary(max_size=64))
 names = st.text(st.characters(codec="utf-8"), max_size=63)
 
 

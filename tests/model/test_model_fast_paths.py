@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import ipaddress
+import logging
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_strategies import snapshots
 
 from appliance import model as m
 from appliance.model import _codec
@@ -127,3 +130,35 @@ def test_documents_without_their_defaulted_fields_decode_to_the_defaults() -> No
     assert entry == m.SadEntry(ipaddress.IPv4Address("192.0.2.2"), spi=5, extra_attrs=((1, b"\0"),))
     full = m.SadEntry.from_dict(entry.to_dict())
     assert full == entry
+
+
+@settings(max_examples=60, deadline=None)
+@given(snapshots)
+def test_the_fast_decoder_decodes_every_valid_snapshot_itself(snapshot: m.Snapshot) -> None:
+    before = sum(_codec.fast_path_fallbacks.values())
+    assert m.Snapshot.from_dict(snapshot.to_dict()) == snapshot
+    assert sum(_codec.fast_path_fallbacks.values()) == before
+
+
+def test_a_fast_decoder_that_refuses_valid_input_is_counted_and_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(data: object) -> m.Mark:
+        raise KeyError("a bug in the generated decoder")
+
+    monkeypatch.setitem(_codec._fast, m.Mark, broken)
+    monkeypatch.setattr(_codec, "fast_path_fallbacks", collections.Counter())
+    with caplog.at_level(logging.WARNING, logger="appliance.model"):
+        first = _codec.decode_object(m.Mark, {"value": 1, "mask": 2}, "mark")
+        second = _codec.decode_object(m.Mark, {"value": 3, "mask": 4}, "mark")
+    assert (first, second) == (m.Mark(1, 2), m.Mark(3, 4))  # the checked decoder still decodes
+    assert _codec.fast_path_fallbacks == {"Mark": 2}
+    warnings = [r for r in caplog.records if "fast decoder of Mark refused" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_invalid_input_is_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_codec, "fast_path_fallbacks", collections.Counter())
+    with pytest.raises(m.ModelError, match=r"mark\.value"):
+        _codec.decode_object(m.Mark, {"value": "1", "mask": 2}, "mark")
+    assert not _codec.fast_path_fallbacks

@@ -25,7 +25,7 @@ def _sa(**overrides: object) -> m.SadEntry:
         "spi": 0xC0FFEE01,
         "mode": m.Mode.TUNNEL,
         "reqid": 7,
-        "aead": m.AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, m.Key(SECRET + b"salt")),
+        "aead": m.AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, m.KeyMaterial(SECRET + b"salt")),
         "replay_esn": m.ReplayStateEsn(4, 10, 0, 1, 0, 128, (0, 0, 0, 0)),
     }
     fields.update(overrides)
@@ -137,13 +137,13 @@ def test_model_objects_are_frozen_and_slotted() -> None:
 
 def test_repr_str_and_logs_never_show_key_bytes(caplog: pytest.LogCaptureFixture) -> None:
     entry = _sa(
-        crypt=m.Algorithm("cbc(aes)", 128, m.Key(SECRET)),
-        auth_trunc=m.AuthTruncAlgorithm("hmac(sha256)", 128, 128, m.Key(SECRET)),
+        crypt=m.Algorithm("cbc(aes)", 128, m.KeyMaterial(SECRET)),
+        auth_trunc=m.AuthTruncAlgorithm("hmac(sha256)", 128, 128, m.KeyMaterial(SECRET)),
     )
     snapshot = m.Snapshot("n", datetime.datetime.now(datetime.UTC), (entry,))
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("test").debug("entry %s %r snapshot %s", entry, entry, snapshot)
-    texts = [repr(entry), str(entry), repr(snapshot), caplog.text, repr(m.Key(SECRET))]
+    texts = [repr(entry), str(entry), repr(snapshot), caplog.text, repr(m.KeyMaterial(SECRET))]
     for text in texts:
         assert SECRET.hex() not in text
         assert repr(SECRET)[2:-1] not in text

@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from appliance.nft.netns import run_in_netns
+from appliance.netns import run_in_netns
 
 ADDR4 = "192.0.2.1"
 ADDR6 = "2001:db8::1"

@@ -1,14 +1,17 @@
-"""The sans-IO codec against bytes assembled by hand and bytes recorded from Linux 6.18.
+"""The codec against bytes assembled by hand, bytes recorded from Linux, and the oracle.
 
-The per-packet messages (queued packet in, verdict out) are coded with
-precompiled structs; the pyroute2-style declarations in ``messages`` are
-the reference they must match, field for field and byte for byte.
+The oracle (``nfqueue_oracle``: pyroute2-style declarations of the kernel's
+structs) is what every message the codec reads or writes must match, field
+for field and byte for byte; the recordings are in tests/data/nfqueue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +21,14 @@ from hypothesis import strategies as st
 from appliance.nfqueue import NetlinkError, QueuedPacket, decode
 from appliance.nfqueue import codec as nfq
 from appliance.nfqueue import constants as c
-from appliance.nfqueue.messages import nfqnl_config_msg, nfqnl_packet_msg
+from tests.nfqueue import nfqueue_oracle as oracle
 
 pytestmark = pytest.mark.unit
+
+RECORDINGS = json.loads(
+    (Path(__file__).parents[1] / "data" / "nfqueue" / "recordings.json").read_text()
+)["messages"]
+RECORDED = {m["name"]: bytes.fromhex(m["hex"]) for m in RECORDINGS}
 
 
 def nla(kind: int, payload: bytes) -> bytes:
@@ -33,56 +41,12 @@ def nlmsg(kind: int, flags: int, seq: int, res_id: int, body: bytes, family: int
     return struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0) + payload
 
 
-# One IPv6 ESP packet (SPI 0x1234, 100 bytes of 'x'), queue 5, copy range 64: what
-# the kernel sent, recorded on the dev host (NFQA_PACKET_HDR, IFINDEX_INDEV,
-# HWADDR, CAP_LEN, SKB_INFO, PAYLOAD).
-RECORDED_IPV6_ESP = bytes.fromhex(
-    "8c0000000003000000000000000000000a0000050b0001000000000186dd01000800050000000001"
-    "1000090000060000000000000000000008000d000000009408000e000000000444000a0060079"
-    "9b7006c324020010db800000000000000000000000120010db8000000000000000000000001000"
-    "012340000000178787878787878787878787878787878"
-)
-# IPv4 ESP (SPI 0x1234, seq 7) queued by a rule that set mark 7, copy range 512 (no
-# CAP_LEN: the whole packet fits); and IPv4 UDP of 200 bytes cut at copy range 40.
-RECORDED_IPV4_ESP_MARK = bytes.fromhex(
-    "78000000000300000000000000000000020000050b0001000000000108000100080005000000000108"
-    "000300000000071000090000060000000000000000000008000e000000000430000a004500002c984b"
-    "400040321e52c0000201c0000201000012340000000779797979797979797979797979797979"
-)
-RECORDED_IPV4_UDP_CUT = bytes.fromhex(
-    "6c000000000300000000000000000000020000050b000100000000010800010008000500000000011000"
-    "090000060000000000000000000008000d00000000e42c000a00450000e415cf40004011a037c0000201"
-    "c0000201be59270f00d0bd0a7a7a7a7a7a7a7a7a7a7a7a7a"
-)
-RECORDED = [RECORDED_IPV6_ESP, RECORDED_IPV4_ESP_MARK, RECORDED_IPV4_UDP_CUT]
-
-
-def reference_packet(data: bytes) -> QueuedPacket:
-    """What the pyroute2 declaration reads from one NFQNL_MSG_PACKET."""
-    msg = nfqnl_packet_msg(data)
-    msg.decode()
-    hdr = msg.get_attr("NFQA_PACKET_HDR")
-    payload = msg.get_attr("NFQA_PAYLOAD") or b""
-    cap_len = msg.get_attr("NFQA_CAP_LEN")
-    return QueuedPacket(
-        queue_num=msg["res_id"],
-        packet_id=hdr["packet_id"],
-        hw_protocol=hdr["hw_protocol"],
-        hook=hdr["hook"],
-        payload=bytes(payload),
-        length=len(payload) if cap_len is None else cap_len,
-        indev=msg.get_attr("NFQA_IFINDEX_INDEV"),
-        mark=msg.get_attr("NFQA_MARK") or 0,
-    )
-
-
-def reference_verdict(kind: int, queue_num: int, packet_id: int, accept: bool, seq: int) -> bytes:
-    msg = nfqnl_packet_msg()
-    msg.update({"nfgen_family": 0, "version": 0, "res_id": queue_num})
-    msg["attrs"] = [("NFQA_VERDICT_HDR", {"verdict": int(accept), "id": packet_id})]
-    msg["header"].update({"type": c.msg_type(kind), "flags": 1, "sequence_number": seq, "pid": 0})
-    msg.encode()
-    return bytes(msg.data)
+def as_oracle_reads(events: list[nfq.Event]) -> list[tuple[str, dict[str, Any]]]:
+    """The codec's events in the oracle's terms."""
+    return [
+        ("packet" if isinstance(e, QueuedPacket) else "error", dataclasses.asdict(e))
+        for e in events
+    ]
 
 
 def test_bind_bytes() -> None:
@@ -102,8 +66,7 @@ def test_bind_bytes() -> None:
 
 def test_bind_fail_open_and_no_maxlen() -> None:
     data = nfq.encode_bind(1, 1, fail_open=True)
-    msg = nfqnl_config_msg(data)
-    msg.decode()
+    (msg,) = oracle.messages(data)
     assert msg.get_attr("NFQA_CFG_FLAGS") == 1
     assert msg.get_attr("NFQA_CFG_QUEUE_MAXLEN") is None
     assert msg.get_attr("NFQA_CFG_PARAMS")["copy_range"] == 0xFFFF
@@ -135,15 +98,37 @@ def test_bad_requests_are_refused(call: object, message: str) -> None:
         call()  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("data", RECORDED, ids=["ipv6-esp", "ipv4-esp-mark", "ipv4-udp-cut"])
-def test_decode_matches_the_pyroute2_declaration_on_recorded_messages(data: bytes) -> None:
-    (event,) = decode(data)
-    assert event == reference_packet(data)
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_decode_matches_the_oracle_on_recorded_messages(name: str) -> None:
+    data = RECORDED[name]
+    assert as_oracle_reads(decode(data)) == oracle.read_events(data)
+
+
+def test_every_recorded_kind_is_read() -> None:
+    kinds = {m["kind"] for m in RECORDINGS}
+    assert kinds == {"packet", "ack", "error"}
+    for m in RECORDINGS:
+        (event,) = decode(RECORDED[m["name"]])
+        assert isinstance(event, QueuedPacket if m["kind"] == "packet" else NetlinkError)
+        assert m["kind"] != "ack" or event == NetlinkError(0, event.seq, 0x0302)
+
+
+def test_the_codec_writes_the_requests_the_kernel_echoed() -> None:
+    """A refusal carries the whole request: the kernel read those bytes, ours must be them."""
+    bind = RECORDED["bind_refused"][20:]
+    assert nfq.encode_bind(5, 2, copy_range=64, maxlen=16) == bind
+    (refused,) = decode(RECORDED["bind_refused"])
+    assert refused == NetlinkError(-errno.EPERM, 2, 0x0302)
+    verdict = RECORDED["verdict_refused"][20:]
+    (packet_id,) = struct.unpack_from("!I", verdict, len(verdict) - 4)
+    assert nfq.encode_verdict(5, packet_id, True, 3) == verdict
+    (unknown,) = decode(RECORDED["verdict_refused"])
+    assert unknown == NetlinkError(-errno.ENOENT, 3, 0x0301)
 
 
 def test_decode_recorded_ipv4_messages() -> None:
-    (esp,) = decode(RECORDED_IPV4_ESP_MARK)
-    (udp,) = decode(RECORDED_IPV4_UDP_CUT)
+    (esp,) = decode(RECORDED["packet_ipv4_esp_mark"])
+    (udp,) = decode(RECORDED["packet_ipv4_udp_cut"])
     assert isinstance(esp, QueuedPacket) and isinstance(udp, QueuedPacket)
     assert (esp.queue_num, esp.hw_protocol, esp.mark, esp.indev) == (5, 0x0800, 7, 1)
     assert esp.length == len(esp.payload) == 44
@@ -170,7 +155,7 @@ _ATTRS = st.one_of(
     queue_num=st.integers(0, 0xFFFF),
     family=st.sampled_from([0, 2, 10]),
 )
-def test_decode_matches_the_pyroute2_declaration_on_constructed_messages(
+def test_decode_matches_the_oracle_on_constructed_messages(
     hdr: tuple[int, bytes],
     attrs: list[tuple[int, bytes]],
     flags: int,
@@ -180,8 +165,7 @@ def test_decode_matches_the_pyroute2_declaration_on_constructed_messages(
     """Any order, repeats (the first counts), unknown numbers, flag bits in the type."""
     body = b"".join(nla(kind | flags, value) for kind, value in [*attrs, hdr])
     data = nlmsg(0x0300, 0, 0, queue_num, body, family=family)
-    (event,) = decode(data)
-    assert event == reference_packet(data)
+    assert as_oracle_reads(decode(data)) == oracle.read_events(data)
 
 
 @settings(max_examples=200, deadline=None)
@@ -191,21 +175,48 @@ def test_decode_matches_the_pyroute2_declaration_on_constructed_messages(
     accept=st.booleans(),
     seq=st.integers(0, 2**32 - 1),
 )
-def test_verdicts_match_the_pyroute2_declaration(
-    queue_num: int, packet_id: int, accept: bool, seq: int
+def test_verdicts_match_the_oracle(queue_num: int, packet_id: int, accept: bool, seq: int) -> None:
+    assert nfq.encode_verdict(queue_num, packet_id, accept, seq) == oracle.write_verdict(
+        oracle.NFQNL_MSG_VERDICT, queue_num, packet_id, accept, seq
+    )
+    assert nfq.encode_verdict_batch(queue_num, packet_id, accept, seq) == oracle.write_verdict(
+        oracle.NFQNL_MSG_VERDICT_BATCH, queue_num, packet_id, accept, seq
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    queue_num=st.integers(0, 0xFFFF),
+    seq=st.integers(0, 2**32 - 1),
+    copy_range=st.integers(1, 0xFFFF),
+    maxlen=st.none() | st.integers(1, 2**32 - 1),
+    fail_open=st.booleans(),
+)
+def test_config_requests_match_the_oracle(
+    queue_num: int, seq: int, copy_range: int, maxlen: int | None, fail_open: bool
 ) -> None:
-    assert nfq.encode_verdict(queue_num, packet_id, accept, seq) == reference_verdict(
-        c.NFQNL_MSG_VERDICT, queue_num, packet_id, accept, seq
+    data = nfq.encode_bind(
+        queue_num, seq, copy_range=copy_range, maxlen=maxlen, fail_open=fail_open
     )
-    assert nfq.encode_verdict_batch(queue_num, packet_id, accept, seq) == reference_verdict(
-        c.NFQNL_MSG_VERDICT_BATCH, queue_num, packet_id, accept, seq
-    )
+    assert data == oracle.write_bind(queue_num, seq, copy_range, maxlen, fail_open)
+    assert nfq.encode_unbind(queue_num, seq) == oracle.write_unbind(queue_num, seq)
 
 
-def test_attribute_numbers_match_the_declaration() -> None:
-    names: Any = [name for name, _ in nfqnl_packet_msg.nla_map]
+def test_numbers_match_the_oracle() -> None:
+    """Attribute numbers are positions in the oracle's maps; message types its own."""
+    packet_attrs: Any = [name for name, _ in oracle.nfqnl_packet_msg.nla_map]
     for name in ("PACKET_HDR", "VERDICT_HDR", "MARK", "IFINDEX_INDEV", "PAYLOAD", "CAP_LEN"):
-        assert names.index(f"NFQA_{name}") == getattr(c, f"NFQA_{name}"), name
+        assert packet_attrs.index(f"NFQA_{name}") == getattr(c, f"NFQA_{name}"), name
+    config_attrs: Any = [name for name, _ in oracle.nfqnl_config_msg.nla_map]
+    for name in ("CMD", "PARAMS", "QUEUE_MAXLEN", "MASK", "FLAGS"):
+        assert config_attrs.index(f"NFQA_CFG_{name}") == getattr(c, f"NFQA_CFG_{name}"), name
+    for kind in ("PACKET", "VERDICT", "CONFIG", "VERDICT_BATCH"):
+        number = getattr(c, f"NFQNL_MSG_{kind}")
+        assert c.msg_type(number) == oracle.message_type(getattr(oracle, f"NFQNL_MSG_{kind}"))
+
+
+def test_the_codec_decodes_the_message_types_a_receiver_sees() -> None:
+    assert set(nfq.DECODERS) == set(oracle.READERS)
 
 
 def test_batch_verdict_bytes() -> None:
@@ -216,7 +227,7 @@ def test_batch_verdict_bytes() -> None:
 
 
 def test_decode_recorded_packet() -> None:
-    (event,) = decode(RECORDED_IPV6_ESP)
+    (event,) = decode(RECORDED["packet_ipv6_esp_cut"])
     assert isinstance(event, QueuedPacket)
     assert (event.queue_num, event.packet_id, event.hw_protocol, event.hook) == (5, 1, 0x86DD, 1)
     assert event.indev == 1
@@ -263,7 +274,7 @@ def test_decode_skips_other_messages() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (RECORDED_IPV6_ESP[:100], "truncated netlink message at offset 0"),
+        (RECORDED["packet_ipv6_esp_cut"][:100], "truncated netlink message at offset 0"),
         (struct.pack("=IHHII", 8, 0x0300, 0, 0, 0), r"truncated netlink message .*length 8"),
         (struct.pack("=IHHII", 20, 2, 0, 0, 0) + b"\0" * 4, "truncated NLMSG_ERROR"),
         (nlmsg(0x0300, 0, 0, 1, nla(10, b"abcd")), "without NFQA_PACKET_HDR"),
@@ -279,7 +290,7 @@ def test_decode_refuses_broken_datagrams(data: bytes, message: str) -> None:
 
 def test_struct_attribute_sizes() -> None:
     """The packed kernel structs keep their C sizes (7 and 5 bytes) on the wire."""
-    msg = nfqnl_packet_msg()
+    msg = oracle.nfqnl_packet_msg()
     msg["attrs"] = [("NFQA_PACKET_HDR", {"packet_id": 1, "hw_protocol": 2, "hook": 3})]
     msg["header"]["type"] = 0x0300
     msg.encode()

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.nft.netns import run_in_netns
+from appliance.netns import run_in_netns
 
 GW4, VIP4, PEER4, STRANGER4 = "192.0.2.1", "192.0.2.10", "192.0.2.2", "192.0.2.3"
 GW6, VIP6, PEER6, STRANGER6 = "2001:db8::1", "2001:db8::10", "2001:db8::2", "2001:db8::3"

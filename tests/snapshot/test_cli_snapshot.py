@@ -29,8 +29,8 @@ SA = m.SadEntry(
     spi=0x1001,
     mode=m.Mode.TUNNEL,
     reqid=1,
-    crypt=m.Algorithm("cbc(aes)", 128, m.Key(SECRET)),
-    auth_trunc=m.AuthTruncAlgorithm("hmac(sha256)", 256, 128, m.Key(SECRET * 2)),
+    crypt=m.Algorithm("cbc(aes)", 128, m.KeyMaterial(SECRET)),
+    auth_trunc=m.AuthTruncAlgorithm("hmac(sha256)", 256, 128, m.KeyMaterial(SECRET * 2)),
     replay=m.ReplayState(oseq=7),
 )
 POLICY = m.SpdEntry(

@@ -10,16 +10,9 @@ from collections.abc import Iterable, Sequence
 import pytest
 
 from appliance import model as m
-from appliance.restore import (
-    Op,
-    OpFailure,
-    Outcome,
-    RestoreError,
-    jump_oseq,
-    policy_identity,
-    restore,
-    sa_identity,
-)
+from appliance.planner import policy_identity, sa_identity
+from appliance.restore import RestoreError, jump_oseq, restore
+from appliance.xfrm.types import AeState, BatchFailure
 
 pytestmark = pytest.mark.unit
 
@@ -30,62 +23,58 @@ NET_B = ipaddress.ip_address("203.0.113.0")
 
 
 class FakeKernel:
-    """A SAD/SPD in memory that refuses like the kernel does."""
+    """A SAD/SPD in memory that refuses like the kernel does (``planner.XfrmKernel``)."""
 
-    def __init__(self, unsupported: Iterable[str] = (), in_flight: int = 2) -> None:
+    def __init__(self, unsupported: Iterable[str] = ()) -> None:
         self.sad: dict[tuple[object, ...], m.SadEntry] = {}
         self.spd: dict[tuple[object, ...], m.SpdEntry] = {}
         self.unsupported = set(unsupported)
-        self.in_flight = in_flight
-        self.calls: list[list[Op]] = []
+        self.calls: list[list[tuple[str, m.SadEntry | m.SpdEntry]]] = []
 
-    def dump_sa(self) -> list[m.SadEntry]:
+    def dump_sad(self) -> list[m.SadEntry]:
         return list(self.sad.values())
 
-    def dump_policy(self) -> list[m.SpdEntry]:
+    def dump_spd(self) -> list[m.SpdEntry]:
         return list(self.spd.values())
 
-    def _one(self, op: Op) -> Outcome:
-        entry = op.entry
+    def _one(self, kind: str, entry: m.SadEntry | m.SpdEntry) -> int:
+        """0, or the errno the kernel would answer."""
         if isinstance(entry, m.SadEntry):
             key = sa_identity(entry)
-            if op.kind == "add_sa":
+            if kind == "add_sa":
                 if key in self.sad:
-                    return OpFailure(op, errno.EEXIST)
+                    return errno.EEXIST
                 names = {a.name for a in (entry.aead, entry.crypt) if a is not None}
                 if names & self.unsupported:
-                    return OpFailure(op, errno.ENOSYS)
+                    return errno.ENOSYS
                 self.sad[key] = entry
-            elif op.kind == "delete_sa" and self.sad.pop(key, None) is None:
-                return OpFailure(op, errno.ESRCH)
-            return "ok"
-        assert isinstance(entry, m.SpdEntry)
+            elif kind == "delete_sa" and self.sad.pop(key, None) is None:
+                return errno.ESRCH
+            return 0
         key = policy_identity(entry)
-        if op.kind == "add_policy":
+        if kind == "add_policy":
             if key in self.spd:
-                return OpFailure(op, errno.EEXIST)
+                return errno.EEXIST
             self.spd[key] = entry
-        elif op.kind == "update_policy":
+        elif kind == "update_policy":
             self.spd[key] = entry
-        elif op.kind == "delete_policy" and self.spd.pop(key, None) is None:
-            return OpFailure(op, errno.ENOENT)
-        return "ok"
+        elif kind == "delete_policy" and self.spd.pop(key, None) is None:
+            return errno.ENOENT
+        return 0
 
-    def apply(self, ops: Sequence[Op], stop_on_error: bool) -> list[Outcome]:
-        self.calls.append(list(ops))
-        outcomes: list[Outcome] = []
-        budget: int | None = None
-        for op in ops:
-            if budget is not None:
-                if budget == 0:
-                    outcomes.append("skipped")
-                    continue
-                budget -= 1  # requests already sent before the error was read
-            outcome = self._one(op)
-            outcomes.append(outcome)
-            if isinstance(outcome, OpFailure) and stop_on_error and budget is None:
-                budget = self.in_flight
-        return outcomes
+    def install_batch(
+        self,
+        operations: Sequence[tuple[str, m.SadEntry | m.SpdEntry]],
+        *,
+        with_lifetime_cur: bool = False,
+    ) -> list[BatchFailure]:
+        # Like XfrmSocket: everything is sent before an answer is read.
+        self.calls.append(list(operations))
+        answers = [(i, self._one(kind, entry)) for i, (kind, entry) in enumerate(operations)]
+        return [BatchFailure(i, error, "") for i, error in answers if error]
+
+    def get_ae_batch(self, entries: Sequence[m.SadEntry]) -> list[AeState | BatchFailure]:
+        raise AssertionError("a restore reads no counters")
 
     def state(
         self,
@@ -100,7 +89,7 @@ def sa(spi: int, src: m.Address = A, dst: m.Address = B, **kw: object) -> m.SadE
         "spi": spi,
         "mode": m.Mode.TUNNEL,
         "reqid": 1,
-        "aead": m.AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, m.Key(bytes(20))),
+        "aead": m.AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, m.KeyMaterial(bytes(20))),
         "replay": m.ReplayState(oseq=100, seq=50, bitmap=3),
     }
     fields.update(kw)
@@ -132,16 +121,16 @@ def test_restore_installs_everything_into_an_empty_namespace() -> None:
     assert set(kernel.sad.values()) == set(snap.sad)
     assert set(kernel.spd.values()) == set(snap.spd)
     # SAs go in before the policies that use them.
-    kinds = [op.kind for call in kernel.calls for op in call]
+    kinds = [kind for call in kernel.calls for kind, _ in call]
     assert kinds == ["add_sa", "add_sa", "add_policy", "add_policy", "add_policy"]
 
 
-def test_a_refused_entry_undoes_everything_including_in_flight_ops() -> None:
-    kernel = FakeKernel(unsupported={"foo"}, in_flight=3)
+def test_a_refused_entry_undoes_everything_sent_with_it() -> None:
+    kernel = FakeKernel(unsupported={"foo"})
     existing = sa(99, dst=ipaddress.ip_address("192.0.2.99"))
     kernel.sad[sa_identity(existing)] = existing
     before = kernel.state()
-    bad = sa(3, aead=m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20))))
+    bad = sa(3, aead=m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20))))
     snap = snapshot([sa(1), sa(2, src=B, dst=A), bad, sa(4), sa(5)], [OUT_POLICY, IN_POLICY])
     with pytest.raises(RestoreError) as caught:
         restore(snap, kernel)
@@ -164,7 +153,7 @@ def test_duplicate_without_replace_is_rolled_back_and_named() -> None:
 
 def test_keep_going_installs_what_it_can_and_reports_every_failure() -> None:
     kernel = FakeKernel(unsupported={"foo"})
-    foo = m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20)))
+    foo = m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20)))
     snap = snapshot([sa(1), sa(2, aead=foo), sa(3), sa(4, aead=foo)], [OUT_POLICY])
     report = restore(snap, kernel, keep_going=True)
     assert report.sa_added == 2
@@ -184,7 +173,7 @@ def test_replace_overwrites_existing_entries_and_rollback_puts_them_back() -> No
     kernel.spd[policy_identity(old_policy)] = old_policy
     before = kernel.state()
 
-    bad = sa(7, aead=m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20))))
+    bad = sa(7, aead=m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20))))
     with pytest.raises(RestoreError, match="spi 0x00000007"):
         restore(snapshot([sa(1), bad], [OUT_POLICY]), kernel, replace=True)
     assert kernel.state() == before
@@ -199,7 +188,7 @@ def test_keep_going_replace_keeps_the_old_sa_when_the_new_one_is_refused() -> No
     kernel = FakeKernel(unsupported={"foo"})
     old_sa = sa(1, reqid=9)
     kernel.sad[sa_identity(old_sa)] = old_sa
-    bad = sa(1, aead=m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20))))
+    bad = sa(1, aead=m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20))))
     report = restore(snapshot([bad]), kernel, replace=True, keep_going=True)
     assert len(report.failures) == 1
     assert kernel.sad[sa_identity(old_sa)] == old_sa
@@ -290,8 +279,8 @@ def test_progress_counts_every_op() -> None:
 
 
 def test_a_failure_in_an_early_chunk_stops_the_later_chunks() -> None:
-    kernel = FakeKernel(unsupported={"foo"}, in_flight=0)
-    foo = m.AeadAlgorithm("foo", 160, 128, m.Key(bytes(20)))
+    kernel = FakeKernel(unsupported={"foo"})
+    foo = m.AeadAlgorithm("foo", 160, 128, m.KeyMaterial(bytes(20)))
     sas = [sa(i, aead=foo if i == 5 else sa(1).aead) for i in range(1, 3500)]
     with pytest.raises(RestoreError, match="spi 0x00000005"):
         restore(snapshot(sas), kernel)

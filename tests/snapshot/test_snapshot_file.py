@@ -23,7 +23,7 @@ def _snapshot() -> m.Snapshot:
         daddr=ipaddress.ip_address("192.0.2.2"),
         saddr=ipaddress.ip_address("192.0.2.1"),
         spi=0x1234,
-        crypt=m.Algorithm("cbc(aes)", 256, m.Key(SECRET)),
+        crypt=m.Algorithm("cbc(aes)", 256, m.KeyMaterial(SECRET)),
     )
     return m.Snapshot("gw-a", datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC), (sa,))
 

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.model import (
     AeadAlgorithm,
-    Key,
+    KeyMaterial,
     ReplayState,
     SadEntry,
     Selector,
@@ -40,7 +40,7 @@ def make_sa(n: int, spi_base: int = 0x10000000) -> SadEntry:
         replay_window=32,
         selector=Selector(family=2),
         aead=AeadAlgorithm(
-            "rfc4106(gcm(aes))", 160, 128, Key(hashlib.sha256(b"key%d" % n).digest()[:20])
+            "rfc4106(gcm(aes))", 160, 128, KeyMaterial(hashlib.sha256(b"key%d" % n).digest()[:20])
         ),
         replay=ReplayState(oseq=n * 7, seq=0, bitmap=0),
     )

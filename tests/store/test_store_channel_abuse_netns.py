@@ -28,7 +28,7 @@ import pytest
 from netns_star import in_netns, netns_star
 from store_process import StoreProcess, wait_ready, write_config, write_psk
 
-from appliance.channel.endpoint import ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelEndpoint, Side
 from appliance.store.client import StoreClient
 from appliance.store.config import load_client_config, load_psk
 
@@ -203,7 +203,7 @@ def test_one_address_opening_a_hundred_handshakes_cannot_stop_another(lab: Lab) 
         """A key holder that completes handshakes and never confirms them (half-open)."""
         answered = 0
         for index in range(100):
-            endpoint = ChannelEndpoint(psk, f"flood-{index}", Role.CLIENT)
+            endpoint = ChannelEndpoint(psk, f"flood-{index}", Side.CLIENT)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.connect(SERVER)
                 sock.settimeout(0.2)

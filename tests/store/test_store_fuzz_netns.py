@@ -28,7 +28,7 @@ from entries_factory import make_sa, make_state
 from netns_star import in_netns, netns_star
 from store_process import StoreProcess, wait_ready, write_config, write_psk
 
-from appliance.channel.endpoint import ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelEndpoint, Side
 from appliance.channel.events import DataReceived
 from appliance.errors import ApplianceError
 from appliance.store import _convert as conv
@@ -96,7 +96,7 @@ def handshake(psk: bytes, node_id: str) -> tuple[socket.socket, ChannelEndpoint,
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(SERVER)
     sock.settimeout(0.5)
-    channel = ChannelEndpoint(psk, node_id, Role.CLIENT)
+    channel = ChannelEndpoint(psk, node_id, Side.CLIENT)
     channel.connect(SERVER, time.monotonic())
     captured_init = b""
     for _ in range(20):

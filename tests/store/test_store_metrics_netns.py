@@ -25,7 +25,7 @@ from netns_star import in_netns, netns_star
 from prometheus_client.parser import text_string_to_metric_families
 from store_process import StoreProcess, wait_ready, write_config, write_psk
 
-from appliance.channel.endpoint import ChannelEndpoint, Role
+from appliance.channel.endpoint import ChannelEndpoint, Side
 from appliance.channel.events import DropReason
 from appliance.store.client import StoreClient
 from appliance.store.config import load_client_config, load_psk
@@ -123,7 +123,7 @@ def retransmit_once(client: StoreClient) -> None:
 
 def half_open_handshake(psk: bytes) -> Callable[[], None]:
     """Complete a handshake without the confirming datagram; returns the call that confirms."""
-    endpoint = ChannelEndpoint(psk, "gw-half", Role.CLIENT)
+    endpoint = ChannelEndpoint(psk, "gw-half", Side.CLIENT)
     addr = (SERVER_ADDR, PORT)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(5)

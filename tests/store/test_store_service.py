@@ -20,7 +20,7 @@ from appliance.store.client import PolicyIndex
 from appliance.store.server import ResponseCache
 from appliance.store.service import StoreService
 from appliance.store.sqlite import SqliteStore
-from appliance.wire._errors import WireError
+from appliance.wire import RemoteWireError
 from appliance.wire.constants import CHANNEL_OVERHEAD, ExchangeType, ProtocolId, Status
 from appliance.wire.entries import payload_to_sad, payload_to_spd, replay_update_for
 from appliance.wire.messages import Message, decode_message, encode_message
@@ -386,7 +386,7 @@ def valid_message(rng: random.Random) -> bytes:
 
 @settings(max_examples=300, deadline=None)
 @given(st.randoms(use_true_random=False), st.data())
-def test_fast_path_agrees_with_the_codec_and_raises_only_wire_errors(
+def test_fast_path_agrees_with_the_codec_and_raises_only_remote_wire_errors(
     rng: random.Random, data: st.DataObject
 ) -> None:
     message = bytearray(valid_message(rng))
@@ -395,12 +395,12 @@ def test_fast_path_agrees_with_the_codec_and_raises_only_wire_errors(
     raw_bytes = bytes(message)
     try:
         decoded = decode_message(raw_bytes)
-    except WireError:
+    except RemoteWireError:
         decoded = None
     try:
         raw = _rawwire.split(raw_bytes)
         items = _rawwire.parse_stor_items(raw.chunks)
-    except WireError:
+    except RemoteWireError:
         raw = None
     if decoded is None:
         return  # the fast path may be more lenient than the codec; the converter checks later
@@ -431,8 +431,8 @@ def test_fast_path_agrees_with_the_codec_and_raises_only_wire_errors(
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
-def test_fast_path_on_random_bytes_raises_only_wire_errors(data: bytes) -> None:
-    with contextlib.suppress(WireError):
+def test_fast_path_on_random_bytes_raises_only_remote_wire_errors(data: bytes) -> None:
+    with contextlib.suppress(RemoteWireError):
         _rawwire.parse_stor_items(_rawwire.split(data).chunks)
 
 

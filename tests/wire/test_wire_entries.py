@@ -18,10 +18,10 @@ from appliance.wire import (
     AttributeType,
     ExchangeType,
     Message,
+    RemoteWireError,
     SadEntryPayload,
     SpdEntryPayload,
     Status,
-    WireError,
     apply_replay_update,
     decode_message,
     describe,
@@ -105,17 +105,17 @@ def test_a_traffic_selector_that_is_no_prefix_is_unsupported() -> None:
         payload,
         tsr=dataclasses.replace(payload.tsr, end_address=ipaddress.IPv4Address("203.0.113.9")),
     )
-    with pytest.raises(WireError, match="not the prefix /24") as caught:
+    with pytest.raises(RemoteWireError, match="not the prefix /24") as caught:
         payload_to_spd(odd)
     assert caught.value.status is Status.UNSUPPORTED
 
 
 def test_unknown_and_duplicate_attributes_are_refused() -> None:
     payload = spd_to_payload(_policy())
-    with pytest.raises(WireError, match="type 99 is not supported"):
+    with pytest.raises(RemoteWireError, match="type 99 is not supported"):
         payload_to_spd(dataclasses.replace(payload, attributes=(Attribute(99, b""),)))
     mark = Attribute(AttributeType.MARK, bytes(8))
-    with pytest.raises(WireError, match="MARK appears twice"):
+    with pytest.raises(RemoteWireError, match="MARK appears twice"):
         payload_to_spd(dataclasses.replace(payload, attributes=(mark, mark)))
 
 
@@ -128,19 +128,19 @@ def test_corrupt_attribute_values_give_wire_errors(entry: m.SadEntry, data: st.D
     cut = data.draw(st.integers(0, max(0, len(attr.value) - 1)))
     broken = (*payload.attributes[:index], Attribute(attr.type, attr.value[:cut]))
     # Most truncations are errors; some (a shorter key or context string) stay valid.
-    with contextlib.suppress(WireError):
+    with contextlib.suppress(RemoteWireError):
         payload_to_sad(dataclasses.replace(payload, attributes=broken))
 
 
 def test_a_sad_entry_without_a_selector_is_refused() -> None:
     payload = sad_to_payload(m.SadEntry(daddr=ipaddress.IPv4Address("192.0.2.2"), spi=0x100))
-    with pytest.raises(WireError, match="no SELECTOR"):
+    with pytest.raises(RemoteWireError, match="no SELECTOR"):
         payload_to_sad(dataclasses.replace(payload, attributes=()))
 
 
 def test_a_mismatched_family_is_a_wire_error_not_a_model_error() -> None:
     payload = spd_to_payload(_policy())
-    with pytest.raises(WireError, match="SPD family"):
+    with pytest.raises(RemoteWireError, match="SPD family"):
         payload_to_spd(dataclasses.replace(payload, family=m.AF_INET6))
 
 
@@ -167,7 +167,7 @@ def test_replay_updates_carry_the_counters(entry: m.SadEntry) -> None:
 def test_a_replay_update_for_another_sa_is_refused() -> None:
     entry = m.SadEntry(daddr=ipaddress.IPv4Address("192.0.2.2"), spi=0x100)
     update = replay_update_for(dataclasses.replace(entry, spi=0x200))
-    with pytest.raises(WireError, match="does not match"):
+    with pytest.raises(RemoteWireError, match="does not match"):
         apply_replay_update(entry, update)
 
 
@@ -176,7 +176,7 @@ def test_payload_reprs_and_summaries_never_show_key_material() -> None:
     entry = m.SadEntry(
         daddr=ipaddress.IPv4Address("192.0.2.2"),
         spi=0x100,
-        aead=m.AeadAlgorithm("rfc4106(gcm(aes))", 288, 128, m.Key(key)),
+        aead=m.AeadAlgorithm("rfc4106(gcm(aes))", 288, 128, m.KeyMaterial(key)),
     )
     payload = sad_to_payload(entry)
     message = Message(ExchangeType.SA_STOR, 1, (payload,))
@@ -207,5 +207,5 @@ def test_any_attribute_bytes_give_an_entry_or_a_wire_error(
         lambda: payload_to_sad(dataclasses.replace(sad, attributes=tuple(attributes))),
         lambda: payload_to_spd(dataclasses.replace(spd, attributes=tuple(attributes))),
     ):
-        with contextlib.suppress(WireError):
+        with contextlib.suppress(RemoteWireError):
             build()

@@ -1,4 +1,4 @@
-"""Bad bytes give WireError with a useful status, never another exception."""
+"""Bad bytes give RemoteWireError with a useful status, never another exception."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from appliance.wire import (
     Delete,
     EpochPayload,
     ExchangeType,
+    LocalWireError,
     Message,
     Notify,
     PagePayload,
+    PayloadType,
     ProtocolId,
+    RemoteWireError,
     ServerIdPayload,
     SpdEntryPayload,
     Status,
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.unit
 def _decode_or_wire_error(data: bytes) -> Message | None:
     try:
         return decode_message(data)
-    except WireError as error:
+    except RemoteWireError as error:
         assert str(error)
         assert isinstance(error.status, Status)
         return None
@@ -59,35 +62,36 @@ def test_mutated_messages_decode_or_raise_wire_error(message: Message, data: st.
 def test_every_truncation_is_a_clean_error(message: Message) -> None:
     encoded = encode_message(message)
     for length in range(len(encoded)):
-        with pytest.raises(WireError):
+        with pytest.raises(RemoteWireError):
             decode_message(encoded[:length])
 
 
 def test_wire_error_is_an_appliance_error() -> None:
     assert issubclass(WireError, ApplianceError)
+    assert issubclass(LocalWireError, WireError) and issubclass(RemoteWireError, WireError)
 
 
 def test_trailing_bytes_are_rejected() -> None:
     encoded = encode_message(Message(ExchangeType.HEARTBEAT, 1, (EpochPayload(3),)))
-    with pytest.raises(WireError, match="length"):
+    with pytest.raises(RemoteWireError, match="length"):
         decode_message(encoded + b"\0")
 
 
 def test_oversized_input_is_rejected_before_parsing() -> None:
-    with pytest.raises(WireError, match="exceeds"):
+    with pytest.raises(RemoteWireError, match="exceeds"):
         decode_message(bytes(MAX_MESSAGE_LENGTH + 1))
 
 
 def test_oversized_message_cannot_be_encoded() -> None:
     notes = tuple(Notify(Status.OK, data=bytes(60000)) for _ in range(2))
-    with pytest.raises(WireError, match="exceeds"):
+    with pytest.raises(LocalWireError, match="exceeds"):
         encode_message(Message(ExchangeType.SA_STOR, 1, notes))
 
 
 def test_unknown_major_version_is_unsupported() -> None:
     encoded = bytearray(encode_message(Message(ExchangeType.HEARTBEAT, 1)))
     encoded[1] = 0x20
-    with pytest.raises(WireError) as caught:
+    with pytest.raises(RemoteWireError) as caught:
         decode_message(bytes(encoded))
     assert caught.value.status is Status.UNSUPPORTED
 
@@ -95,7 +99,7 @@ def test_unknown_major_version_is_unsupported() -> None:
 def test_unknown_exchange_type_is_unsupported() -> None:
     encoded = bytearray(encode_message(Message(ExchangeType.HEARTBEAT, 1)))
     encoded[2] = 34  # IKE_SA_INIT: not ours
-    with pytest.raises(WireError) as caught:
+    with pytest.raises(RemoteWireError) as caught:
         decode_message(bytes(encoded))
     assert caught.value.status is Status.UNSUPPORTED
 
@@ -106,7 +110,7 @@ def test_unknown_critical_payload_is_unsupported_and_non_critical_is_kept() -> N
     )
     assert decode_message(bytes(encoded)).payloads == (UnknownPayload(200, b"x"),)
     encoded[13] = 0x80  # the critical bit of the first payload
-    with pytest.raises(WireError) as caught:
+    with pytest.raises(RemoteWireError) as caught:
         decode_message(bytes(encoded))
     assert caught.value.status is Status.UNSUPPORTED
 
@@ -118,7 +122,7 @@ def test_spd_entry_without_its_traffic_selectors_is_malformed(spd: SpdEntryPaylo
     cut = bytearray(encoded[: 12 + spd_length])
     cut[12] = 0
     cut[8:12] = len(cut).to_bytes(4, "big")
-    with pytest.raises(WireError, match="followed by TSI"):
+    with pytest.raises(RemoteWireError, match="followed by TSI"):
         decode_message(bytes(cut))
 
 
@@ -128,16 +132,16 @@ def test_traffic_selector_outside_an_spd_entry_is_malformed(spd: SpdEntryPayload
     stray = bytearray(encoded[:12]) + encoded[12 + spd_length :]
     stray[0] = 44
     stray[8:12] = len(stray).to_bytes(4, "big")
-    with pytest.raises(WireError, match="must follow an SPD entry"):
+    with pytest.raises(RemoteWireError, match="must follow an SPD entry"):
         decode_message(bytes(stray))
 
 
 def test_more_flag_on_a_request_is_rejected() -> None:
-    with pytest.raises(WireError, match="only valid in a response"):
+    with pytest.raises(LocalWireError, match="only valid in a response"):
         encode_message(Message(ExchangeType.SA_RETR, 1, more=True))
     encoded = bytearray(encode_message(Message(ExchangeType.SA_RETR, 1)))
     encoded[3] = 0x01
-    with pytest.raises(WireError, match="M \\(more pages\\) flag"):
+    with pytest.raises(RemoteWireError, match="M \\(more pages\\) flag"):
         decode_message(bytes(encoded))
 
 
@@ -152,8 +156,9 @@ def test_more_flag_on_a_request_is_rejected() -> None:
     ],
 )
 def test_values_that_do_not_fit_are_refused_when_encoding(build: object, match: str) -> None:
-    with pytest.raises(WireError, match=match):
+    with pytest.raises(LocalWireError, match=match) as caught:
         encode_message(Message(ExchangeType.SA_STOR, 1, (build(),)))  # type: ignore[operator]
+    assert caught.value.status is Status.INTERNAL  # never blamed on the peer
 
 
 @pytest.mark.parametrize(
@@ -167,5 +172,17 @@ def test_values_that_do_not_fit_are_refused_when_encoding(build: object, match: 
     ],
 )
 def test_invalid_server_ids_are_refused(id_type: int, data: bytes, match: str) -> None:
-    with pytest.raises(WireError, match=match):
+    with pytest.raises(LocalWireError, match=match):
         ServerIdPayload(id_type, data)
+    # The same ID from a peer is the peer's fault.
+    body = bytes([id_type, 0, 0, 0]) + data
+    with pytest.raises(RemoteWireError, match=match):
+        decode_message(_message_with_payload(PayloadType.SERVER_ID, body))
+
+
+def _message_with_payload(payload_type: int, body: bytes) -> bytes:
+    """A one-payload SA_Stor request built by hand (the encoder would refuse a bad body)."""
+    payload = bytes([0, 0]) + (4 + len(body)).to_bytes(2, "big") + body
+    total = 12 + len(payload)
+    header = bytes([payload_type, 0x10, ExchangeType.SA_STOR, 0]) + (1).to_bytes(4, "big")
+    return header + total.to_bytes(4, "big") + payload

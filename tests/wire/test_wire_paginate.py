@@ -13,6 +13,7 @@ from appliance.wire import (
     Attribute,
     EpochPayload,
     ExchangeType,
+    LocalWireError,
     Message,
     Notify,
     PagePayload,
@@ -20,7 +21,6 @@ from appliance.wire import (
     SadEntryPayload,
     ServerIdPayload,
     Status,
-    WireError,
     encode_message,
     paginate,
 )
@@ -68,7 +68,7 @@ def test_no_entries_give_one_empty_page() -> None:
 
 
 def test_an_entry_too_large_for_any_page_is_refused() -> None:
-    with pytest.raises(WireError, match="cannot fit"):
+    with pytest.raises(LocalWireError, match="cannot fit"):
         paginate([_sad(1, key_bytes=2000)], DEFAULT_MAX_DATAGRAM, FIXED)
 
 
@@ -77,7 +77,7 @@ def test_an_entry_too_large_for_any_page_is_refused() -> None:
 def test_pages_fit_and_keep_order(entries: list[SadEntryPayload], max_datagram: int) -> None:
     try:
         pages = paginate(entries, max_datagram, FIXED)
-    except WireError:
+    except LocalWireError:
         return  # an entry larger than the page: refused, covered above
     assert [e for page in pages for e in page] == entries
     for page in pages:

@@ -45,7 +45,7 @@ def _sa() -> m.SadEntry:
         mode=m.Mode.TUNNEL,
         reqid=7,
         flags=m.StateFlag.ESN,
-        aead=m.AeadAlgorithm("rfc4106(gcm(aes))", 288, 128, m.Key(KEY)),
+        aead=m.AeadAlgorithm("rfc4106(gcm(aes))", 288, 128, m.KeyMaterial(KEY)),
         replay_esn=m.ReplayStateEsn(1, 100, 90, 0, 0, 32, (0xFFFFFFFF,)),
         if_id=3,
     )

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.model import AeadAlgorithm, Key, SadEntry, Selector, SpdEntry, Template
+from appliance.model import AeadAlgorithm, KeyMaterial, SadEntry, Selector, SpdEntry, Template
 from appliance.xfrm import XfrmSocket
 
 LOCAL = ipaddress.ip_address("192.0.2.1")
@@ -57,7 +57,7 @@ def ip_commands(pairs: int) -> list[str]:
 
 def model_operations(pairs: int) -> list[tuple[str, SadEntry | SpdEntry]]:
     ops: list[tuple[str, SadEntry | SpdEntry]] = []
-    aead = AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, Key(KEY))
+    aead = AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, KeyMaterial(KEY))
     for n in range(pairs):
         left, right = (ipaddress.ip_address(a) for a in subnet(n))
         for src, dst, spi in ((LOCAL, PEER, 0x10000 + n), (PEER, LOCAL, 0x20000 + n)):

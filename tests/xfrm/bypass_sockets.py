@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from appliance.nft.netns import run_in_netns
+from appliance.netns import run_in_netns
 from appliance.xfrm import constants as c
 
 IP_XFRM_POLICY = 17

@@ -9,7 +9,7 @@ from xfrm_fake_kernel import FakeXfrmKernel
 
 from appliance.model import (
     AeadAlgorithm,
-    Key,
+    KeyMaterial,
     ReplayStateEsn,
     SadEntry,
     Selector,
@@ -35,7 +35,7 @@ def sa(n: int) -> SadEntry:
         spi=0x1000 + n,
         mode=1,
         reqid=n,
-        aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, Key(bytes(20))),
+        aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, KeyMaterial(bytes(20))),
     )
 
 

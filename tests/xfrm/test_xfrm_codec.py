@@ -1,6 +1,7 @@
-"""``appliance.xfrm.codec``: its layouts are the declared ones, and it stays free of pyroute2.
+"""``appliance.xfrm.codec``: its layouts and requests are the oracle's; it stays free of pyroute2.
 
-Byte-for-byte agreement with the declarative path is tested in
+The oracle is the pyroute2 declarations under ``tests/xfrm/oracle``.
+Byte-for-byte agreement on SA and policy entries is tested in
 ``test_xfrm_convert`` (generated entries) and ``test_xfrm_recordings``
 (kernel messages).
 """
@@ -14,11 +15,12 @@ import pytest
 from test_xfrm_recordings import MESSAGES as RECORDED
 
 from appliance import model as m
-from appliance.xfrm import codec
+from appliance.xfrm import codec, codec_migrate
 from appliance.xfrm import constants as c
-from appliance.xfrm import convert as cv
-from appliance.xfrm import structs as s
-from appliance.xfrm.convert import ae_state_from_msg, policy_id_msg
+from appliance.xfrm.types import KmAddress, Migration
+from tests.xfrm.oracle import convert as cv
+from tests.xfrm.oracle import structs as s
+from tests.xfrm.oracle.convert import ae_state_from_msg, policy_id_msg
 
 pytestmark = pytest.mark.unit
 
@@ -33,6 +35,8 @@ pytestmark = pytest.mark.unit
         (codec._USERSA_ID, s.xfrm_usersa_id_struct, [1]),
         (codec._USERPOLICY_ID, s.xfrm_userpolicy_id, [2, 3, 4, 5]),
         (codec._AEVENT_ID, s.xfrm_aevent_id, [1]),
+        (codec_migrate._MIGRATE, s.xfrm_user_migrate, []),
+        (codec_migrate._KMADDRESS, s.xfrm_attrs.xfrm_user_kmaddress, []),
     ],
 )
 def test_layout_is_the_declared_struct(layout, declared, swapped) -> None:
@@ -183,3 +187,80 @@ def test_delpolicy_is_the_declared_message(if_id: int | None) -> None:
         c.XFRM_MSG_DELPOLICY, 1, 8, entry.selector, entry.dir, mark=entry.mark, if_id=if_id
     )
     assert fast == cv.encode_msg(reference)
+
+
+# --- the rarer requests: flushes, ALLOCSPI, MIGRATE -----------------------------------
+
+
+@pytest.mark.parametrize("proto", [c.IPSEC_PROTO_ANY, c.IPPROTO_ESP])
+def test_flushsa_is_the_declared_message(proto: int) -> None:
+    reference = cv.encode_request(cv.flush_sa_msg(proto), c.XFRM_MSG_FLUSHSA, 6)
+    assert codec.encode_flush_sa(6, proto) == reference
+    assert len(reference) == 20  # the one-byte struct, padded and counted
+
+
+@pytest.mark.parametrize("ptype", [None, c.XFRM_POLICY_TYPE_MAIN, c.XFRM_POLICY_TYPE_SUB])
+def test_flushpolicy_is_the_declared_message(ptype: int | None) -> None:
+    reference = cv.encode_request(cv.flush_policy_msg(ptype), c.XFRM_MSG_FLUSHPOLICY, 7)
+    assert codec.encode_flush_policy(7, ptype) == reference
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"saddr": ipaddress.ip_address("2001:db8::2"), "reqid": 9, "sa_seq": 77},
+        {"mark": m.Mark(5, 0xFF), "if_id": 3, "mode": c.XFRM_MODE_TRANSPORT},
+    ],
+    ids=["plain", "saddr-reqid-seq", "mark-ifid-transport"],
+)
+def test_allocspi_is_the_declared_message(options: dict) -> None:
+    wanted = {
+        "saddr": None,
+        "mode": c.XFRM_MODE_TUNNEL,
+        "reqid": 0,
+        "sa_seq": 0,
+        "mark": None,
+        "if_id": None,
+        **options,
+    }
+    for daddr in (GW, ipaddress.ip_address("192.0.2.2")):
+        if daddr.version == 4 and wanted["saddr"] is not None:
+            continue
+        fast = codec.encode_alloc_spi(11, daddr, 50, 0x2000, 0x2FFF, **wanted)
+        msg = cv.alloc_spi_msg(daddr, 50, 0x2000, 0x2FFF, **wanted)
+        assert fast == cv.encode_request(msg, c.XFRM_MSG_ALLOCSPI, 11)
+
+
+MIGRATIONS = (
+    Migration(
+        old_daddr=ipaddress.ip_address("192.0.2.2"),
+        old_saddr=ipaddress.ip_address("192.0.2.1"),
+        new_daddr=ipaddress.ip_address("2001:db8::2"),
+        new_saddr=ipaddress.ip_address("2001:db8::1"),
+        reqid=4,
+        reserved=1,
+    ),
+    Migration(
+        old_daddr=ipaddress.ip_address("192.0.2.2"),
+        old_saddr=ipaddress.ip_address("192.0.2.1"),
+        new_daddr=ipaddress.ip_address("198.51.100.2"),
+        new_saddr=ipaddress.ip_address("198.51.100.1"),
+        proto=51,
+        mode=0,
+    ),
+)
+KM = KmAddress(ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2"), 3)
+
+
+@pytest.mark.parametrize("kmaddress", [None, KM], ids=["plain", "kmaddress"])
+def test_migrate_is_the_declared_message(kmaddress: KmAddress | None) -> None:
+    selector = m.Selector(
+        daddr=ipaddress.ip_address("198.51.100.0"),
+        saddr=ipaddress.ip_address("203.0.113.0"),
+        prefixlen_d=24,
+        prefixlen_s=24,
+    )
+    fast = codec_migrate.encode_migrate(12, selector, 1, MIGRATIONS, kmaddress=kmaddress)
+    msg = cv.migrate_msg(selector, 1, MIGRATIONS, kmaddress=kmaddress)
+    assert fast == cv.encode_request(msg, c.XFRM_MSG_MIGRATE, 12)

@@ -5,12 +5,12 @@ import struct
 
 import pytest
 
-from appliance.model import AeadAlgorithm, Key, SadEntry, Selector, SpdEntry, Template
-from appliance.xfrm import codec
+from appliance.model import AeadAlgorithm, KeyMaterial, SadEntry, Selector, SpdEntry, Template
+from appliance.xfrm import codec, codec_migrate
 from appliance.xfrm import constants as c
-from appliance.xfrm import convert as cv
-from appliance.xfrm import structs as s
 from appliance.xfrm.events import (
+    MappingChanged,
+    Migrated,
     PolicyAdded,
     PolicyDeleted,
     PolicyFlushed,
@@ -20,6 +20,11 @@ from appliance.xfrm.events import (
     UnknownEvent,
     parse_events,
 )
+from appliance.xfrm.netlink import iter_messages
+from appliance.xfrm.types import KmAddress, Migration
+from tests.xfrm.oracle import convert as cv
+from tests.xfrm.oracle import structs as s
+from tests.xfrm.oracle.events import oracle_event
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +34,7 @@ SA = SadEntry(
     saddr=A("192.0.2.1"),
     spi=0x2001,
     mode=1,
-    aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, Key(bytes(20))),
+    aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, KeyMaterial(bytes(20))),
 )
 POLICY = SpdEntry(
     selector=Selector(daddr=A("198.51.100.0"), prefixlen_d=24),
@@ -106,3 +111,48 @@ def test_truncated_datagram_is_an_error() -> None:
     data = codec.encode_sa(SA)
     with pytest.raises(ValueError, match="truncated netlink message"):
         parse_events(data[:-8])
+
+
+def test_mapping_notification_decodes_as_the_oracle_does() -> None:
+    msg = s.xfrm_user_mapping()
+    msg["header"].update({"type": c.XFRM_MSG_MAPPING, "sequence_number": 4})
+    msg["id"] = {"daddr": A("2001:db8::1").packed, "spi": 0x2001, "family": 10, "proto": 50}
+    msg.update(
+        {
+            "reqid": 8,
+            "old_saddr": A("2001:db8::2").packed,
+            "new_saddr": A("2001:db8::3").packed,
+            "old_sport": 4500,
+            "new_sport": 4501,
+        }
+    )
+    msg["attrs"] = []
+    data = cv.encode_msg(msg)
+    [event] = parse_events(data)
+    assert event == oracle_event(next(iter_messages(data)))
+    assert isinstance(event, MappingChanged)
+    assert (event.spi, event.new_saddr, event.old_sport, event.new_sport) == (
+        0x2001,
+        A("2001:db8::3"),
+        4500,
+        4501,
+    )
+
+
+def test_migrate_notification_with_kmaddress_decodes_as_the_oracle_does() -> None:
+    # A MIGRATE notification has the request's layout.
+    moves = (
+        Migration(A("192.0.2.2"), A("192.0.2.1"), A("2001:db8::2"), A("2001:db8::1"), reqid=3),
+    )
+    km = KmAddress(A("2001:db8::1"), A("2001:db8::2"))
+    data = codec_migrate.encode_migrate(5, POLICY.selector, 1, moves, kmaddress=km)
+    [event] = parse_events(data)
+    assert event == oracle_event(next(iter_messages(data)))
+    assert isinstance(event, Migrated) and event.migrations == moves and event.kmaddress == km
+
+
+def test_truncated_expire_becomes_unknown_event_with_reason() -> None:
+    sa = codec.encode_sa(SA, c.XFRM_MSG_NEWSA, 0, 1, 0)
+    short = struct.pack("=IHHII", len(sa), c.XFRM_MSG_EXPIRE, 0, 1, 0) + sa[16:]
+    [event] = parse_events(short)  # 224 + 40 bytes: no room for the 232-byte xfrm_user_expire
+    assert isinstance(event, UnknownEvent) and event.error

@@ -84,8 +84,8 @@ def replay_dump(request: RawMessage) -> bytes:
     return bytes(out)
 
 
-def test_dump_spd_leaves_per_socket_policies_out_and_dump_policy_keeps_them() -> None:
+def test_dump_spd_leaves_per_socket_policies_out_unless_asked() -> None:
     xs = XfrmSocket.from_socket(FakeXfrmKernel(lambda msg: 0, replay_dump))
     (served,) = xs.dump_spd()
     assert served.dir == c.XFRM_POLICY_OUT and served.templates[0].reqid == 1
-    assert sorted(p["dir"] for p in xs.dump_policy()) == [1, 3, 3, 4, 4]
+    assert sorted(p.dir for p in xs.dump_spd(per_socket=True)) == [1, 3, 3, 4, 4]

@@ -1,9 +1,9 @@
 """Replay messages recorded from a real kernel (tests/data/xfrm/recordings.json).
 
-Every recorded message decodes and re-encodes to the same bytes; SA and
-policy messages also survive decode -> model -> encode byte for byte, on
-both the declarative and the fast encoder; every notification parses into a
-typed event.
+Every recorded message decodes and re-encodes to the same bytes through the
+oracle's declarations; SA and policy messages also survive decode -> model
+-> encode byte for byte, through the codec and through the oracle; every
+notification parses into the typed event the oracle decodes from it.
 """
 
 import json
@@ -14,10 +14,11 @@ import pytest
 
 from appliance.xfrm import codec
 from appliance.xfrm import constants as c
-from appliance.xfrm import convert as cv
-from appliance.xfrm import structs as s
 from appliance.xfrm.events import UnknownEvent, parse_events
 from appliance.xfrm.netlink import iter_messages, parse_error
+from tests.xfrm.oracle import convert as cv
+from tests.xfrm.oracle import structs as s
+from tests.xfrm.oracle.events import oracle_event
 
 pytestmark = pytest.mark.unit
 
@@ -149,7 +150,7 @@ def recorded(name: str) -> bytes:
 
 
 def test_recorded_getae_replies_give_the_replay_state_ip_set() -> None:
-    from appliance.xfrm.convert import ae_state_from_msg
+    from tests.xfrm.oracle.convert import ae_state_from_msg
 
     plain = s.xfrm_aevent_id(recorded("getae_reply.0"))
     plain.decode()
@@ -182,3 +183,9 @@ def test_recorded_dump_has_both_auth_attributes_for_one_auth_key() -> None:
     ah = [e for e in entries if e.proto == c.IPPROTO_AH]
     assert ah and ah[0].auth is not None and ah[0].auth_trunc is not None
     assert ah[0].auth.key == ah[0].auth_trunc.key
+
+
+@pytest.mark.parametrize("name,data", EVENTS, ids=[n for n, _ in EVENTS])
+def test_recorded_notification_decodes_as_the_oracle_does(name: str, data: bytes) -> None:
+    [raw] = list(iter_messages(data))
+    assert parse_events(data) == [oracle_event(raw)]

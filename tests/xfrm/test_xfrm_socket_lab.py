@@ -16,7 +16,7 @@ from appliance.model import (
     AeadAlgorithm,
     Algorithm,
     AuthTruncAlgorithm,
-    Key,
+    KeyMaterial,
     LifetimeCfg,
     Mark,
     ReplayState,
@@ -62,8 +62,8 @@ def sa(spi: int, **changes: object) -> SadEntry:
         selector=Selector(
             daddr=A("198.51.100.0"), saddr=A("203.0.113.0"), prefixlen_d=24, prefixlen_s=24
         ),
-        crypt=Algorithm("cbc(aes)", 128, Key(bytes(range(16)))),
-        auth_trunc=AuthTruncAlgorithm("hmac(sha256)", 256, 128, Key(bytes(range(32)))),
+        crypt=Algorithm("cbc(aes)", 128, KeyMaterial(bytes(range(16)))),
+        auth_trunc=AuthTruncAlgorithm("hmac(sha256)", 256, 128, KeyMaterial(bytes(range(32)))),
     )
     return dataclasses.replace(entry, **changes)  # type: ignore[arg-type]
 
@@ -100,7 +100,7 @@ def test_dumped_sas_restore_identically(netns: str) -> None:
                 0x2002,
                 crypt=None,
                 auth_trunc=None,
-                aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, Key(bytes(20))),
+                aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, KeyMaterial(bytes(20))),
                 flags=c.XFRM_STATE_ESN,
                 replay_window=0,
                 replay_esn=ReplayStateEsn(4, 77, 0, 2, 0, 128, (0, 0, 0, 0)),
@@ -235,7 +235,10 @@ def test_batch_with_one_bad_entry_reports_its_index(netns: str) -> None:
                 ),
             )
         )
-    ops[37] = ("add_sa", sa(0x6000 + 18, crypt=Algorithm("no-such-cipher", 128, Key(bytes(16)))))
+    ops[37] = (
+        "add_sa",
+        sa(0x6000 + 18, crypt=Algorithm("no-such-cipher", 128, KeyMaterial(bytes(16)))),
+    )
     with XfrmSocket(netns) as xs:
         failures = xs.install_batch(ops)
         assert [(f.index, f.errno) for f in failures] == [(37, errno.ENOSYS)]

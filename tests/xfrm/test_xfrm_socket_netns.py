@@ -14,7 +14,7 @@ from appliance.model import (
     AeadAlgorithm,
     Algorithm,
     AuthTruncAlgorithm,
-    Key,
+    KeyMaterial,
     Mark,
     SadEntry,
     Selector,
@@ -98,8 +98,8 @@ def test_sa_add_without_esp_names_missing_esp_support(netns: str) -> None:
         saddr=A("192.0.2.1"),
         spi=0x1234,
         mode=1,
-        crypt=Algorithm("cbc(aes)", 128, Key(bytes(16))),
-        auth_trunc=AuthTruncAlgorithm("hmac(sha256)", 256, 128, Key(bytes(32))),
+        crypt=Algorithm("cbc(aes)", 128, KeyMaterial(bytes(16))),
+        auth_trunc=AuthTruncAlgorithm("hmac(sha256)", 256, 128, KeyMaterial(bytes(32))),
     )
     with XfrmSocket(netns) as xs:
         with pytest.raises(KernelError) as info:
@@ -114,7 +114,7 @@ def test_sa_with_algorithm_the_kernel_lacks_names_the_algorithm(netns: str) -> N
     sa = SadEntry(
         daddr=A("192.0.2.2"),
         spi=0x1235,
-        aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, Key(bytes(20))),
+        aead=AeadAlgorithm("rfc4106(gcm(aes))", 160, 128, KeyMaterial(bytes(20))),
     )
     with XfrmSocket(netns) as xs, pytest.raises(KernelError) as info:
         xs.add_sa(sa)

@@ -1,10 +1,10 @@
-"""Struct layouts match the kernel's x86_64 C layout of include/uapi/linux/xfrm.h."""
+"""The oracle's struct layouts match the kernel's x86_64 C layout of include/uapi/linux/xfrm.h."""
 
 import struct
 
 import pytest
 
-from appliance.xfrm import structs as s
+from tests.xfrm.oracle import structs as s
 
 pytestmark = pytest.mark.unit
 

@@ -29,9 +29,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from appliance.xfrm import constants as c
-from appliance.xfrm import structs as s
 from appliance.xfrm.netlink import RawMessage, iter_messages
 from appliance.xfrm.socket import XfrmSocket, group_mask, open_xfrm_socket
+from tests.xfrm.oracle import structs as s
 
 OUT = Path(__file__).with_name("recordings.json")
 NS = f"iha-{secrets.token_hex(3)}-rec"

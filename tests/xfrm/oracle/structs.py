@@ -1,4 +1,8 @@
-"""XFRM netlink messages, declared like pyroute2 declares ``ifaddrmsg``.
+"""The oracle's XFRM netlink messages, declared like pyroute2 declares ``ifaddrmsg``.
+
+The product never imports this module: its codec (``appliance.xfrm.codec``)
+packs the same structs by hand, and the unit tests hold it to these
+declarations (``tests/xfrm/test_xfrm_codec.py``, ``test_xfrm_recordings.py``).
 
 One class per kernel struct of ``include/uapi/linux/xfrm.h``, named after it,
 its docstring quoting the C struct.  ``fields`` list the fixed part in C
@@ -10,7 +14,7 @@ calls through ``decode_from`` / ``encode_into`` and which yields a dict.
 
 Addresses (``xfrm_address_t``) stay 16 raw bytes here: their meaning depends
 on a family field elsewhere, and raw bytes survive a round trip exactly.
-``appliance.xfrm.convert`` turns them into ``ipaddress`` objects.
+``convert`` turns them into ``ipaddress`` objects.
 
 Every message class shares one ``nla_map`` (all ``XFRMA_*`` attributes of
 Linux 6.18).  Attribute types the header does not know yet decode as

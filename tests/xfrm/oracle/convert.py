@@ -1,17 +1,17 @@
-"""Lossless conversion between declarative XFRM messages and ``appliance.model``.
+"""The oracle: declarative XFRM messages (``structs``) <-> ``appliance.model``.
 
 * ``sad_from_msg`` / ``spd_from_msg`` read a decoded pyroute2 message
   (``structs.xfrm_usersa_info`` / ``structs.xfrm_userpolicy_info``).
-* ``sad_to_msg`` / ``spd_to_msg`` build such a message.
+* ``sad_to_msg`` / ``spd_to_msg`` build such a message; ``*_msg`` build the
+  other requests the product sends (flushes, ALLOCSPI, MIGRATE, ids).
 
-This is the reference path. ``appliance.xfrm.codec`` packs and parses the
-same bytes with precompiled structs (dumps, restores and the daemon use it);
-the unit tests check that the two agree, so the declarative classes stay the
-source of truth. ``flat_struct`` derives a struct layout from a declared
-class, for those tests.
-
-Attributes go in the kernel's dump order (``codec.SA_ATTR_ORDER``,
-``codec.POLICY_ATTR_ORDER``); unmodelled ones travel in ``extra_attrs``.
+The product's codec (``appliance.xfrm.codec`` and its siblings) packs and
+parses the same bytes with precompiled structs; the unit tests hold it to
+this module on generated entries and recorded kernel bytes. So that the
+reference does not lean on what it checks, nothing here imports the codec:
+the kernel's attribute order below is written out again from
+``copy_to_user_state_extra`` / ``dump_one_policy``. ``flat_struct`` derives
+a struct layout from a declared class, for those tests.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from appliance.model import (
     Algorithm,
     AuthTruncAlgorithm,
     Encap,
-    Key,
+    KeyMaterial,
     LifetimeCfg,
     LifetimeCur,
     Mark,
@@ -42,18 +42,72 @@ from appliance.model import (
     address_to_xfrm,
 )
 from appliance.xfrm import constants as c
-from appliance.xfrm import structs as s
-from appliance.xfrm.codec import (
-    POLICY_ATTR_ORDER,
-    POLICY_RANK,
-    SA_ATTR_ORDER,
-    SA_RANK,
-    c_string,
-    kernel_order,
-    name_bytes,
-    signed32,
+from appliance.xfrm.types import AeState, KmAddress, Migration
+from tests.xfrm.oracle import structs as s
+
+# The kernel's attribute order: copy_to_user_state_extra() for SAs (then what
+# NEWSA/UPDSA accept but dumps never carry), dump_one_policy() for policies.
+SA_ATTR_ORDER: tuple[int, ...] = (
+    c.XFRMA_SA_EXTRA_FLAGS,
+    c.XFRMA_COADDR,
+    c.XFRMA_LASTUSED,
+    c.XFRMA_ALG_AEAD,
+    c.XFRMA_ALG_AUTH,
+    c.XFRMA_ALG_AUTH_TRUNC,
+    c.XFRMA_ALG_CRYPT,
+    c.XFRMA_ALG_COMP,
+    c.XFRMA_ENCAP,
+    c.XFRMA_TFCPAD,
+    c.XFRMA_MARK,
+    c.XFRMA_SET_MARK,
+    c.XFRMA_SET_MARK_MASK,
+    c.XFRMA_REPLAY_ESN_VAL,
+    c.XFRMA_REPLAY_VAL,
+    c.XFRMA_OFFLOAD_DEV,
+    c.XFRMA_IF_ID,
+    c.XFRMA_SEC_CTX,
+    c.XFRMA_IPTFS_DROP_TIME,
+    c.XFRMA_IPTFS_REORDER_WINDOW,
+    c.XFRMA_IPTFS_DONT_FRAG,
+    c.XFRMA_IPTFS_INIT_DELAY,
+    c.XFRMA_IPTFS_MAX_QSIZE,
+    c.XFRMA_IPTFS_PKT_SIZE,
+    c.XFRMA_MTIMER_THRESH,
+    c.XFRMA_SA_PCPU,
+    c.XFRMA_SA_DIR,
+    c.XFRMA_NAT_KEEPALIVE_INTERVAL,
+    c.XFRMA_LTIME_VAL,
+    c.XFRMA_REPLAY_THRESH,
+    c.XFRMA_ETIMER_THRESH,
 )
-from appliance.xfrm.types import AeState
+POLICY_ATTR_ORDER: tuple[int, ...] = (
+    c.XFRMA_TMPL,
+    c.XFRMA_SEC_CTX,
+    c.XFRMA_POLICY_TYPE,
+    c.XFRMA_MARK,
+    c.XFRMA_IF_ID,
+    c.XFRMA_OFFLOAD_DEV,
+)
+SA_RANK = {t: i for i, t in enumerate(SA_ATTR_ORDER)}
+POLICY_RANK = {t: i for i, t in enumerate(POLICY_ATTR_ORDER)}
+
+
+def kernel_order(pairs: list[tuple[int, Any]], rank: dict[int, int]) -> list[tuple[int, Any]]:
+    """Known attribute types at the kernel's position, unknown ones after, by number."""
+    return sorted(pairs, key=lambda p: rank.get(p[0], 1000 + p[0]))
+
+
+def signed32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def c_string(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "surrogateescape")
+
+
+def name_bytes(name: str) -> bytes:
+    return name.encode("ascii", "surrogateescape")
+
 
 _TYPE_TO_NAME: dict[int, str] = {
     t: name for t, name, _ in s.xfrm_attrs.nla_map if not name.endswith(s.RAW_SUFFIX)
@@ -176,15 +230,23 @@ def sad_from_info(info: dict[str, Any], attrs: Sequence[Any]) -> SadEntry:
             values["lastused"] = v
         elif kind == c.XFRMA_ALG_AEAD:
             values["aead"] = AeadAlgorithm(
-                c_string(v["alg_name"]), v["alg_key_len"], v["alg_icv_len"], Key(v["alg_key"])
+                c_string(v["alg_name"]),
+                v["alg_key_len"],
+                v["alg_icv_len"],
+                KeyMaterial(v["alg_key"]),
             )
         elif kind == c.XFRMA_ALG_AUTH_TRUNC:
             values["auth_trunc"] = AuthTruncAlgorithm(
-                c_string(v["alg_name"]), v["alg_key_len"], v["alg_trunc_len"], Key(v["alg_key"])
+                c_string(v["alg_name"]),
+                v["alg_key_len"],
+                v["alg_trunc_len"],
+                KeyMaterial(v["alg_key"]),
             )
         elif kind in (c.XFRMA_ALG_AUTH, c.XFRMA_ALG_CRYPT, c.XFRMA_ALG_COMP):
             field = {c.XFRMA_ALG_AUTH: "auth", c.XFRMA_ALG_CRYPT: "crypt"}.get(kind, "comp")
-            values[field] = Algorithm(c_string(v["alg_name"]), v["alg_key_len"], Key(v["alg_key"]))
+            values[field] = Algorithm(
+                c_string(v["alg_name"]), v["alg_key_len"], KeyMaterial(v["alg_key"])
+            )
         elif kind == c.XFRMA_ENCAP:
             values["encap"] = Encap(
                 type=v["encap_type"],
@@ -644,6 +706,133 @@ def encode_msg(msg: Any) -> bytes:
     """Encode a declarative message and return its bytes."""
     msg.encode()
     return bytes(msg.data)
+
+
+def flush_sa_msg(proto: int) -> s.xfrm_usersa_flush:
+    """A FLUSHSA request (``codec.encode_flush_sa``'s reference)."""
+    msg = s.xfrm_usersa_flush()
+    msg["proto"] = proto
+    msg["attrs"] = []
+    return msg
+
+
+def flush_policy_msg(ptype: int | None) -> s.xfrm_flushpolicy:
+    """A FLUSHPOLICY request (``codec.encode_flush_policy``'s reference)."""
+    msg = s.xfrm_flushpolicy()
+    msg["attrs"] = (
+        []
+        if ptype is None
+        else [("XFRMA_POLICY_TYPE", {"type": ptype, "reserved1": 0, "reserved2": 0})]
+    )
+    return msg
+
+
+def alloc_spi_msg(
+    daddr: Any,
+    proto: int,
+    spi_min: int,
+    spi_max: int,
+    *,
+    saddr: Any = None,
+    mode: int = c.XFRM_MODE_TUNNEL,
+    reqid: int = 0,
+    sa_seq: int = 0,
+    mark: Mark | None = None,
+    if_id: int | None = None,
+) -> s.xfrm_userspi_info:
+    """An ALLOCSPI request (``codec.encode_alloc_spi``'s reference)."""
+    family = c.AF_INET6 if daddr.version == 6 else c.AF_INET
+    info = s.xfrm_usersa_info_struct.zero()
+    info["id"] = {"daddr": address_to_xfrm(daddr), "spi": 0, "proto": proto}
+    info["saddr"] = address_to_xfrm(saddr) if saddr is not None else bytes(16)
+    info["family"] = family
+    info["mode"] = mode
+    info["reqid"] = reqid
+    info["seq"] = sa_seq
+    info["sel"]["family"] = family
+    msg = s.xfrm_userspi_info()
+    msg["info"] = info
+    msg["min"] = spi_min
+    msg["max"] = spi_max
+    attrs: list[tuple[str, Any]] = []
+    if mark is not None:
+        attrs.append(("XFRMA_MARK", {"v": mark.value, "m": mark.mask}))
+    if if_id is not None:
+        attrs.append(("XFRMA_IF_ID", if_id))
+    msg["attrs"] = attrs
+    return msg
+
+
+def migration_to_dict(m: Migration) -> dict[str, Any]:
+    """``xfrm_user_migrate`` member values of a migration."""
+    return {
+        "old_daddr": address_to_xfrm(m.old_daddr),
+        "old_saddr": address_to_xfrm(m.old_saddr),
+        "new_daddr": address_to_xfrm(m.new_daddr),
+        "new_saddr": address_to_xfrm(m.new_saddr),
+        "proto": m.proto,
+        "mode": m.mode,
+        "reserved": m.reserved,
+        "reqid": m.reqid,
+        "old_family": c.AF_INET6 if m.old_daddr.version == 6 else c.AF_INET,
+        "new_family": c.AF_INET6 if m.new_daddr.version == 6 else c.AF_INET,
+    }
+
+
+def migration_from_dict(d: dict[str, Any]) -> Migration:
+    """Inverse of :func:`migration_to_dict`."""
+    return Migration(
+        old_daddr=address_from_xfrm(d["old_family"], d["old_daddr"]),
+        old_saddr=address_from_xfrm(d["old_family"], d["old_saddr"]),
+        new_daddr=address_from_xfrm(d["new_family"], d["new_daddr"]),
+        new_saddr=address_from_xfrm(d["new_family"], d["new_saddr"]),
+        proto=d["proto"],
+        mode=d["mode"],
+        reqid=d["reqid"],
+        reserved=d["reserved"],
+    )
+
+
+def migrate_msg(
+    selector: Selector,
+    dir: int,
+    migrations: Sequence[Migration],
+    *,
+    kmaddress: KmAddress | None = None,
+    ptype: int = c.XFRM_POLICY_TYPE_MAIN,
+) -> s.xfrm_migrate_msg:
+    """A MIGRATE request (``codec_migrate.encode_migrate``'s reference)."""
+    msg = s.xfrm_migrate_msg()
+    msg["sel"] = selector_to_dict(selector)
+    msg["index"] = 0
+    msg["dir"] = dir
+    attrs: list[tuple[str, Any]] = [
+        ("XFRMA_POLICY_TYPE", {"type": ptype, "reserved1": 0, "reserved2": 0}),
+        ("XFRMA_MIGRATE", [migration_to_dict(m) for m in migrations]),
+    ]
+    if kmaddress is not None:
+        local = kmaddress.local
+        attrs.append(
+            (
+                "XFRMA_KMADDRESS",
+                {
+                    "local": address_to_xfrm(local),
+                    "remote": address_to_xfrm(kmaddress.remote),
+                    "reserved": kmaddress.reserved,
+                    "family": c.AF_INET6 if local.version == 6 else c.AF_INET,
+                },
+            )
+        )
+    msg["attrs"] = attrs
+    return msg
+
+
+def encode_request(msg: Any, msg_type: int, seq: int) -> bytes:
+    """A declarative request's bytes, with the header ``XfrmSocket`` sends (REQUEST|ACK)."""
+    msg["header"]["type"] = msg_type
+    msg["header"]["flags"] = c.NLM_F_REQUEST | c.NLM_F_ACK
+    msg["header"]["sequence_number"] = seq
+    return encode_msg(msg)
 
 
 # ---------------------------------------------------------------------------
