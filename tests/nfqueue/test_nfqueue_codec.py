@@ -136,10 +136,16 @@ def test_decode_recorded_ipv4_messages() -> None:
     assert (udp.length, len(udp.payload), udp.mark) == (228, 40, 0)
 
 
+# NFQA_PACKET_HDR (1): every queued packet has one.
+_PACKET_HDR = st.tuples(
+    st.just(1),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 0xFFFF), st.integers(0, 255)).map(
+        lambda t: struct.pack("!IHB", *t)
+    ),
+)
 # Attribute numbers with a payload the kernel could send (fixed sizes where the kernel's are).
 _ATTRS = st.one_of(
-    st.tuples(st.just(1), st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 0xFFFF),
-                                    st.integers(0, 255)).map(lambda t: struct.pack("!IHB", *t))),
+    _PACKET_HDR,
     st.tuples(st.sampled_from([3, 5, 6, 7, 8, 12, 13, 14, 16, 17, 21, 22]),
               st.integers(0, 2**32 - 1).map(lambda v: struct.pack("!I", v))),
     st.tuples(st.just(4), st.binary(min_size=16, max_size=16)),
@@ -149,7 +155,7 @@ _ATTRS = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    hdr=_ATTRS.filter(lambda a: a[0] == 1),
+    hdr=_PACKET_HDR,
     attrs=st.lists(_ATTRS, max_size=8),
     flags=st.sampled_from([0, c.NLA_F_NESTED, c.NLA_F_NET_BYTEORDER]),
     queue_num=st.integers(0, 0xFFFF),
