@@ -122,7 +122,7 @@ def _done(buf: Buffer, start: int, end: int, flags: int) -> DumpDone:
     error = 0
     if end - start >= _NLMSGHDR.size + _NLMSGERR.size:
         (error,) = _NLMSGERR.unpack_from(buf, start + _NLMSGHDR.size)
-    (seq,) = struct.unpack_from("=I", buf, start + 8)
+    _len, _type, _flags, seq, _pid = _NLMSGHDR.unpack_from(buf, start)
     return DumpDone(seq=seq, error=error, interrupted=bool(flags & NLM_F_DUMP_INTR))
 
 
