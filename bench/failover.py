@@ -50,6 +50,7 @@ import re
 import secrets
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -153,6 +154,37 @@ def pair_operations(p: Pair) -> Ops:
     ]
 
 
+def ip_batch_lines(pairs: int) -> list[str]:
+    """``ip -batch`` lines with the content of ``operations(pairs)`` (fresh keys).
+
+    The cold floor's reference: iproute2 installing the same SAs and policies.
+    """
+    sas: list[str] = []
+    policies: list[str] = []
+    local, inside = LOCAL, LOCAL_NET
+    for i in range(pairs):
+        p = pair(i)
+        for src, dst, spi, extra in (
+            (p.peer, local, p.spi_in, f" replay-window {INBOUND_REPLAY_WINDOW}"),
+            (local, p.peer, p.spi_out, ""),
+        ):
+            key = "0x" + secrets.token_hex(AEAD_KEY_BITS // 8)
+            sas.append(
+                f"xfrm state add src {src} dst {dst} proto esp spi {spi:#x} reqid {p.reqid}"
+                f" mode tunnel aead {AEAD} {key} {ICV_BITS}{extra}"
+            )
+        for direction, s_net, d_net, tsrc, tdst in (
+            ("out", inside, f"{p.remote}/32", local, p.peer),
+            ("in", f"{p.remote}/32", inside, p.peer, local),
+            ("fwd", f"{p.remote}/32", inside, p.peer, local),
+        ):
+            policies.append(
+                f"xfrm policy add src {s_net} dst {d_net} dir {direction}"
+                f" tmpl src {tsrc} dst {tdst} proto esp reqid {p.reqid} mode tunnel"
+            )
+    return sas + policies
+
+
 def operations(pairs: int) -> Ops:
     """Every pair's SAs first, then every policy (policies name SAs by template)."""
     if not 1 <= pairs <= MAX_PAIRS:
@@ -185,6 +217,30 @@ class Row:
     """lab (lab and daemons up), install (the batch on gw1), standby (catching up)."""
     timeline_ms: dict[str, float] = field(default_factory=dict)
     """Each step of gw2's takeover, ms after it read MASTER."""
+    opened_ms: float | None = None
+    """MASTER -> outbound open (the ``outbound-opened`` milestone)."""
+    newae_floor_ms: float | None = None
+    """One pipelined NEWAE batch over all N outbound SAs, in gw2 after the takeover."""
+    ip_batch_floor_ms: float | None = None
+    """``ip -batch`` of the same SAs and policies into an empty namespace (cold's floor)."""
+
+    @property
+    def floor_ms(self) -> float | None:
+        """hot: the NEWAE batch; cold: ``ip -batch`` plus the NEWAE batch."""
+        if self.newae_floor_ms is None:
+            return None
+        if self.mode == "hot":
+            return self.newae_floor_ms
+        if self.ip_batch_floor_ms is None:
+            return None
+        return self.ip_batch_floor_ms + self.newae_floor_ms
+
+    @property
+    def opened_vs_floor(self) -> float | None:
+        floor = self.floor_ms
+        if self.opened_ms is None or not floor:
+            return None
+        return self.opened_ms / floor
 
 
 _SAD_COUNT = re.compile(r"SAD count (\d+)")
@@ -447,15 +503,55 @@ class Run:
         self.row.done_ms = 1000 * (steps["done"] - received)
         self.row.installed_sas = int(report.get("installed_sas", 0))
         self.row.advanced = advanced
+        if "outbound-opened" in steps:
+            self.row.opened_ms = 1000 * (steps["outbound-opened"] - received)
+        self._measure_floors(lab)
         self.row.ok = True
+
+    def _measure_floors(self, lab: Any) -> None:
+        """The floors, in this run on these SAs (see ``Row.floor_ms``)."""
+        from appliance.xfrm.socket import XfrmSocket
+
+        with XfrmSocket(lab.ns("gw2")) as xs:
+            outbound = [sa for sa in xs.dump_sad() if sa.saddr == LOCAL]
+            # The counters as they are: a NEWAE that moves nothing, sent like the jump's.
+            start = time.monotonic()
+            failures = xs.install_batch([("set_replay", sa) for sa in outbound])
+            self.row.newae_floor_ms = 1000 * (time.monotonic() - start)
+        if failures:
+            raise LabError(f"the NEWAE floor: gw2 refused {len(failures)} of {len(outbound)}")
+        if self.mode != "cold":
+            return
+        from netns_lab.plan import NS_PREFIX
+
+        batch = lab.run_dir / "floor-batch.txt"
+        batch.write_text("\n".join(ip_batch_lines(self.pairs)) + "\n")
+        os.chmod(batch, 0o600)
+        scratch = f"{NS_PREFIX}{lab.run_id}-floor"  # the lab's prefix: its sweep finds it
+        subprocess.run(["ip", "netns", "add", scratch], check=True)
+        try:
+            if self.args.hthresh4 is not None:
+                subprocess.run(["ip", "-n", scratch, "xfrm", "policy", "set", "hthresh4",
+                                *map(str, self.args.hthresh4)], check=True)  # fmt: skip
+            start = time.monotonic()
+            subprocess.run(["ip", "-n", scratch, "-batch", str(batch)], check=True)
+            self.row.ip_batch_floor_ms = 1000 * (time.monotonic() - start)
+        finally:
+            subprocess.run(["ip", "netns", "del", scratch], check=False)
+            batch.unlink(missing_ok=True)
+        say(
+            f"{self.mode} N={self.pairs}: floors: NEWAE {self.row.newae_floor_ms:.0f} ms, "
+            f"ip -batch {self.row.ip_batch_floor_ms:.0f} ms"
+        )
 
 
 # -- the report ------------------------------------------------------------------------
 
 HEADER = (
     f"{'mode':<5} {'N':>6} {'VRRP detection':>15} {'MASTER->SAs installed':>22} "
-    f"{'MASTER->done':>13} {'installed SAs':>14} {'advanced':>9}   "
-    f"{'setup: lab':>10} {'install':>8} {'standby':>8}"
+    f"{'MASTER->outbound open':>22} {'MASTER->done':>13} {'floor':>9} {'open/floor':>10} "
+    f"{'installed SAs':>14} {'advanced':>9}   "
+    f"{'setup: lab':>10} {'install':>8} {'standby (catch-up)':>18}"
 )
 
 
@@ -469,10 +565,16 @@ def row_line(row: Row) -> str:
     def sec(key: str) -> str:
         return f"{s[key]:.1f} s" if key in s else "-"
 
+    def ms(value: float | None, width: int) -> str:
+        return f"{value:>{width - 3}.0f} ms" if value is not None else f"{'-':>{width}}"
+
+    ratio = row.opened_vs_floor
     return (
         f"{head} {row.detection_ms:>12.0f} ms {row.installed_ms:>19.0f} ms "
-        f"{row.done_ms:>10.0f} ms {row.installed_sas:>14} {row.advanced:>9}   "
-        f"{sec('lab'):>10} {sec('install'):>8} {sec('standby'):>8}"
+        f"{ms(row.opened_ms, 22)} {row.done_ms:>10.0f} ms {ms(row.floor_ms, 9)} "
+        f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>10} "
+        f"{row.installed_sas:>14} {row.advanced:>9}   "
+        f"{sec('lab'):>10} {sec('install'):>8} {sec('standby'):>18}"
     )
 
 
@@ -559,7 +661,10 @@ def main(argv: list[str] | None = None) -> int:
                     "max_datagram": args.max_datagram,
                     "hthresh4": args.hthresh4,
                     "wall_s": round(wall, 1),
-                    "rows": [asdict(r) for r in rows],
+                    "rows": [
+                        {**asdict(r), "floor_ms": r.floor_ms, "opened_vs_floor": r.opened_vs_floor}
+                        for r in rows
+                    ],
                 },
                 indent=2,
             )

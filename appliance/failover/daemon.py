@@ -22,7 +22,11 @@ Theory of operation
   later (``RETRY_S``); a store that says our epoch is stale has a newer
   owner, and publishing to it stops.
 - **Following** (hot standby): every ``follow_interval_s`` the daemon
-  fetches the state and reconciles the kernel with it, outbound gated.
+  asks the store for the changes since the revision it holds (``Follower``,
+  the change feed of protocol.md 5.3; the whole state only the first time,
+  or when the store no longer holds those changes) and, when something
+  changed, reconciles the kernel with its copy, outbound gated. A poll that
+  brings nothing new leaves the kernel alone.
 - **Health** (``health``): every ``[failover].health_interval_s`` a worker
   thread asks each store what it holds for the server ID (its own clients,
   never under the kernel lock, so a takeover never waits on it); the
@@ -54,6 +58,7 @@ from appliance.failover.executor import (
     ExecutionError,
     ExecutionReport,
     ExecutorSettings,
+    FollowedState,
     PlanExecutor,
     StoreAccess,
     etimer_jiffies,
@@ -95,6 +100,7 @@ from appliance.store.base import (
     StaleEpochError,
     StoreError,
 )
+from appliance.store.follow import Follower
 from appliance.xfrm import constants as c
 from appliance.xfrm.events import EventsOverrun, xfrm_events
 from appliance.xfrm.types import XfrmError
@@ -137,6 +143,10 @@ class StatusEncoder:
 
 RETRY_S = 1.0
 """Wait before retrying a full resync after a store failure."""
+FOLLOWER_WAIT_S = 2.0
+"""How long a takeover waits for the hot standby's poll in flight to stop before it
+fetches the whole state instead."""
+
 EVENT_GROUPS = (c.XFRMNLGRP_SA, c.XFRMNLGRP_POLICY, c.XFRMNLGRP_AEVENTS, c.XFRMNLGRP_EXPIRE)
 
 
@@ -158,11 +168,15 @@ class FailoverDaemon:
         self.kernel = kernel
         self.stores = list(stores)
         self.access = StoreAccess(self.stores)
-        self.follower_access = StoreAccess(follower_stores) if follower_stores else None
-        """The hot standby's own store clients: it fetches without the kernel lock, so a
-        takeover never waits for a background fetch (clients are not thread-safe)."""
+        self.follower = Follower(follower_stores) if follower_stores else None
+        """The hot standby's copy of the stored state, over its own store clients: it
+        fetches without the kernel lock, so a takeover never waits for a background
+        fetch (clients are not thread-safe)."""
         self._follow_generation = 0
         """Moves at every start/stop of following: a fetch from before is stale."""
+        self._kernel_follows = False
+        """The last follow run put the follower's copy into the kernel: a poll that brings
+        no change needs no kernel work."""
         self.probe_clients = list(probe_stores)
         """The health probe's own store clients (none: no probe runs)."""
         self.health = DaemonHealth()
@@ -227,10 +241,43 @@ class FailoverDaemon:
     def start_following(self) -> None:
         self.following = True
         self._follow_generation += 1
+        self._kernel_follows = False
 
     def stop_following(self) -> None:
         self.following = False
         self._follow_generation += 1
+
+    def followed_state(self, server_id: str) -> FollowedState | None:
+        """The follower's copy, brought up to date now (blocking; at a hot takeover).
+
+        The plan stopped following first, so a poll in flight ends at its next
+        page; this waits for it (``FOLLOWER_WAIT_S`` at most), then asks the
+        copy's store for the changes since, through the plan's own clients
+        (the follower's are not thread-safe). None, and the plan fetches the
+        whole state, when there is no copy or that store does not answer.
+        """
+        follower = self.follower
+        if follower is None or not follower.lock.acquire(timeout=FOLLOWER_WAIT_S):
+            return None
+        try:
+            copy = follower.state
+            if copy is None or copy.server_id != server_id:
+                return None
+            client = next((c for c in self.stores if c.server == copy.source), None)
+            if client is None:
+                return None
+            try:
+                changes = client.get_changes(server_id, copy.revision)
+            except StoreError as exc:
+                log.info("takeover: the hot standby's copy cannot be brought up to date "
+                         "(%s); fetching the whole state", exc)  # fmt: skip
+                return None
+            if changes.epoch < copy.epoch:
+                return None
+            changed = copy.apply(changes)
+            return FollowedState(copy.retrieved(), self._kernel_follows and not changed)
+        finally:
+            follower.lock.release()
 
     # -- store operations (worker thread) -----------------------------------------
 
@@ -418,8 +465,8 @@ class FailoverDaemon:
         apply = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
         last_cycle = 0.0
         while True:
-            # Rest at least as long as the last cycle took: with thousands of SAs a
-            # cycle is a whole bulk SA_Retr, which the store and the CPU also owe others.
+            # Rest at least as long as the last cycle took: a cycle that brings many changes
+            # (or a whole retrieval) costs the store and the CPU what they also owe others.
             await asyncio.sleep(max(self.follow_interval_s, last_cycle))
             if not self.following:
                 continue
@@ -430,25 +477,32 @@ class FailoverDaemon:
                 return self._follow_generation != generation
 
             fetched = None
+            changed = True
             try:
-                if self.follower_access is not None:
+                if self.follower is not None:
                     # Outside the kernel lock: a takeover cancels it between pages.
-                    fetched = await asyncio.to_thread(
-                        self.follower_access.fetch,
-                        self.config.node.server_id,
-                        overtaken,
+                    poll = await asyncio.to_thread(
+                        self.follower.poll, self.config.node.server_id, overtaken
                     )
+                    fetched, changed = poll.state, poll.changed
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
-                    actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
-                    held = await asyncio.to_thread(self._follow_once, actions, fetched)
+                    if changed or not self._kernel_follows:
+                        actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
+                        self._kernel_follows = False
+                        held = await asyncio.to_thread(self._follow_once, actions, fetched)
+                        self._kernel_follows = fetched is not None and not overtaken()
+                    else:
+                        held = None  # nothing new: the kernel holds what it held
                 # In step with the store as of the fetch's start, holding this much of it.
                 self.health.record_sync(started, started_unix)
                 if held is not None:
                     self.health.record_held(*held)
             except FetchCancelled:
                 continue
+            except StoreError as exc:
+                log.warning("hot standby: no store answered: %s", exc)
             except ExecutionError as exc:
                 log.warning("hot standby: %s", exc)
             last_cycle = time.monotonic() - started

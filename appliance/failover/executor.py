@@ -116,6 +116,16 @@ class StateStore(Protocol):
     def fetch(self, server_id: str) -> Retrieved: ...
 
 
+@dataclass(frozen=True)
+class FollowedState:
+    """A hot standby's copy of the state, brought up to date at a takeover."""
+
+    state: Retrieved
+    kernel_holds_it: bool
+    """The kernel already holds exactly this state: the last follow run put it there and
+    the store had no change since (``RECONCILE_STATE`` then needs no kernel dump)."""
+
+
 class SyncLoops(Protocol):
     """The daemon's loops the plan starts and stops."""
 
@@ -126,6 +136,10 @@ class SyncLoops(Protocol):
     def start_following(self) -> None: ...
 
     def stop_following(self) -> None: ...
+
+    def followed_state(self, server_id: str) -> FollowedState | None:
+        """The follower's copy, current as of now (None: none, fetch the whole state)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,10 @@ class PlanExecutor:
         self._held: set[Identity] | None = None
         """Identities of the SAs the kernel holds, once this run dumped them or installed,
         removed or cleared any (None: not known yet in this run)."""
+        self._kernel_holds_fetched = False
+        """``fetched`` came from the follower and the kernel already holds it."""
+        self._follow_held: set[Identity] | None = None
+        """The SAs the kernel held after the last follow run (None: unknown)."""
         self._inbound_checked: dict[Identity, int] = {}
         """Inbound SA identity -> the stored counter last brought into the kernel. A hot
         standby's inbound SAs see no traffic, so an unchanged stored counter needs no
@@ -257,8 +275,24 @@ class PlanExecutor:
             self._note_skipped(report, fetched)
         self._installed = set()
         self._held = None
-        if not set(actions) <= _FOLLOW_ACTIONS:
+        self._kernel_holds_fetched = False
+        following = set(actions) <= _FOLLOW_ACTIONS
+        if not following:
             self._inbound_checked.clear()
+        completed = False
+        try:
+            self._run_actions(actions, report, deadline)
+            completed = True
+        finally:
+            # A follow run that completes records what the kernel holds; any other run
+            # (or a failed follow) leaves that unknown, for the next takeover to dump.
+            held = self._held if following and completed else None
+            self._follow_held = None if held is None else set(held)
+        return report
+
+    def _run_actions(
+        self, actions: Sequence[Step], report: ExecutionReport, deadline: float
+    ) -> None:
         for action in actions:
             self._check_deadline(deadline, action)
             try:
@@ -275,7 +309,6 @@ class PlanExecutor:
         self._mark(report, "done", {"rekey": [f"0x{spi:08x}" for spi, _ in report.rekey]})
         for spi, reason in report.rekey:
             log.warning("SA spi 0x%08x needs a rekey: %s", spi, reason)
-        return report
 
     def held_of_fetched(self) -> tuple[int, int] | None:
         """(SAs, policies) of the last fetched state that the kernel holds after the last run.
@@ -332,13 +365,20 @@ class PlanExecutor:
             report.epochs = self.store.claim(sid)
             return {"epochs": report.epochs}
         if action is Step.FETCH_STATE:
-            self.fetched = self.store.fetch(sid)
+            followed = self.loops.followed_state(sid)
+            if followed is not None:
+                # A hot standby's copy plus the store's changes since: no bulk retrieval.
+                self.fetched = followed.state
+                self._kernel_holds_fetched = followed.kernel_holds_it
+            else:
+                self.fetched = self.store.fetch(sid)
             self._note_skipped(report, self.fetched)
             return {
                 "sas": len(self.fetched.sad),
                 "policies": len(self.fetched.spd),
                 "from": self.fetched.source,
                 "skipped": len(self.fetched.skipped),
+                "followed": followed is not None,
             }
         fetched = self.fetched
         if action is Step.REMOVE_STATE:
@@ -348,6 +388,10 @@ class PlanExecutor:
         if action is Step.INSTALL_STATE:
             return self._install(fetched, report, deadline, reconcile=False)
         if action is Step.RECONCILE_STATE:
+            if self._kernel_holds_fetched and self._follow_held is not None:
+                # The last follow run left the kernel equal to this state: no dump, no plan.
+                self._held = set(self._follow_held)
+                return {"sas": 0, "policies": 0, "removed": 0, "rekey": 0, "kernel": "current"}
             return self._install(fetched, report, deadline, reconcile=True)
         if action is Step.ADVANCE_OUTBOUND_SEQ:
             return self._advance_outbound(fetched, report, deadline)
@@ -639,6 +683,7 @@ __all__ = [
     "ExecutionReport",
     "ExecutionTimeout",
     "ExecutorSettings",
+    "FollowedState",
     "PlanExecutor",
     "StateStore",
     "StoreAccess",

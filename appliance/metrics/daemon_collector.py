@@ -190,7 +190,7 @@ class DaemonCollector:
         """Every store client of the daemon: its own, the follower's, the probe's, on-demand's."""
         d = self.daemon
         clients = list(d.stores)
-        follower = getattr(d, "follower_access", None)
+        follower = getattr(d, "follower", None)
         if follower is not None:
             clients += follower.clients
         clients += getattr(d, "probe_clients", [])

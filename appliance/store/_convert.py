@@ -96,6 +96,21 @@ def policy_id_for_identity(body: bytes, tsi: bytes, tsr: bytes) -> bytes:
     return policy_id_for_digest(repr(identity).encode())
 
 
+def policy_id_of_stored(entry: bytes) -> bytes:
+    """The ID the store gave a stored SPD entry (its index, else its identity), from its bytes.
+
+    ``UndecodableEntryError`` if the entry does not decode that far.
+    """
+    try:
+        body, tsi, tsr = _spd_parts(entry)
+        fixed = SpdEntryPayload.pull_fixed(Buffer(body, "stored SPD entry"))
+    except (ApplianceError, ValueError, struct.error) as exc:
+        raise UndecodableEntryError(str(exc)) from None
+    index = fixed["index"]
+    assert isinstance(index, int)
+    return policy_id_for_index(index) if index else policy_id_for_identity(body, tsi, tsr)
+
+
 def sad_raw_payload(entry: bytes) -> UnknownPayload:
     """A stored SAD entry as a payload that encodes to exactly its stored body."""
     _check_format(entry)

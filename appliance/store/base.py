@@ -77,6 +77,7 @@ class Status(enum.IntEnum):
     UNAVAILABLE = 5
     INTERNAL = 6
     EPOCH_LIMIT = 7
+    REVISION_GONE = 8
 
 
 class StoreError(ApplianceError):
@@ -142,6 +143,17 @@ class StoreUnavailableError(StoreError):
     status = Status.UNAVAILABLE
 
 
+class RevisionGoneError(StoreError):
+    """The store no longer holds the changes after the asked revision: retrieve everything.
+
+    Its removals before ``horizon`` were forgotten (the store keeps a bounded
+    number), or the asked revision is newer than the store's own (the store
+    was replaced or rolled back).
+    """
+
+    status = Status.REVISION_GONE
+
+
 class SchemaVersionError(StoreError):
     """The database was written by a newer ipsec-ha whose schema we do not know."""
 
@@ -156,6 +168,7 @@ ERRORS_BY_STATUS: dict[Status, type[StoreError]] = {
     Status.INVALID: InvalidRequestError,
     Status.UNAVAILABLE: StoreUnavailableError,
     Status.INTERNAL: StoreError,
+    Status.REVISION_GONE: RevisionGoneError,
 }
 
 
@@ -314,6 +327,29 @@ class Page:
     sas: tuple[SaRecord, ...]
     policies: tuple[PolicyRecord, ...]
     cursor: bytes | None
+    revision: int = 0
+    """The server ID's revision when the page was read (see :meth:`SaStore.get_changes`)."""
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of what changed in a server's state after a revision (the change feed).
+
+    ``sas`` and ``policies`` are the entries stored or updated after the
+    asked revision, as they are now; ``removed_sas`` and ``removed_policies``
+    the ones deleted after it (and not stored again since). ``cursor`` is None
+    on the last page.
+    """
+
+    epoch: int
+    revision: int
+    """The server ID's revision when this page was read: everything up to it is in the
+    pages of this walk (or in a later one: pages are not a snapshot)."""
+    sas: tuple[SaRecord, ...]
+    policies: tuple[PolicyRecord, ...]
+    removed_sas: tuple[SaKey, ...]
+    removed_policies: tuple[bytes, ...]
+    cursor: bytes | None
 
 
 @dataclass(frozen=True)
@@ -364,6 +400,26 @@ def check_epoch(epoch: int) -> int:
     if epoch > MAX_EPOCH:
         raise EpochLimitError(f"epoch {epoch} refused, the largest epoch is 2**63-1")
     return epoch
+
+
+def check_revision(revision: int) -> int:
+    if not isinstance(revision, int) or not 0 <= revision < 2**64:
+        raise InvalidRequestError(f"revision must be an integer 0..2^64-1, not {revision!r}")
+    return revision
+
+
+def check_changes_held(server_id: str, since: int, revision: int, horizon: int) -> None:
+    """Raise :class:`RevisionGoneError` unless the store can tell every change after ``since``."""
+    if since > revision:
+        raise RevisionGoneError(
+            f"server {server_id}: revision {since} is newer than the store's ({revision}); "
+            "the store was replaced or rolled back: retrieve the whole state"
+        )
+    if since < horizon:
+        raise RevisionGoneError(
+            f"server {server_id}: the changes since revision {since} are no longer held "
+            f"(removals up to revision {horizon} are forgotten): retrieve the whole state"
+        )
 
 
 def check_epoch_raise(server_id: str, current: int, new: int) -> None:
@@ -492,6 +548,9 @@ class SaStore(abc.ABC):
 
     backend_name = "abstract"
 
+    removal_history = 100_000
+    """Removals kept per server ID for :meth:`get_changes`; older ones are forgotten."""
+
     @abc.abstractmethod
     def claim(self, server_id: str, epoch: int | None = None) -> int:
         """Raise the server ID's epoch atomically and return the new value.
@@ -555,9 +614,38 @@ class SaStore(abc.ABC):
     def policy_cursor(self, policy_id: bytes) -> bytes:
         """The cursor that resumes a page walk after this policy."""
 
+    def removed_sa_cursor(self, key: SaKey) -> bytes:
+        """The cursor that resumes a change walk after this removed SA."""
+        return b"R" + self.sa_cursor(key)
+
+    def removed_policy_cursor(self, policy_id: bytes) -> bytes:
+        """The cursor that resumes a change walk after this removed policy."""
+        return b"R" + self.policy_cursor(policy_id)
+
     @abc.abstractmethod
     def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
         """One page of the server's SAs, then of its policies; pass ``cursor`` on."""
+
+    @abc.abstractmethod
+    def revision(self, server_id: str) -> int:
+        """The server ID's revision: it grows with every change committed to its entries.
+
+        Puts, deletes and replay updates raise it (a claim does not); 0 for a
+        server ID that never wrote. Comparable only with this store's own.
+        """
+
+    @abc.abstractmethod
+    def get_changes(
+        self, server_id: str, since: int, cursor: bytes | None = None, limit: int = 256
+    ) -> ChangePage:
+        """One page of the server's entries changed or removed after revision ``since``.
+
+        Walk the pages with ``cursor`` as in :meth:`get_page`. Raises
+        :class:`RevisionGoneError` when the store no longer holds the removals
+        since ``since``, or ``since`` is beyond its revision: the caller then
+        retrieves the whole state (:meth:`iter_server`) and follows from that
+        page walk's first ``revision``.
+        """
 
     @abc.abstractmethod
     def get_by_spi(self, key: SaKey) -> SaLookup | None:
@@ -602,6 +690,16 @@ class SaStore(abc.ABC):
         cursor: bytes | None = None
         while True:
             page = self.get_page(server_id, cursor, limit)
+            yield page
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    def iter_changes(self, server_id: str, since: int, limit: int = 256) -> Iterator[ChangePage]:
+        """Every page of the changes after ``since``, in order."""
+        cursor: bytes | None = None
+        while True:
+            page = self.get_changes(server_id, since, cursor, limit)
             yield page
             if page.cursor is None:
                 return

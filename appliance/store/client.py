@@ -46,6 +46,7 @@ from appliance.store.base import (
     FetchCancelled,
     InvalidRequestError,
     NotFoundError,
+    RevisionGoneError,
     SaKey,
     SpiCollisionError,
     StaleEpochError,
@@ -60,6 +61,7 @@ from appliance.wire.constants import (
     HEADER_LENGTH,
     ExchangeType,
     ProtocolId,
+    RemovedKind,
     Status,
 )
 from appliance.wire.messages import Message, decode_message, encode_message, encoded_payload_length
@@ -70,7 +72,9 @@ from appliance.wire.payloads import (
     Notify,
     PagePayload,
     Payload,
+    RemovedPayload,
     ReplayStatePayload,
+    RevisionPayload,
     SadEntryPayload,
     ServerIdPayload,
     SpdEntryPayload,
@@ -97,6 +101,7 @@ _ERRORS: dict[int, type[StoreError]] = {
     Status.NOT_FOUND: NotFoundError,
     Status.MALFORMED: InvalidRequestError,
     Status.BUSY: StoreUnavailableError,
+    Status.REVISION_GONE: RevisionGoneError,
 }
 
 
@@ -161,6 +166,13 @@ class RetrievedState:
     unreadable: list[str] = field(default_factory=list)
     """SAs the store holds but could not read back (a tampered sealed record): each came
     as an error Notify in its place, and is reported in ``skipped`` by ``convert``."""
+    revision: int = 0
+    """The server ID's revision at the first page (protocol.md 5.3): a follower asks for
+    the changes after it next time."""
+    removed_sas: list[SaKey] = field(default_factory=list)
+    """Changes only (``StoreClient.get_changes``): SAs removed after the asked revision."""
+    removed_policies: list[bytes] = field(default_factory=list)
+    """Changes only: the store's IDs of SPD entries removed after the asked revision."""
     _sad: list[SadEntry] | None = field(default=None, repr=False)
     _spd: list[SpdEntry] | None = field(default=None, repr=False)
 
@@ -692,17 +704,35 @@ class StoreClient:
         True the retrieval ends with ``FetchCancelled`` (a hot standby's
         background fetch, overtaken by a takeover).
         """
+        return self._walk(server_id, [ServerIdPayload.parse(server_id)], stop)
+
+    def get_changes(
+        self, server_id: str, since: int, stop: Callable[[], bool] | None = None
+    ) -> RetrievedState:
+        """What changed under ``server_id`` after revision ``since`` (all pages).
+
+        The SAs and policies stored or updated since, as they are now, and in
+        ``removed_sas`` / ``removed_policies`` the ones removed since;
+        ``revision`` is the one to ask from next time. ``RevisionGoneError``
+        when the store no longer holds those changes: retrieve everything
+        with ``get_server``. ``stop`` as in ``get_server``.
+        """
+        head: list[Payload] = [ServerIdPayload.parse(server_id), RevisionPayload(since)]
+        return self._walk(server_id, head, stop)
+
+    def _walk(
+        self, server_id: str, head: list[Payload], stop: Callable[[], bool] | None
+    ) -> RetrievedState:
+        """The pages of one bulk SA_Retr (protocol.md 5.3), gathered."""
         state = RetrievedState(server_id, 0)
         cursor = b""
         page_size = min(self.max_datagram, 65535)
         while True:
             if cursor and stop is not None and stop():
                 raise FetchCancelled(f"retrieval of {server_id} stopped after {state.pages} pages")
-            request: list[Payload] = [
-                ServerIdPayload.parse(server_id),
-                PagePayload(page_size, cursor),
-            ]
+            request: list[Payload] = [*head, PagePayload(page_size, cursor)]
             (raw,) = self.exchange([(ExchangeType.SA_RETR, request)], raw=True)
+            first_page = state.pages == 0
             state.pages += 1
             items = _rawwire.parse_retr_items(raw.chunks)
             status = tuple(p for p in items if isinstance(p, Notify | EpochPayload))
@@ -727,6 +757,17 @@ class StoreClient:
                         state.ike_sa[conv.sa_key_of_payload(sad)] = p.data
                 elif isinstance(p, EpochPayload):
                     state.epoch = p.epoch
+                elif isinstance(p, RevisionPayload):
+                    # Later pages may be newer; what came before the first is all in the walk.
+                    if first_page:
+                        state.revision = p.revision
+                elif isinstance(p, RemovedPayload):
+                    if p.kind == RemovedKind.SA:
+                        state.removed_sas.append(
+                            conv.raw_sa_key(p.spi, p.family, p.daddr, p.protocol)
+                        )
+                    else:
+                        state.removed_policies.append(p.policy_id)
                 elif isinstance(p, PagePayload):
                     next_cursor = p.cursor
                 elif isinstance(p, Notify) and p is not status_notify:

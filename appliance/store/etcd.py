@@ -7,12 +7,39 @@ need is four JSON calls.
 
 Key layout (all under :data:`PREFIX`; ``<sa>`` is ``<proto:03d>/<dst>/<spi:08x>``)::
 
-    /ipsec-ha/schema                          "1"  (the layout version)
-    /ipsec-ha/v1/epoch/<server_id>            decimal owner epoch
-    /ipsec-ha/v1/sa/<sa>                      owner server ID (the SPI index)
-    /ipsec-ha/v1/server/<id>/sa/<sa>          JSON {entry, ike_sa, policies: [hex id]}
-    /ipsec-ha/v1/server/<id>/replay/<sa>      latest replay state (raw bytes)
-    /ipsec-ha/v1/server/<id>/policy/<hex id>  SPD entry (raw bytes)
+    /ipsec-ha/schema                                  "1"  (the layout version)
+    /ipsec-ha/v1/epoch/<server_id>                    decimal owner epoch
+    /ipsec-ha/v1/sa/<sa>                              owner server ID (the SPI index)
+    /ipsec-ha/v1/server/<id>/sa/<sa>                  JSON {entry, ike_sa, policies: [hex id]}
+    /ipsec-ha/v1/server/<id>/replay/<sa>              latest replay state (raw bytes)
+    /ipsec-ha/v1/server/<id>/policy/<hex id>          SPD entry (raw bytes)
+    /ipsec-ha/v1/server/<id>/revision                 epoch of the write; its mod_revision is the
+                                                      server's revision
+    /ipsec-ha/v1/server/<id>/removed/sa/<sa>          epoch of the write that deleted the SA, at
+                                                      the marker's mod_revision
+    /ipsec-ha/v1/server/<id>/removed/policy/<hex id>  likewise for a policy
+    /ipsec-ha/v1/server/<id>/horizon                  decimal: removals up to it are forgotten
+
+The change feed is etcd's own MVCC: a server ID's revision is the etcd
+revision of its last write that changed something (the ``revision`` key is
+put in that write's transaction, so reading it costs one key, not a scan),
+and what changed after revision R are the keys under the server's prefix
+whose ``mod_revision`` is above R (ranges with ``min_mod_revision``; etcd
+filters after reading the range, so a change page costs a scan of the keys
+after its cursor).  A write that stores an SA also writes or deletes its
+replay key, so a changed record's replay state is among the changed keys.
+
+A deletion leaves no key, so each write that deletes an existing SA or
+policy puts a removal marker in the same transaction.  Storing the entry
+again leaves its marker (a write costs no extra operation per entry, within
+etcd's ``--max-txn-ops``): a change walk skips a marker whose entry is
+stored, as that entry's newer key is reported as a change.  At most
+:attr:`~appliance.store.base.SaStore.removal_history` markers are kept per
+server ID; the oldest are deleted with the ``horizon`` raised in the same
+transaction, and changes after a revision below the horizon are gone.  The
+markers arrived in layout 1 without changing it: a keyspace written before
+them has no markers and horizon 0, and its servers have revision 0 until
+their next write.
 
 Every write is one optimistic transaction: read the epoch and the owners of
 the SA keys, check them (stale epoch, SPI collision), then one ``Txn`` that
@@ -25,6 +52,7 @@ and rewrites the same values.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import ssl
@@ -37,6 +65,7 @@ from appliance.store import base as store
 from appliance.store.base import (
     MAX_CURSOR_LEN,
     Batch,
+    ChangePage,
     Page,
     PolicyRecord,
     SaKey,
@@ -47,8 +76,10 @@ from appliance.store.base import (
     StoreStats,
     StoreSummary,
     check_batch,
+    check_changes_held,
     check_epoch,
     check_epoch_raise,
+    check_revision,
     check_server_id,
 )
 
@@ -60,6 +91,8 @@ PREFIX = "/ipsec-ha/v1/"
 _MAX_RACE_RETRIES = 16
 #: Ranges per read transaction when fetching many keys (etcd's default --max-txn-ops is 128).
 _READ_CHUNK = 100
+#: Removal markers forgotten per transaction (two operations each, within --max-txn-ops 128).
+_FORGET_CHUNK = 60
 
 Json = dict[str, Any]
 
@@ -99,6 +132,58 @@ def _server_prefix(server_id: str) -> str:
     return f"{PREFIX}server/{server_id}/"
 
 
+def _revision_key(server_id: str) -> str:
+    return f"{_server_prefix(server_id)}revision"
+
+
+def _horizon_key(server_id: str) -> str:
+    return f"{_server_prefix(server_id)}horizon"
+
+
+#: Where each phase of a page walk reads under a server's prefix, by its cursor tag.  A
+#: cursor is the tag and the last entry returned (SA path, raw policy ID); the tag alone
+#: starts that phase.  A state walk has phases S and P; a change walk all four (the tags
+#: of removals are those of :meth:`~appliance.store.base.SaStore.removed_sa_cursor`).
+_PHASE_KEYS = {b"S": "sa/", b"P": "policy/", b"RS": "removed/sa/", b"RP": "removed/policy/"}
+_STATE_PHASES = (b"S", b"P")
+_CHANGE_PHASES = (b"S", b"P", b"RS", b"RP")
+_POLICY_PHASES = (b"P", b"RP")
+#: The phase of the entries that each removal phase's markers name.
+_REMOVAL_PHASES = {b"RS": b"S", b"RP": b"P"}
+
+
+def _encode_cursor(tag: bytes, suffix: str) -> bytes:
+    return tag + (bytes.fromhex(suffix) if tag in _POLICY_PHASES else suffix.encode())
+
+
+def _decode_cursor(cursor: bytes, tags: tuple[bytes, ...]) -> tuple[bytes, str]:
+    """The phase and the key suffix a walk resumes after ("": the phase's start)."""
+    tag = cursor[:2] if cursor[:1] == b"R" else cursor[:1]
+    rest = cursor[len(tag) :]
+    try:
+        if len(cursor) > MAX_CURSOR_LEN or tag not in tags:
+            raise ValueError
+        if tag in _POLICY_PHASES:
+            return tag, rest.hex()
+        suffix = rest.decode("ascii")
+        if suffix:
+            _sa_from_path(suffix)
+        return tag, suffix
+    except ValueError:
+        raise store.InvalidRequestError("malformed page cursor") from None
+
+
+def _sa_record(key: SaKey, raw: bytes, replay: bytes | None) -> SaRecord:
+    rec = json.loads(raw)
+    return SaRecord(
+        key,
+        _unb64(rec["entry"]),
+        tuple(bytes.fromhex(h) for h in rec["policies"]),
+        replay,
+        None if rec["ike_sa"] is None else _unb64(rec["ike_sa"]),
+    )
+
+
 def _put(key: str, value: str | bytes) -> Json:
     return {"request_put": {"key": _b64(key), "value": _b64(value)}}
 
@@ -120,6 +205,14 @@ def _value_equals(key: str, value: str) -> Json:
 
 def _absent(key: str) -> Json:
     return {"target": "CREATE", "key": _b64(key), "result": "EQUAL", "create_revision": "0"}
+
+
+def _present(key: str) -> Json:
+    return {"target": "CREATE", "key": _b64(key), "result": "GREATER", "create_revision": "0"}
+
+
+def _unmodified(key: str, mod_revision: int) -> Json:
+    return {"target": "MOD", "key": _b64(key), "result": "EQUAL", "mod_revision": str(mod_revision)}
 
 
 def _kvs(resp: Json) -> list[tuple[str, bytes]]:
@@ -310,11 +403,18 @@ class EtcdClient:
     def range(self, key: str, range_end: str | None = None, **extra: Any) -> Json:
         return self.call("/v3/kv/range", _range(key, range_end, **extra)["request_range"])
 
-    def get_many(self, keys: Iterable[str], revision: int = 0) -> dict[str, bytes]:
-        """The values of ``keys`` (absent ones left out), read in chunked transactions."""
+    def get_many(
+        self, keys: Iterable[str], revision: int = 0, keys_only: bool = False
+    ) -> dict[str, bytes]:
+        """The values of ``keys`` (absent ones left out), read in chunked transactions.
+
+        ``keys_only``: which keys exist (every value empty).
+        """
         out: dict[str, bytes] = {}
         keys = list(keys)
-        extra = {"revision": str(revision)} if revision else {}
+        extra: dict[str, Any] = {"revision": str(revision)} if revision else {}
+        if keys_only:
+            extra["keys_only"] = True
         for i in range(0, len(keys), _READ_CHUNK):
             resp = self.txn([], [_range(k, **extra) for k in keys[i : i + _READ_CHUNK]])
             for r in resp.get("responses", []):
@@ -373,13 +473,22 @@ class EtcdStore(SaStore):
     # -- helpers ----------------------------------------------------------------
 
     def _read_state(
-        self, server_id: str, keys: Sequence[SaKey]
-    ) -> tuple[int | None, dict[SaKey, str]]:
-        values = self._etcd.get_many([_epoch_key(server_id), *(_owner_key(k) for k in keys)])
+        self, server_id: str, keys: Sequence[SaKey], policy_ids: Sequence[bytes]
+    ) -> tuple[int | None, dict[SaKey, str], set[bytes]]:
+        """The epoch, the owners of ``keys`` and which of ``policy_ids`` the server has."""
+        prefix = _server_prefix(server_id)
+        values = self._etcd.get_many(
+            [
+                _epoch_key(server_id),
+                *(_owner_key(k) for k in keys),
+                *(f"{prefix}policy/{p.hex()}" for p in policy_ids),
+            ]
+        )
         raw_epoch = values.get(_epoch_key(server_id))
         epoch = None if raw_epoch is None else int(raw_epoch)
         owners = {k: values[_owner_key(k)].decode() for k in keys if _owner_key(k) in values}
-        return epoch, owners
+        present = {p for p in policy_ids if f"{prefix}policy/{p.hex()}" in values}
+        return epoch, owners, present
 
     def _epoch_guard(
         self, server_id: str, current: int | None, epoch: int
@@ -449,10 +558,13 @@ class EtcdStore(SaStore):
         check_batch(batch)
         prefix = _server_prefix(server_id)
         delete_sas = list(dict.fromkeys(batch.delete_sas))
+        delete_pids = list(dict.fromkeys(batch.delete_policies))
         put_keys = [sa.key for sa in batch.puts]
         replay_keys = [k for k, _ in batch.replay]
         for _ in range(_MAX_RACE_RETRIES):
-            current, owners = self._read_state(server_id, put_keys + delete_sas + replay_keys)
+            current, owners, present_pids = self._read_state(
+                server_id, put_keys + delete_sas + replay_keys, delete_pids
+            )
             compare, ops = self._epoch_guard(server_id, current, epoch)
             compare += self._owner_guard(server_id, put_keys, owners, "put")
             compare += self._owner_guard(server_id, delete_sas, owners, "delete")
@@ -460,6 +572,7 @@ class EtcdStore(SaStore):
                 if owners.get(k) != server_id:
                     raise store.NotFoundError(f"SA {k} of server {server_id} is not in the store")
                 compare.append(_value_equals(_owner_key(k), server_id))
+            removals = 0
             for k in delete_sas:
                 path = _sa_path(k)
                 ops += [
@@ -467,10 +580,18 @@ class EtcdStore(SaStore):
                     _delete(f"{prefix}sa/{path}"),
                     _delete(f"{prefix}replay/{path}"),
                 ]
-            ops += [
-                _delete(f"{prefix}policy/{pid.hex()}")
-                for pid in dict.fromkeys(batch.delete_policies)
-            ]
+                if owners.get(k) == server_id:
+                    ops.append(_put(f"{prefix}removed/sa/{path}", str(epoch)))
+                    removals += 1
+            # The marker depends on the policy existing: pin what was read.
+            for pid in delete_pids:
+                key = f"{prefix}policy/{pid.hex()}"
+                if pid in present_pids:
+                    compare.append(_present(key))
+                    ops += [_delete(key), _put(f"{prefix}removed/policy/{pid.hex()}", str(epoch))]
+                    removals += 1
+                else:
+                    compare.append(_absent(key))
             pols: dict[bytes, bytes] = {p.policy_id: p.entry for p in batch.policies}
             for sa in batch.puts:
                 path = _sa_path(sa.key)
@@ -481,6 +602,7 @@ class EtcdStore(SaStore):
                 }
                 ops.append(_put(_owner_key(sa.key), server_id))
                 ops.append(_put(f"{prefix}sa/{path}", json.dumps(record, separators=(",", ":"))))
+                # Always with the record: a change walk takes the replay state from there.
                 if sa.replay is None:
                     ops.append(_delete(f"{prefix}replay/{path}"))
                 else:
@@ -488,9 +610,63 @@ class EtcdStore(SaStore):
                 pols.update((p.policy_id, p.entry) for p in sa.policies)
             ops += [_put(f"{prefix}policy/{pid.hex()}", entry) for pid, entry in pols.items()]
             ops += [_put(f"{prefix}replay/{_sa_path(k)}", r) for k, r in batch.replay]
-            if self._etcd.txn(compare, ops).get("succeeded"):
+            if batch.puts or pols or batch.replay or removals:
+                ops.append(_put(_revision_key(server_id), str(epoch)))
+            if removals:
+                # Last, so that it counts this write's markers too.
+                ops.append(
+                    _range(f"{prefix}removed/", _prefix_end(f"{prefix}removed/"), count_only=True)
+                )
+            resp = self._etcd.txn(compare, ops)
+            if resp.get("succeeded"):
+                if removals:
+                    counted = resp["responses"][-1]["response_range"].get("count", 0)
+                    if int(counted) > self.removal_history:
+                        self._forget_removals(server_id)
                 return
         raise store.StoreUnavailableError(f"server {server_id}: write kept losing races")
+
+    def _forget_removals(self, server_id: str) -> None:
+        """Delete the oldest removal markers beyond :attr:`removal_history`, raising the horizon.
+
+        Only history is lost: after repeated races (another writer, a marker rewritten)
+        it stops, and the next write that removes something tries again.
+        """
+        base = f"{_server_prefix(server_id)}removed/"
+        horizon_key = _horizon_key(server_id)
+        races = 0
+        while races < _MAX_RACE_RETRIES:
+            read = self._etcd.txn(
+                [],
+                [
+                    _range(base, _prefix_end(base), count_only=True),
+                    _range(horizon_key),
+                    _range(
+                        base,
+                        _prefix_end(base),
+                        keys_only=True,
+                        sort_target="MOD",
+                        sort_order="ASCEND",
+                        limit=str(_FORGET_CHUNK),
+                    ),
+                ],
+            )["responses"]
+            counted, horizon_resp, oldest_resp = (r["response_range"] for r in read)
+            excess = int(counted.get("count", 0)) - self.removal_history
+            oldest = [
+                (_unb64(kv["key"]).decode(), int(kv["mod_revision"]))
+                for kv in oldest_resp.get("kvs", [])[: max(0, excess)]
+            ]
+            if not oldest:
+                return
+            horizon = _kvs(horizon_resp)
+            old = horizon[0][1].decode() if horizon else None
+            new = max([int(old or 0)] + [mod for _, mod in oldest])
+            compare = [_absent(horizon_key) if old is None else _value_equals(horizon_key, old)]
+            compare += [_unmodified(key, mod) for key, mod in oldest]
+            ops = [_delete(key) for key, _ in oldest] + [_put(horizon_key, str(new))]
+            if not self._etcd.txn(compare, ops).get("succeeded"):
+                races += 1
 
     def keys_for_spi(self, server_id: str, spi: int, proto: int) -> list[SaKey]:
         base = f"{_server_prefix(server_id)}sa/{proto:03d}/"
@@ -504,31 +680,39 @@ class EtcdStore(SaStore):
     def policy_cursor(self, policy_id: bytes) -> bytes:
         return b"P" + policy_id
 
+    def _head(self, server_id: str) -> tuple[int, int, int, int]:
+        """What a page is answered at: the etcd revision, the epoch, the revision, the horizon."""
+        resp = self._etcd.txn(
+            [],
+            [
+                _range(_epoch_key(server_id)),
+                _range(_revision_key(server_id)),
+                _range(_horizon_key(server_id)),
+            ],
+        )
+        epoch, revision, horizon = (r["response_range"].get("kvs", []) for r in resp["responses"])
+        return (
+            int(resp["header"]["revision"]),
+            int(_unb64(epoch[0].get("value"))) if epoch else 0,
+            int(revision[0]["mod_revision"]) if revision else 0,
+            int(_unb64(horizon[0].get("value"))) if horizon else 0,
+        )
+
+    def revision(self, server_id: str) -> int:
+        check_server_id(server_id)
+        kvs = self._etcd.range(_revision_key(server_id), keys_only=True).get("kvs", [])
+        return int(kvs[0]["mod_revision"]) if kvs else 0
+
     def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
         check_server_id(server_id)
         if not 0 < limit <= 10_000:
             raise store.InvalidRequestError("page limit must be 1..10000")
         prefix = _server_prefix(server_id)
-        # Cursors are compact (at most 64 bytes): "S" + SA path, or "P" + policy ID.
-        phase, after = "sa", ""
-        if cursor is not None:
-            try:
-                if len(cursor) > MAX_CURSOR_LEN or cursor[:1] not in (b"S", b"P"):
-                    raise ValueError
-                phase = "sa" if cursor[:1] == b"S" else "pol"
-                after = cursor[1:].decode("ascii") if phase == "sa" else cursor[1:].hex()
-                if phase == "sa":
-                    _sa_from_path(after)
-            except ValueError:
-                raise store.InvalidRequestError("malformed page cursor") from None
+        phase, after = (b"S", "") if cursor is None else _decode_cursor(cursor, _STATE_PHASES)
         sas: list[SaRecord] = []
-        revision = 0
-        epoch_resp = self._etcd.range(_epoch_key(server_id))
-        revision = int(epoch_resp["header"]["revision"])
-        kv_epoch = _kvs(epoch_resp)
-        epoch = int(kv_epoch[0][1]) if kv_epoch else 0
+        revision, epoch, server_revision, _ = self._head(server_id)
         at = {"revision": str(revision)}
-        if phase == "sa":
+        if phase == b"S":
             base = f"{prefix}sa/"
             start = base + after + "\x00" if after else base
             resp = self._etcd.range(start, _prefix_end(base), limit=str(limit), **at)
@@ -539,27 +723,124 @@ class EtcdStore(SaStore):
                 replays = dict(_kvs(self._etcd.range(rbase + first, rbase + last + "\x00", **at)))
                 for key, raw in rows:
                     path = key[len(base) :]
-                    rec = json.loads(raw)
-                    sas.append(
-                        SaRecord(
-                            _sa_from_path(path),
-                            _unb64(rec["entry"]),
-                            tuple(bytes.fromhex(h) for h in rec["policies"]),
-                            replays.get(rbase + path),
-                            None if rec["ike_sa"] is None else _unb64(rec["ike_sa"]),
-                        )
-                    )
+                    sas.append(_sa_record(_sa_from_path(path), raw, replays.get(rbase + path)))
             if resp.get("more"):
-                return Page(epoch, tuple(sas), (), b"S" + rows[-1][0][len(base) :].encode())
-            phase, after, limit = "pol", "", limit - len(rows)
+                last_path = rows[-1][0][len(base) :]
+                return Page(epoch, tuple(sas), (), b"S" + last_path.encode(), server_revision)
+            phase, after, limit = b"P", "", limit - len(rows)
             if limit == 0:
-                return Page(epoch, tuple(sas), (), b"P")
+                return Page(epoch, tuple(sas), (), b"P", server_revision)
         base = f"{prefix}policy/"
         start = base + after + "\x00" if after else base
         resp = self._etcd.range(start, _prefix_end(base), limit=str(limit), **at)
         pols = tuple(PolicyRecord(bytes.fromhex(k[len(base) :]), v) for k, v in _kvs(resp))
         next_cursor = b"P" + pols[-1].policy_id if resp.get("more") and pols else None
-        return Page(epoch, tuple(sas), pols, next_cursor)
+        return Page(epoch, tuple(sas), pols, next_cursor, server_revision)
+
+    def get_changes(
+        self, server_id: str, since: int, cursor: bytes | None = None, limit: int = 256
+    ) -> ChangePage:
+        check_server_id(server_id)
+        check_revision(since)
+        if not 0 < limit <= 10_000:
+            raise store.InvalidRequestError("page limit must be 1..10000")
+        phase, after = (b"S", "") if cursor is None else _decode_cursor(cursor, _CHANGE_PHASES)
+        at, epoch, revision, horizon = self._head(server_id)
+        check_changes_held(server_id, since, revision, horizon)
+        found: dict[bytes, list[str]] = {tag: [] for tag in _CHANGE_PHASES}
+        values: dict[str, bytes] = {}
+        next_cursor: bytes | None = None
+        # Nothing under the prefix is newer than the revision key (0: maybe a keyspace older
+        # than the change feed, so look).
+        if since < revision or revision == 0:
+            for tag in _CHANGE_PHASES[_CHANGE_PHASES.index(phase) :]:
+                if limit == 0:
+                    next_cursor = tag
+                    break
+                found[tag], resume = self._changed_after(
+                    server_id, tag, after, since, at, limit, values
+                )
+                if resume is not None:
+                    next_cursor = _encode_cursor(tag, resume)
+                    break
+                after, limit = "", limit - len(found[tag])
+        prefix = _server_prefix(server_id)
+        # An SA whose replay state alone changed: its record was not in the changed keys.
+        values.update(
+            self._etcd.get_many(
+                [f"{prefix}sa/{p}" for p in found[b"S"] if f"{prefix}sa/{p}" not in values], at
+            )
+        )
+        sas = tuple(
+            _sa_record(
+                _sa_from_path(p), values[f"{prefix}sa/{p}"], values.get(f"{prefix}replay/{p}")
+            )
+            for p in found[b"S"]
+            if f"{prefix}sa/{p}" in values  # (a replay state alone: not an SA)
+        )
+        return ChangePage(
+            epoch,
+            revision,
+            sas,
+            tuple(
+                PolicyRecord(bytes.fromhex(h), values[f"{prefix}policy/{h}"]) for h in found[b"P"]
+            ),
+            tuple(_sa_from_path(p) for p in found[b"RS"]),
+            tuple(bytes.fromhex(h) for h in found[b"RP"]),
+            next_cursor,
+        )
+
+    def _changed_after(
+        self,
+        server_id: str,
+        phase: bytes,
+        after: str,
+        since: int,
+        at: int,
+        want: int,
+        values: dict[str, bytes],
+    ) -> tuple[list[str], str | None]:
+        """Up to ``want`` key suffixes of ``phase`` after ``after`` modified after ``since``.
+
+        Read at etcd revision ``at``; the values read are added to ``values`` by key.
+        Also gives the suffix to resume after if more may follow (else None).  An SA
+        changed if its record or its replay state did; a removal marker counts if its
+        entry is not stored.
+
+        etcd filters by ``min_mod_revision`` after reading every key of the range, so a
+        page costs a scan of the phase's keys after ``after``: cheap for the few pages
+        of following a server, dear for a long walk in small pages.
+        """
+        prefix = _server_prefix(server_id)
+        bases = [prefix + _PHASE_KEYS[phase]] + ([f"{prefix}replay/"] if phase == b"S" else [])
+        ranges = [
+            _range(
+                base + after + "\x00" if after else base,
+                _prefix_end(base),
+                limit=str(want),
+                revision=str(at),
+                min_mod_revision=str(since + 1),
+            )
+            for base in bases
+        ]
+        changed: set[str] = set()
+        more = False
+        for base, resp in zip(bases, self._etcd.txn([], ranges)["responses"], strict=True):
+            kvs = _kvs(resp["response_range"])
+            values.update(kvs)
+            changed.update(key[len(base) :] for key, _ in kvs)
+            more = more or bool(resp["response_range"].get("more"))
+        # A range that has more gave ``want`` keys: the first ``want`` of all are read in
+        # every range, whatever the others gave past them.
+        ordered = sorted(changed)
+        resume = ordered[want - 1] if more or len(ordered) > want else None
+        ordered = ordered[:want]
+        if phase in _REMOVAL_PHASES and ordered:
+            # A marker of an entry stored again: that is a change (phase S or P).
+            entries = prefix + _PHASE_KEYS[_REMOVAL_PHASES[phase]]
+            stored = self._etcd.get_many([entries + s for s in ordered], at, keys_only=True)
+            ordered = [s for s in ordered if entries + s not in stored]
+        return ordered, resume
 
     def get_by_spi(self, key: SaKey) -> SaLookup | None:
         resp = self._etcd.range(_owner_key(key))
@@ -576,26 +857,18 @@ class EtcdStore(SaStore):
         raw = values.get(f"{prefix}sa/{path}")
         if raw is None:
             return None
-        rec = json.loads(raw)
-        pids = [bytes.fromhex(h) for h in rec["policies"]]
-        pvalues = self._etcd.get_many([f"{prefix}policy/{p.hex()}" for p in pids], revision)
+        sa = _sa_record(key, raw, values.get(f"{prefix}replay/{path}"))
+        pvalues = self._etcd.get_many(
+            [f"{prefix}policy/{p.hex()}" for p in sa.policy_ids], revision
+        )
         pols = tuple(
             PolicyRecord(p, pvalues[f"{prefix}policy/{p.hex()}"])
-            for p in sorted(pids)
+            for p in sorted(sa.policy_ids)
             if f"{prefix}policy/{p.hex()}" in pvalues
         )
-        return SaLookup(
-            server_id,
-            int(values.get(_epoch_key(server_id), b"0")),
-            SaRecord(
-                key,
-                _unb64(rec["entry"]),
-                tuple(p.policy_id for p in pols),
-                values.get(f"{prefix}replay/{path}"),
-                None if rec["ike_sa"] is None else _unb64(rec["ike_sa"]),
-            ),
-            pols,
-        )
+        # Only the policies still stored, in ID order.
+        sa = dataclasses.replace(sa, policy_ids=tuple(p.policy_id for p in pols))
+        return SaLookup(server_id, int(values.get(_epoch_key(server_id), b"0")), sa, pols)
 
     def stats(self) -> StoreStats:
         base = f"{PREFIX}epoch/"

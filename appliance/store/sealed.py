@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from appliance.store._convert import ENTRY_FORMAT_WIRE_V1
 from appliance.store.base import (
     Batch,
+    ChangePage,
     Page,
     PolicyRecord,
     SaKey,
@@ -165,6 +166,23 @@ class SealedStore(SaStore):
     def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
         page = self.inner.get_page(server_id, cursor, limit)
         return replace(page, sas=tuple(self._open_in_page(server_id, sa) for sa in page.sas))
+
+    def revision(self, server_id: str) -> int:
+        return self.inner.revision(server_id)
+
+    def get_changes(
+        self, server_id: str, since: int, cursor: bytes | None = None, limit: int = 256
+    ) -> ChangePage:
+        page = self.inner.get_changes(server_id, since, cursor, limit)
+        return replace(page, sas=tuple(self._open_in_page(server_id, sa) for sa in page.sas))
+
+    @property
+    def removal_history(self) -> int:
+        return self.inner.removal_history
+
+    @removal_history.setter
+    def removal_history(self, value: int) -> None:
+        self.inner.removal_history = value
 
     def get_by_spi(self, key: SaKey) -> SaLookup | None:
         found = self.inner.get_by_spi(key)

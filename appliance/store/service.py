@@ -49,6 +49,7 @@ from appliance.store.base import (
     PolicyRecord,
     SaKey,
     SaPut,
+    SaRecord,
     SaStore,
     StaleEpochError,
     StoreError,
@@ -82,7 +83,9 @@ from appliance.wire.payloads import (
     Notify,
     PagePayload,
     Payload,
+    RemovedPayload,
     ReplayStatePayload,
+    RevisionPayload,
     SaLookupPayload,
     ServerIdPayload,
     UnknownPayload,
@@ -109,10 +112,20 @@ WIRE_STATUS = {
     StoreStatus.INVALID: Status.MALFORMED,
     StoreStatus.UNAVAILABLE: Status.BUSY,
     StoreStatus.INTERNAL: Status.INTERNAL,
+    StoreStatus.REVISION_GONE: Status.REVISION_GONE,
 }
 
 #: Smallest reply a requester may ask for; below it not even one SA fits.
 MIN_PAGE_DATAGRAM = 576
+
+#: What may follow the Server ID of an SA_Retr by Server ID: the whole state, or the
+#: changes after a revision (protocol.md 5.3), each with or without a Page.
+_BULK_TAILS: tuple[list[type], ...] = (
+    [],
+    [PagePayload],
+    [RevisionPayload],
+    [RevisionPayload, PagePayload],
+)
 #: Shortest entry of a Heartbeat server page: '{"server_id":"a","epoch":0,"sas":0,"policies":0},'.
 _MIN_SERVER_JSON = 49
 #: Bytes of a Notify payload before its data (generic header, protocol, SPI size, type).
@@ -438,13 +451,17 @@ class StoreService:
             lookup = payloads[0]
             assert isinstance(lookup, SaLookupPayload)
             return self._retrieve_spi(conv.key_of_lookup(lookup))
-        if kinds in ([ServerIdPayload], [ServerIdPayload, PagePayload]):
+        if kinds[:1] == [ServerIdPayload] and kinds[1:] in _BULK_TAILS:
             sid = payloads[0]
-            page = payloads[1] if len(payloads) == 2 else PagePayload()
-            assert isinstance(sid, ServerIdPayload) and isinstance(page, PagePayload)
-            return self._retrieve_page(str(sid), page)
+            assert isinstance(sid, ServerIdPayload)
+            page = next((p for p in payloads if isinstance(p, PagePayload)), PagePayload())
+            since = next((p for p in payloads if isinstance(p, RevisionPayload)), None)
+            if since is None:
+                return self._retrieve_page(str(sid), page)
+            return self._retrieve_changes(str(sid), since.revision, page)
         raise InvalidRequestError(
-            "SA_Retr takes one SA Lookup, or one Server ID and at most one Page payload"
+            "SA_Retr takes one SA Lookup, or one Server ID, at most one Revision "
+            "and at most one Page payload, in that order"
         )
 
     def _retrieve_spi(self, key: SaKey) -> list[Payload]:
@@ -477,16 +494,42 @@ class StoreService:
 
     def _retrieve_page(self, server_id: str, page: PagePayload) -> list[Payload]:
         max_len = self._page_size(page)
-        head: list[Payload] = [Notify(Status.OK), ServerIdPayload.parse(server_id)]
         cursor = page.cursor or None
         backend_page = self.store.get_page(server_id, cursor, max(4, max_len // 200))
-        head.append(EpochPayload(backend_page.epoch))
-        budget = page_budget(max_len, head)
-        body: list[Payload] = []
-        used = 0
-        resume: bytes | None = None
+        items = self._entry_items(backend_page.sas, backend_page.policies)
+        head = self._bulk_head(server_id, backend_page.epoch, backend_page.revision)
+        return self._fit_page(head, items, backend_page.cursor, page, max_len)
+
+    def _retrieve_changes(self, server_id: str, since: int, page: PagePayload) -> list[Payload]:
+        """The changes after ``since`` (protocol.md 5.3): entries as now, then removals."""
+        max_len = self._page_size(page)
+        cursor = page.cursor or None
+        changes = self.store.get_changes(server_id, since, cursor, max(4, max_len // 200))
+        items = self._entry_items(changes.sas, changes.policies)
+        for key in changes.removed_sas:
+            lookup = conv.lookup_payload(key)
+            removed = RemovedPayload.for_sa(key.spi, key.proto, lookup.family, lookup.daddr)
+            items.append((self.store.removed_sa_cursor(key), [removed]))
+        for pid in changes.removed_policies:
+            items.append((self.store.removed_policy_cursor(pid), [RemovedPayload.for_policy(pid)]))
+        head = self._bulk_head(server_id, changes.epoch, changes.revision)
+        return self._fit_page(head, items, changes.cursor, page, max_len)
+
+    @staticmethod
+    def _bulk_head(server_id: str, epoch: int, revision: int) -> list[Payload]:
+        return [
+            Notify(Status.OK),
+            ServerIdPayload.parse(server_id),
+            EpochPayload(epoch),
+            RevisionPayload(revision),
+        ]
+
+    def _entry_items(
+        self, sas: Sequence[SaRecord], policies: Sequence[PolicyRecord]
+    ) -> list[tuple[bytes, Sequence[Payload]]]:
+        """Each SA and policy of a page as (cursor after it, its payloads)."""
         items: list[tuple[bytes, Sequence[Payload]]] = []
-        for sa in backend_page.sas:
+        for sa in sas:
             if sa.unreadable is not None:
                 # In its place, a Notify naming it: the requester skips and reports it (5.3).
                 protocol = IPPROTO_TO_PROTOCOL_ID[sa.key.proto]
@@ -495,10 +538,25 @@ class StoreService:
             else:
                 payloads = self._sa_payloads(sa.entry, sa.replay, sa.ike_sa)
             items.append((self.store.sa_cursor(sa.key), payloads))
-        for pol in backend_page.policies:
+        for pol in policies:
             items.append(
                 (self.store.policy_cursor(pol.policy_id), conv.spd_raw_payloads(pol.entry))
             )
+        return items
+
+    def _fit_page(
+        self,
+        head: list[Payload],
+        items: list[tuple[bytes, Sequence[Payload]]],
+        backend_cursor: bytes | None,
+        page: PagePayload,
+        max_len: int,
+    ) -> list[Payload]:
+        """As many whole items as fit the reply, and the cursor after the last one sent."""
+        budget = page_budget(max_len, head)
+        body: list[Payload] = []
+        used = 0
+        resume: bytes | None = None
         for item_cursor, payloads in items:
             size = sum(_encoded_size(p) for p in payloads)
             if used + size > budget:
@@ -513,7 +571,7 @@ class StoreService:
             used += size
             resume = item_cursor
         else:
-            resume = backend_page.cursor
+            resume = backend_cursor
         out = head + body
         if resume is not None:
             out.append(PagePayload(0, resume))

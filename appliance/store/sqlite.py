@@ -42,6 +42,7 @@ from appliance.store.base import (
     MAX_CURSOR_LEN,
     MAX_POLICY_ID_LEN,
     Batch,
+    ChangePage,
     InvalidRequestError,
     NotFoundError,
     Page,
@@ -57,12 +58,14 @@ from appliance.store.base import (
     StoreStats,
     StoreUnavailableError,
     check_batch,
+    check_changes_held,
     check_epoch,
     check_epoch_raise,
+    check_revision,
     check_server_id,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE server (
@@ -98,6 +101,38 @@ CREATE TABLE sa_policy (
 CREATE INDEX sa_policy_by_policy ON sa_policy(server_id, policy_id);
 """
 
+# Version 2: the change feed. Every write to a server ID takes the next ``revision``
+# and stamps the rows it puts (``rev``); removals leave a marker until they are
+# stored again or forgotten (beyond ``removal_history``; ``horizon`` is then the
+# newest forgotten one). Rows of version 1 count as written at revision 1.
+_SCHEMA_V2 = """
+ALTER TABLE server ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE server ADD COLUMN horizon INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sa ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE policy ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+UPDATE server SET revision = 1;
+UPDATE sa SET rev = 1;
+UPDATE policy SET rev = 1;
+CREATE INDEX sa_by_rev ON sa(server_id, rev);
+CREATE INDEX policy_by_rev ON policy(server_id, rev);
+CREATE TABLE sa_removed (
+    server_id TEXT    NOT NULL,
+    proto     INTEGER NOT NULL,
+    dst       TEXT    NOT NULL,
+    spi       INTEGER NOT NULL,
+    rev       INTEGER NOT NULL,
+    PRIMARY KEY (server_id, proto, dst, spi)
+) WITHOUT ROWID;
+CREATE INDEX sa_removed_by_rev ON sa_removed(server_id, rev);
+CREATE TABLE policy_removed (
+    server_id TEXT    NOT NULL,
+    policy_id BLOB    NOT NULL,
+    rev       INTEGER NOT NULL,
+    PRIMARY KEY (server_id, policy_id)
+) WITHOUT ROWID;
+CREATE INDEX policy_removed_by_rev ON policy_removed(server_id, rev);
+"""
+
 
 def _run_statements(db: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it commits first, and a migration must be one transaction.
@@ -109,6 +144,7 @@ def _run_statements(db: sqlite3.Connection, script: str) -> None:
 #: Step ``n`` brings a database from version ``n`` to ``n + 1``.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda db: _run_statements(db, _SCHEMA_V1),
+    1: lambda db: _run_statements(db, _SCHEMA_V2),
 }
 
 _FILE_MODE = 0o600
@@ -149,7 +185,13 @@ def _sa_cursor(proto: int, dst: str, spi: int) -> bytes:
 
 
 def _decode_cursor(cursor: bytes) -> tuple[str, list[object]]:
-    """Cursors are compact (at most 64 bytes): ``S`` proto spi dst, or ``P`` policy ID."""
+    """Cursors are compact (at most 64 bytes): ``S`` proto spi dst, or ``P`` policy ID.
+
+    A change walk's cursors in its removals carry an ``R`` in front.
+    """
+    if cursor[:1] == b"R" and len(cursor) > 1:
+        phase, key = _decode_cursor(cursor[1:])
+        return "removed-" + phase, key
     if cursor[:1] == b"S" and 6 < len(cursor) <= MAX_CURSOR_LEN:
         try:
             dst = cursor[6:].decode("ascii")
@@ -159,6 +201,75 @@ def _decode_cursor(cursor: bytes) -> tuple[str, list[object]]:
     if cursor[:1] == b"P" and len(cursor) <= MAX_POLICY_ID_LEN + 1:
         return "pol", [cursor[1:].hex()]
     raise InvalidRequestError("malformed page cursor")
+
+
+class _ChangeWalk:
+    """One page of a change walk: changed SAs, changed policies, removed SAs, removed
+    policies, each in key order, ``limit`` entries in all; ``cursor`` resumes it."""
+
+    _PHASES = ("sa", "pol", "removed-sa", "removed-pol")
+
+    def __init__(self, db: sqlite3.Connection, server_id: str, since: int, limit: int) -> None:
+        self.db, self.server_id, self.since, self.left = db, server_id, since, limit
+        self.sas: list[SaRecord] = []
+        self.policies: list[PolicyRecord] = []
+        self.removed_sas: list[SaKey] = []
+        self.removed_policies: list[bytes] = []
+        self.cursor: bytes | None = None
+
+    def run(self, phase: str, key: list[object]) -> None:
+        if phase not in self._PHASES:
+            raise InvalidRequestError("malformed page cursor")
+        start = self._PHASES.index(phase)
+        for i, name in enumerate(self._PHASES[start:], start):
+            after = key if i == start else None
+            rows = self._sa_rows if name.endswith("sa") else self._pol_rows
+            last = rows(name, after)
+            if last is not None:  # the page is full
+                self.cursor = last
+                return
+
+    def _sa_rows(self, phase: str, after: list[object] | None) -> bytes | None:
+        table = "sa" if phase == "sa" else "sa_removed"
+        columns = "proto, dst, spi, entry, replay, ike_sa" if phase == "sa" else "proto, dst, spi"
+        rows = self.db.execute(
+            f"SELECT {columns} FROM {table} WHERE server_id=? AND rev > ? "
+            "AND (proto, dst, spi) > (?, ?, ?) ORDER BY proto, dst, spi LIMIT ?",
+            (self.server_id, self.since, *(after or [-1, "", -1]), self.left),
+        ).fetchall()
+        for row in rows:
+            k = SaKey(row[2], row[1], row[0])
+            if phase == "sa":
+                links = self.db.execute(
+                    "SELECT policy_id FROM sa_policy WHERE server_id=? AND proto=? AND dst=? "
+                    "AND spi=? ORDER BY policy_id",
+                    (self.server_id, row[0], row[1], row[2]),
+                ).fetchall()
+                self.sas.append(SaRecord(k, row[3], tuple(p for (p,) in links), row[4], row[5]))
+            else:
+                self.removed_sas.append(k)
+        self.left -= len(rows)
+        if self.left:
+            return None
+        # A full page ends on a row of this phase (``left`` was not 0 before it).
+        return (b"" if phase == "sa" else b"R") + _sa_cursor(*rows[-1][:3])
+
+    def _pol_rows(self, phase: str, after: list[object] | None) -> bytes | None:
+        table = "policy" if phase == "pol" else "policy_removed"
+        columns = "policy_id, entry" if phase == "pol" else "policy_id"
+        rows = self.db.execute(
+            f"SELECT {columns} FROM {table} WHERE server_id=? AND rev > ? AND policy_id > ? "
+            "ORDER BY policy_id LIMIT ?",
+            (self.server_id, self.since, bytes.fromhex(str((after or [""])[0])), self.left),
+        ).fetchall()
+        if phase == "pol":
+            self.policies += [PolicyRecord(pid, entry) for pid, entry in rows]
+        else:
+            self.removed_policies += [pid for (pid,) in rows]
+        self.left -= len(rows)
+        if self.left:
+            return None
+        return (b"P" if phase == "pol" else b"RP") + bytes(rows[-1][0])
 
 
 class SqliteStore(SaStore):
@@ -407,7 +518,22 @@ class SqliteStore(SaStore):
                 if owners.get(k) != server_id:
                     raise NotFoundError(f"SA {k} of server {server_id} is not in the store")
 
+            rev = self._next_revision(db, server_id)
             rows = [(server_id, k.proto, k.dst, k.spi) for k in delete_sas]
+            # A removal leaves a marker for the change feed, if there was something to remove.
+            removed = db.total_changes
+            db.executemany(
+                "INSERT OR REPLACE INTO sa_removed(server_id, proto, dst, spi, rev) "
+                "SELECT server_id, proto, dst, spi, ? FROM sa "
+                "WHERE server_id=? AND proto=? AND dst=? AND spi=?",
+                [(rev, *row) for row in rows],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO policy_removed(server_id, policy_id, rev) "
+                "SELECT server_id, policy_id, ? FROM policy WHERE server_id=? AND policy_id=?",
+                [(rev, server_id, pid) for pid in delete_pids],
+            )
+            removed = db.total_changes - removed
             db.executemany(
                 "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?", rows
             )
@@ -416,17 +542,27 @@ class SqliteStore(SaStore):
             db.executemany("DELETE FROM sa_policy WHERE server_id=? AND policy_id=?", prow)
             db.executemany("DELETE FROM policy WHERE server_id=? AND policy_id=?", prow)
 
-            pol_rows = [(server_id, p.policy_id, p.entry) for p in batch.policies]
+            pol_rows = [(server_id, p.policy_id, p.entry, rev) for p in batch.policies]
             link_rows = []
             for sa in batch.puts:
                 k = sa.key
                 for p in sa.policies:
-                    pol_rows.append((server_id, p.policy_id, p.entry))
+                    pol_rows.append((server_id, p.policy_id, p.entry, rev))
                     link_rows.append((server_id, k.proto, k.dst, k.spi, p.policy_id))
             db.executemany(
-                "INSERT INTO policy(server_id, policy_id, entry) VALUES (?, ?, ?) "
-                "ON CONFLICT(server_id, policy_id) DO UPDATE SET entry=excluded.entry",
+                "INSERT INTO policy(server_id, policy_id, entry, rev) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(server_id, policy_id) "
+                "DO UPDATE SET entry=excluded.entry, rev=excluded.rev",
                 pol_rows,
+            )
+            # Stored again: a change now, no longer a removal.
+            db.executemany(
+                "DELETE FROM policy_removed WHERE server_id=? AND policy_id=?",
+                [row[:2] for row in pol_rows],
+            )
+            db.executemany(
+                "DELETE FROM sa_removed WHERE server_id=? AND proto=? AND dst=? AND spi=?",
+                [(server_id, sa.key.proto, sa.key.dst, sa.key.spi) for sa in batch.puts],
             )
             db.executemany(
                 "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?",
@@ -438,8 +574,8 @@ class SqliteStore(SaStore):
                 ],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO sa(proto, dst, spi, server_id, entry, replay, ike_sa) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sa(proto, dst, spi, server_id, entry, replay, ike_sa, rev) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         sa.key.proto,
@@ -449,14 +585,42 @@ class SqliteStore(SaStore):
                         sa.entry,
                         sa.replay,
                         sa.ike_sa,
+                        rev,
                     )
                     for sa in batch.puts
                 ],
             )
             db.executemany("INSERT OR IGNORE INTO sa_policy VALUES (?, ?, ?, ?, ?)", link_rows)
             db.executemany(
-                "UPDATE sa SET replay=? WHERE proto=? AND dst=? AND spi=? AND server_id=?",
-                [(r, k.proto, k.dst, k.spi, server_id) for k, r in batch.replay],
+                "UPDATE sa SET replay=?, rev=? WHERE proto=? AND dst=? AND spi=? AND server_id=?",
+                [(r, rev, k.proto, k.dst, k.spi, server_id) for k, r in batch.replay],
+            )
+            if removed:
+                self._forget_old_removals(db, server_id)
+
+    def _next_revision(self, db: sqlite3.Connection, server_id: str) -> int:
+        """Take the server's next revision (its row exists: the epoch check wrote it)."""
+        db.execute("UPDATE server SET revision = revision + 1 WHERE server_id=?", (server_id,))
+        row = db.execute("SELECT revision FROM server WHERE server_id=?", (server_id,)).fetchone()
+        return int(row[0])
+
+    def _forget_old_removals(self, db: sqlite3.Connection, server_id: str) -> None:
+        """Keep at most ``removal_history`` removal markers of each kind per server ID.
+
+        The newest forgotten revision becomes the horizon: changes since an
+        older revision can no longer be told (``RevisionGoneError``).
+        """
+        for table in ("sa_removed", "policy_removed"):
+            cut = db.execute(
+                f"SELECT rev FROM {table} WHERE server_id=? ORDER BY rev DESC LIMIT 1 OFFSET ?",
+                (server_id, self.removal_history),
+            ).fetchone()
+            if cut is None:
+                continue
+            db.execute(f"DELETE FROM {table} WHERE server_id=? AND rev <= ?", (server_id, cut[0]))
+            db.execute(
+                "UPDATE server SET horizon = max(horizon, ?) WHERE server_id=?",
+                (cut[0], server_id),
             )
 
     def _owners(self, db: sqlite3.Connection, keys: Sequence[SaKey]) -> dict[SaKey, str]:
@@ -492,8 +656,10 @@ class SqliteStore(SaStore):
         if not 0 < limit <= 100_000:
             raise InvalidRequestError("page limit must be 1..100000")
         phase, key = ("sa", [-1, "", -1]) if cursor is None else _decode_cursor(cursor)
+        if phase not in ("sa", "pol"):
+            raise InvalidRequestError("malformed page cursor")
         with self._read() as db:
-            epoch = self._current_epoch(db, server_id) or 0
+            epoch, revision, _ = self._server_row(db, server_id)
             sas: list[SaRecord] = []
             policies: list[PolicyRecord] = []
             if phase == "sa":
@@ -524,10 +690,10 @@ class SqliteStore(SaStore):
                     )
                 if len(rows) == limit:
                     last = rows[-1]
-                    return Page(epoch, tuple(sas), (), _sa_cursor(*last[:3]))
+                    return Page(epoch, tuple(sas), (), _sa_cursor(*last[:3]), revision)
                 phase, key, limit = "pol", [""], limit - len(rows)
                 if limit == 0:
-                    return Page(epoch, tuple(sas), (), b"P")
+                    return Page(epoch, tuple(sas), (), b"P", revision)
             after = bytes.fromhex(str(key[0]))
             prow = db.execute(
                 "SELECT policy_id, entry FROM policy WHERE server_id=? AND policy_id > ? "
@@ -536,7 +702,43 @@ class SqliteStore(SaStore):
             ).fetchall()
             policies = [PolicyRecord(pid, entry) for pid, entry in prow]
             next_cursor = b"P" + prow[-1][0] if len(prow) == limit else None
-            return Page(epoch, tuple(sas), tuple(policies), next_cursor)
+            return Page(epoch, tuple(sas), tuple(policies), next_cursor, revision)
+
+    def _server_row(self, db: sqlite3.Connection, server_id: str) -> tuple[int, int, int]:
+        """The server ID's epoch, revision and horizon (zeros if it never wrote)."""
+        row = db.execute(
+            "SELECT epoch, revision, horizon FROM server WHERE server_id=?", (server_id,)
+        ).fetchone()
+        return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def revision(self, server_id: str) -> int:
+        check_server_id(server_id)
+        with self._read() as db:
+            return self._server_row(db, server_id)[1]
+
+    def get_changes(
+        self, server_id: str, since: int, cursor: bytes | None = None, limit: int = 256
+    ) -> ChangePage:
+        check_server_id(server_id)
+        check_revision(since)
+        if not 0 < limit <= 100_000:
+            raise InvalidRequestError("page limit must be 1..100000")
+        phase, key = ("sa", [-1, "", -1]) if cursor is None else _decode_cursor(cursor)
+        with self._read() as db:
+            epoch, revision, horizon = self._server_row(db, server_id)
+            check_changes_held(server_id, since, revision, horizon)
+            walk = _ChangeWalk(db, server_id, since, limit)
+            if revision > since:
+                walk.run(phase, key)
+            return ChangePage(
+                epoch,
+                revision,
+                tuple(walk.sas),
+                tuple(walk.policies),
+                tuple(walk.removed_sas),
+                tuple(walk.removed_policies),
+                walk.cursor,
+            )
 
     def get_by_spi(self, key: SaKey) -> SaLookup | None:
         with self._read() as db:

@@ -47,6 +47,7 @@ from appliance.wire.constants import (
     IdType,
     PayloadType,
     ProtocolId,
+    RemovedKind,
     Status,
 )
 from appliance.wire.entries import (
@@ -81,7 +82,9 @@ from appliance.wire.payloads import (
     Notify,
     PagePayload,
     Payload,
+    RemovedPayload,
     ReplayStatePayload,
+    RevisionPayload,
     SadEntryPayload,
     SaLookupPayload,
     ServerIdPayload,
@@ -112,7 +115,10 @@ __all__ = [
     "ProtocolId",
     "RawMessage",
     "RemoteWireError",
+    "RemovedKind",
+    "RemovedPayload",
     "ReplayStatePayload",
+    "RevisionPayload",
     "SaLookupPayload",
     "SadEntryPayload",
     "ServerIdPayload",

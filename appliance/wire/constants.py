@@ -43,6 +43,10 @@ class PayloadType(enum.IntEnum):
     EPOCH = 133
     PAGE = 134
     SA_LOOKUP = 135
+    REVISION = 136
+    """A Server ID's revision: the change feed's position (protocol.md 4.12)."""
+    REMOVED = 137
+    """One entry removed from a Server ID's state since a revision (protocol.md 4.13)."""
 
 
 class ProtocolId(enum.IntEnum):
@@ -65,6 +69,15 @@ class IdType(enum.IntEnum):
     FQDN = 2
     IPV6_ADDR = 5
     KEY_ID = 11
+
+
+class RemovedKind(enum.IntEnum):
+    """What a Removed payload names (protocol.md 4.13)."""
+
+    SA = 1
+    """An SA, by its SA key (SPI, protocol, destination), laid out as in SA Lookup."""
+    SPD_ENTRY = 2
+    """An SPD entry, by the store's opaque policy ID."""
 
 
 class TsType(enum.IntEnum):
@@ -92,6 +105,8 @@ class Status(enum.IntEnum):
     """The epoch would pass 2**63-1 or jump more than 2**32 (protocol.md 5.4)."""
     TOO_LARGE = 8200
     """The response would not fit the requester's or the store's maximum datagram."""
+    REVISION_GONE = 8201
+    """The store no longer holds the changes since the requested revision (protocol.md 4.1)."""
     OK = 40960
 
 
@@ -120,6 +135,9 @@ MAX_MESSAGE_LENGTH = 65507
 
 MAX_CURSOR_LENGTH = 64
 """Longest page cursor a store may hand out (protocol.md 5.1.8)."""
+
+MAX_POLICY_ID_LENGTH = 32
+"""Longest opaque policy ID a Removed payload may carry (protocol.md 4.13)."""
 
 CHANNEL_OVERHEAD = 36
 """Bytes the protected channel adds to each message: 20-byte data header + 16-byte tag."""

@@ -2,7 +2,7 @@
 
 Each payload class knows its Payload Type and how to write and read its body
 (everything after the 4-byte generic payload header).  The header chain
-itself is handled in ``messages.py``.  Layouts are in docs/protocol.md 5.1.
+itself is handled in ``messages.py``.  Layouts are in docs/protocol.md section 4.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from appliance.wire._buffer import Buffer
 from appliance.wire._errors import LocalWireError, RemoteWireError
 from appliance.wire.constants import (
     MAX_CURSOR_LENGTH,
+    MAX_POLICY_ID_LENGTH,
     IdType,
     PayloadType,
     ProtocolId,
+    RemovedKind,
     Status,
     TsType,
 )
@@ -561,6 +563,27 @@ class PagePayload:
         return cls(max_length, cursor)
 
 
+def _push_sa_key(
+    buf: Buffer, spi: int, protocol: int, family: int, daddr: bytes, what: str
+) -> None:
+    """The 24-octet SA key of SA Lookup (4.11), which a removed SA (4.13) reuses."""
+    buf.push_uint32(spi, f"{what} SPI")
+    buf.push_uint8(protocol, f"{what} protocol")
+    buf.push_uint8(0)
+    buf.push_uint16(family, f"{what} family")
+    buf.push_bytes(_check_len(daddr, 16, f"{what} destination address"))
+
+
+def _pull_sa_key(buf: Buffer, what: str) -> tuple[int, int, int, bytes]:
+    """(SPI, protocol, family, destination) of a 24-octet SA key; see ``_push_sa_key``."""
+    spi = buf.pull_uint32(f"{what} SPI")
+    protocol = buf.pull_uint8(f"{what} protocol")
+    buf.pull_uint8(f"{what} reserved")
+    family = buf.pull_uint16(f"{what} family")
+    daddr = _pull_xfrm_address(buf, f"{what} destination address")
+    return spi, protocol, family, daddr
+
+
 @dataclass(frozen=True, slots=True)
 class SaLookupPayload:
     """SA Lookup (135): SA_Retr by SPI; destination optional (family 0 = any)."""
@@ -573,21 +596,125 @@ class SaLookupPayload:
     daddr: bytes = bytes(16)
 
     def push_body(self, buf: Buffer) -> None:
-        buf.push_uint32(self.spi, "lookup SPI")
-        buf.push_uint8(self.protocol, "lookup protocol")
-        buf.push_uint8(0)
-        buf.push_uint16(self.family, "lookup family")
-        buf.push_bytes(_check_len(self.daddr, 16, "lookup destination address"))
+        _push_sa_key(buf, self.spi, self.protocol, self.family, self.daddr, "lookup")
 
     @classmethod
     def pull_body(cls, buf: Buffer) -> SaLookupPayload:
-        spi = buf.pull_uint32("lookup SPI")
-        protocol = buf.pull_uint8("lookup protocol")
-        buf.pull_uint8("lookup reserved")
-        family = buf.pull_uint16("lookup family")
-        daddr = _pull_xfrm_address(buf, "lookup destination address")
+        key = _pull_sa_key(buf, "lookup")
         buf.expect_end()
-        return cls(spi, protocol, family, daddr)
+        return cls(*key)
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionPayload:
+    """Revision (136): a Server ID's revision (protocol.md 4.12)."""
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.REVISION
+
+    revision: int
+
+    def push_body(self, buf: Buffer) -> None:
+        buf.push_uint64(self.revision, "revision")
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> RevisionPayload:
+        revision = buf.pull_uint64("revision")
+        buf.expect_end()
+        return cls(revision)
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedPayload:
+    """Removed (137): one entry removed from a Server ID's state (protocol.md 4.13).
+
+    An SA is named by its SA key (the fields of SA Lookup), an SPD entry by
+    the store's opaque policy ID; the fields of the other kind keep their
+    defaults.  Build one with ``for_sa`` or ``for_policy``.
+    """
+
+    PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.REMOVED
+
+    kind: RemovedKind
+    spi: int = 0
+    protocol: int = 0
+    """IP protocol of a removed SA: 50 ESP, 51 AH, 108 IPComp."""
+    family: int = 0
+    """Address family of a removed SA: 2 or 10."""
+    daddr: bytes = bytes(16)
+    """Destination of a removed SA, 16 bytes in ``xfrm_address_t`` form."""
+    policy_id: bytes = b""
+    """The store's identity of a removed SPD entry: 1-32 opaque bytes."""
+
+    @classmethod
+    def for_sa(cls, spi: int, protocol: int, family: int, daddr: bytes) -> RemovedPayload:
+        return cls(RemovedKind.SA, spi, protocol, family, daddr)
+
+    @classmethod
+    def for_policy(cls, policy_id: bytes) -> RemovedPayload:
+        return cls(RemovedKind.SPD_ENTRY, policy_id=policy_id)
+
+    def push_body(self, buf: Buffer) -> None:
+        problem = _removed_problem(self)
+        if problem is not None:
+            raise LocalWireError(problem[0])
+        buf.push_uint8(self.kind, "removed kind")
+        buf.push_bytes(b"\0\0\0")
+        if self.kind == RemovedKind.SA:
+            _push_sa_key(buf, self.spi, self.protocol, self.family, self.daddr, "removed SA")
+        else:
+            buf.push_bytes(self.policy_id)
+
+    @classmethod
+    def pull_body(cls, buf: Buffer) -> RemovedPayload:
+        kind = buf.pull_uint8("removed kind")
+        buf.pull_bytes(3, "removed reserved")
+        if kind == RemovedKind.SA:
+            key = _pull_sa_key(buf, "removed SA")
+            buf.expect_end()
+            payload = cls(RemovedKind.SA, *key)
+        elif kind == RemovedKind.SPD_ENTRY:
+            payload = cls(RemovedKind.SPD_ENTRY, policy_id=buf.pull_rest())
+        else:
+            raise RemoteWireError(f"removed kind {kind} is not supported", Status.UNSUPPORTED)
+        problem = _removed_problem(payload)
+        if problem is not None:
+            raise RemoteWireError(*problem)
+        return payload
+
+
+_ADDRESS_LENGTHS = {AF_INET: 4, AF_INET6: 16}
+_SA_PROTOCOLS = (50, 51, 108)
+
+
+def _removed_problem(payload: RemovedPayload) -> tuple[str, Status] | None:
+    """What breaks 4.13's rules for a Removed payload (and the status to answer), if anything."""
+    if payload.kind == RemovedKind.SA:
+        if payload.policy_id:
+            return "a removed SA carries no policy ID", Status.MALFORMED
+        if payload.protocol not in _SA_PROTOCOLS:
+            return f"removed SA protocol {payload.protocol} is not 50, 51 or 108", Status.MALFORMED
+        length = _ADDRESS_LENGTHS.get(payload.family)
+        if length is None:
+            return f"removed SA family {payload.family} is not 2 or 10", Status.MALFORMED
+        if not isinstance(payload.daddr, bytes) or len(payload.daddr) != 16:
+            return "removed SA destination address must be 16 bytes", Status.MALFORMED
+        # One form per address, so that a follower can compare keys as bytes.
+        if any(payload.daddr[length:]):
+            return "removed SA IPv4 destination is not followed by 12 zero octets", Status.MALFORMED
+        return None
+    if payload.kind == RemovedKind.SPD_ENTRY:
+        if (payload.spi, payload.protocol, payload.family, payload.daddr) != (0, 0, 0, bytes(16)):
+            return "a removed SPD entry carries no SA key", Status.MALFORMED
+        if not isinstance(payload.policy_id, bytes):
+            return "removed policy ID must be bytes", Status.MALFORMED
+        if not 1 <= len(payload.policy_id) <= MAX_POLICY_ID_LENGTH:
+            return (
+                f"removed policy ID is {len(payload.policy_id)} bytes, "
+                f"must be 1-{MAX_POLICY_ID_LENGTH}",
+                Status.MALFORMED,
+            )
+        return None
+    return f"removed kind {payload.kind} is not supported", Status.UNSUPPORTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +739,8 @@ Payload = (
     | EpochPayload
     | PagePayload
     | SaLookupPayload
+    | RevisionPayload
+    | RemovedPayload
     | UnknownPayload
 )
 
@@ -625,5 +754,7 @@ BODY_PULLERS: dict[int, Callable[[Buffer], Payload]] = {
     PayloadType.EPOCH: EpochPayload.pull_body,
     PayloadType.PAGE: PagePayload.pull_body,
     PayloadType.SA_LOOKUP: SaLookupPayload.pull_body,
+    PayloadType.REVISION: RevisionPayload.pull_body,
+    PayloadType.REMOVED: RemovedPayload.pull_body,
 }
 """The body decoder of each payload type that stands alone (not SPD Entry, TSi, TSr)."""

@@ -69,3 +69,32 @@ def test_parse_counts_reads_the_spd_line_not_the_socket_line() -> None:
 def test_a_failed_row_shows_its_reason_and_no_figures() -> None:
     line = fb.row_line(fb.Row("hot", 100, ok=False, error="gw2's kernel holds 3 SAs, not 200"))
     assert "FAILED: gw2's kernel holds 3 SAs" in line and " ms" not in line
+
+
+def test_ip_batch_lines_hold_the_same_sas_and_policies_as_the_operations() -> None:
+    lines = fb.ip_batch_lines(40)
+    ops = fb.operations(40)
+    assert len(lines) == len(ops) == 40 * 5
+    states = [line for line in lines if line.startswith("xfrm state add")]
+    policies = [line for line in lines if line.startswith("xfrm policy add")]
+    assert lines == states + policies  # SAs before the policies that name them
+    sas = [e for op, e in ops if op == "add_sa" and isinstance(e, SadEntry)]
+    for sa in sas:
+        (line,) = [s for s in states if f" spi {sa.spi:#x} " in s]
+        assert f"src {sa.saddr} dst {sa.daddr} " in line and f" reqid {sa.reqid} " in line
+        assert (" replay-window " in line) == (sa.daddr == fb.LOCAL)
+    for p in (e for op, e in ops if op == "add_policy" and isinstance(e, SpdEntry)):
+        sel = p.selector
+        direction = p.dir.name.lower()
+        src, dst = f"{sel.saddr}/{sel.prefixlen_s}", f"{sel.daddr}/{sel.prefixlen_d}"
+        want = f"src {src} dst {dst} dir {direction}"
+        assert sum(want in line for line in policies) == 1
+
+
+def test_a_row_compares_outbound_open_with_its_floor() -> None:
+    hot = fb.Row("hot", 10, ok=True, opened_ms=300.0, newae_floor_ms=100.0)
+    assert (hot.floor_ms, hot.opened_vs_floor) == (100.0, 3.0)
+    cold = fb.Row("cold", 10, ok=True, opened_ms=900.0, newae_floor_ms=100.0,
+                  ip_batch_floor_ms=500.0)  # fmt: skip
+    assert (cold.floor_ms, cold.opened_vs_floor) == (600.0, 1.5)
+    assert fb.Row("cold", 10, newae_floor_ms=100.0).floor_ms is None  # no ip -batch measured

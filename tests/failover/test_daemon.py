@@ -21,26 +21,18 @@ from appliance.failover.sync import DeleteEntries, FullResync, PutReplay
 from appliance.failover.transitions import Role
 from appliance.model import SadEntry
 from appliance.notify import VrrpState
-from appliance.store.base import FetchCancelled, NotFoundError, SaKey, StaleEpochError
+from appliance.store import _convert as conv
+from appliance.store.base import (
+    FetchCancelled,
+    NotFoundError,
+    RevisionGoneError,
+    SaKey,
+    StaleEpochError,
+)
 from appliance.store.client import RetrievedState, StoreClient, StoreTimeoutError
+from appliance.wire.payloads import EpochPayload, RevisionPayload, ServerIdPayload
 
 pytestmark = pytest.mark.unit
-
-
-class Stored:
-    def __init__(self) -> None:
-        self.server_id = "192.0.2.1"
-        self.pages = 1
-        self.sad: list[Any] = []
-        self.spd: list[Any] = []
-        self.epoch = 0
-        self.replay: dict[Any, Any] = {}
-        self.skipped: list[str] = []
-
-    def convert(self, stop: Any = None) -> None:
-        """Already model objects."""
-
-    merged = RetrievedState.merged
 
 
 class FakeClient:
@@ -66,10 +58,19 @@ class FakeClient:
         self.epoch += 1
         return self.epoch
 
-    def get_server(self, server_id: str, stop: object = None) -> Stored:
-        s = Stored()
-        s.sad, s.spd = list(self.data.values()), list(self.pols.values())
-        return s
+    def get_server(self, server_id: str, stop: object = None) -> RetrievedState:
+        return RetrievedState(
+            "192.0.2.1",
+            self.epoch,
+            sad_entries=[
+                conv.sad_entry_bytes(conv.sad_to_payload(sa)) for sa in self.data.values()
+            ],
+            spd_entries=[conv.spd_entry_bytes(conv.spd_to_payload(p)) for p in self.pols.values()],
+            pages=1,
+        )
+
+    def get_changes(self, server_id: str, since: int, stop: object = None) -> RetrievedState:
+        raise RevisionGoneError("this fake keeps no changes")  # the follower then takes all
 
     def put_entries(self, sid: str, epoch: int, sad: Any, spd: Any = ()) -> int:
         self._check(epoch)
@@ -226,7 +227,7 @@ class BackgroundFetch(FakeClient):
         self.started = threading.Event()
         self.stopped = False
 
-    def get_server(self, server_id: str, stop: Any = None) -> Stored:
+    def get_server(self, server_id: str, stop: Any = None) -> RetrievedState:
         self.started.set()
         give_up = time.monotonic() + 10
         while not stop():  # page after page, asking between them
@@ -492,3 +493,50 @@ def test_run_reads_the_keepalived_fifo_through_one_descriptor_and_closes_it(
 
     assert asyncio.run(scenario()) == 1
     assert _descriptors_of(fifo) == 0
+
+
+def test_a_hot_takeover_starts_from_the_followers_copy(config: Any, tmp_path: Path) -> None:
+    """One follow cycle installs the copy; the takeover then asks the store only for the
+    changes since (no bulk retrieval) and leaves the SAD undumped."""
+    from appliance.store.service import StoreService
+    from appliance.store.sqlite import SqliteStore
+    from tests.store.loopback_client import LoopbackClient
+
+    path = tmp_path / "daemon.toml"
+    path.write_text(path.read_text().replace("[failover]\n", '[failover]\nmode = "hot"\n'))
+    hot = load_daemon_config(path)
+    backend = SqliteStore(tmp_path / "store.db")
+    service = StoreService(backend)
+    writer = LoopbackClient(service, "198.51.100.10")
+    writer.put_entries(hot.node.server_id, 1, STATE.sad, STATE.spd)
+    main = LoopbackClient(service, "198.51.100.10")
+    kernel = ThresholdKernel()
+    daemon = FailoverDaemon(hot, kernel, [main], notify_log=tmp_path / "n.jsonl",
+                            follow_interval_s=0.01,
+                            follower_stores=[LoopbackClient(service, "198.51.100.10")])  # fmt: skip
+    daemon.executor.local_addresses = lambda: [OUT_SA.saddr]
+    daemon.role = Role.STANDBY
+    daemon.start_following()
+
+    async def follow_then_take_over() -> bool:
+        task = asyncio.create_task(daemon._follower())
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if daemon.health.snapshot().held_sas:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return await daemon.transition(VrrpState.MASTER, time.monotonic())
+
+    assert asyncio.run(follow_then_take_over())
+    backend.close()
+    assert daemon.role is Role.ACTIVE
+    retrievals = [kinds for kinds in main.requests if ServerIdPayload in kinds]
+    retrievals = [k for k in retrievals if EpochPayload not in k]  # SA_Retr, not SA_Stor
+    assert retrievals and all(RevisionPayload in k for k in retrievals)
+    status = json.loads((tmp_path / "status.json").read_text())
+    steps = {e["step"]: e.get("detail", {}) for e in status["report"]["timeline"]}
+    assert steps["fetch-state"]["followed"] is True
+    assert steps["reconcile-state"].get("kernel") == "current"
+    out = next(sa for sa in kernel.sad.values() if sa.spi == OUT_SA.spi)
+    assert out.replay is not None and out.replay.oseq > OUT_SA.replay.oseq  # jumped

@@ -18,6 +18,7 @@ from appliance.failover.executor import (
     ExecutionError,
     ExecutionTimeout,
     ExecutorSettings,
+    FollowedState,
     PlanExecutor,
     etimer_jiffies,
     open_store_clients,
@@ -171,6 +172,15 @@ class FakeLoops:
     def stop_following(self) -> None:
         self.calls.append("stop-following")
 
+    followed: FollowedState | None = None
+    """What ``followed_state`` answers (a hot standby's copy)."""
+
+    followed_asked = 0
+
+    def followed_state(self, server_id: str) -> FollowedState | None:
+        self.followed_asked += 1  # a question, not a loop action: not in ``calls``
+        return self.followed
+
 
 class Clock:
     def __init__(self) -> None:
@@ -296,6 +306,61 @@ def test_hot_takeover_moves_counters_forward_only() -> None:
     kernel.changes.clear()
     executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
     assert kernel.changes == []
+
+
+class CountingKernel(FakeKernel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dumps = 0
+
+    def dump_sad(self) -> list[m.SadEntry]:
+        self.dumps += 1
+        return super().dump_sad()
+
+
+FOLLOW = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
+
+
+def test_hot_takeover_from_a_current_copy_needs_no_fetch_and_no_sad_dump() -> None:
+    kernel = CountingKernel()
+    executor, _, store, loops, _ = make(kernel)
+    executor.run(FOLLOW, fetched=STATE)  # the follower put the copy into the kernel
+    loops.followed = FollowedState(STATE, kernel_holds_it=True)
+    kernel.dumps = 0
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert not [c for c in store.calls if c.startswith("fetch")]
+    assert kernel.dumps == 0
+    fetch = next(e for e in report.timeline if e.step == "fetch-state")
+    assert fetch.detail["followed"] is True
+    reconcile = next(e for e in report.timeline if e.step == "reconcile-state")
+    assert reconcile.detail["kernel"] == "current"
+    assert kernel.sad[sa_identity(OUT_SA)].replay == m.ReplayState(oseq=7000 + JUMP, bitmap=1)
+    assert kernel.spd[policy_identity(OUT_POL)] == OUT_POL  # opened
+
+
+@pytest.mark.parametrize("between", [None, "cold-plan"])
+def test_a_copy_the_kernel_may_not_hold_is_reconciled_with_a_dump(between: str | None) -> None:
+    kernel = CountingKernel()
+    executor, _, store, loops, _ = make(kernel)
+    executor.run(FOLLOW, fetched=STATE)
+    if between is None:  # the store had changes: the follower says the kernel lags
+        loops.followed = FollowedState(STATE, kernel_holds_it=False)
+    else:  # another plan ran since the last follow: what the kernel holds is unknown
+        executor.run([Step.CLOSE_OUTBOUND])
+        loops.followed = FollowedState(STATE, kernel_holds_it=True)
+    kernel.dumps = 0
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert kernel.dumps >= 1
+    reconcile = next(e for e in report.timeline if e.step == "reconcile-state")
+    assert "kernel" not in reconcile.detail
+    assert not [c for c in store.calls if c.startswith("fetch")]  # the copy still serves
+
+
+def test_without_a_copy_the_takeover_fetches_the_whole_state() -> None:
+    executor, _, store, loops, _ = make()
+    executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert loops.followed_asked == 1
+    assert [c for c in store.calls if c.startswith("fetch")] == ["fetch 192.0.2.1"]
 
 
 def test_cold_takeover_advances_an_outbound_sa_the_kernel_still_held() -> None:

@@ -68,7 +68,7 @@ def fake_daemon(role: Role = Role.ACTIVE, ondemand: bool = True) -> Any:
         epochs={S1: 3},
         health=health,
         stores=[Client(S1, 2, [0.001, 0.003], {"auth-failed": 1}), Client(S2, 5, [], {})],
-        follower_access=SimpleNamespace(clients=[Client(S1, 1, [0.2], {"replayed": 2})]),
+        follower=SimpleNamespace(clients=[Client(S1, 1, [0.2], {"replayed": 2})]),
         probe_clients=[Client(S1, 0, [0.001], {})],
         ondemand=od if ondemand else None,
     )

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from change_feed_contract import ChangeFeedContract
 from entries_factory import make_sa
 from store_contract import BackendContract, all_state, sa_key, sa_put
 
@@ -88,7 +89,7 @@ def store(tmp_path: Path) -> Iterator[SealedStore]:
     s.close()
 
 
-class TestSealedSqliteContract(BackendContract):
+class TestSealedSqliteContract(BackendContract, ChangeFeedContract):
     pass
 
 

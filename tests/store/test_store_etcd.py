@@ -1,4 +1,4 @@
-"""The etcd backend against a real etcd started by the test: the backend contract."""
+"""The etcd backend against a real etcd started by the test: the backend and change contracts."""
 
 from __future__ import annotations
 
@@ -6,11 +6,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from change_feed_contract import ChangeFeedContract, changes
 from etcd_process import EtcdMember, start_single
-from store_contract import BackendContract, sa_key, sa_put
+from store_contract import BackendContract, all_state, sa_key, sa_put
 
-from appliance.store.base import SchemaVersionError, StoreUnavailableError
-from appliance.store.etcd import SCHEMA_KEY, EtcdClient, EtcdStore
+from appliance.store import etcd as etcd_backend
+from appliance.store.base import (
+    PolicyRecord,
+    RevisionGoneError,
+    SaPut,
+    SchemaVersionError,
+    StoreUnavailableError,
+)
+from appliance.store.etcd import PREFIX, SCHEMA_KEY, EtcdClient, EtcdStore
 
 pytestmark = pytest.mark.netns
 
@@ -33,8 +41,128 @@ def store(etcd: EtcdMember) -> Iterator[EtcdStore]:
     s.close()
 
 
-class TestEtcdContract(BackendContract):
+class TestEtcdContract(BackendContract, ChangeFeedContract):
     pass
+
+
+def _keys_under(store: EtcdStore, prefix: str) -> list[str]:
+    resp = store._etcd.range(prefix, etcd_backend._prefix_end(prefix), keys_only=True)
+    return [k for k, _ in etcd_backend._kvs(resp)]
+
+
+def test_change_feed_keys_are_invisible_to_state_reads(store: EtcdStore) -> None:
+    store.removal_history = 1  # also write a horizon
+    store.put("gw1", 1, [sa_put(n) for n in range(3)], [PolicyRecord(b"bulk", b"x")])
+    store.delete("gw1", 1, [sa_key(0)])
+    store.delete("gw1", 1, [], [b"bulk"])
+    server = f"{PREFIX}server/gw1/"
+    assert {f"{server}revision", f"{server}horizon", f"{server}removed/policy/{b'bulk'.hex()}"} <= (
+        set(_keys_under(store, server))
+    )
+    sas, pols = all_state(store, "gw1")
+    assert set(sas) == {sa_key(1), sa_key(2)}
+    assert set(pols) == {b"1p1.0", b"1p2.0", b"1p0.0"}  # a deleted SA's policy stays
+    (stats,) = store.stats().servers
+    assert (stats.sas, stats.policies) == (2, 3)
+    assert store.server_stats(0, 10) == (stats,)
+    assert store.keys_for_spi("gw1", sa_key(0).spi, sa_key(0).proto) == []
+    assert store.get_by_spi(sa_key(0)) is None
+
+
+def test_removals_beyond_the_history_are_forgotten_into_the_horizon(store: EtcdStore) -> None:
+    store.removal_history = 5
+    store.put("gw1", 1, [sa_put(n) for n in range(300)])
+    before = store.revision("gw1")
+    # One write removes more than a forgetting transaction deletes.
+    store.delete("gw1", 1, [sa_key(n) for n in range(200)])
+    after = store.revision("gw1")
+    markers = _keys_under(store, f"{PREFIX}server/gw1/removed/")
+    assert len(markers) == 5
+    with pytest.raises(RevisionGoneError, match=rf"gw1: .* revision {before}\b.* {after}\b"):
+        store.get_changes("gw1", before)
+    assert changes(store, "gw1", after)["removed_sas"] == set()
+
+
+def test_the_horizon_survives_a_new_store(store: EtcdStore, etcd: EtcdMember) -> None:
+    store.removal_history = 1
+    store.put("gw1", 1, [sa_put(n) for n in range(3)])
+    oldest = store.revision("gw1")
+    for n in range(3):
+        store.delete("gw1", 1, [sa_key(n)])
+    again = EtcdStore([etcd.endpoint])
+    try:
+        with pytest.raises(RevisionGoneError, match="gw1"):
+            again.get_changes("gw1", oldest)
+        recent = again.revision("gw1")
+        assert recent == store.revision("gw1")
+        assert changes(again, "gw1", recent)["removed_sas"] == set()
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 100])
+def test_sparse_changes_of_records_and_replay_states_page_together(
+    store: EtcdStore, limit: int
+) -> None:
+    # Pages end where the SA records' or the replay states' range ends, whichever is first.
+    store.put("gw1", 1, [sa_put(n, pols=2) for n in range(40)])
+    store.update_replay("gw1", 1, [(sa_key(n), b"old") for n in range(0, 40, 2)])
+    since = store.revision("gw1")
+    store.update_replay("gw1", 1, [(sa_key(n), b"new") for n in (4, 22, 38)])
+    store.put("gw1", 1, [sa_put(n, pols=2) for n in (9, 17)])
+    # Stored again: without a replay state (it is cleared), and with one.
+    store.put("gw1", 1, [sa_put(10), SaPut(sa_key(12), b"again", replay=b"with-put")])
+    store.delete("gw1", 1, [sa_key(n) for n in (1, 20, 39)], [b"1p30.1", b"1p3.0"])
+    store.delete("gw1", 1, [], [b"1p0.0"])
+    store.put("gw1", 1, [], [PolicyRecord(b"1p0.0", b"again")])
+    got = changes(store, "gw1", since, limit)
+    assert got["sas"] == {
+        **{sa_key(n): b"new" for n in (4, 22, 38)},
+        **{sa_key(n): None for n in (9, 10, 17)},
+        sa_key(12): b"with-put",
+    }
+    assert set(got["policies"]) == {  # type: ignore[call-overload]
+        b"1p9.0",
+        b"1p9.1",
+        b"1p17.0",
+        b"1p17.1",
+        b"1p10.0",
+        b"1p0.0",
+    }
+    assert got["removed_sas"] == {sa_key(1), sa_key(20), sa_key(39)}
+    assert got["removed_policies"] == {b"1p30.1", b"1p3.0"}
+
+
+def test_a_change_walk_resumes_from_an_entry_cursor(store: EtcdStore) -> None:
+    # The store service cuts a page after any entry that fits its datagram.
+    store.put("gw1", 1, [sa_put(n) for n in range(3)])
+    since = store.revision("gw1")
+    store.put("gw1", 1, [sa_put(n) for n in range(3, 8)])
+    first = store.get_changes("gw1", since, None, 3)
+    assert [sa.key for sa in first.sas] == [sa_key(n) for n in (3, 4, 5)]
+    rest = store.get_changes("gw1", since, store.sa_cursor(sa_key(3)), 3)
+    assert [sa.key for sa in rest.sas] == [sa_key(n) for n in (4, 5, 6)]
+    policies = store.get_changes("gw1", since, store.policy_cursor(b"1p4.0"), 100)
+    assert [p.policy_id for p in policies.policies] == [b"1p5.0", b"1p6.0", b"1p7.0"]
+    assert policies.cursor is None
+    store.delete("gw1", 1, [sa_key(n) for n in range(4)], [b"1p1.0", b"1p2.0"])
+    removed = store.get_changes("gw1", since, store.removed_sa_cursor(sa_key(1)), 100)
+    assert (removed.sas, removed.removed_sas) == ((), (sa_key(2), sa_key(3)))
+    assert removed.removed_policies == (b"1p1.0", b"1p2.0")
+    removed = store.get_changes("gw1", since, store.removed_policy_cursor(b"1p1.0"), 100)
+    assert (removed.removed_sas, removed.removed_policies) == ((), (b"1p2.0",))
+
+
+def test_a_keyspace_older_than_the_change_feed(store: EtcdStore) -> None:
+    # Written before the revision key existed: revision 0, and everything is a change.
+    store.put("gw1", 1, [sa_put(n) for n in range(3)])
+    store._etcd.call("/v3/kv/deleterange", {"key": _b64(f"{PREFIX}server/gw1/revision")})
+    assert store.revision("gw1") == 0
+    got = changes(store, "gw1", 0)
+    assert set(got["sas"]) == {sa_key(n) for n in range(3)}  # type: ignore[arg-type]
+    assert got["revision"] == 0
+    store.delete("gw1", 1, [sa_key(0)])
+    assert store.revision("gw1") > 0
 
 
 def test_future_layout_version_is_refused(store: EtcdStore, etcd: EtcdMember) -> None:

@@ -21,7 +21,13 @@ from appliance.store.server import ResponseCache
 from appliance.store.service import StoreService
 from appliance.store.sqlite import SqliteStore
 from appliance.wire import RemoteWireError
-from appliance.wire.constants import CHANNEL_OVERHEAD, ExchangeType, ProtocolId, Status
+from appliance.wire.constants import (
+    CHANNEL_OVERHEAD,
+    ExchangeType,
+    ProtocolId,
+    RemovedKind,
+    Status,
+)
 from appliance.wire.entries import payload_to_sad, payload_to_spd, replay_update_for
 from appliance.wire.messages import Message, decode_message, encode_message
 from appliance.wire.payloads import (
@@ -30,6 +36,8 @@ from appliance.wire.payloads import (
     IkeSaPayload,
     Notify,
     PagePayload,
+    RemovedPayload,
+    RevisionPayload,
     SadEntryPayload,
     SaLookupPayload,
     ServerIdPayload,
@@ -120,6 +128,86 @@ def test_pages_fit_the_requested_size_and_cover_everything(service: StoreService
     assert pages > 10
     assert sorted(seen_sa, key=lambda s: s.spi) == sad
     assert sorted(seen_pol, key=lambda p: p.index) == spd
+
+
+def change_pages(service: StoreService, since: int, max_length: int = 700) -> list[Message]:
+    """Every page of the changes after ``since`` (SA_Retr with a Revision payload)."""
+    cursor, pages = b"", []
+    while True:
+        request = (head()[0], RevisionPayload(since), PagePayload(max_length, cursor))
+        raw = service.handle_bytes(
+            encode_message(Message(ExchangeType.SA_RETR, len(pages), request))
+        )
+        assert len(raw) + 36 <= max_length
+        response = decode_message(raw)
+        assert status(response) == Status.OK
+        pages.append(response)
+        page = response.first(PagePayload)
+        if not response.more:
+            assert page is None
+            return pages
+        assert page is not None
+        cursor = page.cursor
+
+
+def test_changes_since_a_revision_come_in_pages_with_the_removals(service: StoreService) -> None:
+    for n in range(20):
+        assert status(stor(service, n)) == Status.OK
+    whole = call(service, ExchangeType.SA_RETR, (head()[0],))
+    since = whole.first(RevisionPayload)
+    assert since is not None and since.revision == service.store.revision("gw1")
+    for n in range(20, 26):
+        stor(service, n)
+    spis = tuple(make_sa(n).spi for n in range(3))
+    deleted = call(service, ExchangeType.SA_STOR, (*head(), Delete(ProtocolId.ESP, spis)))
+    assert status(deleted) == Status.OK
+    index = make_policy(4).index
+    call(service, ExchangeType.SA_STOR, (*head(), Delete(ProtocolId.SPD_INDEX, (index,))))
+
+    pages = change_pages(service, since.revision, 700)
+    assert len(pages) > 2
+    assert {p.first(RevisionPayload) for p in pages} == {
+        RevisionPayload(service.store.revision("gw1"))
+    }
+    changed = [conv.sad_from_payload(p) for r in pages for p in r.all(SadEntryPayload)]
+    removed = [p for r in pages for p in r.all(RemovedPayload)]
+    assert sorted(sa.spi for sa in changed) == [make_sa(n).spi for n in range(20, 26)]
+    assert sorted(p.spi for p in removed if p.kind == RemovedKind.SA) == sorted(spis)
+    assert [p.policy_id for p in removed if p.kind == RemovedKind.SPD_ENTRY] == [
+        conv.policy_id_for_index(index)
+    ]
+    # Nothing since now: one page with the revision and nothing else.
+    (empty,) = change_pages(service, service.store.revision("gw1"))
+    assert [type(p) for p in empty.payloads] == [
+        Notify,
+        ServerIdPayload,
+        EpochPayload,
+        RevisionPayload,
+    ]
+
+
+def test_a_revision_the_store_cannot_serve_is_revision_gone(service: StoreService) -> None:
+    stor(service, 1)
+    future = service.store.revision("gw1") + 1
+    answer = call(service, ExchangeType.SA_RETR, (head()[0], RevisionPayload(future)))
+    assert status(answer) == Status.REVISION_GONE
+    assert b"retrieve the whole state" in answer.status.data  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        (RevisionPayload(0),),
+        (RevisionPayload(0), ServerIdPayload.parse("gw1")),
+        (ServerIdPayload.parse("gw1"), PagePayload(), RevisionPayload(0)),
+        (ServerIdPayload.parse("gw1"), RevisionPayload(0), RevisionPayload(1)),
+    ],
+)
+def test_revision_payloads_out_of_place_are_malformed(
+    service: StoreService,
+    payloads: tuple,  # type: ignore[type-arg]
+) -> None:
+    assert status(call(service, ExchangeType.SA_RETR, payloads)) == Status.MALFORMED
 
 
 def test_collision_and_stale_epoch_answers(service: StoreService) -> None:

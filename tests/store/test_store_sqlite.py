@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from change_feed_contract import ChangeFeedContract
 from store_contract import BackendContract, sa_key, sa_put, test_sa_key_validation
 
+from appliance.store import sqlite as sqlite_backend
 from appliance.store.base import SchemaVersionError, StoreUnavailableError
 from appliance.store.sqlite import SCHEMA_VERSION, SqliteStore
 
@@ -30,7 +32,7 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
-class TestSqliteContract(BackendContract):
+class TestSqliteContract(BackendContract, ChangeFeedContract):
     pass
 
 
@@ -64,8 +66,36 @@ def test_schema_version_is_recorded_and_reopen_keeps_data(tmp_path: Path) -> Non
     s.put("gw1", 1, [sa_put(1)])
     s.close()
     s = SqliteStore(tmp_path / "s.db")
-    assert s.schema_version == SCHEMA_VERSION == 1
+    assert s.schema_version == SCHEMA_VERSION == 2
     assert s.get_by_spi(sa_key(1)) is not None
+    s.close()
+
+
+def test_version_1_store_migrates_with_its_entries_at_revision_1(tmp_path: Path) -> None:
+    """A store written before the change feed: its entries are the changes since 0."""
+    path = tmp_path / "v1.db"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    db = sqlite3.connect(path)
+    for statement in sqlite_backend._SCHEMA_V1.split(";"):
+        db.execute(statement)
+    db.execute("INSERT INTO server VALUES ('gw1', 3)")
+    db.execute("INSERT INTO sa VALUES (50, '192.0.2.1', 4097, 'gw1', x'01', NULL, NULL)")
+    db.execute("INSERT INTO policy VALUES ('gw1', x'50', x'02')")
+    db.execute("INSERT INTO sa_policy VALUES ('gw1', 50, '192.0.2.1', 4097, x'50')")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    assert s.schema_version == 2
+    assert (s.revision("gw1"), s.epoch("gw1")) == (1, 3)
+    (page,) = s.iter_changes("gw1", 0)
+    assert [sa.key for sa in page.sas] == [sa_key(1)]
+    assert page.sas[0].policy_ids == (b"P",)
+    assert [p.policy_id for p in page.policies] == [b"P"]
+    assert s.get_changes("gw1", 1).sas == ()
+    s.put("gw1", 3, [sa_put(2)])
+    assert [sa.key for sa in s.get_changes("gw1", 1).sas] == [sa_key(2)]
     s.close()
 
 

@@ -19,6 +19,9 @@ from appliance.wire import (
     PayloadType,
     ProtocolId,
     RemoteWireError,
+    RemovedKind,
+    RemovedPayload,
+    RevisionPayload,
     ServerIdPayload,
     SpdEntryPayload,
     Status,
@@ -153,6 +156,17 @@ def test_more_flag_on_a_request_is_rejected() -> None:
         (lambda: Delete(ProtocolId.IKE, (1,)), "delete protocol id"),
         (lambda: PagePayload(0, bytes(65)), "cursor"),
         (lambda: Notify(1 << 16), "notify message type"),
+        (lambda: RevisionPayload(1 << 64), "revision"),
+        (lambda: RemovedPayload.for_sa(1 << 32, 50, 2, bytes(16)), "removed SA SPI"),
+        (lambda: RemovedPayload.for_sa(1, 50, 0, bytes(16)), "family 0"),
+        (lambda: RemovedPayload.for_sa(1, 17, 2, bytes(16)), "protocol 17"),
+        (lambda: RemovedPayload.for_sa(1, 50, 10, bytes(4)), "16 bytes"),
+        (lambda: RemovedPayload.for_sa(1, 50, 2, bytes(15) + b"\1"), "12 zero octets"),
+        (lambda: RemovedPayload(RemovedKind.SA, 1, 50, 2, bytes(16), b"x"), "no policy ID"),
+        (lambda: RemovedPayload.for_policy(b""), "policy ID is 0 bytes"),
+        (lambda: RemovedPayload.for_policy(bytes(33)), "policy ID is 33 bytes"),
+        (lambda: RemovedPayload(RemovedKind.SPD_ENTRY, spi=1, policy_id=b"x"), "no SA key"),
+        (lambda: RemovedPayload(3, policy_id=b"x"), "kind 3"),  # type: ignore[arg-type]
     ],
 )
 def test_values_that_do_not_fit_are_refused_when_encoding(build: object, match: str) -> None:
@@ -178,6 +192,56 @@ def test_invalid_server_ids_are_refused(id_type: int, data: bytes, match: str) -
     body = bytes([id_type, 0, 0, 0]) + data
     with pytest.raises(RemoteWireError, match=match):
         decode_message(_message_with_payload(PayloadType.SERVER_ID, body))
+
+
+V4_DESTINATION = bytes([192, 0, 2, 2]) + bytes(12)
+
+
+def _removed_sa_body(protocol: int = 50, family: int = 2, daddr: bytes = V4_DESTINATION) -> bytes:
+    return (
+        bytes([1, 0, 0, 0])
+        + (0xC0FFEE01).to_bytes(4, "big")
+        + bytes([protocol, 0])
+        + (family.to_bytes(2, "big") + daddr)
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "match"),
+    [
+        (_removed_sa_body()[:-1], Status.MALFORMED, "truncated"),
+        (_removed_sa_body() + b"\0", Status.MALFORMED, "trailing"),
+        (_removed_sa_body(family=0), Status.MALFORMED, "family 0"),
+        (_removed_sa_body(family=10)[:-1], Status.MALFORMED, "truncated"),
+        (_removed_sa_body(protocol=17), Status.MALFORMED, "protocol 17"),
+        (_removed_sa_body(daddr=bytes(15) + b"\1"), Status.MALFORMED, "12 zero octets"),
+        (bytes([1, 0, 0]), Status.MALFORMED, "truncated"),
+        (bytes([2, 0, 0, 0]), Status.MALFORMED, "policy ID is 0 bytes"),
+        (bytes([2, 0, 0, 0]) + bytes(33), Status.MALFORMED, "policy ID is 33 bytes"),
+        (bytes([3, 0, 0, 0]) + bytes(24), Status.UNSUPPORTED, "kind 3"),
+        (bytes([0, 0, 0, 0]), Status.UNSUPPORTED, "kind 0"),
+    ],
+)
+def test_invalid_removed_payloads_are_refused(body: bytes, status: Status, match: str) -> None:
+    with pytest.raises(RemoteWireError, match=match) as caught:
+        decode_message(_message_with_payload(PayloadType.REMOVED, body))
+    assert caught.value.status is status
+
+
+def test_removed_payloads_at_the_limits_are_accepted() -> None:
+    reserved_set = bytes([2, 0xFF, 0xFF, 0xFF]) + bytes(32)  # RESERVED is ignored on receipt
+    (removed,) = decode_message(_message_with_payload(PayloadType.REMOVED, reserved_set)).payloads
+    assert removed == RemovedPayload.for_policy(bytes(32))
+    v6 = _removed_sa_body(family=10, daddr=bytes(range(16)))
+    (removed,) = decode_message(_message_with_payload(PayloadType.REMOVED, v6)).payloads
+    assert removed == RemovedPayload.for_sa(0xC0FFEE01, 50, 10, bytes(range(16)))
+
+
+@pytest.mark.parametrize("length", [0, 7, 9, 16])
+def test_a_revision_of_another_length_is_malformed(length: int) -> None:
+    with pytest.raises(RemoteWireError) as caught:
+        decode_message(_message_with_payload(PayloadType.REVISION, bytes(length)))
+    assert caught.value.status is Status.MALFORMED
 
 
 def _message_with_payload(payload_type: int, body: bytes) -> bytes:

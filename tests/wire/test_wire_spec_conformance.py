@@ -1,13 +1,16 @@
 """Encoded payloads are exactly the layouts of docs/protocol.md section 4.
 
 The expected bytes are written out here field by field from the document's
-diagrams, so that a change of layout cannot pass unnoticed.
+diagrams, so that a change of layout cannot pass unnoticed; and every status code
+and payload type of ours is documented there.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,12 @@ from appliance import model as m
 from appliance.wire import (
     ExchangeType,
     Message,
+    Payload,
+    PayloadType,
+    RemovedPayload,
+    RevisionPayload,
+    SaLookupPayload,
+    Status,
     decode_message,
     encode_message,
     payload_to_sad,
@@ -124,3 +133,61 @@ def test_spd_entry_with_its_traffic_selectors_layout() -> None:
     assert encode_message(Message(ExchangeType.SA_STOR, 1, (payload,))) == expected
     (decoded,) = decode_message(expected).payloads
     assert payload_to_spd(decoded) == policy  # type: ignore[arg-type]
+
+
+def _round_trip_layout(payload: Payload, payload_type: int, body: bytes) -> None:
+    expected = _message(payload_type, body)
+    assert encode_message(Message(ExchangeType.SA_STOR, 1, (payload,))) == expected
+    assert decode_message(expected).payloads == (payload,)
+
+
+def test_revision_payload_layout() -> None:
+    body = struct.pack("!Q", 0x0102030405060708)
+    _round_trip_layout(RevisionPayload(0x0102030405060708), 136, body)
+
+
+def test_removed_sa_payload_layout() -> None:
+    body = struct.pack("!B3x", 1) + struct.pack("!IBBH", 0xC0FFEE01, 50, 0, 2) + _addr16(GW_B)
+    assert len(body) == 28  # payload length 32, as the diagram says
+    removed = RemovedPayload.for_sa(0xC0FFEE01, 50, 2, _addr16(GW_B))
+    _round_trip_layout(removed, 137, body)
+
+
+def test_removed_sa_data_is_the_sa_lookup_body() -> None:
+    destination = ipaddress.IPv6Address("2001:db8::2").packed
+    removed = encode_message(
+        Message(ExchangeType.SA_RETR, 1, (RemovedPayload.for_sa(7, 108, 10, destination),))
+    )
+    lookup = encode_message(
+        Message(ExchangeType.SA_RETR, 1, (SaLookupPayload(7, 108, 10, destination),))
+    )
+    assert removed[12 + 4 + 4 :] == lookup[12 + 4 :]
+
+
+def test_removed_spd_entry_payload_layout() -> None:
+    policy_id = bytes(range(1, 21))
+    body = struct.pack("!B3x", 2) + policy_id
+    _round_trip_layout(RemovedPayload.for_policy(policy_id), 137, body)
+
+
+PROTOCOL_MD = Path(__file__).parents[2] / "docs" / "protocol.md"
+
+
+def _section(number: str) -> str:
+    """The text of one section of protocol.md, from its heading to the next heading."""
+    text = PROTOCOL_MD.read_text()
+    start = text.index(f"\n### {number} ")
+    return text[start : text.index("\n### ", start + 1)]
+
+
+def test_every_status_code_has_its_row_in_the_notify_table() -> None:
+    rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \|", _section("4.1"), re.MULTILINE)
+    assert sorted((int(code), name) for code, name in rows) == sorted(
+        (int(status), status.name) for status in Status
+    )
+
+
+def test_every_payload_type_of_ours_has_its_section() -> None:
+    headings = re.findall(r"^### 4\.\d+ .*\((\d+)\)", PROTOCOL_MD.read_text(), re.MULTILINE)
+    ours = {int(t) for t in PayloadType if t >= 128}
+    assert ours <= {int(number) for number in headings}

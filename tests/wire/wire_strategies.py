@@ -18,7 +18,9 @@ from appliance.wire import (
     PagePayload,
     PayloadType,
     ProtocolId,
+    RemovedPayload,
     ReplayStatePayload,
+    RevisionPayload,
     SadEntryPayload,
     SaLookupPayload,
     ServerIdPayload,
@@ -27,7 +29,7 @@ from appliance.wire import (
     TrafficSelector,
     UnknownPayload,
 )
-from appliance.wire.constants import MAX_CURSOR_LENGTH
+from appliance.wire.constants import MAX_CURSOR_LENGTH, MAX_POLICY_ID_LENGTH
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
@@ -125,6 +127,21 @@ server_id = st.one_of(
 epoch = st.builds(EpochPayload, u64)
 page = st.builds(PagePayload, u16, st.binary(max_size=MAX_CURSOR_LENGTH))
 sa_lookup = st.builds(SaLookupPayload, u32, u8, u16, addr16)
+revision = st.builds(RevisionPayload, u64)
+# An IPv4 destination is 4 octets then 12 zeros (protocol.md 4.13): drawn that way, not filtered.
+removed_sa_destination = st.one_of(
+    st.tuples(st.just(2), st.binary(min_size=4, max_size=4).map(lambda a: a + bytes(12))),
+    st.tuples(st.just(10), addr16),
+)
+removed = st.one_of(
+    st.builds(
+        lambda spi, protocol, destination: RemovedPayload.for_sa(spi, protocol, *destination),
+        u32,
+        st.sampled_from([50, 51, 108]),
+        removed_sa_destination,
+    ),
+    st.builds(RemovedPayload.for_policy, st.binary(min_size=1, max_size=MAX_POLICY_ID_LENGTH)),
+)
 unknown = st.builds(
     UnknownPayload,
     st.sampled_from(sorted(set(range(1, 256)) - {int(t) for t in PayloadType})),
@@ -142,6 +159,8 @@ ALL_PAYLOADS = {
     "epoch": epoch,
     "page": page,
     "sa_lookup": sa_lookup,
+    "revision": revision,
+    "removed": removed,
     "unknown": unknown,
 }
 

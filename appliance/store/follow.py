@@ -1,0 +1,249 @@
+"""The hot standby's copy of the stored state, kept current by the store's change feed.
+
+Theory of operation
+-------------------
+A hot standby used to retrieve its server ID's whole state every cycle and
+reconcile the kernel with it, even when nothing had changed: at 10,000 SA
+pairs that is a bulk SA_Retr, thousands of entry conversions and a kernel
+dump every few seconds (docs/failover.md, "Following").
+
+:class:`Follower` retrieves the whole state once, remembering the store
+revision of that walk (protocol.md 5.3), and from then on asks the same
+store only for the changes after the revision it holds. It keeps the
+state as model objects (:class:`StateCopy`), so a change costs the
+conversion of the changed entries only. A poll that brings no change says
+so (``changed`` False), and the daemon leaves the kernel alone.
+
+It retrieves the whole state again when it has none, when the store says
+the revision is gone (it forgot the removals since, or was replaced), when
+the store's epoch went backwards (a store rebuilt from nothing), and when
+the store it followed stops answering (revisions of two stores do not
+compare).
+
+An entry that does not convert is left out and named in ``skipped``, as in
+a bulk retrieval (``RetrievedState.convert``); a changed SA whose replay
+state does not apply is dropped from the copy, not kept with older counters.
+The copy only prepares the kernel: a takeover still retrieves and checks the
+state itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.errors import ApplianceError
+from appliance.model import SadEntry, SpdEntry
+from appliance.store import _convert as conv
+from appliance.store.base import FetchCancelled, RevisionGoneError, SaKey, StoreError
+from appliance.store.client import CONVERT_STEP, Retrieved, RetrievedState, merge_replay
+
+log = logging.getLogger("appliance.store.follow")
+
+
+@dataclass
+class StateCopy:
+    """One server ID's stored state as model objects, at a store revision."""
+
+    server_id: str
+    source: str
+    """The store it came from: revisions compare only within one store."""
+    epoch: int = 0
+    revision: int = 0
+    sas: dict[SaKey, SadEntry] = field(default_factory=dict)
+    """Each SA with its latest stored counters merged in."""
+    policies: dict[bytes, SpdEntry] = field(default_factory=dict)
+    """By the store's policy ID."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Entries left out, by where they are (``SAD spi ...``, ``SPD ...``): why."""
+    pages: int = 0
+
+    @classmethod
+    def from_full(
+        cls, state: RetrievedState, source: str, stop: Callable[[], bool] | None = None
+    ) -> StateCopy:
+        """The copy of a whole-state retrieval (``StoreClient.get_server``)."""
+        followed = cls(state.server_id, source, state.epoch, state.revision, pages=state.pages)
+        followed._take(state, stop)
+        return followed
+
+    def apply(self, changes: RetrievedState, stop: Callable[[], bool] | None = None) -> bool:
+        """Bring the copy to the changes' revision; True if any entry changed.
+
+        Stopped half way (``FetchCancelled``), the copy keeps its revision:
+        the changes come again next time, and applying them twice is harmless.
+        """
+        for key in changes.removed_sas:
+            self.sas.pop(key, None)
+            self.skipped.pop(_sa_place(key), None)
+        for pid in changes.removed_policies:
+            self.policies.pop(pid, None)
+            self.skipped.pop(_spd_place(pid), None)
+        self._take(changes, stop)
+        self.epoch, self.revision = changes.epoch, changes.revision
+        self.pages = changes.pages
+        return bool(
+            changes.sad_entries
+            or changes.spd_entries
+            or changes.removed_sas
+            or changes.removed_policies
+            or changes.unreadable
+        )
+
+    def _take(self, state: RetrievedState, stop: Callable[[], bool] | None) -> None:
+        for i, entry in enumerate(state.sad_entries):
+            _check_stop(stop, i, state.server_id)
+            try:
+                sa = conv.sad_from_stored(entry)
+            except ApplianceError as exc:
+                self.skipped[conv.describe_stored("SAD", i + 1, entry)] = str(exc)
+                continue
+            key = SaKey.of(sa)
+            place = _sa_place(key)
+            self.sas.pop(key, None)  # an SA that no longer converts is not kept older
+            self.skipped.pop(place, None)
+            if i in state.unreadable_replay:
+                self.skipped[place] = f"its replay state: {state.unreadable_replay[i]}"
+                continue
+            update = state.replay.get(key)
+            try:
+                self.sas[key] = sa if update is None else merge_replay(sa, update)
+            except ApplianceError as exc:
+                self.skipped[place] = f"its replay state: {exc}"
+        for line in state.unreadable:
+            # A record the store could not read back names its SPI only: drop that SPI's SAs.
+            self.skipped[line] = "the store could not read it back"
+            spi = _spi_of_unreadable(line)
+            for key in [k for k in self.sas if k.spi == spi]:
+                del self.sas[key]
+        for i, entry in enumerate(state.spd_entries):
+            _check_stop(stop, i, state.server_id)
+            try:
+                pid = conv.policy_id_of_stored(entry)
+            except ApplianceError as exc:
+                self.skipped[conv.describe_stored("SPD", i + 1, entry)] = str(exc)
+                continue
+            try:
+                self.policies[pid] = conv.spd_from_stored(entry)
+                self.skipped.pop(_spd_place(pid), None)
+            except ApplianceError as exc:
+                self.policies.pop(pid, None)
+                self.skipped[_spd_place(pid)] = str(exc)
+
+    def retrieved(self) -> Retrieved:
+        """The copy in the form a whole-state retrieval gives (for the executor)."""
+        return Retrieved(
+            tuple(self.sas.values()),
+            tuple(self.policies.values()),
+            self.source,
+            tuple(f"{place}: {why}" for place, why in self.skipped.items()),
+            self.server_id,
+            self.epoch,
+            self.pages,
+        )
+
+
+def _check_stop(stop: Callable[[], bool] | None, i: int, server_id: str) -> None:
+    if stop is not None and i % CONVERT_STEP == 0 and stop():
+        raise FetchCancelled(f"conversion of {server_id} stopped")
+
+
+def _sa_place(key: SaKey) -> str:
+    return f"SAD {key}"
+
+
+def _spd_place(policy_id: bytes) -> str:
+    return f"SPD policy {policy_id.hex()}"
+
+
+def _spi_of_unreadable(line: str) -> int | None:
+    # ``StoreClient`` writes "SA spi 0x%08x: why" for an unreadable record.
+    head = line.split(":", 1)[0]
+    if head.startswith("SA spi 0x"):
+        try:
+            return int(head[len("SA spi 0x") :], 16)
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class Poll:
+    """What one poll of the follower gives."""
+
+    state: Retrieved
+    changed: bool
+    """False: the store had nothing new since the last poll (the kernel needs nothing)."""
+    full: bool
+    """True: the whole state was retrieved (first poll, revision gone, store changed)."""
+    revision: int
+
+
+class Follower:
+    """Keeps a :class:`StateCopy` current from the first store that answers.
+
+    ``clients`` are store clients (``StoreClient``: ``server``, ``get_server``,
+    ``get_changes``). Blocking; one caller at a time.
+    """
+
+    def __init__(self, clients: Sequence[Any]) -> None:
+        self.clients = list(clients)
+        self.state: StateCopy | None = None
+        self.lock = threading.Lock()
+        """Held while a poll reads or changes ``state``; a takeover that uses the copy
+        takes it too."""
+
+    def forget(self) -> None:
+        """Drop the copy: the next poll retrieves the whole state."""
+        self.state = None
+
+    def poll(self, server_id: str, stop: Callable[[], bool] | None = None) -> Poll:
+        """The state now, and whether it changed since the last poll.
+
+        Raises ``StoreError`` (the last store's) when no store answers, and
+        ``FetchCancelled`` when ``stop`` says so (the copy is then dropped).
+        """
+        with self.lock:
+            return self._poll(server_id, stop)
+
+    def _poll(self, server_id: str, stop: Callable[[], bool] | None) -> Poll:
+        errors: list[StoreError] = []
+        current = self.state
+        ordered = sorted(self.clients, key=lambda c: current is None or c.server != current.source)
+        for client in ordered:
+            try:
+                return self._poll_one(client, server_id, stop)
+            except FetchCancelled:
+                raise  # a copy stopped half way through its changes keeps its revision
+            except StoreError as exc:
+                log.warning("hot standby: store %s: %s", client.server, exc)
+                errors.append(exc)
+        self.state = None
+        raise errors[-1] if errors else StoreError("no store configured")
+
+    def _poll_one(self, client: Any, server_id: str, stop: Callable[[], bool] | None) -> Poll:
+        state = self.state
+        if state is not None and state.source == client.server and state.server_id == server_id:
+            try:
+                changes = client.get_changes(server_id, state.revision, stop)
+            except RevisionGoneError as exc:
+                log.info("hot standby: %s; retrieving the whole state", exc)
+            else:
+                if changes.epoch >= state.epoch:
+                    changed = state.apply(changes, stop)
+                    return Poll(state.retrieved(), changed, False, state.revision)
+                log.warning(
+                    "hot standby: store %s went back from epoch %d to %d; retrieving everything",
+                    client.server,
+                    state.epoch,
+                    changes.epoch,
+                )
+        # From here on the old copy is of no use (another store, or gone); a whole
+        # retrieval stopped half way leaves none.
+        self.state = None
+        full = client.get_server(server_id, stop)
+        self.state = StateCopy.from_full(full, client.server, stop)
+        return Poll(self.state.retrieved(), True, True, self.state.revision)

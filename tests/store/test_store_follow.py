@@ -1,0 +1,168 @@
+"""The hot standby's follower: one whole retrieval, then only the changes (change feed).
+
+The store is real (SQLite behind the real ``StoreService``); the client is the
+real ``StoreClient`` with its datagram exchange replaced by a direct call of
+the service, so every request and answer goes through the wire codec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from entries_factory import make_policy, make_sa
+from loopback_client import LoopbackClient
+
+from appliance.model import SadEntry, SpdEntry
+from appliance.store.base import FetchCancelled, SaKey, StoreUnavailableError
+from appliance.store.follow import Follower
+from appliance.store.service import StoreService
+from appliance.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.unit
+
+SID = "198.51.100.1"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(store: SqliteStore) -> LoopbackClient:
+    return LoopbackClient(StoreService(store, max_datagram=1400))
+
+
+def write(client: LoopbackClient, sad: Sequence[SadEntry], spd: Sequence[SpdEntry] = ()) -> None:
+    client.put_entries(SID, 1, sad, spd)
+
+
+def as_sets(state: Any) -> tuple[set[SadEntry], set[SpdEntry]]:
+    return set(state.sad), set(state.spd)
+
+
+def test_first_poll_is_whole_then_an_unchanged_store_costs_one_request(
+    client: LoopbackClient,
+) -> None:
+    write(client, [make_sa(n) for n in range(40)], [make_policy(n) for n in range(40)])
+    follower = Follower([client])
+    first = follower.poll(SID)
+    assert (first.changed, first.full) == (True, True)
+    assert as_sets(first.state) == as_sets(client.fetch(SID))
+    assert len(first.state.sad) == 40 and len(first.state.spd) == 40
+
+    client.requests.clear()
+    again = follower.poll(SID)
+    assert (again.changed, again.full, again.revision) == (False, False, first.revision)
+    assert as_sets(again.state) == as_sets(first.state)
+    assert len(client.requests) == 1  # one SA_Retr with a Revision, one empty page
+
+
+def test_changes_bring_the_copy_equal_to_a_whole_retrieval(client: LoopbackClient) -> None:
+    write(client, [make_sa(n) for n in range(30)], [make_policy(n) for n in range(30)])
+    follower = Follower([client])
+    follower.poll(SID)
+
+    write(client, [make_sa(n) for n in range(30, 33)], [make_policy(n) for n in range(30, 33)])
+    busy = dataclasses.replace(make_sa(5), replay=dataclasses.replace(make_sa(5).replay, oseq=77))
+    client.update_replay(SID, 1, [busy])
+    client.delete(SID, 1, [(make_sa(7).spi, 50)], [make_policy(7).index])
+
+    client.requests.clear()
+    polled = follower.poll(SID)
+    requests = len(client.requests)
+    assert (polled.changed, polled.full) == (True, False)
+    assert as_sets(polled.state) == as_sets(client.fetch(SID))
+    by_key = {SaKey.of(sa): sa for sa in polled.state.sad}
+    assert by_key[SaKey.of(busy)].replay.oseq == 77
+    assert SaKey.of(make_sa(7)) not in by_key
+    # Only the changed entries travelled: a few pages, not the whole state's.
+    assert requests <= 3 < len(client.requests) - requests
+
+
+def test_forgotten_removals_bring_a_whole_retrieval(
+    client: LoopbackClient, store: SqliteStore
+) -> None:
+    write(client, [make_sa(n) for n in range(10)])
+    follower = Follower([client])
+    follower.poll(SID)
+    store.removal_history = 2
+    for n in range(5):
+        client.delete(SID, 1, [(make_sa(n).spi, 50)])
+    polled = follower.poll(SID)
+    assert (polled.changed, polled.full) == (True, True)
+    assert as_sets(polled.state) == as_sets(client.fetch(SID))
+    assert len(polled.state.sad) == 5
+
+
+def test_a_store_whose_epoch_went_back_is_retrieved_whole(
+    client: LoopbackClient, tmp_path: Path
+) -> None:
+    client.put_entries(SID, 9, [make_sa(n) for n in range(4)])
+    follower = Follower([client])
+    follower.poll(SID)
+    # The same store address, now a store rebuilt from nothing, written further.
+    rebuilt = SqliteStore(tmp_path / "rebuilt.db")
+    client.service = StoreService(rebuilt)
+    for n in range(6):
+        client.put_entries(SID, 2, [make_sa(100 + n)])
+    polled = follower.poll(SID)
+    assert polled.full
+    assert {sa.spi for sa in polled.state.sad} == {make_sa(100 + n).spi for n in range(6)}
+    rebuilt.close()
+
+
+def test_the_other_store_is_followed_from_a_whole_retrieval(
+    client: LoopbackClient, tmp_path: Path
+) -> None:
+    second_store = SqliteStore(tmp_path / "second.db")
+    second = LoopbackClient(StoreService(second_store), server="127.0.0.2")
+    for c in (client, second):
+        write(c, [make_sa(n) for n in range(6)])
+    follower = Follower([client, second])
+    assert follower.poll(SID).full
+    client.down = True
+    polled = follower.poll(SID)
+    assert polled.full and polled.state.source == "127.0.0.2"
+    assert not follower.poll(SID).full  # it now follows the second store's revisions
+    client.down = False
+    assert not follower.poll(SID).full  # and stays with it while it answers
+    second_store.close()
+
+
+def test_no_store_answering_is_an_error_and_the_copy_is_dropped(client: LoopbackClient) -> None:
+    write(client, [make_sa(1)])
+    follower = Follower([client])
+    follower.poll(SID)
+    client.down = True
+    with pytest.raises(StoreUnavailableError, match="down"):
+        follower.poll(SID)
+    assert follower.state is None
+
+
+def test_a_stopped_poll_drops_the_copy(client: LoopbackClient) -> None:
+    write(client, [make_sa(n) for n in range(300)])
+    follower = Follower([client])
+    with pytest.raises(FetchCancelled):
+        follower.poll(SID, stop=lambda: True)
+    assert follower.state is None
+    assert follower.poll(SID).full
+
+
+def test_changes_stopped_half_way_come_again(client: LoopbackClient) -> None:
+    write(client, [make_sa(n) for n in range(10)])
+    follower = Follower([client])
+    held = follower.poll(SID).revision
+    write(client, [make_sa(n) for n in range(10, 400)])
+    with pytest.raises(FetchCancelled):
+        follower.poll(SID, stop=lambda: True)
+    assert follower.state is not None and follower.state.revision == held
+    polled = follower.poll(SID)
+    assert (polled.changed, polled.full) == (True, False)
+    assert len(polled.state.sad) == 400
