@@ -518,6 +518,8 @@ class SqliteStore(SaStore):
                 if owners.get(k) != server_id:
                     raise NotFoundError(f"SA {k} of server {server_id} is not in the store")
 
+            if not batch:
+                return  # an epoch probe (an empty delete): checked, nothing to change
             rev = self._next_revision(db, server_id)
             rows = [(server_id, k.proto, k.dst, k.spi) for k in delete_sas]
             # A removal leaves a marker for the change feed, if there was something to remove.

@@ -68,6 +68,12 @@ class ChangeFeedContract:
             store.put("gw1", 4, [sa_put(2)])
         assert store.revision("gw1") == before
 
+    def test_an_epoch_probe_leaves_the_revision(self, store: SaStore) -> None:
+        store.put("gw1", 1, [sa_put(1)])
+        before = store.revision("gw1")
+        store.delete("gw1", 1)  # what an active node's fencing probe sends, often
+        assert store.revision("gw1") == before
+
     def test_full_walk_says_its_revision(self, store: SaStore) -> None:
         store.put("gw1", 1, [sa_put(1), sa_put(2)])
         pages = list(store.iter_server("gw1", 1))
