@@ -485,6 +485,8 @@ class FailoverDaemon:
                         self.follower.poll, self.config.node.server_id, overtaken
                     )
                     fetched, changed = poll.state, poll.changed
+                    result = "whole" if poll.full else "changes" if changed else "unchanged"
+                    self.health.record_poll(result, poll.revision)
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale

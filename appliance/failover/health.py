@@ -75,6 +75,10 @@ class HealthSnapshot:
     last_takeover_unix: float | None = None
     sync_messages: dict[tuple[str, str, str], int] = field(default_factory=dict)
     """(store, op, result) -> count."""
+    follow_polls: dict[str, int] = field(default_factory=dict)
+    """Hot standby polls of the store, by what they brought: unchanged|changes|whole."""
+    follow_revision: int | None = None
+    """The store revision of the hot standby's copy after its last poll."""
 
 
 def step_seconds(timeline: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -103,6 +107,8 @@ class DaemonHealth:
         self._last_takeover_steps: dict[str, float] = {}
         self._last_takeover_unix: float | None = None
         self._sync_messages: Counter[tuple[str, str, str]] = Counter()
+        self._follow_polls: Counter[str] = Counter()
+        self._follow_revision: int | None = None
 
     # -- updates -------------------------------------------------------------------
 
@@ -119,6 +125,12 @@ class DaemonHealth:
         """What this node's kernel holds of the served state, as last known."""
         with self._lock:
             self._held = (sas, policies)
+
+    def record_poll(self, result: str, revision: int) -> None:
+        """One hot standby poll (``result``: unchanged|changes|whole) and the copy's revision."""
+        with self._lock:
+            self._follow_polls[result] += 1
+            self._follow_revision = revision
 
     def record_transition(self, state: str, ok: bool) -> None:
         with self._lock:
@@ -164,6 +176,8 @@ class DaemonHealth:
                 last_takeover_steps=dict(self._last_takeover_steps),
                 last_takeover_unix=self._last_takeover_unix,
                 sync_messages=dict(self._sync_messages),
+                follow_polls=dict(self._follow_polls),
+                follow_revision=self._follow_revision,
             )
 
 
@@ -196,6 +210,8 @@ def to_status(
         "lag_s": lag_s(snap, now_monotonic, standby),
         "held_sas": snap.held_sas,
         "held_policies": snap.held_policies,
+        "follow_polls": dict(snap.follow_polls),
+        "follow_revision": snap.follow_revision,
     }
 
 

@@ -130,6 +130,15 @@ class DaemonCollector:
                      ["server_id"], lag)  # fmt: skip
         yield _gauge("ipsec_ha_last_sync_timestamp_seconds", "Unix time of that last sync.",
                      ["server_id"], synced)  # fmt: skip
+        yield _counter(
+            "ipsec_ha_follower_polls", "Hot standby polls of the store's change feed, by what "
+            "they brought (unchanged, changes, whole: a whole retrieval).",
+            ["server_id", "result"],
+            {(sid, result): n for result, n in health.follow_polls.items()},
+        )  # fmt: skip
+        revision = {} if health.follow_revision is None else {(sid,): health.follow_revision}
+        yield _gauge("ipsec_ha_follower_revision", "The store revision the hot standby's copy "
+                     "is current to (its last poll).", ["server_id"], revision)  # fmt: skip
 
         yield _counter(
             "ipsec_ha_transitions", "Transitions run, by VRRP state (FENCED, RECLAIM: the "

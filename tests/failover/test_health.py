@@ -69,6 +69,8 @@ def test_status_has_the_documented_keys_and_lag_only_on_a_standby() -> None:
     health.record_probe("198.51.100.10", StoreProbe(True, None, 0.001, 3, 4, 4, 99.0))
     health.record_sync(50.0, 1000.0)
     health.record_held(4, 4)
+    health.record_poll("whole", 11)
+    health.record_poll("unchanged", 12)
     args: dict[str, Any] = dict(now_unix=1003.0, now_monotonic=53.0, interval_s=1.0,
                                 ready_max_lag_s=10.0)  # fmt: skip
     standby = to_status(health.snapshot(), standby=True, **args)
@@ -77,6 +79,7 @@ def test_status_has_the_documented_keys_and_lag_only_on_a_standby() -> None:
         "stores": {"198.51.100.10": {"up": True, "error": None, "rtt_s": 0.001, "epoch": 3,
                                      "sas": 4, "policies": 4, "checked": 99.0}},
         "last_sync": 1000.0, "lag_s": 3.0, "held_sas": 4, "held_policies": 4,
+        "follow_polls": {"whole": 1, "unchanged": 1}, "follow_revision": 12,
     }  # fmt: skip
     assert to_status(health.snapshot(), standby=False, **args)["lag_s"] is None
 

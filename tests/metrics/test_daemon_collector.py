@@ -162,6 +162,18 @@ def test_a_standby_has_a_lag_and_no_epoch() -> None:
 
 
 @pytest.mark.unit
+def test_a_hot_standby_counts_its_polls_and_shows_its_revision() -> None:
+    daemon = fake_daemon(Role.STANDBY)
+    assert "ipsec_ha_follower_revision" not in scrape(collector(daemon))  # never polled
+    for result, revision in (("whole", 40), ("unchanged", 40), ("unchanged", 40), ("changes", 47)):
+        daemon.health.record_poll(result, revision)
+    m = scrape(collector(daemon))
+    for result, count in (("whole", 1), ("unchanged", 2), ("changes", 1)):
+        assert one(m["ipsec_ha_follower_polls_total"], server_id=SID, result=result) == count
+    assert one(m["ipsec_ha_follower_revision"], server_id=SID) == 47
+
+
+@pytest.mark.unit
 def test_without_ondemand_the_held_set_is_not_listed() -> None:
     reads: list[bool] = []
 
