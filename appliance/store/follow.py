@@ -17,8 +17,11 @@ so (``changed`` False), and the daemon leaves the kernel alone.
 It retrieves the whole state again when it has none, when the store says
 the revision is gone (it forgot the removals since, or was replaced), when
 the store's epoch went backwards (a store rebuilt from nothing), and when
-the store it followed stops answering (revisions of two stores do not
-compare).
+the store it followed has not answered ``SOURCE_PATIENCE`` polls in a row
+(then from the next store that answers: revisions of two stores do not
+compare). Until then it waits for that store: a loaded store is slow, and
+its changes are still the cheap way. A poll that fails or is stopped keeps
+the copy as it was.
 
 An entry that does not convert is left out and named in ``skipped``, as in
 a bulk retrieval (``RetrievedState.convert``); a changed SA whose replay
@@ -42,6 +45,10 @@ from appliance.store.base import FetchCancelled, RevisionGoneError, SaKey, Store
 from appliance.store.client import CONVERT_STEP, Retrieved, RetrievedState, merge_replay
 
 log = logging.getLogger("appliance.store.follow")
+
+SOURCE_PATIENCE = 3
+"""Polls in a row the copy's store may fail before the follower retrieves the whole
+state from another store (revisions of two stores do not compare)."""
 
 
 @dataclass
@@ -192,6 +199,8 @@ class Follower:
     def __init__(self, clients: Sequence[Any]) -> None:
         self.clients = list(clients)
         self.state: StateCopy | None = None
+        self.source_failures = 0
+        """Polls in a row that the copy's store did not answer."""
         self.lock = threading.Lock()
         """Held while a poll reads or changes ``state``; a takeover that uses the copy
         takes it too."""
@@ -203,25 +212,41 @@ class Follower:
     def poll(self, server_id: str, stop: Callable[[], bool] | None = None) -> Poll:
         """The state now, and whether it changed since the last poll.
 
-        Raises ``StoreError`` (the last store's) when no store answers, and
-        ``FetchCancelled`` when ``stop`` says so (the copy is then dropped).
+        Raises ``StoreError`` (the last store's) when no store answered, and
+        ``FetchCancelled`` when ``stop`` says so. Either way the copy is kept
+        unless a whole retrieval was replacing it.
         """
         with self.lock:
             return self._poll(server_id, stop)
 
     def _poll(self, server_id: str, stop: Callable[[], bool] | None) -> Poll:
-        errors: list[StoreError] = []
         current = self.state
-        ordered = sorted(self.clients, key=lambda c: current is None or c.server != current.source)
-        for client in ordered:
+        if current is not None and self.source_failures < SOURCE_PATIENCE:
+            # Stay with the copy's store while it may only be busy: its changes are
+            # cheap, a whole retrieval from another store is not.
+            source = [c for c in self.clients if c.server == current.source]
+            if source:
+                try:
+                    poll = self._poll_one(source[0], server_id, stop)
+                except StoreError as exc:
+                    self.source_failures += 1
+                    log.warning("hot standby: store %s (%d in a row): %s",
+                                current.source, self.source_failures, exc)  # fmt: skip
+                    raise
+                self.source_failures = 0
+                return poll
+        errors: list[StoreError] = []
+        for client in sorted(
+            self.clients, key=lambda c: current is None or c.server != current.source
+        ):
             try:
-                return self._poll_one(client, server_id, stop)
-            except FetchCancelled:
-                raise  # a copy stopped half way through its changes keeps its revision
+                poll = self._poll_one(client, server_id, stop)
             except StoreError as exc:
                 log.warning("hot standby: store %s: %s", client.server, exc)
                 errors.append(exc)
-        self.state = None
+                continue
+            self.source_failures = 0
+            return poll
         raise errors[-1] if errors else StoreError("no store configured")
 
     def _poll_one(self, client: Any, server_id: str, stop: Callable[[], bool] | None) -> Poll:
@@ -241,9 +266,9 @@ class Follower:
                     state.epoch,
                     changes.epoch,
                 )
-        # From here on the old copy is of no use (another store, or gone); a whole
-        # retrieval stopped half way leaves none.
-        self.state = None
+        # The old copy stays until the new one is whole: a retrieval that fails or is
+        # stopped half way leaves it (and its revision) as it was.
         full = client.get_server(server_id, stop)
-        self.state = StateCopy.from_full(full, client.server, stop)
-        return Poll(self.state.retrieved(), True, True, self.state.revision)
+        copy = StateCopy.from_full(full, client.server, stop)
+        self.state = copy
+        return Poll(copy.retrieved(), True, True, copy.revision)

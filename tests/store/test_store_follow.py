@@ -18,7 +18,7 @@ from loopback_client import LoopbackClient
 
 from appliance.model import SadEntry, SpdEntry
 from appliance.store.base import FetchCancelled, SaKey, StoreUnavailableError
-from appliance.store.follow import Follower
+from appliance.store.follow import SOURCE_PATIENCE, Follower
 from appliance.store.service import StoreService
 from appliance.store.sqlite import SqliteStore
 
@@ -128,6 +128,10 @@ def test_the_other_store_is_followed_from_a_whole_retrieval(
     follower = Follower([client, second])
     assert follower.poll(SID).full
     client.down = True
+    for _ in range(SOURCE_PATIENCE):  # the copy's store may only be busy: it waits for it
+        with pytest.raises(StoreUnavailableError):
+            follower.poll(SID)
+        assert follower.state is not None and follower.state.source == "127.0.0.1"
     polled = follower.poll(SID)
     assert polled.full and polled.state.source == "127.0.0.2"
     assert not follower.poll(SID).full  # it now follows the second store's revisions
@@ -136,14 +140,36 @@ def test_the_other_store_is_followed_from_a_whole_retrieval(
     second_store.close()
 
 
-def test_no_store_answering_is_an_error_and_the_copy_is_dropped(client: LoopbackClient) -> None:
+def test_no_store_answering_is_an_error_and_the_copy_is_kept(client: LoopbackClient) -> None:
     write(client, [make_sa(1)])
     follower = Follower([client])
-    follower.poll(SID)
+    held = follower.poll(SID).revision
     client.down = True
-    with pytest.raises(StoreUnavailableError, match="down"):
-        follower.poll(SID)
-    assert follower.state is None
+    for _ in range(SOURCE_PATIENCE + 2):
+        with pytest.raises(StoreUnavailableError, match="down"):
+            follower.poll(SID)
+    assert follower.state is not None and follower.state.revision == held
+    client.down = False
+    write(client, [make_sa(2)])
+    polled = follower.poll(SID)  # the store is back: still the same store's changes
+    assert (polled.full, polled.changed, len(polled.state.sad)) == (False, True, 2)
+
+
+def test_a_whole_retrieval_stopped_half_way_keeps_the_old_copy(
+    client: LoopbackClient, store: SqliteStore
+) -> None:
+    write(client, [make_sa(n) for n in range(5)])
+    follower = Follower([client])
+    held = follower.poll(SID).revision
+    store.removal_history = 1
+    for n in range(3):  # removals the store forgets: the next poll must retrieve everything
+        client.delete(SID, 1, [(make_sa(n).spi, 50)])
+    write(client, [make_sa(n) for n in range(5, 400)])
+    with pytest.raises(FetchCancelled):
+        follower.poll(SID, stop=lambda: True)
+    assert follower.state is not None and follower.state.revision == held
+    polled = follower.poll(SID)
+    assert polled.full and len(polled.state.sad) == 397
 
 
 def test_a_stopped_poll_drops_the_copy(client: LoopbackClient) -> None:
