@@ -223,6 +223,8 @@ class Row:
     """One pipelined NEWAE batch over all N outbound SAs, in gw2 after the takeover."""
     ip_batch_floor_ms: float | None = None
     """``ip -batch`` of the same SAs and policies into an empty namespace (cold's floor)."""
+    followed: bool | None = None
+    """Hot: the takeover started from the follower's copy (``fetch-state``'s report)."""
 
     @property
     def floor_ms(self) -> float | None:
@@ -505,6 +507,9 @@ class Run:
         self.row.advanced = advanced
         if "outbound-opened" in steps:
             self.row.opened_ms = 1000 * (steps["outbound-opened"] - received)
+        fetch = next((t for t in report.get("timeline", []) if t["step"] == "fetch-state"), {})
+        self.row.followed = (fetch.get("detail") or {}).get("followed")
+        say(f"{self.mode} N={n}: fetch-state from the follower's copy: {self.row.followed}")
         self._measure_floors(lab)
         self.row.ok = True
 
