@@ -174,9 +174,6 @@ class FailoverDaemon:
         fetch (clients are not thread-safe)."""
         self._follow_generation = 0
         """Moves at every start/stop of following: a fetch from before is stale."""
-        self._kernel_follows = False
-        """The last follow run put the follower's copy into the kernel: a poll that brings
-        no change needs no kernel work."""
         self.probe_clients = list(probe_stores)
         """The health probe's own store clients (none: no probe runs)."""
         self.health = DaemonHealth()
@@ -241,7 +238,6 @@ class FailoverDaemon:
     def start_following(self) -> None:
         self.following = True
         self._follow_generation += 1
-        self._kernel_follows = False
 
     def stop_following(self) -> None:
         self.following = False
@@ -267,15 +263,15 @@ class FailoverDaemon:
             if client is None:
                 return None
             try:
-                changes = client.get_changes(server_id, copy.revision)
+                changed = copy.catch_up(client)
             except StoreError as exc:
                 log.info("takeover: the hot standby's copy cannot be brought up to date "
                          "(%s); fetching the whole state", exc)  # fmt: skip
                 return None
-            if changes.epoch < copy.epoch:
+            if changed is None:
                 return None
-            changed = copy.apply(changes)
-            return FollowedState(copy.retrieved(), self._kernel_follows and not changed)
+            kernel_holds_it = self.executor.kernel_holds_last_follow and not changed
+            return FollowedState(copy.retrieved(), kernel_holds_it)
         finally:
             follower.lock.release()
 
@@ -490,11 +486,9 @@ class FailoverDaemon:
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
-                    if changed or not self._kernel_follows:
+                    if changed or not self.executor.kernel_holds_last_follow:
                         actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
-                        self._kernel_follows = False
                         held = await asyncio.to_thread(self._follow_once, actions, fetched)
-                        self._kernel_follows = fetched is not None and not overtaken()
                     else:
                         held = None  # nothing new: the kernel holds what it held
                 # In step with the store as of the fetch's start, holding this much of it.

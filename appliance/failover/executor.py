@@ -310,6 +310,15 @@ class PlanExecutor:
         for spi, reason in report.rekey:
             log.warning("SA spi 0x%08x needs a rekey: %s", spi, reason)
 
+    @property
+    def kernel_holds_last_follow(self) -> bool:
+        """The last run was a follow run that completed: the kernel holds what it was given.
+
+        Any other run since (a transition, start-following among its steps) makes
+        this False until the next follow run completes.
+        """
+        return self._follow_held is not None
+
     def held_of_fetched(self) -> tuple[int, int] | None:
         """(SAs, policies) of the last fetched state that the kernel holds after the last run.
 

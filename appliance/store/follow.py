@@ -26,8 +26,8 @@ the copy as it was.
 An entry that does not convert is left out and named in ``skipped``, as in
 a bulk retrieval (``RetrievedState.convert``); a changed SA whose replay
 state does not apply is dropped from the copy, not kept with older counters.
-The copy only prepares the kernel: a takeover still retrieves and checks the
-state itself.
+A hot takeover brings the same copy up to date (``StateCopy.catch_up``)
+through its own store clients and starts from it.
 """
 
 from __future__ import annotations
@@ -73,9 +73,31 @@ class StateCopy:
         cls, state: RetrievedState, source: str, stop: Callable[[], bool] | None = None
     ) -> StateCopy:
         """The copy of a whole-state retrieval (``StoreClient.get_server``)."""
-        followed = cls(state.server_id, source, state.epoch, state.revision, pages=state.pages)
-        followed._take(state, stop)
-        return followed
+        copy = cls(state.server_id, source, state.epoch, state.revision, pages=state.pages)
+        copy._take(state, stop)
+        return copy
+
+    def catch_up(self, client: Any, stop: Callable[[], bool] | None = None) -> bool | None:
+        """Apply the changes since this copy's revision, asked from ``client`` (its store).
+
+        True or False: whether anything changed. None: the store cannot tell
+        (the revision is gone, or its epoch went backwards); retrieve the whole
+        state. Other ``StoreError`` s pass through, the copy as it was.
+        """
+        try:
+            changes = client.get_changes(self.server_id, self.revision, stop)
+        except RevisionGoneError as exc:
+            log.info("hot standby: %s; retrieving the whole state", exc)
+            return None
+        if changes.epoch < self.epoch:
+            log.warning(
+                "hot standby: store %s went back from epoch %d to %d; retrieving everything",
+                self.source,
+                self.epoch,
+                changes.epoch,
+            )
+            return None
+        return self.apply(changes, stop)
 
     def apply(self, changes: RetrievedState, stop: Callable[[], bool] | None = None) -> bool:
         """Bring the copy to the changes' revision; True if any entry changed.
@@ -252,20 +274,9 @@ class Follower:
     def _poll_one(self, client: Any, server_id: str, stop: Callable[[], bool] | None) -> Poll:
         state = self.state
         if state is not None and state.source == client.server and state.server_id == server_id:
-            try:
-                changes = client.get_changes(server_id, state.revision, stop)
-            except RevisionGoneError as exc:
-                log.info("hot standby: %s; retrieving the whole state", exc)
-            else:
-                if changes.epoch >= state.epoch:
-                    changed = state.apply(changes, stop)
-                    return Poll(state.retrieved(), changed, False, state.revision)
-                log.warning(
-                    "hot standby: store %s went back from epoch %d to %d; retrieving everything",
-                    client.server,
-                    state.epoch,
-                    changes.epoch,
-                )
+            changed = state.catch_up(client, stop)
+            if changed is not None:
+                return Poll(state.retrieved(), changed, False, state.revision)
         # The old copy stays until the new one is whole: a retrieval that fails or is
         # stopped half way leaves it (and its revision) as it was.
         full = client.get_server(server_id, stop)
