@@ -282,14 +282,18 @@ def plan_install(
     *,
     thresholds: tuple[int, int] | None = None,
     reconcile: bool = False,
+    policy_gates: bool = True,
 ) -> InstallPlan:
     """The difference between the kernel and the fetched state, as ops (idempotent).
 
     An SA the kernel holds is left alone (its counters have moved on;
-    rewinding them would replay). Outbound policies go in as gates until
-    ``plan_open_outbound``; one already open (a re-run after opening) stays
-    open. With ``reconcile``, what the kernel holds and the state lacks is
-    removed (gates excepted).
+    rewinding them would replay). With ``policy_gates``, outbound policies
+    go in as gates until ``plan_open_outbound``; one already open (a re-run
+    after opening) stays open. Without (the nftables gate holds outbound
+    back), they go in as they are. With ``reconcile``, what the kernel holds
+    and the state lacks is removed (gates excepted); without
+    ``policy_gates`` a stale ``out`` policy becomes a gate instead, so its
+    traffic is dropped rather than sent in clear.
     """
     missing = [
         (sa, out)
@@ -301,7 +305,7 @@ def plan_install(
     )
     policy_ops: list[Op] = []
     for pol in spd:
-        target = gate_for(pol) if pol.dir == Direction.OUT else pol
+        target = gate_for(pol) if policy_gates and pol.dir == Direction.OUT else pol
         present = kernel_policies.get(policy_identity(pol))
         if present is None:
             policy_ops.append(Op(OpKind.ADD_POLICY, target))
@@ -313,11 +317,8 @@ def plan_install(
     if reconcile:
         wanted_sas = {sa_identity(sa) for sa in sad}
         wanted_pols = {policy_identity(p) for p in spd}
-        removals += [
-            Op(OpKind.DELETE_POLICY, p)
-            for k, p in kernel_policies.items()
-            if k not in wanted_pols and not is_gate(p)
-        ]
+        stale = [p for k, p in kernel_policies.items() if k not in wanted_pols and not is_gate(p)]
+        removals += [_retire_policy(p, policy_gates) for p in stale]
         removals += [
             Op(OpKind.DELETE_SA, sa) for k, sa in kernel_sas.items() if k not in wanted_sas
         ]
@@ -389,11 +390,27 @@ def plan_open_outbound(
     return ops
 
 
-def plan_remove_state(kernel_sad: Sequence[SadEntry], kernel_spd: Sequence[SpdEntry]) -> list[Op]:
-    """Remove every policy (gates stay: outbound stays closed) and then every SA."""
-    ops = [Op(OpKind.DELETE_POLICY, p) for p in kernel_spd if not is_gate(p)]
+def plan_remove_state(
+    kernel_sad: Sequence[SadEntry],
+    kernel_spd: Sequence[SpdEntry],
+    *,
+    policy_gates: bool = True,
+) -> list[Op]:
+    """Remove every policy (gates stay: outbound stays closed) and then every SA.
+
+    Without ``policy_gates`` (the nftables gate), ``out`` policies are still
+    real here, so each becomes a gate rather than going: with no policy, its
+    traffic would be routed in clear.
+    """
+    ops = [_retire_policy(p, policy_gates) for p in kernel_spd if not is_gate(p)]
     ops += [Op(OpKind.DELETE_SA, sa) for sa in kernel_sad]
     return ops
+
+
+def _retire_policy(policy: SpdEntry, policy_gates: bool) -> Op:
+    if not policy_gates and policy.dir == Direction.OUT:
+        return Op(OpKind.UPDATE_POLICY, gate_for(policy))
+    return Op(OpKind.DELETE_POLICY, policy)
 
 
 # --- on-demand install ------------------------------------------------------------------

@@ -280,6 +280,7 @@ class Run:
                 mode=self.mode,
                 notify_timeout_s=self.args.notify_timeout,
                 store_max_datagram=self.args.max_datagram,
+                gate=self.args.gate,
             )
             services = Services(lab, settings)
             try:
@@ -596,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--advert-int", type=float, default=1.0, help="VRRP advert interval, s")
     parser.add_argument(
+        "--gate",
+        choices=("policy", "nft"),
+        default="policy",
+        help="the daemons' [failover] gate: a block policy per out policy, or one nftables rule",
+    )
+    parser.add_argument(
         "--notify-timeout",
         type=float,
         default=60.0,
@@ -665,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                     "command": command,
                     "max_datagram": args.max_datagram,
                     "hthresh4": args.hthresh4,
+                    "gate": args.gate,
                     "wall_s": round(wall, 1),
                     "rows": [
                         {**asdict(r), "floor_ms": r.floor_ms, "opened_vs_floor": r.opened_vs_floor}

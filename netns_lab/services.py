@@ -59,6 +59,8 @@ class SyncSettings:
     health_interval_s: float = 2.0
     """``[failover] health_interval_s``: under TCG every probe costs the daemons and the
     stores tens of milliseconds of emulated CPU; every 2 s rather than the default 1 s."""
+    gate: str = "policy"
+    """``[failover] gate``: ``policy`` (a block policy per out policy) or ``nft`` (one rule)."""
     metrics_port: int | None = None
     """``[metrics]``: each daemon serves ``/metrics`` on its outside address at this port,
     reachable from the client over the outside segment (None: no endpoint)."""
@@ -144,6 +146,7 @@ class Services:
             f"store_rtt_ms = {s.store_rtt_ms}\nmax_pps_per_sa = {s.max_pps_per_sa}\n"
             f'[failover]\nmode = "{s.mode}"\nnotify_timeout_s = {s.notify_timeout_s}\n'
             f"health_interval_s = {s.health_interval_s}\n"
+            f'gate = "{s.gate}"\n'
             f'keepalived_fifo = "{k.fifo}"\nstatus_file = "{k.status}"\n'
             f'vrrp_name = "{SYNC_GROUP}"\n'
             + (

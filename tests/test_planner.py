@@ -179,6 +179,25 @@ def test_close_open_and_remove_outbound() -> None:
     ]
 
 
+def test_without_policy_gates_out_policies_go_in_real_and_leave_as_gates() -> None:
+    # [failover] gate = "nft": the nftables rule holds outbound back, the SPD stays real.
+    plan = plan_install([sa(1)], [True], [OUT, IN], {}, {}, 10, policy_gates=False)
+    assert plan.policy_ops == [Op(OpKind.ADD_POLICY, OUT), Op(OpKind.ADD_POLICY, IN)]
+    # a gate left by remove-state (or policy mode) is replaced by the real policy
+    _, gated = by_identity(spd=[gate_for(OUT), IN])
+    plan = plan_install([], [], [OUT, IN], {}, gated, 10, policy_gates=False)
+    assert plan.policy_ops == [Op(OpKind.UPDATE_POLICY, OUT)]
+    # a stale out policy becomes a gate (its traffic dropped, not routed in clear)
+    held_sas, held_pols = by_identity([sa(9)], [OUT, IN])
+    plan = plan_install([], [], [IN], held_sas, held_pols, 10, reconcile=True, policy_gates=False)
+    assert plan.removals == [Op(OpKind.UPDATE_POLICY, gate_for(OUT)), Op(OpKind.DELETE_SA, sa(9))]
+    assert plan_remove_state([sa(1)], [OUT, IN, gate_for(OUT)], policy_gates=False) == [
+        Op(OpKind.UPDATE_POLICY, gate_for(OUT)),
+        Op(OpKind.DELETE_POLICY, IN),
+        Op(OpKind.DELETE_SA, sa(1)),
+    ]
+
+
 # -- on-demand install and the kernel boundary --------------------------------------------
 
 

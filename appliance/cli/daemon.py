@@ -73,6 +73,12 @@ def daemon(
     endpoint = None
     kernel = None
     try:
+        gate = None
+        if cfg.failover.gate == "nft":
+            from appliance.nft.gate import NftGate
+
+            gate = NftGate(cfg.netns)
+            gate.probe()  # a kernel without nft_xfrm: one clear line, exit status 1
         kernel = XfrmSocket(cfg.netns)
         runner = FailoverDaemon(
             cfg,
@@ -81,6 +87,7 @@ def daemon(
             notify_log=notify_lib.log_path(notify_log, os.environ),
             follower_stores=follower_stores,
             probe_stores=probe_stores,
+            gate=gate,
         )
         if cfg.metrics is not None:
             from appliance.metrics.daemon_collector import DaemonCollector

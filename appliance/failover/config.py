@@ -117,6 +117,9 @@ class FailoverConfig:
     """How often the daemon probes every store and rewrites the ``health`` of its status file."""
     ready_max_lag_s: float = 10.0
     """``ipsec-ha status --ready``: the largest standby lag that still counts as ready."""
+    gate: str = "policy"
+    """How outbound is held back while not active: ``policy`` (a block policy in place of
+    each ``out`` policy) or ``nft`` (one nftables rule over the served SAs' SPIs)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,13 @@ def _vrrp_name(v: Any) -> str | None:
 
 def _mode(v: Any) -> StandbyMode | None:
     return StandbyMode(v) if v in ("hot", "cold") else None
+
+
+GATES = ("policy", "nft")
+
+
+def _gate(v: Any) -> str | None:
+    return v if v in GATES else None
 
 
 _TABLES = ("node", "store", "sync", "failover", "xfrm", "spi", "nft", "ondemand", "metrics")
@@ -258,6 +268,7 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
         ready_max_lag_s=failover_t.get(
             "ready_max_lag_s", float_in(0.1, 3600), "seconds 0.1..3600", 10.0
         ),
+        gate=failover_t.get("gate", _gate, '"policy" or "nft"', "policy"),
     )
     failover_t.finish()
 

@@ -59,6 +59,7 @@ from appliance.failover.executor import (
     ExecutionReport,
     ExecutorSettings,
     FollowedState,
+    OutboundGate,
     PlanExecutor,
     StoreAccess,
     etimer_jiffies,
@@ -163,6 +164,7 @@ class FailoverDaemon:
         follow_interval_s: float = 1.0,
         follower_stores: Sequence[Any] = (),
         probe_stores: Sequence[Any] = (),
+        gate: OutboundGate | None = None,
     ) -> None:
         self.config = config
         self.kernel = kernel
@@ -202,6 +204,7 @@ class FailoverDaemon:
                 etimer_jiffies=self.etimer,
             ),
             local_addresses=node_netns_addresses(config.netns),
+            gate=gate,
         )
         self._wake = asyncio.Event()
         self._publishing_changed = asyncio.Event()

@@ -47,7 +47,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -57,6 +57,7 @@ from appliance.failover.seqjump import AdvancedSa
 from appliance.failover.transitions import Step
 from appliance.model import (
     Address,
+    Direction,
     ReplayState,
     ReplayStateEsn,
     SadEntry,
@@ -139,6 +140,30 @@ class SyncLoops(Protocol):
 
     def followed_state(self, server_id: str) -> FollowedState | None:
         """The follower's copy, current as of now (None: none, fetch the whole state)."""
+        ...
+
+
+class OutboundGate(Protocol):
+    """A gate held outside the SPD, opened in one step (``appliance.nft.gate.NftGate``).
+
+    With one, ``out`` policies go in as they are, and outbound ESP is held
+    back by SPI until ``open``.
+    """
+
+    def close(self, spis: Iterable[int]) -> None:
+        """Gate exactly ``spis`` and hold them back."""
+        ...
+
+    def add(self, spis: Iterable[int]) -> None:
+        """Gate more SPIs (before their SAs go in)."""
+        ...
+
+    def discard(self, spis: Iterable[int]) -> None:
+        """Forget SPIs whose SAs are gone."""
+        ...
+
+    def open(self) -> None:
+        """Let every gated SA's ESP out."""
         ...
 
 
@@ -229,8 +254,11 @@ class PlanExecutor:
         *,
         local_addresses: Callable[[], Sequence[Address]] = lambda: (),
         clock: Callable[[], float] = time.monotonic,
+        gate: OutboundGate | None = None,
     ) -> None:
         self.kernel = kernel
+        self.gate = gate
+        """The one-step gate (None: each ``out`` policy is its own block gate)."""
         self.store = store
         self.loops = loops
         self.settings = settings
@@ -429,6 +457,13 @@ class PlanExecutor:
             )
 
     def _close_outbound(self, report: ExecutionReport, deadline: float) -> int:
+        if self.gate is not None:
+            # Every SA the kernel holds, whoever's: the rule then holds back ESP on any
+            # of them, and the set forgets SPIs of SAs gone since the last close.
+            spis = {sa.spi for sa in self.kernel.dump_sad()}
+            self.gate.close(spis)
+            report.gated += len(spis)
+            return len(spis)
         ops = plan_close_outbound(self.kernel.dump_spd())
         self._batch(ops, "close-outbound", deadline)
         report.gated += len(ops)
@@ -451,20 +486,29 @@ class PlanExecutor:
             self.settings.oseq_jump,
             thresholds=(self.settings.replay_seq_thresh, self.settings.etimer_jiffies),
             reconcile=reconcile,
+            policy_gates=self.gate is None,
         )
         if plan.invalid:
             raise plan.invalid[0][1]  # the configuration's or the state's fault, not the SA's
         report.rekey += [(sa.spi, rekey.reason) for sa, rekey in plan.rekey]
         report.advanced += [(a.sa.spi, a.old_oseq, a.new_oseq) for a in plan.advanced]
+        if self.gate is not None:
+            # Gated before they exist: their policies go in open, the gate holds them.
+            self.gate.add({op.entry.spi for op in plan.sa_ops if isinstance(op.entry, SadEntry)})
         self._batch(plan.sa_ops, "install SAs", deadline)
         self._installed.update(
             sa_identity(op.entry) for op in plan.sa_ops if isinstance(op.entry, SadEntry)
         )
         self._batch(plan.policy_ops, "install policies", deadline)
         self._batch(plan.removals, "remove stale entries", deadline)
-        self._held = (set(kernel_sas) | self._installed) - {
-            sa_identity(op.entry) for op in plan.removals if isinstance(op.entry, SadEntry)
-        }
+        removed = {op.entry for op in plan.removals if isinstance(op.entry, SadEntry)}
+        self._held = (set(kernel_sas) | self._installed) - {sa_identity(sa) for sa in removed}
+        if self.gate is not None and removed:
+            # An SPI may be shared by an SA that stays (another peer's): that one stays gated.
+            held_spis = {sa.spi for k, sa in kernel_sas.items() if k in self._held} | {
+                op.entry.spi for op in plan.sa_ops if isinstance(op.entry, SadEntry)
+            }
+            self.gate.discard({sa.spi for sa in removed} - held_spis)
         report.installed_sas += len(plan.sa_ops)
         report.installed_policies += len(plan.policy_ops)
         report.removed += len(plan.removals)
@@ -580,6 +624,12 @@ class PlanExecutor:
         return {"restored": restored}
 
     def _open_outbound(self, fetched: Retrieved, report: ExecutionReport, deadline: float) -> int:
+        if self.gate is not None:
+            # One rule out; the out policies went in as they are (install or reconcile).
+            self.gate.open()
+            opened = sum(1 for p in fetched.spd if p.dir == Direction.OUT)
+            report.opened += opened
+            return opened
         kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
         ops = plan_open_outbound(fetched.spd, kernel_pols)
         self._batch(ops, "open-outbound", deadline)
@@ -587,8 +637,11 @@ class PlanExecutor:
         return len(ops)
 
     def _remove_state(self, report: ExecutionReport, deadline: float) -> int:
-        ops = plan_remove_state(self.kernel.dump_sad(), self.kernel.dump_spd())
+        sad = self.kernel.dump_sad()
+        ops = plan_remove_state(sad, self.kernel.dump_spd(), policy_gates=self.gate is None)
         self._batch(ops, "remove-state", deadline)
+        if self.gate is not None and sad:
+            self.gate.discard({sa.spi for sa in sad})
         self._held = set()
         report.removed += len(ops)
         return len(ops)

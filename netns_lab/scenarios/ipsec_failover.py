@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import LabError
+from appliance.nft.gate import NftGate
 from appliance.traffic.analysis import analyse, plot_rate
 from appliance.traffic.probe import Arrival
 from appliance.traffic.udp import RunResult, RunSpec
@@ -72,6 +73,10 @@ _CUT_VRRP = """table inet iha_cut {
 """
 RESUMED_PACKETS = 20
 """Packets each way through the new active gateway that count as "traffic resumed"."""
+
+
+GATE_PINGS = 5
+"""Pings a hot standby behind the nftables gate sends towards the client (``_probe_gate``)."""
 
 
 @dataclass
@@ -119,6 +124,7 @@ class Outcome:
     naive: bool
     rate: float
     tunnel: dict[str, int]
+    gate: str
     takeovers: list[Takeover]
     client_replay_before: dict[str, int]
     client_replay_after: dict[str, int]
@@ -129,6 +135,9 @@ class Outcome:
     events: list[tuple[float, str]]
     plot: str | None = None
     origin: float = 0.0
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``gate = "nft"`` only: each gateway's gate (``NftGate.status``), keyed ``gw2-standby``
+    (hot: once gw2 pre-installed the SAs) and by gateway at the end."""
     split: dict[str, Any] = field(default_factory=dict)
     """Split brain only: when VRRP was cut and healed, what each daemon did, the client's
     replay counters at healing and at the end, the store's outbound counter before and
@@ -227,6 +236,7 @@ class Scenario(Narration):
         advert_int: float = 1.0,
         rate: float = 250.0,
         plot: Path | None = None,
+        gate: str = "policy",
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
         if how not in ("kill", "link", "split"):
@@ -235,14 +245,18 @@ class Scenario(Narration):
             raise ValueError("the naive variant has no split-brain phase")
         if mode not in ("cold", "hot"):
             raise ValueError(f"mode must be cold or hot, not {mode!r}")
+        if gate not in ("policy", "nft"):
+            raise ValueError(f"gate must be policy or nft, not {gate!r}")
         self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
+        self.gate = gate
         super().__init__(say)
         self.advert_int, self.rate, self.plot_path = advert_int, rate, plot
 
     # -- the run ------------------------------------------------------------------
     def run(self) -> Outcome:
         with Lab.create(advert_int=self.advert_int, wait_notify=False) as lab:
-            services = None if self.naive else Services(lab, SyncSettings(mode=self.mode))
+            settings = SyncSettings(mode=self.mode, gate=self.gate)
+            services = None if self.naive else Services(lab, settings)
             try:
                 return self._run(lab, services)
             finally:
@@ -258,6 +272,7 @@ class Scenario(Narration):
             services.wait_role("gw1", ("active",))
             self.event(f"stores and daemons ({self.mode} standby) running on gw1 and gw2")
         keyed = tunnel.establish(lab, "gw1")
+        gates: dict[str, dict[str, Any]] = {}
         self.event(
             f"tunnel keyed on client and gw1: SPIs 0x{keyed.spi_in:08x} (in), "
             f"0x{keyed.spi_out:08x} (out)"
@@ -270,6 +285,8 @@ class Scenario(Narration):
                 0.2,
             )
             self.event("gw2 holds the SAs pre-installed, outbound gated")
+            if self.gate == "nft":
+                gates["gw2-standby"] = self._probe_gate(lab, "gw2", keyed)
         spis_before = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
         replay_before = tunnel.replay_errors(lab, "client")
         traffic = Traffic(lab, self.rate)
@@ -299,6 +316,8 @@ class Scenario(Narration):
         traffic.stop()
         self.event("traffic stopped")
         replay_after = tunnel.replay_errors(lab, "client")
+        if self.gate == "nft":
+            gates.update({gw: NftGate(lab.ns(gw)).status().to_dict() for gw in GATEWAYS})
         spis_after = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
         arrivals = traffic.arrivals()
         sent = traffic.sent()
@@ -334,6 +353,8 @@ class Scenario(Narration):
             naive=self.naive,
             rate=self.rate,
             tunnel={"spi_in": keyed.spi_in, "spi_out": keyed.spi_out},
+            gate=self.gate,
+            gates=gates,
             takeovers=takeovers,
             client_replay_before=replay_before,
             client_replay_after=replay_after,
@@ -414,6 +435,24 @@ class Scenario(Narration):
         take.client_replay = tunnel.replay_errors(lab, "client")["XfrmInStateSeqError"]
         self.event(f"traffic flows both ways through {new}")
         return take
+
+    def _probe_gate(self, lab: Lab, gw: str, keyed: tunnel.Tunnel) -> dict[str, Any]:
+        """Send pings that the standby's real out policy would encrypt; the gate must drop
+        them before the transform: its counter moves, the SA's sequence number does not."""
+
+        def oseq() -> int:
+            return {sa.spi: sa.oseq for sa in tunnel.sa_stats(lab, gw)}.get(keyed.spi_out, -1)
+
+        before = oseq()
+        target = CLIENT_PROTECTED.split("/")[0]
+        lab.exec(gw, ["ping", "-n", "-q", "-c", str(GATE_PINGS), "-i", "0.2", "-W", "1",
+                      "-I", address_of(gw, INSIDE), target], check=False)  # fmt: skip
+        status = NftGate(lab.ns(gw)).status().to_dict()
+        self.event(
+            f"{gw}: {GATE_PINGS} pings towards the client; the gate dropped "
+            f"{status['dropped_packets']}, outbound SA counter {before} -> {oseq()}"
+        )
+        return {**status, "oseq_before_pings": before, "oseq_after_pings": oseq()}
 
     def _split_brain(self, lab: Lab, services: Services, keyed: tunnel.Tunnel) -> dict[str, Any]:
         """Cut VRRP between the gateways (both become MASTER), watch, heal, check."""
@@ -572,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=250.0, help="packets/s each way")
     parser.add_argument("--plot", type=Path, help="write a PNG of packets per 10 ms here")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    parser.add_argument("--gate", choices=("policy", "nft"), default="policy",
+                        help="[failover] gate of both daemons")  # fmt: skip
     args = parser.parse_args(argv)
     say: Callable[[str], None] = (lambda _: None) if args.json else print
     scenario = Scenario(
@@ -582,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         advert_int=args.advert_int,
         rate=args.rate,
         plot=args.plot,
+        gate=args.gate,
         say=lambda s: say(s),
     )
     return run_from_command_line(scenario, args.json, report_lines)

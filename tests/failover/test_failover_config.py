@@ -171,6 +171,11 @@ def test_metrics_are_off_without_the_table_and_on_loopback_with_an_empty_one(
     cfg = load_daemon_config(write(tmp_path, psk))
     assert cfg.metrics is None
     assert cfg.failover.health_interval_s == 1.0 and cfg.failover.ready_max_lag_s == 10.0
+    assert cfg.failover.gate == "policy"
+    assert (
+        load_daemon_config(write(tmp_path, psk, '[failover]\ngate = "nft"\n')).failover.gate
+        == "nft"
+    )
     assert load_daemon_config(write(tmp_path, psk, "[metrics]\n")).metrics == MetricsConfig(
         ("127.0.0.1", 9641)
     )
@@ -201,6 +206,7 @@ def test_metrics_listen_takes_any_ip_literal(
         ("[failover]\nhealth_interval_s = 61\n", r"\[failover\]\.health_interval_s: must be"),
         ("[failover]\nready_max_lag_s = 0\n", r"\[failover\]\.ready_max_lag_s: must be"),
         ("[failover]\nready_max_lag_s = 3601\n", r"\[failover\]\.ready_max_lag_s: must be"),
+        ('[failover]\ngate = "nftables"\n', r'\[failover\]\.gate: must be "policy" or "nft"'),
     ],
 )
 def test_bad_metrics_and_health_values_name_the_key(

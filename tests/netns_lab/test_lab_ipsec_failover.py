@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from netns_lab.scenarios.ipsec_failover import Outcome, Scenario, report_lines
+from netns_lab.scenarios.ipsec_failover import GATE_PINGS, Outcome, Scenario, report_lines
 
 pytestmark = pytest.mark.lab
 
@@ -91,3 +91,40 @@ def test_split_brain_fences_one_owner_at_a_time_and_heals_without_rollback() -> 
     assert split["stored_oseq_before"] is not None and split["stored_oseq_after"] is not None
     assert split["stored_oseq_after"] >= split["stored_oseq_before"]
     assert outcome.client_spis_before == outcome.client_spis_after
+
+
+# -- [failover] gate = "nft": outbound held back by one nftables rule (issue 13) ----------
+
+
+def test_hot_standby_behind_the_nft_gate_survives_a_crash() -> None:
+    outcome = run("hot", "kill", failback=False, gate="nft")
+    assert_tunnel_kept(outcome, takeovers=1)
+    assert (outcome.takeovers[0].installed_sas, outcome.takeovers[0].advanced) == (0, 1)
+    # The standby held both SAs behind a closed gate; once active, its gate is open.
+    standby = outcome.gates["gw2-standby"]
+    assert standby["closed"] is True and standby["gated_spis"] >= 2, standby
+    # Pings from the standby that its real out policy would encrypt were dropped by the
+    # gate before the transform: the counter moved, the SA's sequence number did not.
+    assert standby["dropped_packets"] >= GATE_PINGS, standby
+    assert standby["oseq_after_pings"] == standby["oseq_before_pings"] >= 0, standby
+    assert outcome.gates["gw2"]["closed"] is False, outcome.gates
+
+
+def test_cold_standby_behind_the_nft_gate_survives_a_crash_and_the_failback() -> None:
+    outcome = run("cold", "kill", failback=True, gate="nft")
+    assert_tunnel_kept(outcome, takeovers=2)
+    for take in outcome.takeovers:
+        assert (take.installed_sas, take.advanced) == (2, 1)
+    # gw2 went back to BACKUP: gate closed, SAs gone; gw1 is active with its gate open
+    # gw1 is active again at the end, its gate open (gw2 was killed while active)
+    assert outcome.gates["gw1"]["closed"] is False, outcome.gates
+
+
+def test_split_brain_behind_the_nft_gate_fences_and_heals_without_rollback() -> None:
+    outcome = run("hot", "split", failback=False, gate="nft")
+    split = outcome.split
+    assert sum(split["fenced"].values()) >= 1, split
+    assert split["client_replay_3s_later"] == split["client_replay_once_resumed"], split
+    assert split["stored_oseq_after"] >= split["stored_oseq_before"]
+    assert outcome.client_spis_before == outcome.client_spis_after
+    assert outcome.gates["gw1"]["closed"] is False and outcome.gates["gw2"]["closed"] is True
