@@ -66,6 +66,7 @@ from appliance.model import (
 from appliance.planner import (
     Identity,
     Op,
+    OpKind,
     XfrmKernel,
     apply_ops,
     counters_behind,
@@ -274,6 +275,13 @@ class PlanExecutor:
         """``fetched`` came from the follower and the kernel already holds it."""
         self._follow_held: set[Identity] | None = None
         """The SAs the kernel held after the last follow run (None: unknown)."""
+        self._follow_oseq: dict[Identity, int] = {}
+        """Outbound SA identity -> the 64-bit counter a follow run installed it with (the
+        stored one plus the jump). Kept while only follow runs run; see ``_advance_outbound``."""
+        self._known_oseq: dict[Identity, int] = {}
+        """This run's view of ``_follow_oseq``: what the last completed follow left."""
+        self._following = False
+        """The current run is a follow run (only those record ``_follow_oseq``)."""
         self._inbound_checked: dict[Identity, int] = {}
         """Inbound SA identity -> the stored counter last brought into the kernel. A hot
         standby's inbound SAs see no traffic, so an unchanged stored counter needs no
@@ -305,8 +313,13 @@ class PlanExecutor:
         self._held = None
         self._kernel_holds_fetched = False
         following = set(actions) <= _FOLLOW_ACTIONS
+        # Counters a follow gave are facts about the kernel only if the last run was a
+        # completed follow run; any other run may have let traffic use the SAs.
+        self._known_oseq = dict(self._follow_oseq) if self._follow_held is not None else {}
+        self._following = following
         if not following:
             self._inbound_checked.clear()
+            self._follow_oseq.clear()
         completed = False
         try:
             self._run_actions(actions, report, deadline)
@@ -499,10 +512,14 @@ class PlanExecutor:
         self._installed.update(
             sa_identity(op.entry) for op in plan.sa_ops if isinstance(op.entry, SadEntry)
         )
+        if self._following:
+            self._follow_oseq.update((sa_identity(a.sa), a.new_oseq) for a in plan.advanced)
         self._batch(plan.policy_ops, "install policies", deadline)
         self._batch(plan.removals, "remove stale entries", deadline)
         removed = {op.entry for op in plan.removals if isinstance(op.entry, SadEntry)}
         self._held = (set(kernel_sas) | self._installed) - {sa_identity(sa) for sa in removed}
+        for sa in removed:
+            self._follow_oseq.pop(sa_identity(sa), None)
         if self.gate is not None and removed:
             # An SPI may be shared by an SA that stays (another peer's): that one stays gated.
             held_spis = {sa.spi for k, sa in kernel_sas.items() if k in self._held} | {
@@ -589,7 +606,21 @@ class PlanExecutor:
             raise prepared.invalid[0][1]
         report.rekey += [(sa.spi, rekey.reason) for sa, rekey in prepared.rekey]
         outcomes: dict[Identity, AdvancedSa] = {sa_identity(a.sa): a for a in prepared.advanced}
+        # An SA a follow run installed holds at least the counter it was given: a gate
+        # drops before the transform (policy) or drops what it took (nft: never sent), and
+        # nothing else used it since. So no GETAE: it moves only if the store's counter
+        # plus the jump is past that, in one NEWAE batch.
+        known = self._known_oseq
+        blind = [o for i, o in outcomes.items() if i in known and o.new_oseq > known[i]]
         moved = 0
+        if blind:
+            self._check_deadline(deadline, Step.ADVANCE_OUTBOUND_SEQ)
+            self._batch(
+                [Op(OpKind.SET_REPLAY, o.sa) for o in blind], "advance-outbound-seq", deadline
+            )
+            report.advanced += [(o.sa.spi, o.old_oseq, o.new_oseq) for o in blind]
+            moved += len(blind)
+        outcomes = {i: o for i, o in outcomes.items() if i not in known}
         for _, done in self._move_counters(
             [(o.sa, o.new_oseq) for o in outcomes.values()],
             outbound=True,
@@ -601,7 +632,7 @@ class PlanExecutor:
                     o = outcomes[sa_identity(op.entry)]
                     report.advanced.append((o.sa.spi, o.old_oseq, o.new_oseq))
             moved += len(done)
-        return {"advanced": moved, "rekey": len(report.rekey)}
+        return {"advanced": moved, "unread": len(blind), "rekey": len(report.rekey)}
 
     def _restore_inbound(
         self, fetched: Retrieved, report: ExecutionReport, deadline: float

@@ -128,13 +128,16 @@ _COLD_TAKEOVER = (
     S.ADVANCE_OUTBOUND_SEQ,
     S.OPEN_OUTBOUND,
 )
+# RESTORE_INBOUND_REPLAY after OPEN_OUTBOUND: inbound ESP reaches the VIP from the
+# moment keepalived moves it, whatever the outbound gate, and a window restored a
+# moment later is as good; outbound waits only for what keeps it safe.
 _HOT_TAKEOVER = (
     S.CLAIM_OWNERSHIP,
     S.FETCH_STATE,
     S.RECONCILE_STATE,
     S.ADVANCE_OUTBOUND_SEQ,
-    S.RESTORE_INBOUND_REPLAY,
     S.OPEN_OUTBOUND,
+    S.RESTORE_INBOUND_REPLAY,
 )
 _LEAVE_ACTIVE = (S.CLOSE_OUTBOUND, S.STOP_PUBLISHING)
 

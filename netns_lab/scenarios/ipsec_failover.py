@@ -58,6 +58,7 @@ from netns_lab.plan import (
     PRIORITIES,
     ROUTES,
     address_of,
+    vip_address,
 )
 from netns_lab.scenarios.narration import Narration, run_from_command_line
 from netns_lab.services import Services, SyncSettings
@@ -438,15 +439,31 @@ class Scenario(Narration):
 
     def _probe_gate(self, lab: Lab, gw: str, keyed: tunnel.Tunnel) -> dict[str, Any]:
         """Send pings that the standby's real out policy would encrypt; the gate must drop
-        them before the transform: its counter moves, the SA's sequence number does not."""
+        them before the transform: its counter moves, the SA's sequence number does not.
+
+        The SA's outer source is the VIP, and without it the kernel cannot route the
+        ESP (no bundle, no transform): a standby is gated by that too, but not at the
+        moment it matters, once keepalived gave it the VIP and before ``open-outbound``
+        (or in a split brain). So the VIP goes on the standby's loopback for the probe,
+        with ``arp_ignore = 1`` so that it answers no ARP for it, and is taken off after.
+        """
 
         def oseq() -> int:
             return {sa.spi: sa.oseq for sa in tunnel.sa_stats(lab, gw)}.get(keyed.spi_out, -1)
 
-        before = oseq()
-        target = CLIENT_PROTECTED.split("/")[0]
-        lab.exec(gw, ["ping", "-n", "-q", "-c", str(GATE_PINGS), "-i", "0.2", "-W", "1",
-                      "-I", address_of(gw, INSIDE), target], check=False)  # fmt: skip
+        vip = f"{vip_address(OUTSIDE)}/32"
+        arp_ignore = "net.ipv4.conf.all.arp_ignore"
+        was = lab.exec(gw, ["sysctl", "-n", arp_ignore]).stdout.strip()
+        lab.exec(gw, ["sysctl", "-qw", f"{arp_ignore}=1"])
+        lab.exec(gw, ["ip", "addr", "add", vip, "dev", "lo"])
+        try:
+            before = oseq()
+            target = CLIENT_PROTECTED.split("/")[0]
+            lab.exec(gw, ["ping", "-n", "-q", "-c", str(GATE_PINGS), "-i", "0.2", "-W", "1",
+                          "-I", address_of(gw, INSIDE), target], check=False)  # fmt: skip
+        finally:
+            lab.exec(gw, ["ip", "addr", "del", vip, "dev", "lo"], check=False)
+            lab.exec(gw, ["sysctl", "-qw", f"{arp_ignore}={was}"], check=False)
         status = NftGate(lab.ns(gw)).status().to_dict()
         self.event(
             f"{gw}: {GATE_PINGS} pings towards the client; the gate dropped "

@@ -449,6 +449,7 @@ def test_counters_move_in_rounds_of_a_read_batch_then_a_write_batch(
 def test_an_sa_gone_before_its_counter_is_read_fails_the_step_by_name() -> None:
     executor, kernel, _, _, _ = make()
     executor.run(FOLLOW, fetched=STATE)
+    executor.run([Step.CLOSE_OUTBOUND])  # a plan since the follow: its counters are not facts
     real = kernel.get_ae_batch
 
     def vanished(entries: Sequence[m.SadEntry]) -> list[AeState | BatchFailure]:
@@ -505,3 +506,63 @@ def test_store_clients_take_the_store_table_and_the_given_node_id(tmp_path: Path
     finally:
         for c in clients:
             c.close()
+
+
+def moved_on(state: Retrieved, oseq: int) -> Retrieved:
+    """``state`` after the active node published a later outbound counter."""
+    assert OUT_SA.replay is not None
+    out = dataclasses.replace(OUT_SA, replay=dataclasses.replace(OUT_SA.replay, oseq=oseq))
+    return dataclasses.replace(state, sad=(out, IN_SA))
+
+
+def test_hot_takeover_moves_a_counter_a_follow_gave_without_reading_it() -> None:
+    executor, kernel, _, loops, _ = make()
+    executor.run(FOLLOW, fetched=STATE)  # OUT_SA in with 7000 + JUMP
+    later = moved_on(STATE, 9000)
+    executor.run(FOLLOW, fetched=later)  # held: the follow leaves its counter alone
+    loops.followed = FollowedState(later, kernel_holds_it=True)
+    kernel.ae_reads.clear()
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert OUT_SA.spi not in kernel.ae_reads  # one NEWAE batch, no GETAE
+    assert kernel.sad[sa_identity(OUT_SA)].replay == m.ReplayState(oseq=9000 + JUMP, bitmap=1)
+    assert report.advanced == [(OUT_SA.spi, 9000, 9000 + JUMP)]
+    advance = next(e for e in report.timeline if e.step == "advance-outbound-seq")
+    assert advance.detail["unread"] == 1
+
+
+def test_hot_takeover_leaves_a_counter_a_follow_gave_when_the_store_did_not_move() -> None:
+    executor, kernel, _, loops, _ = make()
+    executor.run(FOLLOW, fetched=STATE)
+    loops.followed = FollowedState(STATE, kernel_holds_it=True)
+    kernel.ae_reads.clear()
+    kernel.changes.clear()
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert OUT_SA.spi not in kernel.ae_reads
+    assert report.advanced == []
+    assert not [c for c in kernel.changes if c[0] == "set_replay" and c[1].spi == OUT_SA.spi]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("between", ["close-outbound", "failed-follow"])
+def test_counters_a_follow_gave_are_read_again_once_anything_else_ran(between: str) -> None:
+    executor, kernel, _, loops, _ = make()
+    executor.run(FOLLOW, fetched=STATE)
+    if between == "close-outbound":
+        executor.run([Step.CLOSE_OUTBOUND])
+    else:
+        kernel.refuse_spi = 0x5005
+        with pytest.raises(ExecutionError):
+            executor.run(FOLLOW, fetched=dataclasses.replace(
+                STATE, sad=(*STATE.sad, sa(0x5005, PEER, GW, oseq=0, seq=1, reqid=5))
+            ))  # fmt: skip
+        kernel.refuse_spi = None
+    later = moved_on(STATE, 9000)
+    loops.followed = FollowedState(later, kernel_holds_it=True)
+    kernel.ae_reads.clear()
+    executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert OUT_SA.spi in kernel.ae_reads
+    assert kernel.sad[sa_identity(OUT_SA)].replay == m.ReplayState(oseq=9000 + JUMP, bitmap=1)
+
+
+def test_hot_takeover_opens_outbound_before_it_restores_inbound_windows() -> None:
+    actions = plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT)
+    assert actions.index(Step.OPEN_OUTBOUND) < actions.index(Step.RESTORE_INBOUND_REPLAY)
