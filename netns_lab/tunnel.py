@@ -46,6 +46,29 @@ class Tunnel:
     reqid: int = 1
 
 
+def add_pair(lab: Lab, gateway: str, protected: str) -> Tunnel:
+    """Key one more SA pair and its policies on ``gateway`` only, for ``protected``.
+
+    Nothing sends on it (the client does not hold it): it is state for the
+    appliance to sync, as a second tunnel or a rekey would be.
+    """
+    pair = Tunnel(
+        secrets.randbelow(0x7FFF0000) + 0x1000,
+        secrets.randbelow(0x7FFF0000) + 0x1000,
+        reqid=2 + secrets.randbelow(1000),
+    )
+    key_in, key_out = secrets.token_hex(20), secrets.token_hex(20)
+    r, inside = pair.reqid, INSIDE.network
+    _batch(lab, gateway, [
+        _sa(CLIENT, VIP, pair.spi_in, key_in, r, CLIENT_REPLAY_WINDOW),
+        _sa(VIP, CLIENT, pair.spi_out, key_out, r, 0),
+        _policy(protected, inside, "in", CLIENT, VIP, r),
+        _policy(protected, inside, "fwd", CLIENT, VIP, r),
+        _policy(inside, protected, "out", VIP, CLIENT, r),
+    ])  # fmt: skip
+    return pair
+
+
 def _batch(lab: Lab, host: str, lines: list[str]) -> None:
     result = subprocess.run(
         ["ip", "-n", lab.ns(host), "-batch", "-"],

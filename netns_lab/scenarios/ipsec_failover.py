@@ -61,7 +61,7 @@ from netns_lab.plan import (
     vip_address,
 )
 from netns_lab.scenarios.narration import Narration, run_from_command_line
-from netns_lab.services import Services, SyncSettings
+from netns_lab.services import STORE_PORT, Services, SyncSettings
 
 CLIENT_PORT, SERVER_PORT = 40001, 40002
 # What cuts VRRP between the gateways and nothing else (IP protocol 112).
@@ -72,6 +72,18 @@ _CUT_VRRP = """table inet iha_cut {
     }
 }
 """
+_CUT_STORE = f"""table inet iha_cut_store {{
+    chain output {{
+        type filter hook output priority -10; policy accept;
+        udp dport {STORE_PORT} drop
+    }}
+}}
+"""
+STORE_GAPS = ("recovered", "during")
+STORE_GAP_S = 4.0
+"""How long gw2's store link stays cut after the second pair is stored."""
+SECOND_PROTECTED = "203.0.113.11/32"
+"""The protected address of the pair keyed while gw2 cannot reach a store."""
 RESUMED_PACKETS = 20
 """Packets each way through the new active gateway that count as "traffic resumed"."""
 
@@ -101,6 +113,8 @@ class Takeover:
     timeline: list[tuple[float, str]] = field(default_factory=list)
     client_replay: int | None = None
     """The client's ``XfrmInStateSeqError`` once traffic flowed through the new gateway."""
+    fetch: dict[str, Any] = field(default_factory=dict)
+    """The daemon's ``fetch-state`` detail (``followed``: from the hot standby's copy)."""
     counters: dict[str, int] = field(default_factory=dict)
     """Right after the takeover: the new gateway's outbound counter of the tunnel and the
     highest sequence number the client had received on it."""
@@ -136,6 +150,9 @@ class Outcome:
     events: list[tuple[float, str]]
     plot: str | None = None
     origin: float = 0.0
+    store_gap: dict[str, Any] = field(default_factory=dict)
+    """``store_gap`` only: what gw2's follower missed and how it came back
+    (``Scenario._store_link_gap``), and whether gw2 held the missed pair once active."""
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``gate = "nft"`` only: each gateway's gate (``NftGate.status``), keyed ``gw2-standby``
     (hot: once gw2 pre-installed the SAs) and by gateway at the end."""
@@ -238,6 +255,7 @@ class Scenario(Narration):
         rate: float = 250.0,
         plot: Path | None = None,
         gate: str = "policy",
+        store_gap: str | None = None,
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
         if how not in ("kill", "link", "split"):
@@ -248,6 +266,12 @@ class Scenario(Narration):
             raise ValueError(f"mode must be cold or hot, not {mode!r}")
         if gate not in ("policy", "nft"):
             raise ValueError(f"gate must be policy or nft, not {gate!r}")
+        if store_gap is not None and (store_gap not in STORE_GAPS or mode != "hot" or naive
+                                      or how != "kill"):  # fmt: skip
+            raise ValueError(
+                f"store_gap is one of {', '.join(STORE_GAPS)}, for a hot standby and a kill"
+            )
+        self.store_gap = store_gap
         self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
         self.gate = gate
         super().__init__(say)
@@ -303,11 +327,18 @@ class Scenario(Narration):
             self.event("naive: snapshot of gw1's SAs taken (no sync from here on)")
         time.sleep(2.0)  # traffic moves the counters past what was synced or snapshotted
         split: dict[str, Any] = {}
+        gap: dict[str, Any] = {}
+        if self.store_gap is not None:
+            assert services is not None
+            gap = self._store_link_gap(lab, services)
         if self.how == "split":
             assert services is not None
             split = self._split_brain(lab, services, keyed)
         else:
             takeovers.append(self._fail_over(lab, services, keyed, "gw1", "gw2", snapshot))
+        if gap:
+            held = {sa.spi for sa in tunnel.sa_stats(lab, "gw2")}
+            gap["pair_on_new_active"] = {gap["pair_in"], gap["pair_out"]} <= held
         if self.failback and not self.naive and self.how != "split":
             assert services is not None
             self._bring_back(lab, services, "gw1")
@@ -356,6 +387,7 @@ class Scenario(Narration):
             tunnel={"spi_in": keyed.spi_in, "spi_out": keyed.spi_out},
             gate=self.gate,
             gates=gates,
+            store_gap=gap,
             takeovers=takeovers,
             client_replay_before=replay_before,
             client_replay_after=replay_after,
@@ -419,6 +451,11 @@ class Scenario(Narration):
             take.advanced = len(report.get("advanced", []))
             take.rekey = len(report.get("rekey", []))
             take.timeline = [(t["monotonic"], t["step"]) for t in report.get("timeline", [])]
+            take.fetch = next(
+                (t.get("detail") or {} for t in report.get("timeline", [])
+                 if t["step"] == "fetch-state"),
+                {},
+            )  # fmt: skip
             self.events.append((take.master_at, f"{new}'s daemon reads MASTER from keepalived"))
             for at, step in take.timeline[1:]:
                 self.events.append((at, f"{new}'s daemon: {step}"))
@@ -436,6 +473,53 @@ class Scenario(Narration):
         take.client_replay = tunnel.replay_errors(lab, "client")["XfrmInStateSeqError"]
         self.event(f"traffic flows both ways through {new}")
         return take
+
+    def _store_link_gap(self, lab: Lab, services: Services) -> dict[str, Any]:
+        """gw2 (hot standby) loses its link to every store while gw1 keys a second pair
+        and traffic moves the counters; then the link comes back. ``recovered``: wait
+        until gw2's kernel holds the pair; ``during``: return at once (the kill follows,
+        a takeover during the follower's recovery)."""
+
+        def polls() -> dict[str, int]:
+            health = (services.status("gw2") or {}).get("health") or {}
+            return dict(health.get("follow_polls") or {})
+
+        def gw2_holds(pair: tunnel.Tunnel) -> bool:
+            return {pair.spi_in, pair.spi_out} <= {sa.spi for sa in tunnel.sa_stats(lab, "gw2")}
+
+        before = polls()
+        self.event("gw2's link to the stores cut (its requests to the sync port dropped)")
+        lab.exec("gw2", ["nft", "-f", "-"], input=_CUT_STORE)
+        pair = tunnel.add_pair(lab, "gw1", SECOND_PROTECTED)
+        self.event(
+            f"gw1 keys a second pair (0x{pair.spi_in:08x}, 0x{pair.spi_out:08x}) "
+            "that gw2 cannot learn yet"
+        )
+        wait_for(
+            "gw1's store to hold the second pair",
+            lambda: services.stored_oseq("gw1", pair.spi_out) is not None,
+            SETTLE_TIMEOUT,
+            0.2,
+        )
+        time.sleep(STORE_GAP_S)  # traffic moves the stored counters on meanwhile
+        missed = not gw2_holds(pair)
+        revision_cut = (services.status("gw2") or {}).get("health", {}).get("follow_revision")
+        lab.exec("gw2", ["nft", "delete", "table", "inet", "iha_cut_store"])
+        healed_at = self.event("gw2's link to the stores restored")
+        after: dict[str, int] | None = None
+        if self.store_gap == "recovered":
+            wait_for("gw2 to hold the second pair", lambda: gw2_holds(pair), SETTLE_TIMEOUT, 0.2)
+            after = polls()
+            self.event(f"gw2 holds the second pair; its polls {before} -> {after}")
+        return {
+            "missed": missed,
+            "pair_in": pair.spi_in,
+            "pair_out": pair.spi_out,
+            "polls_before": before,
+            "polls_after": after,
+            "revision_at_cut": revision_cut,
+            "healed_at": healed_at,
+        }
 
     def _probe_gate(self, lab: Lab, gw: str, keyed: tunnel.Tunnel) -> dict[str, Any]:
         """Send pings that the standby's real out policy would encrypt; the gate must drop
@@ -628,6 +712,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=250.0, help="packets/s each way")
     parser.add_argument("--plot", type=Path, help="write a PNG of packets per 10 ms here")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    parser.add_argument(
+        "--store-gap",
+        choices=STORE_GAPS,
+        help="hot, kill: cut gw2's store link while gw1 keys a second pair",
+    )
     parser.add_argument("--gate", choices=("policy", "nft"), default="policy",
                         help="[failover] gate of both daemons")  # fmt: skip
     args = parser.parse_args(argv)
@@ -641,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         plot=args.plot,
         gate=args.gate,
+        store_gap=args.store_gap,
         say=lambda s: say(s),
     )
     return run_from_command_line(scenario, args.json, report_lines)

@@ -128,3 +128,30 @@ def test_split_brain_behind_the_nft_gate_fences_and_heals_without_rollback() -> 
     assert split["stored_oseq_after"] >= split["stored_oseq_before"]
     assert outcome.client_spis_before == outcome.client_spis_after
     assert outcome.gates["gw1"]["closed"] is False and outcome.gates["gw2"]["closed"] is True
+
+
+# -- a hot standby that missed changes (issue 13: "since revision R") --------------------
+
+
+def test_hot_standby_recovers_missed_changes_by_revision_and_takes_over() -> None:
+    outcome = run("hot", "kill", failback=False, store_gap="recovered")
+    gap = outcome.store_gap
+    assert gap["missed"] is True, gap  # the cut really kept the second pair from gw2
+    before, after = gap["polls_before"], gap["polls_after"]
+    # recovered through the changes since its revision, never a whole copy
+    assert after.get("whole", 0) == before.get("whole", 0), gap
+    assert after.get("changes", 0) > before.get("changes", 0), gap
+    assert_tunnel_kept(outcome, takeovers=1)
+    assert outcome.takeovers[0].fetch.get("followed") is True, outcome.takeovers[0].fetch
+    assert gap["pair_on_new_active"] is True, gap
+
+
+def test_takeover_during_the_recovery_still_keeps_the_tunnel() -> None:
+    outcome = run("hot", "kill", failback=False, store_gap="during")
+    gap = outcome.store_gap
+    assert gap["missed"] is True, gap
+    assert_tunnel_kept(outcome, takeovers=1)
+    # Whether the takeover caught up from the copy or, with a poll still retrying
+    # past FOLLOWER_WAIT_S, fetched the whole state, the missed pair is there.
+    assert "followed" in outcome.takeovers[0].fetch, outcome.takeovers[0].fetch
+    assert gap["pair_on_new_active"] is True, gap
