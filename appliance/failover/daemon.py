@@ -26,7 +26,9 @@ Theory of operation
   the change feed of protocol.md 5.3; the whole state only the first time,
   or when the store no longer holds those changes) and, when something
   changed, reconciles the kernel with its copy, outbound gated. A poll that
-  brings nothing new leaves the kernel alone.
+  brings nothing new leaves the kernel alone. A cold standby follows the
+  same way into memory only: its takeover installs from the copy brought
+  up to date instead of retrieving everything.
 - **Health** (``health``): every ``[failover].health_interval_s`` a worker
   thread asks each store what it holds for the server ID (its own clients,
   never under the kernel lock, so a takeover never waits on it); the
@@ -467,7 +469,8 @@ class FailoverDaemon:
             # Rest at least as long as the last cycle took: a cycle that brings many changes
             # (or a whole retrieval) costs the store and the CPU what they also owe others.
             await asyncio.sleep(max(self.follow_interval_s, last_cycle))
-            if not self.following:
+            in_memory = not self.following and self._cold_standby_follows()
+            if not self.following and not in_memory:
                 continue
             started, started_unix = time.monotonic(), time.time()
             generation = self._follow_generation
@@ -486,6 +489,10 @@ class FailoverDaemon:
                     fetched, changed = poll.state, poll.changed
                     result = "whole" if poll.full else "changes" if changed else "unchanged"
                     self.health.record_poll(result, poll.revision)
+                if in_memory:
+                    # Cold: the copy is all; its takeover installs from it (fetch-state).
+                    last_cycle = time.monotonic() - started
+                    continue
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
@@ -505,6 +512,15 @@ class FailoverDaemon:
             except ExecutionError as exc:
                 log.warning("hot standby: %s", exc)
             last_cycle = time.monotonic() - started
+
+    def _cold_standby_follows(self) -> bool:
+        """A cold standby keeps the store's state in memory (not in its kernel): its
+        takeover then installs from the copy brought up to date, not from a bulk SA_Retr."""
+        return (
+            self.follower is not None
+            and self.config.failover.mode is StandbyMode.COLD
+            and self.role is Role.STANDBY
+        )
 
     def _follow_once(self, actions: list[Step], fetched: Any) -> tuple[int, int] | None:
         """One follow run (blocking); what the kernel then holds of the fetched state."""
@@ -576,6 +592,9 @@ class FailoverDaemon:
             self.health.record_transition(state.value, ok=True)
             self._write_status(state, received_at, ok=True)
             return True
+        # A poll in flight (a cold standby's, or a hot one's before stop-following) ends
+        # at its next page: the plan's fetch-state may want the follower's copy.
+        self._follow_generation += 1
         async with self._kernel_lock:
             try:
                 report = await asyncio.to_thread(self.executor.run, actions, received_at)

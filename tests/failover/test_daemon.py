@@ -18,7 +18,7 @@ from test_executor import IN_POL, IN_SA, OUT_POL, OUT_SA, STATE, FakeKernel
 from appliance.failover.config import load_daemon_config
 from appliance.failover.daemon import FailoverDaemon
 from appliance.failover.sync import DeleteEntries, FullResync, PutReplay
-from appliance.failover.transitions import Role
+from appliance.failover.transitions import Role, StandbyMode
 from appliance.model import SadEntry
 from appliance.notify import VrrpState
 from appliance.store import _convert as conv
@@ -540,3 +540,62 @@ def test_a_hot_takeover_starts_from_the_followers_copy(config: Any, tmp_path: Pa
     assert steps["reconcile-state"].get("kernel") == "current"
     out = next(sa for sa in kernel.sad.values() if sa.spi == OUT_SA.spi)
     assert out.replay is not None and out.replay.oseq > OUT_SA.replay.oseq  # jumped
+
+
+def test_a_cold_standby_follows_into_memory_and_installs_its_copy_at_takeover(
+    config: Any, tmp_path: Path
+) -> None:
+    """Cold: the follower polls while STANDBY but never touches the kernel; the
+    takeover's fetch-state brings the copy up to date by changes and installs it."""
+    from appliance.store.service import StoreService
+    from appliance.store.sqlite import SqliteStore
+    from tests.store.loopback_client import LoopbackClient
+
+    cold = load_daemon_config(tmp_path / "daemon.toml")
+    assert cold.failover.mode is StandbyMode.COLD
+    backend = SqliteStore(tmp_path / "store.db")
+    service = StoreService(backend)
+    writer = LoopbackClient(service, "198.51.100.10")
+    writer.put_entries(cold.node.server_id, 1, STATE.sad, STATE.spd)
+    main = LoopbackClient(service, "198.51.100.10")
+    kernel = ThresholdKernel()
+    daemon = FailoverDaemon(cold, kernel, [main], notify_log=tmp_path / "n.jsonl",
+                            follow_interval_s=0.01,
+                            follower_stores=[LoopbackClient(service, "198.51.100.10")])  # fmt: skip
+    daemon.executor.local_addresses = lambda: [OUT_SA.saddr]
+    daemon.role = Role.STANDBY
+
+    async def follow_then_take_over() -> bool:
+        task = asyncio.create_task(daemon._follower())
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if daemon.health.snapshot().follow_polls.get("unchanged"):
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert kernel.sad == {} and kernel.spd == {}  # memory only
+        return await daemon.transition(VrrpState.MASTER, time.monotonic())
+
+    assert asyncio.run(follow_then_take_over())
+    backend.close()
+    assert daemon.health.snapshot().follow_polls.get("whole") == 1
+    retrievals = [kinds for kinds in main.requests if ServerIdPayload in kinds]
+    retrievals = [k for k in retrievals if EpochPayload not in k]
+    assert retrievals and all(RevisionPayload in k for k in retrievals)  # no bulk SA_Retr
+    status = json.loads((tmp_path / "status.json").read_text())
+    steps = {e["step"]: e.get("detail", {}) for e in status["report"]["timeline"]}
+    assert steps["fetch-state"]["followed"] is True
+    assert steps["install-state"]["sas"] == len(STATE.sad)
+    out = next(sa for sa in kernel.sad.values() if sa.spi == OUT_SA.spi)
+    assert out.replay is not None and out.replay.oseq > OUT_SA.replay.oseq  # jumped
+
+
+def test_a_cold_node_that_is_not_standby_does_not_follow(config: Any, tmp_path: Path) -> None:
+    cold = load_daemon_config(tmp_path / "daemon.toml")
+    daemon = FailoverDaemon(cold, ThresholdKernel(), [FakeClient("198.51.100.10")],
+                            notify_log=tmp_path / "n.jsonl",
+                            follower_stores=[FakeClient("198.51.100.10")])  # fmt: skip
+    for role, follows in ((Role.INIT, False), (Role.ACTIVE, False), (Role.STOPPED, False),
+                          (Role.STANDBY, True)):  # fmt: skip
+        daemon.role = role
+        assert daemon._cold_standby_follows() is follows
