@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import appliance.netns
+from appliance.errors import ApplianceError
 from appliance.netns import create_unique_netns, remove_netns, run_in_netns
 
 if TYPE_CHECKING:
@@ -347,6 +348,30 @@ def probe_nftables(netns: str) -> Check:
     return _in_netns(netns, work, failed)
 
 
+def probe_nft_gate(netns: str) -> Check:
+    """Load the one-rule gate's rule (``ipsec out spi``) in ``netns`` without hooking it.
+
+    Optional: only ``[failover] gate = "nft"`` needs it (``nft_xfrm``).
+    """
+    fix = 'a kernel with CONFIG_NFT_XFRM (module nft_xfrm), or keep [failover] gate = "policy"'
+
+    def work() -> Check:
+        from appliance.nft.gate import NftGate
+
+        try:
+            NftGate(None).probe()
+        except ApplianceError as exc:
+            return Check("nft_gate", False, False, str(exc), fix)
+        return Check(
+            "nft_gate", True, False, '`ipsec out spi` loads: [failover] gate = "nft" works'
+        )
+
+    def failed(reason: str) -> Check:
+        return Check("nft_gate", False, False, f"not probed: {reason}", fix)
+
+    return _in_netns(netns, work, failed)
+
+
 def check_keepalived() -> Check:
     fix = "install keepalived (Debian: apt-get install keepalived)"
     binary = shutil.which("keepalived") or shutil.which("keepalived", path="/usr/sbin:/sbin")
@@ -421,12 +446,14 @@ def run_checks() -> Report:
         checks.extend(
             Check(n, False, True, skipped, namespace_fix) for n in ("xfrm", "esp", "nftables")
         )
+        checks.append(Check("nft_gate", False, False, skipped, namespace_fix))
     else:
         try:
             checks.append(Check("netns", True, True, "network namespaces work (made one)"))
             checks.append(probe_xfrm(netns))
             checks.append(probe_esp(netns))
             checks.append(probe_nftables(netns))
+            checks.append(probe_nft_gate(netns))
         finally:
             try:
                 remove_netns(netns)

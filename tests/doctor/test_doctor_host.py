@@ -81,7 +81,24 @@ def test_xfrm_and_nftables_probes_work_in_a_temporary_namespace(require_root: No
         assert netns.startswith("iha-") and netns in iha_namespaces()
         xfrm = doctor.probe_xfrm(netns)
         nft = doctor.probe_nftables(netns)
+        gate = doctor.probe_nft_gate(netns)
     assert netns not in iha_namespaces()
     assert xfrm.ok, xfrm.detail
     assert "dumped 0 SAs and 0 policies" in xfrm.detail
     assert nft.ok, nft.detail
+    # nft_xfrm is built into this host's kernel (the gate's table lives in the netns only)
+    assert gate.ok and gate.required is False, gate.detail
+
+
+def test_the_gate_probe_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.errors import KernelError
+    from appliance.nft import gate as gate_module
+
+    def refuse(self: object) -> None:
+        raise KernelError("libnftables rejected the gate probe: No such file or directory")
+
+    monkeypatch.setattr(gate_module.NftGate, "probe", refuse)
+    with doctor.temporary_netns() as netns:
+        check = doctor.probe_nft_gate(netns)
+    assert check.ok is False and check.required is False
+    assert "No such file or directory" in check.detail and "nft_xfrm" in check.fix
