@@ -58,15 +58,21 @@ def add_pair(lab: Lab, gateway: str, protected: str) -> Tunnel:
         reqid=2 + secrets.randbelow(1000),
     )
     key_in, key_out = secrets.token_hex(20), secrets.token_hex(20)
+    _batch(lab, gateway, _gateway_lines(pair, key_in, key_out, protected))
+    return pair
+
+
+def _gateway_lines(pair: Tunnel, key_in: str, key_out: str, protected: str) -> list[str]:
+    """The gateway's side of a pair: both SAs (outbound without a replay window) and the
+    in/fwd/out policies between ``protected`` and the inside segment."""
     r, inside = pair.reqid, INSIDE.network
-    _batch(lab, gateway, [
+    return [
         _sa(CLIENT, VIP, pair.spi_in, key_in, r, CLIENT_REPLAY_WINDOW),
         _sa(VIP, CLIENT, pair.spi_out, key_out, r, 0),
         _policy(protected, inside, "in", CLIENT, VIP, r),
         _policy(protected, inside, "fwd", CLIENT, VIP, r),
         _policy(inside, protected, "out", VIP, CLIENT, r),
-    ])  # fmt: skip
-    return pair
+    ]
 
 
 def _batch(lab: Lab, host: str, lines: list[str]) -> None:
@@ -108,13 +114,7 @@ def establish(lab: Lab, gateway: str) -> Tunnel:
         _policy(protected, inside, "out", CLIENT, VIP, r),
         _policy(inside, protected, "in", VIP, CLIENT, r),
     ])  # fmt: skip
-    _batch(lab, gateway, [
-        _sa(CLIENT, VIP, tunnel.spi_in, key_in, r, CLIENT_REPLAY_WINDOW),
-        _sa(VIP, CLIENT, tunnel.spi_out, key_out, r, 0),
-        _policy(protected, inside, "in", CLIENT, VIP, r),
-        _policy(protected, inside, "fwd", CLIENT, VIP, r),
-        _policy(inside, protected, "out", VIP, CLIENT, r),
-    ])  # fmt: skip
+    _batch(lab, gateway, _gateway_lines(tunnel, key_in, key_out, protected))
     return tunnel
 
 

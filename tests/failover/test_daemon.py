@@ -495,27 +495,33 @@ def test_run_reads_the_keepalived_fifo_through_one_descriptor_and_closes_it(
     assert _descriptors_of(fifo) == 0
 
 
-def test_a_hot_takeover_starts_from_the_followers_copy(config: Any, tmp_path: Path) -> None:
-    """One follow cycle installs the copy; the takeover then asks the store only for the
-    changes since (no bulk retrieval) and leaves the SAD undumped."""
+def standby_on_a_real_store(cfg: Any, tmp_path: Path) -> tuple[Any, Any, Any, Any]:
+    """A STANDBY daemon whose clients (and follower's) talk to one real SQLite store
+    holding STATE: (daemon, kernel, the daemon's own client, the store's backend)."""
     from appliance.store.service import StoreService
     from appliance.store.sqlite import SqliteStore
     from tests.store.loopback_client import LoopbackClient
 
-    path = tmp_path / "daemon.toml"
-    path.write_text(path.read_text().replace("[failover]\n", '[failover]\nmode = "hot"\n'))
-    hot = load_daemon_config(path)
     backend = SqliteStore(tmp_path / "store.db")
     service = StoreService(backend)
-    writer = LoopbackClient(service, "198.51.100.10")
-    writer.put_entries(hot.node.server_id, 1, STATE.sad, STATE.spd)
+    LoopbackClient(service, "198.51.100.10").put_entries(cfg.node.server_id, 1, STATE.sad,
+                                                         STATE.spd)  # fmt: skip
     main = LoopbackClient(service, "198.51.100.10")
     kernel = ThresholdKernel()
-    daemon = FailoverDaemon(hot, kernel, [main], notify_log=tmp_path / "n.jsonl",
+    daemon = FailoverDaemon(cfg, kernel, [main], notify_log=tmp_path / "n.jsonl",
                             follow_interval_s=0.01,
                             follower_stores=[LoopbackClient(service, "198.51.100.10")])  # fmt: skip
     daemon.executor.local_addresses = lambda: [OUT_SA.saddr]
     daemon.role = Role.STANDBY
+    return daemon, kernel, main, backend
+
+
+def test_a_hot_takeover_starts_from_the_followers_copy(config: Any, tmp_path: Path) -> None:
+    """One follow cycle installs the copy; the takeover then asks the store only for the
+    changes since (no bulk retrieval) and leaves the SAD undumped."""
+    path = tmp_path / "daemon.toml"
+    path.write_text(path.read_text().replace("[failover]\n", '[failover]\nmode = "hot"\n'))
+    daemon, kernel, main, backend = standby_on_a_real_store(load_daemon_config(path), tmp_path)
     daemon.start_following()
 
     async def follow_then_take_over() -> bool:
@@ -547,23 +553,9 @@ def test_a_cold_standby_follows_into_memory_and_installs_its_copy_at_takeover(
 ) -> None:
     """Cold: the follower polls while STANDBY but never touches the kernel; the
     takeover's fetch-state brings the copy up to date by changes and installs it."""
-    from appliance.store.service import StoreService
-    from appliance.store.sqlite import SqliteStore
-    from tests.store.loopback_client import LoopbackClient
-
     cold = load_daemon_config(tmp_path / "daemon.toml")
     assert cold.failover.mode is StandbyMode.COLD
-    backend = SqliteStore(tmp_path / "store.db")
-    service = StoreService(backend)
-    writer = LoopbackClient(service, "198.51.100.10")
-    writer.put_entries(cold.node.server_id, 1, STATE.sad, STATE.spd)
-    main = LoopbackClient(service, "198.51.100.10")
-    kernel = ThresholdKernel()
-    daemon = FailoverDaemon(cold, kernel, [main], notify_log=tmp_path / "n.jsonl",
-                            follow_interval_s=0.01,
-                            follower_stores=[LoopbackClient(service, "198.51.100.10")])  # fmt: skip
-    daemon.executor.local_addresses = lambda: [OUT_SA.saddr]
-    daemon.role = Role.STANDBY
+    daemon, kernel, main, backend = standby_on_a_real_store(cold, tmp_path)
 
     async def follow_then_take_over() -> bool:
         task = asyncio.create_task(daemon._follower())

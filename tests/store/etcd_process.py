@@ -209,3 +209,20 @@ def start_single(base: Path) -> EtcdMember:
         member.stop()
         raise
     return member
+
+
+def leader_of(members: list[EtcdMember]) -> EtcdMember:
+    """The member the others follow, as each member reports it (call from a namespace
+    that reaches them)."""
+    by_id: dict[str, EtcdMember] = {}
+    leader = ""
+    for member in members:
+        conn = http.client.HTTPConnection(member.host, member.client_port, timeout=2)
+        try:
+            conn.request("POST", "/v3/maintenance/status", body="{}")
+            status = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        by_id[status["header"]["member_id"]] = member
+        leader = status["leader"]
+    return by_id[leader]

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from etcd_process import EtcdMember, wait_healthy
+from etcd_process import EtcdMember, leader_of, wait_healthy
 from netns_star import in_netns, netns_star
 from store_contract import sa_put
 
@@ -20,19 +20,6 @@ pytestmark = pytest.mark.netns
 MEMBERS = {"e1": "192.0.2.11", "e2": "192.0.2.12", "e3": "192.0.2.13"}
 BATCHES = 60
 PER_BATCH = 20
-
-
-def leader_of(members: list[EtcdMember]) -> EtcdMember:
-    """The member the others follow (asked of each member itself)."""
-    by_id = {}
-    leader = None
-    for m in members:
-        one = EtcdStore([m.endpoint], timeout=1.0)
-        status = one._etcd.call("/v3/maintenance/status", {})
-        one.close()
-        by_id[status["header"]["member_id"]] = m
-        leader = status["leader"]
-    return by_id[leader]
 
 
 def test_leader_killed_during_writes_loses_nothing_acknowledged(

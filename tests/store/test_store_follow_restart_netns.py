@@ -14,8 +14,6 @@ everything the writer was told was stored.
 from __future__ import annotations
 
 import dataclasses
-import http.client
-import json
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from typing import TypeVar
 
 import pytest
 from entries_factory import make_policy, make_sa
-from etcd_process import EtcdMember, wait_healthy
+from etcd_process import EtcdMember, leader_of, wait_healthy
 from loopback_client import LoopbackClient
 from netns_star import in_netns, netns_star
 from store_process import StoreProcess, wait_ready, write_config, write_psk
@@ -187,6 +185,20 @@ def followed_store(lab: StoreLab) -> tuple[Nodes, Ledger]:
     return nodes, ledger
 
 
+def whole_copy_then_changes(nodes: Nodes, ledger: Ledger, gone: int, next_tunnel: int) -> None:
+    """The store forgot the changes since ``gone``: the next poll takes a whole copy, and
+    the poll after more writes (tunnels from ``next_tunnel``) follows by changes again."""
+    with pytest.raises(RevisionGoneError):
+        nodes.writer.get_changes(SID, gone)
+    whole = nodes.follower.poll(SID)
+    assert (whole.full, whole.changed) == (True, True)
+    assert_copy_is_the_store(whole, nodes.writer, ledger)
+    ledger.churn(nodes.writer, range(next_tunnel, next_tunnel + 5), range(40, 43), range(50, 55))
+    resumed = nodes.follower.poll(SID)
+    assert (resumed.full, resumed.changed) == (False, True)
+    assert_copy_is_the_store(resumed, nodes.writer, ledger)
+
+
 def test_sqlite_restart_resumes_by_changes_and_loses_nothing(sqlite_lab: StoreLab) -> None:
     nodes, ledger = followed_store(sqlite_lab)
     try:
@@ -233,38 +245,10 @@ def test_sqlite_restart_after_pruned_history_takes_a_whole_copy(sqlite_lab: Stor
         prune_history(sqlite_lab.config, ledger, range(5, 5 + PRUNED_HISTORY + 3))
         sqlite_lab.server.start()
         wait_ready(nodes.writer, sqlite_lab.server)
-        with pytest.raises(RevisionGoneError):
-            nodes.writer.get_changes(SID, before.revision)
         ledger.churn(nodes.writer, range(FIRST + 10, FIRST + 20), range(20, 22), range(30, 40))
-
-        whole = nodes.follower.poll(SID)
-        assert (whole.full, whole.changed) == (True, True)
-        assert_copy_is_the_store(whole, nodes.writer, ledger)
-
-        # From the whole copy's revision it follows by changes again.
-        ledger.churn(nodes.writer, range(FIRST + 20, FIRST + 25), range(40, 43), range(50, 55))
-        resumed = nodes.follower.poll(SID)
-        assert (resumed.full, resumed.changed) == (False, True)
-        assert_copy_is_the_store(resumed, nodes.writer, ledger)
+        whole_copy_then_changes(nodes, ledger, before.revision, FIRST + 20)
     finally:
         nodes.close()
-
-
-def etcd_leader(members: list[EtcdMember]) -> EtcdMember:
-    """The member the others follow, as each member reports it (call from a namespace
-    that reaches them)."""
-    by_id: dict[str, EtcdMember] = {}
-    leader = ""
-    for member in members:
-        conn = http.client.HTTPConnection(member.host, member.client_port, timeout=2)
-        try:
-            conn.request("POST", "/v3/maintenance/status", body="{}")
-            status = json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
-        by_id[status["header"]["member_id"]] = member
-        leader = status["leader"]
-    return by_id[leader]
 
 
 def test_etcd_leader_killed_resumes_by_changes_then_whole_after_pruning(
@@ -301,7 +285,7 @@ def test_etcd_leader_killed_resumes_by_changes_then_whole_after_pruning(
             before = nodes.follower.poll(SID)
             assert (before.full, before.changed) == (False, True)
 
-            leader = in_netns(ns["cli"], etcd_leader, members)
+            leader = in_netns(ns["cli"], leader_of, members)
             leader.stop(signal.SIGKILL)
             survivors = [m for m in members if m is not leader]
             ledger.churn(nodes.writer, range(FIRST + 10, FIRST + 30), range(5, 12), range(20, 40))
@@ -309,7 +293,7 @@ def test_etcd_leader_killed_resumes_by_changes_then_whole_after_pruning(
             assert (after.full, after.changed) == (False, True)
             assert after.revision > before.revision
             assert_copy_is_the_store(after, nodes.writer, ledger)
-            assert in_netns(ns["cli"], etcd_leader, survivors) in survivors
+            assert in_netns(ns["cli"], leader_of, survivors) in survivors
 
             # Another writer of the same cluster forgets removals past the follower's revision.
             in_netns(
@@ -320,16 +304,7 @@ def test_etcd_leader_killed_resumes_by_changes_then_whole_after_pruning(
                 range(12, 12 + PRUNED_HISTORY + 3),
                 tuple(m.endpoint for m in survivors),
             )
-            with pytest.raises(RevisionGoneError):
-                nodes.writer.get_changes(SID, after.revision)
-            whole = nodes.follower.poll(SID)
-            assert (whole.full, whole.changed) == (True, True)
-            assert_copy_is_the_store(whole, nodes.writer, ledger)
-
-            ledger.churn(nodes.writer, range(FIRST + 30, FIRST + 35), range(40, 43), range(50, 55))
-            resumed = nodes.follower.poll(SID)
-            assert (resumed.full, resumed.changed) == (False, True)
-            assert_copy_is_the_store(resumed, nodes.writer, ledger)
+            whole_copy_then_changes(nodes, ledger, after.revision, FIRST + 30)
         finally:
             if nodes is not None:
                 nodes.close()
