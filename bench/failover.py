@@ -528,6 +528,8 @@ class Run:
         fetch = next((t for t in report.get("timeline", []) if t["step"] == "fetch-state"), {})
         self.row.followed = (fetch.get("detail") or {}).get("followed")
         say(f"{self.mode} N={n}: fetch-state from the follower's copy: {self.row.followed}")
+        details = {t["step"]: t["detail"] for t in report.get("timeline", []) if t.get("detail")}
+        say(f"{self.mode} N={n}: step details: {json.dumps(details)}")
         self._measure_floors(lab)
         self.row.ok = True
 

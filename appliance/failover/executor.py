@@ -282,6 +282,9 @@ class PlanExecutor:
         """This run's view of ``_follow_oseq``: what the last completed follow left."""
         self._following = False
         """The current run is a follow run (only those record ``_follow_oseq``)."""
+        self._flags: list[bool] = []
+        self._flags_of: Retrieved | None = None
+        """The outbound flags of ``_flags_of`` (``_outbound_flags``), this run's only."""
         self._inbound_checked: dict[Identity, int] = {}
         """Inbound SA identity -> the stored counter last brought into the kernel. A hot
         standby's inbound SAs see no traffic, so an unchanged stored counter needs no
@@ -317,6 +320,7 @@ class PlanExecutor:
         # completed follow run; any other run may have let traffic use the SAs.
         self._known_oseq = dict(self._follow_oseq) if self._follow_held is not None else {}
         self._following = following
+        self._flags_of = None
         if not following:
             self._inbound_checked.clear()
             self._follow_oseq.clear()
@@ -483,7 +487,11 @@ class PlanExecutor:
         return len(ops)
 
     def _outbound_flags(self, fetched: Retrieved) -> list[bool]:
-        return classify_outbound(fetched.sad, fetched.spd, self.local_addresses())
+        # Once per fetched state and run: a takeover asks for it in several steps.
+        if self._flags_of is not fetched:
+            self._flags = classify_outbound(fetched.sad, fetched.spd, self.local_addresses())
+            self._flags_of = fetched
+        return self._flags
 
     def _install(
         self, fetched: Retrieved, report: ExecutionReport, deadline: float, *, reconcile: bool
@@ -596,22 +604,27 @@ class PlanExecutor:
             if o
         ):
             return {"advanced": 0, "rekey": len(report.rekey)}  # no dump needed
+        # An SA a follow run installed holds at least the counter it was given: a gate
+        # drops before the transform (policy) or drops what it took (nft: never sent), and
+        # nothing else used it since. So it is not read back (no GETAE), and it moves only
+        # if the store's counter plus the jump is past that, blindly, in one NEWAE batch.
+        known = self._known_oseq
+        jump = self.settings.oseq_jump
         todo = [
             sa
             for sa, outbound in self._present(fetched, flags)
-            if outbound and sa_identity(sa) not in self._installed
+            if outbound
+            and (identity := sa_identity(sa)) not in self._installed
+            and not (
+                identity in known and wanted_counter(sa, outbound=True) + jump <= known[identity]
+            )
         ]
-        prepared = prepare_sas(todo, [True] * len(todo), self.settings.oseq_jump)
+        prepared = prepare_sas(todo, [True] * len(todo), jump)
         if prepared.invalid:
             raise prepared.invalid[0][1]
         report.rekey += [(sa.spi, rekey.reason) for sa, rekey in prepared.rekey]
         outcomes: dict[Identity, AdvancedSa] = {sa_identity(a.sa): a for a in prepared.advanced}
-        # An SA a follow run installed holds at least the counter it was given: a gate
-        # drops before the transform (policy) or drops what it took (nft: never sent), and
-        # nothing else used it since. So no GETAE: it moves only if the store's counter
-        # plus the jump is past that, in one NEWAE batch.
-        known = self._known_oseq
-        blind = [o for i, o in outcomes.items() if i in known and o.new_oseq > known[i]]
+        blind = [o for i, o in outcomes.items() if i in known]
         moved = 0
         if blind:
             self._check_deadline(deadline, Step.ADVANCE_OUTBOUND_SEQ)
