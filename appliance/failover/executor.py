@@ -47,7 +47,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -61,10 +61,12 @@ from appliance.model import (
     ReplayState,
     ReplayStateEsn,
     SadEntry,
+    SpdEntry,
     classify_outbound,
 )
 from appliance.planner import (
     Identity,
+    InstallPlan,
     Op,
     OpKind,
     XfrmKernel,
@@ -142,6 +144,42 @@ class SyncLoops(Protocol):
     def followed_state(self, server_id: str) -> FollowedState | None:
         """The follower's copy, current as of now (None: none, fetch the whole state)."""
         ...
+
+
+@dataclass(frozen=True)
+class KernelMirror:
+    """The served state's SAs and policies as a run left them in the kernel, by identity.
+
+    Computed from what the run planned on and the batches it applied (all or
+    nothing each), so a follow run after a completed one, and a hot takeover,
+    plan without dumping the kernel: the same trust as the ``"kernel":
+    "current"`` shortcut, that nothing else changes the served state there.
+    """
+
+    sas: dict[Identity, SadEntry]
+    policies: dict[Identity, SpdEntry]
+
+    @classmethod
+    def after(
+        cls,
+        sas: Mapping[Identity, SadEntry],
+        policies: Mapping[Identity, SpdEntry],
+        plan: InstallPlan,
+    ) -> KernelMirror:
+        """What the kernel holds once ``plan`` went in over ``sas`` and ``policies``."""
+        held_sas, held_pols = dict(sas), dict(policies)
+        for op in (*plan.sa_ops, *plan.policy_ops, *plan.removals):
+            entry = op.entry
+            if isinstance(entry, SadEntry):
+                if op.kind is OpKind.DELETE_SA:
+                    held_sas.pop(sa_identity(entry), None)
+                else:
+                    held_sas[sa_identity(entry)] = entry
+            elif op.kind is OpKind.DELETE_POLICY:
+                held_pols.pop(policy_identity(entry), None)
+            else:
+                held_pols[policy_identity(entry)] = entry
+        return cls(held_sas, held_pols)
 
 
 class OutboundGate(Protocol):
@@ -273,8 +311,11 @@ class PlanExecutor:
         removed or cleared any (None: not known yet in this run)."""
         self._kernel_holds_fetched = False
         """``fetched`` came from the follower and the kernel already holds it."""
-        self._follow_held: set[Identity] | None = None
-        """The SAs the kernel held after the last follow run (None: unknown)."""
+        self._mirror: KernelMirror | None = None
+        """What the kernel holds of the served state as this run left it, while that is
+        known without a dump (None: dump before planning)."""
+        self._follow_mirror: KernelMirror | None = None
+        """``_mirror`` as the last follow run left it, if it completed (None: unknown)."""
         self._follow_oseq: dict[Identity, int] = {}
         """Outbound SA identity -> the 64-bit counter a follow run installed it with (the
         stored one plus the jump). Kept while only follow runs run; see ``_advance_outbound``."""
@@ -318,7 +359,8 @@ class PlanExecutor:
         following = set(actions) <= _FOLLOW_ACTIONS
         # Counters a follow gave are facts about the kernel only if the last run was a
         # completed follow run; any other run may have let traffic use the SAs.
-        self._known_oseq = dict(self._follow_oseq) if self._follow_held is not None else {}
+        self._known_oseq = dict(self._follow_oseq) if self._follow_mirror is not None else {}
+        self._mirror = self._follow_mirror
         self._following = following
         self._flags_of = None
         if not following:
@@ -330,9 +372,8 @@ class PlanExecutor:
             completed = True
         finally:
             # A follow run that completes records what the kernel holds; any other run
-            # (or a failed follow) leaves that unknown, for the next takeover to dump.
-            held = self._held if following and completed else None
-            self._follow_held = None if held is None else set(held)
+            # (or a failed follow) leaves that unknown, for the next run to dump.
+            self._follow_mirror = self._mirror if following and completed else None
         return report
 
     def _run_actions(
@@ -362,7 +403,7 @@ class PlanExecutor:
         Any other run since (a transition, start-following among its steps) makes
         this False until the next follow run completes.
         """
-        return self._follow_held is not None
+        return self._follow_mirror is not None
 
     def held_of_fetched(self) -> tuple[int, int] | None:
         """(SAs, policies) of the last fetched state that the kernel holds after the last run.
@@ -442,9 +483,9 @@ class PlanExecutor:
         if action is Step.INSTALL_STATE:
             return self._install(fetched, report, deadline, reconcile=False)
         if action is Step.RECONCILE_STATE:
-            if self._kernel_holds_fetched and self._follow_held is not None:
+            if self._kernel_holds_fetched and self._follow_mirror is not None:
                 # The last follow run left the kernel equal to this state: no dump, no plan.
-                self._held = set(self._follow_held)
+                self._held = set(self._follow_mirror.sas)
                 return {"sas": 0, "policies": 0, "removed": 0, "rekey": 0, "kernel": "current"}
             return self._install(fetched, report, deadline, reconcile=True)
         if action is Step.ADVANCE_OUTBOUND_SEQ:
@@ -474,6 +515,7 @@ class PlanExecutor:
             )
 
     def _close_outbound(self, report: ExecutionReport, deadline: float) -> int:
+        self._mirror = None  # policy gates replace out policies; an nft close may race a rekey
         if self.gate is not None:
             # Every SA the kernel holds, whoever's: the rule then holds back ESP on any
             # of them, and the set forgets SPIs of SAs gone since the last close.
@@ -496,8 +538,12 @@ class PlanExecutor:
     def _install(
         self, fetched: Retrieved, report: ExecutionReport, deadline: float, *, reconcile: bool
     ) -> dict[str, Any]:
-        kernel_sas = {sa_identity(sa): sa for sa in self.kernel.dump_sad()}
-        kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
+        if self._mirror is not None:
+            # The last follow run left the kernel so (or this run did): plan without a dump.
+            kernel_sas, kernel_pols = dict(self._mirror.sas), dict(self._mirror.policies)
+        else:
+            kernel_sas = {sa_identity(sa): sa for sa in self.kernel.dump_sad()}
+            kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
         plan = plan_install(
             fetched.sad,
             self._outbound_flags(fetched),
@@ -513,6 +559,7 @@ class PlanExecutor:
             raise plan.invalid[0][1]  # the configuration's or the state's fault, not the SA's
         report.rekey += [(sa.spi, rekey.reason) for sa, rekey in plan.rekey]
         report.advanced += [(a.sa.spi, a.old_oseq, a.new_oseq) for a in plan.advanced]
+        self._mirror = None  # until every batch went in (a refused op may leave others in)
         if self.gate is not None:
             # Gated before they exist: their policies go in open, the gate holds them.
             self.gate.add({op.entry.spi for op in plan.sa_ops if isinstance(op.entry, SadEntry)})
@@ -524,6 +571,7 @@ class PlanExecutor:
             self._follow_oseq.update((sa_identity(a.sa), a.new_oseq) for a in plan.advanced)
         self._batch(plan.policy_ops, "install policies", deadline)
         self._batch(plan.removals, "remove stale entries", deadline)
+        self._mirror = KernelMirror.after(kernel_sas, kernel_pols, plan)
         removed = {op.entry for op in plan.removals if isinstance(op.entry, SadEntry)}
         self._held = (set(kernel_sas) | self._installed) - {sa_identity(sa) for sa in removed}
         for sa in removed:
@@ -668,6 +716,7 @@ class PlanExecutor:
         return {"restored": restored}
 
     def _open_outbound(self, fetched: Retrieved, report: ExecutionReport, deadline: float) -> int:
+        self._mirror = None
         if self.gate is not None:
             # One rule out; the out policies went in as they are (install or reconcile).
             self.gate.open()
@@ -681,6 +730,7 @@ class PlanExecutor:
         return len(ops)
 
     def _remove_state(self, report: ExecutionReport, deadline: float) -> int:
+        self._mirror = None
         sad = self.kernel.dump_sad()
         ops = plan_remove_state(sad, self.kernel.dump_spd(), policy_gates=self.gate is None)
         self._batch(ops, "remove-state", deadline)

@@ -338,22 +338,58 @@ def test_hot_takeover_from_a_current_copy_needs_no_fetch_and_no_sad_dump() -> No
     assert kernel.spd[policy_identity(OUT_POL)] == OUT_POL  # opened
 
 
-@pytest.mark.parametrize("between", [None, "cold-plan"])
-def test_a_copy_the_kernel_may_not_hold_is_reconciled_with_a_dump(between: str | None) -> None:
+def test_a_copy_with_changes_is_reconciled_from_what_the_follow_left_without_a_dump() -> None:
     kernel = CountingKernel()
     executor, _, store, loops, _ = make(kernel)
     executor.run(FOLLOW, fetched=STATE)
-    if between is None:  # the store had changes: the follower says the kernel lags
-        loops.followed = FollowedState(STATE, kernel_holds_it=False)
-    else:  # another plan ran since the last follow: what the kernel holds is unknown
+    new_in = sa(0x3003, PEER, GW, oseq=0, seq=9, reqid=3)
+    changed = dataclasses.replace(STATE, sad=(*STATE.sad, new_in))
+    loops.followed = FollowedState(changed, kernel_holds_it=False)  # the store moved on
+    kernel.dumps = 0
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert kernel.dumps == 0
+    reconcile = next(e for e in report.timeline if e.step == "reconcile-state")
+    assert "kernel" not in reconcile.detail and reconcile.detail["sas"] == 1
+    assert sa_identity(new_in) in kernel.sad
+    assert not [c for c in store.calls if c.startswith("fetch")]  # the copy still serves
+
+
+@pytest.mark.parametrize("between", ["close-outbound", "failed-follow"])
+def test_after_any_other_run_the_takeover_dumps_before_it_plans(between: str) -> None:
+    kernel = CountingKernel()
+    executor, _, store, loops, _ = make(kernel)
+    executor.run(FOLLOW, fetched=STATE)
+    if between == "close-outbound":  # another plan ran since the last follow
         executor.run([Step.CLOSE_OUTBOUND])
-        loops.followed = FollowedState(STATE, kernel_holds_it=True)
+    else:
+        kernel.refuse_spi = 0x5005
+        with pytest.raises(ExecutionError):
+            executor.run(FOLLOW, fetched=dataclasses.replace(
+                STATE, sad=(*STATE.sad, sa(0x5005, PEER, GW, oseq=0, seq=1, reqid=5))
+            ))  # fmt: skip
+        kernel.refuse_spi = None
+    loops.followed = FollowedState(STATE, kernel_holds_it=True)
     kernel.dumps = 0
     report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
     assert kernel.dumps >= 1
     reconcile = next(e for e in report.timeline if e.step == "reconcile-state")
     assert "kernel" not in reconcile.detail
-    assert not [c for c in store.calls if c.startswith("fetch")]  # the copy still serves
+    assert not [c for c in store.calls if c.startswith("fetch")]
+
+
+def test_a_follow_after_a_completed_follow_plans_without_a_dump() -> None:
+    kernel = CountingKernel()
+    executor, _, _, _, _ = make(kernel)
+    executor.run(FOLLOW, fetched=STATE)
+    assert kernel.dumps == 1
+    gone_out = STATE.sad[1:]  # the store removed the outbound SA
+    executor.run(FOLLOW, fetched=dataclasses.replace(STATE, sad=gone_out))
+    assert kernel.dumps == 1
+    assert sa_identity(OUT_SA) not in kernel.sad
+    # the mirror matches a real dump afterwards
+    assert set(kernel.sad) == {sa_identity(s) for s in gone_out}
+    executor.run(FOLLOW, fetched=STATE)  # and back
+    assert kernel.dumps == 1 and sa_identity(OUT_SA) in kernel.sad
 
 
 def test_without_a_copy_the_takeover_fetches_the_whole_state() -> None:
