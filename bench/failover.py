@@ -12,9 +12,9 @@ an SQLite store and ``ipsec-ha daemon`` each), then:
 2. waits until the standby side holds all of it: gw2's store lists 2N SAs
    and 3N policies under the server ID (its heartbeat statistics, asked from
    inside gw2's namespace), and in hot mode gw2's kernel holds the 2N SAs and
-   N policies per direction too (``ip xfrm state/policy count``); in cold
-   mode gw2's in-memory copy is current (a poll of its follower after that
-   found no change: ``follow_polls`` in its status);
+   N policies per direction too (``ip xfrm state/policy count``); and gw2's
+   follower is current (a poll after that found no change: ``follow_polls``
+   in its status; in cold mode its copy is in memory only);
 3. kills gw1 as the failover scenario does (SIGKILL to keepalived and the
    daemon) and waits for gw2's daemon to report ``active``;
 4. checks gw2's kernel (2N SAs, N policies per direction, every outbound
@@ -416,16 +416,21 @@ class Run:
             health = (services.status("gw2") or {}).get("health") or {}
             return int((health.get("follow_polls") or {}).get("unchanged", 0))
 
-        if self.mode == "cold":
-            # The store is whole: one poll that then finds nothing new says the copy is.
+        def wait_current() -> None:
+            # The store is whole (hot: and the kernel): one poll that then finds nothing
+            # new says the follower's copy is current. Until then the store may still
+            # be taking the active's resync, and a takeover would catch up on it.
             seen = unchanged_polls()
 
-            def memory_current() -> bool:
+            def current() -> bool:
                 progress(f"gw2's follower: {seen} unchanged polls before, {unchanged_polls()} now")
                 return unchanged_polls() > seen
 
             remaining = max(1.0, self.args.sync_timeout - (time.monotonic() - start))
-            wait_for("gw2's copy in memory to be current", memory_current, remaining, POLL_S)
+            wait_for("gw2's follower to be current", current, remaining, POLL_S)
+
+        if self.mode == "cold":
+            wait_current()
         if self.mode == "hot":
 
             def kernel_full() -> bool:
@@ -440,6 +445,7 @@ class Run:
                 remaining,
                 POLL_S,
             )
+            wait_current()
         self.row.setup_s["standby"] = time.monotonic() - start
         say(
             f"{self.mode} N={n}: the standby holds everything ({self.row.setup_s['standby']:.1f} s)"
