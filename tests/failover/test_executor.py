@@ -354,20 +354,25 @@ def test_a_copy_with_changes_is_reconciled_from_what_the_follow_left_without_a_d
     assert not [c for c in store.calls if c.startswith("fetch")]  # the copy still serves
 
 
+def run_something_else(executor: PlanExecutor, kernel: FakeKernel, between: str) -> None:
+    """After a follow run: another plan (``close-outbound``), or a follow that fails."""
+    if between == "close-outbound":
+        executor.run([Step.CLOSE_OUTBOUND])
+        return
+    kernel.refuse_spi = 0x5005
+    with pytest.raises(ExecutionError):
+        executor.run(FOLLOW, fetched=dataclasses.replace(
+            STATE, sad=(*STATE.sad, sa(0x5005, PEER, GW, oseq=0, seq=1, reqid=5))
+        ))  # fmt: skip
+    kernel.refuse_spi = None
+
+
 @pytest.mark.parametrize("between", ["close-outbound", "failed-follow"])
 def test_after_any_other_run_the_takeover_dumps_before_it_plans(between: str) -> None:
     kernel = CountingKernel()
     executor, _, store, loops, _ = make(kernel)
     executor.run(FOLLOW, fetched=STATE)
-    if between == "close-outbound":  # another plan ran since the last follow
-        executor.run([Step.CLOSE_OUTBOUND])
-    else:
-        kernel.refuse_spi = 0x5005
-        with pytest.raises(ExecutionError):
-            executor.run(FOLLOW, fetched=dataclasses.replace(
-                STATE, sad=(*STATE.sad, sa(0x5005, PEER, GW, oseq=0, seq=1, reqid=5))
-            ))  # fmt: skip
-        kernel.refuse_spi = None
+    run_something_else(executor, kernel, between)
     loops.followed = FollowedState(STATE, kernel_holds_it=True)
     kernel.dumps = 0
     report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
@@ -582,15 +587,7 @@ def test_hot_takeover_leaves_a_counter_a_follow_gave_when_the_store_did_not_move
 def test_counters_a_follow_gave_are_read_again_once_anything_else_ran(between: str) -> None:
     executor, kernel, _, loops, _ = make()
     executor.run(FOLLOW, fetched=STATE)
-    if between == "close-outbound":
-        executor.run([Step.CLOSE_OUTBOUND])
-    else:
-        kernel.refuse_spi = 0x5005
-        with pytest.raises(ExecutionError):
-            executor.run(FOLLOW, fetched=dataclasses.replace(
-                STATE, sad=(*STATE.sad, sa(0x5005, PEER, GW, oseq=0, seq=1, reqid=5))
-            ))  # fmt: skip
-        kernel.refuse_spi = None
+    run_something_else(executor, kernel, between)
     later = moved_on(STATE, 9000)
     loops.followed = FollowedState(later, kernel_holds_it=True)
     kernel.ae_reads.clear()
