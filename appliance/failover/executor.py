@@ -572,15 +572,13 @@ class PlanExecutor:
         self._batch(plan.policy_ops, "install policies", deadline)
         self._batch(plan.removals, "remove stale entries", deadline)
         self._mirror = KernelMirror.after(kernel_sas, kernel_pols, plan)
+        self._held = set(self._mirror.sas)
         removed = {op.entry for op in plan.removals if isinstance(op.entry, SadEntry)}
-        self._held = (set(kernel_sas) | self._installed) - {sa_identity(sa) for sa in removed}
         for sa in removed:
             self._follow_oseq.pop(sa_identity(sa), None)
         if self.gate is not None and removed:
             # An SPI may be shared by an SA that stays (another peer's): that one stays gated.
-            held_spis = {sa.spi for k, sa in kernel_sas.items() if k in self._held} | {
-                op.entry.spi for op in plan.sa_ops if isinstance(op.entry, SadEntry)
-            }
+            held_spis = {sa.spi for sa in self._mirror.sas.values()}
             self.gate.discard({sa.spi for sa in removed} - held_spis)
         report.installed_sas += len(plan.sa_ops)
         report.installed_policies += len(plan.policy_ops)
