@@ -45,12 +45,15 @@ and a takeover past its bound leaves outbound gated and is reported FAILED.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
+import pathlib
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,7 +311,20 @@ class Run:
                 raise
             finally:
                 services.stop()
+                if self.args.logs is not None:
+                    self._save_logs(services)
         return self.row
+
+    def _save_logs(self, services: Any) -> None:
+        """Copy the daemons' and stores' logs to --logs before the lab is removed."""
+        dest = self.args.logs / f"{self.mode}-{self.pairs}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for gw in ("gw1", "gw2"):
+            f = services.files(gw)
+            for what, path in (("daemon", f.daemon_log), ("store", f.store_log)):
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(path, dest / f"{gw}-{what}.log")
+        say(f"{self.mode} N={self.pairs}: logs saved in {dest}")
 
     def _show_logs(self, services: Any) -> None:
         """The daemons' and stores' last log lines, to stderr (the lab is removed next)."""
@@ -656,6 +672,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=1800.0,
         help="how long the standby may take to catch up, s",
+    )
+    parser.add_argument(
+        "--logs",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="save each run's daemon and store logs under DIR/<mode>-<N>/ (they hold no keys)",
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)

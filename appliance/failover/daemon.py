@@ -275,8 +275,10 @@ class FailoverDaemon:
                 return None
             if changed is None:
                 return None
-            kernel_holds_it = self.executor.kernel_holds_last_follow and not changed
-            return FollowedState(copy.retrieved(), kernel_holds_it)
+            state = copy.retrieved()
+            # By identity: a poll whose follow run a transition cancelled changed the copy
+            # but not the kernel, and the catch-up here then finds nothing new.
+            return FollowedState(state, self.executor.kernel_holds(state))
         finally:
             follower.lock.release()
 
@@ -496,7 +498,7 @@ class FailoverDaemon:
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
-                    if changed or not self.executor.kernel_holds_last_follow:
+                    if fetched is None or not self.executor.kernel_holds(fetched):
                         actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
                         held = await asyncio.to_thread(self._follow_once, actions, fetched)
                     else:

@@ -23,11 +23,14 @@ Key layout (all under :data:`PREFIX`; ``<sa>`` is ``<proto:03d>/<dst>/<spi:08x>`
 The change feed is etcd's own MVCC: a server ID's revision is the etcd
 revision of its last write that changed something (the ``revision`` key is
 put in that write's transaction, so reading it costs one key, not a scan),
-and what changed after revision R are the keys under the server's prefix
-whose ``mod_revision`` is above R (ranges with ``min_mod_revision``; etcd
-filters after reading the range, so a change page costs a scan of the keys
-after its cursor).  A write that stores an SA also writes or deletes its
-replay key, so a changed record's replay state is among the changed keys.
+and what changed after revision R is read from etcd's history with a watch
+from R + 1 (:mod:`appliance.store.etcd_history`; the cost is the events
+since R).  Once etcd compacted that history, the keys under the server's
+prefix whose ``mod_revision`` is above R are walked instead (ranges with
+``min_mod_revision``; etcd filters after reading the range, so a change
+page costs a scan of the keys after its cursor).  A write that stores an SA
+also writes or deletes its replay key, so a changed record's replay state
+is among the changed keys.
 
 A deletion leaves no key, so each write that deletes an existing SA or
 policy puts a removal marker in the same transaction.  Storing the entry
@@ -52,9 +55,11 @@ and rewrites the same values.
 from __future__ import annotations
 
 import base64
+import bisect
 import dataclasses
 import http.client
 import json
+import logging
 import ssl
 import time
 import urllib.parse
@@ -82,6 +87,9 @@ from appliance.store.base import (
     check_revision,
     check_server_id,
 )
+from appliance.store.etcd_history import HistoryReader, HistoryUnavailable
+
+log = logging.getLogger("appliance.store.etcd")
 
 SCHEMA_KEY = "/ipsec-ha/schema"
 SCHEMA_VERSION = 1
@@ -91,6 +99,8 @@ PREFIX = "/ipsec-ha/v1/"
 _MAX_RACE_RETRIES = 16
 #: Ranges per read transaction when fetching many keys (etcd's default --max-txn-ops is 128).
 _READ_CHUNK = 100
+#: Bytes of one watch answer (etcd sends a revision's events whole); longer is refused.
+_MAX_WATCH_LINE = 64 << 20
 #: Removal markers forgotten per transaction (two operations each, within --max-txn-ops 128).
 _FORGET_CHUNK = 60
 
@@ -276,17 +286,18 @@ class EtcdClient:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            url = self._endpoints[self._current]
-            port = url.port or 2379
-            if url.scheme == "https":
-                self._conn = http.client.HTTPSConnection(
-                    str(url.hostname), port, timeout=self._timeout, context=self._ssl
-                )
-            else:
-                self._conn = http.client.HTTPConnection(
-                    str(url.hostname), port, timeout=self._timeout
-                )
+            self._conn = self._new_connection()
         return self._conn
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        """A connection to the current endpoint (not yet opened)."""
+        url = self._endpoints[self._current]
+        port = url.port or 2379
+        if url.scheme == "https":
+            return http.client.HTTPSConnection(
+                str(url.hostname), port, timeout=self._timeout, context=self._ssl
+            )
+        return http.client.HTTPConnection(str(url.hostname), port, timeout=self._timeout)
 
     def _fail_over(self) -> None:
         if self._conn is not None:
@@ -421,6 +432,48 @@ class EtcdClient:
                 out.update(_kvs(r["response_range"]))
         return out
 
+    def history(self, key: str, range_end: str, since: int, until: int) -> dict[str, bool]:
+        """The keys in ``[key, range_end)`` modified after revision ``since``, up to ``until``,
+        each with whether it exists at ``until``.
+
+        Read from etcd's own history with a watch that starts at ``since + 1``
+        (``etcd_history``), on a connection of its own that is closed after.
+        One attempt, on the current endpoint: any failure is
+        ``HistoryUnavailable`` (the caller has another way).
+        """
+        reader = HistoryReader(since, until)
+        body = {
+            "create_request": {
+                "key": _b64(key),
+                "range_end": _b64(range_end),
+                "start_revision": str(since + 1),
+            }
+        }
+        conn = self._new_connection()  # the watch holds it until closed
+        try:
+            if self._user is not None and self._token is None:
+                self._token = self._authenticate()
+            headers = {"Content-Type": "application/json"}
+            if self._token is not None:
+                headers["Authorization"] = self._token
+            conn.request("POST", "/v3/watch", json.dumps(body).encode(), headers)
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise HistoryUnavailable(f"etcd answered the watch with HTTP {resp.status}")
+            while True:
+                line = resp.readline(_MAX_WATCH_LINE)
+                if not line:
+                    raise HistoryUnavailable(f"etcd ended the watch before revision {until}")
+                if reader.feed(line):
+                    break
+        except (OSError, http.client.HTTPException) as exc:
+            raise HistoryUnavailable(f"etcd's watch: {exc or type(exc).__name__}") from None
+        except store.StoreError as exc:
+            raise HistoryUnavailable(str(exc)) from None
+        finally:
+            conn.close()
+        return {k.decode(errors="replace"): put for k, put in reader.touched.items()}
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -431,6 +484,8 @@ class EtcdStore(SaStore):
     """The SA store as keys in etcd (see the module docstring for the layout)."""
 
     backend_name = "etcd"
+    watch_history = True
+    """Read the change feed from etcd's history with a watch (False: walk the ranges)."""
 
     def __init__(
         self,
@@ -445,6 +500,8 @@ class EtcdStore(SaStore):
     ) -> None:
         tls = client_tls(ca_file, cert_file, key_file)
         self._etcd = EtcdClient(endpoints, timeout, retry_for, tls, user, password)
+        self._walk: tuple[tuple[str, int, int], dict[bytes, list[str]]] | None = None
+        """The last history walk (``_history_walk``) and what it was for."""
         try:
             self._check_schema()
         except BaseException:
@@ -750,9 +807,30 @@ class EtcdStore(SaStore):
         found: dict[bytes, list[str]] = {tag: [] for tag in _CHANGE_PHASES}
         values: dict[str, bytes] = {}
         next_cursor: bytes | None = None
+        walk = self._history_walk(server_id, since, revision) if 0 < since < revision else None
+        if walk is not None:
+            for tag in _CHANGE_PHASES[_CHANGE_PHASES.index(phase) :]:
+                if limit == 0:
+                    next_cursor = tag
+                    break
+                names = walk[tag]
+                start = bisect.bisect_right(names, after) if after else 0
+                found[tag] = names[start : start + limit]
+                if start + limit < len(names):
+                    next_cursor = _encode_cursor(tag, found[tag][-1])
+                    break
+                after, limit = "", limit - len(found[tag])
+            prefix = _server_prefix(server_id)
+            values.update(
+                self._etcd.get_many(
+                    [f"{prefix}{kind}/{p}" for p in found[b"S"] for kind in ("sa", "replay")]
+                    + [f"{prefix}policy/{h}" for h in found[b"P"]],
+                    at,
+                )
+            )
         # Nothing under the prefix is newer than the revision key (0: maybe a keyspace older
         # than the change feed, so look).
-        if since < revision or revision == 0:
+        elif since < revision or revision == 0:
             for tag in _CHANGE_PHASES[_CHANGE_PHASES.index(phase) :]:
                 if limit == 0:
                     next_cursor = tag
@@ -789,6 +867,44 @@ class EtcdStore(SaStore):
             tuple(bytes.fromhex(h) for h in found[b"RP"]),
             next_cursor,
         )
+
+    def _history_walk(
+        self, server_id: str, since: int, revision: int
+    ) -> dict[bytes, list[str]] | None:
+        """What changed after ``since`` up to the server's ``revision``, from etcd's history:
+        the key suffixes of each change phase, sorted; None when etcd cannot tell (then the
+        ranges are walked).
+
+        The pages of one walk (same ``since``, same ``revision``) share one watch.
+        """
+        if not self.watch_history:
+            return None
+        if self._walk is not None and self._walk[0] == (server_id, since, revision):
+            return self._walk[1]
+        prefix = _server_prefix(server_id)
+        try:
+            touched = self._etcd.history(prefix, _prefix_end(prefix), since, revision)
+        except HistoryUnavailable as exc:
+            log.info("change feed of %s since %d: %s; walking the ranges", server_id, since, exc)
+            return None
+        sas: dict[str, bool] = {}
+        policies: dict[str, bool] = {}
+        for key, there in touched.items():
+            kind, _, suffix = key[len(prefix) :].partition("/")
+            if kind == "sa":
+                sas[suffix] = there
+            elif kind == "replay":
+                sas.setdefault(suffix, True)  # its SA's record is read; absent, it is skipped
+            elif kind == "policy":
+                policies[suffix] = there
+        walk = {
+            b"S": sorted(s for s, there in sas.items() if there),
+            b"P": sorted(h for h, there in policies.items() if there),
+            b"RS": sorted(s for s, there in sas.items() if not there),
+            b"RP": sorted(h for h, there in policies.items() if not there),
+        }
+        self._walk = ((server_id, since, revision), walk)
+        return walk
 
     def _changed_after(
         self,

@@ -67,6 +67,14 @@ class StateCopy:
     skipped: dict[str, str] = field(default_factory=dict)
     """Entries left out, by where they are (``SAD spi ...``, ``SPD ...``): why."""
     pages: int = 0
+    _version: int = field(default=0, init=False, repr=False, compare=False)
+    """Bumped by every change of ``sas``, ``policies`` or ``skipped``."""
+    _tuples: tuple[int, tuple[SadEntry, ...], tuple[SpdEntry, ...], tuple[str, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """``retrieved``'s tuples and the version they show: while nothing changes, every
+    ``retrieved`` gives the same tuple objects, so a user can tell "the same state" by
+    identity (the executor's follow-then-takeover, ``PlanExecutor.kernel_holds``)."""
 
     @classmethod
     def from_full(
@@ -105,6 +113,8 @@ class StateCopy:
         Stopped half way (``FetchCancelled``), the copy keeps its revision:
         the changes come again next time, and applying them twice is harmless.
         """
+        if changes.removed_sas or changes.removed_policies:
+            self._version += 1
         for key in changes.removed_sas:
             self.sas.pop(key, None)
             self.skipped.pop(_sa_place(key), None)
@@ -123,6 +133,8 @@ class StateCopy:
         )
 
     def _take(self, state: RetrievedState, stop: Callable[[], bool] | None) -> None:
+        if state.sad_entries or state.spd_entries or state.unreadable:
+            self._version += 1
         for i, entry in enumerate(state.sad_entries):
             _check_stop(stop, i, state.server_id)
             try:
@@ -164,11 +176,19 @@ class StateCopy:
 
     def retrieved(self) -> Retrieved:
         """The copy in the form a whole-state retrieval gives (for the executor)."""
+        if self._tuples is None or self._tuples[0] != self._version:
+            self._tuples = (
+                self._version,
+                tuple(self.sas.values()),
+                tuple(self.policies.values()),
+                tuple(f"{place}: {why}" for place, why in self.skipped.items()),
+            )
+        _, sad, spd, skipped = self._tuples
         return Retrieved(
-            tuple(self.sas.values()),
-            tuple(self.policies.values()),
+            sad,
+            spd,
             self.source,
-            tuple(f"{place}: {why}" for place, why in self.skipped.items()),
+            skipped,
             self.server_id,
             self.epoch,
             self.pages,

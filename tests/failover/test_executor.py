@@ -599,3 +599,66 @@ def test_counters_a_follow_gave_are_read_again_once_anything_else_ran(between: s
 def test_hot_takeover_opens_outbound_before_it_restores_inbound_windows() -> None:
     actions = plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT)
     assert actions.index(Step.OPEN_OUTBOUND) < actions.index(Step.RESTORE_INBOUND_REPLAY)
+
+
+class CountingClassifier:
+    """``classify_outbound`` as the executor calls it, counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = executor_module.classify_outbound
+
+        def counted(*args: object, **kwargs: object) -> list[bool]:
+            self.calls += 1
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(executor_module, "classify_outbound", counted)
+
+
+def test_hot_takeover_of_the_followed_state_repeats_no_per_sa_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    classifier = CountingClassifier(monkeypatch)
+    executor, kernel, _, loops, _ = make()
+    executor.run(FOLLOW, fetched=STATE)
+    assert classifier.calls == 1
+    assert executor.kernel_holds(dataclasses.replace(STATE, source="another"))  # same tuples
+    loops.followed = FollowedState(STATE, kernel_holds_it=True)
+    kernel.ae_reads.clear()
+    kernel.changes.clear()
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert classifier.calls == 1  # the follow's flags
+    assert kernel.ae_reads == []  # neither the outbound counter nor the inbound window
+    assert [c[0] for c in kernel.changes] == ["update_policy"]  # the gate opened; no NEWAE
+    assert report.restored_inbound == 0 and report.advanced == []
+    assert not executor.kernel_holds(STATE)  # a takeover is not a follow
+
+
+def test_a_copy_rebuilt_with_equal_content_is_not_the_followed_state() -> None:
+    executor, _, _, _, _ = make()
+    executor.run(FOLLOW, fetched=STATE)
+    rebuilt = Retrieved(tuple(list(STATE.sad)), tuple(list(STATE.spd)), STATE.source)
+    assert rebuilt == STATE and not executor.kernel_holds(rebuilt)
+
+
+def test_an_address_that_turns_an_sa_outbound_at_takeover_is_classified_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An SA no out policy names is outbound only by its source being local (rule 2); the
+    # follow saw it inbound, and at MASTER its source arrives (a second VIP).
+    classifier = CountingClassifier(monkeypatch)
+    alt = ipaddress.ip_address("192.0.2.7")
+    lone = sa(0x4004, alt, ipaddress.ip_address("192.0.2.9"), oseq=100, seq=0, reqid=4)
+    state = Retrieved((*STATE.sad, lone), STATE.spd, STATE.source)
+    local = [GW]
+    kernel, store, loops = FakeKernel(), FakeStore(state), FakeLoops()
+    settings = ExecutorSettings("192.0.2.1", JUMP, 10.0, 1000, etimer_jiffies(500, 250))
+    executor = PlanExecutor(kernel, store, loops, settings, local_addresses=lambda: list(local))
+    executor.run(FOLLOW, fetched=state)
+    assert kernel.sad[sa_identity(lone)].replay == lone.replay  # installed as inbound
+    local.append(alt)
+    loops.followed = FollowedState(state, kernel_holds_it=True)
+    report = executor.run(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    assert classifier.calls == 2
+    assert (lone.spi, 100, 100 + JUMP) in report.advanced
+    assert kernel.sad[sa_identity(lone)].replay == m.ReplayState(oseq=100 + JUMP, bitmap=1)

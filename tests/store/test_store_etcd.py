@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from change_feed_contract import ChangeFeedContract, changes
@@ -43,6 +44,70 @@ def store(etcd: EtcdMember) -> Iterator[EtcdStore]:
 
 class TestEtcdContract(BackendContract, ChangeFeedContract):
     pass
+
+
+class TestEtcdRangeWalkContract(ChangeFeedContract):
+    """The change feed without etcd's history: what a compacted etcd falls back to."""
+
+    @pytest.fixture
+    def store(self, store: EtcdStore) -> EtcdStore:
+        store.watch_history = False
+        return store
+
+
+class HistorySpy:
+    """Counts the change walks of each kind."""
+
+    def __init__(self, store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.watches = self.ranges = 0
+        history, changed_after = store._etcd.history, store._changed_after
+
+        def counted_history(*args: Any) -> dict[str, bool]:
+            self.watches += 1
+            return history(*args)
+
+        def counted_ranges(*args: Any) -> Any:
+            self.ranges += 1
+            return changed_after(*args)
+
+        monkeypatch.setattr(store._etcd, "history", counted_history)
+        monkeypatch.setattr(store, "_changed_after", counted_ranges)
+
+
+def test_changes_come_from_etcds_history_once_per_walk(
+    store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("gw1", 1, [sa_put(n) for n in range(40)])
+    since = store.revision("gw1")
+    store.put("gw1", 1, [sa_put(n) for n in range(40, 50)])
+    store.update_replay("gw1", 1, [(sa_key(3), b"counters")])
+    store.delete("gw1", 1, [sa_key(7)], [b"1p8.0"])
+    spy = HistorySpy(store, monkeypatch)
+    got = changes(store, "gw1", since, limit=4)  # many pages, one watch
+    assert (spy.watches, spy.ranges) == (1, 0)
+    assert set(got["sas"]) == {sa_key(n) for n in [*range(40, 50), 3]}
+    assert got["sas"][sa_key(3)] == b"counters"  # type: ignore[index]
+    assert got["removed_sas"] == {sa_key(7)}
+    assert got["removed_policies"] == {b"1p8.0"}
+    store.watch_history = False
+    assert changes(store, "gw1", since, limit=4) == got  # the same as walking the ranges
+    assert spy.ranges > 0
+
+
+def test_a_compacted_history_falls_back_to_the_ranges(
+    store: EtcdStore, etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("gw1", 1, [sa_put(n) for n in range(5)])
+    since = store.revision("gw1")
+    store.put("gw1", 1, [sa_put(5)])
+    store.delete("gw1", 1, [sa_key(1)])
+    raw = EtcdClient([etcd.endpoint])
+    raw.call("/v3/kv/compaction", {"revision": str(store.revision("gw1"))})
+    raw.close()
+    spy = HistorySpy(store, monkeypatch)
+    got = changes(store, "gw1", since)
+    assert spy.watches == 1 and spy.ranges > 0
+    assert (set(got["sas"]), got["removed_sas"]) == ({sa_key(5)}, {sa_key(1)})
 
 
 def _keys_under(store: EtcdStore, prefix: str) -> list[str]:

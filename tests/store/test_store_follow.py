@@ -192,3 +192,22 @@ def test_changes_stopped_half_way_come_again(client: LoopbackClient) -> None:
     polled = follower.poll(SID)
     assert (polled.changed, polled.full) == (True, False)
     assert len(polled.state.sad) == 400
+
+
+def test_the_copy_gives_the_same_tuples_until_something_changes(client: LoopbackClient) -> None:
+    # The executor tells "the state its last follow installed" by identity (kernel_holds).
+    write(client, [make_sa(n) for n in range(10)], [make_policy(n) for n in range(10)])
+    follower = Follower([client])
+    first = follower.poll(SID).state
+    again = follower.poll(SID).state
+    assert again.sad is first.sad and again.spd is first.spd
+
+    busy = dataclasses.replace(make_sa(5), replay=dataclasses.replace(make_sa(5).replay, oseq=77))
+    client.update_replay(SID, 1, [busy])  # a counter only: still a change of the SA
+    moved = follower.poll(SID).state
+    assert moved.sad is not first.sad and moved.spd == first.spd
+    assert {sa.replay.oseq for sa in moved.sad if sa.spi == busy.spi} == {77}
+
+    client.delete(SID, 1, [], [make_policy(3).index])
+    removed = follower.poll(SID).state
+    assert removed.spd is not moved.spd and len(removed.spd) == 9
