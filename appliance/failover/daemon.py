@@ -149,6 +149,8 @@ RETRY_S = 1.0
 FOLLOWER_WAIT_S = 2.0
 """How long a takeover waits for the hot standby's poll in flight to stop before it
 fetches the whole state instead."""
+MAX_FOLLOW_REST_S = 5.0
+"""The longest rest between two follow cycles, however long the last one took."""
 
 EVENT_GROUPS = (c.XFRMNLGRP_SA, c.XFRMNLGRP_POLICY, c.XFRMNLGRP_AEVENTS, c.XFRMNLGRP_EXPIRE)
 
@@ -284,10 +286,10 @@ class FailoverDaemon:
 
     # -- store operations (worker thread) -----------------------------------------
 
-    def _to_stores(self, what: str, call: Any) -> None:
+    def _to_stores(self, what: str, call: Any, only: frozenset[str] | None = None) -> None:
         for client in self.stores:
             epoch = self.epochs.get(client.server)
-            if epoch is None:
+            if epoch is None or (only is not None and client.server not in only):
                 continue
             try:
                 call(client, epoch)
@@ -299,12 +301,14 @@ class FailoverDaemon:
             except NotFoundError as exc:
                 self.health.count_sync(client.server, what, "not_found")
                 log.warning("%s: store %s asks for a resync (%s)", what, client.server, exc)
-                self.core.request_resync(f"store {client.server}: {exc}", time.monotonic())
+                self.core.request_resync(
+                    f"store {client.server}: {exc}", time.monotonic(), client.server
+                )
             except StoreError as exc:
                 self.health.count_sync(client.server, what, "failed")
                 log.warning("%s: store %s failed (%s); resync later", what, client.server, exc)
                 self.core.request_resync(
-                    f"store {client.server} failed", time.monotonic() + RETRY_S
+                    f"store {client.server} failed", time.monotonic() + RETRY_S, client.server
                 )
             else:
                 self.health.count_sync(client.server, what, "ok")
@@ -319,8 +323,10 @@ class FailoverDaemon:
             if isinstance(op, SetThresholds) or not self.publishing:
                 continue
             elif isinstance(op, FullResync):
-                log.info("full resync: %s", op.reason)
-                self.full_resync()
+                log.info("full resync of %s: %s",
+                         "every store" if op.stores is None else ", ".join(sorted(op.stores)),
+                         op.reason)  # fmt: skip
+                self.full_resync(op.stores)
             elif isinstance(op, PutEntries):
                 self._to_stores(
                     "put", lambda cl, ep, op=op: cl.put_entries(sid, ep, op.sad, op.spd)
@@ -373,8 +379,12 @@ class FailoverDaemon:
                 failures[0].message,
             )
 
-    def full_resync(self) -> None:
-        """Make every store equal to the kernel (blocking)."""
+    def full_resync(self, stores: frozenset[str] | None = None) -> None:
+        """Make every store (or only ``stores``) equal to the kernel (blocking).
+
+        Only some stores: the others got every change, and no event was lost, so
+        the kernel's thresholds stay as they are set.
+        """
         sid = self.config.node.server_id
         sad = self.kernel.dump_sad()
         spd = [p for p in self.kernel.dump_spd() if not is_gate(p)]
@@ -400,12 +410,13 @@ class FailoverDaemon:
             if plan.stale_sas or plan.stale_policies:
                 client.delete(sid, epoch, plan.stale_sas, plan.stale_policies)
 
-        self._to_stores("resync", resync)
+        self._to_stores("resync", resync, only=stores)
         self.core.resynced(sad, time.monotonic())
         self._published_sas = {(sa.spi, sa.proto) for sa in sad}
         self._published_policies = set(kernel_pols)
         self.health.record_held(len(self._published_sas), len(self._published_policies))
-        self._set_thresholds([SetThresholds(sa) for sa in sad])
+        if stores is None:
+            self._set_thresholds([SetThresholds(sa) for sa in sad])
 
     # -- tasks -------------------------------------------------------------------
 
@@ -468,9 +479,10 @@ class FailoverDaemon:
         apply = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
         last_cycle = 0.0
         while True:
-            # Rest at least as long as the last cycle took: a cycle that brings many changes
-            # (or a whole retrieval) costs the store and the CPU what they also owe others.
-            await asyncio.sleep(max(self.follow_interval_s, last_cycle))
+            # Rest as long as the last cycle took (up to MAX_FOLLOW_REST_S): a cycle that
+            # brings many changes (or a whole retrieval) costs the store and the CPU what
+            # they also owe others; but a standby catching up must not idle half the time.
+            await asyncio.sleep(max(self.follow_interval_s, min(last_cycle, MAX_FOLLOW_REST_S)))
             in_memory = not self.following and self._cold_standby_follows()
             if not self.following and not in_memory:
                 continue

@@ -70,10 +70,13 @@ class SetThresholds:
 
 @dataclass(frozen=True, slots=True)
 class FullResync:
-    """Dump the kernel and make the store equal to it; then call ``resynced``."""
+    """Dump the kernel and make the stores equal to it; then call ``resynced``."""
 
     reason: str
     """Why, for the log."""
+    stores: frozenset[str] | None = None
+    """Only these stores (one failed or lost state; the others got every change). None:
+    every store, and the changes pending before it are dropped (the dump is newer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,17 +141,31 @@ class SyncCore:
         self._thresholds: list[SadEntry] = []
         self._resync_reason: str | None = None
         self._resync_at: float | None = None
+        self._resync_stores: set[str] | None = None
+        """The stores a pending resync is for; None: every store."""
         self._deadline: float | None = None
         self.events_seen = 0
         self.events_coalesced = 0
 
     # -- input -----------------------------------------------------------------
 
-    def request_resync(self, reason: str, at: float) -> None:
-        """Ask for a ``FullResync`` at time ``at`` (keeps an earlier request)."""
-        if self._resync_reason is None or self._resync_at is None or at < self._resync_at:
+    def request_resync(self, reason: str, at: float, store: str | None = None) -> None:
+        """Ask for a ``FullResync`` at time ``at`` (keeps an earlier request).
+
+        With ``store``, of that store only (it failed, or lost state): the changes
+        keep going to every store meanwhile. Without, of every store (events were
+        lost, the kernel flushed, publishing started): changes wait for it.
+        """
+        pending = self._resync_reason is not None
+        if not pending or self._resync_at is None or at < self._resync_at:
             self._resync_at = at
         self._resync_reason = self._resync_reason or reason
+        if store is None:
+            self._resync_stores = None
+        elif not pending:
+            self._resync_stores = {store}
+        elif self._resync_stores is not None:
+            self._resync_stores.add(store)
 
     def resynced(self, sad: Iterable[SadEntry], now: float) -> None:
         """The adapter made the store equal to this dump: it is now what the core knows."""
@@ -239,13 +256,26 @@ class SyncCore:
         ops: list[SyncOp] = [SetThresholds(sa) for sa in self._thresholds]
         self._thresholds = []
         if self._resync_reason is not None and self._resync_at is not None:
+            stores = self._resync_stores
+            if stores is None:
+                if now >= self._resync_at:
+                    ops.append(FullResync(self._resync_reason))
+                    self._resync_reason = self._resync_at = None
+                    self._clear()
+                return ops
             if now >= self._resync_at:
-                ops.append(FullResync(self._resync_reason))
-                self._resync_reason = self._resync_at = None
-                self._clear()
-            return ops
+                # What is pending first, to every store; then the failed ones from a dump.
+                ops += self._changes()
+                ops.append(FullResync(self._resync_reason, frozenset(stores)))
+                self._resync_reason = self._resync_at = self._resync_stores = None
+                return ops
         if self._deadline is None or now < self._deadline:
             return ops
+        return ops + self._changes()
+
+    def _changes(self) -> list[SyncOp]:
+        """The pending changes as operations, and nothing pending any more."""
+        ops: list[SyncOp] = []
         if self._put_sas or self._put_pols:
             ops.append(PutEntries(tuple(self._put_sas.values()), tuple(self._put_pols.values())))
         if self._replay:

@@ -128,6 +128,8 @@ READER_THREADS = 4
 READ_EXCHANGES = frozenset({ExchangeType.SA_RETR, ExchangeType.HEARTBEAT})
 
 
+#: A backend call this long or longer is logged (clients begin to retransmit).
+SLOW_BACKEND_S = 2.0
 #: Backend operations timed in ``StoreServer.backend_seconds``.
 BACKEND_OPERATIONS = ("write", "read")
 #: The loop thread answers a cross-thread read of its state within this long, or it fails.
@@ -382,7 +384,13 @@ class StoreServer(asyncio.DatagramProtocol):
         try:
             return call(argument)
         finally:
-            self.backend_seconds[operation].observe(time.monotonic() - start)
+            took = time.monotonic() - start
+            self.backend_seconds[operation].observe(took)
+            if took >= SLOW_BACKEND_S:
+                # Clients retransmit after a few seconds and give up after ~20: say why.
+                requests = len(argument) if isinstance(argument, list) else 1
+                log.warning("slow backend: a %s of %d request(s) took %.1f s (%d reading)",
+                            operation, requests, took, self._reading)  # fmt: skip
 
     # -- stats ------------------------------------------------------------------
 

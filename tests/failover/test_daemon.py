@@ -158,7 +158,23 @@ def test_not_found_from_the_store_asks_for_a_resync(config: Any, tmp_path: Path)
     daemon.core.pending_ops(float("inf"))
     clients[0].fail_with = NotFoundError("no such SA")
     daemon.apply_ops([PutReplay((OUT_SA,))])
-    assert daemon.core.pending_ops(float("inf")) == [FullResync("store 198.51.100.10: no such SA")]
+    assert daemon.core.pending_ops(float("inf")) == [
+        FullResync("store 198.51.100.10: no such SA", frozenset({"198.51.100.10"}))
+    ]
+
+
+def test_a_resync_of_one_store_leaves_the_others_and_the_thresholds(
+    config: Any, tmp_path: Path
+) -> None:
+    daemon, kernel, clients = make(config, tmp_path)
+    kernel.install_batch([("add_sa", OUT_SA), ("add_policy", IN_POL)])
+    daemon.start_publishing({"198.51.100.10": 0, "198.51.100.11": 0})
+    daemon.core.pending_ops(float("inf"))  # the start's resync, not applied: both empty
+    kernel.thresholds.clear()
+    daemon.apply_ops([FullResync("store 198.51.100.11 failed", frozenset({"198.51.100.11"}))])
+    assert list(clients[1].data) == [SaKey.of(OUT_SA)]
+    assert clients[0].data == {}
+    assert kernel.thresholds == []
 
 
 def test_stale_epoch_stops_publishing_to_that_store_only(config: Any, tmp_path: Path) -> None:

@@ -69,3 +69,13 @@ def test_counters_are_not_content() -> None:
     )
     assert without_counters(moved) == without_counters(sa)
     assert without_counters(dataclasses.replace(sa, spi=sa.spi + 1)) != without_counters(sa)
+
+
+def test_an_sa_held_with_the_same_counters_gets_nothing() -> None:
+    # The lab's 10,000 idle pairs: a resync used to send 20,000 counter updates for them.
+    sad = [make_sa(n) for n in range(3)]
+    used = dataclasses.replace(sad[1], lifetime_cur=LifetimeCur(bytes=9), lastused=7)
+    plan = plan_resync([sad[0], used, sad[2]], [], sad, [])
+    assert plan == plan_resync([], [], [], [])  # use counters are not what the store keeps
+    moved = dataclasses.replace(sad[2], replay=ReplayState(oseq=99, seq=0, bitmap=0))
+    assert plan_resync([sad[0], moved], [], sad[:1] + sad[2:], []).replay_only == (moved,)

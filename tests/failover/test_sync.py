@@ -146,6 +146,33 @@ def test_resync_at_a_later_time_waits_and_holds_other_changes() -> None:
     assert core.pending_ops(10.0) == [FullResync("store unreachable")]
 
 
+def test_a_resync_of_one_store_holds_back_no_change_and_comes_after_them() -> None:
+    core = SyncCore(0.0)
+    core.request_resync("store 198.51.100.3 failed", at=10.0, store="198.51.100.3")
+    core.on_event(added(sa(3)), 1.0)
+    assert core.pending_ops(1.0) == [SetThresholds(sa(3)), PutEntries((sa(3),), ())]
+    core.on_event(added(sa(4)), 9.5)
+    assert core.pending_ops(10.0) == [
+        SetThresholds(sa(4)),
+        PutEntries((sa(4),), ()),
+        FullResync("store 198.51.100.3 failed", frozenset({"198.51.100.3"})),
+    ]
+    assert core.idle
+
+
+def test_resyncs_of_stores_add_up_and_one_of_every_store_takes_them_over() -> None:
+    core = SyncCore(0.0)
+    core.request_resync("a failed", at=10.0, store="a")
+    core.request_resync("b failed", at=5.0, store="b")
+    assert core.pending_ops(5.0) == [FullResync("a failed", frozenset({"a", "b"}))]
+    core.request_resync("a failed", at=10.0, store="a")
+    core.request_resync("events lost", at=12.0)
+    core.on_event(added(sa(3)), 9.0)
+    assert core.pending_ops(9.0) == [SetThresholds(sa(3))]  # held: the dump is newer
+    assert core.pending_ops(10.0) == [FullResync("a failed")]  # the earlier time stays
+    assert core.idle
+
+
 @pytest.mark.parametrize("daddr", ["192.0.2.2", "2001:db8:0:0::2"])
 def test_one_sa_key_from_the_model_from_raw_payload_fields_and_from_text(daddr: str) -> None:
     from appliance.store import _convert as conv
