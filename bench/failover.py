@@ -219,7 +219,9 @@ class Row:
     installed_sas: int | None = None
     advanced: int | None = None
     setup_s: dict[str, float] = field(default_factory=dict)
-    """lab (lab and daemons up), install (the batch on gw1), standby (catching up)."""
+    """lab (lab and daemons up), install (the batch on gw1); then, from the end of the
+    install: store (gw2's store holds everything: the active published it) and standby
+    (the standby holds it and its follower is current)."""
     timeline_ms: dict[str, float] = field(default_factory=dict)
     """Each step of gw2's takeover, ms after it read MASTER."""
     opened_ms: float | None = None
@@ -227,7 +229,8 @@ class Row:
     newae_floor_ms: float | None = None
     """One pipelined NEWAE batch over all N outbound SAs, in gw2 after the takeover."""
     ip_batch_floor_ms: float | None = None
-    """``ip -batch`` of the same SAs and policies into an empty namespace (cold's floor)."""
+    """``ip -batch`` of the same SAs and policies into an empty namespace (cold's floor, and
+    what the hot standby's catch-up is set against)."""
     followed: bool | None = None
     """Hot: the takeover started from the follower's copy (``fetch-state``'s report)."""
 
@@ -567,8 +570,6 @@ class Run:
             self.row.newae_floor_ms = 1000 * (time.monotonic() - start)
         if failures:
             raise LabError(f"the NEWAE floor: gw2 refused {len(failures)} of {len(outbound)}")
-        if self.mode != "cold":
-            return
         from netns_lab.plan import NS_PREFIX
 
         batch = lab.run_dir / "floor-batch.txt"
@@ -598,7 +599,8 @@ HEADER = (
     f"{'mode':<5} {'N':>6} {'VRRP detection':>15} {'MASTER->SAs installed':>22} "
     f"{'MASTER->outbound open':>22} {'MASTER->done':>13} {'floor':>9} {'open/floor':>10} "
     f"{'installed SAs':>14} {'advanced':>9}   "
-    f"{'setup: lab':>10} {'install':>8} {'standby (catch-up)':>18}"
+    f"{'setup: lab':>10} {'install':>8} {'catch-up: store':>15} {'+follow':>9} "
+    f"{'follow/ip -batch':>16}"
 )
 
 
@@ -616,12 +618,17 @@ def row_line(row: Row) -> str:
         return f"{value:>{width - 3}.0f} ms" if value is not None else f"{'-':>{width}}"
 
     ratio = row.opened_vs_floor
+    # The follower's part: from gw2's store holding everything to the standby being current.
+    follow_s = s["standby"] - s["store"] if "standby" in s and "store" in s else None
+    follow = f"{follow_s:.1f} s" if follow_s is not None else "-"
+    batch = row.ip_batch_floor_ms
+    vs_batch = f"{1000 * follow_s / batch:.1f}x" if follow_s is not None and batch else "-"
     return (
         f"{head} {row.detection_ms:>12.0f} ms {row.installed_ms:>19.0f} ms "
         f"{ms(row.opened_ms, 22)} {row.done_ms:>10.0f} ms {ms(row.floor_ms, 9)} "
         f"{(f'{ratio:.1f}x' if ratio is not None else '-'):>10} "
         f"{row.installed_sas:>14} {row.advanced:>9}   "
-        f"{sec('lab'):>10} {sec('install'):>8} {sec('standby'):>18}"
+        f"{sec('lab'):>10} {sec('install'):>8} {sec('store'):>15} {follow:>9} {vs_batch:>16}"
     )
 
 

@@ -19,8 +19,9 @@ Theory of operation
   publishing starts, when the kernel flushed, when events were lost, and
   when the store asks: it answers a counter update with NOT_FOUND (it lost
   the SA, e.g. restarted empty). A store that does not answer gets a resync
-  later (``RETRY_S``); a store that says our epoch is stale has a newer
-  owner, and publishing to it stops.
+  of its own later (``RETRY_S``), while the others keep getting every
+  change; a store that says our epoch is stale has a newer owner, and
+  publishing to it stops.
 - **Following** (hot standby): every ``follow_interval_s`` the daemon
   asks the store for the changes since the revision it holds (``Follower``,
   the change feed of protocol.md 5.3; the whole state only the first time,

@@ -110,6 +110,11 @@ CONVERT_STEP = 256
 
 log = logging.getLogger("appliance.store.client")
 
+IN_PROGRESS_LIMIT_S = 120.0
+"""How long a request is waited for while the store keeps saying it is carrying it out."""
+_IN_PROGRESS_MAX_LEN = 128
+"""Longer responses are not an IN_PROGRESS notice (a header and an empty Notify)."""
+
 
 @dataclass(frozen=True)
 class Retrieved:
@@ -361,6 +366,9 @@ class StoreClient:
         self.rto = RetransmissionTimer(timeout)
         """The first wait of each request, learnt from those same round trips."""
         self._raw = False
+        self._in_progress: set[int] = set()
+        """Message IDs the store said it is still carrying out (IN_PROGRESS) since the
+        exchange last looked."""
 
     @classmethod
     def from_config(cls, cfg: ClientConfig, **overrides: Any) -> StoreClient:
@@ -447,7 +455,10 @@ class StoreClient:
             except WireError:
                 return
             if message.response and message.message_id in waiting:
-                waiting[message.message_id] = message
+                if _in_progress(event.data):
+                    self._in_progress.add(message.message_id)
+                else:
+                    waiting[message.message_id] = message
 
     def _new_id(self) -> int:
         mid = self._next_id
@@ -503,6 +514,13 @@ class StoreClient:
                 for mid, (_, wait, attempts) in timers.items():
                     if index_of[mid] > last:
                         timers[mid] = (now + wait, wait, attempts)
+            for mid in self._in_progress & timers.keys():
+                # The store is carrying it out (it answered a retransmission so): its
+                # retransmissions so far do not count, up to IN_PROGRESS_LIMIT_S in all.
+                if now - sent_at[mid] < IN_PROGRESS_LIMIT_S:
+                    _, wait, _ = timers[mid]
+                    timers[mid] = (now + wait, wait, 1)
+            self._in_progress.clear()
             for mid in list(timers):
                 deadline, timeout, attempts = timers[mid]
                 if now < deadline:
@@ -840,6 +858,17 @@ def _pre_encoded(payload: Payload) -> list[Payload]:
     if isinstance(payload, SpdEntryPayload):
         return list(conv.spd_raw_payloads(conv.spd_entry_bytes(payload)))
     return [payload]
+
+
+def _in_progress(data: bytes) -> bool:
+    """Is this response the store's IN_PROGRESS notice (a header and one Notify)?"""
+    if len(data) > _IN_PROGRESS_MAX_LEN:
+        return False  # a real answer: not decoded twice
+    try:
+        status = decode_message(data).status
+    except WireError:
+        return False
+    return status is not None and status.status == Status.IN_PROGRESS
 
 
 def check_response(response: Message) -> None:

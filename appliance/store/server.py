@@ -49,10 +49,10 @@ from appliance.store.base import SaStore
 from appliance.store.config import ServerConfig, load_psk, load_secret
 from appliance.store.envelope import Sealer
 from appliance.store.sealed import SealedStore
-from appliance.store.service import StoreService
+from appliance.store.service import StoreService, error_response
 from appliance.wire import RemoteWireError, WireError
 from appliance.wire.constants import ExchangeType, Status
-from appliance.wire.messages import decode_message, peek_header
+from appliance.wire.messages import decode_message, encode_message, peek_header
 
 if TYPE_CHECKING:
     from appliance.metrics.exposition import MetricsEndpoint
@@ -108,7 +108,7 @@ class ServerCounters:
     served: int = 0
     retransmits_answered: int = 0
     undecodable: int = 0
-    in_progress_ignored: int = 0
+    in_progress_answered: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -273,7 +273,11 @@ class StoreServer(asyncio.DatagramProtocol):
         seen, cached = self.cache.get(event.peer_node_id, message_id)
         if seen:
             if cached is None:
-                self.counters.in_progress_ignored += 1
+                # Still being carried out: say so, so that the client keeps waiting for a
+                # store that is slow rather than giving it up as silent (protocol.md 5.5).
+                self.counters.in_progress_answered += 1
+                notice = error_response(exchange, message_id, Status.IN_PROGRESS, "")
+                self._send(encode_message(notice), event.association, now)
             else:
                 self.counters.retransmits_answered += 1
                 self._send(cached, event.association, now)

@@ -108,6 +108,9 @@ class Status(enum.IntEnum):
     REVISION_GONE = 8201
     """The store no longer holds the changes since the requested revision (protocol.md 4.1)."""
     OK = 40960
+    IN_PROGRESS = 40961
+    """The request with this message ID is still being carried out: the answer to a
+    retransmission that arrives meanwhile, never cached (protocol.md 5.5)."""
 
 
 IPPROTO_TO_PROTOCOL_ID = {50: ProtocolId.ESP, 51: ProtocolId.AH, 108: ProtocolId.IPCOMP}

@@ -23,7 +23,14 @@ pytestmark = pytest.mark.unit
 class SerialStore:
     """A fake clock and a store that answers each request ``service_s`` after the previous."""
 
-    def __init__(self, service_s: float, lose: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self, service_s: float, lose: frozenset[int] = frozenset(), in_progress: bool = False
+    ) -> None:
+        self.in_progress = in_progress
+        """Answer a retransmission of a request still being carried out with IN_PROGRESS."""
+        self.progressed: set[int] = set()
+        """Where such answers go: the client's own set (``run_exchange`` links them)."""
+        self.notices = 0
         self.now = 1000.0
         self.service_s = service_s
         self.lose = lose
@@ -38,6 +45,10 @@ class SerialStore:
 
     def receive(self, message_id: int) -> None:
         self.sent.append(message_id)
+        if message_id in self.due and self.in_progress and self.now < self.due[message_id]:
+            self.progressed.add(message_id)
+            self.notices += 1
+            return
         if message_id in self.lose or message_id in self.due:
             return  # lost, or a retransmission of one already queued (ignored by the store)
         self.busy_until = max(self.busy_until, self.now) + self.service_s
@@ -68,6 +79,7 @@ def run_exchange(store: SerialStore, requests: int, monkeypatch: pytest.MonkeyPa
             pass
 
     monkeypatch.setattr(client, "_channel", Channel())
+    store.progressed = client._in_progress
     try:
         return client.exchange([(ExchangeType.HEARTBEAT, ())] * requests)
     finally:
@@ -96,3 +108,24 @@ def test_a_lost_request_is_still_retransmitted_and_given_up_on(
     with pytest.raises(StoreTimeoutError, match="after 4 attempts"):
         run_exchange(store, 6, monkeypatch)
     assert store.sent.count(2) == 4  # the first transmission and three retransmissions
+
+
+def test_a_store_that_says_it_is_still_working_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 4 s per commit (65 kB SA_Stor datagrams on the lab VM): the first request alone
+    # outlasts 0.2 + 0.4 + 0.8 + 1.6 s of silence.
+    with pytest.raises(StoreTimeoutError, match="after 4 attempts"):
+        run_exchange(SerialStore(service_s=4.0), 2, monkeypatch)
+    store = SerialStore(service_s=4.0, in_progress=True)
+    answers = run_exchange(store, 6, monkeypatch)
+    assert answers == [("answer", mid) for mid in range(1, 7)]
+    assert store.notices > 0
+
+
+def test_in_progress_is_believed_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "IN_PROGRESS_LIMIT_S", 30.0)
+    store = SerialStore(service_s=1000.0, in_progress=True)
+    with pytest.raises(StoreTimeoutError, match="after 4 attempts"):
+        run_exchange(store, 1, monkeypatch)
+    assert 1030.0 <= store.now < 1000.0 + 30.0 + 20.0  # then the usual retries
