@@ -359,7 +359,8 @@ class StoreServer(asyncio.DatagramProtocol):
 
     def _flush(self) -> None:
         now = time.monotonic()
-        if self._transport is not None:
+        # Closing (the server stops): a request finished meanwhile is not answered.
+        if self._transport is not None and not self._transport.is_closing():
             for datagram, addr in self.channel.datagrams_to_send(now):
                 self._transport.sendto(datagram, addr)
         self._arm_timer()

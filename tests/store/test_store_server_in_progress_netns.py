@@ -1,5 +1,6 @@
 """A store that is slow, not silent: retransmissions of a request still being carried out
-are answered IN_PROGRESS, and the client waits on (protocol.md 5.5).
+are answered IN_PROGRESS, and the client waits on (protocol.md 5.5). And a store that
+closes answers nothing more.
 
 The store server runs in this process, on loopback, with its group commits slowed to
 1 s; the client's own patience is 0.05 + 0.1 + 0.2 s, far shorter.
@@ -82,3 +83,35 @@ def test_a_silent_store_is_still_given_up_on(tmp_path: Path) -> None:
             client.put_entries("gw1", 1, [make_sa(0)])
     finally:
         client.close()
+
+
+def test_a_request_finished_while_the_server_closes_is_not_answered(tmp_path: Path) -> None:
+    # A reader thread finishing after SIGTERM closed the socket used to raise in the loop.
+    from appliance.store.server import StoreServer
+    from appliance.store.sqlite import SqliteStore
+
+    class ClosingTransport:
+        sent: list[bytes] = []
+
+        def is_closing(self) -> bool:
+            return True
+
+        def sendto(self, data: bytes, addr: object) -> None:
+            self.sent.append(data)
+
+        def get_extra_info(self, name: str) -> None:
+            return None
+
+    psk = tmp_path / "psk"
+    psk.touch(mode=0o600)
+    psk.write_bytes(PSK)
+    cfg = ServerConfig("127.0.0.1", 9, psk, "sqlite", SqliteConfig(tmp_path / "s.db"), None)
+    server = StoreServer(cfg, SqliteStore(tmp_path / "s.db"), PSK)
+    transport = ClosingTransport()
+    server._transport = transport  # type: ignore[assignment]
+    server.channel.datagrams_to_send = lambda now: [(b"answer", ("127.0.0.1", 4501))]  # type: ignore[method-assign]
+    try:
+        server._flush()
+        assert transport.sent == []
+    finally:
+        server.close()
