@@ -13,6 +13,7 @@ module imports only from its own layer or the layers below it:
 - ``appliance.planner``     from kernel state, wanted state and jump to typed XFRM operations
 4 services
 - ``appliance.store``       the SA store (SQLite, etcd), its UDP server and client
+- ``appliance.strongswan``  strongSwan's ha plugin: codec, IKE SA book and records, relay
 - ``appliance.ondemand``    on-demand SA retrieval for unknown SPIs (sans-IO core, service)
 - ``appliance.metrics``     Prometheus collectors, the latency histogram, the HTTP endpoint
 - ``appliance.snapshot``    snapshot files: dumped from the kernel, written atomically
@@ -27,7 +28,6 @@ module imports only from its own layer or the layers below it:
 2 codecs and rules, sans-IO
 - ``appliance.wire``        SA_Stor / SA_Retr codec
 - ``appliance.channel``     the protected channel (AEAD, anti-replay)
-- ``appliance.strongswan``  strongSwan ha plugin codec
 - ``appliance.spi``         cluster-wide SPI ranges, one per node
 1 foundations
 - ``appliance.model``       typed state: SAD entries, SPD entries, snapshots

@@ -33,10 +33,14 @@ from appliance.nft.config import NftConfig, parse_nft_section
 from appliance.ondemand.core import OnDemandLimits
 from appliance.spi import SpiRange, load_spi_config
 from appliance.store.config import load_psk
+from appliance.strongswan.config import IkeConfig, load_ike_config
 
 DEFAULT_CONFIG = Path("/etc/ipsec-ha/daemon.toml")
 DEFAULT_STORE_PORT = 4501
 DEFAULT_STATUS = Path("/run/ipsec-ha/status.json")
+MIN_IKE_DATAGRAM = 16384
+"""``[ike]`` needs datagrams this large: an IKE SA record is about 0.5 kB plus 0.4 kB per
+CHILD SA (more while an IKE rekey keeps a generation), and one record is never split."""
 ETIMER_UNIT_MS = 100
 """The kernel counts the async-event timer (``XFRMA_ETIMER_THRESH``) in 100 ms units."""
 
@@ -145,6 +149,8 @@ class DaemonConfig:
     """``[ondemand]``: on-demand SA retrieval (None: the table is absent, i.e. disabled)."""
     metrics: MetricsConfig | None = None
     """``[metrics]``: the Prometheus endpoint (None: the table is absent, no endpoint)."""
+    ike: IkeConfig | None = None
+    """``[ike]``: the IKE daemon whose state is relayed (None: kernel SAs only)."""
 
 
 def _netns_name(v: Any) -> str | None:
@@ -187,7 +193,18 @@ def _gate(v: Any) -> str | None:
     return v if v in GATES else None
 
 
-_TABLES = ("node", "store", "sync", "failover", "xfrm", "spi", "nft", "ondemand", "metrics")
+_TABLES = (
+    "node",
+    "store",
+    "sync",
+    "failover",
+    "xfrm",
+    "spi",
+    "nft",
+    "ondemand",
+    "metrics",
+    "ike",
+)
 
 
 def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
@@ -300,8 +317,28 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
     nft = _load_nft(path, data)
     ondemand = _load_ondemand(path, data, nft)
     metrics = load_metrics_config(path, data, DAEMON_PORT)
+    ike = load_ike_config(path, data)
+    if ike is not None and store.max_datagram < MIN_IKE_DATAGRAM:
+        raise ConfigError(
+            f"config {path}: [store].max_datagram: {store.max_datagram} is too small for [ike]: "
+            f"an IKE SA record with its CHILD SAs takes several kB; set at least "
+            f"{MIN_IKE_DATAGRAM} here and in every store's store.toml (IP fragments must pass "
+            "between the gateways and the stores)"
+        )
     return DaemonConfig(
-        path, node, store, sync, failover, netns, jump, computed, spi_range, nft, ondemand, metrics
+        path,
+        node,
+        store,
+        sync,
+        failover,
+        netns,
+        jump,
+        computed,
+        spi_range,
+        nft,
+        ondemand,
+        metrics,
+        ike,
     )
 
 

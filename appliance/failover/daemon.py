@@ -30,6 +30,10 @@ Theory of operation
   brings nothing new leaves the kernel alone. A cold standby follows the
   same way into memory only: its takeover installs from the copy brought
   up to date instead of retrieving everything.
+- **IKE state** (``[ike]``, ``ike_link``): the relay of charon's ``ha``
+  plugin runs on the loop in every role; while publishing, the IKE SAs it
+  reports go to every store beside the kernel state (the flusher), and a
+  full resync makes a store's IKE SAs equal to the relay's book.
 - **Health** (``health``): every ``[failover].health_interval_s`` a worker
   thread asks each store what it holds for the server ID (its own clients,
   never under the kernel lock, so a takeover never waits on it); the
@@ -70,6 +74,7 @@ from appliance.failover.executor import (
     node_netns_addresses,
 )
 from appliance.failover.health import DaemonHealth, StoreProbe, to_status
+from appliance.failover.ike_link import IkeLink
 from appliance.failover.ondemand_install import STATUS_INTERVAL_S, OnDemand
 from appliance.failover.resync import plan_resync
 from appliance.failover.sync import (
@@ -212,6 +217,8 @@ class FailoverDaemon:
             gate=gate,
         )
         self._wake = asyncio.Event()
+        self.ike = IkeLink(config.ike, config.netns, self._wake.set) if config.ike else None
+        """``[ike]``: the relay of charon's ha plugin (None: kernel SAs only)."""
         self._publishing_changed = asyncio.Event()
         """Set (from any thread, through the loop) when publishing starts or stops."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -231,6 +238,7 @@ class FailoverDaemon:
     def start_publishing(self, epochs: dict[str, int]) -> None:
         self.epochs = dict(epochs)
         self.publishing = True
+        self._ike_publishing(True)
         if self._loop is None:  # no event loop to subscribe from (tests): resync at once
             self.core.request_resync("publishing started", time.monotonic())
         else:  # _events subscribes, then asks for the resync
@@ -239,9 +247,19 @@ class FailoverDaemon:
     def stop_publishing(self) -> None:
         # Flush what is pending (counters above all) before going quiet.
         self.apply_ops(self.core.pending_ops(float("inf")))
+        self.publish_ike()
         self.publishing = False
+        self._ike_publishing(False)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._publishing_changed.set)
+
+    def _ike_publishing(self, publishing: bool) -> None:
+        if self.ike is None:
+            return
+        if self._loop is None:
+            self.ike.set_publishing(publishing)
+        else:  # the relay and its book live on the loop
+            self._loop.call_soon_threadsafe(self.ike.set_publishing, publishing)
 
     def start_following(self) -> None:
         self.following = True
@@ -342,6 +360,17 @@ class FailoverDaemon:
                 )
                 self._published(remove=op)
 
+    def publish_ike(self) -> None:
+        """Send the IKE SA changes the relay reported since the last call (blocking)."""
+        if self.ike is None or not self.publishing:
+            return
+        batch = self.ike.take()
+        if batch:
+            sid = self.config.node.server_id
+            self._to_stores(
+                "ike", lambda cl, ep: cl.put_ike_sas(sid, ep, batch.puts, batch.removed)
+            )
+
     def _published(
         self, *, add: PutEntries | None = None, remove: DeleteEntries | None = None
     ) -> None:
@@ -410,6 +439,12 @@ class FailoverDaemon:
                 client.update_replay(sid, epoch, plan.replay_only)
             if plan.stale_sas or plan.stale_policies:
                 client.delete(sid, epoch, plan.stale_sas, plan.stale_policies)
+            if self.ike is not None:
+                ike = self.ike.plan_resync(stored.ike_sas)
+                log.info("resync of store %s: %d IKE SAs to store, %d to delete",
+                         client.server, len(ike.puts), len(ike.removed))  # fmt: skip
+                if ike:
+                    client.put_ike_sas(sid, epoch, ike.puts, ike.removed)
 
         self._to_stores("resync", resync, only=stores)
         self.core.resynced(sad, time.monotonic())
@@ -472,9 +507,14 @@ class FailoverDaemon:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             ops = self.core.pending_ops(time.monotonic())
-            if ops:
+            ike = self.ike is not None and self.publishing and len(self.ike.publisher) > 0
+            if ops or ike:
                 async with self._kernel_lock:
-                    await asyncio.to_thread(self.apply_ops, ops)
+                    await asyncio.to_thread(self._flush, ops)
+
+    def _flush(self, ops: Sequence[SyncOp]) -> None:
+        self.apply_ops(ops)
+        self.publish_ike()
 
     async def _follower(self) -> None:
         apply = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
@@ -668,6 +708,8 @@ class FailoverDaemon:
         }
         if self.ondemand is not None:
             status["ondemand"] = self.ondemand.status()
+        if self.ike is not None:
+            status["ike"] = self.ike.status()
         status["health"] = self._health_status()
         self._status = status
         try:
@@ -743,6 +785,8 @@ class FailoverDaemon:
                     self.health.record_sync(started, started_unix)
             if self._status is not None:
                 self._status["health"] = self._health_status()
+                if self.ike is not None:
+                    self._status["ike"] = self.ike.status()
                 try:
                     self._save_status(self._status)
                 except OSError as exc:
@@ -808,6 +852,8 @@ class FailoverDaemon:
             # Fail now, loudly, if unusable; _events() opens the FIFO it reads itself.
             os.close(open_fifo(self.config.failover.keepalived_fifo))
         self._start_ondemand()
+        if self.ike is not None:
+            await self.ike.start()  # OSError (the address is taken) ends the daemon, named
         self._write_status(None, None, ok=True)
         tasks = [
             asyncio.create_task(coro)
@@ -835,6 +881,8 @@ class FailoverDaemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.ondemand is not None:
                 self.ondemand.stop()
+            if self.ike is not None:
+                self.ike.close()
             # A hook must not wait on the status of a daemon that is gone.
             with contextlib.suppress(OSError):
                 self.config.failover.status_file.unlink()

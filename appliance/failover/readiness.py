@@ -14,6 +14,8 @@ The reasons, in the order they are checked:
   this is the only reason given;
 - the last transition failed; the node is fenced;
 - no store answered the last probe (each store named with its error);
+- with ``[ike]``: charon's ``ha`` plugin silent for over ``CHARON_SILENT_S``
+  (it sends a heartbeat every second), or never heard: charon is down;
 - a node that is not active: no sync yet, or a lag over the bound (the
   lag grows by the status file's age);
 - a hot standby that holds fewer SAs or policies than every answering
@@ -30,6 +32,9 @@ STALE_FLOOR_S = 5.0
 """A ``health`` object is stale after ``max(3 * interval_s, STALE_FLOOR_S)`` seconds."""
 DEFAULT_MAX_LAG_S = 10.0
 """The lag bound when neither ``--max-lag`` nor the status file gives one."""
+CHARON_SILENT_S = 5.0
+"""charon's ha plugin sends a STATUS every ``heartbeat_delay`` (1 s by default): this
+much silence means charon (or its plugin) is down."""
 
 
 def _number(value: Any) -> float | None:
@@ -79,6 +84,7 @@ def not_ready_reasons(
         for addr, probe in sorted(stores.items()):
             error = probe.get("error") if isinstance(probe, Mapping) else None
             reasons.append(f"store unreachable: {addr}: {error or 'no answer'}")
+    reasons += _charon(status.get("ike"), age)
 
     role = status.get("role")
     if role == "active":
@@ -97,6 +103,19 @@ def not_ready_reasons(
     if role == "standby" and status.get("mode") == "hot" and up:
         reasons += _missing_state(health, up)
     return reasons
+
+
+def _charon(ike: Any, age: float) -> list[str]:
+    """With ``[ike]``: is charon's ha plugin talking to the relay?"""
+    if not isinstance(ike, Mapping):
+        return []
+    silent = _number(ike.get("silent_s"))
+    if silent is None:
+        return ["charon down: its ha plugin never reached the relay (is charon running with "
+                "the ha plugin, remote = the relay's address?)"]  # fmt: skip
+    if silent + age > CHARON_SILENT_S:
+        return [f"charon down: nothing from its ha plugin for {silent + age:.0f} s"]
+    return []
 
 
 def _missing_state(health: Mapping[str, Any], up: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -121,4 +140,4 @@ def _missing_state(health: Mapping[str, Any], up: Mapping[str, Mapping[str, Any]
     ]
 
 
-__all__ = ["DEFAULT_MAX_LAG_S", "STALE_FLOOR_S", "not_ready_reasons"]
+__all__ = ["CHARON_SILENT_S", "DEFAULT_MAX_LAG_S", "STALE_FLOOR_S", "not_ready_reasons"]

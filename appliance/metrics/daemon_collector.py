@@ -169,6 +169,7 @@ class DaemonCollector:
 
         yield from self._store_clients()
         yield from self._kernel(d)
+        yield from self._ike(d, sid)
 
     # -- parts ---------------------------------------------------------------------
 
@@ -266,6 +267,34 @@ class DaemonCollector:
         held = {} if guard is None or guard.held_spis is None else {(): guard.held_spis}
         yield _gauge("ipsec_ha_ondemand_held_spis", "SPIs in the guard's held set.", [],
                      held)  # fmt: skip
+
+    @staticmethod
+    def _ike(d: Any, sid: str) -> Iterator[Metric]:
+        """With ``[ike]``: what the relay of charon's ha plugin holds and did."""
+        ike = getattr(d, "ike", None)
+        if ike is None:
+            return
+        st = ike.status()
+        key = (sid,)
+        yield _gauge("ipsec_ha_ike_sas", "IKE SAs charon reported through its ha plugin (the "
+                     "relay's book).", ["server_id"], {key: st["ike_sas"]})  # fmt: skip
+        yield _gauge("ipsec_ha_ike_child_sas", "CHILD SAs of those IKE SAs.", ["server_id"],
+                     {key: st["child_sas"]})  # fmt: skip
+        yield _gauge("ipsec_ha_ike_book_complete", "1 once the relay saw charon start: it "
+                     "knows every IKE SA charon holds.", ["server_id"],
+                     {key: 1 if st["complete"] else 0})  # fmt: skip
+        datagrams = {(sid, "received"): st["received"]}
+        datagrams.update({(sid, f"dropped: {why}"): n for why, n in st["dropped"].items()})
+        yield _counter("ipsec_ha_ike_datagrams", "Datagrams from charon's ha plugin: received, "
+                       "and dropped by reason.", ["server_id", "result"],
+                       datagrams)  # fmt: skip
+        yield _counter("ipsec_ha_ike_records_published", "IKE SA records and deletions sent to "
+                       "the stores while active.", ["server_id"],
+                       {key: st["published"]})  # fmt: skip
+        silent = {} if st["silent_s"] is None else {key: st["silent_s"]}
+        yield _gauge("ipsec_ha_ike_charon_silent_seconds", "Seconds since charon's ha plugin "
+                     "last sent anything (it sends a heartbeat every second).", ["server_id"],
+                     silent)  # fmt: skip
 
     def _live(self, what: str, read: Callable[[], Any]) -> Any:
         """``read()``, or None with one warning per kind of failure (a scrape goes on)."""

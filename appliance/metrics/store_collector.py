@@ -144,6 +144,11 @@ class StoreServerCollector:
             "Policies stored per server ID.",
             labels=["server_id"],
         )
+        ike_sas = GaugeMetricFamily(
+            "ipsec_ha_store_server_ike_sas",
+            "IKE SAs stored per server ID (a node relaying charon's IKE state).",
+            labels=["server_id"],
+        )
         epoch = GaugeMetricFamily(
             "ipsec_ha_store_server_epoch",
             "The owner epoch of each server ID.",
@@ -152,8 +157,9 @@ class StoreServerCollector:
         for s in self.server_stats() or ():
             sas.add_metric([s.server_id], s.sas)
             policies.add_metric([s.server_id], s.policies)
+            ike_sas.add_metric([s.server_id], s.ike_sas)
             epoch.add_metric([s.server_id], s.epoch)
-        yield from (sas, policies, epoch)
+        yield from (sas, policies, ike_sas, epoch)
 
     def server_stats(self) -> tuple[ServerStats, ...] | None:
         """Every server ID's counts, at most ``max_age_s`` old when the backend answers.

@@ -7,11 +7,15 @@ IP address or an FQDN), the IPsec state that gateway deposited:
 
 * SAs, indexed by ``(SPI, destination, protocol)`` (:class:`SaKey`), each with
   its canonical serialisation (opaque bytes from :mod:`appliance.model`), its
-  latest replay state (updated on its own, frequently), a reserved slot for
-  the IKE SA it belongs to, and the IDs of the SPD entries that belong to it;
+  latest replay state (updated on its own, frequently), and the IDs of the
+  SPD entries that belong to it;
 * SPD entries (policies), identified within their server by a caller-given
   ``policy_id`` and stored as opaque canonical bytes.  A policy can belong to
-  several SAs (rekeying keeps two SAs on one policy) or to none (bulk state).
+  several SAs (rekeying keeps two SAs on one policy) or to none (bulk state);
+* IKE SAs (:class:`IkeSaRecord`), identified within their server by their two
+  IKE SPIs, each with the SPIs of its CHILD SAs (so that a lookup by an SA's
+  SPI finds the IKE SA it belongs to) and an opaque record (the IKE state, key
+  material included: ``appliance.strongswan.ike_record``).
 
 The store never decodes entries: it only needs the index keys the caller
 passes with them.  Three rules hold in every backend:
@@ -55,6 +59,8 @@ MAX_POLICY_ID_LEN = 32
 MAX_CURSOR_LEN = 64
 #: Largest single entry we accept, a sanity bound far above any XFRM state.
 MAX_ENTRY_LEN = 64 * 1024
+#: Most CHILD SA SPIs one IKE SA record may name (the wire counts them in 16 bits).
+MAX_CHILD_SPIS = 1024
 #: Largest epoch: SQLite integers are signed 64-bit, so epochs stop at 2**63 - 1.
 MAX_EPOCH = 2**63 - 1
 #: Largest raise of a server ID's epoch by one claim or write (see :func:`check_epoch_raise`).
@@ -288,8 +294,6 @@ class SaPut:
     key: SaKey
     entry: bytes
     policies: tuple[PolicyRecord, ...] = ()
-    ike_sa: bytes | None = None
-    """Reserved: the IKE SA this SA belongs to, once the IKE state is stored."""
     replay: bytes | None = None
     """The replay state at the time of the write, if the caller has a newer one than ``entry``."""
 
@@ -303,20 +307,39 @@ class SaRecord:
     policy_ids: tuple[bytes, ...]
     replay: bytes | None = None
     """The latest replay state sent with :meth:`SaStore.update_replay` (None: only ``entry``)."""
-    ike_sa: bytes | None = None
     unreadable: str | None = None
     """Why the stored record could not be read back (then ``entry`` is empty): a bulk
     retrieval reports that SA in its place instead of failing the whole server ID."""
 
 
+IkeSpis = tuple[int, int]
+"""An IKE SA's identity: (initiator's SPI, responder's SPI), each 64 bits."""
+
+
+@dataclass(frozen=True)
+class IkeSaRecord:
+    """One IKE SA as stored: its SPIs, its CHILD SAs' SPIs, and its opaque record."""
+
+    spis: IkeSpis
+    child_spis: tuple[int, ...]
+    """The SPIs (inbound and outbound, 32 bits each) of the CHILD SAs it holds, in the
+    caller's order: a lookup by one of them (:meth:`SaStore.get_by_spi`) finds this IKE SA."""
+    record: bytes
+    """The IKE state; key material (sealed at rest, never logged)."""
+    unreadable: str | None = None
+    """As :attr:`SaRecord.unreadable`: why a stored record could not be read back."""
+
+
 @dataclass(frozen=True)
 class SaLookup:
-    """The answer to a lookup by SPI: the SA, its owner and its SPD entries."""
+    """The answer to a lookup by SPI: the SA, its owner, its SPD entries and IKE SA."""
 
     server_id: str
     epoch: int
     sa: SaRecord
     policies: tuple[PolicyRecord, ...]
+    ike_sa: IkeSaRecord | None = None
+    """The server ID's IKE SA that names the SA's SPI among its CHILD SAs, if any."""
 
 
 @dataclass(frozen=True)
@@ -329,6 +352,8 @@ class Page:
     cursor: bytes | None
     revision: int = 0
     """The server ID's revision when the page was read (see :meth:`SaStore.get_changes`)."""
+    ike_sas: tuple[IkeSaRecord, ...] = ()
+    """IKE SAs; a walk gives every SA, then every policy, then every IKE SA."""
 
 
 @dataclass(frozen=True)
@@ -350,6 +375,8 @@ class ChangePage:
     removed_sas: tuple[SaKey, ...]
     removed_policies: tuple[bytes, ...]
     cursor: bytes | None
+    ike_sas: tuple[IkeSaRecord, ...] = ()
+    removed_ike_sas: tuple[IkeSpis, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -360,6 +387,7 @@ class ServerStats:
     epoch: int
     sas: int
     policies: int
+    ike_sas: int = 0
 
 
 @dataclass(frozen=True)
@@ -475,8 +503,6 @@ def check_put(sas: Sequence[SaPut], policies: Sequence[PolicyRecord]) -> None:
             raise InvalidRequestError(f"SA {sa.key} appears twice in one batch")
         seen.add(sa.key)
         _check_blob(_Label("SA {} entry", sa.key), sa.entry)
-        if sa.ike_sa is not None:
-            _check_blob(_Label("SA {} IKE SA", sa.key), sa.ike_sa)
         if sa.replay is not None:
             _check_blob(_Label("SA {} replay state", sa.key), sa.replay)
         if not sa.entry:
@@ -495,6 +521,33 @@ def check_policy(pol: PolicyRecord) -> None:
         raise InvalidRequestError(f"policy {pol.policy_id.hex()[:32]} entry is empty")
 
 
+def _check_spis(spis: object) -> str:
+    """``spis`` as the error messages show it; InvalidRequestError if it is not two 64-bit SPIs."""
+    if not (
+        isinstance(spis, tuple)
+        and len(spis) == 2
+        and all(type(s) is int and 0 <= s < 1 << 64 for s in spis)
+        and spis != (0, 0)
+    ):
+        raise InvalidRequestError(f"IKE SA SPIs must be two 64-bit integers, not {spis!r}")
+    return f"{spis[0]:016x}_i {spis[1]:016x}_r"
+
+
+def check_ike_sa(ike: IkeSaRecord) -> None:
+    label = _check_spis(ike.spis)
+    if not isinstance(ike.child_spis, tuple) or len(ike.child_spis) > MAX_CHILD_SPIS:
+        raise InvalidRequestError(
+            f"IKE SA {label}: at most {MAX_CHILD_SPIS} CHILD SA SPIs, as a tuple"
+        )
+    if not all(type(s) is int and 0 < s < 1 << 32 for s in ike.child_spis):
+        raise InvalidRequestError(f"IKE SA {label}: CHILD SA SPIs must be 1..2**32-1")
+    if len(set(ike.child_spis)) != len(ike.child_spis):
+        raise InvalidRequestError(f"IKE SA {label}: a CHILD SA SPI appears twice")
+    _check_blob(_Label("IKE SA {} record", label), ike.record)
+    if not ike.record:
+        raise InvalidRequestError(f"IKE SA {label}: record is empty")
+
+
 @dataclass(frozen=True)
 class Batch:
     """Everything one SA_Stor message changes; applied as one transaction."""
@@ -506,9 +559,22 @@ class Batch:
     delete_policies: tuple[bytes, ...] = ()
     replay: tuple[tuple[SaKey, bytes], ...] = ()
     """Replay-state-only updates of SAs already stored."""
+    ike_sas: tuple[IkeSaRecord, ...] = ()
+    """IKE SAs to store; each replaces the stored one with the same SPIs."""
+    delete_ike_sas: tuple[IkeSpis, ...] = ()
 
     def __bool__(self) -> bool:
-        return any((self.puts, self.policies, self.delete_sas, self.delete_policies, self.replay))
+        return any(
+            (
+                self.puts,
+                self.policies,
+                self.delete_sas,
+                self.delete_policies,
+                self.replay,
+                self.ike_sas,
+                self.delete_ike_sas,
+            )
+        )
 
 
 def check_batch(batch: Batch) -> None:
@@ -537,6 +603,16 @@ def check_batch(batch: Batch) -> None:
         _check_blob(_Label("SA {} replay state", key), replay)
         if not replay:
             raise InvalidRequestError(f"SA {key} replay state is empty")
+    ike_seen: set[IkeSpis] = set()
+    for ike in batch.ike_sas:
+        check_ike_sa(ike)
+        if ike.spis in ike_seen:
+            raise InvalidRequestError(f"IKE SA {_check_spis(ike.spis)} appears twice in one batch")
+        ike_seen.add(ike.spis)
+    for spis in batch.delete_ike_sas:
+        label = _check_spis(spis)
+        if spis in ike_seen:
+            raise InvalidRequestError(f"IKE SA {label} is both stored and deleted in one batch")
 
 
 class SaStore(abc.ABC):
@@ -566,7 +642,8 @@ class SaStore(abc.ABC):
 
     @abc.abstractmethod
     def apply(self, server_id: str, epoch: int, batch: Batch) -> None:
-        """Apply one message's changes atomically: deletes, then puts, then replay updates.
+        """Apply one message's changes atomically: deletes, then puts (SAs, policies, IKE
+        SAs), then replay updates.
 
         Raises :class:`StaleEpochError`, :class:`SpiCollisionError` (an SA key
         of another server), :class:`NotFoundError` (a replay update for an SA
@@ -607,6 +684,14 @@ class SaStore(abc.ABC):
         """This server's SA keys with this SPI and protocol (a wire Delete names no address)."""
 
     @abc.abstractmethod
+    def ike_sa_cursor(self, spis: IkeSpis) -> bytes:
+        """The cursor that resumes a page walk after this IKE SA."""
+
+    def removed_ike_sa_cursor(self, spis: IkeSpis) -> bytes:
+        """The cursor that resumes a change walk after this removed IKE SA."""
+        return b"R" + self.ike_sa_cursor(spis)
+
+    @abc.abstractmethod
     def sa_cursor(self, key: SaKey) -> bytes:
         """The cursor that resumes a page walk after this SA."""
 
@@ -624,7 +709,8 @@ class SaStore(abc.ABC):
 
     @abc.abstractmethod
     def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
-        """One page of the server's SAs, then of its policies; pass ``cursor`` on."""
+        """One page of the server's SAs, then of its policies, then of its IKE SAs;
+        pass ``cursor`` on."""
 
     @abc.abstractmethod
     def revision(self, server_id: str) -> int:
@@ -649,7 +735,8 @@ class SaStore(abc.ABC):
 
     @abc.abstractmethod
     def get_by_spi(self, key: SaKey) -> SaLookup | None:
-        """The SA with this key, its owner and its SPD entries; None if absent."""
+        """The SA with this key, its owner, its SPD entries and the owner's IKE SA that
+        names ``key.spi`` among its CHILD SAs; None if the SA is absent."""
 
     @abc.abstractmethod
     def stats(self) -> StoreStats:

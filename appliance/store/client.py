@@ -44,6 +44,8 @@ from appliance.store._convert import UndecodableEntryError as UndecodableEntryEr
 from appliance.store.base import (
     EpochLimitError,
     FetchCancelled,
+    IkeSaRecord,
+    IkeSpis,
     InvalidRequestError,
     NotFoundError,
     RevisionGoneError,
@@ -162,7 +164,8 @@ class RetrievedState:
     spd_entries: list[bytes] = field(default_factory=list)
     replay: dict[SaKey, ReplayStatePayload] = field(default_factory=dict)
     """The latest replay state sent for an SA since its last full store."""
-    ike_sa: dict[SaKey, bytes] = field(default_factory=dict)
+    ike_sas: dict[IkeSpis, IkeSaRecord] = field(default_factory=dict)
+    """The server ID's IKE SAs (protocol.md 4.6), by their SPIs."""
     pages: int = 0
     skipped: list[str] = field(default_factory=list)
     """One line per entry left out by ``convert`` (its index and SPI or policy index, why)."""
@@ -178,6 +181,8 @@ class RetrievedState:
     """Changes only (``StoreClient.get_changes``): SAs removed after the asked revision."""
     removed_policies: list[bytes] = field(default_factory=list)
     """Changes only: the store's IDs of SPD entries removed after the asked revision."""
+    removed_ike_sas: list[IkeSpis] = field(default_factory=list)
+    """Changes only: IKE SAs removed after the asked revision."""
     _sad: list[SadEntry] | None = field(default=None, repr=False)
     _spd: list[SpdEntry] | None = field(default=None, repr=False)
 
@@ -278,7 +283,8 @@ class SaAnswer:
     sad: SadEntry
     spd: list[SpdEntry]
     replay: ReplayStatePayload | None
-    ike_sa: bytes | None
+    ike_sa: IkeSaRecord | None
+    """The owner's IKE SA that names this SA's SPI among its CHILD SAs, if stored."""
 
 
 def policies_for(sa: SadEntry, spd: Iterable[SpdEntry]) -> list[SpdEntry]:
@@ -617,8 +623,8 @@ class StoreClient:
             size = sum(encoded_payload_length(p) for p in group)
             if size > budget:
                 raise InvalidRequestError(
-                    f"one SA with its policies takes {size} bytes, more than a "
-                    f"{self.max_datagram}-byte datagram holds; raise max_datagram"
+                    f"one entry (an SA with its policies, or an IKE SA) takes {size} bytes, "
+                    f"more than a {self.max_datagram}-byte datagram holds; raise max_datagram"
                 )
             if current and used + size > budget:
                 messages.append(head + current)
@@ -659,6 +665,31 @@ class StoreClient:
         # Policies without an SA go first in their message, before any SAD entry.
         standalone = [[conv.spd_to_payload(p)] for p in spd if id(p) not in used]
         messages = self._pack(server_id, epoch, standalone) + self._pack(server_id, epoch, groups)
+        self._store_messages(messages)
+        return len(messages)
+
+    def put_ike_sas(
+        self,
+        server_id: str,
+        epoch: int,
+        ike_sas: Sequence[IkeSaRecord] = (),
+        removed: Sequence[IkeSpis] = (),
+    ) -> int:
+        """Store IKE SAs (each replaces the stored one with its SPIs) and delete others.
+
+        The deletions go last, so that a rekeyed IKE SA's successor is stored
+        before the IKE SA it replaces is deleted.  Each datagram is one
+        transaction; returns the number of SA_Stor messages sent.
+        """
+        both = {i.spis for i in ike_sas} & set(removed)
+        if both:
+            raise InvalidRequestError(f"IKE SAs {sorted(both)} are both stored and deleted")
+        groups: list[list[Payload]] = [
+            [IkeSaPayload(*i.spis, i.child_spis, i.record)] for i in ike_sas
+        ]
+        # 16 octets each: in Delete payloads of 64 (1 kB), that any datagram holds.
+        groups += [[Delete.for_ike_sas(removed[i : i + 64])] for i in range(0, len(removed), 64)]
+        messages = self._pack(server_id, epoch, groups)
         self._store_messages(messages)
         return len(messages)
 
@@ -716,7 +747,7 @@ class StoreClient:
         return len(messages)
 
     def get_server(self, server_id: str, stop: Callable[[], bool] | None = None) -> RetrievedState:
-        """Every SA and policy stored under ``server_id`` (all pages).
+        """Every SA, policy and IKE SA stored under ``server_id`` (all pages).
 
         ``stop`` is asked before each page after the first; when it answers
         True the retrieval ends with ``FetchCancelled`` (a hot standby's
@@ -768,11 +799,8 @@ class StoreClient:
                     state.spd_entries.append(conv.ENTRY_FORMAT_WIRE_V1 + p.stored())
                 elif isinstance(p, ReplayStatePayload):
                     state.replay[conv.key_of_replay(p)] = p
-                elif isinstance(p, IkeSaPayload) and last is not None:
-                    # An SA that does not decode is skipped by convert(), its IKE SA with it.
-                    with contextlib.suppress(StoreError, WireError):
-                        sad = conv.sad_payload_from_entry(conv.ENTRY_FORMAT_WIRE_V1 + last.body)
-                        state.ike_sa[conv.sa_key_of_payload(sad)] = p.data
+                elif isinstance(p, IkeSaPayload):
+                    state.ike_sas[p.spis] = IkeSaRecord(p.spis, p.child_spis, p.record)
                 elif isinstance(p, EpochPayload):
                     state.epoch = p.epoch
                 elif isinstance(p, RevisionPayload):
@@ -784,13 +812,17 @@ class StoreClient:
                         state.removed_sas.append(
                             conv.raw_sa_key(p.spi, p.family, p.daddr, p.protocol)
                         )
+                    elif p.kind == RemovedKind.IKE_SA:
+                        state.removed_ike_sas.append(p.ike_spis)
                     else:
                         state.removed_policies.append(p.policy_id)
                 elif isinstance(p, PagePayload):
                     next_cursor = p.cursor
                 elif isinstance(p, Notify) and p is not status_notify:
-                    # An SA the store could not read back, reported in its place.
+                    # An SA (or IKE SA) the store could not read back, reported in its place.
                     spi = "an SA" if p.spi is None else f"SA spi 0x{p.spi:08x}"
+                    if p.protocol_id == ProtocolId.IKE:
+                        spi = "an IKE SA"
                     state.unreadable.append(f"{spi}: {p.text or p.status}")
             if not raw.more or next_cursor is None:
                 return state
@@ -847,7 +879,7 @@ class StoreClient:
             model_sa,
             model_spd,
             response.first(ReplayStatePayload),
-            None if ike is None else ike.data,
+            None if ike is None else IkeSaRecord(ike.spis, ike.child_spis, ike.record),
         )
 
 

@@ -5,20 +5,36 @@ We talk to etcd through its v3 JSON gateway (``POST /v3/kv/range``,
 dependency, a persistent connection per endpoint, and the whole protocol we
 need is four JSON calls.
 
-Key layout (all under :data:`PREFIX`; ``<sa>`` is ``<proto:03d>/<dst>/<spi:08x>``)::
+Key layout (all under :data:`PREFIX`; ``<sa>`` is ``<proto:03d>/<dst>/<spi:08x>``, ``<ike>``
+an IKE SA's SPIs ``<initiator's:016x><responder's:016x>``)::
 
     /ipsec-ha/schema                                  "1"  (the layout version)
     /ipsec-ha/v1/epoch/<server_id>                    decimal owner epoch
     /ipsec-ha/v1/sa/<sa>                              owner server ID (the SPI index)
-    /ipsec-ha/v1/server/<id>/sa/<sa>                  JSON {entry, ike_sa, policies: [hex id]}
+    /ipsec-ha/v1/server/<id>/sa/<sa>                  JSON {entry, policies: [hex id]}
     /ipsec-ha/v1/server/<id>/replay/<sa>              latest replay state (raw bytes)
     /ipsec-ha/v1/server/<id>/policy/<hex id>          SPD entry (raw bytes)
+    /ipsec-ha/v1/server/<id>/ike/<ike>                JSON {children: [CHILD SA SPI], record}
+    /ipsec-ha/v1/server/<id>/ike_child/<spi:08x>/<ike>
+                                                      "" (the CHILD SA SPI index of the IKE SAs)
     /ipsec-ha/v1/server/<id>/revision                 epoch of the write; its mod_revision is the
                                                       server's revision
     /ipsec-ha/v1/server/<id>/removed/sa/<sa>          epoch of the write that deleted the SA, at
                                                       the marker's mod_revision
     /ipsec-ha/v1/server/<id>/removed/policy/<hex id>  likewise for a policy
+    /ipsec-ha/v1/server/<id>/removed/ike/<ike>        likewise for an IKE SA
     /ipsec-ha/v1/server/<id>/horizon                  decimal: removals up to it are forgotten
+
+An SA record written before IKE SAs were kept on their own also holds an
+``ike_sa`` field (the SA's former, reserved IKE SA slot); it is ignored.  An IKE SA's ``ike_child``
+keys are written and deleted in the transaction that stores or deletes it,
+one per CHILD SA SPI it names (a key per pair, not one per SPI, so two IKE
+SAs of a server naming one SPI do not overwrite each other's): a lookup by
+SPI reads the IKE SA through a one-prefix range, never a scan of the IKE SAs.
+Storing an IKE SA costs one operation plus one per CHILD SA SPI it adds or
+drops, deleting one two plus one per CHILD SA SPI it named (within
+etcd's ``--max-txn-ops``, as for SAs).  A change walk since revision 0 names
+no removed IKE SA (no caller can hold one of revision 0).
 
 The change feed is etcd's own MVCC: a server ID's revision is the etcd
 revision of its last write that changed something (the ``revision`` key is
@@ -32,11 +48,11 @@ page costs a scan of the keys after its cursor).  A write that stores an SA
 also writes or deletes its replay key, so a changed record's replay state
 is among the changed keys.
 
-A deletion leaves no key, so each write that deletes an existing SA or
-policy puts a removal marker in the same transaction.  Storing the entry
-again leaves its marker (a write costs no extra operation per entry, within
-etcd's ``--max-txn-ops``): a change walk skips a marker whose entry is
-stored, as that entry's newer key is reported as a change.  At most
+A deletion leaves no key, so each write that deletes an existing SA,
+policy or IKE SA puts a removal marker in the same transaction.  Storing
+the entry again leaves its marker (a write costs no extra operation per
+entry, within etcd's ``--max-txn-ops``): a change walk skips a marker whose
+entry is stored, as that entry's newer key is reported as a change.  At most
 :attr:`~appliance.store.base.SaStore.removal_history` markers are kept per
 server ID; the oldest are deleted with the ``horizon`` raised in the same
 transaction, and changes after a revision below the horizon are gone.  The
@@ -47,9 +63,11 @@ their next write.
 Every write is one optimistic transaction: read the epoch and the owners of
 the SA keys, check them (stale epoch, SPI collision), then one ``Txn`` that
 compares exactly what was read and applies every put/delete only if nothing
-changed; a lost race is re-read and re-checked.  Retrying a write whose
-answer was lost (a member died) is safe: the same write compares equal again
-and rewrites the same values.
+changed; a lost race is re-read and re-checked.  A write that stores or
+deletes IKE SAs also reads (and pins, by ``mod_revision``) their stored
+records, whose CHILD SA SPIs say which ``ike_child`` keys to delete.
+Retrying a write whose answer was lost (a member died) is safe: the same
+write compares equal again and rewrites the same values.
 """
 
 from __future__ import annotations
@@ -71,6 +89,8 @@ from appliance.store.base import (
     MAX_CURSOR_LEN,
     Batch,
     ChangePage,
+    IkeSaRecord,
+    IkeSpis,
     Page,
     PolicyRecord,
     SaKey,
@@ -150,20 +170,44 @@ def _horizon_key(server_id: str) -> str:
     return f"{_server_prefix(server_id)}horizon"
 
 
+def _ike_path(spis: IkeSpis) -> str:
+    return f"{spis[0]:016x}{spis[1]:016x}"
+
+
+def _ike_from_path(path: str) -> IkeSpis:
+    return int(path[:16], 16), int(path[16:], 16)
+
+
+def _ike_child_key(server_id: str, child_spi: int, spis: IkeSpis) -> str:
+    return f"{_server_prefix(server_id)}ike_child/{child_spi:08x}/{_ike_path(spis)}"
+
+
 #: Where each phase of a page walk reads under a server's prefix, by its cursor tag.  A
-#: cursor is the tag and the last entry returned (SA path, raw policy ID); the tag alone
-#: starts that phase.  A state walk has phases S and P; a change walk all four (the tags
-#: of removals are those of :meth:`~appliance.store.base.SaStore.removed_sa_cursor`).
-_PHASE_KEYS = {b"S": "sa/", b"P": "policy/", b"RS": "removed/sa/", b"RP": "removed/policy/"}
-_STATE_PHASES = (b"S", b"P")
-_CHANGE_PHASES = (b"S", b"P", b"RS", b"RP")
-_POLICY_PHASES = (b"P", b"RP")
+#: cursor is the tag and the last entry returned (SA path, raw policy ID, the 16 bytes
+#: of an IKE SA's SPIs); the tag alone starts that phase.  A state walk has phases S, P
+#: and I; a change walk all six (the tags of removals are those of
+#: :meth:`~appliance.store.base.SaStore.removed_sa_cursor` and its siblings).
+_PHASE_KEYS = {
+    b"S": "sa/",
+    b"P": "policy/",
+    b"I": "ike/",
+    b"RS": "removed/sa/",
+    b"RP": "removed/policy/",
+    b"RI": "removed/ike/",
+}
+_STATE_PHASES = (b"S", b"P", b"I")
+#: What :class:`~appliance.store.base.ServerStats` counts: SAs, policies, IKE SAs.
+_COUNTED = ("sa/", "policy/", "ike/")
+_CHANGE_PHASES = (b"S", b"P", b"I", b"RS", b"RP", b"RI")
+#: Phases whose cursor holds raw bytes, and whose key suffix is their hex.
+_HEX_PHASES = (b"P", b"RP", b"I", b"RI")
+_IKE_PHASES = (b"I", b"RI")
 #: The phase of the entries that each removal phase's markers name.
-_REMOVAL_PHASES = {b"RS": b"S", b"RP": b"P"}
+_REMOVAL_PHASES = {b"RS": b"S", b"RP": b"P", b"RI": b"I"}
 
 
 def _encode_cursor(tag: bytes, suffix: str) -> bytes:
-    return tag + (bytes.fromhex(suffix) if tag in _POLICY_PHASES else suffix.encode())
+    return tag + (bytes.fromhex(suffix) if tag in _HEX_PHASES else suffix.encode())
 
 
 def _decode_cursor(cursor: bytes, tags: tuple[bytes, ...]) -> tuple[bytes, str]:
@@ -173,7 +217,9 @@ def _decode_cursor(cursor: bytes, tags: tuple[bytes, ...]) -> tuple[bytes, str]:
     try:
         if len(cursor) > MAX_CURSOR_LEN or tag not in tags:
             raise ValueError
-        if tag in _POLICY_PHASES:
+        if tag in _IKE_PHASES and len(rest) not in (0, 16):
+            raise ValueError
+        if tag in _HEX_PHASES:
             return tag, rest.hex()
         suffix = rest.decode("ascii")
         if suffix:
@@ -184,14 +230,22 @@ def _decode_cursor(cursor: bytes, tags: tuple[bytes, ...]) -> tuple[bytes, str]:
 
 
 def _sa_record(key: SaKey, raw: bytes, replay: bytes | None) -> SaRecord:
+    # An "ike_sa" field (values written before IKE SAs had their own keys) is ignored.
     rec = json.loads(raw)
     return SaRecord(
-        key,
-        _unb64(rec["entry"]),
-        tuple(bytes.fromhex(h) for h in rec["policies"]),
-        replay,
-        None if rec["ike_sa"] is None else _unb64(rec["ike_sa"]),
+        key, _unb64(rec["entry"]), tuple(bytes.fromhex(h) for h in rec["policies"]), replay
     )
+
+
+def _ike_value(ike: IkeSaRecord) -> str:
+    return json.dumps(
+        {"children": list(ike.child_spis), "record": _b64(ike.record)}, separators=(",", ":")
+    )
+
+
+def _ike_record(path: str, raw: bytes) -> IkeSaRecord:
+    rec = json.loads(raw)
+    return IkeSaRecord(_ike_from_path(path), tuple(rec["children"]), _unb64(rec["record"]))
 
 
 def _put(key: str, value: str | bytes) -> Json:
@@ -421,7 +475,16 @@ class EtcdClient:
 
         ``keys_only``: which keys exist (every value empty).
         """
-        out: dict[str, bytes] = {}
+        return {
+            _unb64(kv["key"]).decode(): _unb64(kv.get("value"))
+            for kv in self.get_kvs(keys, revision, keys_only)
+        }
+
+    def get_kvs(
+        self, keys: Iterable[str], revision: int = 0, keys_only: bool = False
+    ) -> list[Json]:
+        """As :meth:`get_many`, but etcd's key-values (with their ``mod_revision``)."""
+        out: list[Json] = []
         keys = list(keys)
         extra: dict[str, Any] = {"revision": str(revision)} if revision else {}
         if keys_only:
@@ -429,7 +492,7 @@ class EtcdClient:
         for i in range(0, len(keys), _READ_CHUNK):
             resp = self.txn([], [_range(k, **extra) for k in keys[i : i + _READ_CHUNK]])
             for r in resp.get("responses", []):
-                out.update(_kvs(r["response_range"]))
+                out.extend(r["response_range"].get("kvs", []))
         return out
 
     def history(self, key: str, range_end: str, since: int, until: int) -> dict[str, bool]:
@@ -530,22 +593,38 @@ class EtcdStore(SaStore):
     # -- helpers ----------------------------------------------------------------
 
     def _read_state(
-        self, server_id: str, keys: Sequence[SaKey], policy_ids: Sequence[bytes]
-    ) -> tuple[int | None, dict[SaKey, str], set[bytes]]:
-        """The epoch, the owners of ``keys`` and which of ``policy_ids`` the server has."""
+        self,
+        server_id: str,
+        keys: Sequence[SaKey],
+        policy_ids: Sequence[bytes],
+        ike_spis: Sequence[IkeSpis] = (),
+    ) -> tuple[int | None, dict[SaKey, str], set[bytes], dict[IkeSpis, tuple[int, IkeSaRecord]]]:
+        """The epoch, the owners of ``keys``, which of ``policy_ids`` the server has, and
+        its stored IKE SAs of ``ike_spis`` with their ``mod_revision`` (to pin them)."""
         prefix = _server_prefix(server_id)
-        values = self._etcd.get_many(
+        kvs = self._etcd.get_kvs(
             [
                 _epoch_key(server_id),
                 *(_owner_key(k) for k in keys),
                 *(f"{prefix}policy/{p.hex()}" for p in policy_ids),
+                *(f"{prefix}ike/{_ike_path(s)}" for s in ike_spis),
             ]
         )
-        raw_epoch = values.get(_epoch_key(server_id))
-        epoch = None if raw_epoch is None else int(raw_epoch)
-        owners = {k: values[_owner_key(k)].decode() for k in keys if _owner_key(k) in values}
+        values = {_unb64(kv["key"]).decode(): kv for kv in kvs}
+
+        def value(key: str) -> bytes:
+            return _unb64(values[key].get("value"))
+
+        epoch = int(value(_epoch_key(server_id))) if _epoch_key(server_id) in values else None
+        owners = {k: value(_owner_key(k)).decode() for k in keys if _owner_key(k) in values}
         present = {p for p in policy_ids if f"{prefix}policy/{p.hex()}" in values}
-        return epoch, owners, present
+        ikes = {}
+        for spis in ike_spis:
+            key = f"{prefix}ike/{_ike_path(spis)}"
+            if key in values:
+                rec = _ike_record(_ike_path(spis), value(key))
+                ikes[spis] = (int(values[key]["mod_revision"]), rec)
+        return epoch, owners, present, ikes
 
     def _epoch_guard(
         self, server_id: str, current: int | None, epoch: int
@@ -618,9 +697,11 @@ class EtcdStore(SaStore):
         delete_pids = list(dict.fromkeys(batch.delete_policies))
         put_keys = [sa.key for sa in batch.puts]
         replay_keys = [k for k, _ in batch.replay]
+        delete_ikes = list(dict.fromkeys(batch.delete_ike_sas))
+        ike_spis = delete_ikes + [ike.spis for ike in batch.ike_sas]
         for _ in range(_MAX_RACE_RETRIES):
-            current, owners, present_pids = self._read_state(
-                server_id, put_keys + delete_sas + replay_keys, delete_pids
+            current, owners, present_pids, stored_ikes = self._read_state(
+                server_id, put_keys + delete_sas + replay_keys, delete_pids, ike_spis
             )
             compare, ops = self._epoch_guard(server_id, current, epoch)
             compare += self._owner_guard(server_id, put_keys, owners, "put")
@@ -649,12 +730,17 @@ class EtcdStore(SaStore):
                     removals += 1
                 else:
                     compare.append(_absent(key))
+            ike_compare, ike_ops, ike_removals = self._ike_writes(
+                server_id, epoch, batch, delete_ikes, stored_ikes
+            )
+            compare += ike_compare
+            ops += ike_ops
+            removals += ike_removals
             pols: dict[bytes, bytes] = {p.policy_id: p.entry for p in batch.policies}
             for sa in batch.puts:
                 path = _sa_path(sa.key)
                 record = {
                     "entry": _b64(sa.entry),
-                    "ike_sa": None if sa.ike_sa is None else _b64(sa.ike_sa),
                     "policies": [p.policy_id.hex() for p in sa.policies],
                 }
                 ops.append(_put(_owner_key(sa.key), server_id))
@@ -667,7 +753,7 @@ class EtcdStore(SaStore):
                 pols.update((p.policy_id, p.entry) for p in sa.policies)
             ops += [_put(f"{prefix}policy/{pid.hex()}", entry) for pid, entry in pols.items()]
             ops += [_put(f"{prefix}replay/{_sa_path(k)}", r) for k, r in batch.replay]
-            if batch.puts or pols or batch.replay or removals:
+            if batch.puts or pols or batch.replay or batch.ike_sas or removals:
                 ops.append(_put(_revision_key(server_id), str(epoch)))
             if removals:
                 # Last, so that it counts this write's markers too.
@@ -682,6 +768,53 @@ class EtcdStore(SaStore):
                         self._forget_removals(server_id)
                 return
         raise store.StoreUnavailableError(f"server {server_id}: write kept losing races")
+
+    def _ike_writes(
+        self,
+        server_id: str,
+        epoch: int,
+        batch: Batch,
+        delete_ikes: Sequence[IkeSpis],
+        stored: dict[IkeSpis, tuple[int, IkeSaRecord]],
+    ) -> tuple[list[Json], list[Json], int]:
+        """The compares, operations and removal count of a batch's IKE SA deletes and puts.
+
+        Each IKE SA read is pinned (its ``mod_revision``, or its absence): its
+        stored CHILD SA SPIs say which ``ike_child`` keys go.  An index key both
+        stored and wanted is left alone (etcd refuses a key twice in one txn).
+        """
+        prefix = _server_prefix(server_id)
+        compare: list[Json] = []
+        ops: list[Json] = []
+        removals = 0
+        changes: list[tuple[IkeSpis, IkeSaRecord | None]] = [(s, None) for s in delete_ikes]
+        changes += [(ike.spis, ike) for ike in batch.ike_sas]
+        for spis, new in changes:
+            key = f"{prefix}ike/{_ike_path(spis)}"
+            old = stored.get(spis)
+            if old is None:
+                compare.append(_absent(key))
+                if new is None:
+                    continue  # deleting an absent IKE SA changes nothing
+                old_children: set[int] = set()
+            else:
+                compare.append(_unmodified(key, old[0]))
+                old_children = set(old[1].child_spis)
+            new_children = set() if new is None else set(new.child_spis)
+            ops += [
+                _delete(_ike_child_key(server_id, c, spis))
+                for c in sorted(old_children - new_children)
+            ]
+            ops += [
+                _put(_ike_child_key(server_id, c, spis), "")
+                for c in sorted(new_children - old_children)
+            ]
+            if new is None:
+                ops += [_delete(key), _put(f"{prefix}removed/ike/{_ike_path(spis)}", str(epoch))]
+                removals += 1
+            else:
+                ops.append(_put(key, _ike_value(new)))
+        return compare, ops, removals
 
     def _forget_removals(self, server_id: str) -> None:
         """Delete the oldest removal markers beyond :attr:`removal_history`, raising the horizon.
@@ -737,6 +870,9 @@ class EtcdStore(SaStore):
     def policy_cursor(self, policy_id: bytes) -> bytes:
         return b"P" + policy_id
 
+    def ike_sa_cursor(self, spis: IkeSpis) -> bytes:
+        return b"I" + spis[0].to_bytes(8, "big") + spis[1].to_bytes(8, "big")
+
     def _head(self, server_id: str) -> tuple[int, int, int, int]:
         """What a page is answered at: the etcd revision, the epoch, the revision, the horizon."""
         resp = self._etcd.txn(
@@ -766,33 +902,37 @@ class EtcdStore(SaStore):
             raise store.InvalidRequestError("page limit must be 1..10000")
         prefix = _server_prefix(server_id)
         phase, after = (b"S", "") if cursor is None else _decode_cursor(cursor, _STATE_PHASES)
-        sas: list[SaRecord] = []
         revision, epoch, server_revision, _ = self._head(server_id)
         at = {"revision": str(revision)}
-        if phase == b"S":
-            base = f"{prefix}sa/"
+        found: dict[bytes, list[tuple[str, bytes]]] = {tag: [] for tag in _STATE_PHASES}
+        next_cursor: bytes | None = None
+        for tag in _STATE_PHASES[_STATE_PHASES.index(phase) :]:
+            if limit == 0:
+                next_cursor = tag
+                break
+            base = prefix + _PHASE_KEYS[tag]
             start = base + after + "\x00" if after else base
             resp = self._etcd.range(start, _prefix_end(base), limit=str(limit), **at)
-            rows = _kvs(resp)
-            if rows:
-                rbase = f"{prefix}replay/"
-                first, last = rows[0][0][len(base) :], rows[-1][0][len(base) :]
-                replays = dict(_kvs(self._etcd.range(rbase + first, rbase + last + "\x00", **at)))
-                for key, raw in rows:
-                    path = key[len(base) :]
-                    sas.append(_sa_record(_sa_from_path(path), raw, replays.get(rbase + path)))
-            if resp.get("more"):
-                last_path = rows[-1][0][len(base) :]
-                return Page(epoch, tuple(sas), (), b"S" + last_path.encode(), server_revision)
-            phase, after, limit = b"P", "", limit - len(rows)
-            if limit == 0:
-                return Page(epoch, tuple(sas), (), b"P", server_revision)
-        base = f"{prefix}policy/"
-        start = base + after + "\x00" if after else base
-        resp = self._etcd.range(start, _prefix_end(base), limit=str(limit), **at)
-        pols = tuple(PolicyRecord(bytes.fromhex(k[len(base) :]), v) for k, v in _kvs(resp))
-        next_cursor = b"P" + pols[-1].policy_id if resp.get("more") and pols else None
-        return Page(epoch, tuple(sas), pols, next_cursor, server_revision)
+            found[tag] = [(key[len(base) :], value) for key, value in _kvs(resp)]
+            if resp.get("more") and found[tag]:
+                next_cursor = _encode_cursor(tag, found[tag][-1][0])
+                break
+            after, limit = "", limit - len(found[tag])
+        sas: list[SaRecord] = []
+        if found[b"S"]:
+            rbase = f"{prefix}replay/"
+            first, last = found[b"S"][0][0], found[b"S"][-1][0]
+            replays = dict(_kvs(self._etcd.range(rbase + first, rbase + last + "\x00", **at)))
+            for path, raw in found[b"S"]:
+                sas.append(_sa_record(_sa_from_path(path), raw, replays.get(rbase + path)))
+        return Page(
+            epoch,
+            tuple(sas),
+            tuple(PolicyRecord(bytes.fromhex(h), v) for h, v in found[b"P"]),
+            next_cursor,
+            server_revision,
+            tuple(_ike_record(h, v) for h, v in found[b"I"]),
+        )
 
     def get_changes(
         self, server_id: str, since: int, cursor: bytes | None = None, limit: int = 256
@@ -807,9 +947,15 @@ class EtcdStore(SaStore):
         found: dict[bytes, list[str]] = {tag: [] for tag in _CHANGE_PHASES}
         values: dict[str, bytes] = {}
         next_cursor: bytes | None = None
+        phases = _CHANGE_PHASES[_CHANGE_PHASES.index(phase) :]
+        if since == 0:
+            # The changes since 0 are the whole state: nobody holds an IKE SA of revision 0
+            # (every IKE write raises the revision).  SA and policy markers stay: a follower
+            # of a keyspace older than the change feed holds its state of revision 0.
+            phases = tuple(tag for tag in phases if tag != b"RI")
         walk = self._history_walk(server_id, since, revision) if 0 < since < revision else None
         if walk is not None:
-            for tag in _CHANGE_PHASES[_CHANGE_PHASES.index(phase) :]:
+            for tag in phases:
                 if limit == 0:
                     next_cursor = tag
                     break
@@ -824,14 +970,15 @@ class EtcdStore(SaStore):
             values.update(
                 self._etcd.get_many(
                     [f"{prefix}{kind}/{p}" for p in found[b"S"] for kind in ("sa", "replay")]
-                    + [f"{prefix}policy/{h}" for h in found[b"P"]],
+                    + [f"{prefix}policy/{h}" for h in found[b"P"]]
+                    + [f"{prefix}ike/{h}" for h in found[b"I"]],
                     at,
                 )
             )
         # Nothing under the prefix is newer than the revision key (0: maybe a keyspace older
         # than the change feed, so look).
         elif since < revision or revision == 0:
-            for tag in _CHANGE_PHASES[_CHANGE_PHASES.index(phase) :]:
+            for tag in phases:
                 if limit == 0:
                     next_cursor = tag
                     break
@@ -866,6 +1013,12 @@ class EtcdStore(SaStore):
             tuple(_sa_from_path(p) for p in found[b"RS"]),
             tuple(bytes.fromhex(h) for h in found[b"RP"]),
             next_cursor,
+            tuple(
+                _ike_record(h, values[f"{prefix}ike/{h}"])
+                for h in found[b"I"]
+                if f"{prefix}ike/{h}" in values
+            ),
+            tuple(_ike_from_path(h) for h in found[b"RI"]),
         )
 
     def _history_walk(
@@ -887,22 +1040,25 @@ class EtcdStore(SaStore):
         except HistoryUnavailable as exc:
             log.info("change feed of %s since %d: %s; walking the ranges", server_id, since, exc)
             return None
-        sas: dict[str, bool] = {}
-        policies: dict[str, bool] = {}
+        # Whether each entry of a phase (S, P, I) is there at ``revision``; other keys
+        # (markers, the IKE SAs' CHILD SPI index, the revision) are no entries.
+        entries: dict[bytes, dict[str, bool]] = {b"S": {}, b"P": {}, b"I": {}}
         for key, there in touched.items():
             kind, _, suffix = key[len(prefix) :].partition("/")
             if kind == "sa":
-                sas[suffix] = there
+                entries[b"S"][suffix] = there
             elif kind == "replay":
-                sas.setdefault(suffix, True)  # its SA's record is read; absent, it is skipped
+                # Its SA's record is read; absent, it is skipped.
+                entries[b"S"].setdefault(suffix, True)
             elif kind == "policy":
-                policies[suffix] = there
-        walk = {
-            b"S": sorted(s for s, there in sas.items() if there),
-            b"P": sorted(h for h, there in policies.items() if there),
-            b"RS": sorted(s for s, there in sas.items() if not there),
-            b"RP": sorted(h for h, there in policies.items() if not there),
-        }
+                entries[b"P"][suffix] = there
+            elif kind == "ike":
+                entries[b"I"][suffix] = there
+        walk = {tag: sorted(k for k, there in entries[tag].items() if there) for tag in entries}
+        walk.update(
+            (removal, sorted(k for k, there in entries[tag].items() if not there))
+            for removal, tag in _REMOVAL_PHASES.items()
+        )
         self._walk = ((server_id, since, revision), walk)
         return walk
 
@@ -965,26 +1121,44 @@ class EtcdStore(SaStore):
             return None
         server_id = kvs[0][1].decode()
         revision = int(resp["header"]["revision"])
+        at = str(revision)
         prefix = _server_prefix(server_id)
         path = _sa_path(key)
-        values = self._etcd.get_many(
-            [f"{prefix}sa/{path}", f"{prefix}replay/{path}", _epoch_key(server_id)], revision
-        )
-        raw = values.get(f"{prefix}sa/{path}")
-        if raw is None:
+        # The IKE SA that names this SPI: the first key of the SPI's index prefix (one
+        # range, whatever the number of IKE SAs), read with the SA itself.
+        child = f"{prefix}ike_child/{key.spi:08x}/"
+        read = self._etcd.txn(
+            [],
+            [
+                _range(f"{prefix}sa/{path}", revision=at),
+                _range(f"{prefix}replay/{path}", revision=at),
+                _range(_epoch_key(server_id), revision=at),
+                _range(child, _prefix_end(child), keys_only=True, limit="1", revision=at),
+            ],
+        )["responses"]
+        sa_kv, replay_kv, epoch_kv, child_kv = (_kvs(r["response_range"]) for r in read)
+        if not sa_kv:
             return None
-        sa = _sa_record(key, raw, values.get(f"{prefix}replay/{path}"))
-        pvalues = self._etcd.get_many(
-            [f"{prefix}policy/{p.hex()}" for p in sa.policy_ids], revision
+        sa = _sa_record(key, sa_kv[0][1], replay_kv[0][1] if replay_kv else None)
+        ike_path = child_kv[0][0][len(child) :] if child_kv else None
+        ike_key = f"{prefix}ike/{ike_path}"
+        values = self._etcd.get_many(
+            [f"{prefix}policy/{p.hex()}" for p in sa.policy_ids]
+            + ([ike_key] if ike_path is not None else []),
+            revision,
         )
         pols = tuple(
-            PolicyRecord(p, pvalues[f"{prefix}policy/{p.hex()}"])
+            PolicyRecord(p, values[f"{prefix}policy/{p.hex()}"])
             for p in sorted(sa.policy_ids)
-            if f"{prefix}policy/{p.hex()}" in pvalues
+            if f"{prefix}policy/{p.hex()}" in values
         )
         # Only the policies still stored, in ID order.
         sa = dataclasses.replace(sa, policy_ids=tuple(p.policy_id for p in pols))
-        return SaLookup(server_id, int(values.get(_epoch_key(server_id), b"0")), sa, pols)
+        ike = None
+        if ike_path is not None and ike_key in values:
+            ike = _ike_record(ike_path, values[ike_key])
+        epoch = int(epoch_kv[0][1]) if epoch_kv else 0
+        return SaLookup(server_id, epoch, sa, pols, ike)
 
     def stats(self) -> StoreStats:
         base = f"{PREFIX}epoch/"
@@ -995,12 +1169,12 @@ class EtcdStore(SaStore):
             counts = self._etcd.txn(
                 [],
                 [
-                    _range(f"{prefix}sa/", _prefix_end(f"{prefix}sa/"), count_only=True),
-                    _range(f"{prefix}policy/", _prefix_end(f"{prefix}policy/"), count_only=True),
+                    _range(f"{prefix}{kind}", _prefix_end(f"{prefix}{kind}"), count_only=True)
+                    for kind in _COUNTED
                 ],
             )["responses"]
-            n_sa, n_pol = (int(r["response_range"].get("count", 0)) for r in counts)
-            servers.append(ServerStats(sid, int(raw), n_sa, n_pol))
+            n_sa, n_pol, n_ike = (int(r["response_range"].get("count", 0)) for r in counts)
+            servers.append(ServerStats(sid, int(raw), n_sa, n_pol, n_ike))
         return StoreStats(self.backend_name, tuple(servers), *self._size_and_term())
 
     def summary(self) -> StoreSummary:
@@ -1020,19 +1194,20 @@ class EtcdStore(SaStore):
         base = f"{PREFIX}epoch/"
         page = _kvs(self._etcd.range(base, _prefix_end(base)))[start : start + max(0, limit)]
         servers = []
-        for i in range(0, len(page), 32):  # 64 count ranges per txn: etcd's default allows 128
+        n = len(_COUNTED)
+        for i in range(0, len(page), 32):  # 96 count ranges per txn: etcd's default allows 128
             chunk = [(key[len(base) :], int(raw)) for key, raw in page[i : i + 32]]
             ops = [
-                _range(f"{p}{kind}/", _prefix_end(f"{p}{kind}/"), count_only=True)
+                _range(f"{p}{kind}", _prefix_end(f"{p}{kind}"), count_only=True)
                 for p in (_server_prefix(sid) for sid, _ in chunk)
-                for kind in ("sa", "policy")
+                for kind in _COUNTED
             ]
             counts = [
                 int(r["response_range"].get("count", 0))
                 for r in self._etcd.txn([], ops)["responses"]
             ]
             for j, (sid, epoch) in enumerate(chunk):
-                servers.append(ServerStats(sid, epoch, counts[2 * j], counts[2 * j + 1]))
+                servers.append(ServerStats(sid, epoch, *counts[n * j : n * j + n]))
         return tuple(servers)
 
     def close(self) -> None:

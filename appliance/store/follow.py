@@ -41,7 +41,14 @@ from typing import Any
 from appliance.errors import ApplianceError
 from appliance.model import SadEntry, SpdEntry
 from appliance.store import _convert as conv
-from appliance.store.base import FetchCancelled, RevisionGoneError, SaKey, StoreError
+from appliance.store.base import (
+    FetchCancelled,
+    IkeSaRecord,
+    IkeSpis,
+    RevisionGoneError,
+    SaKey,
+    StoreError,
+)
 from appliance.store.client import CONVERT_STEP, Retrieved, RetrievedState, merge_replay
 
 log = logging.getLogger("appliance.store.follow")
@@ -66,6 +73,9 @@ class StateCopy:
     """By the store's policy ID."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Entries left out, by where they are (``SAD spi ...``, ``SPD ...``): why."""
+    ike_sas: dict[IkeSpis, IkeSaRecord] = field(default_factory=dict)
+    """The IKE SAs stored beside the kernel state (records are opaque here); they do not
+    count as a change of the kernel state (``apply``'s answer, ``retrieved``)."""
     pages: int = 0
     _version: int = field(default=0, init=False, repr=False, compare=False)
     """Bumped by every change of ``sas``, ``policies`` or ``skipped``."""
@@ -121,6 +131,8 @@ class StateCopy:
         for pid in changes.removed_policies:
             self.policies.pop(pid, None)
             self.skipped.pop(_spd_place(pid), None)
+        for spis in changes.removed_ike_sas:
+            self.ike_sas.pop(spis, None)
         self._take(changes, stop)
         self.epoch, self.revision = changes.epoch, changes.revision
         self.pages = changes.pages
@@ -133,6 +145,7 @@ class StateCopy:
         )
 
     def _take(self, state: RetrievedState, stop: Callable[[], bool] | None) -> None:
+        self.ike_sas.update(state.ike_sas)
         if state.sad_entries or state.spd_entries or state.unreadable:
             self._version += 1
         for i, entry in enumerate(state.sad_entries):

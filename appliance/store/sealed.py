@@ -3,19 +3,18 @@
 Theory of operation
 -------------------
 The backends stay opaque byte stores.  :class:`SealedStore` wraps one and
-seals, on the way in, the two fields that may hold keys (an SA's entry and
-its IKE SA blob) with :class:`~.envelope.Sealer`; on the way out it opens
-them, so the service and the clients only ever see clear records.  The
-associated data is the record's identity: a sealed entry copied to another
-SA or another server ID does not open.
+seals, on the way in, the fields that hold keys (an SA's entry and an IKE
+SA's record) with :class:`~.envelope.Sealer`; on the way out it opens them,
+so the service and the clients only ever see clear records.  The associated
+data is the record's identity: a sealed entry copied to another SA, IKE SA
+or server ID does not open.
 
 Records written before encryption at rest are clear entries (format byte
 ``0x01``, :data:`~._convert.ENTRY_FORMAT_WIRE_V1`); they are read as they
 are and sealed when they are next written, or at once by :meth:`reseal`
 (``ipsec-ha store reseal``), which also moves records sealed under a
-previous cluster key to the current one.  An SA's IKE SA blob is sealed
-exactly when its entry is (they are written together), so a clear record's
-IKE SA is never mistaken for an envelope.
+previous cluster key to the current one.  IKE SA records came after
+encryption at rest: they are always sealed.
 
 A record that does not open (a key that is not configured, a tampered
 record) is a :class:`SealedRecordError` naming the SA and the key ID, never
@@ -35,6 +34,8 @@ from appliance.store._convert import ENTRY_FORMAT_WIRE_V1
 from appliance.store.base import (
     Batch,
     ChangePage,
+    IkeSaRecord,
+    IkeSpis,
     Page,
     PolicyRecord,
     SaKey,
@@ -72,17 +73,25 @@ class ResealReport:
 
     servers: int
     resealed: int
-    """SAs written again under the current key (clear, or under a previous key)."""
+    """SAs and IKE SAs written again under the current key (clear, or under a previous key)."""
     current: int
-    """SAs already sealed under the current key."""
+    """SAs and IKE SAs already sealed under the current key."""
 
 
 def _context(server_id: str, key: SaKey, field: bytes) -> bytes:
     return b"%s\0%s\0%d/%s/%08x" % (field, server_id.encode(), key.proto, key.dst.encode(), key.spi)
 
 
+def _ike_context(server_id: str, spis: IkeSpis) -> bytes:
+    return b"ike_sa\0%s\0%016x_%016x" % (server_id.encode(), *spis)
+
+
+def _ike_label(spis: IkeSpis) -> str:
+    return f"IKE SA {spis[0]:016x}_i {spis[1]:016x}_r"
+
+
 class SealedStore(SaStore):
-    """``inner`` with SA entries and IKE SA blobs sealed at rest."""
+    """``inner`` with SA entries and IKE SA records sealed at rest."""
 
     def __init__(self, inner: SaStore, sealer: Sealer) -> None:
         self.inner = inner
@@ -93,12 +102,32 @@ class SealedStore(SaStore):
 
     def _seal(self, server_id: str, sa: SaPut) -> SaPut:
         entry = self.sealer.seal(sa.entry, _context(server_id, sa.key, b"entry"))
-        ike = (
-            None
-            if sa.ike_sa is None
-            else self.sealer.seal(sa.ike_sa, _context(server_id, sa.key, b"ike_sa"))
-        )
-        return replace(sa, entry=entry, ike_sa=ike)
+        return replace(sa, entry=entry)
+
+    def _seal_ike(self, server_id: str, ike: IkeSaRecord) -> IkeSaRecord:
+        return replace(ike, record=self.sealer.seal(ike.record, _ike_context(server_id, ike.spis)))
+
+    def _open_ike(self, server_id: str, ike: IkeSaRecord) -> IkeSaRecord:
+        try:
+            if not is_sealed(ike.record):
+                raise EnvelopeError("is not sealed")
+            record = self.sealer.open(ike.record, _ike_context(server_id, ike.spis))
+        except EnvelopeError as exc:
+            unknown = isinstance(exc, UnknownKeyError)
+            hint = "; configure that cluster key in [store].previous_psk_files" if unknown else ""
+            message = f"{_ike_label(ike.spis)} of server {server_id}: its stored record {exc}{hint}"
+            log.error("%s", message)
+            raise SealedRecordError(message, None, unknown) from None
+        return replace(ike, record=record)
+
+    def _open_ike_in_page(self, server_id: str, ike: IkeSaRecord) -> IkeSaRecord:
+        """As :meth:`_open_in_page`, for an IKE SA."""
+        try:
+            return self._open_ike(server_id, ike)
+        except SealedRecordError as exc:
+            if exc.unknown_key:
+                raise
+            return replace(ike, record=b"", unreadable=str(exc))
 
     def _open(self, server_id: str, sa: SaRecord) -> SaRecord:
         if not is_sealed(sa.entry):
@@ -107,16 +136,11 @@ class SealedStore(SaStore):
             raise self._refuse(server_id, sa.key, "is neither sealed nor a clear entry")
         try:
             entry = self.sealer.open(sa.entry, _context(server_id, sa.key, b"entry"))
-            ike = (
-                None
-                if sa.ike_sa is None
-                else self.sealer.open(sa.ike_sa, _context(server_id, sa.key, b"ike_sa"))
-            )
         except EnvelopeError as exc:
             raise self._refuse(
                 server_id, sa.key, str(exc), isinstance(exc, UnknownKeyError)
             ) from None
-        return replace(sa, entry=entry, ike_sa=ike)
+        return replace(sa, entry=entry)
 
     def _refuse(
         self, server_id: str, key: SaKey, why: str, unknown_key: bool = False
@@ -138,7 +162,7 @@ class SealedStore(SaStore):
         except SealedRecordError as exc:
             if exc.unknown_key:
                 raise
-            return replace(sa, entry=b"", ike_sa=None, unreadable=str(exc))
+            return replace(sa, entry=b"", unreadable=str(exc))
 
     # -- interface ----------------------------------------------------------------
 
@@ -152,6 +176,10 @@ class SealedStore(SaStore):
         check_batch(batch)  # on the clear records: the sealed ones are never empty
         if batch.puts:
             batch = replace(batch, puts=tuple(self._seal(server_id, sa) for sa in batch.puts))
+        if batch.ike_sas:
+            batch = replace(
+                batch, ike_sas=tuple(self._seal_ike(server_id, ike) for ike in batch.ike_sas)
+            )
         self.inner.apply(server_id, epoch, batch)
 
     def keys_for_spi(self, server_id: str, spi: int, proto: int) -> list[SaKey]:
@@ -163,9 +191,25 @@ class SealedStore(SaStore):
     def policy_cursor(self, policy_id: bytes) -> bytes:
         return self.inner.policy_cursor(policy_id)
 
+    def ike_sa_cursor(self, spis: IkeSpis) -> bytes:
+        return self.inner.ike_sa_cursor(spis)
+
+    def removed_sa_cursor(self, key: SaKey) -> bytes:
+        return self.inner.removed_sa_cursor(key)
+
+    def removed_policy_cursor(self, policy_id: bytes) -> bytes:
+        return self.inner.removed_policy_cursor(policy_id)
+
+    def removed_ike_sa_cursor(self, spis: IkeSpis) -> bytes:
+        return self.inner.removed_ike_sa_cursor(spis)
+
     def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
         page = self.inner.get_page(server_id, cursor, limit)
-        return replace(page, sas=tuple(self._open_in_page(server_id, sa) for sa in page.sas))
+        return replace(
+            page,
+            sas=tuple(self._open_in_page(server_id, sa) for sa in page.sas),
+            ike_sas=tuple(self._open_ike_in_page(server_id, ike) for ike in page.ike_sas),
+        )
 
     def revision(self, server_id: str) -> int:
         return self.inner.revision(server_id)
@@ -174,7 +218,11 @@ class SealedStore(SaStore):
         self, server_id: str, since: int, cursor: bytes | None = None, limit: int = 256
     ) -> ChangePage:
         page = self.inner.get_changes(server_id, since, cursor, limit)
-        return replace(page, sas=tuple(self._open_in_page(server_id, sa) for sa in page.sas))
+        return replace(
+            page,
+            sas=tuple(self._open_in_page(server_id, sa) for sa in page.sas),
+            ike_sas=tuple(self._open_ike_in_page(server_id, ike) for ike in page.ike_sas),
+        )
 
     @property
     def removal_history(self) -> int:
@@ -188,7 +236,8 @@ class SealedStore(SaStore):
         found = self.inner.get_by_spi(key)
         if found is None:
             return None
-        return replace(found, sa=self._open(found.server_id, found.sa))
+        ike = None if found.ike_sa is None else self._open_ike(found.server_id, found.ike_sa)
+        return replace(found, sa=self._open(found.server_id, found.sa), ike_sa=ike)
 
     def stats(self) -> StoreStats:
         return self.inner.stats()
@@ -225,6 +274,7 @@ class SealedStore(SaStore):
 
     def _reseal_server(self, server_id: str) -> tuple[int, int]:
         stale: list[SaRecord] = []
+        stale_ike: list[IkeSaRecord] = []
         policies: dict[bytes, bytes] = {}
         epoch = None
         current = 0
@@ -236,16 +286,23 @@ class SealedStore(SaStore):
                 else:
                     stale.append(self._open(server_id, sa))
             policies.update((p.policy_id, p.entry) for p in page.policies)
+            for ike in page.ike_sas:
+                if self.sealer.is_current(ike.record):
+                    current += 1
+                else:
+                    stale_ike.append(self._open_ike(server_id, ike))
         for i in range(0, len(stale), _RESEAL_CHUNK):
             puts = tuple(
                 SaPut(
                     sa.key,
                     sa.entry,
                     tuple(PolicyRecord(p, policies[p]) for p in sa.policy_ids if p in policies),
-                    sa.ike_sa,
                     sa.replay,
                 )
                 for sa in stale[i : i + _RESEAL_CHUNK]
             )
             self.apply(server_id, epoch or 0, Batch(puts=puts))
-        return len(stale), current
+        for i in range(0, len(stale_ike), _RESEAL_CHUNK):
+            chunk = tuple(stale_ike[i : i + _RESEAL_CHUNK])
+            self.apply(server_id, epoch or 0, Batch(ike_sas=chunk))
+        return len(stale) + len(stale_ike), current

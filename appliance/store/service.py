@@ -5,19 +5,22 @@ that came through the protected channel, and it talks only to the backend.
 
 Requests (protocol.md 5.3; the payload order carries the grouping):
 
-* **SA_Stor** = Server ID, Epoch, then any of: SAD Entry (followed by the SPD
-  entries, the Replay State and the IKE SA that belong to that SA), SPD
-  entries before the first SAD entry (policies without an SA), Replay State
-  payloads for SAs not in the message (replay-only update), Delete payloads.
+* **SA_Stor** = Server ID, Epoch, then any of: IKE SA payloads and SPD entries
+  before the first SAD entry (IKE SAs; policies without an SA), SAD Entry
+  (followed by the SPD entries and the Replay State that belong to that SA),
+  Replay State payloads for SAs not in the message (replay-only update),
+  Delete payloads (of SAs, SPD entries, IKE SAs).
   The whole message is one backend transaction.  An SA_Stor with no entry
   and no Delete is a *claim*: it raises the server ID's epoch (Epoch 0 means
   "current + 1"); the new master sends it when it takes over.
 * **SA_Retr** with an SA Lookup = one SA by (SPI, destination, protocol):
   the answer holds its owner's Server ID and Epoch, the SAD entry, its replay
-  state and IKE SA if stored, and its SPD entries.
+  state if stored, the owner's IKE SA that names the SPI among its CHILD SAs
+  if there is one, and its SPD entries.
 * **SA_Retr** with a Server ID (and a Page payload to resume) = one page of
   that server's state: SAD entries (each followed by its replay state), then
-  SPD entries; the M flag and a Page payload with the cursor if more follow.
+  SPD entries, then IKE SAs; the M flag and a Page payload with the cursor if
+  more follow.
 * **Heartbeat** = liveness; the answer's OK Notify carries a summary of the
   store's statistics as JSON.  With a Page payload it carries one page of
   the per-server list instead (``{"servers": [...]}``), resumed like bulk
@@ -44,6 +47,8 @@ from appliance.store import _rawwire
 from appliance.store.base import (
     Batch,
     EpochLimitError,
+    IkeSaRecord,
+    IkeSpis,
     InvalidRequestError,
     NotFoundError,
     PolicyRecord,
@@ -378,13 +383,15 @@ class StoreService:
         delete_sas: list[SaKey] = []
         delete_pols: list[bytes] = []
         has_delete = False
-        # The SA being assembled: key, entry, policies, IKE SA, replay state, model SA.
+        ike_sas: list[IkeSaRecord] = []
+        delete_ike: list[IkeSpis] = []
+        # The SA being assembled: key, entry, policies, (unused), replay state, model SA.
         group: list[Any] | None = None
         replays = 0
 
         def close_group() -> None:
             if group is not None:
-                puts.append(SaPut(group[0], group[1], tuple(group[2]), group[3], group[4]))
+                puts.append(SaPut(group[0], group[1], tuple(group[2]), replay=group[4]))
 
         # Every entry is decoded to the model before anything is stored (docs/store.md,
         # "What the server stores"): the first that does not decode refuses the message.
@@ -418,12 +425,17 @@ class StoreService:
                 else:
                     replay.append((key, conv.replay_to_bytes(p)))
             elif isinstance(p, IkeSaPayload):
-                if group is None or group[3] is not None:
-                    raise InvalidRequestError("an IKE SA payload must follow its SAD entry, once")
-                group[3] = p.data
+                # IKE SAs stand alone (4.6): after a SAD entry one would read as that SA's.
+                if group is not None:
+                    raise InvalidRequestError(
+                        "an IKE SA payload must come before the first SAD entry"
+                    )
+                ike_sas.append(IkeSaRecord(p.spis, p.child_spis, p.record))
             elif isinstance(p, Delete):
                 has_delete = True
-                if p.protocol_id == ProtocolId.SPD_INDEX:
+                if p.protocol_id == ProtocolId.IKE:
+                    delete_ike += p.ike_spis
+                elif p.protocol_id == ProtocolId.SPD_INDEX:
                     delete_pols += [conv.policy_id_for_index(i) for i in p.spis]
                 else:
                     proto = {ProtocolId.ESP: 50, ProtocolId.AH: 51, ProtocolId.IPCOMP: 108}[
@@ -433,7 +445,13 @@ class StoreService:
                         delete_sas += self.store.keys_for_spi(server_id, spi, proto)
         close_group()
         batch = Batch(
-            tuple(puts), tuple(standalone), tuple(delete_sas), tuple(delete_pols), tuple(replay)
+            tuple(puts),
+            tuple(standalone),
+            tuple(delete_sas),
+            tuple(delete_pols),
+            tuple(replay),
+            tuple(ike_sas),
+            tuple(delete_ike),
         )
         if batch or has_delete:
             self.store.apply(server_id, epoch, batch)
@@ -472,17 +490,17 @@ class StoreService:
             Notify(Status.OK),
             ServerIdPayload.parse(found.server_id),
             EpochPayload(found.epoch),
-            *self._sa_payloads(found.sa.entry, found.sa.replay, found.sa.ike_sa),
+            *self._sa_payloads(found.sa.entry, found.sa.replay),
         ]
+        if found.ike_sa is not None and found.ike_sa.unreadable is None:
+            out.append(_ike_sa_payload(found.ike_sa))
         out += [q for p in found.policies for q in conv.spd_raw_payloads(p.entry)]
         return out
 
-    def _sa_payloads(self, entry: bytes, replay: bytes | None, ike: bytes | None) -> list[Payload]:
+    def _sa_payloads(self, entry: bytes, replay: bytes | None) -> list[Payload]:
         out: list[Payload] = [conv.sad_raw_payload(entry)]
         if replay is not None:
             out.append(UnknownPayload(PayloadType.REPLAY_STATE, replay))
-        if ike is not None:
-            out.append(IkeSaPayload(ike))
         return out
 
     def _page_size(self, page: PagePayload) -> int:
@@ -496,7 +514,7 @@ class StoreService:
         max_len = self._page_size(page)
         cursor = page.cursor or None
         backend_page = self.store.get_page(server_id, cursor, max(4, max_len // 200))
-        items = self._entry_items(backend_page.sas, backend_page.policies)
+        items = self._entry_items(backend_page.sas, backend_page.policies, backend_page.ike_sas)
         head = self._bulk_head(server_id, backend_page.epoch, backend_page.revision)
         return self._fit_page(head, items, backend_page.cursor, page, max_len)
 
@@ -505,13 +523,17 @@ class StoreService:
         max_len = self._page_size(page)
         cursor = page.cursor or None
         changes = self.store.get_changes(server_id, since, cursor, max(4, max_len // 200))
-        items = self._entry_items(changes.sas, changes.policies)
+        items = self._entry_items(changes.sas, changes.policies, changes.ike_sas)
         for key in changes.removed_sas:
             lookup = conv.lookup_payload(key)
             removed = RemovedPayload.for_sa(key.spi, key.proto, lookup.family, lookup.daddr)
             items.append((self.store.removed_sa_cursor(key), [removed]))
         for pid in changes.removed_policies:
             items.append((self.store.removed_policy_cursor(pid), [RemovedPayload.for_policy(pid)]))
+        for spis in changes.removed_ike_sas:
+            items.append(
+                (self.store.removed_ike_sa_cursor(spis), [RemovedPayload.for_ike_sa(spis)])
+            )
         head = self._bulk_head(server_id, changes.epoch, changes.revision)
         return self._fit_page(head, items, changes.cursor, page, max_len)
 
@@ -525,9 +547,12 @@ class StoreService:
         ]
 
     def _entry_items(
-        self, sas: Sequence[SaRecord], policies: Sequence[PolicyRecord]
+        self,
+        sas: Sequence[SaRecord],
+        policies: Sequence[PolicyRecord],
+        ike_sas: Sequence[IkeSaRecord],
     ) -> list[tuple[bytes, Sequence[Payload]]]:
-        """Each SA and policy of a page as (cursor after it, its payloads)."""
+        """Each SA, policy and IKE SA of a page as (cursor after it, its payloads)."""
         items: list[tuple[bytes, Sequence[Payload]]] = []
         for sa in sas:
             if sa.unreadable is not None:
@@ -536,12 +561,20 @@ class StoreService:
                 text = sa.unreadable.encode()[:512]
                 payloads: Sequence[Payload] = [Notify(Status.MALFORMED, protocol, sa.key.spi, text)]
             else:
-                payloads = self._sa_payloads(sa.entry, sa.replay, sa.ike_sa)
+                payloads = self._sa_payloads(sa.entry, sa.replay)
             items.append((self.store.sa_cursor(sa.key), payloads))
         for pol in policies:
             items.append(
                 (self.store.policy_cursor(pol.policy_id), conv.spd_raw_payloads(pol.entry))
             )
+        for ike in ike_sas:
+            if ike.unreadable is not None:
+                # As for an SA: a Notify in its place, naming the IKE SA in its text.
+                why = f"IKE SA {ike.spis[0]:016x}_i {ike.spis[1]:016x}_r: {ike.unreadable}"
+                payloads = [Notify(Status.MALFORMED, ProtocolId.IKE, data=why.encode()[:512])]
+            else:
+                payloads = [_ike_sa_payload(ike)]
+            items.append((self.store.ike_sa_cursor(ike.spis), payloads))
         return items
 
     def _fit_page(
@@ -650,6 +683,10 @@ class StoreService:
         if len(entries) < len(servers):
             out.append(PagePayload(0, (start + len(entries)).to_bytes(4, "big")))
         return out
+
+
+def _ike_sa_payload(ike: IkeSaRecord) -> IkeSaPayload:
+    return IkeSaPayload(ike.spis[0], ike.spis[1], ike.child_spis, ike.record)
 
 
 def _compact(value: object) -> bytes:

@@ -34,6 +34,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,6 +44,8 @@ from appliance.store.base import (
     MAX_POLICY_ID_LEN,
     Batch,
     ChangePage,
+    IkeSaRecord,
+    IkeSpis,
     InvalidRequestError,
     NotFoundError,
     Page,
@@ -65,7 +68,7 @@ from appliance.store.base import (
     check_server_id,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE server (
@@ -133,6 +136,42 @@ CREATE TABLE policy_removed (
 CREATE INDEX policy_removed_by_rev ON policy_removed(server_id, rev);
 """
 
+# Version 3: IKE SA records. SQLite integers are signed 64-bit, so the two 64-bit IKE SPIs
+# are kept as 8-byte big-endian BLOBs: they round-trip, and BLOBs compare bytewise, so
+# they sort as the unsigned SPIs do (the page cursor's order). ``child_spis`` is the CHILD
+# SA SPIs, 4 bytes big-endian each, in the caller's order; ``ike_child`` indexes them for a
+# lookup by an SA's SPI and is written in the same transaction as ``ike_sa``. ``ike_sa``
+# keeps its rowid: its records (key material and IKE state) are too large for the B-tree
+# of a WITHOUT ROWID table. The ``sa.ike_sa`` column of version 1 is no longer used.
+_SCHEMA_V3 = """
+CREATE TABLE ike_sa (
+    server_id  TEXT    NOT NULL REFERENCES server(server_id),
+    spi_i      BLOB    NOT NULL,
+    spi_r      BLOB    NOT NULL,
+    child_spis BLOB    NOT NULL,
+    record     BLOB    NOT NULL,
+    rev        INTEGER NOT NULL,
+    PRIMARY KEY (server_id, spi_i, spi_r)
+);
+CREATE INDEX ike_sa_by_rev ON ike_sa(server_id, rev);
+CREATE TABLE ike_removed (
+    server_id TEXT    NOT NULL,
+    spi_i     BLOB    NOT NULL,
+    spi_r     BLOB    NOT NULL,
+    rev       INTEGER NOT NULL,
+    PRIMARY KEY (server_id, spi_i, spi_r)
+) WITHOUT ROWID;
+CREATE INDEX ike_removed_by_rev ON ike_removed(server_id, rev);
+CREATE TABLE ike_child (
+    server_id TEXT    NOT NULL,
+    spi       INTEGER NOT NULL,
+    spi_i     BLOB    NOT NULL,
+    spi_r     BLOB    NOT NULL,
+    PRIMARY KEY (server_id, spi, spi_i, spi_r)
+) WITHOUT ROWID;
+CREATE INDEX ike_child_by_ike ON ike_child(server_id, spi_i, spi_r);
+"""
+
 
 def _run_statements(db: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it commits first, and a migration must be one transaction.
@@ -145,6 +184,7 @@ def _run_statements(db: sqlite3.Connection, script: str) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: lambda db: _run_statements(db, _SCHEMA_V1),
     1: lambda db: _run_statements(db, _SCHEMA_V2),
+    2: lambda db: _run_statements(db, _SCHEMA_V3),
 }
 
 _FILE_MODE = 0o600
@@ -184,8 +224,31 @@ def _sa_cursor(proto: int, dst: str, spi: int) -> bytes:
     return b"S" + bytes([proto]) + spi.to_bytes(4, "big") + dst.encode()
 
 
+def _spi64(spi: int) -> bytes:
+    """An IKE SPI as the database keeps it (see :data:`_SCHEMA_V3`)."""
+    return spi.to_bytes(8, "big")
+
+
+def _ike_row_key(server_id: str, spis: IkeSpis) -> tuple[str, bytes, bytes]:
+    return server_id, _spi64(spis[0]), _spi64(spis[1])
+
+
+def _ike_cursor(spi_i: bytes, spi_r: bytes) -> bytes:
+    return b"I" + spi_i + spi_r
+
+
+def _ike_record(spi_i: bytes, spi_r: bytes, children: bytes, record: bytes) -> IkeSaRecord:
+    """An ``ike_sa`` row as the record it stores."""
+    return IkeSaRecord(
+        (int.from_bytes(spi_i, "big"), int.from_bytes(spi_r, "big")),
+        struct.unpack(f">{len(children) // 4}I", children),
+        record,
+    )
+
+
 def _decode_cursor(cursor: bytes) -> tuple[str, list[object]]:
-    """Cursors are compact (at most 64 bytes): ``S`` proto spi dst, or ``P`` policy ID.
+    """Cursors are compact (at most 64 bytes): ``S`` proto spi dst, ``P`` policy ID, or
+    ``I`` initiator SPI responder SPI (8 bytes each; ``I`` alone: the first IKE SA).
 
     A change walk's cursors in its removals carry an ``R`` in front.
     """
@@ -200,21 +263,27 @@ def _decode_cursor(cursor: bytes) -> tuple[str, list[object]]:
         return "sa", [cursor[1], dst, int.from_bytes(cursor[2:6], "big")]
     if cursor[:1] == b"P" and len(cursor) <= MAX_POLICY_ID_LEN + 1:
         return "pol", [cursor[1:].hex()]
+    if cursor == b"I":
+        return "ike", [b"", b""]
+    if cursor[:1] == b"I" and len(cursor) == 17:
+        return "ike", [cursor[1:9], cursor[9:]]
     raise InvalidRequestError("malformed page cursor")
 
 
 class _ChangeWalk:
-    """One page of a change walk: changed SAs, changed policies, removed SAs, removed
-    policies, each in key order, ``limit`` entries in all; ``cursor`` resumes it."""
+    """One page of a change walk: changed SAs, policies and IKE SAs, then removed SAs,
+    policies and IKE SAs, each in key order, ``limit`` entries in all; ``cursor`` resumes it."""
 
-    _PHASES = ("sa", "pol", "removed-sa", "removed-pol")
+    _PHASES = ("sa", "pol", "ike", "removed-sa", "removed-pol", "removed-ike")
 
     def __init__(self, db: sqlite3.Connection, server_id: str, since: int, limit: int) -> None:
         self.db, self.server_id, self.since, self.left = db, server_id, since, limit
         self.sas: list[SaRecord] = []
         self.policies: list[PolicyRecord] = []
+        self.ike_sas: list[IkeSaRecord] = []
         self.removed_sas: list[SaKey] = []
         self.removed_policies: list[bytes] = []
+        self.removed_ike_sas: list[IkeSpis] = []
         self.cursor: bytes | None = None
 
     def run(self, phase: str, key: list[object]) -> None:
@@ -222,8 +291,11 @@ class _ChangeWalk:
             raise InvalidRequestError("malformed page cursor")
         start = self._PHASES.index(phase)
         for i, name in enumerate(self._PHASES[start:], start):
+            if self.since == 0 and name.startswith("removed-"):
+                return  # at revision 0 the server held nothing: nothing since was removed
             after = key if i == start else None
-            rows = self._sa_rows if name.endswith("sa") else self._pol_rows
+            kind = name.rsplit("-", 1)[-1]
+            rows = {"sa": self._sa_rows, "pol": self._pol_rows, "ike": self._ike_rows}[kind]
             last = rows(name, after)
             if last is not None:  # the page is full
                 self.cursor = last
@@ -231,7 +303,7 @@ class _ChangeWalk:
 
     def _sa_rows(self, phase: str, after: list[object] | None) -> bytes | None:
         table = "sa" if phase == "sa" else "sa_removed"
-        columns = "proto, dst, spi, entry, replay, ike_sa" if phase == "sa" else "proto, dst, spi"
+        columns = "proto, dst, spi, entry, replay" if phase == "sa" else "proto, dst, spi"
         rows = self.db.execute(
             f"SELECT {columns} FROM {table} WHERE server_id=? AND rev > ? "
             "AND (proto, dst, spi) > (?, ?, ?) ORDER BY proto, dst, spi LIMIT ?",
@@ -245,7 +317,7 @@ class _ChangeWalk:
                     "AND spi=? ORDER BY policy_id",
                     (self.server_id, row[0], row[1], row[2]),
                 ).fetchall()
-                self.sas.append(SaRecord(k, row[3], tuple(p for (p,) in links), row[4], row[5]))
+                self.sas.append(SaRecord(k, row[3], tuple(p for (p,) in links), row[4]))
             else:
                 self.removed_sas.append(k)
         self.left -= len(rows)
@@ -270,6 +342,25 @@ class _ChangeWalk:
         if self.left:
             return None
         return (b"P" if phase == "pol" else b"RP") + bytes(rows[-1][0])
+
+    def _ike_rows(self, phase: str, after: list[object] | None) -> bytes | None:
+        table = "ike_sa" if phase == "ike" else "ike_removed"
+        columns = "spi_i, spi_r, child_spis, record" if phase == "ike" else "spi_i, spi_r"
+        rows = self.db.execute(
+            f"SELECT {columns} FROM {table} WHERE server_id=? AND rev > ? "
+            "AND (spi_i, spi_r) > (?, ?) ORDER BY spi_i, spi_r LIMIT ?",
+            (self.server_id, self.since, *(after or [b"", b""]), self.left),
+        ).fetchall()
+        if phase == "ike":
+            self.ike_sas += [_ike_record(*row) for row in rows]
+        else:
+            self.removed_ike_sas += [
+                (int.from_bytes(i, "big"), int.from_bytes(r, "big")) for i, r in rows
+            ]
+        self.left -= len(rows)
+        if self.left:
+            return None
+        return (b"" if phase == "ike" else b"R") + _ike_cursor(*rows[-1][:2])
 
 
 class SqliteStore(SaStore):
@@ -494,6 +585,7 @@ class SqliteStore(SaStore):
         check_batch(batch)
         delete_sas = list(dict.fromkeys(batch.delete_sas))
         delete_pids = list(dict.fromkeys(batch.delete_policies))
+        delete_ikes = [_ike_row_key(server_id, s) for s in dict.fromkeys(batch.delete_ike_sas)]
         with self._transaction() as db:
             self._check_and_raise_epoch(db, server_id, epoch)
             owners = self._owners(
@@ -520,91 +612,140 @@ class SqliteStore(SaStore):
 
             if not batch:
                 return  # an epoch probe (an empty delete): checked, nothing to change
-            rev = self._next_revision(db, server_id)
-            rows = [(server_id, k.proto, k.dst, k.spi) for k in delete_sas]
-            # A removal leaves a marker for the change feed, if there was something to remove.
-            removed = db.total_changes
-            db.executemany(
-                "INSERT OR REPLACE INTO sa_removed(server_id, proto, dst, spi, rev) "
-                "SELECT server_id, proto, dst, spi, ? FROM sa "
-                "WHERE server_id=? AND proto=? AND dst=? AND spi=?",
-                [(rev, *row) for row in rows],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO policy_removed(server_id, policy_id, rev) "
-                "SELECT server_id, policy_id, ? FROM policy WHERE server_id=? AND policy_id=?",
-                [(rev, server_id, pid) for pid in delete_pids],
-            )
-            removed = db.total_changes - removed
-            db.executemany(
-                "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?", rows
-            )
-            db.executemany("DELETE FROM sa WHERE server_id=? AND proto=? AND dst=? AND spi=?", rows)
-            prow = [(server_id, pid) for pid in delete_pids]
-            db.executemany("DELETE FROM sa_policy WHERE server_id=? AND policy_id=?", prow)
-            db.executemany("DELETE FROM policy WHERE server_id=? AND policy_id=?", prow)
-
-            pol_rows = [(server_id, p.policy_id, p.entry, rev) for p in batch.policies]
-            link_rows = []
-            for sa in batch.puts:
-                k = sa.key
-                for p in sa.policies:
-                    pol_rows.append((server_id, p.policy_id, p.entry, rev))
-                    link_rows.append((server_id, k.proto, k.dst, k.spi, p.policy_id))
-            db.executemany(
-                "INSERT INTO policy(server_id, policy_id, entry, rev) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(server_id, policy_id) "
-                "DO UPDATE SET entry=excluded.entry, rev=excluded.rev",
-                pol_rows,
-            )
-            # Stored again: a change now, no longer a removal.
-            db.executemany(
-                "DELETE FROM policy_removed WHERE server_id=? AND policy_id=?",
-                [row[:2] for row in pol_rows],
-            )
-            db.executemany(
-                "DELETE FROM sa_removed WHERE server_id=? AND proto=? AND dst=? AND spi=?",
-                [(server_id, sa.key.proto, sa.key.dst, sa.key.spi) for sa in batch.puts],
-            )
-            db.executemany(
-                "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?",
-                # Only a replaced SA has old policy links to drop.
-                [
-                    (server_id, sa.key.proto, sa.key.dst, sa.key.spi)
-                    for sa in batch.puts
-                    if sa.key in owners
-                ],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO sa(proto, dst, spi, server_id, entry, replay, ike_sa, rev) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        sa.key.proto,
-                        sa.key.dst,
-                        sa.key.spi,
-                        server_id,
-                        sa.entry,
-                        sa.replay,
-                        sa.ike_sa,
-                        rev,
-                    )
-                    for sa in batch.puts
-                ],
-            )
-            db.executemany("INSERT OR IGNORE INTO sa_policy VALUES (?, ?, ?, ?, ?)", link_rows)
+            # The revision this write takes, if it changes anything: a batch of deletes of
+            # absent entries changes nothing, and a follower must not see a revision move
+            # without a change behind it.
+            rev = self._server_row(db, server_id)[1] + 1
+            before = db.total_changes
+            removed = self._apply_deletes(db, server_id, rev, delete_sas, delete_pids, delete_ikes)
+            self._apply_puts(db, server_id, rev, batch, owners)
             db.executemany(
                 "UPDATE sa SET replay=?, rev=? WHERE proto=? AND dst=? AND spi=? AND server_id=?",
                 [(r, rev, k.proto, k.dst, k.spi, server_id) for k, r in batch.replay],
             )
+            if db.total_changes == before:
+                return
+            db.execute("UPDATE server SET revision=? WHERE server_id=?", (rev, server_id))
             if removed:
                 self._forget_old_removals(db, server_id)
 
-    def _next_revision(self, db: sqlite3.Connection, server_id: str) -> int:
-        """Take the server's next revision (its row exists: the epoch check wrote it)."""
-        db.execute("UPDATE server SET revision = revision + 1 WHERE server_id=?", (server_id,))
-        row = db.execute("SELECT revision FROM server WHERE server_id=?", (server_id,)).fetchone()
-        return int(row[0])
+    def _apply_deletes(
+        self,
+        db: sqlite3.Connection,
+        server_id: str,
+        rev: int,
+        delete_sas: Sequence[SaKey],
+        delete_pids: Sequence[bytes],
+        delete_ikes: Sequence[tuple[str, bytes, bytes]],
+    ) -> int:
+        """A batch's deletes; the number of removal markers they left."""
+        rows = [(server_id, k.proto, k.dst, k.spi) for k in delete_sas]
+        # A removal leaves a marker for the change feed, if there was something to remove.
+        removed = db.total_changes
+        db.executemany(
+            "INSERT OR REPLACE INTO sa_removed(server_id, proto, dst, spi, rev) "
+            "SELECT server_id, proto, dst, spi, ? FROM sa "
+            "WHERE server_id=? AND proto=? AND dst=? AND spi=?",
+            [(rev, *row) for row in rows],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO policy_removed(server_id, policy_id, rev) "
+            "SELECT server_id, policy_id, ? FROM policy WHERE server_id=? AND policy_id=?",
+            [(rev, server_id, pid) for pid in delete_pids],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO ike_removed(server_id, spi_i, spi_r, rev) "
+            "SELECT server_id, spi_i, spi_r, ? FROM ike_sa "
+            "WHERE server_id=? AND spi_i=? AND spi_r=?",
+            [(rev, *row) for row in delete_ikes],
+        )
+        removed = db.total_changes - removed
+        db.executemany(
+            "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?", rows
+        )
+        db.executemany("DELETE FROM sa WHERE server_id=? AND proto=? AND dst=? AND spi=?", rows)
+        prow = [(server_id, pid) for pid in delete_pids]
+        db.executemany("DELETE FROM sa_policy WHERE server_id=? AND policy_id=?", prow)
+        db.executemany("DELETE FROM policy WHERE server_id=? AND policy_id=?", prow)
+        db.executemany(
+            "DELETE FROM ike_child WHERE server_id=? AND spi_i=? AND spi_r=?", delete_ikes
+        )
+        db.executemany("DELETE FROM ike_sa WHERE server_id=? AND spi_i=? AND spi_r=?", delete_ikes)
+        return removed
+
+    def _apply_puts(
+        self,
+        db: sqlite3.Connection,
+        server_id: str,
+        rev: int,
+        batch: Batch,
+        owners: dict[SaKey, str],
+    ) -> None:
+        """A batch's puts: SAs with their policies, standalone policies, IKE SAs."""
+        pol_rows = [(server_id, p.policy_id, p.entry, rev) for p in batch.policies]
+        link_rows = []
+        for sa in batch.puts:
+            k = sa.key
+            for p in sa.policies:
+                pol_rows.append((server_id, p.policy_id, p.entry, rev))
+                link_rows.append((server_id, k.proto, k.dst, k.spi, p.policy_id))
+        db.executemany(
+            "INSERT INTO policy(server_id, policy_id, entry, rev) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(server_id, policy_id) "
+            "DO UPDATE SET entry=excluded.entry, rev=excluded.rev",
+            pol_rows,
+        )
+        # Stored again: a change now, no longer a removal.
+        db.executemany(
+            "DELETE FROM policy_removed WHERE server_id=? AND policy_id=?",
+            [row[:2] for row in pol_rows],
+        )
+        db.executemany(
+            "DELETE FROM sa_removed WHERE server_id=? AND proto=? AND dst=? AND spi=?",
+            [(server_id, sa.key.proto, sa.key.dst, sa.key.spi) for sa in batch.puts],
+        )
+        db.executemany(
+            "DELETE FROM sa_policy WHERE server_id=? AND proto=? AND dst=? AND spi=?",
+            # Only a replaced SA has old policy links to drop.
+            [
+                (server_id, sa.key.proto, sa.key.dst, sa.key.spi)
+                for sa in batch.puts
+                if sa.key in owners
+            ],
+        )
+        # The ``ike_sa`` column of version 1 is left out: a rewritten SA clears it.
+        db.executemany(
+            "INSERT OR REPLACE INTO sa(proto, dst, spi, server_id, entry, replay, rev) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (sa.key.proto, sa.key.dst, sa.key.spi, server_id, sa.entry, sa.replay, rev)
+                for sa in batch.puts
+            ],
+        )
+        db.executemany("INSERT OR IGNORE INTO sa_policy VALUES (?, ?, ?, ?, ?)", link_rows)
+
+        ike_keys = [_ike_row_key(server_id, ike.spis) for ike in batch.ike_sas]
+        db.executemany(
+            "DELETE FROM ike_removed WHERE server_id=? AND spi_i=? AND spi_r=?", ike_keys
+        )
+        # A record replaces the stored one whole: its CHILD SAs too.
+        db.executemany("DELETE FROM ike_child WHERE server_id=? AND spi_i=? AND spi_r=?", ike_keys)
+        db.executemany(
+            "INSERT OR REPLACE INTO ike_sa(server_id, spi_i, spi_r, child_spis, record, rev) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (*key, struct.pack(f">{len(ike.child_spis)}I", *ike.child_spis), ike.record, rev)
+                for key, ike in zip(ike_keys, batch.ike_sas, strict=True)
+            ],
+        )
+        db.executemany(
+            "INSERT INTO ike_child(server_id, spi, spi_i, spi_r) VALUES (?, ?, ?, ?)",
+            [
+                (server_id, child, spi_i, spi_r)
+                for (_, spi_i, spi_r), ike in zip(ike_keys, batch.ike_sas, strict=True)
+                for child in ike.child_spis
+            ],
+        )
 
     def _forget_old_removals(self, db: sqlite3.Connection, server_id: str) -> None:
         """Keep at most ``removal_history`` removal markers of each kind per server ID.
@@ -612,7 +753,7 @@ class SqliteStore(SaStore):
         The newest forgotten revision becomes the horizon: changes since an
         older revision can no longer be told (``RevisionGoneError``).
         """
-        for table in ("sa_removed", "policy_removed"):
+        for table in ("sa_removed", "policy_removed", "ike_removed"):
             cut = db.execute(
                 f"SELECT rev FROM {table} WHERE server_id=? ORDER BY rev DESC LIMIT 1 OFFSET ?",
                 (server_id, self.removal_history),
@@ -653,12 +794,15 @@ class SqliteStore(SaStore):
     def policy_cursor(self, policy_id: bytes) -> bytes:
         return b"P" + policy_id
 
+    def ike_sa_cursor(self, spis: IkeSpis) -> bytes:
+        return _ike_cursor(_spi64(spis[0]), _spi64(spis[1]))
+
     def get_page(self, server_id: str, cursor: bytes | None = None, limit: int = 256) -> Page:
         check_server_id(server_id)
         if not 0 < limit <= 100_000:
             raise InvalidRequestError("page limit must be 1..100000")
         phase, key = ("sa", [-1, "", -1]) if cursor is None else _decode_cursor(cursor)
-        if phase not in ("sa", "pol"):
+        if phase not in ("sa", "pol", "ike"):
             raise InvalidRequestError("malformed page cursor")
         with self._read() as db:
             epoch, revision, _ = self._server_row(db, server_id)
@@ -666,7 +810,7 @@ class SqliteStore(SaStore):
             policies: list[PolicyRecord] = []
             if phase == "sa":
                 rows = db.execute(
-                    "SELECT proto, dst, spi, entry, replay, ike_sa FROM sa "
+                    "SELECT proto, dst, spi, entry, replay FROM sa "
                     "WHERE server_id=? AND (proto, dst, spi) > (?, ?, ?) "
                     "ORDER BY proto, dst, spi LIMIT ?",
                     (server_id, *key, limit),
@@ -680,31 +824,39 @@ class SqliteStore(SaStore):
                         (server_id, *key, *rows[-1][:3]),
                     ):
                         links.setdefault((proto, dst, spi), []).append(pid)
-                for proto, dst, spi, entry, replay, ike in rows:
+                for proto, dst, spi, entry, replay in rows:
                     sas.append(
                         SaRecord(
                             SaKey(spi, dst, proto),
                             entry,
                             tuple(links.get((proto, dst, spi), ())),
                             replay,
-                            ike,
                         )
                     )
                 if len(rows) == limit:
                     last = rows[-1]
                     return Page(epoch, tuple(sas), (), _sa_cursor(*last[:3]), revision)
                 phase, key, limit = "pol", [""], limit - len(rows)
-                if limit == 0:
-                    return Page(epoch, tuple(sas), (), b"P", revision)
-            after = bytes.fromhex(str(key[0]))
-            prow = db.execute(
-                "SELECT policy_id, entry FROM policy WHERE server_id=? AND policy_id > ? "
-                "ORDER BY policy_id LIMIT ?",
-                (server_id, after, limit),
+            if phase == "pol":
+                after = bytes.fromhex(str(key[0]))
+                prow = db.execute(
+                    "SELECT policy_id, entry FROM policy WHERE server_id=? AND policy_id > ? "
+                    "ORDER BY policy_id LIMIT ?",
+                    (server_id, after, limit),
+                ).fetchall()
+                policies = [PolicyRecord(pid, entry) for pid, entry in prow]
+                if len(prow) == limit:
+                    pcursor = b"P" + prow[-1][0]
+                    return Page(epoch, tuple(sas), tuple(policies), pcursor, revision)
+                phase, key, limit = "ike", [b"", b""], limit - len(prow)
+            irows = db.execute(
+                "SELECT spi_i, spi_r, child_spis, record FROM ike_sa "
+                "WHERE server_id=? AND (spi_i, spi_r) > (?, ?) ORDER BY spi_i, spi_r LIMIT ?",
+                (server_id, *key, limit),
             ).fetchall()
-            policies = [PolicyRecord(pid, entry) for pid, entry in prow]
-            next_cursor = b"P" + prow[-1][0] if len(prow) == limit else None
-            return Page(epoch, tuple(sas), tuple(policies), next_cursor, revision)
+            ike_sas = tuple(_ike_record(*row) for row in irows)
+            next_cursor = _ike_cursor(*irows[-1][:2]) if len(irows) == limit else None
+            return Page(epoch, tuple(sas), tuple(policies), next_cursor, revision, ike_sas)
 
     def _server_row(self, db: sqlite3.Connection, server_id: str) -> tuple[int, int, int]:
         """The server ID's epoch, revision and horizon (zeros if it never wrote)."""
@@ -740,30 +892,42 @@ class SqliteStore(SaStore):
                 tuple(walk.removed_sas),
                 tuple(walk.removed_policies),
                 walk.cursor,
+                tuple(walk.ike_sas),
+                tuple(walk.removed_ike_sas),
             )
 
     def get_by_spi(self, key: SaKey) -> SaLookup | None:
         with self._read() as db:
             row = db.execute(
-                "SELECT sa.server_id, server.epoch, entry, replay, ike_sa FROM sa "
+                "SELECT sa.server_id, server.epoch, entry, replay FROM sa "
                 "JOIN server USING (server_id) WHERE proto=? AND dst=? AND spi=?",
                 (key.proto, key.dst, key.spi),
             ).fetchone()
             if row is None:
                 return None
-            server_id, epoch, entry, replay, ike = row
+            server_id, epoch, entry, replay = row
             prow = db.execute(
                 "SELECT p.policy_id, p.entry FROM sa_policy l CROSS JOIN policy p "
                 "ON p.server_id=l.server_id AND p.policy_id=l.policy_id "
                 "WHERE l.server_id=? AND l.proto=? AND l.dst=? AND l.spi=? ORDER BY p.policy_id",
                 (server_id, key.proto, key.dst, key.spi),
             ).fetchall()
+            # Two IKE SAs name this SPI while the gateway moves its CHILD SAs to a rekeyed
+            # IKE SA and has not yet rewritten or deleted the old one: the newest wins.
+            irow = db.execute(
+                "SELECT i.spi_i, i.spi_r, i.child_spis, i.record FROM ike_child c "
+                "CROSS JOIN ike_sa i "
+                "ON i.server_id=c.server_id AND i.spi_i=c.spi_i AND i.spi_r=c.spi_r "
+                "WHERE c.server_id=? AND c.spi=? ORDER BY i.rev DESC, i.spi_i, i.spi_r LIMIT 1",
+                (server_id, key.spi),
+            ).fetchone()
         pols = tuple(PolicyRecord(pid, pentry) for pid, pentry in prow)
         return SaLookup(
             server_id,
             int(epoch),
-            SaRecord(key, entry, tuple(p.policy_id for p in pols), replay, ike),
+            SaRecord(key, entry, tuple(p.policy_id for p in pols), replay),
             pols,
+            None if irow is None else _ike_record(*irow),
         )
 
     def stats(self) -> StoreStats:
@@ -771,7 +935,8 @@ class SqliteStore(SaStore):
             rows = db.execute(
                 "SELECT s.server_id, s.epoch, "
                 "(SELECT count(*) FROM sa WHERE sa.server_id=s.server_id), "
-                "(SELECT count(*) FROM policy p WHERE p.server_id=s.server_id) "
+                "(SELECT count(*) FROM policy p WHERE p.server_id=s.server_id), "
+                "(SELECT count(*) FROM ike_sa i WHERE i.server_id=s.server_id) "
                 "FROM server s ORDER BY s.server_id"
             ).fetchall()
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -782,7 +947,8 @@ class SqliteStore(SaStore):
         return StoreStats(
             self.backend_name,
             tuple(
-                ServerStats(sid, int(ep), int(n_sa), int(n_pol)) for sid, ep, n_sa, n_pol in rows
+                ServerStats(sid, int(ep), int(n_sa), int(n_pol), int(n_ike))
+                for sid, ep, n_sa, n_pol, n_ike in rows
             ),
             size,
             {"schema_version": version},

@@ -1,7 +1,13 @@
-"""strongSwan integration: the codec for charon's ``ha`` plugin messages (``ha_message``).
+"""strongSwan integration: ipsec-ha as the peer of charon's ``ha`` plugin (docs/strongswan.md).
 
-Only the codec exists so far (issue 12, step 1); the relay that stores these
-messages, standby feeding and takeover are still to come.  See docs/strongswan.md.
+- ``ha_message``: the codec of the plugin's messages (sans-IO);
+- ``ike_state``: the book of the IKE SAs the plugin reports, with what rebuilds each (sans-IO);
+- ``ike_record``: one IKE SA as the store keeps it (protocol.md 4.6);
+- ``publisher``: the active node's IKE SA changes as store records, coalesced;
+- ``relay``: the socket on the plugin's ``remote`` address (loopback);
+- ``config``: the daemon's ``[ike]`` table.
+
+Feeding a standby's charon and the takeover are still to come (issue 12).
 """
 
 from appliance.strongswan.ha_message import (

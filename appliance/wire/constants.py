@@ -54,6 +54,7 @@ class ProtocolId(enum.IntEnum):
 
     NONE = 0
     IKE = 1
+    """In a Delete: IKE SAs, each named by its two SPIs (SPI Size 16)."""
     AH = 2
     ESP = 3
     IPCOMP = 201
@@ -78,6 +79,8 @@ class RemovedKind(enum.IntEnum):
     """An SA, by its SA key (SPI, protocol, destination), laid out as in SA Lookup."""
     SPD_ENTRY = 2
     """An SPD entry, by the store's opaque policy ID."""
+    IKE_SA = 3
+    """An IKE SA, by its initiator's and responder's SPIs (8 octets each)."""
 
 
 class TsType(enum.IntEnum):

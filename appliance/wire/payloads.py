@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -108,28 +108,57 @@ class Notify:
         return self.data.decode("utf-8", "replace")
 
 
-_DELETE_PROTOCOLS = (ProtocolId.AH, ProtocolId.ESP, ProtocolId.IPCOMP, ProtocolId.SPD_INDEX)
+_DELETE_PROTOCOLS = (
+    ProtocolId.IKE,
+    ProtocolId.AH,
+    ProtocolId.ESP,
+    ProtocolId.IPCOMP,
+    ProtocolId.SPD_INDEX,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
-    """Delete (RFC 7296 3.11): remove SAs by SPI, or SPD entries by index."""
+    """Delete (RFC 7296 3.11): remove SAs by SPI, SPD entries by index, IKE SAs by SPIs.
+
+    For protocol IKE each "SPI" is 16 octets, the IKE SA's initiator's SPI and
+    responder's SPI; ``spis`` then holds them as one 128-bit number each
+    (``ike_spis`` splits them).  Every other protocol has 4-octet SPIs.
+    """
 
     PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.DELETE
 
     protocol_id: int
     spis: tuple[int, ...]
 
+    @classmethod
+    def for_ike_sas(cls, spis: Iterable[tuple[int, int]]) -> Delete:
+        return cls(ProtocolId.IKE, tuple(i << 64 | r for i, r in spis))
+
+    @property
+    def ike_spis(self) -> tuple[tuple[int, int], ...]:
+        """For protocol IKE: each IKE SA as (initiator's SPI, responder's SPI)."""
+        return tuple((s >> 64, s & (1 << 64) - 1) for s in self.spis)
+
+    @property
+    def spi_size(self) -> int:
+        return 16 if self.protocol_id == ProtocolId.IKE else 4
+
     def push_body(self, buf: Buffer) -> None:
         if self.protocol_id not in _DELETE_PROTOCOLS:
             raise LocalWireError(
-                f"delete protocol id {self.protocol_id} is not AH, ESP, IPCOMP or SPD"
+                f"delete protocol id {self.protocol_id} is not IKE, AH, ESP, IPCOMP or SPD"
             )
         buf.push_uint8(self.protocol_id)
-        buf.push_uint8(4)
+        buf.push_uint8(self.spi_size)
         buf.push_uint16(len(self.spis), "number of SPIs")
         for spi in self.spis:
-            buf.push_uint32(spi, "delete SPI")
+            if self.spi_size == 4:
+                buf.push_uint32(spi, "delete SPI")
+            elif not 0 < spi < 1 << 128:
+                raise LocalWireError(f"delete IKE SPIs {spi:#x} do not fit 16 octets")
+            else:
+                buf.push_bytes(spi.to_bytes(16, "big"))
 
     @classmethod
     def pull_body(cls, buf: Buffer) -> Delete:
@@ -140,9 +169,19 @@ class Delete:
             raise RemoteWireError(
                 f"delete protocol id {protocol_id} is not supported", Status.UNSUPPORTED
             )
-        if spi_size != 4:
-            raise RemoteWireError(f"delete SPI size is {spi_size}, must be 4")
-        spis = tuple(buf.pull_uint32("delete SPI") for _ in range(count))
+        want = 16 if protocol_id == ProtocolId.IKE else 4
+        if spi_size != want:
+            raise RemoteWireError(
+                f"delete SPI size is {spi_size}, must be {want} for protocol id {protocol_id}"
+            )
+        if want == 4:
+            spis = tuple(buf.pull_uint32("delete SPI") for _ in range(count))
+        else:
+            spis = tuple(
+                int.from_bytes(buf.pull_bytes(16, "delete IKE SPIs"), "big") for _ in range(count)
+            )
+            if 0 in spis:
+                raise RemoteWireError("delete names an IKE SA with SPIs 0 and 0")
         buf.expect_end()
         return cls(protocol_id, spis)
 
@@ -353,20 +392,67 @@ class SpdEntryPayload:
         return fixed
 
 
+MAX_CHILD_SPIS = 1024
+"""Most CHILD SA SPIs an IKE SA payload may name."""
+
+
 @dataclass(frozen=True, slots=True)
 class IkeSaPayload:
-    """IKE SA (130): reserved; carried opaquely until the IKE SA state is specified."""
+    """IKE SA (130): one IKE SA record with the SPIs of its CHILD SAs (protocol.md 4.6).
+
+    The record is opaque to the store (``appliance.strongswan.ike_record``
+    writes it) and holds key material: it never shows in ``repr``.
+    """
 
     PAYLOAD_TYPE: ClassVar[PayloadType] = PayloadType.IKE_SA
 
-    data: bytes = field(repr=False)
+    spi_i: int
+    spi_r: int
+    child_spis: tuple[int, ...]
+    record: bytes = field(repr=False)
+
+    @property
+    def spis(self) -> tuple[int, int]:
+        return (self.spi_i, self.spi_r)
 
     def push_body(self, buf: Buffer) -> None:
-        buf.push_bytes(self.data)
+        problem = _ike_sa_problem(self)
+        if problem is not None:
+            raise LocalWireError(problem)
+        buf.push_bytes(self.spi_i.to_bytes(8, "big") + self.spi_r.to_bytes(8, "big"))
+        buf.push_uint16(len(self.child_spis), "number of CHILD SA SPIs")
+        buf.push_uint16(0, "reserved")
+        for spi in self.child_spis:
+            buf.push_uint32(spi, "CHILD SA SPI")
+        buf.push_bytes(self.record)
 
     @classmethod
     def pull_body(cls, buf: Buffer) -> IkeSaPayload:
-        return cls(buf.pull_rest())
+        spi_i = int.from_bytes(buf.pull_bytes(8, "IKE SA initiator's SPI"), "big")
+        spi_r = int.from_bytes(buf.pull_bytes(8, "IKE SA responder's SPI"), "big")
+        count = buf.pull_uint16("number of CHILD SA SPIs")
+        buf.pull_uint16("IKE SA reserved")
+        if count > MAX_CHILD_SPIS:
+            raise RemoteWireError(f"IKE SA names {count} CHILD SA SPIs, more than {MAX_CHILD_SPIS}")
+        children = tuple(buf.pull_uint32("CHILD SA SPI") for _ in range(count))
+        payload = cls(spi_i, spi_r, children, buf.pull_rest())
+        problem = _ike_sa_problem(payload)
+        if problem is not None:
+            raise RemoteWireError(problem)
+        return payload
+
+
+def _ike_sa_problem(p: IkeSaPayload) -> str | None:
+    """What breaks 4.6's rules for an IKE SA payload, if anything (all MALFORMED)."""
+    if not (0 <= p.spi_i < 1 << 64 and 0 <= p.spi_r < 1 << 64) or p.spis == (0, 0):
+        return "IKE SA SPIs must be 64-bit and not both 0"
+    if len(p.child_spis) > MAX_CHILD_SPIS:
+        return f"IKE SA names more than {MAX_CHILD_SPIS} CHILD SA SPIs"
+    if 0 in p.child_spis or len(set(p.child_spis)) != len(p.child_spis):
+        return "IKE SA CHILD SA SPIs must be non-zero and distinct"
+    if not p.record:
+        return "IKE SA record is empty"
+    return None
 
 
 REPLAY_FLAG_ESN = 0x01
@@ -644,6 +730,8 @@ class RemovedPayload:
     """Destination of a removed SA, 16 bytes in ``xfrm_address_t`` form."""
     policy_id: bytes = b""
     """The store's identity of a removed SPD entry: 1-32 opaque bytes."""
+    ike_spis: tuple[int, int] = (0, 0)
+    """A removed IKE SA's initiator's and responder's SPIs."""
 
     @classmethod
     def for_sa(cls, spi: int, protocol: int, family: int, daddr: bytes) -> RemovedPayload:
@@ -653,6 +741,10 @@ class RemovedPayload:
     def for_policy(cls, policy_id: bytes) -> RemovedPayload:
         return cls(RemovedKind.SPD_ENTRY, policy_id=policy_id)
 
+    @classmethod
+    def for_ike_sa(cls, spis: tuple[int, int]) -> RemovedPayload:
+        return cls(RemovedKind.IKE_SA, ike_spis=spis)
+
     def push_body(self, buf: Buffer) -> None:
         problem = _removed_problem(self)
         if problem is not None:
@@ -661,6 +753,9 @@ class RemovedPayload:
         buf.push_bytes(b"\0\0\0")
         if self.kind == RemovedKind.SA:
             _push_sa_key(buf, self.spi, self.protocol, self.family, self.daddr, "removed SA")
+        elif self.kind == RemovedKind.IKE_SA:
+            spi_i, spi_r = self.ike_spis
+            buf.push_bytes(spi_i.to_bytes(8, "big") + spi_r.to_bytes(8, "big"))
         else:
             buf.push_bytes(self.policy_id)
 
@@ -674,6 +769,11 @@ class RemovedPayload:
             payload = cls(RemovedKind.SA, *key)
         elif kind == RemovedKind.SPD_ENTRY:
             payload = cls(RemovedKind.SPD_ENTRY, policy_id=buf.pull_rest())
+        elif kind == RemovedKind.IKE_SA:
+            spi_i = int.from_bytes(buf.pull_bytes(8, "removed IKE SA initiator's SPI"), "big")
+            spi_r = int.from_bytes(buf.pull_bytes(8, "removed IKE SA responder's SPI"), "big")
+            buf.expect_end()
+            payload = cls(RemovedKind.IKE_SA, ike_spis=(spi_i, spi_r))
         else:
             raise RemoteWireError(f"removed kind {kind} is not supported", Status.UNSUPPORTED)
         problem = _removed_problem(payload)
@@ -688,6 +788,21 @@ _SA_PROTOCOLS = (50, 51, 108)
 
 def _removed_problem(payload: RemovedPayload) -> tuple[str, Status] | None:
     """What breaks 4.13's rules for a Removed payload (and the status to answer), if anything."""
+    if payload.kind == RemovedKind.IKE_SA:
+        if (payload.spi, payload.protocol, payload.family, payload.daddr, payload.policy_id) != (
+            0,
+            0,
+            0,
+            bytes(16),
+            b"",
+        ):
+            return "a removed IKE SA carries only its SPIs", Status.MALFORMED
+        spi_i, spi_r = payload.ike_spis
+        if not (0 <= spi_i < 1 << 64 and 0 <= spi_r < 1 << 64) or payload.ike_spis == (0, 0):
+            return "removed IKE SA SPIs must be 64-bit and not both 0", Status.MALFORMED
+        return None
+    if payload.ike_spis != (0, 0):
+        return "only a removed IKE SA carries IKE SPIs", Status.MALFORMED
     if payload.kind == RemovedKind.SA:
         if payload.policy_id:
             return "a removed SA carries no policy ID", Status.MALFORMED

@@ -122,7 +122,9 @@ class PolicyDeleted(Event):
     dir: int
     """XFRM_POLICY_IN/OUT/FWD."""
     index: int
-    """Kernel index of the policy."""
+    """Kernel index of the policy. A delete by selector (charon's, ``ip xfrm policy
+    delete``) names index 0 in its ``xfrm_userpolicy_id``; the index is then the one of
+    the policy the kernel attached (0 only if it attached none)."""
     entry: SpdEntry | None
     """The deleted policy, when the kernel included it (XFRMA_POLICY)."""
 
@@ -304,6 +306,8 @@ def _policy_deleted(raw: RawMessage) -> Event:
     selector, index, dir = codec.policy_id_from_bytes(raw.data, 16)
     info, rest = _split(_attrs(raw.data, codec.USERPOLICY_ID_SIZE), c.XFRMA_POLICY)
     entry = None if info is None else codec.spd_from_parts(info, 0, rest)
+    if index == 0 and entry is not None:
+        index = entry.index  # deleted by selector: the notification echoes the request's 0
     return PolicyDeleted(raw.seq, raw.pid, selector, dir, index, entry)
 
 

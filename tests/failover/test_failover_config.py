@@ -214,3 +214,52 @@ def test_bad_metrics_and_health_values_name_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_daemon_config(write(tmp_path, psk, body))
+
+
+IKE_STORE = 'servers = ["198.51.100.10"]\npsk_file = "{psk}"\nmax_datagram = 65000'
+
+
+def test_ike_table_relays_strongswan_on_loopback(tmp_path: Path, psk: Path) -> None:
+    assert load_daemon_config(write(tmp_path, psk)).ike is None
+    body = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+    store = IKE_STORE.format(psk=psk)
+    ike = load_daemon_config(write(tmp_path, psk, body, store=store)).ike
+    assert ike is not None and ike.daemon == "strongswan"
+    assert (str(ike.addresses.relay), str(ike.addresses.charon)) == ("127.0.0.2", "127.0.0.1")
+    assert ike.addresses.port == ike.addresses.charon_port == 4510
+
+
+@pytest.mark.parametrize(
+    ("ike", "message"),
+    [
+        ('daemon = "libreswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"', r"\.daemon: must be"),
+        ('daemon = "strongswan"\ncharon = "127.0.0.1"', r"\[ike\]\.relay: is required"),
+        (
+            'daemon = "strongswan"\nrelay = "192.0.2.1"\ncharon = "127.0.0.1"',
+            r"\[ike\]\.relay: must be a loopback address",
+        ),
+        (
+            'daemon = "strongswan"\nrelay = "127.0.0.1"\ncharon = "127.0.0.1"',
+            r"\[ike\]\.relay: .*cannot both be 127\.0\.0\.1 port 4510",
+        ),
+        (
+            'daemon = "strongswan"\nrelay = "::1"\ncharon = "127.0.0.1"',
+            r"\[ike\]\.relay: .*same address family",
+        ),
+        (
+            'daemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\nsecret = "x"',
+            r"\[ike\]\.secret: unknown key",
+        ),
+    ],
+)
+def test_bad_ike_values_name_the_key(tmp_path: Path, psk: Path, ike: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_daemon_config(write(tmp_path, psk, f"[ike]\n{ike}\n", store=IKE_STORE.format(psk=psk)))
+
+
+def test_ike_needs_datagrams_that_hold_an_ike_sa(tmp_path: Path, psk: Path) -> None:
+    body = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+    with pytest.raises(
+        ConfigError, match=r"\[store\]\.max_datagram: 1400 is too small for \[ike\]"
+    ):
+        load_daemon_config(write(tmp_path, psk, body))

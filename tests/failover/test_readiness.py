@@ -79,6 +79,14 @@ def changed(data: dict[str, Any], **top: Any) -> dict[str, Any]:
                                     "198.51.100.11": store(sas=4)}), True, None, []),
         (changed(status(role="active"), publishing=False), True, None,
          ["active, but not publishing to any store"]),
+        # [ike]: charon's ha plugin heard a second ago, 4.6 s ago (+0.5 s of status age),
+        # never
+        (changed(status(), ike={"silent_s": 1.0}), True, None, []),
+        (changed(status(role="active"), ike={"silent_s": 4.6}), True, None,
+         ["charon down: nothing from its ha plugin for 5 s"]),
+        (changed(status(), ike={"silent_s": None}), True, None,
+         ["charon down: its ha plugin never reached the relay (is charon running with the ha "
+          "plugin, remote = the relay's address?)"]),
     ],
 )  # fmt: skip
 def test_reasons(

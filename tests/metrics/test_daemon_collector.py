@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from ipaddress import IPv4Address
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,9 +14,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.failover.health import DaemonHealth, StoreProbe
+from appliance.failover.ike_link import IkeLink
 from appliance.failover.transitions import Role, StandbyMode
 from appliance.metrics.daemon_collector import DaemonCollector, GuardCounters, merge_histograms
 from appliance.metrics.latency import LatencyHistogram
+from appliance.strongswan.config import IkeConfig
+from appliance.strongswan.relay import RelayAddresses
+from tests.strongswan.ha_recordings import datagrams
 
 SID = "192.0.2.1"
 S1, S2 = "198.51.100.10", "198.51.100.11"
@@ -270,3 +275,28 @@ def test_the_figures_of_a_real_guard_in_the_served_namespace(require_root: None)
                 assert one(m["ipsec_ha_kernel_xfrm_stat_total"], counter="XfrmOutPolBlock") == 0
         finally:
             c.close()
+
+
+@pytest.mark.unit
+def test_the_ike_relays_figures_with_ike_configured() -> None:
+    addresses = RelayAddresses(IPv4Address("127.0.0.2"), IPv4Address("127.0.0.1"))
+    link = IkeLink(IkeConfig("strongswan", addresses), None, lambda: None)
+    recorded = [r.data for r in datagrams() if r.step in ("start", "initiate", "add_child")]
+    for data in [*recorded, b"\x04\x01"]:  # what the relay's socket does with each datagram
+        link.relay.datagram_received(data, ("127.0.0.1", 4510))
+    d = fake_daemon(ondemand=False)
+    d.ike = link
+    m = scrape(collector(d))
+    assert m["ipsec_ha_ike_sas"] == {(("server_id", SID),): 1}
+    assert m["ipsec_ha_ike_child_sas"] == {(("server_id", SID),): 2}
+    assert m["ipsec_ha_ike_book_complete"] == {(("server_id", SID),): 1}
+    assert (
+        one(m["ipsec_ha_ike_datagrams_total"], server_id=SID, result="received")
+        == len(recorded) + 1
+    )
+    assert (
+        one(m["ipsec_ha_ike_datagrams_total"], server_id=SID, result="dropped: HaVersionError") == 1
+    )
+    assert m["ipsec_ha_ike_records_published_total"] == {(("server_id", SID),): 0}
+    assert 0 <= one(m["ipsec_ha_ike_charon_silent_seconds"], server_id=SID) < 60
+    assert "ipsec_ha_ike_sas" not in scrape(collector(fake_daemon(ondemand=False)))

@@ -142,6 +142,7 @@ def test_each_store_metric_shows_what_the_clients_did(running: Running) -> None:
         assert value(samples, "ipsec_ha_store_server_sas", server_id=sid) == sas
         assert value(samples, "ipsec_ha_store_server_policies", server_id=sid) == sas
         assert value(samples, "ipsec_ha_store_server_epoch", server_id=sid) == epoch
+        assert value(samples, "ipsec_ha_store_server_ike_sas", server_id=sid) == (sid == "gw1")
     requests = "ipsec_ha_store_server_requests_total"
     assert value(samples, requests, exchange="sa_stor", status="ok") == done["stor_messages"]
     assert value(samples, requests, exchange="sa_retr", status="not_found") == 1

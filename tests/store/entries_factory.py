@@ -16,7 +16,7 @@ from appliance.model import (
     SpdEntry,
     Template,
 )
-from appliance.store.base import NotFoundError
+from appliance.store.base import IkeSaRecord, NotFoundError
 from appliance.store.client import StoreClient
 
 LOCAL = ipaddress.IPv4Address("198.51.100.1")
@@ -64,8 +64,8 @@ def make_state(count: int, spi_base: int = 0x10000000) -> tuple[list[SadEntry], 
 
 
 def store_two_server_ids(client: StoreClient) -> int:
-    """gw1: 3 SAs and 3 policies, claimed to epoch 2; gw2: 2 and 2 at epoch 5; then one
-    SA_Retr that misses. The SA_Stor messages sent, the claim counted in."""
+    """gw1: 3 SAs, 3 policies and 1 IKE SA, claimed to epoch 2; gw2: 2 and 2 at epoch 5;
+    then one SA_Retr that misses. The SA_Stor messages sent, the claim counted in."""
     messages = client.put_entries(
         "gw1", 1, [make_sa(n) for n in range(3)], [make_policy(n) for n in range(3)]
     )
@@ -74,6 +74,9 @@ def store_two_server_ids(client: StoreClient) -> int:
         5,
         [make_sa(n, 0x20000000) for n in range(2)],
         [make_policy(n, 0x2000) for n in range(2)],
+    )
+    messages += client.put_ike_sas(
+        "gw1", 1, [IkeSaRecord((0xA1, 0xB1), (make_sa(0).spi,), b"an IKE SA record")]
     )
     assert client.claim("gw1") == 2
     with pytest.raises(NotFoundError):

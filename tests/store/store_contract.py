@@ -59,7 +59,7 @@ class BackendContract:
         assert found is not None
         assert (found.server_id, found.epoch) == ("gw1", 1)
         assert found.sa.entry == sa.entry
-        assert found.sa.replay is None and found.sa.ike_sa is None
+        assert found.sa.replay is None and found.ike_sa is None
         assert set(found.policies) == set(sa.policies)
         assert set(found.sa.policy_ids) == {p.policy_id for p in sa.policies}
         assert store.get_by_spi(sa_key(2)) is None
@@ -236,10 +236,6 @@ class BackendContract:
                 store.update_replay("gw1", 1, [(sa_key(1), b"new"), (bad, b"x")])
             assert err.value.status == Status.NOT_FOUND
         assert store.get_by_spi(sa_key(1)).sa.replay is None  # type: ignore[union-attr]
-
-    def test_ike_sa_slot_round_trips(self, store: SaStore) -> None:
-        store.put("gw1", 1, [SaPut(sa_key(1), b"e", ike_sa=b"ike state")])
-        assert store.get_by_spi(sa_key(1)).sa.ike_sa == b"ike state"  # type: ignore[union-attr]
 
     @pytest.mark.parametrize(
         "call",

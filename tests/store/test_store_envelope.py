@@ -46,7 +46,7 @@ def test_envelope_round_trips_and_hides_the_record() -> None:
     [
         b"entry\0gw2\x0050/192.0.2.1/00001001",  # another server ID
         b"entry\0gw1\x0050/192.0.2.1/00001002",  # another SA
-        b"ike_sa\0gw1\x0050/192.0.2.1/00001001",  # the other field
+        b"ike_sa\0gw1\x0050/192.0.2.1/00001001",  # another field
     ],
 )
 def test_envelope_does_not_open_under_another_identity(other: bytes) -> None:
@@ -100,7 +100,7 @@ def _real_sa(n: int) -> tuple[SaPut, bytes]:
     entry = conv.sad_entry_bytes(conv.sad_to_payload(sa))
     key = SaKey.make(sa.spi, str(sa.daddr), "esp")
     policies = (PolicyRecord(b"p%d" % n, b"\x01pol"),)
-    return SaPut(key, entry, policies, b"ike %d" % n), sa.aead.key.data
+    return SaPut(key, entry, policies), sa.aead.key.data
 
 
 def _raw_file_bytes(path: Path) -> bytes:
@@ -114,11 +114,8 @@ def test_sqlite_file_holds_no_key_bytes_and_retrieval_opens_them(tmp_path: Path)
         s.put("gw1", 1, puts)
         raw = _raw_file_bytes(path)
         assert not [k for k in keys if k in raw]
-        assert not [p.ike_sa for p in puts if p.ike_sa in raw]
         sas, _ = all_state(s, "gw1")
-        assert {k: (r.entry, r.ike_sa) for k, r in sas.items()} == {
-            p.key: (p.entry, p.ike_sa) for p in puts
-        }
+        assert {k: r.entry for k, r in sas.items()} == {p.key: p.entry for p in puts}
         found = s.get_by_spi(puts[3].key)
         assert found is not None and found.sa.entry == puts[3].entry
 
@@ -156,7 +153,7 @@ def test_clear_records_of_an_older_store_are_read_then_resealed(tmp_path: Path) 
     assert key_bytes in _raw_file_bytes(path)
     with SealedStore(SqliteStore(path), Sealer(KEY)) as s:
         found = s.get_by_spi(put.key)
-        assert found is not None and (found.sa.entry, found.sa.ike_sa) == (put.entry, put.ike_sa)
+        assert found is not None and found.sa.entry == put.entry
         report = s.reseal()
         assert (report.resealed, report.current) == (1, 0)
         assert s.reseal().resealed == 0

@@ -1,4 +1,5 @@
-"""The etcd backend against a real etcd started by the test: the backend and change contracts."""
+"""The etcd backend against a real etcd started by the test: the backend, change and IKE SA
+contracts."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Any
 import pytest
 from change_feed_contract import ChangeFeedContract, changes
 from etcd_process import EtcdMember, start_single
+from ike_sa_contract import IkeSaContract, ike, ike_changes
 from store_contract import BackendContract, all_state, sa_key, sa_put
 
 from appliance.store import etcd as etcd_backend
 from appliance.store.base import (
+    Batch,
+    InvalidRequestError,
     PolicyRecord,
     RevisionGoneError,
     SaPut,
@@ -42,12 +46,15 @@ def store(etcd: EtcdMember) -> Iterator[EtcdStore]:
     s.close()
 
 
-class TestEtcdContract(BackendContract, ChangeFeedContract):
+class TestEtcdContract(BackendContract, ChangeFeedContract, IkeSaContract):
     pass
 
 
-class TestEtcdRangeWalkContract(ChangeFeedContract):
-    """The change feed without etcd's history: what a compacted etcd falls back to."""
+class TestEtcdRangeWalkContract(ChangeFeedContract, IkeSaContract):
+    """The change feed without etcd's history: what a compacted etcd falls back to.
+
+    The whole IKE SA contract runs here for its change-feed tests (the rest is cheap).
+    """
 
     @pytest.fixture
     def store(self, store: EtcdStore) -> EtcdStore:
@@ -216,6 +223,125 @@ def test_a_change_walk_resumes_from_an_entry_cursor(store: EtcdStore) -> None:
     assert removed.removed_policies == (b"1p1.0", b"1p2.0")
     removed = store.get_changes("gw1", since, store.removed_policy_cursor(b"1p1.0"), 100)
     assert (removed.removed_sas, removed.removed_policies) == ((), (b"1p2.0",))
+
+
+def test_ike_sas_keep_an_index_of_their_child_spis(store: EtcdStore) -> None:
+    server = f"{PREFIX}server/gw1/"
+
+    def index() -> set[str]:
+        return {k[len(server) :] for k in _keys_under(store, f"{server}ike_child/")}
+
+    def entry(n: int, *children: int) -> set[str]:
+        spis = ike(n).spis
+        return {f"ike_child/{sa_key(c).spi:08x}/{spis[0]:016x}{spis[1]:016x}" for c in children}
+
+    store.apply("gw1", 1, Batch(puts=(sa_put(1), sa_put(2)), ike_sas=(ike(1, 1, 2), ike(2, 3))))
+    assert index() == entry(1, 1, 2) | entry(2, 3)
+    store.apply("gw1", 1, Batch(ike_sas=(ike(1, 2, 4),)))  # rekeyed: CHILD SA 1 went, 4 came
+    assert index() == entry(1, 2, 4) | entry(2, 3)
+    store.apply("gw1", 1, Batch(delete_ike_sas=(ike(1).spis,)))
+    assert index() == entry(2, 3)
+    assert set(_keys_under(store, f"{server}removed/ike/")) == {
+        f"{server}removed/ike/{ike(1).spis[0]:016x}{ike(1).spis[1]:016x}"
+    }
+    # Neither the index nor the markers are entries.
+    pages = list(store.iter_server("gw1"))
+    assert [r.spis for p in pages for r in p.ike_sas] == [ike(2).spis]
+    (stats,) = store.stats().servers
+    assert (stats.sas, stats.policies, stats.ike_sas) == (2, 2, 1)
+    assert store.server_stats(0, 10) == (stats,)
+
+
+def test_two_ike_sas_naming_one_child_spi_keep_their_own_index(store: EtcdStore) -> None:
+    store.apply("gw1", 1, Batch(puts=(sa_put(1),), ike_sas=(ike(1, 1), ike(2, 1))))
+    found = store.get_by_spi(sa_key(1))
+    assert found is not None and found.ike_sa in (ike(1, 1), ike(2, 1))
+    store.apply("gw1", 1, Batch(delete_ike_sas=(ike(1).spis,)))
+    found = store.get_by_spi(sa_key(1))
+    assert found is not None and found.ike_sa == ike(2, 1)
+
+
+def test_sa_values_no_longer_hold_an_ike_sa_slot_and_old_ones_are_read(store: EtcdStore) -> None:
+    import json
+
+    store.put("gw1", 1, [sa_put(1), sa_put(2)])
+    key = f"{PREFIX}server/gw1/sa/{etcd_backend._sa_path(sa_key(1))}"
+    raw = store._etcd.get_many([key])[key]
+    assert set(json.loads(raw)) == {"entry", "policies"}
+    # What an older ipsec-ha wrote: a reserved IKE SA slot in the SA's value.
+    old = json.dumps({**json.loads(raw), "ike_sa": _b64("old slot")})
+    store._etcd.call("/v3/kv/put", {"key": _b64(key), "value": _b64(old)})
+    found = store.get_by_spi(sa_key(1))
+    assert found is not None and found.sa.entry == sa_put(1).entry and found.ike_sa is None
+    sas, _ = all_state(store, "gw1")
+    assert sas[sa_key(1)].entry == sa_put(1).entry
+
+
+def test_ike_changes_come_from_etcds_history_as_from_the_ranges(
+    store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.apply("gw1", 1, Batch(puts=(sa_put(1),), ike_sas=tuple(ike(n, 1) for n in range(8))))
+    since = store.revision("gw1")
+    store.apply("gw1", 1, Batch(ike_sas=(ike(2, record=b"rekeyed"), ike(8, 1), ike(9))))
+    store.apply("gw1", 1, Batch(delete_ike_sas=(ike(3).spis, ike(5).spis, ike(9).spis)))
+    store.apply("gw1", 1, Batch(ike_sas=(ike(5, record=b"back"),)))
+    spy = HistorySpy(store, monkeypatch)
+    got = ike_changes(store, "gw1", since, limit=2)
+    assert (spy.watches, spy.ranges) == (1, 0)
+    assert got == (
+        {
+            ike(2).spis: ike(2, record=b"rekeyed"),
+            ike(8).spis: ike(8, 1),
+            ike(5).spis: ike(5, record=b"back"),
+        },
+        {ike(3).spis, ike(9).spis},
+    )
+    store.watch_history = False
+    assert ike_changes(store, "gw1", since, limit=2) == got
+    assert spy.ranges > 0
+
+
+@pytest.mark.parametrize("history", [True, False])
+def test_a_walk_resumes_from_an_ike_sa_cursor(store: EtcdStore, history: bool) -> None:
+    store.watch_history = history
+    store.apply("gw1", 1, Batch(puts=(sa_put(1),), ike_sas=(ike(1), ike(2))))
+    since = store.revision("gw1")
+    store.apply("gw1", 1, Batch(ike_sas=tuple(ike(n) for n in range(3, 7))))
+    page = store.get_page("gw1", store.ike_sa_cursor(ike(3).spis), 2)
+    assert [r.spis for r in page.ike_sas] == [ike(4).spis, ike(5).spis]
+    assert (page.sas, page.policies) == ((), ())
+    assert page.cursor == store.ike_sa_cursor(ike(5).spis)
+    page = store.get_page("gw1", page.cursor, 2)
+    assert [r.spis for r in page.ike_sas] == [ike(6).spis] and page.cursor is None
+    changed = store.get_changes("gw1", since, store.ike_sa_cursor(ike(4).spis), 100)
+    assert [r.spis for r in changed.ike_sas] == [ike(5).spis, ike(6).spis]
+    store.apply("gw1", 1, Batch(delete_ike_sas=(ike(1).spis, ike(2).spis, ike(3).spis)))
+    removed = store.get_changes("gw1", since, store.removed_ike_sa_cursor(ike(1).spis), 100)
+    assert removed.ike_sas == () and removed.removed_ike_sas == (ike(2).spis, ike(3).spis)
+    assert removed.cursor is None
+    # A page ends on the IKE SAs' phase: the next page starts at the removals.
+    first = store.get_changes("gw1", since, store.ike_sa_cursor(ike(4).spis), 2)
+    assert [r.spis for r in first.ike_sas] == [ike(5).spis, ike(6).spis]
+    rest = store.get_changes("gw1", since, first.cursor, 100)
+    assert rest.removed_ike_sas == (ike(1).spis, ike(2).spis, ike(3).spis)
+
+
+@pytest.mark.parametrize(
+    ("call", "cursor"),
+    [
+        ("get_page", b"I" + bytes(15)),
+        ("get_page", b"I" + bytes(17)),
+        ("get_page", b"RI" + bytes(16)),  # a state walk has no removals
+        ("get_changes", b"RI" + bytes(3)),
+        ("get_changes", b"RI" + bytes(17)),
+        ("get_changes", b"I" + bytes(1)),
+    ],
+)
+def test_malformed_ike_sa_cursor_is_refused(store: EtcdStore, call: str, cursor: bytes) -> None:
+    store.apply("gw1", 1, Batch(ike_sas=(ike(1),)))
+    args = ("gw1", cursor) if call == "get_page" else ("gw1", 0, cursor)
+    with pytest.raises(InvalidRequestError, match="malformed page cursor"):
+        getattr(store, call)(*args)
 
 
 def test_a_keyspace_older_than_the_change_feed(store: EtcdStore) -> None:

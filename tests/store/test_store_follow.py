@@ -17,7 +17,13 @@ from entries_factory import make_policy, make_sa
 from loopback_client import LoopbackClient
 
 from appliance.model import SadEntry, SpdEntry
-from appliance.store.base import FetchCancelled, SaKey, StoreUnavailableError
+from appliance.store.base import (
+    FetchCancelled,
+    IkeSaRecord,
+    InvalidRequestError,
+    SaKey,
+    StoreUnavailableError,
+)
 from appliance.store.follow import SOURCE_PATIENCE, Follower
 from appliance.store.service import StoreService
 from appliance.store.sqlite import SqliteStore
@@ -211,3 +217,33 @@ def test_the_copy_gives_the_same_tuples_until_something_changes(client: Loopback
     client.delete(SID, 1, [], [make_policy(3).index])
     removed = follower.poll(SID).state
     assert removed.spd is not moved.spd and len(removed.spd) == 9
+
+
+def _ike(n: int, record: bytes = b"ike") -> IkeSaRecord:
+    return IkeSaRecord((0xA0 + n, 0xB0 + n), (make_sa(n).spi,), record + b" %d" % n)
+
+
+def test_ike_sas_are_followed_beside_the_kernel_state(client: LoopbackClient) -> None:
+    write(client, [make_sa(n) for n in range(4)])
+    assert client.put_ike_sas(SID, 1, [_ike(n) for n in range(4)]) == 1
+    follower = Follower([client])
+    follower.poll(SID)
+    assert follower.state is not None
+    assert follower.state.ike_sas == {_ike(n).spis: _ike(n) for n in range(4)}
+
+    client.put_ike_sas(SID, 1, [_ike(1, b"rekeyed"), _ike(5)], removed=[_ike(2).spis])
+    polled = follower.poll(SID)
+    # The IKE SAs changed, the kernel state did not: nothing for the kernel to do.
+    assert (polled.changed, polled.full) == (False, False)
+    assert follower.state.ike_sas == {
+        i.spis: i for i in (_ike(0), _ike(1, b"rekeyed"), _ike(3), _ike(5))
+    }
+    whole = client.get_server(SID)
+    assert whole.ike_sas == follower.state.ike_sas
+    answer = client.get_spi(make_sa(1).spi, str(make_sa(1).daddr))
+    assert answer.ike_sa == _ike(1, b"rekeyed")
+
+
+def test_ike_sas_too_large_for_a_datagram_are_refused_by_name(client: LoopbackClient) -> None:
+    with pytest.raises(InvalidRequestError, match=r"an IKE SA\) takes .* raise max_datagram"):
+        client.put_ike_sas(SID, 1, [_ike(1, b"x" * 1400)])

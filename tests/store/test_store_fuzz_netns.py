@@ -230,10 +230,10 @@ def garbage_sources(server_id: str = "garbage") -> list[bytes]:
     head = (ServerIdPayload.parse(server_id), EpochPayload(1))
     stor = (
         conv.spd_to_payload(spd[3]),
+        IkeSaPayload(0x1234, 0x5678, (sad[0].spi,), b"ike record"),
         conv.sad_to_payload(sad[0]),
         conv.spd_to_payload(spd[0]),
         replay_update_for(sad[0]),
-        IkeSaPayload(b"ike"),
         conv.sad_to_payload(sad[1]),
     )
     payload_sets = [

@@ -167,6 +167,7 @@ def test_each_store_metric_is_scraped_from_another_namespace(lab: Lab) -> None:
         assert value(samples, "ipsec_ha_store_server_sas", server_id=sid) == sas
         assert value(samples, "ipsec_ha_store_server_policies", server_id=sid) == policies
         assert value(samples, "ipsec_ha_store_server_epoch", server_id=sid) == epoch
+        assert value(samples, "ipsec_ha_store_server_ike_sas", server_id=sid) == (sid == "gw1")
     requests = "ipsec_ha_store_server_requests_total"
     # The puts, the claim and the retransmitted claim's first transmission (its repeat was
     # answered from the cache, not counted as a request).

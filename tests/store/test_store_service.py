@@ -78,12 +78,13 @@ def stor(service: StoreService, n: int, server_id: str = "gw1", epoch: int = 1) 
 
 def test_stored_sa_comes_back_by_spi_with_its_policy(service: StoreService) -> None:
     bulk_policy = make_policy(99)
+    ike = IkeSaPayload(0xA1, 0xB1, (make_sa(1).spi, 0x4242), b"ike state")
     payloads = (
         *head(),
         conv.spd_to_payload(bulk_policy),  # before any SAD entry: a policy without an SA
+        ike,  # likewise: IKE SAs stand alone
         conv.sad_to_payload(make_sa(1)),
         conv.spd_to_payload(make_policy(1)),
-        IkeSaPayload(b"reserved ike state"),
     )
     assert status(call(service, ExchangeType.SA_STOR, payloads)) == Status.OK
     key = conv.sa_key_of(make_sa(1))
@@ -92,9 +93,9 @@ def test_stored_sa_comes_back_by_spi_with_its_policy(service: StoreService) -> N
     assert str(answer.first(ServerIdPayload)) == "gw1"
     assert conv.sad_from_payload(answer.payloads[3]) == make_sa(1)  # type: ignore[arg-type]
     assert [conv.spd_from_payload(p) for p in answer.all(type(payloads[2]))] == [make_policy(1)]
-    assert answer.first(IkeSaPayload) == IkeSaPayload(b"reserved ike state")
+    assert answer.first(IkeSaPayload) == ike  # the IKE SA that names the SA's SPI
     stats = service.store.stats().servers[0]
-    assert (stats.sas, stats.policies) == (1, 2)
+    assert (stats.sas, stats.policies, stats.ike_sas) == (1, 2, 1)
 
 
 def test_pages_fit_the_requested_size_and_cover_everything(service: StoreService) -> None:
@@ -186,6 +187,51 @@ def test_changes_since_a_revision_come_in_pages_with_the_removals(service: Store
     ]
 
 
+def _ike(n: int, size: int = 300) -> IkeSaPayload:
+    return IkeSaPayload(0xA0 + n, 0xB0 + n, (make_sa(n).spi,), bytes([n]) * size)
+
+
+def test_ike_sas_come_after_the_sas_in_pages_and_changes(service: StoreService) -> None:
+    for n in range(6):
+        stor(service, n)
+    ikes = (_ike(n) for n in range(6))
+    assert status(call(service, ExchangeType.SA_STOR, (*head(), *ikes))) == Status.OK
+    since = service.store.revision("gw1")
+    cursor, seen, pages = b"", [], []
+    while True:
+        page = call(
+            service, ExchangeType.SA_RETR, (head()[0], PagePayload(700, cursor)), len(pages)
+        )
+        pages.append(page)
+        # Within a walk, IKE SAs come only after every SA.
+        if seen:
+            assert page.all(SadEntryPayload) == []
+        seen += page.all(IkeSaPayload)
+        if not page.more:
+            break
+        cursor = page.first(PagePayload).cursor  # type: ignore[union-attr]
+    assert seen == [_ike(n) for n in range(6)] and len(pages) > 3
+
+    changed = (*head(), _ike(1, 10), Delete.for_ike_sas([_ike(2).spis, (9, 9)]))
+    assert status(call(service, ExchangeType.SA_STOR, changed)) == Status.OK
+    after = change_pages(service, since)
+    assert [p for r in after for p in r.all(IkeSaPayload)] == [_ike(1, 10)]
+    removed = [p for r in after for p in r.all(RemovedPayload)]
+    assert removed == [RemovedPayload.for_ike_sa(_ike(2).spis)]
+
+    # By SPI: the SA with the IKE SA that names it; none once the IKE SA is gone.
+    answer = call(service, ExchangeType.SA_RETR, (conv.lookup_payload(conv.sa_key_of(make_sa(1))),))
+    assert answer.first(IkeSaPayload) == _ike(1, 10)
+    answer = call(service, ExchangeType.SA_RETR, (conv.lookup_payload(conv.sa_key_of(make_sa(2))),))
+    assert status(answer) == Status.OK and answer.first(IkeSaPayload) is None
+
+
+def test_an_ike_sa_too_large_for_the_page_is_too_large(service: StoreService) -> None:
+    assert status(call(service, ExchangeType.SA_STOR, (*head(), _ike(1, 2000)))) == Status.OK
+    answer = call(service, ExchangeType.SA_RETR, (head()[0], PagePayload(700, b"")))
+    assert status(answer) == Status.TOO_LARGE
+
+
 def test_a_revision_the_store_cannot_serve_is_revision_gone(service: StoreService) -> None:
     stor(service, 1)
     future = service.store.revision("gw1") + 1
@@ -274,7 +320,7 @@ def test_replay_only_update_is_returned_with_the_sa(service: StoreService) -> No
     [
         (),  # SA_Stor without server ID and epoch
         (ServerIdPayload.parse("gw1"),),
-        (*head(), IkeSaPayload(b"no SA before it")),
+        (*head(), conv.sad_to_payload(make_sa(1)), IkeSaPayload(1, 2, (), b"after a SAD entry")),
     ],
 )
 def test_incomplete_sa_stor_is_malformed(service: StoreService, payloads: tuple) -> None:  # type: ignore[type-arg]

@@ -12,10 +12,18 @@ from typing import TypeVar
 
 import pytest
 from change_feed_contract import ChangeFeedContract
+from ike_sa_contract import IkeSaContract, ike
 from store_contract import BackendContract, sa_key, sa_put, test_sa_key_validation
 
 from appliance.store import sqlite as sqlite_backend
-from appliance.store.base import SchemaVersionError, StoreUnavailableError
+from appliance.store.base import (
+    Batch,
+    IkeSaRecord,
+    InvalidRequestError,
+    PolicyRecord,
+    SchemaVersionError,
+    StoreUnavailableError,
+)
 from appliance.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 pytestmark = pytest.mark.unit
@@ -32,7 +40,7 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
-class TestSqliteContract(BackendContract, ChangeFeedContract):
+class TestSqliteContract(BackendContract, ChangeFeedContract, IkeSaContract):
     pass
 
 
@@ -66,7 +74,7 @@ def test_schema_version_is_recorded_and_reopen_keeps_data(tmp_path: Path) -> Non
     s.put("gw1", 1, [sa_put(1)])
     s.close()
     s = SqliteStore(tmp_path / "s.db")
-    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.schema_version == SCHEMA_VERSION == 3
     assert s.get_by_spi(sa_key(1)) is not None
     s.close()
 
@@ -87,7 +95,7 @@ def test_version_1_store_migrates_with_its_entries_at_revision_1(tmp_path: Path)
     db.commit()
     db.close()
     s = SqliteStore(path)
-    assert s.schema_version == 2
+    assert s.schema_version == SCHEMA_VERSION
     assert (s.revision("gw1"), s.epoch("gw1")) == (1, 3)
     (page,) = s.iter_changes("gw1", 0)
     assert [sa.key for sa in page.sas] == [sa_key(1)]
@@ -97,6 +105,112 @@ def test_version_1_store_migrates_with_its_entries_at_revision_1(tmp_path: Path)
     s.put("gw1", 3, [sa_put(2)])
     assert [sa.key for sa in s.get_changes("gw1", 1).sas] == [sa_key(2)]
     s.close()
+
+
+def test_version_2_store_migrates_keeping_its_entries_and_revisions(tmp_path: Path) -> None:
+    """A store written before IKE SA records: the SAs, policies, markers and revision stay."""
+    path = tmp_path / "v2.db"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    db = sqlite3.connect(path)
+    for script in (sqlite_backend._SCHEMA_V1, sqlite_backend._SCHEMA_V2):
+        for statement in script.split(";"):
+            db.execute(statement)
+    db.execute("INSERT INTO server VALUES ('gw1', 3, 7, 2)")
+    # The per-SA IKE slot of version 1 held a value: it is no longer read.
+    db.execute("INSERT INTO sa VALUES (50, '192.0.2.1', 4097, 'gw1', x'01', x'0a', x'1e', 6)")
+    db.execute("INSERT INTO policy VALUES ('gw1', x'50', x'02', 5)")
+    db.execute("INSERT INTO sa_policy VALUES ('gw1', 50, '192.0.2.1', 4097, x'50')")
+    db.execute("INSERT INTO sa_removed VALUES ('gw1', 50, '192.0.2.1', 4098, 7)")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    assert s.schema_version == SCHEMA_VERSION == 3
+    assert (s.revision("gw1"), s.epoch("gw1")) == (7, 3)
+    found = s.get_by_spi(sa_key(1))
+    assert found is not None and found.ike_sa is None
+    assert (found.sa.entry, found.sa.replay, found.sa.policy_ids) == (b"\x01", b"\x0a", (b"P",))
+    changes = s.get_changes("gw1", 5)
+    assert [sa.key for sa in changes.sas] == [sa_key(1)] and changes.policies == ()
+    assert changes.removed_sas == (sa_key(2),) and changes.ike_sas == ()
+    (gw1,) = s.stats().servers
+    assert (gw1.sas, gw1.policies, gw1.ike_sas) == (1, 1, 0)
+    # The new tables work on the migrated file; a rewrite of the SA clears its old slot.
+    s.apply("gw1", 3, Batch(puts=(sa_put(1),), ike_sas=(ike(1, 1),)))
+    found = s.get_by_spi(sa_key(1))
+    assert found is not None and found.ike_sa == ike(1, 1)
+    assert s.get_changes("gw1", 7).ike_sas == (ike(1, 1),)
+    s.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT ike_sa FROM sa").fetchall() == [(None,)]
+    db.close()
+
+
+def test_ike_spis_keep_all_64_bits_and_sort_unsigned(store: SqliteStore) -> None:
+    """SQLite integers are signed: SPIs with the top bit set round-trip and page in order."""
+    spis = [(1, 0), (0x7FFF_FFFF_FFFF_FFFF, 2**64 - 1), (2**63, 0), (2**64 - 1, 2**64 - 1)]
+    records = [IkeSaRecord(s, (), b"r") for s in spis]
+    store.apply("gw1", 1, Batch(ike_sas=tuple(reversed(records))))
+    walked = [r for page in store.iter_server("gw1", 1) for r in page.ike_sas]
+    assert walked == records
+    assert all(len(page.cursor or b"") <= 64 for page in store.iter_server("gw1", 1))
+    assert store.get_page("gw1", store.ike_sa_cursor(spis[1]), 1).ike_sas == (records[2],)
+    store.apply("gw1", 1, Batch(delete_ike_sas=(spis[3],)))
+    removed = store.get_changes("gw1", 1, store.removed_ike_sa_cursor((0, 1))).removed_ike_sas
+    assert removed == (spis[3],)
+
+
+@pytest.mark.parametrize(
+    "cursor", [b"I" + bytes(15), b"I" + bytes(17), b"RI" + bytes(3), b"RI" + bytes(17)]
+)
+def test_malformed_ike_cursor_is_refused(store: SqliteStore, cursor: bytes) -> None:
+    with pytest.raises(InvalidRequestError):
+        store.get_page("gw1", cursor)
+    with pytest.raises(InvalidRequestError):
+        store.get_changes("gw1", 0, cursor)
+
+
+def test_a_batch_of_absent_deletes_moves_no_revision(store: SqliteStore) -> None:
+    store.apply("gw1", 1, Batch(puts=(sa_put(1),), ike_sas=(ike(1, 1),)))
+    before = store.revision("gw1")
+    store.apply(
+        "gw1",
+        1,
+        Batch(delete_sas=(sa_key(9),), delete_policies=(b"x",), delete_ike_sas=(ike(9).spis,)),
+    )
+    assert store.revision("gw1") == before
+    assert store.get_changes("gw1", before).removed_ike_sas == ()
+
+
+def test_ike_child_index_follows_the_records(store: SqliteStore) -> None:
+    """The lookup index is kept in the write's transaction: no stale CHILD SA is left."""
+    store.apply("gw1", 1, Batch(ike_sas=(ike(1, 1, 2), ike(2, 3))))
+    store.apply("gw1", 1, Batch(ike_sas=(ike(1, 2, 4),), delete_ike_sas=(ike(2).spis,)))
+    rows = store._db.execute("SELECT spi FROM ike_child ORDER BY spi").fetchall()
+    assert rows == [(sa_key(2).spi,), (sa_key(4).spi,)]
+
+
+def test_the_newest_ike_sa_naming_a_child_is_its_ike_sa(store: SqliteStore) -> None:
+    """During an IKE rekey both IKE SAs may name a CHILD SA for a moment."""
+    store.apply("gw1", 1, Batch(puts=(sa_put(1),), ike_sas=(ike(2, 1),)))
+    store.apply("gw1", 1, Batch(ike_sas=(ike(1, 1, record=b"rekeyed"),)))
+    found = store.get_by_spi(sa_key(1))
+    assert found is not None and found.ike_sa == ike(1, 1, record=b"rekeyed")
+
+
+def test_a_failed_ike_write_writes_nothing(store: SqliteStore) -> None:
+    store.apply("gw1", 1, Batch(ike_sas=(ike(1, 1),), policies=(PolicyRecord(b"p", b"x"),)))
+    before = store.revision("gw1")
+    store._db.execute(
+        "CREATE TRIGGER fail_ike BEFORE INSERT ON ike_child WHEN NEW.spi = 4099 "
+        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    )
+    with pytest.raises(StoreUnavailableError, match="injected failure"):
+        store.apply("gw1", 1, Batch(delete_policies=(b"p",), ike_sas=(ike(1, 2), ike(2, 3))))
+    assert store.revision("gw1") == before
+    (page,) = list(store.iter_server("gw1"))
+    assert page.ike_sas == (ike(1, 1),) and page.policies == (PolicyRecord(b"p", b"x"),)
 
 
 def test_future_schema_version_is_refused_untouched(tmp_path: Path) -> None:

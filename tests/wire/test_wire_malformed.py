@@ -12,6 +12,7 @@ from appliance.wire import (
     Delete,
     EpochPayload,
     ExchangeType,
+    IkeSaPayload,
     LocalWireError,
     Message,
     Notify,
@@ -153,7 +154,18 @@ def test_more_flag_on_a_request_is_rejected() -> None:
     [
         (lambda: EpochPayload(1 << 64), "epoch"),
         (lambda: Delete(ProtocolId.ESP, (1 << 32,)), "delete SPI"),
-        (lambda: Delete(ProtocolId.IKE, (1,)), "delete protocol id"),
+        (lambda: Delete(ProtocolId.NONE, (1,)), "delete protocol id"),
+        (lambda: Delete(ProtocolId.IKE, (0,)), "do not fit 16 octets"),
+        (lambda: Delete(ProtocolId.IKE, (1 << 128,)), "do not fit 16 octets"),
+        (lambda: IkeSaPayload(0, 0, (), b"x"), "not both 0"),
+        (lambda: IkeSaPayload(1 << 64, 0, (), b"x"), "64-bit"),
+        (lambda: IkeSaPayload(1, 2, (0,), b"x"), "non-zero and distinct"),
+        (lambda: IkeSaPayload(1, 2, (7, 7), b"x"), "non-zero and distinct"),
+        (lambda: IkeSaPayload(1, 2, tuple(range(1, 1026)), b"x"), "more than 1024"),
+        (lambda: IkeSaPayload(1, 2, (), b""), "record is empty"),
+        (lambda: RemovedPayload.for_ike_sa((0, 0)), "not both 0"),
+        (lambda: RemovedPayload(RemovedKind.IKE_SA, spi=1, ike_spis=(1, 2)), "only its SPIs"),
+        (lambda: RemovedPayload(RemovedKind.SA, 1, 50, 2, ike_spis=(1, 2)), "only a removed IKE"),
         (lambda: PagePayload(0, bytes(65)), "cursor"),
         (lambda: Notify(1 << 16), "notify message type"),
         (lambda: RevisionPayload(1 << 64), "revision"),
@@ -166,7 +178,7 @@ def test_more_flag_on_a_request_is_rejected() -> None:
         (lambda: RemovedPayload.for_policy(b""), "policy ID is 0 bytes"),
         (lambda: RemovedPayload.for_policy(bytes(33)), "policy ID is 33 bytes"),
         (lambda: RemovedPayload(RemovedKind.SPD_ENTRY, spi=1, policy_id=b"x"), "no SA key"),
-        (lambda: RemovedPayload(3, policy_id=b"x"), "kind 3"),  # type: ignore[arg-type]
+        (lambda: RemovedPayload(4, policy_id=b"x"), "kind 4"),  # type: ignore[arg-type]
     ],
 )
 def test_values_that_do_not_fit_are_refused_when_encoding(build: object, match: str) -> None:
@@ -218,7 +230,10 @@ def _removed_sa_body(protocol: int = 50, family: int = 2, daddr: bytes = V4_DEST
         (bytes([1, 0, 0]), Status.MALFORMED, "truncated"),
         (bytes([2, 0, 0, 0]), Status.MALFORMED, "policy ID is 0 bytes"),
         (bytes([2, 0, 0, 0]) + bytes(33), Status.MALFORMED, "policy ID is 33 bytes"),
-        (bytes([3, 0, 0, 0]) + bytes(24), Status.UNSUPPORTED, "kind 3"),
+        (bytes([3, 0, 0, 0]) + bytes(16), Status.MALFORMED, "not both 0"),
+        (bytes([3, 0, 0, 0]) + bytes(15) + b"\1" + b"\0", Status.MALFORMED, "trailing"),
+        (bytes([3, 0, 0, 0]) + bytes(15), Status.MALFORMED, "truncated"),
+        (bytes([4, 0, 0, 0]) + bytes(24), Status.UNSUPPORTED, "kind 4"),
         (bytes([0, 0, 0, 0]), Status.UNSUPPORTED, "kind 0"),
     ],
 )
@@ -235,6 +250,61 @@ def test_removed_payloads_at_the_limits_are_accepted() -> None:
     v6 = _removed_sa_body(family=10, daddr=bytes(range(16)))
     (removed,) = decode_message(_message_with_payload(PayloadType.REMOVED, v6)).payloads
     assert removed == RemovedPayload.for_sa(0xC0FFEE01, 50, 10, bytes(range(16)))
+    ike = bytes([3, 0, 0, 0]) + (1).to_bytes(8, "big") + (2**64 - 1).to_bytes(8, "big")
+    (removed,) = decode_message(_message_with_payload(PayloadType.REMOVED, ike)).payloads
+    assert removed == RemovedPayload.for_ike_sa((1, 2**64 - 1))
+
+
+def _ike_sa_body(count: int, children: bytes, record: bytes = b"r") -> bytes:
+    return (
+        (5).to_bytes(8, "big")
+        + (6).to_bytes(8, "big")
+        + count.to_bytes(2, "big")
+        + bytes(2)
+        + children
+        + record
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (bytes(15), "truncated"),
+        (bytes(16) + bytes(4) + b"r", "not both 0"),
+        (_ike_sa_body(2, (9).to_bytes(4, "big")), "truncated"),
+        (_ike_sa_body(1, (9).to_bytes(4, "big"), b""), "record is empty"),
+        (_ike_sa_body(1, bytes(4)), "non-zero and distinct"),
+        (_ike_sa_body(2, (9).to_bytes(4, "big") * 2), "non-zero and distinct"),
+        (_ike_sa_body(1025, bytes(4 * 1025)), "more than 1024"),
+    ],
+)
+def test_invalid_ike_sa_payloads_are_refused(body: bytes, match: str) -> None:
+    with pytest.raises(RemoteWireError, match=match) as caught:
+        decode_message(_message_with_payload(PayloadType.IKE_SA, body))
+    assert caught.value.status is Status.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (bytes([1, 4, 0, 1]) + bytes(4), "SPI size is 4, must be 16"),
+        (bytes([3, 16, 0, 1]) + bytes(16), "SPI size is 16, must be 4"),
+        (bytes([1, 16, 0, 1]) + bytes(16), "SPIs 0 and 0"),
+        (bytes([1, 16, 0, 2]) + bytes(15) + b"\1", "truncated"),
+    ],
+)
+def test_invalid_ike_deletes_are_refused(body: bytes, match: str) -> None:
+    with pytest.raises(RemoteWireError, match=match):
+        decode_message(_message_with_payload(PayloadType.DELETE, body))
+
+
+def test_ike_sa_payload_and_delete_round_trip() -> None:
+    ike = IkeSaPayload(2**64 - 1, 0, (1, 2**32 - 1), b"record")
+    delete = Delete.for_ike_sas([(1, 2), (2**64 - 1, 0)])
+    decoded = decode_message(encode_message(Message(ExchangeType.SA_STOR, 1, (ike, delete))))
+    assert decoded.payloads == (ike, delete)
+    assert delete.ike_spis == ((1, 2), (2**64 - 1, 0))
+    assert "record" not in repr(ike)
 
 
 @pytest.mark.parametrize("length", [0, 7, 9, 16])

@@ -46,10 +46,14 @@ notify = st.builds(
     st.none() | u32,
     st.binary(max_size=60),
 )
-delete = st.builds(
-    Delete,
-    st.sampled_from([ProtocolId.AH, ProtocolId.ESP, ProtocolId.IPCOMP, ProtocolId.SPD_INDEX]),
-    st.lists(u32, max_size=20).map(tuple),
+ike_spis = st.tuples(st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1))
+delete = st.one_of(
+    st.builds(
+        Delete,
+        st.sampled_from([ProtocolId.AH, ProtocolId.ESP, ProtocolId.IPCOMP, ProtocolId.SPD_INDEX]),
+        st.lists(u32, max_size=20).map(tuple),
+    ),
+    st.builds(Delete.for_ike_sas, st.lists(ike_spis, max_size=5)),
 )
 
 
@@ -98,7 +102,13 @@ spd_entry = st.builds(
     tsr=traffic_selectors(),
     attributes=attributes,
 )
-ike_sa = st.builds(IkeSaPayload, st.binary(max_size=100))
+ike_sa = st.builds(
+    IkeSaPayload,
+    spi_i=st.integers(1, 2**64 - 1),
+    spi_r=st.integers(0, 2**64 - 1),
+    child_spis=st.lists(st.integers(1, 2**32 - 1), max_size=8, unique=True).map(tuple),
+    record=st.binary(min_size=1, max_size=100),
+)
 replay_state = st.builds(
     ReplayStatePayload,
     spi=u32,
@@ -141,6 +151,7 @@ removed = st.one_of(
         removed_sa_destination,
     ),
     st.builds(RemovedPayload.for_policy, st.binary(min_size=1, max_size=MAX_POLICY_ID_LENGTH)),
+    st.builds(RemovedPayload.for_ike_sa, ike_spis),
 )
 unknown = st.builds(
     UnknownPayload,

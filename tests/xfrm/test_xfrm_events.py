@@ -1,5 +1,6 @@
 """parse_events: datagrams from XFRM multicast groups become typed events (sans-IO)."""
 
+import dataclasses
 import ipaddress
 import struct
 
@@ -91,6 +92,17 @@ def test_delpolicy_and_flush_notifications() -> None:
     assert isinstance(deleted, PolicyDeleted) and deleted.entry == POLICY and deleted.index == 9
     assert isinstance(sa_flush, SaFlushed) and sa_flush.proto == 255
     assert isinstance(pol_flush, PolicyFlushed) and pol_flush.ptype == 1
+
+
+def test_a_policy_deleted_by_selector_names_the_index_of_the_policy_attached() -> None:
+    # The kernel echoes the request's xfrm_userpolicy_id: index 0 for a delete by selector.
+    msg = s.xfrm_userpolicy_id()
+    msg["header"].update({"type": c.XFRM_MSG_DELPOLICY})
+    indexed = dataclasses.replace(POLICY, index=0x109)
+    msg.update({"sel": cv.selector_to_dict(POLICY.selector), "index": 0, "dir": 1})
+    msg["attrs"] = [("XFRMA_POLICY", cv.spd_info_dict(indexed))]
+    (deleted,) = parse_events(cv.encode_msg(msg))
+    assert isinstance(deleted, PolicyDeleted) and deleted.index == 0x109
 
 
 def test_unknown_type_is_kept_raw() -> None:

@@ -160,3 +160,5 @@ def test_policy_events_arrive_for_add_and_delete(netns: str) -> None:
     assert isinstance(added, PolicyAdded) and added.entry.selector == policy(9).selector
     assert isinstance(deleted, PolicyDeleted) and deleted.dir == 1
     assert deleted.entry is not None and deleted.entry.templates == policy(9).templates
+    # Deleted by selector (as charon deletes): the event still names the policy's index.
+    assert deleted.index == added.entry.index != 0

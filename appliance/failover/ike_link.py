@@ -1,0 +1,131 @@
+"""The daemon's ``[ike]`` side: the relay of charon's ``ha`` plugin and what it publishes.
+
+The daemon owns one :class:`IkeLink` when ``[ike]`` is configured.  The
+relay (``strongswan.relay``) runs on the daemon's loop in every role and
+keeps the book of charon's IKE SAs.  While the node publishes (ACTIVE), the
+book's changes go to every store with the kernel's (the flusher calls
+:meth:`take`); a full resync of a store also makes its IKE SAs equal to the
+book (:meth:`plan_resync`).  While it does not publish, nothing is kept
+pending: publishing starts with a full resync.
+
+When publishing starts and the book has not seen charon start
+(``IkeBook.complete`` is False: the daemon started beside a running
+charon), the link asks charon for its state with a RESYNC message, as a
+restarted peer plugin would.  charon then sends what its own cache holds of
+each IKE SA and rekeys every CHILD SA (``ha_cache.c``), so each CHILD SA
+reaches the book through its new CHILD_ADD.  Until then the store lacks the
+IKE SAs charon made before the daemon started, and a resync never deletes a
+stored IKE SA that an incomplete book does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from appliance.store.base import IkeSaRecord, IkeSpis
+from appliance.strongswan.config import IkeConfig
+from appliance.strongswan.ha_message import (
+    HaAttributeType,
+    HaMessage,
+    HaMessageType,
+    HaNumber,
+)
+from appliance.strongswan.ike_state import IkeBook, IkeEvent
+from appliance.strongswan.publisher import IkeBatch, IkePublisher, plan_ike_resync
+from appliance.strongswan.relay import HaRelay
+
+log = logging.getLogger("ipsec_ha.daemon.ike")
+
+SEGMENT = 1
+"""With ``segment_count = 1`` every IKE SA is in segment 1 (docs/strongswan.md)."""
+
+
+class IkeLink:
+    """The relay, its book, and the IKE SA changes not yet published."""
+
+    def __init__(self, config: IkeConfig, netns: str | None, wake: Callable[[], None]) -> None:
+        self.config = config
+        self.netns = netns
+        self.book = IkeBook()
+        self.publisher = IkePublisher()
+        self.relay = HaRelay(config.addresses, self._on_events, self.book)
+        self._wake = wake
+        self.publishing = False
+        self.published = 0
+        """IKE SA records and deletions handed to the stores."""
+        self.resyncs_asked = 0
+
+    async def start(self) -> None:
+        await self.relay.start(self.netns)
+
+    def close(self) -> None:
+        self.relay.close()
+
+    def _on_events(self, events: list[IkeEvent]) -> None:
+        if self.publishing:
+            self.publisher.on_events(events)
+            self._wake()
+
+    # -- on the loop ----------------------------------------------------------------
+
+    def set_publishing(self, publishing: bool) -> None:
+        """Publishing starts or stops (the daemon's loop; the resync follows)."""
+        self.publishing = publishing
+        self.publisher.clear()
+        # Once per daemon: charon's answer makes the book hold what charon holds.
+        if publishing and not self.book.complete and not self.resyncs_asked:
+            self.ask_resync()
+
+    def ask_resync(self) -> None:
+        """Ask charon for every IKE SA it holds (it also rekeys each CHILD SA)."""
+        log.warning(
+            "charon's IKE SAs from before this daemon started are not known; asking charon "
+            "to resync them (charon rekeys every CHILD SA to send them)"
+        )
+        try:
+            self.relay.send([HaMessage(HaMessageType.RESYNC, (_SEGMENT_ATTR,))])
+        except RuntimeError:  # the relay is not listening yet: the resync waits for it
+            log.warning("the ha relay is not started; charon is asked when it starts")
+            return
+        self.resyncs_asked += 1
+
+    # -- in the flusher's worker thread ------------------------------------------------
+
+    def take(self) -> IkeBatch:
+        batch = self.publisher.take()
+        self.published += len(batch.puts) + len(batch.removed)
+        return batch
+
+    def plan_resync(self, stored: Mapping[IkeSpis, IkeSaRecord]) -> IkeBatch:
+        # dict() copies under the GIL: the loop thread may change the book meanwhile.
+        return plan_ike_resync(dict(self.book.sas), stored, self.book.complete)
+
+    def silent_s(self) -> float | None:
+        """Seconds since charon's plugin last sent anything (None: never)."""
+        last = self.relay.last_received
+        return None if last is None else max(0.0, time.monotonic() - last)
+
+    def status(self) -> dict[str, Any]:
+        """The status file's ``ike`` (docs/operations.md)."""
+        silent = self.silent_s()
+        return {
+            "daemon": self.config.daemon,
+            "relay": str(self.config.addresses.relay),
+            "charon": str(self.config.addresses.charon),
+            "ike_sas": len(self.book.sas),
+            "child_sas": sum(len(s.all_children) for s in self.book.sas.values()),
+            "complete": self.book.complete,
+            "received": self.relay.received,
+            "dropped": dict(self.relay.drops),
+            "ignored": dict(self.book.ignored),
+            "published": self.published,
+            "pending": len(self.publisher),
+            "resyncs_asked": self.resyncs_asked,
+            "silent_s": None if silent is None else round(silent, 3),
+        }
+
+
+_SEGMENT_ATTR = HaNumber(HaAttributeType.SEGMENT, SEGMENT)

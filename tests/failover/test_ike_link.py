@@ -1,0 +1,136 @@
+"""The daemon's [ike] side over a real store (SQLite behind the real service): the relay's
+IKE SAs are published while active, a full resync makes the store's IKE SAs the book's,
+and an incomplete book never deletes what it does not know."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_executor import FakeKernel
+
+from appliance.failover.config import load_daemon_config
+from appliance.failover.daemon import FailoverDaemon
+from appliance.store.base import IkeSaRecord
+from appliance.store.service import StoreService
+from appliance.store.sqlite import SqliteStore
+from appliance.strongswan import HaMessage, HaMessageType, decode
+from appliance.strongswan.ike_record import decode_record
+from appliance.strongswan.publisher import ike_sa_record
+from tests.store.loopback_client import LoopbackClient
+from tests.strongswan.ha_recordings import datagrams
+
+pytestmark = pytest.mark.unit
+
+SID = "192.0.2.1"
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[LoopbackClient]:
+    store = SqliteStore(tmp_path / "store.db")
+    yield LoopbackClient(StoreService(store, max_datagram=65000), server="198.51.100.10")
+    store.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, client: LoopbackClient) -> FailoverDaemon:
+    psk = tmp_path / "cluster.psk"
+    psk.write_text("ab" * 32)
+    os.chmod(psk, 0o600)
+    path = tmp_path / "daemon.toml"
+    path.write_text(
+        f'[node]\nid = "gw1"\nserver_id = "{SID}"\nnode_index = 0\n'
+        f'[store]\nservers = ["198.51.100.10"]\npsk_file = "{psk}"\nmax_datagram = 65000\n'
+        f'[failover]\nstatus_file = "{tmp_path}/status.json"\n'
+        '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+    )
+    client.max_datagram = 65000
+    return FailoverDaemon(
+        load_daemon_config(path), FakeKernel(), [client], notify_log=tmp_path / "notify.jsonl"
+    )
+
+
+def messages(*steps: str) -> list[HaMessage]:
+    """The recorded datagrams of these steps (all of them: none named), decoded."""
+    return [decode(r.data) for r in datagrams() if not steps or r.step in steps]
+
+
+ESTABLISH = ("start", "segment_drop", "segment_take", "initiate", "add_child")
+REKEY = ("rekey_child_client", "rekey_child_gateway", "rekey_ike_client")
+TERMINATE = ("terminate_child_client", "terminate_ike_client")
+
+
+def feed(daemon: FailoverDaemon, items: list[HaMessage]) -> None:
+    """What the relay does with each datagram (the socket itself: tests/strongswan)."""
+    assert daemon.ike is not None
+    for m in items:
+        daemon.ike._on_events(daemon.ike.book.handle(m))
+
+
+def stored(client: LoopbackClient) -> dict[Any, IkeSaRecord]:
+    return client.get_server(SID).ike_sas
+
+
+def book_records(daemon: FailoverDaemon) -> dict[Any, IkeSaRecord]:
+    assert daemon.ike is not None
+    return {s: ike_sa_record(state) for s, state in daemon.ike.book.sas.items()}
+
+
+def activate(daemon: FailoverDaemon, client: LoopbackClient) -> None:
+    daemon.start_publishing({client.server: client.claim(SID)})
+
+
+def test_the_active_node_publishes_every_ike_sa_change(
+    daemon: FailoverDaemon, client: LoopbackClient
+) -> None:
+    assert daemon.ike is not None
+    activate(daemon, client)
+    for steps in (ESTABLISH, REKEY):
+        feed(daemon, messages(*steps))
+        daemon.publish_ike()
+        assert stored(client) == book_records(daemon) != {}
+    (record,) = stored(client).values()
+    assert decode_record(record.record) == daemon.ike.book.sas[record.spis]
+    assert len(record.child_spis) == 4  # two CHILD SAs, inbound and outbound
+    feed(daemon, messages(*TERMINATE))
+    daemon.publish_ike()
+    assert stored(client) == {}
+    assert daemon.ike.status()["published"] >= 3
+
+
+def test_nothing_is_published_while_not_active(
+    daemon: FailoverDaemon, client: LoopbackClient
+) -> None:
+    feed(daemon, messages(*ESTABLISH))
+    assert daemon.ike is not None and len(daemon.ike.publisher) == 0
+    daemon.publish_ike()
+    assert stored(client) == {}
+    # Publishing starts with a full resync: the whole book goes then.
+    activate(daemon, client)
+    daemon.full_resync()
+    assert stored(client) == book_records(daemon) != {}
+
+
+def test_a_resync_deletes_stale_ike_sas_only_for_a_complete_book(
+    daemon: FailoverDaemon, client: LoopbackClient
+) -> None:
+    assert daemon.ike is not None
+    epoch = client.claim(SID)
+    stale = IkeSaRecord((7, 8), (), b"an IKE SA charon no longer has")
+    client.put_ike_sas(SID, epoch, [stale])
+    # No RESYNC seen: the book may miss IKE SAs charon made before the daemon started.
+    without_start = [m for m in messages(*ESTABLISH) if m.type is not HaMessageType.RESYNC]
+    feed(daemon, without_start)
+    assert not daemon.ike.book.complete
+    daemon.start_publishing({client.server: epoch})
+    daemon.full_resync()
+    assert stored(client) == {**book_records(daemon), stale.spis: stale}
+    # charon's RESYNC at its start: it holds nothing, the book knows all from now.
+    feed(daemon, [m for m in messages("start") if m.type is HaMessageType.RESYNC])
+    feed(daemon, without_start)
+    assert daemon.ike.book.complete
+    daemon.full_resync()
+    assert stored(client) == book_records(daemon) and stale.spis not in stored(client)
