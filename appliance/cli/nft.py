@@ -215,6 +215,9 @@ def _render_status(status: dict[str, Any]) -> str:
     queued = counters.get("spi_trap_queued", {"packets": 0, "bytes": 0})
     trap_dropped = counters.get("spi_trap_dropped", {"packets": 0, "bytes": 0})
     lines.append(f"{'spi_trap':<12} {'queued ' + _pair(queued):>22} {_pair(trap_dropped):>22}")
+    if "ha_plugin_dropped" in counters:
+        ha = counters["ha_plugin_dropped"]
+        lines.append(f"{'ha_plugin':<12} {'(loopback)':>22} {_pair(ha):>22}")
     lines.extend(["", status["ruleset"].rstrip()])
     return "\n".join(lines)
 

@@ -39,7 +39,22 @@ def _render(status: dict[str, Any]) -> str:
     health = status.get("health")
     if isinstance(health, dict):
         lines += _render_health(health)
+    ike = status.get("ike")
+    if isinstance(ike, dict):
+        lines.append(_render_ike(ike))
     return "\n".join(lines)
+
+
+def _render_ike(ike: dict[str, Any]) -> str:
+    silent = ike.get("silent_s")
+    heard = "never heard" if silent is None else f"heard {silent:.1f} s ago"
+    dropped = sum((ike.get("dropped") or {}).values())
+    return (
+        f"ike: {ike.get('daemon')} relay {ike.get('relay')} (charon {ike.get('charon')}, "
+        f"{heard}): {ike.get('ike_sas')} IKE SAs, {ike.get('child_sas')} CHILD SAs"
+        f"{'' if ike.get('complete') else ' (incomplete: charon ran before the daemon)'}; "
+        f"{ike.get('published')} published, {dropped} datagrams dropped"
+    )
 
 
 def _render_health(health: dict[str, Any]) -> list[str]:

@@ -318,6 +318,11 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
     ondemand = _load_ondemand(path, data, nft)
     metrics = load_metrics_config(path, data, DAEMON_PORT)
     ike = load_ike_config(path, data)
+    if ike is not None and nft is not None and not nft.ha_relay:
+        raise ConfigError(
+            f"config {path}: [nft].ha_relay: must be true with [ike], so that the guard drops "
+            "charon's ha plugin port (4510) from anywhere but loopback"
+        )
     if ike is not None and store.max_datagram < MIN_IKE_DATAGRAM:
         raise ConfigError(
             f"config {path}: [store].max_datagram: {store.max_datagram} is too small for [ike]: "

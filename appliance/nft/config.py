@@ -32,7 +32,19 @@ IKE_PORT = 500
 NAT_T_PORT = 4500
 """IKE and ESP-in-UDP (RFC 3948) share this port; the non-ESP marker tells them apart."""
 
-KEYS = ("vips", "peers", "store", "sync_port", "trap_queue", "trap_rate", "trap_burst")
+HA_PORT = 4510
+"""strongSwan's ha plugin (charon to the relay, on loopback only)."""
+
+KEYS = (
+    "vips",
+    "peers",
+    "store",
+    "sync_port",
+    "trap_queue",
+    "trap_rate",
+    "trap_burst",
+    "ha_relay",
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,9 @@ class NftConfig:
     """Trapped packets per second passed to the queue."""
     trap_burst: int = DEFAULT_TRAP_BURST
     """Burst above ``trap_rate``, in packets."""
+    ha_relay: bool = False
+    """The daemon relays charon's ha plugin (``[ike]``): its port ``HA_PORT`` is dropped
+    from anything but loopback (its datagrams carry DH secrets in the clear)."""
     cluster: tuple[IPAddress, ...] = field(init=False, repr=False, compare=False)
     """Peers and store together, sorted, without duplicates."""
 
@@ -95,7 +110,14 @@ def parse_nft_section(section: Mapping[str, Any], where: str = "nft") -> NftConf
         trap_burst=_integer(
             section.get("trap_burst", DEFAULT_TRAP_BURST), f"{where}.trap_burst", 1
         ),
+        ha_relay=_boolean(section.get("ha_relay", False), f"{where}.ha_relay"),
     )
+
+
+def _boolean(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, not {value!r}")
+    return value
 
 
 def load_config(path: Path) -> NftConfig:

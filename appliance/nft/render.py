@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from appliance.errors import UsageError
-from appliance.nft.config import IKE_PORT, NAT_T_PORT, IPAddress, NftConfig
+from appliance.nft.config import HA_PORT, IKE_PORT, NAT_T_PORT, IPAddress, NftConfig
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "ipsec_ha"
@@ -56,9 +56,13 @@ CATEGORIES = ("ike", "esp", "esp_in_udp", "vrrp", "sync")
 TRAP_COUNTERS = ("spi_trap_queued", "spi_trap_dropped")
 """Unknown-SPI packets handed to the queue, and those dropped above the rate limit."""
 
+HA_COUNTER = "ha_plugin_dropped"
+"""With ``ha_relay``: datagrams to strongSwan's ha plugin port from anywhere but loopback."""
+
 COUNTERS = (
     *(f"{category}_{verdict}" for category in CATEGORIES for verdict in ("accepted", "dropped")),
     *TRAP_COUNTERS,
+    HA_COUNTER,
 )
 
 VRRP_PROTOCOL = 112
@@ -175,6 +179,9 @@ def _rules(config: NftConfig, members: dict[str, list[str]]) -> list[str]:
             f"udp dport {config.sync_port} counter name sync_dropped drop",
         ]
     )
+    if config.ha_relay:
+        # Loopback was accepted first: what reaches this came from the network.
+        rules.append(f"udp dport {HA_PORT} counter name {HA_COUNTER} drop")
     return rules
 
 

@@ -461,7 +461,12 @@ class StoreClient:
             except WireError:
                 return
             if message.response and message.message_id in waiting:
-                if _in_progress(event.data):
+                if isinstance(message, Message):  # decoded already: no second decode
+                    status = message.status
+                    notice = status is not None and status.status == Status.IN_PROGRESS
+                else:
+                    notice = _in_progress(event.data)
+                if notice:
                     self._in_progress.add(message.message_id)
                 else:
                     waiting[message.message_id] = message
@@ -893,7 +898,7 @@ def _pre_encoded(payload: Payload) -> list[Payload]:
 
 
 def _in_progress(data: bytes) -> bool:
-    """Is this response the store's IN_PROGRESS notice (a header and one Notify)?"""
+    """Is this raw response the store's IN_PROGRESS notice (a header and one Notify)?"""
     if len(data) > _IN_PROGRESS_MAX_LEN:
         return False  # a real answer: not decoded twice
     try:

@@ -401,11 +401,7 @@ class EtcdClient:
         tls_failures = 0
         reauthenticated = False
         while True:
-            if self._user is not None and self._token is None and path != _AUTH_PATH:
-                self._token = self._authenticate()
-            headers = {"Content-Type": "application/json"}
-            if self._token is not None and path != _AUTH_PATH:
-                headers["Authorization"] = self._token
+            headers = self._headers(path)
             try:
                 conn = self._connect()
                 conn.request("POST", path, data, headers)
@@ -495,6 +491,18 @@ class EtcdClient:
                 out.extend(r["response_range"].get("kvs", []))
         return out
 
+    def _headers(self, path: str) -> dict[str, str]:
+        """A request's headers: with the auth token (taken first if we have none yet), except
+        on the authentication call itself."""
+        headers = {"Content-Type": "application/json"}
+        if path == _AUTH_PATH:
+            return headers
+        if self._user is not None and self._token is None:
+            self._token = self._authenticate()
+        if self._token is not None:
+            headers["Authorization"] = self._token
+        return headers
+
     def history(self, key: str, range_end: str, since: int, until: int) -> dict[str, bool]:
         """The keys in ``[key, range_end)`` modified after revision ``since``, up to ``until``,
         each with whether it exists at ``until``.
@@ -514,11 +522,7 @@ class EtcdClient:
         }
         conn = self._new_connection()  # the watch holds it until closed
         try:
-            if self._user is not None and self._token is None:
-                self._token = self._authenticate()
-            headers = {"Content-Type": "application/json"}
-            if self._token is not None:
-                headers["Authorization"] = self._token
+            headers = self._headers("/v3/watch")
             conn.request("POST", "/v3/watch", json.dumps(body).encode(), headers)
             resp = conn.getresponse()
             if resp.status != 200:

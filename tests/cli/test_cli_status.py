@@ -39,6 +39,23 @@ def test_status_shows_role_and_last_plan(tmp_path: Path) -> None:
     assert "2 SAs installed, 1 counters advanced, 0 need a rekey, 250 ms" in result.output
 
 
+def test_status_shows_the_ike_relay(tmp_path: Path) -> None:
+    ike = {
+        "daemon": "strongswan", "relay": "127.0.0.2", "charon": "127.0.0.1", "ike_sas": 3,
+        "child_sas": 5, "complete": False, "received": 40, "dropped": {"HaMessageError": 2},
+        "ignored": {}, "published": 9, "pending": 0, "resyncs_asked": 1, "silent_s": 0.4,
+    }  # fmt: skip
+    result = run(tmp_path, {**GOOD, "ike": ike})
+    assert result.exit_code == 0, result.output
+    assert (
+        "ike: strongswan relay 127.0.0.2 (charon 127.0.0.1, heard 0.4 s ago): 3 IKE SAs, "
+        "5 CHILD SAs (incomplete: charon ran before the daemon); 9 published, 2 datagrams "
+        "dropped"
+    ) in result.output
+    never = run(tmp_path, {**GOOD, "ike": {**ike, "silent_s": None, "complete": True}})
+    assert "(charon 127.0.0.1, never heard): 3 IKE SAs, 5 CHILD SAs; 9" in never.output
+
+
 def test_status_json_is_the_file(tmp_path: Path) -> None:
     result = run(tmp_path, GOOD, "--json")
     assert result.exit_code == 0 and json.loads(result.output) == GOOD

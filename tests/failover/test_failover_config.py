@@ -263,3 +263,18 @@ def test_ike_needs_datagrams_that_hold_an_ike_sa(tmp_path: Path, psk: Path) -> N
         ConfigError, match=r"\[store\]\.max_datagram: 1400 is too small for \[ike\]"
     ):
         load_daemon_config(write(tmp_path, psk, body))
+
+
+def test_ike_with_a_guard_needs_the_guard_to_keep_the_plugin_on_loopback(
+    tmp_path: Path, psk: Path
+) -> None:
+    ike = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+    store = IKE_STORE.format(psk=psk)
+    with pytest.raises(ConfigError, match=r"\[nft\]\.ha_relay: must be true with \[ike\]"):
+        load_daemon_config(
+            write(tmp_path, psk, ike + '[nft]\nvips = ["192.0.2.10"]\n', store=store)
+        )
+    cfg = load_daemon_config(
+        write(tmp_path, psk, ike + '[nft]\nvips = ["192.0.2.10"]\nha_relay = true\n', store=store)
+    )
+    assert cfg.nft is not None and cfg.nft.ha_relay

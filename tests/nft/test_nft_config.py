@@ -69,6 +69,8 @@ def test_addresses_are_sorted_and_deduplicated_for_a_stable_ruleset() -> None:
         ({"trap_rate": 0}, "nft.trap_rate", "minimum"),
         ({"trap_burst": 1.5}, "nft.trap_burst", "integer"),
         ({"vip": ["192.0.2.10"]}, "nft.vip", "unknown key"),
+        ({"ha_relay": "yes"}, "nft.ha_relay", "true or false"),
+        ({"ha_relay": 1}, "nft.ha_relay", "true or false"),
     ],
 )
 def test_each_error_names_the_bad_key(change: dict[str, Any], key: str, words: str) -> None:

@@ -6,6 +6,7 @@ runs between namespaces on a bridge (see conftest).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -213,6 +214,22 @@ def test_sync_port_only_from_the_cluster(lab: Lab) -> None:
     assert counter_packets(lab.gw, "sync_accepted") == 1
     categories = guard_status(lab.gw).categories()
     assert categories["sync"] == {"accepted": 1, "dropped": 1}
+
+
+def test_ha_relay_keeps_the_ha_plugins_port_to_loopback(lab: Lab) -> None:
+    relay = dataclasses.replace(CONFIG, ha_relay=True)
+    with lab.socket_in(lab.gw, socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("0.0.0.0", 4510))
+        apply_guard(lab.gw, CONFIG)  # without ha_relay the port is not the guard's business
+        send_udp(lab, lab.peer, socket.AF_INET, (GW4, 4510), b"peer-before")
+        assert receive_all(listener, 2.0) == [b"peer-before"]
+
+        apply_guard(lab.gw, relay)
+        send_udp(lab, lab.peer, socket.AF_INET, (GW4, 4510), b"peer")
+        send_udp(lab, lab.stranger, socket.AF_INET, (VIP4, 4510), b"stranger")
+        send_udp(lab, lab.gw, socket.AF_INET, ("127.0.0.1", 4510), b"charon")
+        assert receive_all(listener, 2.0) == [b"charon"]
+    assert counter_packets(lab.gw, "ha_plugin_dropped") == 2
 
 
 def test_esp_reaches_the_vip_and_nothing_else(lab: Lab) -> None:

@@ -83,6 +83,17 @@ def test_no_cluster_means_vrrp_and_sync_are_only_dropped() -> None:
     assert "udp dport 4501 counter name sync_dropped drop" in script
 
 
+def test_ha_relay_drops_the_plugins_port_from_the_network_only() -> None:
+    script = render_ruleset(parse_nft_section({**EXAMPLE, "ha_relay": True}))
+    assert (
+        rules(script)[-1]
+        == "add rule inet ipsec_ha input udp dport 4510 counter name ha_plugin_dropped drop"
+    )
+    assert rules(script)[0] == 'add rule inet ipsec_ha input iif "lo" accept'  # loopback first
+    without = render_ruleset(parse_nft_section(EXAMPLE))
+    assert "4510" not in without and "add counter inet ipsec_ha ha_plugin_dropped" in without
+
+
 def test_sync_port_is_configurable() -> None:
     script = render_ruleset(parse_nft_section({**EXAMPLE, "sync_port": 4601}))
     assert "udp dport 4601 ip saddr @cluster4 counter name sync_accepted accept" in script

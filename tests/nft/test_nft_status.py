@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.nft.render import COUNTERS
+from appliance.nft.render import COUNTERS, HA_COUNTER
 from appliance.nft.status import CounterValue, GuardStatus, parse_listing, table_listed
 
 pytestmark = pytest.mark.unit
@@ -23,7 +23,9 @@ def listing() -> list[dict[str, object]]:
 def test_counters_sets_and_spis_are_read() -> None:
     status = parse_listing("gw", listing(), "table inet ipsec_ha { }")
     assert status.present
-    assert list(status.counters) == list(COUNTERS)
+    # Recorded from a table applied before the ha plugin's counter existed: an older
+    # table is read with what it has.
+    assert list(status.counters) == [c for c in COUNTERS if c != HA_COUNTER]
     assert status.counters["esp_accepted"] == CounterValue(packets=42, bytes=5040)
     assert status.counters["sync_dropped"] == CounterValue(packets=3, bytes=252)
     assert status.counters["ike_accepted"] == CounterValue(packets=0, bytes=0)

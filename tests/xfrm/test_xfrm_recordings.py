@@ -7,6 +7,7 @@ notification parses into the typed event the oracle decodes from it.
 """
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,15 @@ def test_recorded_newae_event_shows_the_replaced_oseq() -> None:
     [event] = parse_events(recorded("event_newae"))
     assert event.state.replay is not None and event.state.replay.oseq == 1000  # type: ignore[attr-defined]
     assert event.flags & c.XFRM_AE_CU  # type: ignore[attr-defined]
+
+
+def test_recorded_delete_by_selector_names_the_deleted_policys_index() -> None:
+    # The kernel echoes the request's xfrm_userpolicy_id (index 0 for a delete by selector,
+    # as charon deletes); the policy it attaches has the index the store knows it by.
+    data = recorded("event_delpolicy")
+    assert struct.unpack_from("=I", data, 16 + 56)[0] == 0
+    [event] = parse_events(data)
+    assert event.entry is not None and event.index == event.entry.index == 18  # type: ignore[attr-defined]
 
 
 def test_recorded_allocspi_reply_is_in_range() -> None:

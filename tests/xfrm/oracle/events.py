@@ -76,7 +76,9 @@ def oracle_event(raw: RawMessage) -> Event:
         pol_slot, rest = _split(msg["attrs"], c.XFRMA_POLICY)
         pentry = cv.spd_from_info(pol_slot.value, rest) if pol_slot is not None else None
         selector = cv.selector_from_dict(msg["sel"])
-        return PolicyDeleted(seq, pid, selector, msg["dir"], msg["index"], pentry)
+        # The event names the deleted policy's index: a delete by selector echoes index 0.
+        index = msg["index"] or (pentry.index if pentry is not None else 0)
+        return PolicyDeleted(seq, pid, selector, msg["dir"], index, pentry)
     if t == c.XFRM_MSG_FLUSHPOLICY:
         msg = decode(s.xfrm_flushpolicy, raw.data)
         ptype_slot, _ = _split(msg["attrs"], c.XFRMA_POLICY_TYPE)
