@@ -32,7 +32,7 @@ COUNTERS_JSON = (
     '{"counter": {"family": "inet", "name": "esp_dropped", "table": "ipsec_ha", "handle": 10, '
     '"packets": 1, "bytes": 60}}]}'
 )
-"""``list counters table inet ipsec_ha`` (two of its twelve counters, values made up)."""
+"""``list counters table inet ipsec_ha`` (two of its counters, values made up)."""
 HELD_JSON = (
     '{"nftables": [' + METAINFO + ", "
     '{"set": {"family": "inet", "name": "held_spis", "table": "ipsec_ha", "type": "integer", '
