@@ -521,6 +521,11 @@ def check_policy(pol: PolicyRecord) -> None:
         raise InvalidRequestError(f"policy {pol.policy_id.hex()[:32]} entry is empty")
 
 
+def format_spis(spis: IkeSpis) -> str:
+    """An IKE SA's SPIs as swanctl shows them: ``0123456789abcdef_i fedcba9876543210_r``."""
+    return f"{spis[0]:016x}_i {spis[1]:016x}_r"
+
+
 def _check_spis(spis: object) -> str:
     """``spis`` as the error messages show it; InvalidRequestError if it is not two 64-bit SPIs."""
     if not (
@@ -530,7 +535,7 @@ def _check_spis(spis: object) -> str:
         and spis != (0, 0)
     ):
         raise InvalidRequestError(f"IKE SA SPIs must be two 64-bit integers, not {spis!r}")
-    return f"{spis[0]:016x}_i {spis[1]:016x}_r"
+    return format_spis(spis)
 
 
 def check_ike_sa(ike: IkeSaRecord) -> None:

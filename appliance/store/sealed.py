@@ -48,6 +48,7 @@ from appliance.store.base import (
     StoreStats,
     StoreSummary,
     check_batch,
+    format_spis,
 )
 from appliance.store.envelope import EnvelopeError, Sealer, UnknownKeyError, is_sealed
 
@@ -87,7 +88,7 @@ def _ike_context(server_id: str, spis: IkeSpis) -> bytes:
 
 
 def _ike_label(spis: IkeSpis) -> str:
-    return f"IKE SA {spis[0]:016x}_i {spis[1]:016x}_r"
+    return f"IKE SA {format_spis(spis)}"
 
 
 class SealedStore(SaStore):

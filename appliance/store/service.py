@@ -58,6 +58,7 @@ from appliance.store.base import (
     SaStore,
     StaleEpochError,
     StoreError,
+    format_spis,
 )
 from appliance.store.base import Status as StoreStatus
 from appliance.wire import LocalWireError, RemoteWireError, WireError
@@ -570,7 +571,7 @@ class StoreService:
         for ike in ike_sas:
             if ike.unreadable is not None:
                 # As for an SA: a Notify in its place, naming the IKE SA in its text.
-                why = f"IKE SA {ike.spis[0]:016x}_i {ike.spis[1]:016x}_r: {ike.unreadable}"
+                why = f"IKE SA {format_spis(ike.spis)}: {ike.unreadable}"
                 payloads = [Notify(Status.MALFORMED, ProtocolId.IKE, data=why.encode()[:512])]
             else:
                 payloads = [_ike_sa_payload(ike)]

@@ -57,6 +57,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from appliance.store.base import IkeSpis as IkeSpis  # re-exported: the book speaks of them
+from appliance.store.base import format_spis as format_spis
 from appliance.strongswan.ha_message import (
     HaAttributeType,
     HaIkeSaId,
@@ -69,20 +71,12 @@ from appliance.strongswan.ha_message import (
 _A = HaAttributeType
 _T = HaMessageType
 
-IkeSpis = tuple[int, int]
-"""An IKE SA's identity: (initiator SPI, responder SPI), as in the IKE header."""
-
 CONTROL_TYPES = frozenset({_T.STATUS, _T.SEGMENT_DROP, _T.SEGMENT_TAKE})
 """Messages about the plugin's segments, not about an IKE SA."""
 
 
 def spis_of(ike_id: HaIkeSaId) -> IkeSpis:
     return (ike_id.initiator_spi, ike_id.responder_spi)
-
-
-def format_spis(spis: IkeSpis) -> str:
-    """As swanctl shows them: ``0123456789abcdef_i fedcba9876543210_r``."""
-    return f"{spis[0]:016x}_i {spis[1]:016x}_r"
 
 
 def kernel_spi(attr: HaNumber, byteorder: str = sys.byteorder) -> int:
