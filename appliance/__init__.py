@@ -35,6 +35,7 @@ module imports only from its own layer or the layers below it:
 - ``appliance.netlink``     netlink framing shared by the XFRM, rtnetlink and nfqueue codecs
 - ``appliance.netns``       named network namespaces: the naming rule, entering, making
 - ``appliance.errors``      the exceptions a user can act on
+- ``appliance.status_file`` the failover daemon's status file: where it is, reading it
 """
 
 __version__ = "0.1.0"

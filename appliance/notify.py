@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError, UsageError
+from appliance.status_file import read_status, status_path
 
 DEFAULT_LOG = Path("/var/lib/ipsec-ha/notify.jsonl")
 LOG_ENV = "IPSEC_HA_NOTIFY_LOG"
-DEFAULT_STATUS = Path("/run/ipsec-ha/status.json")
-STATUS_ENV = "IPSEC_HA_STATUS"
 DEFAULT_WAIT_S = 10.0
 
 
@@ -167,28 +166,6 @@ def read_records(path: Path) -> list[TransitionRecord]:
         except (ValueError, TypeError) as exc:
             raise ApplianceError(f"{path}:{number}: not a notify record ({exc})") from None
     return records
-
-
-def status_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
-    """The daemon's status file: ``--status``, else ``$IPSEC_HA_STATUS``, else the default."""
-    if explicit:
-        return Path(explicit)
-    if env.get(STATUS_ENV):
-        return Path(env[STATUS_ENV])
-    return DEFAULT_STATUS
-
-
-def read_status(path: Path) -> dict[str, Any] | None:
-    """The daemon's status, or None when there is none (no daemon on this node)."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ApplianceError(f"daemon status {path} is unreadable: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApplianceError(f"daemon status {path} is not a JSON object")
-    return data
 
 
 @dataclass

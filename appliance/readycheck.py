@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance import notify as notify_lib
 from appliance.failover.readiness import not_ready_reasons
+from appliance.status_file import DEFAULT_STATUS, STATUS_ENV, read_status, status_path
 
 
 def pid_alive(pid: Any) -> bool:
@@ -40,7 +40,7 @@ def pid_alive(pid: Any) -> bool:
 
 def check(status_file: Path, max_lag_s: float | None) -> list[str]:
     """Why this node could not take over cleanly now, read from ``status_file`` (empty: ready)."""
-    status = notify_lib.read_status(status_file)
+    status = read_status(status_file)
     alive = status is not None and pid_alive(status.get("pid"))
     return not_ready_reasons(status, time.time(), alive, max_lag_s)
 
@@ -72,15 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--status",
         metavar="FILE",
-        help=f"the daemon's status file (default: ${notify_lib.STATUS_ENV}, "
-        f"else {notify_lib.DEFAULT_STATUS})",
+        help=f"the daemon's status file (default: ${STATUS_ENV}, else {DEFAULT_STATUS})",
     )
     parser.add_argument(
         "--max-lag", metavar="S", type=_max_lag, help="the largest standby lag still ready"
     )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     args = parser.parse_args(argv)
-    reasons = check(notify_lib.status_path(args.status, os.environ), args.max_lag)
+    reasons = check(status_path(args.status, os.environ), args.max_lag)
     print(render(reasons, args.json))
     return 1 if reasons else 0
 

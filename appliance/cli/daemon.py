@@ -95,8 +95,8 @@ def daemon(
 
             endpoint = MetricsEndpoint(cfg.metrics.listen, [DaemonCollector(runner)])
             endpoint.start()  # a port in use: one clear line, exit status 1
-        asyncio.run(runner.run())
-    except KeyboardInterrupt:
+        asyncio.run(runner.run_until_stopped())
+    except KeyboardInterrupt:  # Ctrl-C before the loop's handler was in place
         pass
     finally:
         if endpoint is not None:

@@ -7,6 +7,7 @@ import typer
 from appliance import notify as notify_lib
 from appliance.cli._app import app
 from appliance.cli._output import emit
+from appliance.status_file import DEFAULT_STATUS, STATUS_ENV, status_path
 
 
 @app.command(
@@ -46,7 +47,7 @@ def notify(
         metavar="FILE",
         help=(
             f"The failover daemon's status file to wait on. Default: "
-            f"${notify_lib.STATUS_ENV}, else {notify_lib.DEFAULT_STATUS}. "
+            f"${STATUS_ENV}, else {DEFAULT_STATUS}. "
             "If it does not exist (no daemon), the transition is only recorded."
         ),
     ),
@@ -74,7 +75,7 @@ def notify(
     transition = notify_lib.parse_transition(type_, name, state, priority)
     path = notify_lib.log_path(log, os.environ)
     ctx = notify_lib.handle(
-        transition, path, node=node, status=notify_lib.status_path(status, os.environ),
+        transition, path, node=node, status=status_path(status, os.environ),
         wait_s=wait,
     )  # fmt: skip
     emit(notify_lib.summary(ctx), as_json, lambda r: notify_lib.summary_line(r, path))

@@ -10,10 +10,10 @@ from typing import Any
 
 import typer
 
-from appliance import notify as notify_lib
 from appliance.cli._app import app
 from appliance.cli._output import emit
 from appliance.errors import ApplianceError, UsageError
+from appliance.status_file import DEFAULT_STATUS, STATUS_ENV, read_status, status_path
 
 
 def _render(status: dict[str, Any]) -> str:
@@ -105,8 +105,8 @@ def status(
         "--status",
         metavar="FILE",
         help=(
-            f"The daemon's status file. Default: ${notify_lib.STATUS_ENV}, "
-            f"else {notify_lib.DEFAULT_STATUS} (\\[failover].status_file)."
+            f"The daemon's status file. Default: ${STATUS_ENV}, "
+            f"else {DEFAULT_STATUS} (\\[failover].status_file)."
         ),
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
@@ -127,13 +127,13 @@ def status(
     ),
 ) -> None:
     """Show the failover daemon's role, last transition and whether it owns the state."""
-    path = notify_lib.status_path(status_file, os.environ)
+    path = status_path(status_file, os.environ)
     if max_lag is not None and not ready:
         raise UsageError("--max-lag: only with --ready")
     if ready:
         _ready(path, max_lag, as_json)
         return
-    data = notify_lib.read_status(path)
+    data = read_status(path)
     if data is None:
         raise ApplianceError(f"no daemon status at {path}: is ipsec-ha daemon running?")
     emit(data, as_json, _render)

@@ -3,32 +3,8 @@
 - ``seqjump``: the outbound sequence jump (pure arithmetic, docs/failover.md).
 - ``transitions``: the transition table per standby mode (hot/cold).
 - ``config``: the daemon's TOML configuration.
+- ``readiness``: keepalived's readiness verdict, read from the status file.
+
+The package imports nothing itself: ``python -m appliance.readycheck`` (keepalived's
+track_script, started every interval) imports ``readiness`` alone.
 """
-
-from appliance.failover.seqjump import (
-    Advanced,
-    AdvancedSa,
-    RekeyRequired,
-    SeqJumpError,
-    advance_oseq,
-    advance_sa,
-    compute_jump,
-    unsynced_packets_bound,
-)
-from appliance.failover.transitions import Role, StandbyMode, Step, plan, role_for
-
-__all__ = [
-    "Advanced",
-    "AdvancedSa",
-    "RekeyRequired",
-    "Role",
-    "SeqJumpError",
-    "StandbyMode",
-    "Step",
-    "advance_oseq",
-    "advance_sa",
-    "compute_jump",
-    "plan",
-    "role_for",
-    "unsynced_packets_bound",
-]

@@ -55,6 +55,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -419,6 +420,7 @@ class FailoverDaemon:
         sad = self.kernel.dump_sad()
         spd = [p for p in self.kernel.dump_spd() if not is_gate(p)]
         kernel_pols = {p.index for p in spd}
+        kernel_spis = {sa.spi for sa in sad}
 
         def resync(client: Any, epoch: int) -> None:
             # Only the difference: a resync that failed part-way is finished by the next
@@ -440,7 +442,7 @@ class FailoverDaemon:
             if plan.stale_sas or plan.stale_policies:
                 client.delete(sid, epoch, plan.stale_sas, plan.stale_policies)
             if self.ike is not None:
-                ike = self.ike.plan_resync(stored.ike_sas)
+                ike = self.ike.plan_resync(stored.ike_sas, kernel_spis)
                 log.info("resync of store %s: %d IKE SAs to store, %d to delete",
                          client.server, len(ike.puts), len(ike.removed))  # fmt: skip
                 if ike:
@@ -844,6 +846,27 @@ class FailoverDaemon:
                 self._status["ondemand"] = current
                 with contextlib.suppress(OSError):
                     self._save_status(self._status)
+
+    async def run_until_stopped(self) -> None:
+        """``run`` until SIGTERM or SIGINT, then stop as a cancelled ``run`` does.
+
+        Python's default SIGTERM ends the process at once: no ``finally`` would
+        run, and the status file of a daemon that is gone would stay for the
+        notify hook and the readiness check to read as alive until it aged.
+        """
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None  # called from a task: asyncio.run's
+        stops = (signal.SIGTERM, signal.SIGINT)
+        for sig in stops:
+            loop.add_signal_handler(sig, main.cancel)
+        try:
+            await self.run()
+        except asyncio.CancelledError:
+            log.warning("stopped by a signal; the kernel's SAs and policies stay as they are")
+        finally:
+            for sig in stops:
+                loop.remove_signal_handler(sig)
 
     async def run(self) -> None:
         """Run until cancelled."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from appliance.store.base import IkeSaRecord, IkeSpis
@@ -99,9 +99,11 @@ class IkeLink:
         self.published += len(batch.puts) + len(batch.removed)
         return batch
 
-    def plan_resync(self, stored: Mapping[IkeSpis, IkeSaRecord]) -> IkeBatch:
+    def plan_resync(
+        self, stored: Mapping[IkeSpis, IkeSaRecord], kernel_spis: Collection[int]
+    ) -> IkeBatch:
         # dict() copies under the GIL: the loop thread may change the book meanwhile.
-        return plan_ike_resync(dict(self.book.sas), stored, self.book.complete)
+        return plan_ike_resync(dict(self.book.sas), stored, self.book.complete, kernel_spis)
 
     def silent_s(self) -> float | None:
         """Seconds since charon's plugin last sent anything (None: never)."""

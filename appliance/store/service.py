@@ -148,6 +148,9 @@ class ServiceCounters:
     """Decoded requests per exchange name (the Heartbeat summary's ``requests``)."""
     errors: dict[str, int] = field(default_factory=dict)
     """Errors per status name (the Heartbeat summary's ``errors``)."""
+    spi_lookups: int = 0
+    """SA_Retr requests by SPI, a share of ``requests["SA_RETR"]`` (the summary's
+    ``spi_lookups``): the on-demand retrievals, apart from bulk and change reads."""
     responses: dict[tuple[str, str], int] = field(default_factory=dict)
     """Responses per (exchange, status), both lower case: every answered request once,
     with the status it was answered with (``ok`` or the error's name, e.g. ``not_found``);
@@ -469,6 +472,8 @@ class StoreService:
         if kinds == [SaLookupPayload]:
             lookup = payloads[0]
             assert isinstance(lookup, SaLookupPayload)
+            with self._counters_lock:
+                self.counters.spi_lookups += 1
             return self._retrieve_spi(conv.key_of_lookup(lookup))
         if kinds[:1] == [ServerIdPayload] and kinds[1:] in _BULK_TAILS:
             sid = payloads[0]
@@ -630,12 +635,14 @@ class StoreService:
         st = self.store.summary()
         with self._counters_lock:
             requests, errors = dict(self.counters.requests), dict(self.counters.errors)
+            spi_lookups = self.counters.spi_lookups
         return {
             "backend": st.backend,
             "size_bytes": st.size_bytes,
             "server_count": st.server_count,
             "backend_info": st.extra,
             "requests": requests,
+            "spi_lookups": spi_lookups,
             "errors": errors,
             **self._extra_stats(),
         }

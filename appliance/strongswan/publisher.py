@@ -17,7 +17,11 @@ full resync: it stores what differs, and deletes what the store holds and
 the book does not only when the book is *complete* (the relay has seen
 everything charon did since charon started); a daemon started beside a
 running charon does not know the IKE SAs that charon made before, and must
-not delete them from the store.
+not delete them from the store. Nor does it delete an IKE SA one of whose
+CHILD SAs the kernel still holds: after a takeover that moved the kernel's
+SAs but not charon's state, the new active's charon has a complete book
+without the old active's IKE SAs, which are still the only record of the
+tunnels' IKE state.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from appliance.store.base import MAX_CHILD_SPIS, IkeSaRecord, IkeSpis
@@ -114,13 +118,25 @@ def plan_ike_resync(
     book: Mapping[IkeSpis, IkeSaState],
     stored: Mapping[IkeSpis, IkeSaRecord],
     complete: bool,
+    kernel_spis: Collection[int] = (),
     byteorder: str = sys.byteorder,
 ) -> IkeBatch:
-    """What makes a store's IKE SAs equal to the book's (see the module docstring)."""
+    """What makes a store's IKE SAs equal to the book's (see the module docstring).
+
+    ``kernel_spis``: the SPIs of the SAs in the kernel; a stored IKE SA that names one
+    of them among its CHILD SAs is kept even when the book does not hold it.
+    """
     puts = []
     for spis, state in book.items():
         record = ike_sa_record(state, byteorder)
         if stored.get(spis) != record:
             puts.append(record)
-    removed = tuple(spis for spis in stored if spis not in book) if complete else ()
+    removed: tuple[IkeSpis, ...] = ()
+    if complete:
+        live = set(kernel_spis)
+        removed = tuple(
+            spis
+            for spis, record in stored.items()
+            if spis not in book and live.isdisjoint(record.child_spis)
+        )
     return IkeBatch(tuple(puts), removed)

@@ -63,6 +63,8 @@ METRICS_PORT = 9641
 STANDBY = "gw2"
 ACTIVE = "gw1"
 READY_WEIGHT = -60
+VM_READY_INTERVAL_S = 20
+"""The check's interval in the lab VM, longer than one Python start-up there."""
 # What cuts gw2 from every store and nothing else: its requests to the store port.
 _CUT_STORES = f"""table inet iha_cut_stores {{
     chain output {{
@@ -237,17 +239,21 @@ class Scenario(Narration):
         """The stores and daemons, then keepalived in the lab's order (gw1 alone first, so
         that it is master), gw2's with the readiness check.
 
-        The daemons start first: under TCG each Python start-up takes tens of
-        seconds of emulated CPU, and gw2's check starts one per run, back to
-        back. For the same reason the check gets a long timeout there (a run
-        that times out counts as a failure) and reacts to one result instead
-        of two, which keeps the run short.
+        The daemons start first: under TCG a Python start-up takes 5 to 20 s
+        (most of it reading files over 9p), and gw2's check starts one per
+        run. keepalived starts a run every interval whether or not the last
+        one ended, so there the interval is longer than a run and the timeout
+        bounds the runs alive at once to three: at 2 s they piled up until
+        the VM did nothing else (a run that times out counts as a failure).
+        The check reacts to one result instead of two, which keeps the run
+        short.
         """
         in_vm = self.in_vm
         check = keepalived.ReadyCheck(
             keepalived.KeepalivedFiles.in_dir(lab.run_dir, STANDBY).status,
             weight=READY_WEIGHT,
-            timeout_s=120 if in_vm else 10,
+            interval_s=VM_READY_INTERVAL_S if in_vm else 2,
+            timeout_s=3 * VM_READY_INTERVAL_S if in_vm else 10,
             fall=1 if in_vm else 2,
             rise=1 if in_vm else 2,
             # The hook runs `python -m appliance.readycheck` with keepalived's IPSEC_HA_PYTHON

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_executor import FakeKernel
+from test_executor import IN_SA, FakeKernel
 
 from appliance.failover.config import load_daemon_config
 from appliance.failover.daemon import FailoverDaemon
+from appliance.planner import sa_identity
 from appliance.store.base import IkeSaRecord
 from appliance.store.service import StoreService
 from appliance.store.sqlite import SqliteStore
@@ -134,3 +135,25 @@ def test_a_resync_deletes_stale_ike_sas_only_for_a_complete_book(
     assert daemon.ike.book.complete
     daemon.full_resync()
     assert stored(client) == book_records(daemon) and stale.spis not in stored(client)
+
+
+def test_a_resync_keeps_an_ike_sa_whose_child_sa_the_kernel_holds(
+    daemon: FailoverDaemon, client: LoopbackClient
+) -> None:
+    # A takeover moved the old active's kernel SAs, not its charon's IKE SAs: the new
+    # active's complete book lacks them, and the store holds the only record of them.
+    assert daemon.ike is not None and isinstance(daemon.kernel, FakeKernel)
+    epoch = client.claim(SID)
+    moved = IkeSaRecord((1, 2), (0x0BAD0001, IN_SA.spi), b"the old active's IKE SA")
+    gone = IkeSaRecord((3, 4), (0x0BAD0002, 0x0BAD0003), b"its CHILD SAs are gone too")
+    client.put_ike_sas(SID, epoch, [moved, gone])
+    daemon.kernel.sad[sa_identity(IN_SA)] = IN_SA
+    feed(daemon, messages(*ESTABLISH))
+    assert daemon.ike.book.complete
+    daemon.start_publishing({client.server: epoch})
+    daemon.full_resync()
+    assert stored(client) == {**book_records(daemon), moved.spis: moved}
+    # once the kernel no longer holds that CHILD SA, nothing keeps the record
+    del daemon.kernel.sad[sa_identity(IN_SA)]
+    daemon.full_resync()
+    assert stored(client) == book_records(daemon)

@@ -86,3 +86,23 @@ def test_the_keepalived_hook_runs_the_module_with_ipsec_ha_python(tmp_path: Path
     )
     assert result.returncode == 1, result.stderr
     assert "not ready: store unreachable: 192.0.2.1: timeout" in result.stdout
+
+
+def test_the_check_imports_only_the_judgement_and_the_status_file() -> None:
+    # keepalived starts it every interval; in the TCG lab VM each imported module is
+    # files read over 9p, and a heavier import once made the runs pile up.
+    probe = (
+        "import sys, appliance.readycheck; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('appliance', 'netns_lab')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert json.loads(out.replace("'", '"')) == [
+        "appliance",
+        "appliance.errors",
+        "appliance.failover",
+        "appliance.failover.readiness",
+        "appliance.readycheck",
+        "appliance.status_file",
+    ]

@@ -354,6 +354,16 @@ def test_heartbeat_carries_the_summary(service: StoreService) -> None:
     assert "servers" not in stats and not response.more
 
 
+def test_the_summary_counts_lookups_by_spi_apart_from_bulk_reads(service: StoreService) -> None:
+    stor(service, 1)
+    key = conv.sa_key_of(make_sa(1))
+    for _ in range(2):
+        assert status(call(service, ExchangeType.SA_RETR, (conv.lookup_payload(key),))) == Status.OK
+    call(service, ExchangeType.SA_RETR, (head()[0],))  # a bulk read: an SA_Retr, not by SPI
+    stats = service.summary()
+    assert (stats["requests"]["SA_RETR"], stats["spi_lookups"]) == (3, 2)
+
+
 def test_a_summary_that_outgrows_the_datagram_leaves_keys_out(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     drops = {f"reason-{n}": n for n in range(100)}  # far more than 576 bytes of counters
