@@ -14,7 +14,10 @@ lab VM); :func:`charon_lab` always removes what it made.
   127.0.0.2``, ``segment_count = 1`` and no secret, so the plugin sends plain
   datagrams from 127.0.0.1:4510 to 127.0.0.2:4510, where nothing listens
   until the caller binds something there in the gateway's namespace;
-- the IKE SA ``gw`` with CHILD SAs ``net`` and ``net2``, loaded in both.
+- the IKE SA ``gw`` with CHILD SAs ``net`` and ``net2``, loaded in both;
+- with ``build(standby=True)``, a third namespace ``iha-<random>-hasb``: a
+  second gateway with the same charon configuration (its own log), and no
+  link until :meth:`CharonLab.move_link` hands it the gateway's veth end.
 """
 
 from __future__ import annotations
@@ -135,14 +138,18 @@ class CharonLab:
         self.work = work
         self.gw_ns = f"iha-{tag}-hagw"
         self.cl_ns = f"iha-{tag}-hacl"
+        self.sb_ns = f"iha-{tag}-hasb"
+        """The standby gateway, made by ``build(standby=True)``."""
+        self.link_ns = self.gw_ns
+        """The gateway namespace that holds the veth end ``hagw0`` (and ``GW_ADDR``)."""
         self.namespaces: list[str] = []
         """The namespaces made so far (removed by :func:`charon_lab`)."""
         self.procs: list[subprocess.Popen[bytes]] = []
         """Every process started, in order (stopped last first by :meth:`stop`)."""
 
-    def build(self) -> None:
-        """Make the namespaces and the veth pair; write both charons' configurations."""
-        for ns in (self.gw_ns, self.cl_ns):
+    def build(self, standby: bool = False) -> None:
+        """Make the namespaces and the veth pair; write the charons' configurations."""
+        for ns in (self.gw_ns, self.cl_ns, *((self.sb_ns,) if standby else ())):
             run(["ip", "netns", "add", ns])
             self.namespaces.append(ns)
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
@@ -154,6 +161,7 @@ class CharonLab:
         run(["ip", "-n", self.cl_ns, "link", "set", "hacl0", "up"])
         for name, me, peer, my_id, peer_id, ha, mirror in (
             ("gw", GW_ADDR, CL_ADDR, "gw.example", "client.example", HA_SECTION, False),
+            ("sb", GW_ADDR, CL_ADDR, "gw.example", "client.example", HA_SECTION, False),
             ("cl", CL_ADDR, GW_ADDR, "client.example", "gw.example", "", True),
         ):
             (self.work / f"{name}.conf").write_text(
@@ -169,7 +177,16 @@ class CharonLab:
             )  # fmt: skip
 
     def _name(self, ns: str) -> str:
-        return "gw" if ns == self.gw_ns else "cl"
+        return {self.gw_ns: "gw", self.sb_ns: "sb"}.get(ns, "cl")
+
+    def move_link(self, to_ns: str) -> None:
+        """Move the gateway's veth end, with ``GW_ADDR``, to ``to_ns``: the VIP moves.
+
+        Moving a device between namespaces drops its addresses, so they are set again."""
+        run(["ip", "-n", self.link_ns, "link", "set", "hagw0", "netns", to_ns])
+        self.link_ns = to_ns
+        run(["ip", "-n", to_ns, "addr", "add", f"{GW_ADDR}/24", "dev", "hagw0"])
+        run(["ip", "-n", to_ns, "link", "set", "hagw0", "up"])
 
     def spawn(
         self, ns: str, cmd: list[str], stdout: int | IO[bytes] | None = subprocess.DEVNULL
@@ -200,11 +217,13 @@ class CharonLab:
             time.sleep(0.5)
         raise RuntimeError(f"charon in {ns} did not answer on {VICI}")
 
-    def load(self) -> None:
-        """Wait for both charons' vici, then load each one's connection and secret."""
-        for ns in (self.gw_ns, self.cl_ns):
+    def load(self, *namespaces: str) -> None:
+        """Wait for the charons' vici (default: gateway and client), then load each one's
+        connection and secret."""
+        namespaces = namespaces or (self.gw_ns, self.cl_ns)
+        for ns in namespaces:
             self.wait_vici(ns)
-        for ns in (self.gw_ns, self.cl_ns):
+        for ns in namespaces:
             conf = self.work / f"{self._name(ns)}-swanctl.conf"
             self.swanctl(ns, "--load-all", "--file", str(conf))
 

@@ -17,266 +17,31 @@ status as ``status-last.json``.
 
 from __future__ import annotations
 
-import errno
 import functools
-import json
-import os
-import re
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
-from appliance.store.base import IkeSaRecord, IkeSpis, NotFoundError
-from appliance.store.client import StoreClient
-from appliance.strongswan.ha_message import HaAttributeType, HaNumber
-from appliance.strongswan.ike_record import decode_record
-from appliance.strongswan.ike_state import format_spis, kernel_spi
-from tests.store.netns_star import in_netns
-from tests.store.store_process import IPSEC_HA, StoreProcess, write_config, write_psk
-from tests.strongswan.charon_lab import (
-    CL_ADDR,
-    GW_ADDR,
-    HA_LOCAL,
-    HA_REMOTE,
-    HEARTBEAT_WAIT_S,
-    CharonLab,
-    charon_lab,
-    run,
+from appliance.store.base import IkeSaRecord, NotFoundError
+from appliance.strongswan.ike_state import format_spis
+from tests.strongswan.charon_lab import CL_ADDR, GW_ADDR, HEARTBEAT_WAIT_S
+from tests.strongswan.ike_rig import (
+    POLICY_WAIT_S,
+    SERVER_ID,
+    Rig,
+    child_kernel_spis,
+    ike_rig,
 )
 
 pytestmark = pytest.mark.lab
 
-T = TypeVar("T")
-SERVER_ID = GW_ADDR
-"""The served gateway identity: the gateway's IKE address (its inbound SAs' destination)."""
-STORE, STORE_PORT = "127.0.0.1", 4501
-"""The store, on the gateway namespace's loopback (charon's plugin has 127.0.0.1:4510)."""
-MAX_DATAGRAM = 65000
-"""An IKE SA record with two CHILD SAs is about 2 kB: more than the default 1400."""
-GROUP = "VG_IKE_LAB"
-WAIT_S = 60.0
-"""How long one step may take to reach the store: TCG is slow."""
-POLICY_WAIT_S = 10.0
-"""For the policies' deletion, checked last: the SAs deleted with them are long gone."""
-
-_IKE_SA = re.compile(r"^\S+: #\d+, \w+, IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
-_XFRM_SA = re.compile(r"^src (\S+) dst (\S+)\n\s+proto esp spi 0x([0-9a-f]+)", re.M)
-_POLICY_DIR = re.compile(r"^\s+dir (?:in|out|fwd) ", re.M)
-
-
-@dataclass
-class Rig:
-    """The lab, the store and daemon beside the gateway's charon, and a store reader."""
-
-    lab: CharonLab
-    fifo: Path
-    status_file: Path
-    daemon_log: Path
-    store: StoreProcess
-    daemon: subprocess.Popen[bytes]
-    reader: StoreClient
-    """A client of the store whose socket lives in the gateway's namespace."""
-
-    # -- the daemon -------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any] | None:
-        if self.daemon.poll() is not None:
-            raise AssertionError(f"the daemon exited ({self.daemon.returncode}):\n{self.log()}")
-        try:
-            text = self.status_file.read_text()
-            status: dict[str, Any] = json.loads(text)
-        except (FileNotFoundError, ValueError):
-            return None
-        (self.lab.work / "status-last.json").write_text(text)  # kept with the logs
-        return status
-
-    def log(self, tail: int = 4000) -> str:
-        return self.daemon_log.read_text(errors="replace")[-tail:]
-
-    def notify(self, state: str) -> float:
-        """keepalived's FIFO line for the group entering ``state``; the moment before it."""
-        before = time.monotonic()
-        line = f'GROUP "{GROUP}" {state} 0\n'.encode()
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:  # ENXIO: the daemon has not opened its end yet
-                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-                continue
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-            return before
-
-    # -- what the test compares --------------------------------------------------------------
-
-    def gateway_ike_sas(self) -> list[IkeSpis]:
-        """The IKE SAs ``swanctl --list-sas`` shows on the gateway."""
-        text = self.lab.swanctl(self.lab.gw_ns, "--list-sas")
-        return [(int(i, 16), int(r, 16)) for i, r in _IKE_SA.findall(text)]
-
-    def gateway_esp_spis(self) -> tuple[set[int], set[int]]:
-        """The SPIs of the gateway kernel's ESP SAs: (inbound, outbound)."""
-        inbound: set[int] = set()
-        outbound: set[int] = set()
-        for _src, dst, spi in _XFRM_SA.findall(run(["ip", "-n", self.lab.gw_ns, "xfrm", "state"])):
-            (inbound if dst == GW_ADDR else outbound).add(int(spi, 16))
-        return inbound, outbound
-
-    def gateway_policies(self) -> int:
-        """How many policies (in, out, fwd; not charon's per-socket ones) the gateway holds."""
-        return len(_POLICY_DIR.findall(run(["ip", "-n", self.lab.gw_ns, "xfrm", "policy"])))
-
-    def stored_policies(self) -> int:
-        return len(self.reader.get_server(SERVER_ID).spd_entries)
-
-    def stored_ike_sas(self) -> dict[IkeSpis, IkeSaRecord]:
-        return self.reader.get_server(SERVER_ID).ike_sas
-
-    def diagnostics(self) -> str:
-        try:
-            stored = {
-                format_spis(s): sorted(f"{c:08x}" for c in r.child_spis)
-                for s, r in self.stored_ike_sas().items()
-            }
-        except Exception as exc:  # what the failure says must not fail itself
-            stored = {"unreadable": repr(exc)}  # type: ignore[dict-item]
-        gateway = self.lab.gateway_state()
-        status = None
-        if self.status_file.exists():
-            status = self.status_file.read_text(errors="replace")
-        return (
-            f"\nstore IKE SAs: {stored}\ngateway swanctl --list-sas:\n{gateway['list_sas']}"
-            f"\ngateway ip xfrm state:\n{gateway['xfrm_state']}\nstatus: {status}"
-            f"\ndaemon log (tail):\n{self.log()}"
-        )
-
-    def wait(self, what: str, probe: Callable[[], T | None], timeout: float = WAIT_S) -> T:
-        """Until ``probe()`` is truthy; otherwise fail, saying what every side holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = probe()
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out ({timeout:.0f} s) waiting for {what}{self.diagnostics()}")
-            time.sleep(0.5)
-
-    def wait_status(self, what: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            st = self.status()
-            return st if st is not None and check(st) else None
-
-        return self.wait(f"the daemon's status: {what}", probe)
-
-    def wait_store_matches_gateway(self, what: str) -> tuple[IkeSaRecord, set[int]]:
-        """Until the store holds exactly the gateway's one IKE SA, named by every kernel SPI
-        of its two CHILD SAs; that record and the gateway's inbound SPIs."""
-
-        def probe() -> tuple[IkeSaRecord, set[int]] | None:
-            gateway = self.gateway_ike_sas()
-            inbound, outbound = self.gateway_esp_spis()
-            if len(gateway) != 1 or len(inbound) != 2 or len(outbound) != 2:
-                return None  # the gateway is not there yet either
-            stored = self.stored_ike_sas()
-            if list(stored) != gateway:
-                return None
-            (record,) = stored.values()
-            if set(record.child_spis) != inbound | outbound:
-                return None
-            return record, inbound
-
-        return self.wait(f"the store to hold {what}", probe)
-
-
-def child_kernel_spis(record: IkeSaRecord) -> set[int]:
-    """The kernel SPIs of the CHILD SAs the stored record rebuilds, both directions."""
-    state = decode_record(record.record)
-    assert state.spis == record.spis, (format_spis(state.spis), format_spis(record.spis))
-    spis: set[int] = set()
-    for child in state.all_children:
-        for attr in (HaAttributeType.INBOUND_SPI, HaAttributeType.OUTBOUND_SPI):
-            number = child.add.get(attr)
-            assert isinstance(number, HaNumber), f"a stored CHILD_ADD without {attr.name}"
-            spis.add(kernel_spi(number))
-    return spis
-
-
-def write_daemon_config(path: Path, psk: Path, fifo: Path, status_file: Path) -> Path:
-    path.write_text(
-        '[node]\nid = "gw-ike-lab"\n'
-        f'server_id = "{SERVER_ID}"\nnode_index = 1\n'
-        f'[store]\nservers = ["{STORE}"]\nport = {STORE_PORT}\npsk_file = "{psk}"\n'
-        f"timeout_s = 0.5\nretries = 5\nmax_datagram = {MAX_DATAGRAM}\n"
-        f'[failover]\nmode = "cold"\nkeepalived_fifo = "{fifo}"\n'
-        f'status_file = "{status_file}"\nvrrp_name = "{GROUP}"\n'
-        "notify_timeout_s = 60\nhealth_interval_s = 1.0\n"
-        f'[ike]\ndaemon = "strongswan"\nrelay = "{HA_REMOTE}"\ncharon = "{HA_LOCAL}"\n'
-    )
-    return path
-
 
 @pytest.fixture
 def rig(tmp_path: Path, require_root: None) -> Iterator[Rig]:
-    """Store and daemon in the gateway's namespace (nothing of charon started yet).
-
-    Everything started goes into ``lab.procs``: ``charon_lab`` stops it all, then removes
-    the namespaces, whatever happens.  Logs and configurations live in ``lab.work`` (kept
-    with ``IPSEC_HA_IKE_DAEMON_LAB_LOGS``); the key, database and FIFO in ``tmp_path``.
-    """
-    with charon_lab(logs=os.environ.get("IPSEC_HA_IKE_DAEMON_LAB_LOGS")) as lab:
-        lab.build()
-        gw_ns, work = lab.gw_ns, lab.work
-        psk_file = tmp_path / "cluster.psk"
-        psk = write_psk(psk_file)
-        store_config = write_config(
-            work / "store.toml",
-            psk_file,
-            STORE,
-            STORE_PORT,
-            "sqlite",
-            db_path=tmp_path / "store.db",
-            server_max_datagram=MAX_DATAGRAM,
-        )
-        store = StoreProcess(store_config, gw_ns, work / "store.log")
-        store.start()
-        assert store.proc is not None
-        lab.procs.append(store.proc)
-
-        fifo, status_file = tmp_path / "keepalived.fifo", tmp_path / "status.json"
-        os.mkfifo(fifo, 0o600)
-        config = write_daemon_config(work / "daemon.toml", psk_file, fifo, status_file)
-        daemon_log = work / "daemon.log"
-        cmd = [IPSEC_HA, "daemon", "--config", str(config), "--verbose"]
-        with daemon_log.open("ab") as log:
-            daemon = subprocess.Popen(
-                ["ip", "netns", "exec", gw_ns, *cmd],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        lab.procs.append(daemon)
-
-        def reader() -> StoreClient:
-            return StoreClient(STORE, STORE_PORT, psk, "ike-lab-reader", max_datagram=MAX_DATAGRAM)
-
-        client = in_netns(gw_ns, reader)  # its socket stays in the gateway's namespace
-        try:
-            rig = Rig(lab, fifo, status_file, daemon_log, store, daemon, client)
-            # Its first status comes after the relay has bound the plugin's remote address.
-            rig.wait_status("written", lambda st: "ike" in st)
-            yield rig
-        finally:
-            client.close()
+    with ike_rig(tmp_path) as rig:
+        yield rig
 
 
 def test_daemon_stores_charons_ike_sas_and_sa_retr_returns_them(rig: Rig) -> None:
