@@ -61,6 +61,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import ApplianceError
 from appliance.failover.config import DaemonConfig
 from appliance.failover.executor import (
     ExecutionError,
@@ -95,6 +96,7 @@ from appliance.failover.transitions import (
     Step,
     plan,
     role_for,
+    with_charon,
 )
 from appliance.failover.vrrp_source import (
     Received,
@@ -203,6 +205,11 @@ class FailoverDaemon:
         self.fenced = False
         """ACTIVE, but the stores refuse our epoch: another node claimed (split brain)."""
         self.etimer = etimer_jiffies(config.sync.replay_timer_ms, kernel_hz())
+        self._wake = asyncio.Event()
+        self.ike = IkeLink(config.ike, config.netns, self._wake.set) if config.ike else None
+        """``[ike]``: the relay of charon's ha plugin (None: kernel SAs only)."""
+        self.feeds_charon = self.ike is not None and self.ike.config.feed
+        """``[ike] feed``: the plans hand charon the stored IKE SAs (``with_charon``)."""
         self.executor = PlanExecutor(
             kernel,
             self.access,
@@ -216,10 +223,8 @@ class FailoverDaemon:
             ),
             local_addresses=node_netns_addresses(config.netns),
             gate=gate,
+            charon=self.ike if self.feeds_charon else None,
         )
-        self._wake = asyncio.Event()
-        self.ike = IkeLink(config.ike, config.netns, self._wake.set) if config.ike else None
-        """``[ike]``: the relay of charon's ha plugin (None: kernel SAs only)."""
         self._publishing_changed = asyncio.Event()
         """Set (from any thread, through the loop) when publishing starts or stops."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -627,8 +632,13 @@ class FailoverDaemon:
                     log.warning("reclaimed ownership of %s", self.config.node.server_id)
                     self._write_status(VrrpState.MASTER, last_reclaim, ok=True)
 
+    def _plan_for_node(self, actions: list[Step]) -> list[Step]:
+        """``actions`` as this node runs them (with its charon's steps, if it feeds one)."""
+        return with_charon(actions) if self.feeds_charon else actions
+
     async def _run_plan(self, actions: list[Step], what: str, at: float) -> bool:
         """Run the fenced or reclaim plan; counted as a transition of state FENCED or RECLAIM."""
+        actions = self._plan_for_node(actions)
         async with self._kernel_lock:
             try:
                 report = await asyncio.to_thread(self.executor.run, actions, at)
@@ -642,7 +652,7 @@ class FailoverDaemon:
 
     async def transition(self, state: VrrpState, received_at: float) -> bool:
         """Run the plan for ``state``; True if it completed. The status file says how it went."""
-        actions = plan(self.role, state, self.config.failover.mode)
+        actions = self._plan_for_node(plan(self.role, state, self.config.failover.mode))
         # A takeover: a MASTER that is to make a node that is not active active.
         takeover = role_for(state) is Role.ACTIVE and self.role is not Role.ACTIVE
         if not actions:
@@ -864,6 +874,10 @@ class FailoverDaemon:
             await self.run()
         except asyncio.CancelledError:
             log.warning("stopped by a signal; the kernel's SAs and policies stay as they are")
+        except ApplianceError as exc:
+            # The CLI prints the one line; the log keeps where it came from.
+            log.error("the daemon stopped: %s", exc, exc_info=True)
+            raise
         finally:
             for sig in stops:
                 loop.remove_signal_handler(sig)

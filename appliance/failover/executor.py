@@ -33,6 +33,12 @@ is checked, and ``ExecutionTimeout`` names the action it stopped at. Since
 ``OPEN_OUTBOUND`` comes last among the kernel actions, a run stopped early
 leaves the outbound side gated (``transitions``).
 
+With ``[ike] feed`` the executor has a ``CharonControl``: the local
+charon installs and removes the CHILD SAs of the IKE SAs it is fed, so
+``INSTALL_STATE`` and ``REMOVE_STATE`` leave those SAs and their policies
+alone, and only their counters are moved (``ADVANCE_OUTBOUND_SEQ``,
+``RESTORE_INBOUND_REPLAY``); see ``transitions.with_charon``.
+
 The timeline (``notify-received``, ``state-fetched``, ``sas-installed``,
 ``outbound-opened``, ``done``, and one record per action) is logged as JSON
 with monotonic timestamps; it names SAs by SPI only, never keys.
@@ -273,6 +279,30 @@ class OutboundGate(Protocol):
         ...
 
 
+class CharonControl(Protocol):
+    """The local charon, fed from the store (``ike_link.IkeLink``; ``[ike] feed``)."""
+
+    def feed(self, fetched: Retrieved) -> frozenset[int]:
+        """Hand charon the fetched IKE SAs it does not hold yet, passive; return the kernel
+        SPIs of every CHILD SA charon is then to hold (it installs them)."""
+        ...
+
+    def activate(self) -> None:
+        """charon's fed (passive) IKE SAs become ESTABLISHED."""
+        ...
+
+    def retire(self) -> frozenset[int]:
+        """charon's IKE SAs go passive and charon deletes them; return the kernel SPIs of
+        the CHILD SAs charon is to remove with them."""
+        ...
+
+
+CHARON_RETIRE_WAIT_S = 10.0
+"""How long ``RETIRE_CHARON`` waits for charon to remove the CHILD SAs of the IKE SAs it
+deleted; what is left then is charon's still, and ``REMOVE_STATE`` leaves it alone."""
+CHARON_POLL_S = 0.05
+
+
 @dataclass(frozen=True)
 class ExecutorSettings:
     """What the executor needs from the daemon's configuration."""
@@ -361,9 +391,14 @@ class PlanExecutor:
         local_addresses: Callable[[], Sequence[Address]] = lambda: (),
         clock: Callable[[], float] = time.monotonic,
         gate: OutboundGate | None = None,
+        charon: CharonControl | None = None,
     ) -> None:
         self.kernel = kernel
         self.gate = gate
+        self.charon = charon
+        """The local charon when it is fed from the store (None: ipsec-ha installs all)."""
+        self._charon_spis: frozenset[int] = frozenset()
+        """SPIs of the SAs charon installs or still holds in this run: not ours to touch."""
         """The one-step gate (None: each ``out`` policy is its own block gate)."""
         self.store = store
         self.loops = loops
@@ -431,6 +466,7 @@ class PlanExecutor:
         self._installed = set()
         self._held = None
         self._kernel_holds_fetched = False
+        self._charon_spis = frozenset()
         following = set(actions) <= _FOLLOW_ACTIONS
         # Counters a follow gave or checked are facts about the kernel only if the last
         # run was a completed follow run; any other run may have let traffic use the SAs.
@@ -592,11 +628,18 @@ class PlanExecutor:
                 "skipped": len(self.fetched.skipped),
                 "followed": followed is not None,
             }
+        if action is Step.ACTIVATE_CHARON:
+            self._need_charon(action).activate()
+            return {}
+        if action is Step.RETIRE_CHARON:
+            return self._retire_charon(deadline)
         fetched = self.fetched
         if action is Step.REMOVE_STATE:
             return {"removed": self._remove_state(report, deadline)}
         if fetched is None:
             raise ExecutionError(f"{action.value} needs the state from fetch-state first")
+        if action is Step.FEED_CHARON:
+            return self._feed_charon(fetched, deadline)
         if action is Step.INSTALL_STATE:
             return self._install(fetched, report, deadline, reconcile=False)
         if action is Step.RECONCILE_STATE:
@@ -612,6 +655,71 @@ class PlanExecutor:
         if action is Step.OPEN_OUTBOUND:
             return {"opened": self._open_outbound(fetched, report, deadline)}
         raise ExecutionError(f"unknown action {action!r}")
+
+    # -- the local charon ([ike] feed) ------------------------------------------
+
+    def _need_charon(self, action: Step) -> CharonControl:
+        if self.charon is None:
+            raise ExecutionError(f"{action.value}: no charon is fed here ([ike] feed is off)")
+        return self.charon
+
+    def _kernel_spis(self) -> set[int]:
+        return {sa.spi for sa in self.kernel.dump_sad()}
+
+    def _feed_charon(self, fetched: Retrieved, deadline: float) -> dict[str, Any]:
+        charon = self._need_charon(Step.FEED_CHARON)
+        if self.gate is not None:
+            # Gated before charon installs them: charon's out policies go in open.
+            self.gate.add({sa.spi for sa in fetched.sad})
+        spis = charon.feed(fetched)
+        self._charon_spis = spis
+        self._held = None  # charon adds SAs: the next reader dumps
+        while missing := spis - self._kernel_spis():
+            if self.clock() > deadline:
+                raise ExecutionTimeout(
+                    f"feed-charon: charon installed {len(spis) - len(missing)} of the "
+                    f"{len(spis)} CHILD SAs it was fed within {self.settings.timeout_s:g} s "
+                    "(is charon running, with the ha plugin on the relay's address? its log "
+                    "says why; outbound stays gated)"
+                )
+            time.sleep(CHARON_POLL_S)
+        return {"ike_sas": len(fetched.ike_sas), "child_spis": len(spis)}
+
+    def _retire_charon(self, deadline: float) -> dict[str, Any]:
+        charon = self._need_charon(Step.RETIRE_CHARON)
+        spis = charon.retire()
+        until = min(deadline, self.clock() + CHARON_RETIRE_WAIT_S)
+        left = spis & self._kernel_spis()
+        while left and self.clock() < until:
+            time.sleep(CHARON_POLL_S)
+            left = spis & self._kernel_spis()
+        if left:
+            log.warning(
+                "retire-charon: charon has not removed %d of the %d SAs of the IKE SAs it "
+                "deleted; they stay charon's, remove-state leaves them alone",
+                len(left),
+                len(spis),
+            )
+        self._charon_spis = frozenset(left)
+        self._held = None
+        return {"child_spis": len(spis), "left": len(left)}
+
+    def _not_charons(
+        self,
+        sad: Sequence[SadEntry],
+        spd: Sequence[SpdEntry],
+        flags: Sequence[bool] | None = None,
+    ) -> tuple[list[SadEntry], list[SpdEntry], list[bool]]:
+        """``sad`` and ``spd`` without charon's SAs and the policies whose templates name
+        one of their reqids (``flags`` follow ``sad``)."""
+        owned = self._charon_spis
+        flags = list(flags) if flags is not None else [False] * len(sad)
+        if not owned:
+            return list(sad), list(spd), flags
+        keep = [i for i, sa in enumerate(sad) if sa.spi not in owned]
+        reqids = {sa.reqid for sa in sad if sa.spi in owned and sa.reqid}
+        policies = [p for p in spd if not any(t.reqid in reqids for t in p.templates)]
+        return [sad[i] for i in keep], policies, [flags[i] for i in keep]
 
     # -- kernel work -------------------------------------------------------------
 
@@ -667,12 +775,21 @@ class PlanExecutor:
         else:
             kernel_sas = {sa_identity(sa): sa for sa in self.kernel.dump_sad()}
             kernel_pols = {policy_identity(p): p for p in self.kernel.dump_spd()}
+        sad, spd, flags = self._not_charons(fetched.sad, fetched.spd, self._outbound_flags(fetched))
+        # charon's SAs and policies in the kernel are not ours to add, update or remove.
+        planned_sas, planned_pols = kernel_sas, kernel_pols
+        if self._charon_spis:
+            theirs_sa, theirs_pol, _ = self._not_charons(
+                list(kernel_sas.values()), list(kernel_pols.values())
+            )
+            planned_sas = {sa_identity(sa): sa for sa in theirs_sa}
+            planned_pols = {policy_identity(p): p for p in theirs_pol}
         plan = plan_install(
-            fetched.sad,
-            self._outbound_flags(fetched),
-            fetched.spd,
-            kernel_sas,
-            kernel_pols,
+            sad,
+            flags,
+            spd,
+            planned_sas,
+            planned_pols,
             self.settings.oseq_jump,
             thresholds=(self.settings.replay_seq_thresh, self.settings.etimer_jiffies),
             reconcile=reconcile,
@@ -888,8 +1005,8 @@ class PlanExecutor:
     def _remove_state(self, report: ExecutionReport, deadline: float) -> int:
         self._mirror = None
         self._prep_run = None
-        sad = self.kernel.dump_sad()
-        ops = plan_remove_state(sad, self.kernel.dump_spd(), policy_gates=self.gate is None)
+        sad, spd, _ = self._not_charons(self.kernel.dump_sad(), self.kernel.dump_spd())
+        ops = plan_remove_state(sad, spd, policy_gates=self.gate is None)
         self._batch(ops, "remove-state", deadline)
         if self.gate is not None and sad:
             self.gate.discard({sa.spi for sa in sad})

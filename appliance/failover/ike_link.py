@@ -16,24 +16,40 @@ each IKE SA and rekeys every CHILD SA (``ha_cache.c``), so each CHILD SA
 reaches the book through its new CHILD_ADD.  Until then the store lacks the
 IKE SAs charon made before the daemon started, and a resync never deletes a
 stored IKE SA that an incomplete book does not know.
+
+With ``[ike] feed`` the link is also the executor's ``CharonControl``
+(docs/strongswan.md, "The takeover"): :meth:`feed` hands charon the stored
+IKE SAs at a takeover, :meth:`activate` makes them ESTABLISHED, and
+:meth:`retire` makes charon delete every IKE SA it holds when the node stops
+being ACTIVE.  The book follows what charon is told, so that it keeps
+holding exactly charon's IKE SAs.  The executor calls these from its worker
+thread; they run on the loop, which owns the relay and the book.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from appliance.store.base import IkeSaRecord, IkeSpis
+from appliance.store.client import Retrieved
 from appliance.strongswan.config import IkeConfig
+from appliance.strongswan.feed import (
+    child_kernel_spis,
+    plan_feed,
+    segment_active,
+    segment_passive,
+)
 from appliance.strongswan.ha_message import (
     HaAttributeType,
     HaMessage,
     HaMessageType,
     HaNumber,
 )
-from appliance.strongswan.ike_state import IkeBook, IkeEvent
+from appliance.strongswan.ike_state import IkeBook, IkeEvent, format_spis
 from appliance.strongswan.publisher import IkeBatch, IkePublisher, plan_ike_resync
 from appliance.strongswan.relay import HaRelay
 
@@ -41,6 +57,10 @@ log = logging.getLogger("ipsec_ha.daemon.ike")
 
 SEGMENT = 1
 """With ``segment_count = 1`` every IKE SA is in segment 1 (docs/strongswan.md)."""
+LOOP_CALL_TIMEOUT_S = 30.0
+"""How long the executor's thread waits for the loop to run a call to charon."""
+
+T = TypeVar("T")
 
 
 class IkeLink:
@@ -57,9 +77,86 @@ class IkeLink:
         self.published = 0
         """IKE SA records and deletions handed to the stores."""
         self.resyncs_asked = 0
+        self.fed = 0
+        """IKE SAs handed to charon from the store."""
+        self.retired = 0
+        """IKE SAs charon was told to delete."""
+        self.unreadable = 0
+        """Stored IKE SA records that did not rebuild an IKE SA, so were not fed."""
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.relay.start(self.netns)
+
+    def _on_loop(self, call: Callable[[], T]) -> T:
+        """``call()`` on the loop (which owns the relay and the book), from any thread."""
+        loop = self._loop
+        if loop is None:
+            return call()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return call()
+
+        async def run() -> T:
+            return call()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(LOOP_CALL_TIMEOUT_S)
+
+    # -- the executor's CharonControl ([ike] feed) -----------------------------------------
+
+    def feed(self, fetched: Retrieved) -> frozenset[int]:
+        return self._on_loop(lambda: self._feed(fetched.ike_sas))
+
+    def _feed(self, records: Mapping[IkeSpis, IkeSaRecord]) -> frozenset[int]:
+        if not self.book.complete:
+            # charon may hold some of them already: a second IKE_ADD of one would give
+            # charon two IKE SAs with one ID.
+            log.warning(
+                "feed-charon: this daemon has not seen charon start, so does not know which "
+                "IKE SAs charon holds; feeding none (start the daemon before charon)"
+            )
+            return self._charon_spis()
+        feed = plan_feed({k: v for k, v in records.items() if k not in self.book.sas})
+        for spis, why in feed.unreadable:
+            log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
+        self.unreadable += len(feed.unreadable)
+        # The segment goes passive first: charon took it when no heartbeat came, and only
+        # a passive segment flips its IKE SAs when activated (ha_segments.c).
+        self.relay.send([segment_passive(), *feed.messages])
+        for message in feed.messages:
+            self.book.handle(message)
+        self.fed += len(feed.ike_sas)
+        log.info("feed-charon: %d IKE SAs with %d SAs handed to charon",
+                 len(feed.ike_sas), len(feed.child_spis))  # fmt: skip
+        return self._charon_spis()
+
+    def activate(self) -> None:
+        self._on_loop(lambda: self.relay.send([segment_active()]))
+
+    def retire(self) -> frozenset[int]:
+        return self._on_loop(self._retire)
+
+    def _retire(self) -> frozenset[int]:
+        spis = self._charon_spis()
+        deletes = [
+            HaMessage(HaMessageType.IKE_DELETE, (ike_id,))
+            for sa in self.book.sas.values()
+            if (ike_id := sa.add.get(HaAttributeType.IKE_ID)) is not None
+        ]
+        self.relay.send([segment_passive(), *deletes])
+        for message in deletes:
+            self.book.handle(message)
+        self.retired += len(deletes)
+        if deletes:
+            log.info("retire-charon: charon deletes its %d IKE SAs", len(deletes))
+        return spis
+
+    def _charon_spis(self) -> frozenset[int]:
+        return frozenset().union(*(child_kernel_spis(sa) for sa in self.book.sas.values()))
 
     def close(self) -> None:
         self.relay.close()
@@ -126,6 +223,10 @@ class IkeLink:
             "published": self.published,
             "pending": len(self.publisher),
             "resyncs_asked": self.resyncs_asked,
+            "feed": self.config.feed,
+            "fed": self.fed,
+            "retired": self.retired,
+            "unreadable": self.unreadable,
             "silent_s": None if silent is None else round(silent, 3),
         }
 

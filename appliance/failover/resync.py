@@ -42,7 +42,7 @@ def without_counters(sa: SadEntry) -> SadEntry:
         else dataclasses.replace(sa.replay, oseq=0, seq=0, bitmap=0),
         replay_esn=None
         if esn is None
-        else dataclasses.replace(esn, oseq=0, seq=0, oseq_hi=0, seq_hi=0, bmp=()),
+        else dataclasses.replace(esn, oseq=0, seq=0, oseq_hi=0, seq_hi=0, bmp=(0,) * esn.bmp_len),
         lastused=None,
         replay_thresh=None,
         etimer_thresh=None,

@@ -105,7 +105,16 @@ class Step(enum.StrEnum):
     START_FOLLOWING = "start-following"
     """Hot: install the served state from the store, outbound gated, and keep it current."""
     REMOVE_STATE = "remove-state"
-    """Delete the served state's SAs and non-gate policies (gates stay)."""
+    """Delete the served state's SAs and non-gate policies (gates stay); with ``[ike]``
+    feeding, not those of charon's CHILD SAs."""
+    FEED_CHARON = "feed-charon"
+    """``[ike]``: hand the local charon the fetched IKE SAs (passive) and wait until the
+    kernel holds their CHILD SAs, which charon installs (outbound gated from birth)."""
+    ACTIVATE_CHARON = "activate-charon"
+    """``[ike]``: activate charon's segment: the fed IKE SAs become ESTABLISHED."""
+    RETIRE_CHARON = "retire-charon"
+    """``[ike]``: charon's IKE SAs go passive and charon deletes them with their CHILD SAs
+    (no message to the peers); wait until the kernel no longer holds those."""
 
 
 _ROLE_FOR_STATE: Mapping[VrrpState, Role] = {
@@ -187,6 +196,29 @@ TABLE: Mapping[StandbyMode, Mapping[RoleChange, tuple[Step, ...]]] = {
 # time; once VRRP heals, the loser's BACKUP plan stops it claiming.
 FENCED = (S.CLOSE_OUTBOUND, S.STOP_PUBLISHING)
 RECLAIM = (*_COLD_TAKEOVER, S.START_PUBLISHING)
+
+
+def with_charon(actions: list[Step]) -> list[Step]:
+    """``actions`` for a node whose charon is fed from the store (``[ike] feed``).
+
+    charon installs the CHILD SAs of the IKE SAs it is fed, and removes them when it
+    deletes those IKE SAs; ipsec-ha only moves their counters.  So: feed right after the
+    fetch; restore the inbound windows (charon's are empty) and then activate charon
+    before outbound opens; and retire charon's IKE SAs whenever a plan leaves ACTIVE or
+    holds nothing (right after publishing stopped, so no deletion reaches the store).
+    """
+    out: list[Step] = [a for a in actions if a is not S.RESTORE_INBOUND_REPLAY]
+    if S.FETCH_STATE in out:
+        out.insert(out.index(S.FETCH_STATE) + 1, S.FEED_CHARON)
+    if S.OPEN_OUTBOUND in out:
+        at = out.index(S.OPEN_OUTBOUND)
+        out[at:at] = [S.RESTORE_INBOUND_REPLAY, S.ACTIVATE_CHARON]
+    elif S.RESTORE_INBOUND_REPLAY in actions:
+        out.append(S.RESTORE_INBOUND_REPLAY)
+    if S.CLOSE_OUTBOUND in out and S.OPEN_OUTBOUND not in out:
+        anchor = S.STOP_PUBLISHING if S.STOP_PUBLISHING in out else S.CLOSE_OUTBOUND
+        out.insert(out.index(anchor) + 1, S.RETIRE_CHARON)
+    return out
 
 
 def role_for(state: VrrpState) -> Role:

@@ -29,7 +29,7 @@ import select
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +140,8 @@ class Retrieved:
     epoch: int = 0
     pages: int = 0
     """Pages the retrieval took."""
+    ike_sas: Mapping[IkeSpis, IkeSaRecord] = field(default_factory=dict)
+    """The server ID's IKE SA records (protocol.md 4.6; empty for a lookup by SPI)."""
 
 
 @dataclass
@@ -271,6 +273,7 @@ class RetrievedState:
             self.server_id,
             self.epoch,
             self.pages,
+            dict(self.ike_sas),
         )
 
 

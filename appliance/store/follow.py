@@ -205,6 +205,7 @@ class StateCopy:
             self.server_id,
             self.epoch,
             self.pages,
+            dict(self.ike_sas),
         )
 
 

@@ -221,12 +221,37 @@ IKE_STORE = 'servers = ["198.51.100.10"]\npsk_file = "{psk}"\nmax_datagram = 650
 
 def test_ike_table_relays_strongswan_on_loopback(tmp_path: Path, psk: Path) -> None:
     assert load_daemon_config(write(tmp_path, psk)).ike is None
-    body = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+    body = IKE_STORE_ONLY
     store = IKE_STORE.format(psk=psk)
     ike = load_daemon_config(write(tmp_path, psk, body, store=store)).ike
-    assert ike is not None and ike.daemon == "strongswan"
+    assert ike is not None and ike.daemon == "strongswan" and ike.feed is False
     assert (str(ike.addresses.relay), str(ike.addresses.charon)) == ("127.0.0.2", "127.0.0.1")
     assert ike.addresses.port == ike.addresses.charon_port == 4510
+
+
+IKE_FEED = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+IKE_STORE_ONLY = IKE_FEED + "feed = false\n"
+NFT_GATE = '[nft]\nvips = ["192.0.2.10"]\nha_relay = true\n'
+
+
+def test_ike_feeds_charon_by_default_which_needs_the_nft_gate_and_the_cold_standby(
+    tmp_path: Path, psk: Path
+) -> None:
+    store = IKE_STORE.format(psk=psk)
+    with pytest.raises(
+        ConfigError, match=r'\[failover\]\.gate: \[ike\] feed = true needs gate = "nft"'
+    ):
+        load_daemon_config(write(tmp_path, psk, IKE_FEED, store=store))
+    hot = '[failover]\nmode = "hot"\ngate = "nft"\n'
+    with pytest.raises(
+        ConfigError, match=r"\[failover\]\.mode: \[ike\] feed = true works with the cold"
+    ):
+        load_daemon_config(write(tmp_path, psk, hot + IKE_FEED + NFT_GATE, store=store))
+    cold = '[failover]\ngate = "nft"\n'
+    cfg = load_daemon_config(write(tmp_path, psk, cold + IKE_FEED + NFT_GATE, store=store))
+    assert cfg.ike is not None and cfg.ike.feed is True
+    with pytest.raises(ConfigError, match=r"\[ike\]\.feed: must be true or false"):
+        load_daemon_config(write(tmp_path, psk, IKE_FEED + 'feed = "yes"\n', store=store))
 
 
 @pytest.mark.parametrize(
@@ -258,7 +283,7 @@ def test_bad_ike_values_name_the_key(tmp_path: Path, psk: Path, ike: str, messag
 
 
 def test_ike_needs_datagrams_that_hold_an_ike_sa(tmp_path: Path, psk: Path) -> None:
-    body = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+    body = IKE_STORE_ONLY
     with pytest.raises(
         ConfigError, match=r"\[store\]\.max_datagram: 1400 is too small for \[ike\]"
     ):
@@ -268,7 +293,7 @@ def test_ike_needs_datagrams_that_hold_an_ike_sa(tmp_path: Path, psk: Path) -> N
 def test_ike_with_a_guard_needs_the_guard_to_keep_the_plugin_on_loopback(
     tmp_path: Path, psk: Path
 ) -> None:
-    ike = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+    ike = IKE_STORE_ONLY
     store = IKE_STORE.format(psk=psk)
     with pytest.raises(ConfigError, match=r"\[nft\]\.ha_relay: must be true with \[ike\]"):
         load_daemon_config(

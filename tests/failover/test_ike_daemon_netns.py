@@ -118,7 +118,7 @@ class Lab:
             f'[failover]\nmode = "cold"\nkeepalived_fifo = "{rig.fifo}"\n'
             f'status_file = "{rig.status_file}"\nvrrp_name = "{GROUP}"\n'
             "notify_timeout_s = 20\nhealth_interval_s = 0.5\n"
-            f'[ike]\ndaemon = "strongswan"\nrelay = "{RELAY}"\ncharon = "{CHARON}"\n'
+            f'[ike]\ndaemon = "strongswan"\nrelay = "{RELAY}"\ncharon = "{CHARON}"\nfeed = false\n'
         )
         cmd = [IPSEC_HA, "daemon", "--config", str(config), "--verbose"]
         with rig.daemon_log.open("ab") as log:  # the rig's teardown stops it

@@ -46,7 +46,7 @@ def daemon(tmp_path: Path, client: LoopbackClient) -> FailoverDaemon:
         f'[node]\nid = "gw1"\nserver_id = "{SID}"\nnode_index = 0\n'
         f'[store]\nservers = ["198.51.100.10"]\npsk_file = "{psk}"\nmax_datagram = 65000\n'
         f'[failover]\nstatus_file = "{tmp_path}/status.json"\n'
-        '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+        '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\nfeed = false\n'
     )
     client.max_datagram = 65000
     return FailoverDaemon(

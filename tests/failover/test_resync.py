@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from appliance.failover.resync import plan_resync, without_counters
-from appliance.model import LifetimeCur, ReplayState
+from appliance.model import LifetimeCur, ReplayState, ReplayStateEsn
 from tests.store.entries_factory import make_policy, make_sa
 
 pytestmark = pytest.mark.unit
@@ -79,3 +79,23 @@ def test_an_sa_held_with_the_same_counters_gets_nothing() -> None:
     assert plan == plan_resync([], [], [], [])  # use counters are not what the store keeps
     moved = dataclasses.replace(sad[2], replay=ReplayState(oseq=99, seq=0, bitmap=0))
     assert plan_resync([sad[0], moved], [], sad[:1] + sad[2:], []).replay_only == (moved,)
+
+
+def test_counters_of_an_esn_sa_are_not_content_either() -> None:
+    # charon's ESN SAs carry a one-word window (replay_window 32): the comparison once built
+    # a state with bmp_len 1 and no word, and the ModelError stopped the daemon.
+    sa = dataclasses.replace(
+        make_sa(5),
+        replay=None,
+        replay_esn=ReplayStateEsn(bmp_len=1, oseq=7, seq=3, replay_window=32, bmp=(0b111,)),
+    )
+    moved = dataclasses.replace(
+        sa,
+        replay_esn=ReplayStateEsn(
+            bmp_len=1, oseq=9, seq=5, oseq_hi=1, replay_window=32, bmp=(0b11111,)
+        ),
+    )
+    assert without_counters(moved) == without_counters(sa)
+    cleared = without_counters(sa).replay_esn
+    assert cleared is not None and cleared.bmp == (0,) and cleared.replay_window == 32
+    assert plan_resync([moved], [], [sa], []).replay_only == (moved,)

@@ -240,6 +240,8 @@ def test_ike_sas_are_followed_beside_the_kernel_state(client: LoopbackClient) ->
     }
     whole = client.get_server(SID)
     assert whole.ike_sas == follower.state.ike_sas
+    # A takeover from the copy hands charon the same IKE SAs as a whole retrieval does.
+    assert follower.state.retrieved().ike_sas == whole.merged("x").ike_sas == whole.ike_sas
     answer = client.get_spi(make_sa(1).spi, str(make_sa(1).daddr))
     assert answer.ike_sa == _ike(1, b"rekeyed")
 

@@ -16,8 +16,10 @@ lab VM); :func:`charon_lab` always removes what it made.
   until the caller binds something there in the gateway's namespace;
 - the IKE SA ``gw`` with CHILD SAs ``net`` and ``net2``, loaded in both;
 - with ``build(standby=True)``, a third namespace ``iha-<random>-hasb``: a
-  second gateway with the same charon configuration (its own log), and no
-  link until :meth:`CharonLab.move_link` hands it the gateway's veth end.
+  second gateway with the same charon configuration (its own log), joined to
+  the first by a sync link (198.18.0.1/24 and 198.18.0.2/24, for the store),
+  and with no client link until :meth:`CharonLab.move_link` hands it the
+  gateway's veth end.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import IO
 
 GW_ADDR, CL_ADDR = "192.0.2.1", "192.0.2.2"
+GW_SYNC, SB_SYNC = "198.18.0.1", "198.18.0.2"
+"""The gateways' ends of the sync link (``build(standby=True)``)."""
 HA_LOCAL, HA_REMOTE, HA_PORT = "127.0.0.1", "127.0.0.2", 4510
 VICI = "tcp://127.0.0.1:4502"
 HEARTBEAT_WAIT_S = 4.0
@@ -159,6 +163,15 @@ class CharonLab:
         run(["ip", "-n", self.cl_ns, "addr", "add", f"{CL_ADDR}/24", "dev", "hacl0"])
         run(["ip", "-n", self.gw_ns, "link", "set", "hagw0", "up"])
         run(["ip", "-n", self.cl_ns, "link", "set", "hacl0", "up"])
+        if standby:
+            run(["ip", "link", "add", "hasync0", "netns", self.gw_ns, "type", "veth", "peer",
+                 "hasync1", "netns", self.sb_ns])  # fmt: skip
+            for ns, dev, addr in (
+                (self.gw_ns, "hasync0", GW_SYNC),
+                (self.sb_ns, "hasync1", SB_SYNC),
+            ):
+                run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+                run(["ip", "-n", ns, "link", "set", dev, "up"])
         for name, me, peer, my_id, peer_id, ha, mirror in (
             ("gw", GW_ADDR, CL_ADDR, "gw.example", "client.example", HA_SECTION, False),
             ("sb", GW_ADDR, CL_ADDR, "gw.example", "client.example", HA_SECTION, False),

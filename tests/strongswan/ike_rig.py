@@ -33,6 +33,7 @@ from tests.store.netns_star import in_netns
 from tests.store.store_process import IPSEC_HA, StoreProcess, write_config, write_psk
 from tests.strongswan.charon_lab import (
     GW_ADDR,
+    GW_SYNC,
     HA_LOCAL,
     HA_REMOTE,
     CharonLab,
@@ -70,6 +71,9 @@ class Rig:
     daemon: subprocess.Popen[bytes]
     reader: StoreClient
     """A client of the store whose socket lives in the gateway's namespace."""
+    standby: Rig | None = None
+    """The standby gateway's daemon (``ike_rig(standby_daemon=True)``), with the same lab,
+    store and reader."""
 
     # -- the daemon -------------------------------------------------------------------------
 
@@ -200,24 +204,69 @@ def child_kernel_spis(record: IkeSaRecord) -> set[int]:
     return spis
 
 
-def write_daemon_config(path: Path, psk: Path, fifo: Path, status_file: Path) -> Path:
+def write_daemon_config(
+    path: Path,
+    psk: Path,
+    fifo: Path,
+    status_file: Path,
+    *,
+    store: str = STORE,
+    node: tuple[str, int] = ("gw-ike-lab", 1),
+    feed: bool = False,
+) -> Path:
+    """A cold daemon serving ``SERVER_ID`` with ``[ike]``; with ``feed``, it feeds charon
+    (and so has the nftables gate)."""
     path.write_text(
-        '[node]\nid = "gw-ike-lab"\n'
-        f'server_id = "{SERVER_ID}"\nnode_index = 1\n'
-        f'[store]\nservers = ["{STORE}"]\nport = {STORE_PORT}\npsk_file = "{psk}"\n'
+        f'[node]\nid = "{node[0]}"\n'
+        f'server_id = "{SERVER_ID}"\nnode_index = {node[1]}\n'
+        f'[store]\nservers = ["{store}"]\nport = {STORE_PORT}\npsk_file = "{psk}"\n'
         f"timeout_s = 0.5\nretries = 5\nmax_datagram = {MAX_DATAGRAM}\n"
         f'[failover]\nmode = "cold"\nkeepalived_fifo = "{fifo}"\n'
         f'status_file = "{status_file}"\nvrrp_name = "{GROUP}"\n'
         "notify_timeout_s = 60\nhealth_interval_s = 1.0\n"
-        f'[ike]\ndaemon = "strongswan"\nrelay = "{HA_REMOTE}"\ncharon = "{HA_LOCAL}"\n'
+        + ('gate = "nft"\n' if feed else "")
+        + f'[ike]\ndaemon = "strongswan"\nrelay = "{HA_REMOTE}"\ncharon = "{HA_LOCAL}"\n'
+        + f"feed = {'true' if feed else 'false'}\n"
     )
     return path
 
 
+def start_daemon(
+    lab: CharonLab,
+    ns: str,
+    psk_file: Path,
+    tmp_path: Path,
+    *,
+    name: str,
+    node_index: int,
+    store: str,
+    feed: bool,
+) -> tuple[Path, Path, Path, subprocess.Popen[bytes]]:
+    """``ipsec-ha daemon`` in ``ns``: its keepalived FIFO, status file, log and process."""
+    fifo, status_file = tmp_path / f"{name}-keepalived.fifo", tmp_path / f"{name}-status.json"
+    os.mkfifo(fifo, 0o600)
+    config = write_daemon_config(
+        lab.work / f"{name}-daemon.toml", psk_file, fifo, status_file,
+        store=store, node=(f"{name}-ike-lab", node_index), feed=feed,
+    )  # fmt: skip
+    daemon_log = lab.work / ("daemon.log" if name == "gw" else f"{name}-daemon.log")
+    cmd = [IPSEC_HA, "daemon", "--config", str(config), "--verbose"]
+    with daemon_log.open("ab") as log:
+        daemon = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *cmd], stdout=log, stderr=log, start_new_session=True
+        )
+    lab.procs.append(daemon)
+    return fifo, status_file, daemon_log, daemon
+
+
 @contextlib.contextmanager
-def ike_rig(tmp_path: Path, standby: bool = False) -> Iterator[Rig]:
+def ike_rig(
+    tmp_path: Path, standby: bool = False, standby_daemon: bool = False, feed: bool = False
+) -> Iterator[Rig]:
     """Store and daemon in the gateway's namespace (nothing of charon started yet);
-    with ``standby``, the lab's standby gateway namespace too (``CharonLab.build``).
+    with ``standby``, the lab's standby gateway namespace too (``CharonLab.build``), the
+    store then on the sync link; with ``standby_daemon`` a daemon there too
+    (``Rig.standby``); with ``feed``, the daemons feed charon (``[ike] feed``).
 
     Everything started goes into ``lab.procs``: ``charon_lab`` stops it all, then removes
     the namespaces, whatever happens.  Logs and configurations live in ``lab.work`` (kept
@@ -228,10 +277,11 @@ def ike_rig(tmp_path: Path, standby: bool = False) -> Iterator[Rig]:
         gw_ns, work = lab.gw_ns, lab.work
         psk_file = tmp_path / "cluster.psk"
         psk = write_psk(psk_file)
+        store_address = GW_SYNC if standby else STORE
         store_config = write_config(
             work / "store.toml",
             psk_file,
-            STORE,
+            store_address,
             STORE_PORT,
             "sqlite",
             db_path=tmp_path / "store.db",
@@ -242,28 +292,30 @@ def ike_rig(tmp_path: Path, standby: bool = False) -> Iterator[Rig]:
         assert store.proc is not None
         lab.procs.append(store.proc)
 
-        fifo, status_file = tmp_path / "keepalived.fifo", tmp_path / "status.json"
-        os.mkfifo(fifo, 0o600)
-        config = write_daemon_config(work / "daemon.toml", psk_file, fifo, status_file)
-        daemon_log = work / "daemon.log"
-        cmd = [IPSEC_HA, "daemon", "--config", str(config), "--verbose"]
-        with daemon_log.open("ab") as log:
-            daemon = subprocess.Popen(
-                ["ip", "netns", "exec", gw_ns, *cmd],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        lab.procs.append(daemon)
+        fifo, status_file, daemon_log, daemon = start_daemon(
+            lab, gw_ns, psk_file, tmp_path, name="gw", node_index=1, store=store_address,
+            feed=feed,
+        )  # fmt: skip
+        standby_rig = None
 
         def reader() -> StoreClient:
-            return StoreClient(STORE, STORE_PORT, psk, "ike-lab-reader", max_datagram=MAX_DATAGRAM)
+            return StoreClient(
+                store_address, STORE_PORT, psk, "ike-lab-reader", max_datagram=MAX_DATAGRAM
+            )
 
         client = in_netns(gw_ns, reader)  # its socket stays in the gateway's namespace
         try:
-            rig = Rig(lab, fifo, status_file, daemon_log, store, daemon, client)
+            if standby_daemon:
+                sb = start_daemon(
+                    lab, lab.sb_ns, psk_file, tmp_path, name="sb", node_index=2,
+                    store=store_address, feed=feed,
+                )  # fmt: skip
+                standby_rig = Rig(lab, *sb[:3], store, sb[3], client)
+            rig = Rig(lab, fifo, status_file, daemon_log, store, daemon, client, standby_rig)
             # Its first status comes after the relay has bound the plugin's remote address.
-            rig.wait_status("written", lambda st: "ike" in st)
+            for each in (rig, standby_rig):
+                if each is not None:
+                    each.wait_status("written", lambda st: "ike" in st)
             yield rig
         finally:
             client.close()

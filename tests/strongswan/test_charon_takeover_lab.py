@@ -29,9 +29,7 @@ charon"); the steps are driven by the test, not yet by the daemon:
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,105 +38,40 @@ import pytest
 
 from appliance.failover.seqjump import RekeyRequired, advance_sa
 from appliance.strongswan.feed import plan_feed, segment_active, segment_passive
-from appliance.strongswan.ha_message import HA_PORT, HaMessage, encode
-from appliance.strongswan.ike_state import IkeSpis, format_spis
+from appliance.strongswan.ike_state import format_spis
 from appliance.xfrm.socket import XfrmSocket
-from tests.store.netns_star import in_netns
 from tests.strongswan.charon_lab import (
     CL_ADDR,
     GW_ADDR,
-    HA_LOCAL,
-    HA_REMOTE,
     HEARTBEAT_WAIT_S,
-    CharonLab,
-    run,
+)
+from tests.strongswan.charon_probe import (
+    CL_INNER,
+    CONTROL_PINGS,
+    GW_INNER,
+    JUMP,
+    PINGS,
+    client_ike_sa_inits,
+    counters_stored,
+    ike_sas,
+    kernel_spis,
+    ping,
+    rekey_net,
+    replay_drops,
+    route_inner,
+    send_to_charon,
 )
 from tests.strongswan.ike_rig import SERVER_ID, Rig, ike_rig
 
-pytestmark = pytest.mark.lab
-
-GW_INNER, CL_INNER = "198.51.100.1", "203.0.113.1"
-"""Inside ``net``'s traffic selectors: the gateway's and the client's inner address."""
-PINGS = 100
-CONTROL_PINGS = 10
-JUMP = 1000
-"""How far the new gateway's outbound counters move past the stored ones.  The daemon
-derives its jump from its [failover] settings (docs/failover.md); here the stored
-counters are exact (the test waits for them), so any jump above 0 would do."""
-
-_IKE_SA = re.compile(r"^\S+: #\d+, (\w+), IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
-_XFRM_SA = re.compile(r"^src (\S+) dst (\S+)\n\s+proto esp spi 0x([0-9a-f]+)", re.M)
+# The daemons do all of this in test_ike_takeover_lab; this step-by-step version shows
+# each step's effect (and the control) and runs with IPSEC_HA_LAB_EXTENDED=1.
+pytestmark = [pytest.mark.lab, pytest.mark.extended]
 
 
 @pytest.fixture
 def rig(tmp_path: Path, require_root: None) -> Iterator[Rig]:
     with ike_rig(tmp_path, standby=True) as rig:
         yield rig
-
-
-# -- what the test reads ----------------------------------------------------------------------
-
-
-def ike_sas(lab: CharonLab, ns: str) -> list[tuple[str, IkeSpis]]:
-    """``swanctl --list-sas`` in ``ns``: each IKE SA's state and SPIs."""
-    text = lab.swanctl(ns, "--list-sas", check=False)
-    return [(state, (int(i, 16), int(r, 16))) for state, i, r in _IKE_SA.findall(text)]
-
-
-def kernel_spis(ns: str) -> set[int]:
-    """The SPIs of the ESP SAs in ``ns``'s kernel."""
-    text = run(["ip", "-n", ns, "xfrm", "state"])
-    return {int(spi, 16) for _s, _d, spi in _XFRM_SA.findall(text)}
-
-
-def replay_drops(ns: str) -> int:
-    """The namespace's XfrmInStateSeqError: ESP packets its kernel dropped as replays."""
-    text = run(["ip", "netns", "exec", ns, "cat", "/proc/net/xfrm_stat"])
-    found = re.search(r"^XfrmInStateSeqError\s+(\d+)", text, re.M)
-    assert found, text
-    return int(found.group(1))
-
-
-def ping(lab: CharonLab, count: int = PINGS) -> int:
-    """Pings from the client's inner address to the gateway's; how many were answered."""
-    out = run(["ip", "netns", "exec", lab.cl_ns, "ping", "-q", "-c", str(count), "-i", "0.02",
-               "-W", "2", "-I", CL_INNER, GW_INNER], check=False, timeout=120)  # fmt: skip
-    found = re.search(r"(\d+) received", out)
-    assert found, out
-    return int(found.group(1))
-
-
-def client_ike_sa_inits(lab: CharonLab) -> int:
-    """IKE_SA_INIT requests the client's charon sent (its log)."""
-    return (lab.work / "cl.log").read_text(errors="replace").count("generating IKE_SA_INIT request")
-
-
-# -- what the test does -----------------------------------------------------------------------
-
-
-def route_inner(ns: str, inner: str, peer: str, remote_net: str) -> None:
-    """``inner`` on ``ns``'s loopback, and the route to ``remote_net`` via ``peer`` from it
-    (charon runs with install_routes = no)."""
-    run(["ip", "-n", ns, "addr", "add", f"{inner}/32", "dev", "lo"])
-    run(["ip", "-n", ns, "route", "add", remote_net, "via", peer, "src", inner])
-
-
-def send_to_charon(ns: str, messages: list[HaMessage]) -> None:
-    """Send ``messages`` to the charon of ``ns`` from its plugin's ``remote`` address, as the
-    daemon's relay does (charon's plugin accepts nothing from elsewhere)."""
-
-    def make() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((HA_REMOTE, HA_PORT))
-        sock.connect((HA_LOCAL, HA_PORT))
-        return sock
-
-    sock = in_netns(ns, make)
-    try:
-        for message in messages:
-            sock.send(encode(message))
-    finally:
-        sock.close()
 
 
 def test_charon_fed_from_the_store_takes_over_the_tunnel_unnoticed(rig: Rig) -> None:
@@ -172,19 +105,10 @@ def test_charon_fed_from_the_store_takes_over_the_tunnel_unnoticed(rig: Rig) -> 
     assert ping(lab) == PINGS
     drops_before = replay_drops(cl_ns)
 
-    def counters_stored() -> bool:
-        """The store's counters equal the gateway kernel's, SA by SA (the pings are over)."""
-        stored = {sa.spi: sa for sa in rig.reader.fetch(SERVER_ID).sad}
-        with XfrmSocket(netns=gw_ns) as xs:
-            for spi, sa in stored.items():
-                ae = xs.get_ae(sa.daddr, spi, sa.proto, mark=sa.mark)
-                live = ae.replay_esn or ae.replay
-                kept = sa.replay_esn or sa.replay
-                if kept is None or live is None or (kept.oseq, kept.seq) != (live.oseq, live.seq):
-                    return False
-        return bool(stored)
-
-    rig.wait("the store's counters to reach the gateway kernel's", counters_stored)
+    rig.wait(
+        "the store's counters to reach the gateway kernel's",
+        lambda: counters_stored(rig.reader.fetch(SERVER_ID), gw_ns),
+    )
 
     # -- 3. crash: charon and daemon die; the gateway's address moves to the standby -----------
     for proc in (gw_charon, rig.daemon):
@@ -233,18 +157,8 @@ def test_charon_fed_from_the_store_takes_over_the_tunnel_unnoticed(rig: Rig) -> 
     assert [spis for _s, spis in ike_sas(lab, cl_ns)] == [record.spis]
 
     # -- 6. rekeys through the new gateway ------------------------------------------------------
-    def rekeyed(ns: str, old: set[int]) -> set[int]:
-        """The client's SPIs once ``ns`` has rekeyed ``net`` and the old SAs are gone."""
-        lab.swanctl(ns, "--rekey", "--child", "net")
-
-        def probe() -> set[int] | None:
-            now = kernel_spis(cl_ns)
-            return now if len(now) == 4 and len(now - old) == 2 else None
-
-        return rig.wait(f"net rekeyed by {ns} (charon deletes the old SAs 5 s later)", probe)
-
-    children = rekeyed(cl_ns, client_children)
-    rekeyed(sb_ns, children)
+    children = rekey_net(lab, cl_ns, client_children, rig.wait)
+    rekey_net(lab, sb_ns, children, rig.wait)
     drops = replay_drops(cl_ns)
     assert ping(lab) == PINGS
     assert replay_drops(cl_ns) == drops

@@ -1,0 +1,197 @@
+"""The executor beside a charon fed from the store (``[ike] feed``): charon installs and
+removes the CHILD SAs of its IKE SAs; ipsec-ha moves their counters and touches nothing else
+of theirs.  A fake charon installs into the fake kernel as the real one does: counters at 0."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from appliance import model as m
+from appliance.failover.executor import ExecutionTimeout, ExecutorSettings, PlanExecutor
+from appliance.failover.transitions import (
+    FENCED,
+    RECLAIM,
+    Role,
+    StandbyMode,
+    Step,
+    plan,
+    with_charon,
+)
+from appliance.notify import VrrpState
+from appliance.planner import policy_identity, sa_identity
+from appliance.store.client import Retrieved
+from tests.failover.test_executor import (
+    FWD_POL,
+    GW,
+    IN_POL,
+    IN_SA,
+    JUMP,
+    NET_LOCAL,
+    NET_REMOTE,
+    OUT_POL,
+    OUT_SA,
+    PEER,
+    Clock,
+    FakeLoops,
+    FakeStore,
+    etimer_jiffies,
+    policy,
+    sa,
+)
+from tests.failover.test_executor_nft_gate import FakeGate, JournalKernel
+
+pytestmark = pytest.mark.unit
+
+S = Step
+
+
+class FakeCharon:
+    """Installs the fed CHILD SAs (counters 0) and their policies; removes them at retire."""
+
+    def __init__(self, kernel: JournalKernel, journal: list[tuple[str, object]]) -> None:
+        self.kernel = kernel
+        self.journal = journal
+        self.held: list[m.SadEntry | m.SpdEntry] = []
+        self.install = True
+
+    def feed(self, fetched: Retrieved) -> frozenset[int]:
+        self.journal.append(("charon-feed", sorted(fetched.ike_sas)))
+        if self.install:
+            out_tmpl = dataclasses.replace(OUT_POL.templates[0], reqid=7)
+            in_tmpl = dataclasses.replace(IN_POL.templates[0], reqid=8)
+            for entry in (
+                dataclasses.replace(OUT_SA, reqid=7, replay=m.ReplayState()),
+                dataclasses.replace(IN_SA, reqid=8, replay=m.ReplayState()),
+                dataclasses.replace(OUT_POL, templates=(out_tmpl,)),
+                dataclasses.replace(IN_POL, templates=(in_tmpl,)),
+            ):
+                self.held.append(entry)
+                if isinstance(entry, m.SadEntry):
+                    self.kernel.sad[sa_identity(entry)] = entry
+                else:
+                    self.kernel.spd[policy_identity(entry)] = entry
+        return frozenset({OUT_SA.spi, IN_SA.spi})
+
+    def activate(self) -> None:
+        self.journal.append(("charon-activate", None))
+
+    def retire(self) -> frozenset[int]:
+        self.journal.append(("charon-retire", None))
+        for entry in self.held:
+            if isinstance(entry, m.SadEntry):
+                self.kernel.sad.pop(sa_identity(entry), None)
+            else:
+                self.kernel.spd.pop(policy_identity(entry), None)
+        self.held = []
+        return frozenset({OUT_SA.spi, IN_SA.spi})
+
+
+# The stored state: charon's tunnel (OUT_SA/IN_SA, reqids 1 and 2 on the old node) and one
+# hand-keyed tunnel that no IKE SA names.
+HAND_OUT = sa(0x3003, GW, PEER, oseq=10, seq=0, reqid=3)
+HAND_POL = policy(m.Direction.OUT, NET_REMOTE, NET_LOCAL, GW, PEER, 3)
+IKE_SPIS = (0x1111, 0x2222)
+STATE = Retrieved(
+    (OUT_SA, IN_SA, HAND_OUT),
+    (OUT_POL, IN_POL, FWD_POL, HAND_POL),
+    "198.51.100.10",
+    ike_sas={IKE_SPIS: object()},  # type: ignore[dict-item]
+)
+
+
+def make(
+    timeout: float = 10.0,
+) -> tuple[PlanExecutor, JournalKernel, FakeGate, FakeCharon, list[tuple[str, object]]]:
+    journal: list[tuple[str, object]] = []
+    kernel, gate = JournalKernel(journal), FakeGate(journal)
+    charon = FakeCharon(kernel, journal)
+    settings = ExecutorSettings("192.0.2.1", JUMP, timeout, 1000, etimer_jiffies(500, 250))
+    executor = PlanExecutor(
+        kernel, FakeStore(STATE), FakeLoops(), settings, local_addresses=lambda: [GW],
+        clock=Clock(), gate=gate, charon=charon,
+    )  # fmt: skip
+    return executor, kernel, gate, charon, journal
+
+
+def takeover() -> list[Step]:
+    return with_charon(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.COLD))
+
+
+def test_the_plans_with_charon() -> None:
+    assert takeover() == [
+        S.CLAIM_OWNERSHIP, S.FETCH_STATE, S.FEED_CHARON, S.INSTALL_STATE,
+        S.ADVANCE_OUTBOUND_SEQ, S.RESTORE_INBOUND_REPLAY, S.ACTIVATE_CHARON,
+        S.OPEN_OUTBOUND, S.START_PUBLISHING,
+    ]  # fmt: skip
+    assert with_charon(plan(Role.ACTIVE, VrrpState.BACKUP, StandbyMode.COLD)) == [
+        S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.RETIRE_CHARON, S.REMOVE_STATE,
+    ]  # fmt: skip
+    assert with_charon(plan(Role.INIT, VrrpState.STOP, StandbyMode.COLD)) == [
+        S.CLOSE_OUTBOUND, S.RETIRE_CHARON, S.REMOVE_STATE,
+    ]  # fmt: skip
+    assert with_charon(list(FENCED)) == [S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.RETIRE_CHARON]
+    assert with_charon(list(RECLAIM)) == takeover()
+    assert with_charon([]) == []
+
+
+def test_a_takeover_lets_charon_install_its_sas_and_only_moves_their_counters() -> None:
+    executor, kernel, gate, _charon, journal = make()
+    report = executor.run(takeover())
+    # Gated before charon installed anything; then fed.
+    first_feed = journal.index(("charon-feed", [IKE_SPIS]))
+    assert ("gate-add", sorted({OUT_SA.spi, IN_SA.spi, HAND_OUT.spi})) in journal[:first_feed]
+    # ipsec-ha added only the hand-keyed SA and its policy, nothing of charon's.
+    added = [(op, e) for op, e in journal if op in ("add_sa", "add_policy", "update_policy",
+                                                    "delete_sa", "delete_policy")]  # fmt: skip
+    assert added == [("add_sa", added[0][1]), ("add_policy", HAND_POL)]
+    assert isinstance(added[0][1], m.SadEntry) and added[0][1].spi == HAND_OUT.spi
+    # charon's SAs: counters moved by NEWAE, the outbound past the store's plus the jump.
+    replays = {e.spi: e for op, e in journal if op == "set_replay" and isinstance(e, m.SadEntry)}
+    assert set(replays) == {OUT_SA.spi, IN_SA.spi}
+    assert replays[OUT_SA.spi].replay is not None and OUT_SA.replay is not None
+    assert replays[OUT_SA.spi].replay.oseq == OUT_SA.replay.oseq + JUMP
+    assert replays[IN_SA.spi].replay == IN_SA.replay
+    # In order: counters, then charon active, then the gate opens.
+    order = [op for op, _ in journal if op in ("set_replay", "charon-activate", "gate-open")]
+    assert order == ["set_replay", "set_replay", "charon-activate", "gate-open"]
+    assert report.actions == [a.value for a in takeover()]
+    # charon's policies (reqids 7 and 8 on this node) are as charon put them.
+    assert {p.templates[0].reqid for p in kernel.spd.values()} == {3, 7, 8}
+    assert not gate.closed
+
+
+def test_leaving_active_retires_charon_and_removes_only_what_is_not_charons() -> None:
+    executor, kernel, _gate, _charon, journal = make()
+    executor.run(takeover())
+    journal.clear()
+    executor.run(with_charon(plan(Role.ACTIVE, VrrpState.BACKUP, StandbyMode.COLD)))
+    assert journal.index(("charon-retire", None)) < next(
+        i for i, (op, _) in enumerate(journal) if op == "delete_sa"
+    )
+    deleted = {e.spi for op, e in journal if op == "delete_sa" and isinstance(e, m.SadEntry)}
+    assert deleted == {HAND_OUT.spi}  # charon removed its own
+    assert kernel.sad == {}
+
+
+def test_what_charon_has_not_removed_stays_charons() -> None:
+    executor, kernel, _gate, charon, _journal = make(timeout=100.0)
+    executor.run(takeover())
+    charon.retire = lambda: frozenset({OUT_SA.spi, IN_SA.spi})  # type: ignore[method-assign]
+    executor.clock.step = 1.0  # type: ignore[attr-defined]  # the wait for charon ends
+    executor.run(with_charon(plan(Role.ACTIVE, VrrpState.STOP, StandbyMode.COLD)))
+    assert {e.spi for e in kernel.sad.values()} == {OUT_SA.spi, IN_SA.spi}
+    # charon's policies stay; ipsec-ha's own out policy is now a gate (no template).
+    assert {p.templates[0].reqid for p in kernel.spd.values() if p.templates} == {7, 8}
+
+
+def test_a_charon_that_installs_nothing_fails_the_takeover_by_name_with_outbound_gated() -> None:
+    executor, _kernel, gate, charon, journal = make(timeout=10.0)
+    charon.install = False
+    executor.clock.step = 0.5  # type: ignore[attr-defined]
+    with pytest.raises(ExecutionTimeout, match=r"feed-charon: charon installed 0 of the 2 CHILD"):
+        executor.run(takeover())
+    assert ("charon-activate", None) not in journal
+    assert not any(op == "gate-open" for op, _ in journal)
+    assert gate.spis >= {OUT_SA.spi, IN_SA.spi}
