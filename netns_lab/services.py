@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError, LabError
-from appliance.notify import read_status
+from appliance.status_file import read_status
 from netns_lab import build, keepalived
+from netns_lab.charon import HA_LOCAL, HA_REMOTE
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import GATEWAYS, INSIDE, OUTSIDE, SYNC_GROUP, address_of, vip_address
 
@@ -64,6 +65,10 @@ class SyncSettings:
     metrics_port: int | None = None
     """``[metrics]``: each daemon serves ``/metrics`` on its outside address at this port,
     reachable from the client over the outside segment (None: no endpoint)."""
+    ike: bool = False
+    """``[ike]`` with ``feed = true``: each daemon relays its gateway's charon
+    (``netns_lab.charon``) and feeds it at a takeover; needs the cold standby, the nft
+    gate and a ``store_max_datagram`` of 16384 or more."""
 
 
 @dataclass
@@ -88,7 +93,7 @@ class GatewayFiles:
 
 
 def read_daemon_status(path: Path) -> dict[str, Any] | None:
-    """A daemon's status file (``appliance.notify.read_status``); None while there is
+    """A daemon's status file (``appliance.status_file.read_status``); None while there is
     none or it cannot be read, so that lab waits keep polling."""
     with contextlib.suppress(ApplianceError):
         return read_status(path)
@@ -153,6 +158,12 @@ class Services:
                 ""
                 if s.metrics_port is None
                 else f'[metrics]\nlisten = "{address_of(gw, OUTSIDE)}:{s.metrics_port}"\n'
+            )
+            + (
+                f'[ike]\ndaemon = "strongswan"\nrelay = "{HA_REMOTE}"\ncharon = "{HA_LOCAL}"\n'
+                "feed = true\n"
+                if s.ike
+                else ""
             ),
         )
 

@@ -24,6 +24,16 @@ What happens
    and its SAs' replay counters), its SAs are the very ones keyed at the
    start (no new SA), and traffic flowed both ways after each takeover.
 
+``ike`` keys the tunnel with strongSwan instead: charon on the client and on
+both gateways (``netns_lab.charon``), the daemons with ``[ike] feed`` (cold
+standby, nftables gate). The client initiates the IKE SA to the VIP; at a
+takeover the new active's daemon feeds its charon the IKE SA from the store,
+moves the counters of the SAs charon installs, and activates charon. A
+crash kills the gateway's charon too. The verdict adds the IKE side: the
+client's IKE SA is the one it set up, ESTABLISHED on the active gateway, the
+client sent one IKE_SA_INIT in all, and a CHILD rekey by the client through
+the last active gateway succeeds.
+
 ``naive`` replaces the appliance with what a naive copy would do: snapshot
 gw1's SAs while traffic runs, and after the failure restore that snapshot
 on gw2 without the jump. The client must then count replay errors; the
@@ -49,6 +59,7 @@ from appliance.traffic.probe import Arrival
 from appliance.traffic.udp import RunResult, RunSpec
 from appliance.traffic.udp import run as run_traffic
 from netns_lab import keepalived, tunnel
+from netns_lab.charon import CHILD_NAME, Charons
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import (
     CLIENT_PROTECTED,
@@ -87,6 +98,9 @@ SECOND_PROTECTED = "203.0.113.11/32"
 RESUMED_PACKETS = 20
 """Packets each way through the new active gateway that count as "traffic resumed"."""
 
+
+IKE_MAX_DATAGRAM = 65000
+"""``[store] max_datagram`` with ``[ike]`` (an IKE SA record is never split)."""
 
 GATE_PINGS = 5
 """Pings a hot standby behind the nftables gate sends towards the client (``_probe_gate``)."""
@@ -156,6 +170,9 @@ class Outcome:
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``gate = "nft"`` only: each gateway's gate (``NftGate.status``), keyed ``gw2-standby``
     (hot: once gw2 pre-installed the SAs) and by gateway at the end."""
+    ike: dict[str, Any] = field(default_factory=dict)
+    """``ike`` only: the client's IKE SA before and after, its state on the active gateway,
+    the client's IKE_SA_INITs, and the CHILD rekey after the last takeover."""
     split: dict[str, Any] = field(default_factory=dict)
     """Split brain only: when VRRP was cut and healed, what each daemon did, the client's
     replay counters at healing and at the end, the store's outbound counter before and
@@ -256,6 +273,7 @@ class Scenario(Narration):
         plot: Path | None = None,
         gate: str = "policy",
         store_gap: str | None = None,
+        ike: bool = False,
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
         if how not in ("kill", "link", "split"):
@@ -271,6 +289,10 @@ class Scenario(Narration):
             raise ValueError(
                 f"store_gap is one of {', '.join(STORE_GAPS)}, for a hot standby and a kill"
             )
+        if ike and (mode != "cold" or gate != "nft" or naive or how == "split" or store_gap):
+            raise ValueError("ike needs the cold standby, the nft gate and a kill or link")
+        self.ike = ike
+        self.charons: Charons | None = None
         self.store_gap = store_gap
         self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
         self.gate = gate
@@ -280,7 +302,12 @@ class Scenario(Narration):
     # -- the run ------------------------------------------------------------------
     def run(self) -> Outcome:
         with Lab.create(advert_int=self.advert_int, wait_notify=False) as lab:
-            settings = SyncSettings(mode=self.mode, gate=self.gate)
+            settings = SyncSettings(
+                mode=self.mode,
+                gate=self.gate,
+                ike=self.ike,
+                store_max_datagram=IKE_MAX_DATAGRAM if self.ike else 1400,
+            )
             services = None if self.naive else Services(lab, settings)
             try:
                 return self._run(lab, services)
@@ -296,7 +323,8 @@ class Scenario(Narration):
             # would mirror the (empty) store and remove what IKE installed.
             services.wait_role("gw1", ("active",))
             self.event(f"stores and daemons ({self.mode} standby) running on gw1 and gw2")
-        keyed = tunnel.establish(lab, "gw1")
+        keyed = self._establish_with_charon(lab) if self.ike else tunnel.establish(lab, "gw1")
+        ike_before = self.charons.ike_sas("client") if self.charons is not None else []
         gates: dict[str, dict[str, Any]] = {}
         self.event(
             f"tunnel keyed on client and gw1: SPIs 0x{keyed.spi_in:08x} (in), "
@@ -351,6 +379,10 @@ class Scenario(Narration):
         if self.gate == "nft":
             gates.update({gw: NftGate(lab.ns(gw)).status().to_dict() for gw in GATEWAYS})
         spis_after = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
+        ike: dict[str, Any] = {}
+        if self.charons is not None:
+            active = takeovers[-1].took_over if takeovers else "gw1"
+            ike = self._ike_verdict(lab, active, ike_before, spis_after)
         arrivals = traffic.arrivals()
         sent = traffic.sent()
         first_fail = int((takeovers[0].failed_at if takeovers else split["cut_at"]) * 1e9)
@@ -398,6 +430,7 @@ class Scenario(Narration):
             plot=plot,
             origin=origin,
             split=split,
+            ike=ike,
         )
 
     # -- steps --------------------------------------------------------------------
@@ -409,6 +442,8 @@ class Scenario(Narration):
             lab.kill_keepalived(gw, signal.SIGKILL, wait=False)
             if services is not None:
                 services.kill(gw, "daemon")
+            if self.charons is not None:
+                self.charons.kill(gw)
             lab.wait_keepalived_exit(gw)
             return at
         at = self.event(f"{gw}'s outside link down")
@@ -626,12 +661,65 @@ class Scenario(Narration):
                 lab.exec(gw, ["ip", "route", "replace", dst, "via", via])
         # keepalived reports BACKUP (nopreempt: the VIPs stay where they are)
         services.wait_role(gw, ("standby",), after=back_at)
+        if self.charons is not None and self.how == "kill":
+            # After the daemon, whose relay then sees charon start (docs/strongswan.md).
+            started = time.monotonic()
+            self.charons.start(gw)
+            self.charons.settle(started)
+            self.event(f"{gw}'s charon restarted")
         wait_for(
             f"{gw} to be backup without the VIPs",
             lambda: not any(gw in h for h in lab.vip_holders().values()),
             SETTLE_TIMEOUT,
         )
         self.event(f"{gw} is standby again")
+
+    def _establish_with_charon(self, lab: Lab) -> tunnel.Tunnel:
+        """charon on the gateways (after their daemons) and the client; the client sets up
+        the IKE SA with the VIP; the tunnel's SPIs as the client's kernel holds them."""
+        self.charons = charons = Charons(lab)
+        started = time.monotonic()
+        for host in ("gw1", "gw2", "client"):
+            charons.start(host)
+        charons.settle(started)
+        charons.initiate()
+        vip = vip_address(OUTSIDE)
+        spis = {(sa.src == vip): sa.spi for sa in tunnel.sa_stats(lab, "client")}
+        if len(spis) != 2:
+            raise LabError(f"the client holds {tunnel.sa_stats(lab, 'client')}, not one pair")
+        self.event(f"the client set up IKE SA {charons.ike_sas('client')[0][1]} with the VIP")
+        return tunnel.Tunnel(spi_in=spis[False], spi_out=spis[True])
+
+    def _ike_verdict(
+        self, lab: Lab, active: str, before: list[tuple[str, str]], spis: list[int]
+    ) -> dict[str, Any]:
+        """The IKE side once traffic stopped: the client's IKE SA, the active gateway's, the
+        IKE_SA_INITs, and a CHILD rekey by the client through ``active``."""
+        charons = self.charons
+        assert charons is not None
+        after = charons.ike_sas("client")
+        on_active = charons.ike_sas(active)
+        charons.swanctl("client", "--rekey", "--child", CHILD_NAME)
+        old = set(spis)
+
+        def rekeyed() -> list[int] | None:
+            now = {sa.spi for sa in tunnel.sa_stats(lab, "client")}
+            return sorted(now) if len(now) == 2 and not now & old else None
+
+        try:
+            new_spis: list[int] | None = wait_for("the client's CHILD rekey", rekeyed, 60.0, 0.5)
+        except LabError:
+            new_spis = None
+        self.event(f"the client rekeyed its CHILD SA through {active}: {new_spis is not None}")
+        return {
+            "client_before": before,
+            "client_after": after,
+            "active": active,
+            "on_active": on_active,
+            "ike_sa_inits": charons.ike_sa_inits("client"),
+            "rekeyed_spis": new_spis,
+            "client_after_rekey": charons.ike_sas("client"),
+        }
 
     def _wait_resumed(self, lab: Lab, gw: str, keyed: tunnel.Tunnel, since: float | None) -> float:
         """Wait until both of the tunnel's SAs on ``gw`` carried RESUMED_PACKETS more packets."""
@@ -697,6 +785,14 @@ def report_lines(outcome: Outcome) -> list[str]:
         f"  client SAs: {'unchanged' if same else 'CHANGED'} "
         f"({', '.join(f'0x{s:08x}' for s in outcome.client_spis_after)})"
     )
+    if outcome.ike:
+        ike = outcome.ike
+        lines.append(
+            f"  client IKE SA: {ike['client_before']} -> {ike['client_after']}; on "
+            f"{ike['active']}: {ike['on_active']}; client IKE_SA_INITs: {ike['ike_sa_inits']}; "
+            f"CHILD rekey after the last takeover: "
+            f"{'ok' if ike['rekeyed_spis'] else 'FAILED'}"
+        )
     if outcome.plot:
         lines.append(f"  plot: {outcome.plot}")
     return lines
@@ -719,6 +815,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gate", choices=("policy", "nft"), default="policy",
                         help="[failover] gate of both daemons")  # fmt: skip
+    parser.add_argument(
+        "--ike",
+        action="store_true",
+        help="key the tunnel with strongSwan (charon on the client and the gateways, "
+        "[ike] feed on the daemons; needs --mode cold --gate nft)",
+    )
     args = parser.parse_args(argv)
     say: Callable[[str], None] = (lambda _: None) if args.json else print
     scenario = Scenario(
@@ -731,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         plot=args.plot,
         gate=args.gate,
         store_gap=args.store_gap,
+        ike=args.ike,
         say=lambda s: say(s),
     )
     return run_from_command_line(scenario, args.json, report_lines)

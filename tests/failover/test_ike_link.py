@@ -157,3 +157,92 @@ def test_a_resync_keeps_an_ike_sa_whose_child_sa_the_kernel_holds(
     del daemon.kernel.sad[sa_identity(IN_SA)]
     daemon.full_resync()
     assert stored(client) == book_records(daemon)
+
+
+# -- [ike] feed: the link as the executor's CharonControl ----------------------------------------
+
+
+class SentToCharon:
+    """Stands in for the relay's socket: what the link sends charon, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[HaMessage] = []
+
+    def __call__(self, items: Any) -> None:
+        self.sent.extend(items)
+
+
+def charon_link(tmp_path: Path) -> tuple[Any, SentToCharon]:
+    from appliance.failover.ike_link import IkeLink
+    from appliance.strongswan.config import IkeConfig
+    from appliance.strongswan.relay import RelayAddresses
+
+    config = IkeConfig("strongswan", RelayAddresses(*map(_ip, ("127.0.0.2", "127.0.0.1"))))
+    link = IkeLink(config, None, lambda: None)
+    sent = SentToCharon()
+    link.relay.send = sent  # type: ignore[method-assign]
+    return link, sent
+
+
+def _ip(text: str) -> Any:
+    import ipaddress
+
+    return ipaddress.ip_address(text)
+
+
+def test_feed_hands_charon_what_it_lacks_and_the_book_follows(tmp_path: Path) -> None:
+    from appliance.store.client import Retrieved
+    from appliance.strongswan.feed import child_kernel_spis
+
+    # What an active node published: the IKE SA with both CHILD SAs.
+    active, _ = charon_link(tmp_path)
+    for m in messages(*ESTABLISH):
+        active.book.handle(m)
+    records = {s: ike_sa_record(state) for s, state in active.book.sas.items()}
+    (state,) = active.book.sas.values()
+
+    link, sent = charon_link(tmp_path)
+    link.book.complete = True  # the relay saw charon start (its RESYNC)
+    fetched = Retrieved((), (), "store", ike_sas=records)
+    spis = link.feed(fetched)
+    assert sent.sent[0].type is HaMessageType.SEGMENT_TAKE
+    assert tuple(sent.sent[1:]) == state.replay()
+    assert spis == child_kernel_spis(state) and len(spis) == 4
+    assert set(link.book.sas) == set(records) and link.fed == 1
+    # Fed again (a reclaim): charon holds it already, so only the segment switch goes.
+    sent.sent.clear()
+    assert link.feed(fetched) == spis
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
+
+    link.activate()
+    assert sent.sent[-1].type is HaMessageType.SEGMENT_DROP
+
+    sent.sent.clear()
+    assert link.retire() == spis
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE, HaMessageType.IKE_DELETE]
+    assert sent.sent[1].ike_sa_id == state.add.ike_sa_id
+    assert link.book.sas == {} and link.retired == 1
+    assert link.status()["fed"] == 1 and link.status()["retired"] == 1
+
+
+def test_feed_with_an_incomplete_book_feeds_nothing(tmp_path: Path) -> None:
+    from appliance.store.client import Retrieved
+
+    active, _ = charon_link(tmp_path)
+    for m in messages(*ESTABLISH):
+        active.book.handle(m)
+    records = {s: ike_sa_record(state) for s, state in active.book.sas.items()}
+    link, sent = charon_link(tmp_path)  # never saw charon start
+    assert link.feed(Retrieved((), (), "store", ike_sas=records)) == frozenset()
+    assert sent.sent == [] and link.book.sas == {}
+
+
+def test_a_record_that_does_not_decode_is_not_fed_and_counted(tmp_path: Path) -> None:
+    from appliance.store.client import Retrieved
+
+    link, sent = charon_link(tmp_path)
+    link.book.complete = True
+    bad = {(1, 2): IkeSaRecord((1, 2), (), b"\x01\x03 not a record")}
+    assert link.feed(Retrieved((), (), "store", ike_sas=bad)) == frozenset()
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
+    assert link.unreadable == 1 and link.fed == 0

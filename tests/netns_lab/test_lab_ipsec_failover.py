@@ -166,3 +166,25 @@ def test_takeover_during_the_recovery_still_keeps_the_tunnel() -> None:
     # past FOLLOWER_WAIT_S, fetched the whole state, the missed pair is there.
     assert "followed" in outcome.takeovers[0].fetch, outcome.takeovers[0].fetch
     assert gap["pair_on_new_active"] is True, gap
+
+
+# -- strongSwan: charon on the client and both gateways, [ike] feed (issue 12) ------------
+
+
+def test_strongswan_tunnel_keeps_its_ike_sa_through_a_crash_and_the_failback() -> None:
+    outcome = run("cold", "kill", failback=True, gate="nft", ike=True)
+    assert_tunnel_kept(outcome, takeovers=2)
+    for take in outcome.takeovers:
+        steps = [step for _, step in take.timeline]
+        assert "feed-charon" in steps and "activate-charon" in steps, steps
+        # charon installed the SAs it was fed; the daemon only moved their counters
+        assert (take.installed_sas, take.advanced) == (0, 1)
+    ike = outcome.ike
+    # the client's IKE SA is the one it set up, and the active gateway holds it ESTABLISHED
+    assert [state for state, _ in ike["client_before"]] == ["ESTABLISHED"], ike
+    assert ike["client_after"] == ike["client_before"], ike
+    assert ike["on_active"] == ike["client_before"], ike
+    assert ike["ike_sa_inits"] == 1, ike  # never a new IKE_SA_INIT
+    # the IKE SA works on the new active: a CHILD rekey through it succeeds
+    assert ike["rekeyed_spis"] is not None, ike
+    assert ike["client_after_rekey"] == ike["client_before"], ike

@@ -1,0 +1,226 @@
+"""strongSwan's charon on the lab's hosts: the client's IKE daemon, and the gateways' with
+the ``ha`` plugin that ipsec-ha relays (docs/strongswan.md).
+
+Each charon runs in its host's network namespace and in a mount namespace of
+its own with a tmpfs on /run, so that pid file, sockets and the plugin's
+FIFO stay private; vici listens on TCP loopback (``VICI``, 9p takes no unix
+sockets), which each namespace has to itself. Configurations and logs go to
+the lab's run dir (0600: the configurations hold the lab's PSK).
+
+- The client initiates the IKE SA ``vip`` to the outside VIP, with one CHILD
+  SA ``net`` between its protected address and the inside segment (ESP
+  AES-GCM-128, replay window 32: charon's default, and the lab's).
+- Each gateway answers for the VIP with the mirror configuration; its ha
+  plugin talks to ``HA_LOCAL`` -> ``HA_REMOTE``, where the daemon's relay
+  listens (``[ike]`` in ``netns_lab.services``), with ``segment_count = 1``.
+
+The processes are the lab's: its teardown kills what runs in its namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.errors import LabError
+from netns_lab.lab import Lab, wait_for
+from netns_lab.plan import CLIENT_PROTECTED, INSIDE, OUTSIDE, address_of, vip_address
+
+VICI = "tcp://127.0.0.1:4502"
+HA_LOCAL, HA_REMOTE = "127.0.0.1", "127.0.0.2"
+"""The ha plugin's ``local`` and ``remote``: the daemon's ``[ike] charon`` and ``relay``."""
+HEARTBEAT_WAIT_S = 4.0
+"""After a gateway's charon starts: past its heartbeat_timeout (2.1 s), when the plugin,
+hearing no peer, has taken segment 1 (the daemon's plans switch it from then on)."""
+IKE_NAME, CHILD_NAME = "vip", "net"
+
+PLUGINS = (
+    "random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 revocation constraints "
+    "pubkey kernel-netlink socket-default vici updown"
+)
+"""What works with Debian's strongswan-charon alone (``ha`` needs libcharon-extra-plugins)."""
+
+STRONGSWAN_CONF = """\
+charon {{
+    load = {plugins}
+    install_routes = no
+    install_virtual_ip = no
+    filelog {{
+        log {{
+            path = {log}
+            default = 1
+            append = no
+            flush_line = yes
+        }}
+    }}
+    plugins {{
+        vici {{
+            socket = {vici}
+        }}
+{ha}
+    }}
+}}
+"""
+
+HA_SECTION = f"""\
+        ha {{
+            local = {HA_LOCAL}
+            remote = {HA_REMOTE}
+            segment_count = 1
+        }}"""
+
+SWANCTL_CONF = """\
+connections {{
+    {ike} {{
+        local_addrs = {me}
+        remote_addrs = {peer}
+        proposals = aes128-sha256-modp2048
+        local {{
+            auth = psk
+            id = {my_id}
+        }}
+        remote {{
+            auth = psk
+            id = {peer_id}
+        }}
+        children {{
+            {child} {{
+                local_ts = {local_ts}
+                remote_ts = {remote_ts}
+                esp_proposals = aes128gcm16
+            }}
+        }}
+    }}
+}}
+secrets {{
+    ike-lab {{
+        id-gw = gw.lab.example
+        id-cl = client.lab.example
+        secret = "{psk}"
+    }}
+}}
+"""
+
+_IKE_SA = re.compile(r"^\S+: #\d+, (\w+), IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
+
+
+def start_command(config: Path) -> list[str]:
+    """charon with ``config``, in a mount namespace of its own with a private /run."""
+    script = f"mount -t tmpfs tmpfs /run && STRONGSWAN_CONF={config} exec /usr/lib/ipsec/charon"
+    return ["unshare", "-m", "sh", "-c", script]
+
+
+@dataclass
+class Charons:
+    """The lab's charons: the client's and each gateway's (``start``, ``kill``, ``swanctl``)."""
+
+    lab: Lab
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        psk = secrets.token_hex(16)
+        vip, client = vip_address(OUTSIDE), address_of("client", OUTSIDE)
+        for host in ("client", "gw1", "gw2"):
+            gateway = host != "client"
+            self._write(self.config(host), STRONGSWAN_CONF.format(
+                plugins=PLUGINS + (" ha" if gateway else ""), log=self.log(host), vici=VICI,
+                ha=HA_SECTION if gateway else "",
+            ))  # fmt: skip
+            ends = (
+                (vip, client, "gw.lab.example", "client.lab.example", INSIDE.network,
+                 CLIENT_PROTECTED)
+                if gateway
+                else (client, vip, "client.lab.example", "gw.lab.example", CLIENT_PROTECTED,
+                      INSIDE.network)
+            )  # fmt: skip
+            self._write(self.swanctl_config(host), SWANCTL_CONF.format(
+                ike=IKE_NAME, child=CHILD_NAME, me=ends[0], peer=ends[1], my_id=ends[2],
+                peer_id=ends[3], local_ts=ends[4], remote_ts=ends[5], psk=psk,
+            ))  # fmt: skip
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+    def config(self, host: str) -> Path:
+        return self.lab.run_dir / f"{host}-strongswan.conf"
+
+    def swanctl_config(self, host: str) -> Path:
+        return self.lab.run_dir / f"{host}-swanctl.conf"
+
+    def log(self, host: str) -> Path:
+        return self.lab.run_dir / f"{host}-charon.log"
+
+    # -- processes ------------------------------------------------------------
+    def start(self, host: str) -> None:
+        """Start ``host``'s charon and load its connection (returns once it answers vici)."""
+        command = self.lab.command(host, start_command(self.config(host)))
+        self.procs[host] = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(
+            f"{host}'s charon to answer vici",
+            lambda: "uptime" in self.swanctl(host, "--stats", check=False),
+            60.0,
+            0.5,
+        )
+        self.swanctl(host, "--load-all", "--file", str(self.swanctl_config(host)))
+
+    def kill(self, host: str) -> None:
+        """SIGKILL ``host``'s charon (a crash: its kernel SAs stay where they are)."""
+        proc = self.procs.pop(host, None)
+        if proc is None or proc.poll() is not None:
+            raise LabError(f"charon is not running in {host}")
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=30)
+
+    def swanctl(self, host: str, *args: str, check: bool = True) -> str:
+        result = self.lab.exec(host, ["swanctl", *args, "--uri", VICI], check=check, timeout=90)
+        return result.stdout + result.stderr
+
+    # -- what they hold ---------------------------------------------------------
+    def ike_sas(self, host: str) -> list[tuple[str, str]]:
+        """``swanctl --list-sas`` on ``host``: each IKE SA's state and ``<spi_i>_<spi_r>``."""
+        text = self.swanctl(host, "--list-sas", check=False)
+        return [(state, f"{i}_{r}") for state, i, r in _IKE_SA.findall(text)]
+
+    def ike_sa_inits(self, host: str) -> int:
+        """IKE_SA_INIT requests ``host``'s charon sent (its log)."""
+        try:
+            text = self.log(host).read_text(errors="replace")
+        except FileNotFoundError:
+            return 0
+        return text.count("generating IKE_SA_INIT request")
+
+    def initiate(self) -> None:
+        """The client sets up the IKE SA and its CHILD SA with the VIP."""
+        self.swanctl("client", "--initiate", "--child", CHILD_NAME)
+        wait_for(
+            "the client's IKE SA to be ESTABLISHED",
+            lambda: [s for s, _ in self.ike_sas("client")] == ["ESTABLISHED"],
+            60.0,
+            0.5,
+        )
+
+    def wait_established(self, host: str, spis: str, timeout: float = 60.0) -> None:
+        wait_for(
+            f"{host}'s charon to hold IKE SA {spis} ESTABLISHED",
+            lambda: ("ESTABLISHED", spis) in self.ike_sas(host),
+            timeout,
+            0.5,
+        )
+
+    def settle(self, since: float) -> None:
+        """Wait until the gateways' plugins have taken their segment (``HEARTBEAT_WAIT_S``)."""
+        time.sleep(max(0.0, since + HEARTBEAT_WAIT_S - time.monotonic()))
