@@ -4,8 +4,10 @@ the ``ha`` plugin that ipsec-ha relays (docs/strongswan.md).
 Each charon runs in its host's network namespace and in a mount namespace of
 its own with a tmpfs on /run, so that pid file, sockets and the plugin's
 FIFO stay private; vici listens on TCP loopback (``VICI``, 9p takes no unix
-sockets), which each namespace has to itself. Configurations and logs go to
-the lab's run dir (0600: the configurations hold the lab's PSK).
+sockets), which each namespace has to itself. That tmpfs hides the lab's run
+dir (under /run), so configurations and logs go to a folder of their own
+(``Charons.folder``, 0700, removed by ``close``; the configurations hold the
+lab's PSK).
 
 - The client initiates the IKE SA ``vip`` to the outside VIP, with one CHILD
   SA ``net`` between its protected address and the inside segment (ESP
@@ -22,7 +24,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +125,10 @@ class Charons:
 
     lab: Lab
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    folder: Path = field(init=False)
 
     def __post_init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix=f"iha-{self.lab.run_id}-charon-"))
         psk = secrets.token_hex(16)
         vip, client = vip_address(OUTSIDE), address_of("client", OUTSIDE)
         for host in ("client", "gw1", "gw2"):
@@ -150,13 +156,24 @@ class Charons:
             f.write(text)
 
     def config(self, host: str) -> Path:
-        return self.lab.run_dir / f"{host}-strongswan.conf"
+        return self.folder / f"{host}-strongswan.conf"
 
     def swanctl_config(self, host: str) -> Path:
-        return self.lab.run_dir / f"{host}-swanctl.conf"
+        return self.folder / f"{host}-swanctl.conf"
 
     def log(self, host: str) -> Path:
-        return self.lab.run_dir / f"{host}-charon.log"
+        return self.folder / f"{host}-charon.log"
+
+    def close(self, keep: Path | None = None) -> None:
+        """Kill what still runs, copy the logs to ``keep`` if given, remove the folder."""
+        for host in list(self.procs):
+            if self.procs[host].poll() is None:
+                self.kill(host)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for log in self.folder.glob("*-charon.log"):
+                shutil.copy(log, keep / log.name)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- processes ------------------------------------------------------------
     def start(self, host: str) -> None:

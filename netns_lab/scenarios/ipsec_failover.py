@@ -24,7 +24,8 @@ What happens
    and its SAs' replay counters), its SAs are the very ones keyed at the
    start (no new SA), and traffic flowed both ways after each takeover.
 
-``ike`` keys the tunnel with strongSwan instead: charon on the client and on
+``ike`` keys the tunnel with strongSwan instead (``IPSEC_HA_LAB_CHARON_LOGS=DIR``
+keeps the charons' logs): charon on the client and on
 both gateways (``netns_lab.charon``), the daemons with ``[ike] feed`` (cold
 standby, nftables gate). The client initiates the IKE SA to the VIP; at a
 takeover the new active's daemon feeds its charon the IKE SA from the store,
@@ -43,6 +44,7 @@ test of the real thing runs this first, to prove the check can fail.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -314,6 +316,9 @@ class Scenario(Narration):
             finally:
                 if services is not None:
                     services.stop()
+                if self.charons is not None:
+                    logs = os.environ.get("IPSEC_HA_LAB_CHARON_LOGS")
+                    self.charons.close(Path(logs) if logs else None)
 
     def _run(self, lab: Lab, services: Services | None) -> Outcome:
         self.event(f"lab {lab.run_id} up; gw1 holds the VIPs")

@@ -1,7 +1,8 @@
 """scripts/lab-vm boots the lab kernel and passes CMD's status and output through.
 
-Each case boots a VM (about 20 s under TCG), so the cases are few and each
-checks several things.
+Each case boots a VM (about 20 s under TCG, 40 s on a loaded host), so the
+cases are few and each checks several things. Exit status 0 needs no case of
+its own: the lab tier passes only through it.
 """
 
 import os
@@ -32,11 +33,6 @@ def lab_vm(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-def test_true_exits_0(require_root: None) -> None:
-    done = lab_vm("--", "true")
-    assert done.returncode == 0, done.stderr
-
-
 def test_status_output_and_guest_environment_come_through(require_root: None) -> None:
     script = (
         'pwd; echo "$IPSEC_HA_TEST_MARK"; echo "$IPSEC_HA_IN_LAB_VM"; '
@@ -53,11 +49,6 @@ def test_status_output_and_guest_environment_come_through(require_root: None) ->
         "tmp-writable",
     ]
     assert "to-stderr" in done.stderr
-
-
-def test_exit_1_comes_through(require_root: None) -> None:
-    done = lab_vm("--", "sh", "-c", "exit 1")
-    assert done.returncode == 1, done.stderr
 
 
 def test_death_by_signal_is_128_plus_signo(require_root: None) -> None:
