@@ -375,6 +375,7 @@ class Scenario(Narration):
         if self.failback and not self.naive and self.how != "split":
             assert services is not None
             self._bring_back(lab, services, "gw1")
+            self._wait_store_current(lab, services, "gw1", "gw2", keyed)
             time.sleep(2.0)
             takeovers.append(self._fail_over(lab, services, keyed, "gw2", "gw1", None))
         time.sleep(1.0)
@@ -678,6 +679,31 @@ class Scenario(Narration):
             SETTLE_TIMEOUT,
         )
         self.event(f"{gw} is standby again")
+
+    def _wait_store_current(
+        self, lab: Lab, services: Services, back: str, active: str, keyed: tunnel.Tunnel
+    ) -> None:
+        """Wait until ``back``'s own store holds an outbound counter at least the active
+        gateway's of now, so that the failback starts from a current store. Under TCG a
+        store starved while its gateway restarts has been seen 49 s behind the active's
+        writes, and a takeover reads the first store that answers (docs/failover.md, "A
+        store that missed writes")."""
+
+        def oseq() -> int:
+            sa = {s.spi: s for s in tunnel.sa_stats(lab, active)}.get(keyed.spi_out)
+            return sa.oseq if sa is not None else 0
+
+        wanted = oseq()
+        start = time.monotonic()
+        wait_for(
+            f"{back}'s store to hold {active}'s outbound counter {wanted}",
+            lambda: (services.stored_oseq(back, keyed.spi_out) or 0) >= wanted,
+            SETTLE_TIMEOUT,
+            0.5,
+        )
+        self.event(
+            f"{back}'s store holds {active}'s counters (waited {time.monotonic() - start:.1f} s)"
+        )
 
     def _establish_with_charon(self, lab: Lab) -> tunnel.Tunnel:
         """charon on the gateways (after their daemons) and the client; the client sets up
