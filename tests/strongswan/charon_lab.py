@@ -36,24 +36,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from netns_lab.charon import HA_LOCAL as HA_LOCAL
+from netns_lab.charon import HA_REMOTE as HA_REMOTE
+from netns_lab.charon import HEARTBEAT_WAIT_S as HEARTBEAT_WAIT_S
+from netns_lab.charon import PLUGINS, VICI, start_command
+
 GW_ADDR, CL_ADDR = "192.0.2.1", "192.0.2.2"
 GW_SYNC, SB_SYNC = "198.18.0.1", "198.18.0.2"
 """The gateways' ends of the sync link (``build(standby=True)``)."""
-HA_LOCAL, HA_REMOTE, HA_PORT = "127.0.0.1", "127.0.0.2", 4510
-VICI = "tcp://127.0.0.1:4502"
-HEARTBEAT_WAIT_S = 4.0
-"""After the gateway charon starts: its heartbeat_timeout (2.1 s) has passed and the
-plugin, hearing no peer, has taken segment 1."""
+HA_PORT = 4510
+# The lab's charon conventions (ha addresses, vici on TCP loopback, plugins, the wait for
+# the plugin's heartbeat timeout, the private /run) are netns_lab.charon's.
 
 # Traffic selectors as configured on the gateway (the client has them mirrored).
 NET_LOCAL_TS, NET_REMOTE_TS = "198.51.100.0/24", "203.0.113.0/24"
 NET2_LOCAL_TS, NET2_REMOTE_TS = "dynamic[tcp/443]", "203.0.113.128/25[tcp]"
 NET2_GW_TS = f"{GW_ADDR}/32[tcp/443]"  # what "dynamic" becomes; the client asks for this
-
-PLUGINS = (
-    "random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 revocation constraints "
-    "pubkey kernel-netlink socket-default vici updown"
-)
 
 STRONGSWAN_CONF = """\
 charon {{
@@ -216,8 +214,7 @@ class CharonLab:
 
     def start_charon(self, ns: str) -> subprocess.Popen[bytes]:
         conf = self.work / f"{self._name(ns)}.conf"
-        script = f"mount -t tmpfs tmpfs /run && STRONGSWAN_CONF={conf} exec /usr/lib/ipsec/charon"
-        return self.spawn(ns, ["unshare", "-m", "sh", "-c", script])
+        return self.spawn(ns, start_command(conf))
 
     def swanctl(self, ns: str, *args: str, check: bool = True) -> str:
         return run(["ip", "netns", "exec", ns, "swanctl", *args, "--uri", VICI], check, timeout=90)
