@@ -326,6 +326,16 @@ class Services:
             ) from None
         return result.returncode, [str(r) for r in reasons]
 
+    def keep_logs(self, dest: Path) -> None:
+        """Copy every gateway's store, daemon and keepalived logs into ``dest`` (private
+        files: the logs name SPIs and addresses, never keys, but stay the operator's)."""
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for gw in GATEWAYS:
+            f, k = self.files(gw), self.keepalived_files(gw)
+            for src in (f.store_log, f.daemon_log, k.log, k.notify_log):
+                with contextlib.suppress(FileNotFoundError):
+                    _write_private(dest / f"{self.lab.run_id}-{src.name}", src.read_text())
+
     def log_tail(self, gw: str, lines: int = 8) -> str:
         return keepalived.tail(self.files(gw).daemon_log, lines)
 

@@ -52,7 +52,8 @@ def daemon(
     or the metrics address cannot be bound.
     """
     from appliance.failover.daemon import FailoverDaemon
-    from appliance.failover.executor import open_store_clients
+    from appliance.failover.executor import OutboundGate, open_store_clients
+    from appliance.failover.gate_lease import LeasedGate, lease_addresses
     from appliance.xfrm.socket import XfrmSocket
 
     cfg = load_daemon_config(config)
@@ -72,13 +73,16 @@ def daemon(
     probe_stores = open_store_clients(probe_store, f"{cfg.node.id}.health")
     endpoint = None
     kernel = None
+    gate: OutboundGate | None = None
     try:
-        gate = None
         if cfg.failover.gate == "nft":
             from appliance.nft.gate import NftGate
 
-            gate = NftGate(cfg.netns)
-            gate.probe()  # a kernel without nft_xfrm: one clear line, exit status 1
+            nft_gate = NftGate(
+                cfg.netns, lease_s=cfg.failover.gate_lease_s, lease_addresses=lease_addresses(cfg)
+            )
+            nft_gate.probe()  # a kernel without nft_xfrm: one clear line, exit status 1
+            gate = LeasedGate(nft_gate) if cfg.failover.gate_lease_s else nft_gate
         kernel = XfrmSocket(cfg.netns)
         runner = FailoverDaemon(
             cfg,
@@ -99,6 +103,8 @@ def daemon(
     except KeyboardInterrupt:  # Ctrl-C before the loop's handler was in place
         pass
     finally:
+        if isinstance(gate, LeasedGate):
+            gate.stop()  # the lease runs out: a stopped daemon's gateway sends no ESP
         if endpoint is not None:
             endpoint.stop()
         if kernel is not None:

@@ -42,7 +42,20 @@ def _render(status: dict[str, Any]) -> str:
     ike = status.get("ike")
     if isinstance(ike, dict):
         lines.append(_render_ike(ike))
+    lease = status.get("gate_lease")
+    if isinstance(lease, dict):
+        lines.append(_render_lease(lease))
     return "\n".join(lines)
+
+
+def _render_lease(lease: dict[str, Any]) -> str:
+    failed = lease.get("failures") or 0
+    return (
+        f"gate lease {lease.get('lease_s')} s: {'open, renewed' if lease.get('open') else 'closed'}"
+        f" ({lease.get('renewals')} renewals, {failed} failed"
+        + (f", last error: {lease.get('last_error')}" if failed else "")
+        + ")"
+    )
 
 
 def _render_ike(ike: dict[str, Any]) -> str:

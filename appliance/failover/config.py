@@ -10,6 +10,7 @@ See ``docs/examples/daemon.toml``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from appliance.failover.seqjump import MAX_JUMP, SeqJumpError, compute_jump
 from appliance.failover.transitions import StandbyMode
 from appliance.metrics.config import DAEMON_PORT, MetricsConfig, load_metrics_config
 from appliance.nft.config import NftConfig, parse_nft_section
+from appliance.nft.gate import MAX_LEASE_S
 from appliance.ondemand.core import OnDemandLimits
 from appliance.spi import SpiRange, load_spi_config
 from appliance.store.config import load_psk
@@ -41,6 +43,9 @@ DEFAULT_STATUS = Path("/run/ipsec-ha/status.json")
 MIN_IKE_DATAGRAM = 16384
 """``[ike]`` needs datagrams this large: an IKE SA record is about 0.5 kB plus 0.4 kB per
 CHILD SA (more while an IKE rekey keeps a generation), and one record is never split."""
+DEFAULT_GATE_LEASE_S = 2.0
+"""Below keepalived's dead interval at its default advert_int (1 s: 3 s and more), so a
+gateway whose daemon died is silent before the new active node sends."""
 ETIMER_UNIT_MS = 100
 """The kernel counts the async-event timer (``XFRMA_ETIMER_THRESH``) in 100 ms units."""
 
@@ -124,6 +129,9 @@ class FailoverConfig:
     gate: str = "policy"
     """How outbound is held back while not active: ``policy`` (a block policy in place of
     each ``out`` policy) or ``nft`` (one nftables rule over the served SAs' SPIs)."""
+    gate_lease_s: float | None = None
+    """``nft`` gate only: an open gate closes itself this long after the daemon last renewed
+    it, so a gateway whose daemon died stops sending ESP (None: no lease, policy gate)."""
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,21 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
         ),
         gate=failover_t.get("gate", _gate, '"policy" or "nft"', "policy"),
     )
+    lease_given = "gate_lease_s" in (data.get("failover") or {})
+    lease = failover_t.get(
+        "gate_lease_s",
+        float_in(0, MAX_LEASE_S),
+        f"seconds 0..{MAX_LEASE_S:g} (0: no lease)",
+        DEFAULT_GATE_LEASE_S,
+    )
+    if lease_given and failover.gate != "nft":
+        raise failover_t.fail(
+            "gate_lease_s",
+            'applies to gate = "nft" only: the policy gate cannot close itself when the '
+            'daemon dies (remove the key, or set gate = "nft")',
+        )
+    if failover.gate == "nft" and lease > 0:
+        failover = dataclasses.replace(failover, gate_lease_s=lease)
     failover_t.finish()
 
     xfrm_t = TomlTable(path, "xfrm", data.get("xfrm", {}))
@@ -299,7 +322,8 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
             replay_seq_thresh=sync.replay_seq_thresh,
             replay_timer_s=sync.replay_timer_ms / 1000,
             safety_factor=sync.safety_factor,
-            pipeline_latency_s=sync.pipeline_latency_s,
+            # A gateway whose daemon died sends for up to the lease more (gate_lease).
+            pipeline_latency_s=sync.pipeline_latency_s + (failover.gate_lease_s or 0.0),
         )
     except SeqJumpError as exc:
         raise sync_t.fail("max_pps_per_sa", str(exc)) from None

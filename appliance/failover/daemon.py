@@ -40,7 +40,8 @@ Theory of operation
   results, the standby's last sync, what the kernel holds and the
   transition, takeover and store-operation counters go to ``DaemonHealth``,
   which the metrics collector reads at scrape time and the status file
-  carries as ``health`` (``ipsec-ha status --ready`` judges it).
+  carries as ``health`` (``ipsec-ha status --ready`` judges it). With the
+  nftables gate's lease (``gate_lease``) it also carries ``gate_lease``.
 
 Blocking calls (netlink requests, the store client) run in worker threads;
 the event reader and the flusher stay on the loop.
@@ -75,6 +76,7 @@ from appliance.failover.executor import (
     kernel_hz,
     node_netns_addresses,
 )
+from appliance.failover.gate_lease import LeasedGate
 from appliance.failover.health import DaemonHealth, StoreProbe, to_status
 from appliance.failover.ike_link import IkeLink
 from appliance.failover.ondemand_install import STATUS_INTERVAL_S, OnDemand
@@ -799,6 +801,13 @@ class FailoverDaemon:
                 self._status["health"] = self._health_status()
                 if self.ike is not None:
                     self._status["ike"] = self.ike.status()
+                if isinstance(self.executor.gate, LeasedGate):
+                    lease = self.executor.gate
+                    self._status["gate_lease"] = {
+                        "lease_s": lease.gate.lease_s,
+                        "open": lease.is_open,
+                        **lease.counters.to_dict(),
+                    }
                 try:
                     self._save_status(self._status)
                 except OSError as exc:

@@ -23,6 +23,18 @@ traffic both pass it.  The match needs the kernel's ``nft_xfrm``
 (``CONFIG_NFT_XFRM``); :func:`probe_gate` checks it before the daemon relies
 on the gate.
 
+The lease: a daemon that dies while active (a crash that spares the
+kernel, or SIGKILL) leaves the gate open, and the kernel goes on encrypting
+with the SAs it holds, as long as the VIP's neighbours send it traffic. The
+new active node's ESP then interleaves with the orphan's lower sequence
+numbers at the peer (replay drops), and once the orphan passes the jump the
+same sequence number goes out twice under one key (with AES-GCM, a nonce
+reused). So an open gate is leased: the chain holds
+``ipsec out spi @gated_spis meta nfproto != @open_lease drop``, and set
+``open_lease`` holds ``ipv4`` and ``ipv6`` with a timeout that the active
+daemon renews (``render_renew``). Once it stops renewing, the elements expire
+and the gate is closed again, by the kernel, within the lease.
+
 Every script below is one libnftables batch: the kernel commits it whole or
 not at all.  Each starts by adding the table, set, counter and chain (no-ops
 when they exist), so any of them may run first.  The gate's table is
@@ -32,6 +44,7 @@ opens it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +60,33 @@ GATE_CHAIN = "outbound"
 GATE_SET = "gated_spis"
 GATE_COUNTER = "gate_dropped"
 GATE_RULE = f"ipsec out spi @{GATE_SET} counter name {GATE_COUNTER} drop"
+LEASE_SET = "open_lease"
+_UNLEASED = f"meta nfproto != @{LEASE_SET} counter name {GATE_COUNTER} drop"
+LEASE_RULE = f"ipsec out spi @{GATE_SET} {_UNLEASED}"
+"""The open gate's rule: it drops only once the lease's elements have expired."""
+
+
+def lease_rules(addresses: Iterable[str] = ()) -> list[str]:
+    """The open gate's rules: ``LEASE_RULE``, and one per address family of ``addresses``
+    (the served VIPs) over the outer source address, which also covers SAs whose SPI
+    the gate never held: those an IKE daemon set up or rekeyed while the node was active."""
+    by_family: dict[int, list[str]] = {4: [], 6: []}
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"the gate's lease needs IP addresses, got {text!r}") from None
+        if str(address) not in by_family[address.version]:
+            by_family[address.version].append(str(address))
+    rules = [LEASE_RULE]
+    for version, keyword in ((4, "ip"), (6, "ip6")):
+        if by_family[version]:
+            listed = ", ".join(by_family[version])
+            rules.append(f"ipsec out {keyword} saddr {{ {listed} }} {_UNLEASED}")
+    return rules
+
+
+MAX_LEASE_S = 60.0
 _PROBE_CHAIN = "probe"
 
 _NFT_XFRM_HINT = (
@@ -62,6 +102,7 @@ def _skeleton() -> list[str]:
     return [
         f"add table {GATE_TABLE}",
         f"add set {GATE_TABLE} {GATE_SET} {{ typeof esp spi; }}",
+        f"add set {GATE_TABLE} {LEASE_SET} {{ type nf_proto; flags timeout; }}",
         f"add counter {GATE_TABLE} {GATE_COUNTER}",
         f"add chain {GATE_TABLE} {GATE_CHAIN} {{ type filter hook postrouting "
         f"priority filter - 10; policy accept; }}",
@@ -75,7 +116,11 @@ def _elements(spis: Iterable[int]) -> str:
 def render_close(spis: Iterable[int]) -> str:
     """Close the gate over exactly ``spis``: the set is replaced, the one rule is put in."""
     wanted = list(spis)
-    lines = [*_skeleton(), f"flush set {GATE_TABLE} {GATE_SET}"]
+    lines = [
+        *_skeleton(),
+        f"flush set {GATE_TABLE} {GATE_SET}",
+        f"flush set {GATE_TABLE} {LEASE_SET}",
+    ]
     if wanted:
         lines.append(f"add element {GATE_TABLE} {GATE_SET} {{ {_elements(wanted)} }}")
     lines += [
@@ -85,9 +130,40 @@ def render_close(spis: Iterable[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_open() -> str:
-    """Open the gate: the chain is emptied; the set stays for the next close."""
-    return "\n".join([*_skeleton(), f"flush chain {GATE_TABLE} {GATE_CHAIN}"]) + "\n"
+def _lease_ms(lease_s: float) -> int:
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)):
+        raise ValueError(f"the gate lease must be a number of seconds, got {lease_s!r}")
+    if not 0 < lease_s <= MAX_LEASE_S:
+        raise ValueError(f"the gate lease must be above 0 and at most {MAX_LEASE_S:g} s")
+    return max(1, round(lease_s * 1000))
+
+
+def _lease_lines(lease_s: float) -> list[str]:
+    # add (a no-op if present), delete, add: the fresh timeout whether or not the
+    # elements had expired, in one transaction, so the lease never lapses in between.
+    ms = _lease_ms(lease_s)
+    return [
+        f"add element {GATE_TABLE} {LEASE_SET} {{ ipv4 timeout {ms}ms, ipv6 timeout {ms}ms }}",
+        f"delete element {GATE_TABLE} {LEASE_SET} {{ ipv4, ipv6 }}",
+        f"add element {GATE_TABLE} {LEASE_SET} {{ ipv4 timeout {ms}ms, ipv6 timeout {ms}ms }}",
+    ]
+
+
+def render_open(lease_s: float | None = None, lease_addresses: Iterable[str] = ()) -> str:
+    """Open the gate. Without a lease the chain is emptied; with one, the chain holds
+    ``lease_rules(lease_addresses)`` and the lease runs for ``lease_s`` seconds from now
+    (``render_renew`` extends it). The set of gated SPIs stays for the next close."""
+    lines = [*_skeleton(), f"flush chain {GATE_TABLE} {GATE_CHAIN}"]
+    if lease_s is not None:
+        lines += _lease_lines(lease_s)
+        lines += [f"add rule {GATE_TABLE} {GATE_CHAIN} {r}" for r in lease_rules(lease_addresses)]
+    return "\n".join(lines) + "\n"
+
+
+def render_renew(lease_s: float) -> str:
+    """Run the lease for ``lease_s`` seconds from now. The chain is not touched: on a
+    closed gate (the unconditional rule) a renewed lease lets nothing out."""
+    return "\n".join([*_skeleton(), *_lease_lines(lease_s)]) + "\n"
 
 
 def render_add(spis: Iterable[int]) -> str:
@@ -114,14 +190,16 @@ def render_discard(spis: Iterable[int]) -> str:
 
 
 def render_probe() -> str:
-    """Load the gate's rule into an unhooked chain and take it out again: nothing changes
-    but the (empty) table, and a kernel without ``nft_xfrm`` refuses the whole batch."""
+    """Load the gate's rules into an unhooked chain and take them out again: nothing changes
+    but the (empty) table, and a kernel without ``nft_xfrm`` (or without sets with
+    timeouts, which the lease needs) refuses the whole batch."""
     chain = f"{GATE_TABLE} {_PROBE_CHAIN}"
     return (
         "\n".join(
             [
                 *_skeleton(),
                 f"add chain {chain}",
+                f"add rule {chain} {LEASE_RULE}",
                 f"add rule {chain} {GATE_RULE}",
                 f"flush chain {chain}",
                 f"delete chain {chain}",
@@ -145,7 +223,11 @@ class GateStatus:
 
     present: bool
     closed: bool = False
-    """The chain holds the drop rule."""
+    """The chain holds the unconditional drop rule."""
+    leased: bool = False
+    """The chain holds the open gate's lease rule (``LEASE_RULE``)."""
+    lease_expires_s: float | None = None
+    """Seconds until the lease's elements expire (None: none left, the lease lapsed)."""
     gated_spis: int = 0
     """SPIs in the set."""
     dropped_packets: int = 0
@@ -157,26 +239,57 @@ class GateStatus:
             "table": GATE_TABLE,
             "present": self.present,
             "closed": self.closed,
+            "leased": self.leased,
+            "lease_expires_s": self.lease_expires_s,
+            "holding": self.holding,
             "gated_spis": self.gated_spis,
             "dropped_packets": self.dropped_packets,
         }
+
+    @property
+    def holding(self) -> bool:
+        """Outbound ESP of the gated SPIs is dropped: closed, or a lease that lapsed."""
+        return self.closed or (self.leased and self.lease_expires_s is None)
+
+
+def _is_lease_rule(rule: dict[str, Any]) -> bool:
+    return any(
+        isinstance(e, dict) and e.get("match", {}).get("right") == f"@{LEASE_SET}"
+        for e in rule.get("expr", [])
+    )
 
 
 def parse_gate_listing(items: list[dict[str, Any]] | None) -> GateStatus:
     """Read ``list table inet ipsec_ha_gate`` (libnftables JSON); None: no table."""
     if items is None:
         return GateStatus(present=False)
-    closed = False
+    closed = leased = False
+    expires: list[float] = []
     spis = 0
     dropped = 0
     for item in items:
         if "rule" in item and item["rule"].get("chain") == GATE_CHAIN:
-            closed = True
+            if _is_lease_rule(item["rule"]):
+                leased = True
+            else:
+                closed = True
+        elif "set" in item and item["set"].get("name") == LEASE_SET:
+            for elem in item["set"].get("elem", []):
+                inner = elem.get("elem") if isinstance(elem, dict) else None
+                if isinstance(inner, dict) and "expires" in inner:
+                    expires.append(float(inner["expires"]))
         elif "set" in item and item["set"].get("name") == GATE_SET:
             spis = len(item["set"].get("elem", []))
         elif "counter" in item and item["counter"].get("name") == GATE_COUNTER:
             dropped = int(item["counter"].get("packets", 0))
-    return GateStatus(present=True, closed=closed, gated_spis=spis, dropped_packets=dropped)
+    return GateStatus(
+        present=True,
+        closed=closed,
+        leased=leased,
+        lease_expires_s=min(expires) if expires else None,
+        gated_spis=spis,
+        dropped_packets=dropped,
+    )
 
 
 # -- the adapter -----------------------------------------------------------------------
@@ -185,8 +298,17 @@ def parse_gate_listing(items: list[dict[str, Any]] | None) -> GateStatus:
 class NftGate:
     """The gate in one network namespace (``None``: the caller's); each call is one batch."""
 
-    def __init__(self, netns: str | None) -> None:
+    def __init__(
+        self, netns: str | None, lease_s: float | None = None, lease_addresses: Iterable[str] = ()
+    ) -> None:
+        self.lease_addresses = tuple(lease_addresses)
+        """The served VIPs: while the lease has lapsed, no ESP leaves from them either."""
+        if lease_s is not None:
+            _lease_ms(lease_s)  # refuse a bad lease before any gate operation
+            lease_rules(self.lease_addresses)
         self.netns = netns
+        self.lease_s = lease_s
+        """The open gate's lease (None: an open gate stays open until closed)."""
 
     def probe(self) -> None:
         """Raise ``KernelError`` naming what is missing if the gate cannot work here."""
@@ -209,8 +331,13 @@ class NftGate:
             self._run(render_discard(wanted), "removal from the gated SPIs")
 
     def open(self) -> None:
-        """Take the rule out: ESP of every gated SA may leave."""
-        self._run(render_open(), "opening of the outbound gate")
+        """ESP of every gated SA may leave (for the lease, if there is one)."""
+        self._run(render_open(self.lease_s, self.lease_addresses), "opening of the outbound gate")
+
+    def renew(self) -> None:
+        """Extend the open gate's lease by ``lease_s`` from now (no lease: nothing to do)."""
+        if self.lease_s is not None:
+            self._run(render_renew(self.lease_s), "renewal of the outbound gate's lease")
 
     def status(self) -> GateStatus:
         """The gate as the kernel holds it."""

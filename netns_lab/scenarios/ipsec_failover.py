@@ -24,6 +24,8 @@ What happens
    and its SAs' replay counters), its SAs are the very ones keyed at the
    start (no new SA), and traffic flowed both ways after each takeover.
 
+``IPSEC_HA_LAB_LOGS=DIR`` keeps the stores', daemons' and keepalived's logs.
+
 ``ike`` keys the tunnel with strongSwan instead (``IPSEC_HA_LAB_CHARON_LOGS=DIR``
 keeps the charons' logs): charon on the client and on
 both gateways (``netns_lab.charon``), the daemons with ``[ike] feed`` (cold
@@ -133,7 +135,9 @@ class Takeover:
     """The daemon's ``fetch-state`` detail (``followed``: from the hot standby's copy)."""
     counters: dict[str, int] = field(default_factory=dict)
     """Right after the takeover: the new gateway's outbound counter of the tunnel and the
-    highest sequence number the client had received on it."""
+    highest sequence number the client had received on it; the failed gateway's outbound
+    counter right after the failure, when the new one was done and once traffic resumed
+    (a crash spares the failed gateway's kernel: -1, it holds no such SA)."""
 
     @property
     def detection_ms(self) -> float | None:
@@ -316,6 +320,9 @@ class Scenario(Narration):
             finally:
                 if services is not None:
                     services.stop()
+                    kept = os.environ.get("IPSEC_HA_LAB_LOGS")
+                    if kept:
+                        services.keep_logs(Path(kept))
                 if self.charons is not None:
                     logs = os.environ.get("IPSEC_HA_LAB_CHARON_LOGS")
                     self.charons.close(Path(logs) if logs else None)
@@ -401,6 +408,10 @@ class Scenario(Narration):
                 "received": summary.received,
                 "lost": summary.lost,
                 "max_gap_ms": round(summary.max_gap_ms, 1),
+                "gap_at_ms": None
+                if summary.gap_start_ms is None
+                else round(summary.gap_start_ms),  # from the first failure
+                "lost_ranges": len(summary.lost_ranges),
                 # arrivals once traffic ran through the last active gateway
                 "received_at_end": sum(
                     1 for a in records if last is not None and a.recv_ns > int(last * 1e9)
@@ -467,6 +478,13 @@ class Scenario(Narration):
     ) -> Takeover:
         failed_at = self._fail(lab, services, old)
         take = Takeover(old, new, self.how, failed_at)
+        # the failed gateway's kernel outlives a crash: its counter shows whether it
+        # still encrypted after the takeover (a sender the jump cannot cover)
+        take.counters["old_oseq_at_fail"] = _oseq(lab, old, keyed.spi_out)
+        take.counters["new_oseq_before"] = _oseq(lab, new, keyed.spi_out)
+        take.counters["client_replay_at_fail"] = tunnel.replay_errors(lab, "client")[
+            "XfrmInStateSeqError"
+        ]
         deadline = keepalived.dead_interval(self.advert_int, PRIORITIES[new]) + SETTLE_TIMEOUT
         if services is None:
             from appliance.restore import restore_netns
@@ -488,6 +506,7 @@ class Scenario(Narration):
             take.master_at = float(status["received"])
             steps = {t["step"]: t["monotonic"] for t in report.get("timeline", [])}
             take.done_at = steps.get("done", float(status["monotonic"]))
+            take.counters["old_oseq_at_done"] = _oseq(lab, old, keyed.spi_out)
             take.installed_sas = int(report.get("installed_sas", 0))
             take.advanced = len(report.get("advanced", []))
             take.rekey = len(report.get("rekey", []))
@@ -506,12 +525,11 @@ class Scenario(Narration):
             )
         out_sa = {sa.spi: sa for sa in tunnel.sa_stats(lab, new)}.get(keyed.spi_out)
         in_client = {sa.spi: sa for sa in tunnel.sa_stats(lab, "client")}.get(keyed.spi_out)
-        take.counters = {
-            "gateway_oseq": out_sa.oseq if out_sa else -1,
-            "client_seq": in_client.seq if in_client else -1,
-        }
+        take.counters["gateway_oseq"] = out_sa.oseq if out_sa else -1
+        take.counters["client_seq"] = in_client.seq if in_client else -1
         take.resumed_at = self._wait_resumed(lab, new, keyed, since=take.done_at)
         take.client_replay = tunnel.replay_errors(lab, "client")["XfrmInStateSeqError"]
+        take.counters["old_oseq_after"] = _oseq(lab, old, keyed.spi_out)
         self.event(f"traffic flows both ways through {new}")
         return take
 
@@ -685,9 +703,9 @@ class Scenario(Narration):
     ) -> None:
         """Wait until ``back``'s own store holds an outbound counter at least the active
         gateway's of now, so that the failback starts from a current store. Under TCG a
-        store starved while its gateway restarts has been seen 49 s behind the active's
+        store starved while its gateway restarts has been seen 11.7 s behind the active's
         writes, and a takeover reads the first store that answers (docs/failover.md, "A
-        store that missed writes")."""
+        gateway whose daemon died", last paragraph)."""
 
         def oseq() -> int:
             sa = {s.spi: s for s in tunnel.sa_stats(lab, active)}.get(keyed.spi_out)
@@ -771,6 +789,12 @@ class Scenario(Narration):
 
 
 # -- the report ---------------------------------------------------------------------
+def _oseq(lab: Lab, host: str, spi: int) -> int:
+    """``host``'s outbound counter of the SA ``spi`` (-1: it holds no such SA)."""
+    sa = {sa.spi: sa for sa in tunnel.sa_stats(lab, host)}.get(spi)
+    return sa.oseq if sa else -1
+
+
 def report_lines(outcome: Outcome) -> list[str]:
     """The readable timeline and summary table."""
     zero = outcome.takeovers[0].failed_at if outcome.takeovers else outcome.origin
@@ -798,14 +822,20 @@ def report_lines(outcome: Outcome) -> list[str]:
     )
     row("SAs installed", [str(t.installed_sas) for t in tk])
     row("counters advanced", [str(t.advanced) for t in tk])
+    row("client replay errors at fail", [str(t.counters.get("client_replay_at_fail")) for t in tk])
     row("client replay errors so far", [str(t.client_replay) for t in tk])
     row("new gateway's oseq at done", [str(t.counters.get("gateway_oseq")) for t in tk])
     row("client's highest seq then", [str(t.counters.get("client_seq")) for t in tk])
+    row("new gateway's oseq before", [str(t.counters.get("new_oseq_before")) for t in tk])
+    row("old gateway's oseq at fail", [str(t.counters.get("old_oseq_at_fail")) for t in tk])
+    row("old gateway's oseq at done", [str(t.counters.get("old_oseq_at_done")) for t in tk])
+    row("old gateway's oseq after", [str(t.counters.get("old_oseq_after")) for t in tk])
     lines.append("")
     for direction, d in outcome.directions.items():
         lines.append(
             f"  {direction}: sent {d['sent']}, received {d['received']}, "
-            f"lost {d['lost']}, longest gap {d['max_gap_ms']:.0f} ms"
+            f"lost {d['lost']} (in {d['lost_ranges']} ranges), longest gap "
+            f"{d['max_gap_ms']:.0f} ms (from {d['gap_at_ms']} ms)"
         )
     lines.append(
         f"  replay errors at the client: {outcome.replay_errors} "

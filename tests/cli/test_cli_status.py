@@ -56,6 +56,15 @@ def test_status_shows_the_ike_relay(tmp_path: Path) -> None:
     assert "(charon 127.0.0.1, never heard): 3 IKE SAs, 5 CHILD SAs; 9" in never.output
 
 
+def test_status_shows_the_gate_lease(tmp_path: Path) -> None:
+    lease = {"lease_s": 2.0, "open": True, "renewals": 40, "failures": 0, "last_error": None}
+    result = run(tmp_path, {**GOOD, "gate_lease": lease})
+    assert "gate lease 2.0 s: open, renewed (40 renewals, 0 failed)" in result.output
+    failing = {**lease, "failures": 2, "last_error": "libnftables rejected it"}
+    result = run(tmp_path, {**GOOD, "gate_lease": failing})
+    assert "(40 renewals, 2 failed, last error: libnftables rejected it)" in result.output
+
+
 def test_status_json_is_the_file(tmp_path: Path) -> None:
     result = run(tmp_path, GOOD, "--json")
     assert result.exit_code == 0 and json.loads(result.output) == GOOD

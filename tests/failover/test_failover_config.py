@@ -7,6 +7,7 @@ import pytest
 
 from appliance.errors import ConfigError
 from appliance.failover.config import load_daemon_config
+from appliance.failover.gate_lease import lease_addresses
 from appliance.failover.seqjump import compute_jump
 from appliance.failover.transitions import StandbyMode
 from appliance.metrics.config import MetricsConfig
@@ -207,6 +208,10 @@ def test_metrics_listen_takes_any_ip_literal(
         ("[failover]\nready_max_lag_s = 0\n", r"\[failover\]\.ready_max_lag_s: must be"),
         ("[failover]\nready_max_lag_s = 3601\n", r"\[failover\]\.ready_max_lag_s: must be"),
         ('[failover]\ngate = "nftables"\n', r'\[failover\]\.gate: must be "policy" or "nft"'),
+        ('[failover]\ngate = "nft"\ngate_lease_s = -1\n', r"\.gate_lease_s: must be seconds"),
+        ('[failover]\ngate = "nft"\ngate_lease_s = 61\n', r"\.gate_lease_s: must be seconds"),
+        ('[failover]\ngate = "nft"\ngate_lease_s = "2"\n', r"\.gate_lease_s: must be seconds"),
+        ("[failover]\ngate_lease_s = 2\n", r'\.gate_lease_s: applies to gate = "nft" only'),
     ],
 )
 def test_bad_metrics_and_health_values_name_the_key(
@@ -303,3 +308,30 @@ def test_ike_with_a_guard_needs_the_guard_to_keep_the_plugin_on_loopback(
         write(tmp_path, psk, ike + '[nft]\nvips = ["192.0.2.10"]\nha_relay = true\n', store=store)
     )
     assert cfg.nft is not None and cfg.nft.ha_relay
+
+
+def test_the_nft_gate_is_leased_by_default_and_the_jump_covers_the_lease(
+    tmp_path: Path, psk: Path
+) -> None:
+    policy = load_daemon_config(write(tmp_path, psk))
+    assert policy.failover.gate_lease_s is None
+    nft = load_daemon_config(write(tmp_path, psk, '[failover]\ngate = "nft"\n'))
+    assert nft.failover.gate_lease_s == 2.0
+    # a gateway whose daemon died sends for up to the lease: the jump covers it
+    assert nft.computed_jump == compute_jump(200_000, 1000, 0.5, 2.0, 0.12 + 2.0)
+    assert nft.computed_jump > policy.computed_jump
+    off = load_daemon_config(write(tmp_path, psk, '[failover]\ngate = "nft"\ngate_lease_s = 0\n'))
+    assert off.failover.gate_lease_s is None and off.computed_jump == policy.computed_jump
+
+
+def test_the_lease_covers_the_server_id_and_the_guards_vips(tmp_path: Path, psk: Path) -> None:
+    cfg = load_daemon_config(
+        write(
+            tmp_path, psk, '[failover]\ngate = "nft"\n[nft]\nvips = ["192.0.2.1", "2001:db8::1"]\n'
+        )
+    )
+    assert lease_addresses(cfg) == ("192.0.2.1", "2001:db8::1")
+    fqdn = load_daemon_config(
+        write(tmp_path, psk, node='id = "gw1"\nserver_id = "vpn.example.net"\nnode_index = 0')
+    )
+    assert lease_addresses(fqdn) == ()

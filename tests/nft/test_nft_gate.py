@@ -8,12 +8,16 @@ from appliance.errors import UsageError
 from appliance.nft.gate import (
     GATE_RULE,
     GATE_TABLE,
+    LEASE_RULE,
+    NftGate,
+    lease_rules,
     parse_gate_listing,
     render_add,
     render_close,
     render_discard,
     render_open,
     render_probe,
+    render_renew,
 )
 
 pytestmark = pytest.mark.unit
@@ -88,3 +92,82 @@ def test_parse_listing() -> None:
     opened = parse_gate_listing([i for i in items if "rule" not in i])
     assert opened.closed is False
     assert opened.to_dict()["table"] == GATE_TABLE
+
+
+# -- the lease: an open gate closes itself unless renewed ----------------------------
+
+
+def test_open_with_a_lease_puts_the_lease_rule_and_runs_the_lease() -> None:
+    lines = render_open(1.5).splitlines()
+    assert f"add set {GATE_TABLE} open_lease {{ type nf_proto; flags timeout; }}" in lines
+    lease = f"add element {GATE_TABLE} open_lease {{ ipv4 timeout 1500ms, ipv6 timeout 1500ms }}"
+    # add, delete, add: a fresh timeout whether or not the elements had expired
+    assert lines[-5:] == [
+        f"flush chain {GATE_TABLE} outbound",
+        lease,
+        f"delete element {GATE_TABLE} open_lease {{ ipv4, ipv6 }}",
+        lease,
+        f"add rule {GATE_TABLE} outbound {LEASE_RULE}",
+    ]
+    assert "meta nfproto != @open_lease" in LEASE_RULE and LEASE_RULE.endswith("drop")
+
+
+def test_renew_touches_only_the_lease() -> None:
+    lines = render_renew(2).splitlines()
+    assert lines[-3].startswith(f"add element {GATE_TABLE} open_lease")
+    assert not any("rule" in line or "flush" in line for line in lines)
+
+
+def test_close_drops_the_lease() -> None:
+    assert f"flush set {GATE_TABLE} open_lease" in render_close([1]).splitlines()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 61, float("nan"), "2", True])
+def test_a_bad_lease_is_refused_before_any_script(bad: object) -> None:
+    with pytest.raises(ValueError, match="lease"):
+        render_renew(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lease"):
+        NftGate(None, lease_s=bad)  # type: ignore[arg-type]
+
+
+def _leased(elements: list[dict[str, object]]) -> list[dict[str, object]]:
+    lease_match = {
+        "match": {"op": "!=", "left": {"meta": {"key": "nfproto"}}, "right": "@open_lease"}
+    }
+    return [
+        {"table": {"family": "inet", "name": "ipsec_ha_gate"}},
+        {"set": {"family": "inet", "name": "open_lease", "table": "ipsec_ha_gate",
+                 "type": "nf_proto", "flags": ["timeout"], "elem": elements}},
+        {"rule": {"family": "inet", "table": "ipsec_ha_gate", "chain": "outbound",
+                  "expr": [lease_match, {"drop": None}]}},
+    ]  # fmt: skip
+
+
+def test_parse_a_leased_gate_and_a_lapsed_one() -> None:
+    # as libnftables 1.0.6 lists them (seconds, rounded down)
+    running = parse_gate_listing(
+        _leased([{"elem": {"val": "ipv4", "timeout": 2, "expires": 1}},
+                 {"elem": {"val": "ipv6", "timeout": 2, "expires": 1}}])
+    )  # fmt: skip
+    assert (running.closed, running.leased, running.lease_expires_s) == (False, True, 1.0)
+    assert running.holding is False
+    lapsed = parse_gate_listing(_leased([]))
+    assert (lapsed.closed, lapsed.leased, lapsed.lease_expires_s) == (False, True, None)
+    assert lapsed.holding is True and lapsed.to_dict()["holding"] is True
+
+
+def test_the_lease_also_covers_the_served_vips_by_outer_source() -> None:
+    rules = lease_rules(["192.0.2.1", "2001:db8::1", "192.0.2.1", "198.51.100.7"])
+    assert rules == [
+        LEASE_RULE,
+        "ipsec out ip saddr { 192.0.2.1, 198.51.100.7 } meta nfproto != @open_lease "
+        "counter name gate_dropped drop",
+        "ipsec out ip6 saddr { 2001:db8::1 } meta nfproto != @open_lease "
+        "counter name gate_dropped drop",
+    ]
+    last = render_open(2, ["192.0.2.1"]).splitlines()[-1]
+    assert last == f"add rule {GATE_TABLE} outbound ipsec out ip saddr {{ 192.0.2.1 }} " + (
+        "meta nfproto != @open_lease counter name gate_dropped drop"
+    )
+    with pytest.raises(ValueError, match="IP addresses"):
+        NftGate(None, lease_s=2, lease_addresses=["vpn.example.net"])
