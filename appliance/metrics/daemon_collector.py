@@ -26,6 +26,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from appliance.failover.gate_lease import LeasedGate
 from appliance.metrics.exposition import histogram_family
 from appliance.metrics.latency import HistogramSnapshot
 from appliance.metrics.live_reads import GuardCounters, LiveReader
@@ -170,6 +171,7 @@ class DaemonCollector:
         yield from self._store_clients()
         yield from self._kernel(d)
         yield from self._ike(d, sid)
+        yield from self._gate_lease(d, sid)
 
     # -- parts ---------------------------------------------------------------------
 
@@ -295,6 +297,22 @@ class DaemonCollector:
         yield _gauge("ipsec_ha_ike_charon_silent_seconds", "Seconds since charon's ha plugin "
                      "last sent anything (it sends a heartbeat every second).", ["server_id"],
                      silent)  # fmt: skip
+
+    @staticmethod
+    def _gate_lease(d: Any, sid: str) -> Iterator[Metric]:
+        """With the nftables gate's lease: whether the daemon keeps it, and its renewals."""
+        gate = getattr(getattr(d, "executor", None), "gate", None)
+        if not isinstance(gate, LeasedGate):
+            return
+        key = (sid,)
+        yield _gauge("ipsec_ha_gate_lease_open", "1 while the outbound gate is open and the "
+                     "daemon renews its lease.", ["server_id"],
+                     {key: 1 if gate.is_open else 0})  # fmt: skip
+        yield _counter("ipsec_ha_gate_lease_renewals", "Renewals of the open gate's lease, by "
+                       "result (a failed one lets the gate close at the lease's end).",
+                       ["server_id", "result"],
+                       {(sid, "ok"): gate.counters.renewals,
+                        (sid, "failed"): gate.counters.failures})  # fmt: skip
 
     def _live(self, what: str, read: Callable[[], Any]) -> Any:
         """``read()``, or None with one warning per kind of failure (a scrape goes on)."""

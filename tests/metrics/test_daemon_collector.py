@@ -301,3 +301,27 @@ def test_the_ike_relays_figures_with_ike_configured() -> None:
     assert m["ipsec_ha_ike_records_published_total"] == {(("server_id", SID),): 0}
     assert 0 <= one(m["ipsec_ha_ike_charon_silent_seconds"], server_id=SID) < 60
     assert "ipsec_ha_ike_sas" not in scrape(collector(fake_daemon(ondemand=False)))
+
+
+@pytest.mark.unit
+def test_the_gate_lease_with_the_nft_gate_leased() -> None:
+    from types import SimpleNamespace
+
+    from appliance.failover.gate_lease import LeasedGate
+
+    class Gate:
+        lease_s = 2.0
+
+        def renew(self) -> None:
+            pass
+
+    leased = LeasedGate(Gate())  # type: ignore[arg-type]
+    leased._open.set()  # as after open(), without the renewal thread
+    leased.renew_once()
+    d = fake_daemon(ondemand=False)
+    d.executor = SimpleNamespace(gate=leased)
+    m = scrape(collector(d))
+    assert m["ipsec_ha_gate_lease_open"] == {(("server_id", SID),): 1}
+    assert one(m["ipsec_ha_gate_lease_renewals_total"], server_id=SID, result="ok") == 1
+    assert one(m["ipsec_ha_gate_lease_renewals_total"], server_id=SID, result="failed") == 0
+    assert "ipsec_ha_gate_lease_open" not in scrape(collector(fake_daemon(ondemand=False)))
