@@ -42,6 +42,9 @@ HEARTBEAT_WAIT_S = 4.0
 """After a gateway's charon starts: past its heartbeat_timeout (2.1 s), when the plugin,
 hearing no peer, has taken segment 1 (the daemon's plans switch it from then on)."""
 IKE_NAME, CHILD_NAME = "vip", "net"
+CLIENT_DPD_DELAY_S = 10
+"""The client checks the gateway with DPD after this long without inbound IKE or ESP: above a
+takeover's gap, so it comes once the scenario's traffic has stopped (``dpd_answered``)."""
 
 PLUGINS = (
     "random nonce aes sha1 sha2 hmac kdf gmp pem pkcs1 x509 revocation constraints "
@@ -83,7 +86,7 @@ connections {{
     {ike} {{
         local_addrs = {me}
         remote_addrs = {peer}
-        proposals = aes128-sha256-modp2048
+        proposals = aes128-sha256-modp2048{dpd}
         local {{
             auth = psk
             id = {my_id}
@@ -110,6 +113,9 @@ secrets {{
 }}
 """
 
+_EMPTY_INFORMATIONAL = re.compile(
+    r"(generating|parsed) INFORMATIONAL (request|response) (\d+) \[ \]"
+)
 _IKE_SA = re.compile(r"^\S+: #\d+, (\w+), IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
 
 
@@ -147,6 +153,7 @@ class Charons:
             self._write(self.swanctl_config(host), SWANCTL_CONF.format(
                 ike=IKE_NAME, child=CHILD_NAME, me=ends[0], peer=ends[1], my_id=ends[2],
                 peer_id=ends[3], local_ts=ends[4], remote_ts=ends[5], psk=psk,
+                dpd="" if gateway else f"\n        dpd_delay = {CLIENT_DPD_DELAY_S}s",
             ))  # fmt: skip
 
     @staticmethod
@@ -219,6 +226,30 @@ class Charons:
         except FileNotFoundError:
             return 0
         return text.count("generating IKE_SA_INIT request")
+
+    def log_lines(self, host: str) -> list[str]:
+        try:
+            return self.log(host).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def dpd_answered(self, host: str, after: int) -> bool:
+        """True once ``host``'s charon sent a DPD request, past line ``after`` of its log,
+        and parsed the response to it (IKEv2 DPD: an empty INFORMATIONAL exchange)."""
+        lines = self.log_lines(host)[after:]
+        for i, line in enumerate(lines):
+            if "sending DPD request" not in line:
+                continue
+            for later in lines[i + 1 :]:
+                sent = _EMPTY_INFORMATIONAL.search(later)
+                if sent and sent.group(1) == "generating" and sent.group(2) == "request":
+                    wanted = sent.group(3)
+                    return any(
+                        (m := _EMPTY_INFORMATIONAL.search(x)) is not None
+                        and m.group(1, 2, 3) == ("parsed", "response", wanted)
+                        for x in lines[i + 1 :]
+                    )
+        return False
 
     def initiate(self) -> None:
         """The client sets up the IKE SA and its CHILD SA with the VIP."""

@@ -34,8 +34,9 @@ takeover the new active's daemon feeds its charon the IKE SA from the store,
 moves the counters of the SAs charon installs, and activates charon. A
 crash kills the gateway's charon too. The verdict adds the IKE side: the
 client's IKE SA is the one it set up, ESTABLISHED on the active gateway, the
-client sent one IKE_SA_INIT in all, and a CHILD rekey by the client through
-the last active gateway succeeds.
+client sent one IKE_SA_INIT in all, a CHILD rekey by the client through
+the last active gateway succeeds, and then the client's DPD (``dpd_delay``
+10 s, once idle) is answered.
 
 ``naive`` replaces the appliance with what a naive copy would do: snapshot
 gw1's SAs while traffic runs, and after the failure restore that snapshot
@@ -63,7 +64,7 @@ from appliance.traffic.probe import Arrival
 from appliance.traffic.udp import RunResult, RunSpec
 from appliance.traffic.udp import run as run_traffic
 from netns_lab import keepalived, tunnel
-from netns_lab.charon import CHILD_NAME, Charons
+from netns_lab.charon import CHILD_NAME, CLIENT_DPD_DELAY_S, Charons
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import (
     CLIENT_PROTECTED,
@@ -760,6 +761,20 @@ class Scenario(Narration):
         except LabError:
             new_spis = None
         self.event(f"the client rekeyed its CHILD SA through {active}: {new_spis is not None}")
+        # Idle now: after dpd_delay without inbound IKE or ESP the client's charon sends DPD,
+        # which only the active gateway's charon, holding the IKE SA, can answer.
+        mark = len(charons.log_lines("client"))
+        try:
+            wait_for(
+                "the client's DPD to be answered",
+                lambda: charons.dpd_answered("client", mark),
+                CLIENT_DPD_DELAY_S + 60.0,
+                1.0,
+            )
+            dpd = True
+        except LabError:
+            dpd = False
+        self.event(f"the client's DPD answered through {active}: {dpd}")
         return {
             "client_before": before,
             "client_after": after,
@@ -768,6 +783,8 @@ class Scenario(Narration):
             "ike_sa_inits": charons.ike_sa_inits("client"),
             "rekeyed_spis": new_spis,
             "client_after_rekey": charons.ike_sas("client"),
+            "dpd_answered": dpd,
+            "client_after_dpd": charons.ike_sas("client"),
         }
 
     def _wait_resumed(self, lab: Lab, gw: str, keyed: tunnel.Tunnel, since: float | None) -> float:
@@ -852,7 +869,8 @@ def report_lines(outcome: Outcome) -> list[str]:
             f"  client IKE SA: {ike['client_before']} -> {ike['client_after']}; on "
             f"{ike['active']}: {ike['on_active']}; client IKE_SA_INITs: {ike['ike_sa_inits']}; "
             f"CHILD rekey after the last takeover: "
-            f"{'ok' if ike['rekeyed_spis'] else 'FAILED'}"
+            f"{'ok' if ike['rekeyed_spis'] else 'FAILED'}; the client's DPD after it: "
+            f"{'answered' if ike['dpd_answered'] else 'NOT ANSWERED'}"
         )
     if outcome.plot:
         lines.append(f"  plot: {outcome.plot}")

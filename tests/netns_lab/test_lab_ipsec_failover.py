@@ -217,4 +217,7 @@ def test_strongswan_tunnel_keeps_its_ike_sa_through_a_crash_and_the_failback() -
     assert ike["ike_sa_inits"] == 1, ike  # never a new IKE_SA_INIT
     # the IKE SA works on the new active: a CHILD rekey through it succeeds
     assert ike["rekeyed_spis"] is not None, ike
+    # and the client's DPD, once idle, is answered there: the IKE SA stays up
+    assert ike["dpd_answered"] is True, ike
+    assert ike["client_after_dpd"] == ike["client_before"], ike
     assert ike["client_after_rekey"] == ike["client_before"], ike
