@@ -204,6 +204,21 @@ def test_strongswan_tunnel_keeps_its_ike_sa_through_a_crash_and_the_failback() -
     outcome = run("cold", "kill", failback=True, gate="nft", ike=True)
     assert_tunnel_kept(outcome, takeovers=2)
     assert_orphan_silenced(outcome)
+    assert_ike_sa_kept(outcome)
+
+
+@pytest.mark.extended
+def test_strongswan_tunnel_keeps_its_ike_sa_through_a_link_failure_and_the_failback() -> None:
+    outcome = run("cold", "link", failback=True, gate="nft", ike=True)
+    assert_tunnel_kept(outcome, takeovers=2)
+    # the old gateway's daemon saw FAULT: it closed its gate and retired its charon
+    for take in outcome.takeovers:
+        assert take.counters["old_oseq_at_done"] == take.counters["old_oseq_after"], take.counters
+    assert outcome.gates[outcome.takeovers[-1].failed]["closed"] is True, outcome.gates
+    assert_ike_sa_kept(outcome)
+
+
+def assert_ike_sa_kept(outcome: Outcome) -> None:
     for take in outcome.takeovers:
         steps = [step for _, step in take.timeline]
         assert "feed-charon" in steps and "activate-charon" in steps, steps
