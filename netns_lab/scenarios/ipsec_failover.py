@@ -2,7 +2,7 @@
 
 Run as root on a kernel with ESP (the lab VM: ``scripts/demo``)::
 
-    python -m netns_lab.scenarios.ipsec_failover [--mode cold|hot] [--how kill|link]
+    python -m netns_lab.scenarios.ipsec_failover [--mode cold|hot] [--how kill|link|split]
         [--naive] [--no-failback] [--plot FILE] [--json]
 
 What happens
@@ -296,8 +296,8 @@ class Scenario(Narration):
             raise ValueError(
                 f"store_gap is one of {', '.join(STORE_GAPS)}, for a hot standby and a kill"
             )
-        if ike and (mode != "cold" or gate != "nft" or naive or how == "split" or store_gap):
-            raise ValueError("ike needs the cold standby, the nft gate and a kill or link")
+        if ike and (mode != "cold" or gate != "nft" or naive or store_gap):
+            raise ValueError("ike needs the cold standby and the nft gate")
         self.ike = ike
         self.charons: Charons | None = None
         self.store_gap = store_gap

@@ -218,6 +218,22 @@ def test_strongswan_tunnel_keeps_its_ike_sa_through_a_link_failure_and_the_failb
     assert_ike_sa_kept(outcome)
 
 
+@pytest.mark.extended
+def test_split_brain_with_strongswan_heals_to_one_holder_of_the_ike_sa() -> None:
+    outcome = run("cold", "split", failback=False, gate="nft", ike=True)
+    split = outcome.split
+    assert sum(split["fenced"].values()) >= 1, split
+    assert split["client_replay_3s_later"] == split["client_replay_once_resumed"], split
+    assert split["stored_oseq_after"] >= split["stored_oseq_before"]
+    assert outcome.client_spis_before == outcome.client_spis_after
+    ike = outcome.ike
+    # healed: gw1 holds the client's IKE SA ESTABLISHED, and no new IKE_SA_INIT was needed
+    assert ike["active"] == "gw1" and ike["on_active"] == ike["client_before"], ike
+    assert ike["client_after"] == ike["client_before"], ike
+    assert ike["ike_sa_inits"] == 1, ike
+    assert ike["rekeyed_spis"] is not None and ike["dpd_answered"] is True, ike
+
+
 def assert_ike_sa_kept(outcome: Outcome) -> None:
     for take in outcome.takeovers:
         steps = [step for _, step in take.timeline]
