@@ -72,6 +72,8 @@ class RenewableGate(Protocol):
 
     def renew(self) -> None: ...
 
+    def stop_renewals(self) -> None: ...
+
 
 @dataclass
 class LeaseCounters:
@@ -153,3 +155,4 @@ class LeasedGate:
         self._open.clear()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.gate.stop_renewals()

@@ -27,16 +27,17 @@ ABSENT_ERROR = "Error: No such file or directory"
 
 def run_batch(netns: str | None, script: str, purpose: str) -> None:
     """Run ``script`` as one transaction; on rejection raise ``KernelError`` (nothing changed)."""
+    session(netns, lambda nft: run_batch_on(nft, script, purpose, netns))
 
-    def work(nft: Any) -> None:
-        rc, _output, error = nft.cmd(script)
-        if rc != 0:
-            raise KernelError(
-                f"libnftables rejected the {purpose}{_where(netns)}, nothing was changed: "
-                f"{summarise_error(error, script)}"
-            )
 
-    session(netns, work)
+def run_batch_on(nft: Any, script: str, purpose: str, netns: str | None) -> None:
+    """``run_batch`` on a context the caller keeps (in its own thread and namespace)."""
+    rc, _output, error = nft.cmd(script)
+    if rc != 0:
+        raise KernelError(
+            f"libnftables rejected the {purpose}{_where(netns)}, nothing was changed: "
+            f"{summarise_error(error, script)}"
+        )
 
 
 def list_json(nft: Any, command: str, netns: str | None) -> list[dict[str, Any]]:

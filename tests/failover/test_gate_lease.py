@@ -34,6 +34,9 @@ class FakeGate:
     def open(self) -> None:
         self.calls.append("open")
 
+    def stop_renewals(self) -> None:
+        self.calls.append("stop_renewals")
+
     def renew(self) -> None:
         self.calls.append("renew")
         self.renewed.set()

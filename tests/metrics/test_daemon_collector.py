@@ -315,6 +315,9 @@ def test_the_gate_lease_with_the_nft_gate_leased() -> None:
         def renew(self) -> None:
             pass
 
+        def stop_renewals(self) -> None:
+            pass
+
     leased = LeasedGate(Gate())  # type: ignore[arg-type]
     leased._open.set()  # as after open(), without the renewal thread
     leased.renew_once()
