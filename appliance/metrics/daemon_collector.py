@@ -26,7 +26,6 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from appliance.failover.gate_lease import LeasedGate
 from appliance.metrics.exposition import histogram_family
 from appliance.metrics.latency import HistogramSnapshot
 from appliance.metrics.live_reads import GuardCounters, LiveReader
@@ -301,8 +300,10 @@ class DaemonCollector:
     @staticmethod
     def _gate_lease(d: Any, sid: str) -> Iterator[Metric]:
         """With the nftables gate's lease: whether the daemon keeps it, and its renewals."""
-        gate = getattr(getattr(d, "executor", None), "gate", None)
-        if not isinstance(gate, LeasedGate):
+        gate: Any = getattr(getattr(d, "executor", None), "gate", None)
+        # Duck-typed (``failover.gate_lease.LeasedGate``): metrics sit below failover.
+        counters = getattr(gate, "counters", None)
+        if counters is None or not hasattr(gate, "is_open"):
             return
         key = (sid,)
         yield _gauge("ipsec_ha_gate_lease_open", "1 while the outbound gate is open and the "
@@ -311,8 +312,8 @@ class DaemonCollector:
         yield _counter("ipsec_ha_gate_lease_renewals", "Renewals of the open gate's lease, by "
                        "result (a failed one lets the gate close at the lease's end).",
                        ["server_id", "result"],
-                       {(sid, "ok"): gate.counters.renewals,
-                        (sid, "failed"): gate.counters.failures})  # fmt: skip
+                       {(sid, "ok"): counters.renewals,
+                        (sid, "failed"): counters.failures})  # fmt: skip
 
     def _live(self, what: str, read: Callable[[], Any]) -> Any:
         """``read()``, or None with one warning per kind of failure (a scrape goes on)."""
