@@ -28,6 +28,7 @@ busy, and a late renewal closes the gate of a healthy active node.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import threading
@@ -84,7 +85,7 @@ class LeaseCounters:
     last_error: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"renewals": self.renewals, "failures": self.failures, "last_error": self.last_error}
+        return dataclasses.asdict(self)
 
 
 class LeasedGate:

@@ -524,9 +524,8 @@ class Scenario(Narration):
                 f"{new} active: {take.installed_sas} SAs installed, "
                 f"{take.advanced} outbound counters advanced"
             )
-        out_sa = {sa.spi: sa for sa in tunnel.sa_stats(lab, new)}.get(keyed.spi_out)
         in_client = {sa.spi: sa for sa in tunnel.sa_stats(lab, "client")}.get(keyed.spi_out)
-        take.counters["gateway_oseq"] = out_sa.oseq if out_sa else -1
+        take.counters["gateway_oseq"] = _oseq(lab, new, keyed.spi_out)
         take.counters["client_seq"] = in_client.seq if in_client else -1
         take.resumed_at = self._wait_resumed(lab, new, keyed, since=take.done_at)
         take.client_replay = tunnel.replay_errors(lab, "client")["XfrmInStateSeqError"]
@@ -593,7 +592,7 @@ class Scenario(Narration):
         """
 
         def oseq() -> int:
-            return {sa.spi: sa.oseq for sa in tunnel.sa_stats(lab, gw)}.get(keyed.spi_out, -1)
+            return _oseq(lab, gw, keyed.spi_out)
 
         vip = f"{vip_address(OUTSIDE)}/32"
         arp_ignore = "net.ipv4.conf.all.arp_ignore"
@@ -709,8 +708,7 @@ class Scenario(Narration):
         gateway whose daemon died", last paragraph)."""
 
         def oseq() -> int:
-            sa = {s.spi: s for s in tunnel.sa_stats(lab, active)}.get(keyed.spi_out)
-            return sa.oseq if sa is not None else 0
+            return max(0, _oseq(lab, active, keyed.spi_out))  # no SA yet: 0
 
         wanted = oseq()
         start = time.monotonic()
