@@ -11,7 +11,8 @@ lab's PSK).
 
 - The client initiates the IKE SA ``vip`` to the outside VIP, with one CHILD
   SA ``net`` between its protected address and the inside segment (ESP
-  AES-GCM-128, replay window 32: charon's default, and the lab's).
+  AES-GCM-128). The client's inbound window is the lab's ``CLIENT_REPLAY_WINDOW``
+  (``netns_lab.tunnel`` says why); the gateways keep charon's default of 32.
 - Each gateway answers for the VIP with the mirror configuration; its ha
   plugin talks to ``HA_LOCAL`` -> ``HA_REMOTE``, where the daemon's relay
   listens (``[ike]`` in ``netns_lab.services``), with ``segment_count = 1``.
@@ -34,6 +35,7 @@ from pathlib import Path
 from appliance.errors import LabError
 from netns_lab.lab import Lab, wait_for
 from netns_lab.plan import CLIENT_PROTECTED, INSIDE, OUTSIDE, address_of, vip_address
+from netns_lab.tunnel import CLIENT_REPLAY_WINDOW
 
 VICI = "tcp://127.0.0.1:4502"
 HA_LOCAL, HA_REMOTE = "127.0.0.1", "127.0.0.2"
@@ -99,7 +101,7 @@ connections {{
             {child} {{
                 local_ts = {local_ts}
                 remote_ts = {remote_ts}
-                esp_proposals = aes128gcm16
+                esp_proposals = aes128gcm16{replay}
             }}
         }}
     }}
@@ -154,6 +156,7 @@ class Charons:
                 ike=IKE_NAME, child=CHILD_NAME, me=ends[0], peer=ends[1], my_id=ends[2],
                 peer_id=ends[3], local_ts=ends[4], remote_ts=ends[5], psk=psk,
                 dpd="" if gateway else f"\n        dpd_delay = {CLIENT_DPD_DELAY_S}s",
+                replay="" if gateway else f"\n{' ' * 16}replay_window = {CLIENT_REPLAY_WINDOW}",
             ))  # fmt: skip
 
     @staticmethod

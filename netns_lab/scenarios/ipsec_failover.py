@@ -11,7 +11,7 @@ What happens
    the appliance on both gateways (``netns_lab.services``: a store and the
    daemon each, the embedded two-node setup).
 2. The tunnel client <-> VIP is keyed on the client and on gw1, as IKE
-   would (``netns_lab.tunnel``); the client's inbound replay window is 32.
+   would (``netns_lab.tunnel``); the client's inbound replay window is 4096.
 3. Sequence-numbered UDP runs both ways between the client's protected
    address and the server (``appliance.traffic``), ``rate`` packets/s each.
 4. gw1 fails: ``kill`` sends SIGKILL to its keepalived and its daemon (a
@@ -65,6 +65,7 @@ from appliance.traffic.udp import RunResult, RunSpec
 from appliance.traffic.udp import run as run_traffic
 from netns_lab import keepalived, tunnel
 from netns_lab.charon import CHILD_NAME, CLIENT_DPD_DELAY_S, Charons
+from netns_lab.esp_capture import EspCapture, summarise
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import (
     CLIENT_PROTECTED,
@@ -184,6 +185,9 @@ class Outcome:
     """Split brain only: when VRRP was cut and healed, what each daemon did, the client's
     replay counters at healing and at the end, the store's outbound counter before and
     after."""
+    esp: dict[str, Any] = field(default_factory=dict)
+    """With ``tcpdump``: the ESP the client received on its inbound SA, by sender, and
+    the packets its replay window refused, by sender (``esp_capture.summarise``)."""
 
     @property
     def replay_errors(self) -> int:
@@ -300,6 +304,7 @@ class Scenario(Narration):
             raise ValueError("ike needs the cold standby and the nft gate")
         self.ike = ike
         self.charons: Charons | None = None
+        self.capture: EspCapture | None = None
         self.store_gap = store_gap
         self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
         self.gate = gate
@@ -319,6 +324,8 @@ class Scenario(Narration):
             try:
                 return self._run(lab, services)
             finally:
+                if self.capture is not None:
+                    self.capture.stop()
                 if services is not None:
                     services.stop()
                     kept = os.environ.get("IPSEC_HA_LAB_LOGS")
@@ -355,6 +362,11 @@ class Scenario(Narration):
                 gates["gw2-standby"] = self._probe_gate(lab, "gw2", keyed)
         spis_before = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
         replay_before = tunnel.replay_errors(lab, "client")
+        capture = None
+        if EspCapture.available():
+            capture = EspCapture(lab, "client", OUTSIDE.ifname, lab.run_dir / "client-esp.pcap")
+            self.capture = capture  # stopped by run() if a step fails first
+            capture.start()
         traffic = Traffic(lab, self.rate)
         traffic.start()
         self._wait_resumed(lab, "gw1", keyed, since=None)
@@ -390,6 +402,8 @@ class Scenario(Narration):
         traffic.stop()
         self.event("traffic stopped")
         replay_after = tunnel.replay_errors(lab, "client")
+        zero = takeovers[0].failed_at if takeovers else split.get("cut_at", origin)
+        esp = self._esp_summary(lab, capture, keyed, zero)
         if self.gate == "nft":
             gates.update({gw: NftGate(lab.ns(gw)).status().to_dict() for gw in GATEWAYS})
         spis_after = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
@@ -413,6 +427,7 @@ class Scenario(Narration):
                 if summary.gap_start_ms is None
                 else round(summary.gap_start_ms),  # from the first failure
                 "lost_ranges": len(summary.lost_ranges),
+                "reordered": summary.reordered,
                 # arrivals once traffic ran through the last active gateway
                 "received_at_end": sum(
                     1 for a in records if last is not None and a.recv_ns > int(last * 1e9)
@@ -449,7 +464,26 @@ class Scenario(Narration):
             origin=origin,
             split=split,
             ike=ike,
+            esp=esp,
         )
+
+    def _esp_summary(
+        self, lab: Lab, capture: EspCapture | None, keyed: tunnel.Tunnel, zero: float
+    ) -> dict[str, Any]:
+        """The client's inbound ESP by sender (the gateways named by their outside MAC),
+        times in ms from ``zero`` (monotonic: the first failure)."""
+        if capture is None:
+            return {}
+        arrivals = capture.stop()
+        if capture.error:
+            return {"error": capture.error}
+        names = {}
+        for gw in GATEWAYS:
+            with lab.ipr(gw) as ipr:
+                link = ipr.link("get", ifname=OUTSIDE.ifname)[0]
+                names[link.get("IFLA_ADDRESS")] = gw
+        wall_origin = int((time.time() - time.monotonic() + zero) * 1e9)
+        return summarise(arrivals, keyed.spi_out, tunnel.CLIENT_REPLAY_WINDOW, names, wall_origin)
 
     # -- steps --------------------------------------------------------------------
     def _fail(self, lab: Lab, services: Services | None, gw: str) -> float:
@@ -849,13 +883,29 @@ def report_lines(outcome: Outcome) -> list[str]:
     for direction, d in outcome.directions.items():
         lines.append(
             f"  {direction}: sent {d['sent']}, received {d['received']}, "
-            f"lost {d['lost']} (in {d['lost_ranges']} ranges), longest gap "
+            f"lost {d['lost']} (in {d['lost_ranges']} ranges), reordered {d['reordered']}, "
+            f"longest gap "
             f"{d['max_gap_ms']:.0f} ms (from {d['gap_at_ms']} ms)"
         )
     lines.append(
         f"  replay errors at the client: {outcome.replay_errors} "
         f"(before {outcome.client_replay_before}, after {outcome.client_replay_after})"
     )
+    esp = outcome.esp
+    if esp.get("error"):
+        lines.append(f"  ESP at the client: no capture ({esp['error']})")
+    elif esp:
+        lines.append(
+            f"  ESP at the client (SA 0x{esp['spi']:08x}): {esp['packets']}; "
+            f"late {esp['late'] or 0} (deepest {esp['deepest']}), "
+            f"numbers reused {esp['reused'] or 0}, below a window of {esp['window']} "
+            f"{esp['old'] or 0}"
+            + (
+                ""
+                if esp["first_refused_ms"] is None
+                else f", from {esp['first_refused_ms']} to {esp['last_refused_ms']} ms"
+            )
+        )
     same = outcome.client_spis_before == outcome.client_spis_after
     lines.append(
         f"  client SAs: {'unchanged' if same else 'CHANGED'} "

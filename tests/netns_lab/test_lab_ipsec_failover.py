@@ -4,7 +4,9 @@ Each test runs ``netns_lab.scenarios.ipsec_failover``: a client with an ESP
 tunnel to the VIP, sequence-numbered UDP both ways at 250 packets/s, the
 appliance (store + daemon) on both gateways, keepalived between them. The
 verdict rests on the client's kernel: its replay counters
-(``XfrmInStateSeqError`` and each SA's) and its SAs.
+(``XfrmInStateSeqError`` and each SA's) and its SAs; with ``tcpdump``, also on
+the ESP captured at the client: no sequence number arrived twice
+(docs/lab.md, "Replay window and the ESP capture").
 
 The naive variant (SAs copied without the jump) runs first and must be
 caught, which shows that the zero-replay checks of the others can fail.
@@ -49,7 +51,9 @@ def assert_orphan_silenced(outcome: Outcome) -> None:
 
 
 def assert_tunnel_kept(outcome: Outcome, takeovers: int) -> None:
-    assert outcome.replay_errors == 0, outcome.client_replay_after
+    assert outcome.replay_errors == 0, (outcome.client_replay_after, outcome.esp)
+    if "packets" in outcome.esp:  # tcpdump captured: no number went out twice either
+        assert outcome.esp["reused"] == {}, outcome.esp
     assert outcome.client_replay_after == {"XfrmInStateSeqError": 0, "sa_replay_failed": 0}
     # the client's SAs are the ones keyed at the start: nothing was renegotiated
     assert outcome.client_spis_before == outcome.client_spis_after
@@ -72,6 +76,8 @@ def test_naive_copy_without_the_jump_is_caught_as_replays() -> None:
     # gw2 resent sequence numbers the client had seen: the client's kernel refused them
     assert outcome.client_replay_after["XfrmInStateSeqError"] > 0
     assert outcome.client_replay_after["sa_replay_failed"] > 0
+    if "packets" in outcome.esp:  # the capture sees gw2 send numbers gw1 had sent
+        assert outcome.esp["reused"].get("gw2", 0) > 0, outcome.esp
 
 
 # Extended: with the policy gate, a gateway whose keepalived and daemon were killed goes on
