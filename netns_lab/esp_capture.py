@@ -4,7 +4,8 @@ A replay error at the client says that a packet was refused, not who sent it or 
 a gateway that encrypted with an old counter, a duplicate, or packets the lab itself
 reordered by more than the replay window (two vCPUs, one stalled). ``tcpdump`` in the
 client's namespace records the Ethernet source and the ESP header of every inbound
-packet; ``summarise`` (no I/O) names each packet the window had already passed.
+packet; ``summarise`` (no I/O) counts, by sender, the late packets, the numbers that
+arrived twice and the packets below the window.
 
 The capture is a diagnostic: without ``tcpdump`` the scenario runs without it.
 """
