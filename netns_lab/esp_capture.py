@@ -149,10 +149,8 @@ class EspCapture:
         self.proc = subprocess.Popen(
             self.lab.command(self.host, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + 30.0
-        while not self.path.exists() and self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                break
+        deadline = time.monotonic() + 30.0  # until tcpdump has opened its file, or gave up
+        while not self.path.exists() and self.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def stop(self) -> list[EspArrival]:

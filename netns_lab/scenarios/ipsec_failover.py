@@ -362,11 +362,10 @@ class Scenario(Narration):
                 gates["gw2-standby"] = self._probe_gate(lab, "gw2", keyed)
         spis_before = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
         replay_before = tunnel.replay_errors(lab, "client")
-        capture = None
-        if EspCapture.available():
-            capture = EspCapture(lab, "client", OUTSIDE.ifname, lab.run_dir / "client-esp.pcap")
-            self.capture = capture  # stopped by run() if a step fails first
-            capture.start()
+        if EspCapture.available():  # stopped by run() too, if a step fails first
+            pcap = lab.run_dir / "client-esp.pcap"
+            self.capture = EspCapture(lab, "client", OUTSIDE.ifname, pcap)
+            self.capture.start()
         traffic = Traffic(lab, self.rate)
         traffic.start()
         self._wait_resumed(lab, "gw1", keyed, since=None)
@@ -403,7 +402,7 @@ class Scenario(Narration):
         self.event("traffic stopped")
         replay_after = tunnel.replay_errors(lab, "client")
         zero = takeovers[0].failed_at if takeovers else split.get("cut_at", origin)
-        esp = self._esp_summary(lab, capture, keyed, zero)
+        esp = self._esp_summary(lab, keyed, zero)
         if self.gate == "nft":
             gates.update({gw: NftGate(lab.ns(gw)).status().to_dict() for gw in GATEWAYS})
         spis_after = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
@@ -467,11 +466,10 @@ class Scenario(Narration):
             esp=esp,
         )
 
-    def _esp_summary(
-        self, lab: Lab, capture: EspCapture | None, keyed: tunnel.Tunnel, zero: float
-    ) -> dict[str, Any]:
+    def _esp_summary(self, lab: Lab, keyed: tunnel.Tunnel, zero: float) -> dict[str, Any]:
         """The client's inbound ESP by sender (the gateways named by their outside MAC),
         times in ms from ``zero`` (monotonic: the first failure)."""
+        capture = self.capture
         if capture is None:
             return {}
         arrivals = capture.stop()
