@@ -11,9 +11,16 @@ lab's PSK).
 
 - The client initiates the IKE SA ``vip`` to the outside VIP, with one CHILD
   SA ``net`` between its protected address and the inside segment (ESP
-  AES-GCM-128). The client's inbound window is the lab's ``CLIENT_REPLAY_WINDOW``
-  (``netns_lab.tunnel`` says why); the gateways keep charon's default of 32.
-- Each gateway answers for the VIP with the mirror configuration; its ha
+  AES-GCM-128). A scenario may have it initiate a second IKE SA, ``vip2``,
+  whose CHILD SA ``net2`` protects ``SECOND_PROTECTED`` (``initiate_second``):
+  a tunnel set up after a takeover, on the new active gateway.
+- Every charon keys its inbound SAs with the window ``CHARON_REPLAY_WINDOW``
+  (4096, the lab client's; ``netns_lab.tunnel`` says why): the gateways'
+  too, so that a replay drop the new active gateway counts is the appliance's,
+  not the VM's reordering. charon keys such a window as an ESN replay state
+  (128 words), which the daemon moves at a takeover.
+- Each gateway answers for the VIP with the mirror configuration (both
+  CHILD SAs in its connection ``vip``); its ha
   plugin talks to ``HA_LOCAL`` -> ``HA_REMOTE``, where the daemon's relay
   listens (``[ike]`` in ``netns_lab.services``), with ``segment_count = 1``.
 
@@ -34,7 +41,14 @@ from pathlib import Path
 
 from appliance.errors import LabError
 from netns_lab.lab import Lab, wait_for
-from netns_lab.plan import CLIENT_PROTECTED, INSIDE, OUTSIDE, address_of, vip_address
+from netns_lab.plan import (
+    CLIENT_PROTECTED,
+    INSIDE,
+    OUTSIDE,
+    SECOND_PROTECTED,
+    address_of,
+    vip_address,
+)
 from netns_lab.tunnel import CLIENT_REPLAY_WINDOW
 
 VICI = "tcp://127.0.0.1:4502"
@@ -44,6 +58,10 @@ HEARTBEAT_WAIT_S = 4.0
 """After a gateway's charon starts: past its heartbeat_timeout (2.1 s), when the plugin,
 hearing no peer, has taken segment 1 (the daemon's plans switch it from then on)."""
 IKE_NAME, CHILD_NAME = "vip", "net"
+SECOND_IKE_NAME, SECOND_CHILD_NAME = "vip2", "net2"
+"""The client's second IKE SA and its CHILD SA (``initiate_second``)."""
+CHARON_REPLAY_WINDOW = CLIENT_REPLAY_WINDOW
+"""Every lab charon's ``replay_window`` (module docstring)."""
 CLIENT_DPD_DELAY_S = 10
 """The client checks the gateway with DPD after this long without inbound IKE or ESP: above a
 takeover's gap, so it comes once the scenario's traffic has stopped (``dpd_answered``)."""
@@ -58,7 +76,7 @@ STRONGSWAN_CONF = """\
 charon {{
     load = {plugins}
     install_routes = no
-    install_virtual_ip = no
+    install_virtual_ip = no{settings}
     filelog {{
         log {{
             path = {log}
@@ -76,35 +94,18 @@ charon {{
 }}
 """
 
-HA_SECTION = f"""\
+HA_TEMPLATE = """\
         ha {{
-            local = {HA_LOCAL}
-            remote = {HA_REMOTE}
+            local = {local}
+            remote = {remote}
             segment_count = 1
         }}"""
+HA_SECTION = HA_TEMPLATE.format(local=HA_LOCAL, remote=HA_REMOTE)
+"""The gateways' ha plugin, relayed by the daemon on loopback."""
 
 SWANCTL_CONF = """\
 connections {{
-    {ike} {{
-        local_addrs = {me}
-        remote_addrs = {peer}
-        proposals = aes128-sha256-modp2048{dpd}
-        local {{
-            auth = psk
-            id = {my_id}
-        }}
-        remote {{
-            auth = psk
-            id = {peer_id}
-        }}
-        children {{
-            {child} {{
-                local_ts = {local_ts}
-                remote_ts = {remote_ts}
-                esp_proposals = aes128gcm16{replay}
-            }}
-        }}
-    }}
+{connections}
 }}
 secrets {{
     ike-lab {{
@@ -115,10 +116,76 @@ secrets {{
 }}
 """
 
+CONNECTION = """\
+    {ike} {{
+        local_addrs = {me}
+        remote_addrs = {peer}
+        proposals = aes128-sha256-modp2048{options}
+        local {{
+            auth = psk
+            id = {my_id}
+        }}
+        remote {{
+            auth = psk
+            id = {peer_id}
+        }}
+        children {{
+{children}
+        }}
+    }}"""
+
+CHILD = """\
+            {child} {{
+                local_ts = {local_ts}
+                remote_ts = {remote_ts}
+                esp_proposals = aes128gcm16
+                replay_window = {window}
+            }}"""
+
+
+def swanctl_connections(gateway: bool, me: str, peer: str) -> str:
+    """The ``connections`` of a gateway (``vip`` with both CHILD SAs: charon picks the one
+    whose selectors the client proposes) or of the client (``vip`` with DPD, and ``vip2``
+    with ``unique = never``: it must not send INITIAL_CONTACT, which would make the
+    gateway delete the client's first IKE SA)."""
+    ids = ("gw.lab.example", "client.lab.example")
+    my_id, peer_id = ids if gateway else ids[::-1]
+
+    def child(name: str, protected: str) -> str:
+        ends = (INSIDE.network, protected) if gateway else (protected, INSIDE.network)
+        return CHILD.format(
+            child=name, local_ts=ends[0], remote_ts=ends[1], window=CHARON_REPLAY_WINDOW
+        )
+
+    def connection(name: str, children: list[str], options: str) -> str:
+        return CONNECTION.format(
+            ike=name, me=me, peer=peer, my_id=my_id, peer_id=peer_id, options=options,
+            children="\n".join(children),
+        )  # fmt: skip
+
+    first, second = child(CHILD_NAME, CLIENT_PROTECTED), child(SECOND_CHILD_NAME, SECOND_PROTECTED)
+    if gateway:
+        return connection(IKE_NAME, [first, second], "")
+    return "\n".join([
+        connection(IKE_NAME, [first], f"\n        dpd_delay = {CLIENT_DPD_DELAY_S}s"),
+        connection(SECOND_IKE_NAME, [second], "\n        unique = never"),
+    ])  # fmt: skip
+
+
 _EMPTY_INFORMATIONAL = re.compile(
     r"(generating|parsed) INFORMATIONAL (request|response) (\d+) \[ \]"
 )
-_IKE_SA = re.compile(r"^\S+: #\d+, (\w+), IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
+_IKE_SA = re.compile(r"^(\S+): #\d+, (\w+), IKEv2, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
+
+
+def parse_ike_sas(text: str, name: str | None = None) -> list[tuple[str, str]]:
+    """``swanctl --list-sas`` output: each IKE SA's state and ``<spi_i>_<spi_r>``, only those
+    of the connection ``name`` if given."""
+    return [
+        (state, f"{i}_{r}")
+        for conn, state, i, r in _IKE_SA.findall(text)
+        if name is None or conn == name
+    ]
 
 
 def start_command(config: Path) -> list[str]:
@@ -134,30 +201,37 @@ class Charons:
     lab: Lab
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     folder: Path = field(init=False)
+    lab_configs: bool = True
+    """Write the lab's configurations (module docstring); False: ``configure`` each host."""
 
     def __post_init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix=f"iha-{self.lab.run_id}-charon-"))
+        if not self.lab_configs:
+            return
         psk = secrets.token_hex(16)
         vip, client = vip_address(OUTSIDE), address_of("client", OUTSIDE)
         for host in ("client", "gw1", "gw2"):
             gateway = host != "client"
-            self._write(self.config(host), STRONGSWAN_CONF.format(
-                plugins=PLUGINS + (" ha" if gateway else ""), log=self.log(host), vici=VICI,
+            me, peer = (vip, client) if gateway else (client, vip)
+            self.configure(
+                host,
                 ha=HA_SECTION if gateway else "",
-            ))  # fmt: skip
-            ends = (
-                (vip, client, "gw.lab.example", "client.lab.example", INSIDE.network,
-                 CLIENT_PROTECTED)
-                if gateway
-                else (client, vip, "client.lab.example", "gw.lab.example", CLIENT_PROTECTED,
-                      INSIDE.network)
-            )  # fmt: skip
-            self._write(self.swanctl_config(host), SWANCTL_CONF.format(
-                ike=IKE_NAME, child=CHILD_NAME, me=ends[0], peer=ends[1], my_id=ends[2],
-                peer_id=ends[3], local_ts=ends[4], remote_ts=ends[5], psk=psk,
-                dpd="" if gateway else f"\n        dpd_delay = {CLIENT_DPD_DELAY_S}s",
-                replay="" if gateway else f"\n{' ' * 16}replay_window = {CLIENT_REPLAY_WINDOW}",
-            ))  # fmt: skip
+                connections=swanctl_connections(gateway, me, peer),
+                psk=psk,
+            )
+
+    def configure(
+        self, host: str, *, ha: str, connections: str, psk: str, settings: str = ""
+    ) -> None:
+        """Write ``host``'s strongswan.conf (the ``ha`` plugin section if any, more
+        ``settings`` of charon's) and its swanctl.conf (``connections``, the lab's PSK)."""
+        self._write(self.config(host), STRONGSWAN_CONF.format(
+            plugins=PLUGINS + (" ha" if ha else ""), log=self.log(host), vici=VICI, ha=ha,
+            settings=settings,
+        ))  # fmt: skip
+        self._write(
+            self.swanctl_config(host), SWANCTL_CONF.format(connections=connections, psk=psk)
+        )
 
     @staticmethod
     def _write(path: Path, text: str) -> None:
@@ -217,10 +291,10 @@ class Charons:
         return result.stdout + result.stderr
 
     # -- what they hold ---------------------------------------------------------
-    def ike_sas(self, host: str) -> list[tuple[str, str]]:
-        """``swanctl --list-sas`` on ``host``: each IKE SA's state and ``<spi_i>_<spi_r>``."""
-        text = self.swanctl(host, "--list-sas", check=False)
-        return [(state, f"{i}_{r}") for state, i, r in _IKE_SA.findall(text)]
+    def ike_sas(self, host: str, name: str | None = None) -> list[tuple[str, str]]:
+        """``swanctl --list-sas`` on ``host``: each IKE SA's state and ``<spi_i>_<spi_r>``
+        (``parse_ike_sas``)."""
+        return parse_ike_sas(self.swanctl(host, "--list-sas", check=False), name)
 
     def ike_sa_inits(self, host: str) -> int:
         """IKE_SA_INIT requests ``host``'s charon sent (its log)."""
@@ -256,10 +330,18 @@ class Charons:
 
     def initiate(self) -> None:
         """The client sets up the IKE SA and its CHILD SA with the VIP."""
-        self.swanctl("client", "--initiate", "--child", CHILD_NAME)
+        self._initiate(IKE_NAME, CHILD_NAME)
+
+    def initiate_second(self) -> None:
+        """The client sets up its second IKE SA, ``vip2``, and its CHILD SA with the VIP
+        (the client's ``SECOND_PROTECTED`` must be configured)."""
+        self._initiate(SECOND_IKE_NAME, SECOND_CHILD_NAME)
+
+    def _initiate(self, ike: str, child: str) -> None:
+        self.swanctl("client", "--initiate", "--child", child)
         wait_for(
-            "the client's IKE SA to be ESTABLISHED",
-            lambda: [s for s, _ in self.ike_sas("client")] == ["ESTABLISHED"],
+            f"the client's IKE SA {ike} to be ESTABLISHED",
+            lambda: [s for s, _ in self.ike_sas("client", ike)] == ["ESTABLISHED"],
             60.0,
             0.5,
         )

@@ -30,6 +30,9 @@ RUN_ID_RE = re.compile(r"^[0-9a-f]{6}$")
 
 CLIENT_PROTECTED = "203.0.113.10/32"
 """The client's protected address (a dummy interface), for tunnel tests."""
+SECOND_PROTECTED = "203.0.113.11/32"
+"""A second protected address: of the pair keyed while a standby cannot reach a store, and
+of the client's second strongSwan tunnel (which adds it to the client's loopback)."""
 
 
 @dataclass(frozen=True)

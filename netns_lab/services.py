@@ -27,7 +27,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError, LabError
 from appliance.status_file import read_status
@@ -35,6 +35,9 @@ from netns_lab import build, keepalived
 from netns_lab.charon import HA_LOCAL, HA_REMOTE
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import GATEWAYS, INSIDE, OUTSIDE, SYNC_GROUP, address_of, vip_address
+
+if TYPE_CHECKING:
+    from appliance.store.client import Retrieved
 
 STORE_PORT = 4501
 
@@ -264,8 +267,8 @@ class Services:
                 f"keepalived log: {keepalived.tail(k.log)}"
             ) from None
 
-    def stored_oseq(self, gw: str, spi: int) -> int | None:
-        """The outbound counter ``gw``'s store holds for the SA ``spi`` (None: not stored)."""
+    def fetch(self, gw: str) -> Retrieved:
+        """What ``gw``'s store holds for the VIP's server ID, asked from ``gw``'s namespace."""
         from appliance.failover.executor import StoreAccess
         from appliance.netns import run_in_netns
         from appliance.store.client import StoreClient
@@ -273,14 +276,21 @@ class Services:
 
         psk = load_psk(self.psk)
         address = address_of(gw, INSIDE)
+        # pages as large as the daemons': an IKE SA record, or an SA with an ESN window of
+        # 128 words, may not fit the default 1400 bytes
+        page = self.settings.store_max_datagram
         client = run_in_netns(
-            self.lab.ns(gw), lambda: StoreClient(address, STORE_PORT, psk, "lab-observer")
+            self.lab.ns(gw),
+            lambda: StoreClient(address, STORE_PORT, psk, "lab-observer", max_datagram=page),
         )
         try:
-            fetched = StoreAccess([client]).fetch(vip_address(OUTSIDE))
+            return StoreAccess([client]).fetch(vip_address(OUTSIDE))
         finally:
             client.close()
-        for sa in fetched.sad:
+
+    def stored_oseq(self, gw: str, spi: int) -> int | None:
+        """The outbound counter ``gw``'s store holds for the SA ``spi`` (None: not stored)."""
+        for sa in self.fetch(gw).sad:
             if sa.spi == spi:
                 state = sa.replay_esn or sa.replay
                 return None if state is None else getattr(state, "oseq64", state.oseq)

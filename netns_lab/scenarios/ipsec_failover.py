@@ -36,7 +36,12 @@ crash kills the gateway's charon too. The verdict adds the IKE side: the
 client's IKE SA is the one it set up, ESTABLISHED on the active gateway, the
 client sent one IKE_SA_INIT in all, a CHILD rekey by the client through
 the last active gateway succeeds, and then the client's DPD (``dpd_delay``
-10 s, once idle) is answered.
+10 s, once idle) is answered. The gateways' inbound windows are 4096 there,
+and the verdict counts their replay drops too. With ``failback``, once gw2
+has taken over, the client sets up a second IKE SA through it and pings
+through it; after the failback that tunnel must still be the same on the
+client, ESTABLISHED on gw1 (which learnt it from the store only) and answer
+pings.
 
 ``naive`` replaces the appliance with what a naive copy would do: snapshot
 gw1's SAs while traffic runs, and after the failure restore that snapshot
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -64,7 +70,13 @@ from appliance.traffic.probe import Arrival
 from appliance.traffic.udp import RunResult, RunSpec
 from appliance.traffic.udp import run as run_traffic
 from netns_lab import keepalived, tunnel
-from netns_lab.charon import CHILD_NAME, CLIENT_DPD_DELAY_S, Charons
+from netns_lab.charon import (
+    CHILD_NAME,
+    CLIENT_DPD_DELAY_S,
+    IKE_NAME,
+    SECOND_IKE_NAME,
+    Charons,
+)
 from netns_lab.esp_capture import EspCapture, summarise
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import (
@@ -74,6 +86,7 @@ from netns_lab.plan import (
     OUTSIDE,
     PRIORITIES,
     ROUTES,
+    SECOND_PROTECTED,
     address_of,
     vip_address,
 )
@@ -99,8 +112,6 @@ _CUT_STORE = f"""table inet iha_cut_store {{
 STORE_GAPS = ("recovered", "during")
 STORE_GAP_S = 4.0
 """How long gw2's store link stays cut after the second pair is stored."""
-SECOND_PROTECTED = "203.0.113.11/32"
-"""The protected address of the pair keyed while gw2 cannot reach a store."""
 RESUMED_PACKETS = 20
 """Packets each way through the new active gateway that count as "traffic resumed"."""
 
@@ -110,6 +121,9 @@ IKE_MAX_DATAGRAM = 65000
 
 GATE_PINGS = 5
 """Pings a hot standby behind the nftables gate sends towards the client (``_probe_gate``)."""
+NEW_TUNNEL_PINGS = 5
+"""Pings from the client through its second strongSwan tunnel, on the gateway that set it up
+and after the failback (``_set_up_new_tunnel``, ``_new_tunnel_verdict``)."""
 
 
 @dataclass
@@ -188,6 +202,10 @@ class Outcome:
     esp: dict[str, Any] = field(default_factory=dict)
     """With ``tcpdump``: the ESP the client received on its inbound SA, by sender, and
     the packets its replay window refused, by sender (``esp_capture.summarise``)."""
+    gateway_replay: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Each gateway's replay counters at the end (``tunnel.replay_errors``): counted over
+    the whole run, the new active's after each takeover included. With ``ike`` their
+    inbound windows are 4096, as the client's; the iproute2 gateways' are 32."""
 
     @property
     def replay_errors(self) -> int:
@@ -304,6 +322,8 @@ class Scenario(Narration):
             raise ValueError("ike needs the cold standby and the nft gate")
         self.ike = ike
         self.charons: Charons | None = None
+        self.second_spis: set[int] = set()
+        """The client's SAs of its second strongSwan tunnel (``_set_up_new_tunnel``)."""
         self.capture: EspCapture | None = None
         self.store_gap = store_gap
         self.mode, self.how, self.naive, self.failback = mode, how, naive, failback
@@ -344,7 +364,7 @@ class Scenario(Narration):
             services.wait_role("gw1", ("active",))
             self.event(f"stores and daemons ({self.mode} standby) running on gw1 and gw2")
         keyed = self._establish_with_charon(lab) if self.ike else tunnel.establish(lab, "gw1")
-        ike_before = self.charons.ike_sas("client") if self.charons is not None else []
+        ike_before = self.charons.ike_sas("client", IKE_NAME) if self.charons else []
         gates: dict[str, dict[str, Any]] = {}
         self.event(
             f"tunnel keyed on client and gw1: SPIs 0x{keyed.spi_in:08x} (in), "
@@ -388,6 +408,9 @@ class Scenario(Narration):
             split = self._split_brain(lab, services, keyed)
         else:
             takeovers.append(self._fail_over(lab, services, keyed, "gw1", "gw2", snapshot))
+        new_tunnel: dict[str, Any] = {}
+        if self.charons is not None and self.failback and self.how != "split":
+            new_tunnel = self._set_up_new_tunnel(lab, "gw2")
         if gap:
             held = {sa.spi for sa in tunnel.sa_stats(lab, "gw2")}
             gap["pair_on_new_active"] = {gap["pair_in"], gap["pair_out"]} <= held
@@ -401,15 +424,22 @@ class Scenario(Narration):
         traffic.stop()
         self.event("traffic stopped")
         replay_after = tunnel.replay_errors(lab, "client")
+        gateway_replay = {gw: tunnel.replay_errors(lab, gw) for gw in GATEWAYS}
         zero = takeovers[0].failed_at if takeovers else split.get("cut_at", origin)
         esp = self._esp_summary(lab, keyed, zero)
         if self.gate == "nft":
             gates.update({gw: NftGate(lab.ns(gw)).status().to_dict() for gw in GATEWAYS})
-        spis_after = sorted(sa.spi for sa in tunnel.sa_stats(lab, "client"))
+        # the tunnel keyed at the start (not the client's second strongSwan tunnel)
+        spis_after = sorted(
+            sa.spi for sa in tunnel.sa_stats(lab, "client") if sa.spi not in self.second_spis
+        )
         ike: dict[str, Any] = {}
         if self.charons is not None:
             active = takeovers[-1].took_over if takeovers else "gw1"
+            if new_tunnel:
+                new_tunnel.update(self._new_tunnel_verdict(lab, active))
             ike = self._ike_verdict(lab, active, ike_before, spis_after)
+            ike["new_tunnel"] = new_tunnel
         arrivals = traffic.arrivals()
         sent = traffic.sent()
         first_fail = int((takeovers[0].failed_at if takeovers else split["cut_at"]) * 1e9)
@@ -464,6 +494,7 @@ class Scenario(Narration):
             split=split,
             ike=ike,
             esp=esp,
+            gateway_replay=gateway_replay,
         )
 
     def _esp_summary(self, lab: Lab, keyed: tunnel.Tunnel, zero: float) -> dict[str, Any]:
@@ -770,6 +801,60 @@ class Scenario(Narration):
         self.event(f"the client set up IKE SA {charons.ike_sas('client')[0][1]} with the VIP")
         return tunnel.Tunnel(spi_in=spis[False], spi_out=spis[True])
 
+    def _set_up_new_tunnel(self, lab: Lab, active: str) -> dict[str, Any]:
+        """After a takeover: the client sets up a second IKE SA (``vip2``) through ``active``
+        and pings the server through it, so that its counters move. A tunnel that only the
+        new active gateway ever held: the failback must carry it back from the store."""
+        charons = self.charons
+        assert charons is not None
+        lab.exec("client", ["ip", "addr", "add", SECOND_PROTECTED, "dev", "lo"])
+        held = {sa.spi for sa in tunnel.sa_stats(lab, "client")}
+        charons.initiate_second()
+        self.second_spis = {sa.spi for sa in tunnel.sa_stats(lab, "client")} - held
+        ike = charons.ike_sas("client", SECOND_IKE_NAME)
+        replies = self._pings_through_new_tunnel(lab)
+        self.event(
+            f"the client set up a second IKE SA {ike[0][1]} through {active}; "
+            f"{replies} of {NEW_TUNNEL_PINGS} pings through it answered"
+        )
+        return {
+            "set_up_on": active,
+            "client_before": ike,
+            "spis_before": sorted(self.second_spis),
+            "replies_before": replies,
+        }
+
+    def _new_tunnel_verdict(self, lab: Lab, active: str) -> dict[str, Any]:
+        """The second tunnel once the failback is done: the client's IKE SA and SAs, the
+        active gateway's IKE SA, and pings through it."""
+        charons = self.charons
+        assert charons is not None
+        replies = self._pings_through_new_tunnel(lab)
+        client = charons.ike_sas("client", SECOND_IKE_NAME)
+        held = {spis for _, spis in client}
+        on_active = [sa for sa in charons.ike_sas(active) if sa[1] in held]
+        spis = sorted({sa.spi for sa in tunnel.sa_stats(lab, "client")} & self.second_spis)
+        self.event(
+            f"the second tunnel after the failback: {replies} of {NEW_TUNNEL_PINGS} pings "
+            f"answered through {active}"
+        )
+        return {
+            "active": active,
+            "client_after": client,
+            "on_active": on_active,
+            "spis_after": spis,
+            "replies_after": replies,
+        }
+
+    def _pings_through_new_tunnel(self, lab: Lab) -> int:
+        """Echo replies to ``NEW_TUNNEL_PINGS`` pings from ``SECOND_PROTECTED`` to the server."""
+        result = lab.exec("client", [
+            "ping", "-n", "-q", "-c", str(NEW_TUNNEL_PINGS), "-i", "0.2", "-W", "2",
+            "-I", SECOND_PROTECTED.split("/")[0], address_of("server", INSIDE),
+        ], check=False)  # fmt: skip
+        found = re.search(r"(\d+) (?:packets )?received", result.stdout)
+        return int(found.group(1)) if found else 0
+
     def _ike_verdict(
         self, lab: Lab, active: str, before: list[tuple[str, str]], spis: list[int]
     ) -> dict[str, Any]:
@@ -777,13 +862,14 @@ class Scenario(Narration):
         IKE_SA_INITs, and a CHILD rekey by the client through ``active``."""
         charons = self.charons
         assert charons is not None
-        after = charons.ike_sas("client")
-        on_active = charons.ike_sas(active)
+        after = charons.ike_sas("client", IKE_NAME)
+        # the gateway names every IKE SA from the client "vip": this one by its SPIs
+        on_active = [sa for sa in charons.ike_sas(active) if sa[1] in {s for _, s in before}]
         charons.swanctl("client", "--rekey", "--child", CHILD_NAME)
         old = set(spis)
 
         def rekeyed() -> list[int] | None:
-            now = {sa.spi for sa in tunnel.sa_stats(lab, "client")}
+            now = {sa.spi for sa in tunnel.sa_stats(lab, "client")} - self.second_spis
             return sorted(now) if len(now) == 2 and not now & old else None
 
         try:
@@ -812,9 +898,9 @@ class Scenario(Narration):
             "on_active": on_active,
             "ike_sa_inits": charons.ike_sa_inits("client"),
             "rekeyed_spis": new_spis,
-            "client_after_rekey": charons.ike_sas("client"),
+            "client_after_rekey": charons.ike_sas("client", IKE_NAME),
             "dpd_answered": dpd,
-            "client_after_dpd": charons.ike_sas("client"),
+            "client_after_dpd": charons.ike_sas("client", IKE_NAME),
         }
 
     def _wait_resumed(self, lab: Lab, gw: str, keyed: tunnel.Tunnel, since: float | None) -> float:
@@ -889,6 +975,11 @@ def report_lines(outcome: Outcome) -> list[str]:
         f"  replay errors at the client: {outcome.replay_errors} "
         f"(before {outcome.client_replay_before}, after {outcome.client_replay_after})"
     )
+    if outcome.gateway_replay:
+        lines.append(
+            "  replay errors at the gateways (whole run): "
+            + ", ".join(f"{gw} {c}" for gw, c in outcome.gateway_replay.items())
+        )
     esp = outcome.esp
     if esp.get("error"):
         lines.append(f"  ESP at the client: no capture ({esp['error']})")
@@ -918,6 +1009,14 @@ def report_lines(outcome: Outcome) -> list[str]:
             f"{'ok' if ike['rekeyed_spis'] else 'FAILED'}; the client's DPD after it: "
             f"{'answered' if ike['dpd_answered'] else 'NOT ANSWERED'}"
         )
+        new = ike.get("new_tunnel") or {}
+        if new:
+            lines.append(
+                f"  second tunnel, set up on {new['set_up_on']}: IKE SA {new['client_before']}"
+                f" -> {new.get('client_after')}; on {new.get('active')}: "
+                f"{new.get('on_active')}; pings answered {new['replies_before']} before, "
+                f"{new.get('replies_after')} after the failback (of {NEW_TUNNEL_PINGS})"
+            )
     if outcome.plot:
         lines.append(f"  plot: {outcome.plot}")
     return lines

@@ -22,6 +22,8 @@ minutes, and all eleven alone outgrew CI's budget.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from netns_lab.scenarios.ipsec_failover import GATE_PINGS, Outcome, Scenario, report_lines
@@ -241,20 +243,40 @@ def test_split_brain_with_strongswan_heals_to_one_holder_of_the_ike_sa() -> None
 
 
 def assert_ike_sa_kept(outcome: Outcome) -> None:
-    for take in outcome.takeovers:
+    ike = outcome.ike
+    new = ike["new_tunnel"]
+    for n, take in enumerate(outcome.takeovers):
         steps = [step for _, step in take.timeline]
         assert "feed-charon" in steps and "activate-charon" in steps, steps
-        # charon installed the SAs it was fed; the daemon only moved their counters
-        assert (take.installed_sas, take.advanced) == (0, 1)
-    ike = outcome.ike
+        # charon installed the SAs it was fed; the daemon only moved their outbound
+        # counters: the first tunnel's, and at the failback the second tunnel's too
+        assert (take.installed_sas, take.advanced) == (0, 1 + (n > 0 and bool(new))), take
+    # the new active gateway refused nothing as a replay either (its window is 4096)
+    for gw, counters in outcome.gateway_replay.items():
+        assert counters == {"XfrmInStateSeqError": 0, "sa_replay_failed": 0}, (gw, counters)
     # the client's IKE SA is the one it set up, and the active gateway holds it ESTABLISHED
     assert [state for state, _ in ike["client_before"]] == ["ESTABLISHED"], ike
     assert ike["client_after"] == ike["client_before"], ike
     assert ike["on_active"] == ike["client_before"], ike
-    assert ike["ike_sa_inits"] == 1, ike  # never a new IKE_SA_INIT
+    # never a new IKE_SA_INIT: one per tunnel the client set up
+    assert ike["ike_sa_inits"] == 1 + bool(new), ike
+    if new:
+        assert_new_tunnel_survived(new)
     # the IKE SA works on the new active: a CHILD rekey through it succeeds
     assert ike["rekeyed_spis"] is not None, ike
     # and the client's DPD, once idle, is answered there: the IKE SA stays up
     assert ike["dpd_answered"] is True, ike
     assert ike["client_after_dpd"] == ike["client_before"], ike
     assert ike["client_after_rekey"] == ike["client_before"], ike
+
+
+def assert_new_tunnel_survived(new: dict[str, Any]) -> None:
+    """The tunnel the client set up on gw2 after the first takeover survived the failback:
+    same IKE SA and SAs, ESTABLISHED on gw1, which only the store taught about it."""
+    assert new["set_up_on"] == "gw2" and new["active"] == "gw1", new
+    assert new["client_after"] == new["client_before"], new
+    assert [state for state, _ in new["client_before"]] == ["ESTABLISHED"], new
+    assert new["on_active"] == new["client_before"], new
+    assert new["spis_after"] == new["spis_before"] and len(new["spis_before"]) == 2, new
+    # ESP through it both ways, before the failback and after it
+    assert new["replies_before"] and new["replies_after"], new
