@@ -282,9 +282,12 @@ class OutboundGate(Protocol):
 class CharonControl(Protocol):
     """The local charon, fed from the store (``ike_link.IkeLink``; ``[ike] feed``)."""
 
-    def feed(self, fetched: Retrieved) -> frozenset[int]:
-        """Hand charon the fetched IKE SAs it does not hold yet, passive; return the kernel
-        SPIs of every CHILD SA charon is then to hold (it installs them)."""
+    def feed(
+        self, fetched: Retrieved, installed: Callable[[frozenset[int]], None]
+    ) -> frozenset[int]:
+        """Hand charon the fetched IKE SAs it does not hold yet, passive, in batches; after
+        each, ``installed(spis)`` returns once the kernel holds the batch's CHILD SAs (or
+        raises). Return the kernel SPIs of every CHILD SA charon is then to hold."""
         ...
 
     def activate(self) -> None:
@@ -671,18 +674,25 @@ class PlanExecutor:
         if self.gate is not None:
             # Gated before charon installs them: charon's out policies go in open.
             self.gate.add({sa.spi for sa in fetched.sad})
-        spis = charon.feed(fetched)
+
+        def installed(spis: frozenset[int]) -> None:
+            # charon's from now on, even if the wait fails: never ipsec-ha's to remove
+            self._charon_spis |= spis
+            self._held = None  # charon adds SAs: the next reader dumps
+            while missing := spis - self._kernel_spis():
+                if self.clock() > deadline:
+                    raise ExecutionTimeout(
+                        f"feed-charon: {len(missing)} of {len(spis)} CHILD SAs charon was "
+                        f"fed are not in the kernel after {self.settings.timeout_s:g} s (is "
+                        "charon running, with the ha plugin on the relay's address? its log "
+                        "says why; outbound stays gated)"
+                    )
+                time.sleep(CHARON_POLL_S)
+
+        self._charon_spis = frozenset()
+        spis = charon.feed(fetched, installed)
+        installed(spis)  # also the CHILD SAs of IKE SAs charon held already
         self._charon_spis = spis
-        self._held = None  # charon adds SAs: the next reader dumps
-        while missing := spis - self._kernel_spis():
-            if self.clock() > deadline:
-                raise ExecutionTimeout(
-                    f"feed-charon: charon installed {len(spis) - len(missing)} of the "
-                    f"{len(spis)} CHILD SAs it was fed within {self.settings.timeout_s:g} s "
-                    "(is charon running, with the ha plugin on the relay's address? its log "
-                    "says why; outbound stays gated)"
-                )
-            time.sleep(CHARON_POLL_S)
         return {"ike_sas": len(fetched.ike_sas), "child_spis": len(spis)}
 
     def _retire_charon(self, deadline: float) -> dict[str, Any]:

@@ -29,6 +29,7 @@ thread; they run on the loop, which owns the relay and the book.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -38,8 +39,9 @@ from appliance.store.base import IkeSaRecord, IkeSpis
 from appliance.store.client import Retrieved
 from appliance.strongswan.config import IkeConfig
 from appliance.strongswan.feed import (
+    CharonFeed,
     child_kernel_spis,
-    plan_feed,
+    feed_batches,
     segment_active,
     segment_passive,
 )
@@ -108,10 +110,29 @@ class IkeLink:
 
     # -- the executor's CharonControl ([ike] feed) -----------------------------------------
 
-    def feed(self, fetched: Retrieved) -> frozenset[int]:
-        return self._on_loop(lambda: self._feed(fetched.ike_sas))
+    def feed(
+        self, fetched: Retrieved, installed: Callable[[frozenset[int]], None]
+    ) -> frozenset[int]:
+        # Planned and sent on the loop (which owns the relay and the book); the executor's
+        # thread waits between batches (``installed``), so that charon's socket never
+        # holds more than a batch (feed.FEED_BATCH).
+        batches = self._on_loop(lambda: self._plan_feed(fetched.ike_sas))
+        if batches:
+            # The segment goes passive first: charon took it when no heartbeat came, and
+            # only a passive segment flips its IKE SAs when activated (ha_segments.c).
+            self._on_loop(lambda: self.relay.send([segment_passive()]))
+        for batch in batches:
+            self._on_loop(functools.partial(self._send_feed, batch))
+            installed(batch.child_spis)
+        if batches:
+            log.info("feed-charon: %d IKE SAs with %d SAs handed to charon, in %d batches",
+                     sum(len(b.ike_sas) for b in batches),
+                     sum(len(b.child_spis) for b in batches), len(batches))  # fmt: skip
+        return self._on_loop(self._charon_spis)
 
-    def _feed(self, records: Mapping[IkeSpis, IkeSaRecord]) -> frozenset[int]:
+    def _plan_feed(self, records: Mapping[IkeSpis, IkeSaRecord]) -> list[CharonFeed]:
+        """The batches to feed (none: the book is not complete; then not even the segment
+        switch goes, as before any feed)."""
         if not self.book.complete:
             # charon may hold some of them already: a second IKE_ADD of one would give
             # charon two IKE SAs with one ID.
@@ -119,20 +140,20 @@ class IkeLink:
                 "feed-charon: this daemon has not seen charon start, so does not know which "
                 "IKE SAs charon holds; feeding none (start the daemon before charon)"
             )
-            return self._charon_spis()
-        feed = plan_feed({k: v for k, v in records.items() if k not in self.book.sas})
-        for spis, why in feed.unreadable:
-            log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
-        self.unreadable += len(feed.unreadable)
-        # The segment goes passive first: charon took it when no heartbeat came, and only
-        # a passive segment flips its IKE SAs when activated (ha_segments.c).
-        self.relay.send([segment_passive(), *feed.messages])
-        for message in feed.messages:
+            return []
+        batches = feed_batches({k: v for k, v in records.items() if k not in self.book.sas})
+        for batch in batches:
+            for spis, why in batch.unreadable:
+                log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
+            self.unreadable += len(batch.unreadable)
+        # the segment switch still goes when nothing is new (a reclaim)
+        return [b for b in batches if b.messages] or [CharonFeed((), (), frozenset())]
+
+    def _send_feed(self, batch: CharonFeed) -> None:
+        self.relay.send(batch.messages)
+        for message in batch.messages:
             self.book.handle(message)
-        self.fed += len(feed.ike_sas)
-        log.info("feed-charon: %d IKE SAs with %d SAs handed to charon",
-                 len(feed.ike_sas), len(feed.child_spis))  # fmt: skip
-        return self._charon_spis()
+        self.fed += len(batch.ike_sas)
 
     def activate(self) -> None:
         self._on_loop(lambda: self.relay.send([segment_active()]))

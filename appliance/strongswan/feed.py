@@ -30,6 +30,11 @@ from appliance.strongswan.ike_state import IkeSaState, kernel_spi
 
 SEGMENT = 1
 """With ``segment_count = 1`` every IKE SA is in segment 1 (docs/strongswan.md)."""
+FEED_BATCH = 16
+"""IKE SAs fed to charon at once (``feed_batches``). The plugin's socket is plain UDP with
+the default receive buffer, and charon reads it with one thread: 100 IKE SAs sent at once
+(about 500 datagrams) lost the datagrams of about 10 under TCG (``bench/ike_failover.py``),
+so the feed waits for each batch's CHILD SAs to be installed before it sends the next."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,20 @@ def plan_feed(records: Mapping[IkeSpis, IkeSaRecord]) -> CharonFeed:
         fed.append(spis)
         child_spis |= child_kernel_spis(state)
     return CharonFeed(tuple(messages), tuple(fed), frozenset(child_spis), tuple(unreadable))
+
+
+def feed_batches(
+    records: Mapping[IkeSpis, IkeSaRecord], size: int = FEED_BATCH
+) -> list[CharonFeed]:
+    """The feed of ``records`` in batches of at most ``size`` IKE SAs, in the order of
+    :func:`plan_feed` (each IKE SA's messages stay in one batch)."""
+    if size < 1:
+        raise ValueError(f"a feed batch holds at least one IKE SA, not {size}")
+    keys = sorted(records)
+    return [
+        plan_feed({k: records[k] for k in keys[start : start + size]})
+        for start in range(0, len(keys), size)
+    ]
 
 
 def segment_passive(segment: int = SEGMENT) -> HaMessage:

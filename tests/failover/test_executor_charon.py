@@ -5,6 +5,7 @@ of theirs.  A fake charon installs into the fake kernel as the real one does: co
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -56,7 +57,9 @@ class FakeCharon:
         self.held: list[m.SadEntry | m.SpdEntry] = []
         self.install = True
 
-    def feed(self, fetched: Retrieved) -> frozenset[int]:
+    def feed(
+        self, fetched: Retrieved, installed: Callable[[frozenset[int]], None]
+    ) -> frozenset[int]:
         self.journal.append(("charon-feed", sorted(fetched.ike_sas)))
         if self.install:
             out_tmpl = dataclasses.replace(OUT_POL.templates[0], reqid=7)
@@ -72,6 +75,7 @@ class FakeCharon:
                     self.kernel.sad[sa_identity(entry)] = entry
                 else:
                     self.kernel.spd[policy_identity(entry)] = entry
+        installed(frozenset({OUT_SA.spi, IN_SA.spi}))  # one batch
         return frozenset({OUT_SA.spi, IN_SA.spi})
 
     def activate(self) -> None:
@@ -190,8 +194,10 @@ def test_a_charon_that_installs_nothing_fails_the_takeover_by_name_with_outbound
     executor, _kernel, gate, charon, journal = make(timeout=10.0)
     charon.install = False
     executor.clock.step = 0.5  # type: ignore[attr-defined]
-    with pytest.raises(ExecutionTimeout, match=r"feed-charon: charon installed 0 of the 2 CHILD"):
+    with pytest.raises(ExecutionTimeout, match=r"feed-charon: 2 of 2 CHILD SAs charon was fed"):
         executor.run(takeover())
     assert ("charon-activate", None) not in journal
     assert not any(op == "gate-open" for op, _ in journal)
     assert gate.spis >= {OUT_SA.spi, IN_SA.spi}
+    # the SAs charon was fed stay charon's: a later remove-state must leave them alone
+    assert executor._charon_spis == {OUT_SA.spi, IN_SA.spi}

@@ -204,14 +204,16 @@ def test_feed_hands_charon_what_it_lacks_and_the_book_follows(tmp_path: Path) ->
     link, sent = charon_link(tmp_path)
     link.book.complete = True  # the relay saw charon start (its RESYNC)
     fetched = Retrieved((), (), "store", ike_sas=records)
-    spis = link.feed(fetched)
+    waits: list[frozenset[int]] = []
+    spis = link.feed(fetched, waits.append)
     assert sent.sent[0].type is HaMessageType.SEGMENT_TAKE
     assert tuple(sent.sent[1:]) == state.replay()
     assert spis == child_kernel_spis(state) and len(spis) == 4
+    assert waits == [spis]  # the one batch's CHILD SAs were waited for
     assert set(link.book.sas) == set(records) and link.fed == 1
     # Fed again (a reclaim): charon holds it already, so only the segment switch goes.
     sent.sent.clear()
-    assert link.feed(fetched) == spis
+    assert link.feed(fetched, waits.append) == spis
     assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
 
     link.activate()
@@ -225,6 +227,10 @@ def test_feed_hands_charon_what_it_lacks_and_the_book_follows(tmp_path: Path) ->
     assert link.status()["fed"] == 1 and link.status()["retired"] == 1
 
 
+def no_wait(spis: frozenset[int]) -> None:
+    """The executor's wait for charon's installs, with nothing to wait for here."""
+
+
 def test_feed_with_an_incomplete_book_feeds_nothing(tmp_path: Path) -> None:
     from appliance.store.client import Retrieved
 
@@ -233,7 +239,7 @@ def test_feed_with_an_incomplete_book_feeds_nothing(tmp_path: Path) -> None:
         active.book.handle(m)
     records = {s: ike_sa_record(state) for s, state in active.book.sas.items()}
     link, sent = charon_link(tmp_path)  # never saw charon start
-    assert link.feed(Retrieved((), (), "store", ike_sas=records)) == frozenset()
+    assert link.feed(Retrieved((), (), "store", ike_sas=records), no_wait) == frozenset()
     assert sent.sent == [] and link.book.sas == {}
 
 
@@ -243,6 +249,6 @@ def test_a_record_that_does_not_decode_is_not_fed_and_counted(tmp_path: Path) ->
     link, sent = charon_link(tmp_path)
     link.book.complete = True
     bad = {(1, 2): IkeSaRecord((1, 2), (), b"\x01\x03 not a record")}
-    assert link.feed(Retrieved((), (), "store", ike_sas=bad)) == frozenset()
+    assert link.feed(Retrieved((), (), "store", ike_sas=bad), no_wait) == frozenset()
     assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
     assert link.unreadable == 1 and link.fed == 0

@@ -8,8 +8,10 @@ from ha_recordings import datagrams, recording
 from appliance.store.base import IkeSaRecord, IkeSpis
 from appliance.strongswan import HaAttributeType, HaMessageType, HaNumber, decode
 from appliance.strongswan.feed import (
+    FEED_BATCH,
     SEGMENT,
     child_kernel_spis,
+    feed_batches,
     plan_feed,
     segment_active,
     segment_passive,
@@ -113,3 +115,23 @@ def test_the_segment_switch_is_what_the_plugin_itself_sends() -> None:
     assert encode(segment_active()) == sent[HaMessageType.SEGMENT_DROP]
     assert encode(segment_passive()) == sent[HaMessageType.SEGMENT_TAKE]
     assert segment_active().get(A.SEGMENT) == HaNumber(A.SEGMENT, SEGMENT)
+
+
+def test_the_feed_goes_in_batches_cut_only_between_records() -> None:
+    (state,) = _book_after("add_child").sas.values()
+    real = _records([state])
+    (one,) = feed_batches(real)
+    assert one == plan_feed(real) and FEED_BATCH >= 1
+    # five records in batches of two, in the order of their keys (these name other SPIs
+    # than their keys, so each batch only names them as unreadable: the cut is checked)
+    (record,) = real.values()
+    records = {(n, n + 1): record for n in (8, 0, 4, 2, 6)}
+    batches = feed_batches(records, size=2)
+    assert [[spis for spis, _ in b.unreadable] for b in batches] == [
+        [(0, 1), (2, 3)],
+        [(4, 5), (6, 7)],
+        [(8, 9)],
+    ]
+    assert feed_batches({}) == []
+    with pytest.raises(ValueError, match="at least one IKE SA"):
+        feed_batches(real, size=0)
