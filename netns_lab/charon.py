@@ -109,12 +109,12 @@ connections {{
 }}
 secrets {{
     ike-lab {{
-        id-gw = gw.lab.example
-        id-cl = client.lab.example
-        secret = "{psk}"
+{ids}        secret = "{psk}"
     }}
 }}
 """
+LAB_IDS = ("gw.lab.example", "client.lab.example")
+"""The identities that share the lab's PSK."""
 
 CONNECTION = """\
     {ike} {{
@@ -139,7 +139,7 @@ CHILD = """\
                 local_ts = {local_ts}
                 remote_ts = {remote_ts}
                 esp_proposals = aes128gcm16
-                replay_window = {window}
+                replay_window = {window}{options}
             }}"""
 
 
@@ -154,8 +154,9 @@ def swanctl_connections(gateway: bool, me: str, peer: str) -> str:
     def child(name: str, protected: str) -> str:
         ends = (INSIDE.network, protected) if gateway else (protected, INSIDE.network)
         return CHILD.format(
-            child=name, local_ts=ends[0], remote_ts=ends[1], window=CHARON_REPLAY_WINDOW
-        )
+            child=name, local_ts=ends[0], remote_ts=ends[1], window=CHARON_REPLAY_WINDOW,
+            options="",
+        )  # fmt: skip
 
     def connection(name: str, children: list[str], options: str) -> str:
         return CONNECTION.format(
@@ -221,16 +222,26 @@ class Charons:
             )
 
     def configure(
-        self, host: str, *, ha: str, connections: str, psk: str, settings: str = ""
+        self,
+        host: str,
+        *,
+        ha: str,
+        connections: str,
+        psk: str,
+        settings: str = "",
+        ids: tuple[str, ...] = LAB_IDS,
     ) -> None:
         """Write ``host``'s strongswan.conf (the ``ha`` plugin section if any, more
-        ``settings`` of charon's) and its swanctl.conf (``connections``, the lab's PSK)."""
+        ``settings`` of charon's) and its swanctl.conf (``connections``, and the PSK that
+        ``ids`` share)."""
+        owners = "".join(f"        id-{n} = {identity}\n" for n, identity in enumerate(ids))
         self._write(self.config(host), STRONGSWAN_CONF.format(
             plugins=PLUGINS + (" ha" if ha else ""), log=self.log(host), vici=VICI, ha=ha,
             settings=settings,
         ))  # fmt: skip
         self._write(
-            self.swanctl_config(host), SWANCTL_CONF.format(connections=connections, psk=psk)
+            self.swanctl_config(host),
+            SWANCTL_CONF.format(connections=connections, psk=psk, ids=owners),
         )
 
     @staticmethod
