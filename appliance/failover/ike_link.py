@@ -117,10 +117,12 @@ class IkeLink:
         # thread waits between batches (``installed``), so that charon's socket never
         # holds more than a batch (feed.FEED_BATCH).
         batches = self._on_loop(lambda: self._plan_feed(fetched.ike_sas))
-        if batches:
-            # The segment goes passive first: charon took it when no heartbeat came, and
-            # only a passive segment flips its IKE SAs when activated (ha_segments.c).
-            self._on_loop(lambda: self.relay.send([segment_passive()]))
+        if batches is None:
+            return self._on_loop(self._charon_spis)
+        # The segment goes passive first, also when nothing is new (a reclaim): charon took
+        # it when no heartbeat came, and only a passive segment flips its IKE SAs when
+        # activated (ha_segments.c).
+        self._on_loop(lambda: self.relay.send([segment_passive()]))
         for batch in batches:
             self._on_loop(functools.partial(self._send_feed, batch))
             installed(batch.child_spis)
@@ -130,9 +132,9 @@ class IkeLink:
                      sum(len(b.child_spis) for b in batches), len(batches))  # fmt: skip
         return self._on_loop(self._charon_spis)
 
-    def _plan_feed(self, records: Mapping[IkeSpis, IkeSaRecord]) -> list[CharonFeed]:
-        """The batches to feed (none: the book is not complete; then not even the segment
-        switch goes, as before any feed)."""
+    def _plan_feed(self, records: Mapping[IkeSpis, IkeSaRecord]) -> list[CharonFeed] | None:
+        """The batches to feed (None: the book is not complete, so nothing goes, not even
+        the segment switch)."""
         if not self.book.complete:
             # charon may hold some of them already: a second IKE_ADD of one would give
             # charon two IKE SAs with one ID.
@@ -140,14 +142,13 @@ class IkeLink:
                 "feed-charon: this daemon has not seen charon start, so does not know which "
                 "IKE SAs charon holds; feeding none (start the daemon before charon)"
             )
-            return []
+            return None
         batches = feed_batches({k: v for k, v in records.items() if k not in self.book.sas})
         for batch in batches:
             for spis, why in batch.unreadable:
                 log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
             self.unreadable += len(batch.unreadable)
-        # the segment switch still goes when nothing is new (a reclaim)
-        return [b for b in batches if b.messages] or [CharonFeed((), (), frozenset())]
+        return [b for b in batches if b.messages]
 
     def _send_feed(self, batch: CharonFeed) -> None:
         self.relay.send(batch.messages)
