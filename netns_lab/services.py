@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.errors import ApplianceError, LabError
 from appliance.status_file import read_status
 from netns_lab import build, keepalived
-from netns_lab.charon import HA_LOCAL, HA_REMOTE
+from netns_lab.charon import HA_LOCAL, HA_REMOTE, VICI
 from netns_lab.lab import SETTLE_TIMEOUT, Lab, wait_for
 from netns_lab.plan import GATEWAYS, INSIDE, OUTSIDE, SYNC_GROUP, address_of, vip_address
 
@@ -164,7 +164,7 @@ class Services:
             )
             + (
                 f'[ike]\ndaemon = "strongswan"\nrelay = "{HA_REMOTE}"\ncharon = "{HA_LOCAL}"\n'
-                "feed = true\n"
+                f'feed = true\nvici = "{VICI}"\n'
                 if s.ike
                 else ""
             ),

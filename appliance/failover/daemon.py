@@ -33,7 +33,10 @@ Theory of operation
 - **IKE state** (``[ike]``, ``ike_link``): the relay of charon's ``ha``
   plugin runs on the loop in every role; while publishing, the IKE SAs it
   reports go to every store beside the kernel state (the flusher), and a
-  full resync makes a store's IKE SAs equal to the relay's book.
+  full resync makes a store's IKE SAs equal to the relay's book.  After a
+  takeover that fed charon, the safety net (``[ike] safety_net``) asks
+  charon through vici whether it holds them all, and initiates the missing
+  ones it can (``IkeLink.safety_net``), in a task of its own.
 - **Health** (``health``): every ``[failover].health_interval_s`` a worker
   thread asks each store what it holds for the server ID (its own clients,
   never under the kernel lock, so a takeover never waits on it); the
@@ -115,6 +118,7 @@ from appliance.store.base import (
     StoreError,
 )
 from appliance.store.follow import Follower
+from appliance.strongswan.vici_client import CharonVici
 from appliance.xfrm import constants as c
 from appliance.xfrm.events import EventsOverrun, xfrm_events
 from appliance.xfrm.types import XfrmError
@@ -162,6 +166,9 @@ FOLLOWER_WAIT_S = 2.0
 fetches the whole state instead."""
 MAX_FOLLOW_REST_S = 5.0
 """The longest rest between two follow cycles, however long the last one took."""
+SAFETY_NET_DELAY_S = 2.0
+"""After a takeover, the wait before charon's IKE SAs are checked: charon flips the fed IKE
+SAs at the activation it read last, and its dispatcher thread may still be at it."""
 
 EVENT_GROUPS = (c.XFRMNLGRP_SA, c.XFRMNLGRP_POLICY, c.XFRMNLGRP_AEVENTS, c.XFRMNLGRP_EXPIRE)
 
@@ -212,6 +219,13 @@ class FailoverDaemon:
         """``[ike]``: the relay of charon's ha plugin (None: kernel SAs only)."""
         self.feeds_charon = self.ike is not None and self.ike.config.feed
         """``[ike] feed``: the plans hand charon the stored IKE SAs (``with_charon``)."""
+        self.vici: CharonVici | None = (
+            CharonVici(self.ike.config.vici, config.netns)
+            if self.ike is not None and self.feeds_charon and self.ike.config.safety_net
+            else None
+        )
+        """``[ike] safety_net``: charon's vici, asked after each takeover (``_safety_net``)."""
+        self._background: set[asyncio.Task[None]] = set()
         self.executor = PlanExecutor(
             kernel,
             self.access,
@@ -680,10 +694,39 @@ class FailoverDaemon:
         self.health.record_transition(state.value, ok=True)
         if takeover:
             self._record_takeover(report, received_at)
+            self._start_safety_net()
         elif self.role is not Role.ACTIVE and self.config.failover.mode is StandbyMode.COLD:
             self.health.record_held(0, 0)  # a cold standby holds nothing
         self._write_status(state, received_at, ok=True, report=report.to_dict())
         return True
+
+    def _start_safety_net(self) -> None:
+        """After a takeover: the check of charon's IKE SAs, off the transition's path."""
+        if self.vici is None or self._loop is None:
+            return
+        task = self._loop.create_task(self._safety_net(self._follow_generation))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _safety_net(self, generation: int) -> None:
+        await asyncio.sleep(SAFETY_NET_DELAY_S)
+        assert self.ike is not None and self.vici is not None
+
+        def still_active() -> bool:
+            # Any transition since moves the generation: its plan owns charon now.
+            return (
+                self.role is Role.ACTIVE
+                and not self.fenced
+                and self._follow_generation == generation
+            )
+
+        if not still_active():
+            return
+        await asyncio.to_thread(self.ike.safety_net, self.vici, still_active)
+        if self._status is not None:
+            self._status["ike"] = self.ike.status()
+            with contextlib.suppress(OSError):
+                self._save_status(self._status)
 
     def _record_takeover(self, report: ExecutionReport, received_at: float) -> None:
         timeline = [{"step": t.step, "monotonic": t.monotonic} for t in report.timeline]
@@ -922,9 +965,9 @@ class FailoverDaemon:
             for task in done:
                 task.result()
         finally:
-            for task in tasks:
+            for task in (*tasks, *self._background):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
             if self.ondemand is not None:
                 self.ondemand.stop()
             if self.ike is not None:

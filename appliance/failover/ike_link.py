@@ -24,6 +24,11 @@ IKE SAs at a takeover, :meth:`activate` makes them ESTABLISHED, and
 being ACTIVE.  The book follows what charon is told, so that it keeps
 holding exactly charon's IKE SAs.  The executor calls these from its worker
 thread; they run on the loop, which owns the relay and the book.
+
+With ``[ike] safety_net`` the daemon runs :meth:`safety_net` once a
+takeover is done: charon's IKE SAs, asked through vici, against the book
+(``strongswan.safety_net``); missing ones are initiated again where charon
+can, and the counts go to the status file's ``ike.safety_net``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ from appliance.strongswan.ha_message import (
 from appliance.strongswan.ike_state import IkeBook, IkeEvent, format_spis
 from appliance.strongswan.publisher import IkeBatch, IkePublisher, plan_ike_resync
 from appliance.strongswan.relay import HaRelay
+from appliance.strongswan.safety_net import (
+    ExpectedIkeSa,
+    SafetyNetError,
+    Verdict,
+    check,
+    expected_from,
+)
+from appliance.strongswan.vici_client import CharonVici
 
 log = logging.getLogger("ipsec_ha.daemon.ike")
 
@@ -61,6 +74,8 @@ SEGMENT = 1
 """With ``segment_count = 1`` every IKE SA is in segment 1 (docs/strongswan.md)."""
 LOOP_CALL_TIMEOUT_S = 30.0
 """How long the executor's thread waits for the loop to run a call to charon."""
+INITIATE_TIMEOUT_MS = 10_000
+"""How long the safety net waits for charon to set one missing CHILD SA up."""
 
 T = TypeVar("T")
 
@@ -85,6 +100,11 @@ class IkeLink:
         """IKE SAs charon was told to delete."""
         self.unreadable = 0
         """Stored IKE SA records that did not rebuild an IKE SA, so were not fed."""
+        self.safety: dict[str, Any] = {
+            "checks": 0, "errors": 0, "initiated": 0, "initiate_failed": 0, "lost": 0,
+            "last": None,
+        }  # fmt: skip
+        """The status file's ``ike.safety_net``: totals, and the last check's findings."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -183,6 +203,65 @@ class IkeLink:
     def close(self) -> None:
         self.relay.close()
 
+    # -- the safety net ([ike] safety_net), in a worker thread -----------------------------
+
+    def safety_net(self, charon: CharonVici, still_active: Callable[[], bool]) -> Verdict | None:
+        """Check charon's IKE SAs against the book and initiate the missing ones (while
+        ``still_active()``); None if charon could not be asked (logged and counted)."""
+        self.safety["checks"] += 1
+        before = self._on_loop(self._expected)
+        try:
+            held = charon.list_sas()
+            connections = charon.list_conns()
+        except SafetyNetError as exc:
+            log.error("safety net: charon's IKE SAs not checked: %s", exc)
+            self.safety["errors"] += 1
+            self.safety["last"] = {"error": str(exc)}
+            return None
+        # Only what the book held before and after the listing: an IKE SA made or deleted
+        # while charon answered is not one charon lacks.
+        now = {e.spis for e in self._on_loop(self._expected)}
+        verdict = check([e for e in before if e.spis in now], held, connections)
+        for spis, state in verdict.not_established:
+            log.error("safety net: charon holds IKE SA %s %s, not ESTABLISHED",
+                      format_spis(spis), state)  # fmt: skip
+        for spis in verdict.missing:
+            log.error("safety net: charon does not hold IKE SA %s", format_spis(spis))
+        for spis, spi in verdict.children_missing:
+            log.error("safety net: charon holds IKE SA %s without its CHILD SA 0x%08x",
+                      format_spis(spis), spi)  # fmt: skip
+        for spis, why in verdict.lost:
+            log.error("safety net: IKE SA %s is not set up again: %s", format_spis(spis), why)
+        initiated = failed = 0
+        for item in verdict.initiate if self.config.reinitiate else ():
+            if not still_active():
+                log.warning("safety net: the node left ACTIVE; no more initiates")
+                break
+            what = f"{item.connection}/{item.child or '(IKE SA only)'}"
+            try:
+                charon.initiate(item.connection, item.child, INITIATE_TIMEOUT_MS)
+            except SafetyNetError as exc:
+                failed += 1
+                log.error("safety net: initiating %s (for IKE SA %s) failed: %s",
+                          what, format_spis(item.spis), exc)  # fmt: skip
+            else:
+                initiated += 1
+                log.warning("safety net: %s initiated again (for IKE SA %s)",
+                            what, format_spis(item.spis))  # fmt: skip
+        counts = verdict.counts()
+        self.safety["initiated"] += initiated
+        self.safety["initiate_failed"] += failed
+        self.safety["lost"] += len(verdict.lost)
+        self.safety["last"] = {**counts, "initiated": initiated, "initiate_failed": failed,
+                               "error": None}  # fmt: skip
+        (log.info if verdict.clean else log.warning)(
+            "safety net: %s", ", ".join(f"{k} {v}" for k, v in counts.items())
+        )
+        return verdict
+
+    def _expected(self) -> list[ExpectedIkeSa]:
+        return [expected_from(state) for state in self.book.sas.values()]
+
     def _on_events(self, events: list[IkeEvent]) -> None:
         if self.publishing:
             self.publisher.on_events(events)
@@ -250,6 +329,7 @@ class IkeLink:
             "retired": self.retired,
             "unreadable": self.unreadable,
             "silent_s": None if silent is None else round(silent, 3),
+            "safety_net": dict(self.safety),
         }
 
 

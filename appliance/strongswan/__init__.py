@@ -5,9 +5,10 @@
 - ``ike_record``: one IKE SA as the store keeps it (protocol.md 4.6);
 - ``publisher``: the active node's IKE SA changes as store records, coalesced;
 - ``relay``: the socket on the plugin's ``remote`` address (loopback);
+- ``feed``: what a charon is fed from the store at a takeover, and its segment switch;
+- ``safety_net``: the check of charon's IKE SAs after a takeover (sans-IO);
+- ``vici_client``: charon's vici socket, for that check (adapter);
 - ``config``: the daemon's ``[ike]`` table.
-
-Feeding a standby's charon and the takeover are still to come (issue 12).
 """
 
 from appliance.strongswan.ha_message import (

@@ -440,6 +440,13 @@ class Scenario(Narration):
                 new_tunnel.update(self._new_tunnel_verdict(lab, active))
             ike = self._ike_verdict(lab, active, ike_before, spis_after)
             ike["new_tunnel"] = new_tunnel
+            # each daemon's check of its charon after its takeovers (status ike.safety_net)
+            ike["safety_net"] = {
+                gw: (((services.status(gw) if services else None) or {}).get("ike") or {}).get(
+                    "safety_net"
+                )
+                for gw in GATEWAYS
+            }
         arrivals = traffic.arrivals()
         sent = traffic.sent()
         first_fail = int((takeovers[0].failed_at if takeovers else split["cut_at"]) * 1e9)
@@ -1009,6 +1016,12 @@ def report_lines(outcome: Outcome) -> list[str]:
             f"{'ok' if ike['rekeyed_spis'] else 'FAILED'}; the client's DPD after it: "
             f"{'answered' if ike['dpd_answered'] else 'NOT ANSWERED'}"
         )
+        for gw, net in (ike.get("safety_net") or {}).items():
+            last = (net or {}).get("last") or {}
+            lines.append(
+                f"  safety net on {gw}: {(net or {}).get('checks', 0)} check(s); last: "
+                + (", ".join(f"{k} {v}" for k, v in last.items()) or "none")
+            )
         new = ike.get("new_tunnel") or {}
         if new:
             lines.append(

@@ -255,6 +255,9 @@ def test_ike_feeds_charon_by_default_which_needs_the_nft_gate_and_the_cold_stand
     cold = '[failover]\ngate = "nft"\n'
     cfg = load_daemon_config(write(tmp_path, psk, cold + IKE_FEED + NFT_GATE, store=store))
     assert cfg.ike is not None and cfg.ike.feed is True
+    # The safety net is on by default and asks charon's own default vici socket.
+    assert (cfg.ike.safety_net, cfg.ike.reinitiate) == (True, True)
+    assert str(cfg.ike.vici) == "unix:///var/run/charon.vici"
     with pytest.raises(ConfigError, match=r"\[ike\]\.feed: must be true or false"):
         load_daemon_config(write(tmp_path, psk, IKE_FEED + 'feed = "yes"\n', store=store))
 
@@ -279,6 +282,20 @@ def test_ike_feeds_charon_by_default_which_needs_the_nft_gate_and_the_cold_stand
         (
             'daemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\nsecret = "x"',
             r"\[ike\]\.secret: unknown key",
+        ),
+        (
+            'daemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+            'vici = "tcp://192.0.2.1:4502"',
+            r"\[ike\]\.vici: .*tcp:// takes a loopback address.*no authentication",
+        ),
+        (
+            'daemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+            'vici = "/var/run/charon.vici"',
+            r"\[ike\]\.vici: .*write unix:///path or tcp://127\.0\.0\.1:port",
+        ),
+        (
+            'daemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\nsafety_net = 1',
+            r"\[ike\]\.safety_net: must be true or false",
         ),
     ],
 )

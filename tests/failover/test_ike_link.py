@@ -21,6 +21,7 @@ from appliance.store.sqlite import SqliteStore
 from appliance.strongswan import HaMessage, HaMessageType, decode
 from appliance.strongswan.ike_record import decode_record
 from appliance.strongswan.publisher import ike_sa_record
+from appliance.strongswan.safety_net import Connection, SafetyNetError
 from tests.store.loopback_client import LoopbackClient
 from tests.strongswan.ha_recordings import datagrams
 
@@ -252,3 +253,54 @@ def test_a_record_that_does_not_decode_is_not_fed_and_counted(tmp_path: Path) ->
     assert link.feed(Retrieved((), (), "store", ike_sas=bad), no_wait) == frozenset()
     assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
     assert link.unreadable == 1 and link.fed == 0
+
+
+class FakeVici:
+    """charon's vici as the safety net sees it (the adapter: tests/strongswan)."""
+
+    def __init__(self, held: list[Any], error: str | None = None) -> None:
+        self.held, self.error = held, error
+        self.initiated: list[tuple[str, str | None]] = []
+
+    def list_sas(self) -> list[Any]:
+        if self.error:
+            raise SafetyNetError(self.error)
+        return self.held
+
+    def list_conns(self) -> list[Connection]:
+        return [Connection("gw", ("192.0.2.2",), ("net", "net2"))]
+
+    def initiate(self, connection: str, child: str | None, timeout_ms: int) -> None:
+        self.initiated.append((connection, child))
+        if child == "net2":
+            raise SafetyNetError("vici initiate: CHILD_SA 'net2' failed")
+
+
+def test_the_safety_net_initiates_what_charon_lacks_and_counts_it(daemon: FailoverDaemon) -> None:
+    assert daemon.ike is not None
+    feed(daemon, messages(*ESTABLISH))
+    vici = FakeVici([])
+    verdict = daemon.ike.safety_net(vici, lambda: True)  # type: ignore[arg-type]
+    assert verdict is not None and verdict.missing == tuple(daemon.ike.book.sas)
+    assert vici.initiated == [("gw", "net"), ("gw", "net2")]
+    safety = daemon.ike.status()["safety_net"]
+    assert (safety["checks"], safety["initiated"], safety["initiate_failed"]) == (1, 1, 1)
+    assert safety["last"]["missing"] == 1 and safety["last"]["error"] is None
+
+
+def test_the_safety_net_initiates_nothing_once_the_node_left_active(
+    daemon: FailoverDaemon,
+) -> None:
+    assert daemon.ike is not None
+    feed(daemon, messages(*ESTABLISH))
+    vici = FakeVici([])
+    daemon.ike.safety_net(vici, lambda: False)  # type: ignore[arg-type]
+    assert vici.initiated == [] and daemon.ike.status()["safety_net"]["last"]["missing"] == 1
+
+
+def test_a_charon_that_does_not_answer_is_counted_not_raised(daemon: FailoverDaemon) -> None:
+    assert daemon.ike is not None
+    vici = FakeVici([], error="charon's vici at unix:///x: Connection refused")
+    assert daemon.ike.safety_net(vici, lambda: True) is None  # type: ignore[arg-type]
+    safety = daemon.ike.status()["safety_net"]
+    assert safety["errors"] == 1 and "Connection refused" in safety["last"]["error"]

@@ -268,6 +268,13 @@ def assert_ike_sa_kept(outcome: Outcome) -> None:
     assert ike["dpd_answered"] is True, ike
     assert ike["client_after_dpd"] == ike["client_before"], ike
     assert ike["client_after_rekey"] == ike["client_before"], ike
+    # the active gateway's safety net asked its charon through vici after the takeover and
+    # found every IKE SA it was fed, with its CHILD SAs; nothing to initiate again
+    net = ike["safety_net"][ike["active"]]
+    assert net and net["checks"] >= 1 and net["errors"] == 0, net
+    last = net["last"]
+    assert last["kept"] == 1 + bool(new) and last["missing"] == 0, net
+    assert last["not_established"] == last["children_missing"] == last["to_initiate"] == 0, net
 
 
 def assert_new_tunnel_survived(new: dict[str, Any]) -> None:
