@@ -29,6 +29,7 @@ from appliance.store.client import StoreClient
 from appliance.strongswan.ha_message import HaAttributeType, HaNumber
 from appliance.strongswan.ike_record import decode_record
 from appliance.strongswan.ike_state import format_spis, kernel_spi
+from netns_lab.charon import VICI
 from tests.store.netns_star import in_netns
 from tests.store.store_process import IPSEC_HA, StoreProcess, write_config, write_psk
 from tests.strongswan.charon_lab import (
@@ -227,6 +228,7 @@ def write_daemon_config(
         + ('gate = "nft"\n' if feed else "")
         + f'[ike]\ndaemon = "strongswan"\nrelay = "{HA_REMOTE}"\ncharon = "{HA_LOCAL}"\n'
         + f"feed = {'true' if feed else 'false'}\n"
+        + f'vici = "{VICI}"\n'
     )
     return path
 
