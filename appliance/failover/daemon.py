@@ -61,7 +61,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ from appliance.failover.sync import (
     SyncOp,
 )
 from appliance.failover.transitions import (
+    CHARON_RESTARTED,
     FENCED,
     RECLAIM,
     Role,
@@ -118,7 +119,7 @@ from appliance.store.base import (
     StoreError,
 )
 from appliance.store.follow import Follower
-from appliance.strongswan.vici_client import CharonVici
+from appliance.strongswan.vici_client import CharonVici, wait_for_connections
 from appliance.xfrm import constants as c
 from appliance.xfrm.events import EventsOverrun, xfrm_events
 from appliance.xfrm.types import XfrmError
@@ -166,6 +167,11 @@ FOLLOWER_WAIT_S = 2.0
 fetches the whole state instead."""
 MAX_FOLLOW_REST_S = 5.0
 """The longest rest between two follow cycles, however long the last one took."""
+CHARON_CONFIG_WAIT_S = 60.0
+"""How long the answer to a restarted charon waits for it to load the connections of the
+IKE SAs it lost (swanctl --load-all runs after charon starts)."""
+CHARON_RESTART_ATTEMPTS = 5
+"""Tries of the answer to a restarted charon before the node is left gated (logged)."""
 SAFETY_NET_DELAY_S = 2.0
 """After a takeover, the wait before charon's IKE SAs are checked: charon flips the fed IKE
 SAs at the activation it read last, and its dispatcher thread may still be at it."""
@@ -221,11 +227,15 @@ class FailoverDaemon:
         """``[ike] feed``: the plans hand charon the stored IKE SAs (``with_charon``)."""
         self.vici: CharonVici | None = (
             CharonVici(self.ike.config.vici, config.netns)
-            if self.ike is not None and self.feeds_charon and self.ike.config.safety_net
+            if self.ike is not None and self.feeds_charon
             else None
         )
-        """``[ike] safety_net``: charon's vici, asked after each takeover (``_safety_net``)."""
+        """``[ike] feed``: charon's vici, asked after each takeover (``_safety_net``) and
+        before a restarted charon is given its IKE SAs back (``_answer_charon_restart``)."""
         self._background: set[asyncio.Task[None]] = set()
+        self._restart_answer: asyncio.Task[None] | None = None
+        if self.ike is not None and self.feeds_charon:
+            self.ike.on_restart = self._charon_restarted
         self.executor = PlanExecutor(
             kernel,
             self.access,
@@ -702,11 +712,59 @@ class FailoverDaemon:
 
     def _start_safety_net(self) -> None:
         """After a takeover: the check of charon's IKE SAs, off the transition's path."""
-        if self.vici is None or self._loop is None:
+        if self.vici is None or self._loop is None or self.ike is None:
             return
-        task = self._loop.create_task(self._safety_net(self._follow_generation))
+        if not self.ike.config.safety_net:
+            return
+        self._spawn(self._safety_net(self._follow_generation))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._loop is not None
+        task = self._loop.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
+
+    # -- a restarted charon (docs/strongswan.md, "charon restarts") ----------------------
+
+    def _charon_restarted(self) -> None:
+        """On the loop: charon restarted and lost IKE SAs while this node was active."""
+        if self._loop is None or (self._restart_answer and not self._restart_answer.done()):
+            return  # the answer under way takes what this restart lost too
+        self._restart_answer = self._spawn(self._answer_charon_restart())
+
+    async def _answer_charon_restart(self) -> None:
+        assert self.ike is not None and self.vici is not None
+        wanted = self.ike.lost_connections()
+        loaded = await asyncio.to_thread(
+            wait_for_connections, self.vici, wanted, CHARON_CONFIG_WAIT_S
+        )
+        if not loaded:
+            log.warning(
+                "charon restart: charon has not loaded connection(s) %s after %g s; giving "
+                "the IKE SAs back anyway (those of a missing connection fail)",
+                ", ".join(sorted(wanted)), CHARON_CONFIG_WAIT_S,
+            )  # fmt: skip
+        for attempt in range(1, CHARON_RESTART_ATTEMPTS + 1):
+            if self.role is not Role.ACTIVE or self.fenced:
+                log.warning("charon restart: the node is no longer active; not answered")
+                return
+            if await self._run_plan(list(CHARON_RESTARTED), "charon-restart", time.monotonic()):
+                self._start_safety_net()
+                break
+            log.error("charon restart: answer %d of %d failed; outbound stays gated",
+                      attempt, CHARON_RESTART_ATTEMPTS)  # fmt: skip
+            await asyncio.sleep(RETRY_S)
+        self._refresh_ike_status()
+
+    def _refresh_ike_status(self) -> None:
+        """The status file's ``ike`` again, the rest as the last transition left it."""
+        if self._status is None or self.ike is None:
+            return
+        self._status["ike"] = self.ike.status()
+        self._status["health"] = self._health_status()
+        with contextlib.suppress(OSError):
+            self._save_status(self._status)
 
     async def _safety_net(self, generation: int) -> None:
         await asyncio.sleep(SAFETY_NET_DELAY_S)
@@ -723,10 +781,7 @@ class FailoverDaemon:
         if not still_active():
             return
         await asyncio.to_thread(self.ike.safety_net, self.vici, still_active)
-        if self._status is not None:
-            self._status["ike"] = self.ike.status()
-            with contextlib.suppress(OSError):
-                self._save_status(self._status)
+        self._refresh_ike_status()
 
     def _record_takeover(self, report: ExecutionReport, received_at: float) -> None:
         timeline = [{"step": t.step, "monotonic": t.monotonic} for t in report.timeline]

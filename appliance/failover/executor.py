@@ -299,6 +299,11 @@ class CharonControl(Protocol):
         the CHILD SAs charon is to remove with them."""
         ...
 
+    def take_orphans(self) -> frozenset[int]:
+        """The kernel SPIs of the CHILD SAs a charon that restarted without deleting its
+        IKE SAs left behind (forgotten once taken)."""
+        ...
+
 
 CHARON_RETIRE_WAIT_S = 10.0
 """How long ``RETIRE_CHARON`` waits for charon to remove the CHILD SAs of the IKE SAs it
@@ -636,6 +641,8 @@ class PlanExecutor:
             return {}
         if action is Step.RETIRE_CHARON:
             return self._retire_charon(deadline)
+        if action is Step.DROP_CHARON_ORPHANS:
+            return self._drop_charon_orphans(report, deadline)
         fetched = self.fetched
         if action is Step.REMOVE_STATE:
             return {"removed": self._remove_state(report, deadline)}
@@ -713,6 +720,17 @@ class PlanExecutor:
         self._charon_spis = frozenset(left)
         self._held = None
         return {"child_spis": len(spis), "left": len(left)}
+
+    def _drop_charon_orphans(self, report: ExecutionReport, deadline: float) -> dict[str, Any]:
+        # Only SAs whose SPIs the dead charon's IKE SAs named: it cannot remove them any
+        # more, and the new charon, fed the same IKE SAs, installs them again. Their
+        # policies stay: charon updates a policy it finds in place.
+        orphans = self._need_charon(Step.DROP_CHARON_ORPHANS).take_orphans()
+        sad = [sa for sa in self.kernel.dump_sad() if sa.spi in orphans]
+        self._batch([Op(OpKind.DELETE_SA, sa) for sa in sad], "drop-charon-orphans", deadline)
+        self._held = None
+        report.removed += len(sad)
+        return {"orphans": len(orphans), "removed": len(sad)}
 
     def _not_charons(
         self,

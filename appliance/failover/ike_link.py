@@ -56,7 +56,13 @@ from appliance.strongswan.ha_message import (
     HaMessageType,
     HaNumber,
 )
-from appliance.strongswan.ike_state import IkeBook, IkeEvent, format_spis
+from appliance.strongswan.ike_state import (
+    IkeBook,
+    IkeEvent,
+    IkeSaRemoved,
+    IkeSaState,
+    format_spis,
+)
 from appliance.strongswan.publisher import IkeBatch, IkePublisher, plan_ike_resync
 from appliance.strongswan.relay import HaRelay
 from appliance.strongswan.safety_net import (
@@ -105,6 +111,15 @@ class IkeLink:
             "last": None,
         }  # fmt: skip
         """The status file's ``ike.safety_net``: totals, and the last check's findings."""
+        self.on_restart: Callable[[], None] | None = None
+        """Called (on the loop) when charon restarted and lost IKE SAs while the node was
+        publishing with ``feed``: the daemon answers with ``CHARON_RESTARTED``."""
+        self.lost: dict[IkeSpis, IkeSaState] = {}
+        """IKE SAs a restarted charon lost, not yet given back to it."""
+        self.orphans: frozenset[int] = frozenset()
+        """Kernel SPIs of their CHILD SAs (``take_orphans``)."""
+        self.restarts = 0
+        """charon restarts (RESYNC) that lost IKE SAs while this node was active."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -263,9 +278,37 @@ class IkeLink:
         return [expected_from(state) for state in self.book.sas.values()]
 
     def _on_events(self, events: list[IkeEvent]) -> None:
+        lost = [e for e in events if isinstance(e, IkeSaRemoved) and e.lost is not None]
+        if lost and self.publishing and self.config.feed:
+            # charon crashed and came back: its peers still hold these IKE SAs, and so does
+            # the store, which keeps them (no deletion is published) for the answer.
+            for e in lost:
+                assert e.lost is not None
+                self.lost[e.spis] = e.lost
+                self.orphans |= child_kernel_spis(e.lost)
+            self.restarts += 1
+            log.error(
+                "charon restarted without deleting its %d IKE SAs (a crash?); giving them "
+                "back from the store", len(lost),
+            )  # fmt: skip
+            events = [e for e in events if e not in lost]
+            if self.on_restart is not None:
+                self.on_restart()
         if self.publishing:
             self.publisher.on_events(events)
             self._wake()
+
+    def take_orphans(self) -> frozenset[int]:
+        return self._on_loop(self._take_orphans)
+
+    def _take_orphans(self) -> frozenset[int]:
+        orphans, self.orphans = self.orphans, frozenset()
+        self.lost.clear()
+        return orphans
+
+    def lost_connections(self) -> set[str]:
+        """The connections of the IKE SAs a restarted charon lost (on the loop)."""
+        return {name for sa in self.lost.values() if (name := sa.config_name) is not None}
 
     # -- on the loop ----------------------------------------------------------------
 
@@ -327,6 +370,7 @@ class IkeLink:
             "feed": self.config.feed,
             "fed": self.fed,
             "retired": self.retired,
+            "charon_restarts": self.restarts,
             "unreadable": self.unreadable,
             "silent_s": None if silent is None else round(silent, 3),
             "safety_net": dict(self.safety),

@@ -115,6 +115,9 @@ class Step(enum.StrEnum):
     RETIRE_CHARON = "retire-charon"
     """``[ike]``: charon's IKE SAs go passive and charon deletes them with their CHILD SAs
     (no message to the peers); wait until the kernel no longer holds those."""
+    DROP_CHARON_ORPHANS = "drop-charon-orphans"
+    """``[ike]``, after charon restarted without deleting its IKE SAs: delete the CHILD SAs
+    the old charon left in the kernel, so that the new one can install them again."""
 
 
 _ROLE_FOR_STATE: Mapping[VrrpState, Role] = {
@@ -196,6 +199,16 @@ TABLE: Mapping[StandbyMode, Mapping[RoleChange, tuple[Step, ...]]] = {
 # time; once VRRP heals, the loser's BACKUP plan stops it claiming.
 FENCED = (S.CLOSE_OUTBOUND, S.STOP_PUBLISHING)
 RECLAIM = (*_COLD_TAKEOVER, S.START_PUBLISHING)
+
+# charon restarted on the ACTIVE node (``[ike] feed``) without deleting its IKE SAs: a
+# crash. Its ha plugin asks for a resync; the peers and the kernel still hold the tunnels,
+# the new charon holds nothing. The answer is a takeover on the same node: outbound gated
+# and the counters flushed to the store, the dead charon's CHILD SAs out of the kernel
+# (the new charon's install of the same SPIs would fail), then RECLAIM, which feeds the
+# stored IKE SAs to the new charon and moves their counters past the stored ones.
+CHARON_RESTARTED = (
+    S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.DROP_CHARON_ORPHANS, *RECLAIM,
+)  # fmt: skip
 
 
 def with_charon(actions: list[Step]) -> list[Step]:

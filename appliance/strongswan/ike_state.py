@@ -47,7 +47,8 @@ IKE SA it does not hold, a CHILD_DELETE of an unknown SPI) change nothing and
 are counted by reason in :attr:`IkeBook.ignored`; a passive charon ignores
 them too.  STATUS and SEGMENT_* are not IKE state.  A RESYNC from charon
 means it has just started (its plugin asks its peer for the state at start):
-it holds no IKE SA, so the book drops every one, and from then on holds
+it holds no IKE SA, so the book drops every one (as ``lost``: charon did not
+delete them, so their peers still hold them), and from then on holds
 everything charon does (:attr:`IkeBook.complete`).
 """
 
@@ -175,10 +176,13 @@ class IkeSaChanged:
 
 @dataclass(frozen=True)
 class IkeSaRemoved:
-    """An IKE SA is gone (deleted, or rekeyed into ``successor``)."""
+    """An IKE SA is gone (deleted, or rekeyed into ``successor``, or ``lost``)."""
 
     spis: IkeSpis
     successor: IkeSpis | None = None
+    lost: IkeSaState | None = None
+    """charon restarted (its RESYNC) without deleting it: the IKE SA as the book last held
+    it.  The peer still holds it, and so may the kernel its CHILD SAs."""
 
 
 IkeEvent = IkeSaChanged | IkeSaRemoved
@@ -200,7 +204,7 @@ class IkeBook:
         if message.type in CONTROL_TYPES:
             return []
         if message.type is _T.RESYNC:
-            removed: list[IkeEvent] = [IkeSaRemoved(spis) for spis in self.sas]
+            removed: list[IkeEvent] = [IkeSaRemoved(s, lost=sa) for s, sa in self.sas.items()]
             self.sas.clear()
             self.complete = True
             return removed

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -141,3 +142,21 @@ class CharonVici:
             request["child"] = child
         # The control-log events say how the exchange went; charon's errmsg says enough.
         self._call("initiate", lambda s: [None for _ in s.initiate(request)])
+
+
+def wait_for_connections(
+    charon: CharonVici, names: Collection[str], timeout_s: float, poll_s: float = 0.5
+) -> bool:
+    """Wait until ``charon`` has every connection of ``names`` loaded (True), or
+    ``timeout_s`` passed (False).  A charon that does not answer yet is asked again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            loaded = {c.name for c in charon.list_conns()}
+        except SafetyNetError:
+            loaded = set()
+        if set(names) <= loaded:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)

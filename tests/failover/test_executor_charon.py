@@ -12,6 +12,7 @@ import pytest
 from appliance import model as m
 from appliance.failover.executor import ExecutionTimeout, ExecutorSettings, PlanExecutor
 from appliance.failover.transitions import (
+    CHARON_RESTARTED,
     FENCED,
     RECLAIM,
     Role,
@@ -91,6 +92,13 @@ class FakeCharon:
         self.held = []
         return frozenset({OUT_SA.spi, IN_SA.spi})
 
+    orphans: frozenset[int] = frozenset()
+
+    def take_orphans(self) -> frozenset[int]:
+        self.journal.append(("charon-orphans", sorted(self.orphans)))
+        orphans, self.orphans = self.orphans, frozenset()
+        return orphans
+
 
 # The stored state: charon's tunnel (OUT_SA/IN_SA, reqids 1 and 2 on the old node) and one
 # hand-keyed tunnel that no IKE SA names.
@@ -138,6 +146,10 @@ def test_the_plans_with_charon() -> None:
     assert with_charon(list(FENCED)) == [S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.RETIRE_CHARON]
     assert with_charon(list(RECLAIM)) == takeover()
     assert with_charon([]) == []
+    # a restarted charon: gated, counters flushed, the dead charon's SAs out, then RECLAIM
+    assert with_charon(list(CHARON_RESTARTED)) == [
+        S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.DROP_CHARON_ORPHANS, *takeover(),
+    ]  # fmt: skip
 
 
 def test_a_takeover_lets_charon_install_its_sas_and_only_moves_their_counters() -> None:
@@ -201,3 +213,34 @@ def test_a_charon_that_installs_nothing_fails_the_takeover_by_name_with_outbound
     assert gate.spis >= {OUT_SA.spi, IN_SA.spi}
     # the SAs charon was fed stay charon's: a later remove-state must leave them alone
     assert executor._charon_spis == {OUT_SA.spi, IN_SA.spi}
+
+
+def test_a_restarted_charon_gets_its_ike_sas_back_after_the_dead_ones_sas_are_gone() -> None:
+    executor, kernel, gate, charon, journal = make()
+    executor.run(takeover())
+    # charon crashes: its SAs stay in the kernel (they carried traffic since, so their
+    # counters are ahead of the store's); the restarted charon holds nothing
+    for entry in (OUT_SA, IN_SA):
+        kernel.sad[sa_identity(entry)] = entry
+    charon.orphans = frozenset({OUT_SA.spi, IN_SA.spi})
+    journal.clear()
+    report = executor.run(with_charon(list(CHARON_RESTARTED)))
+    deleted = [e.spi for op, e in journal if op == "delete_sa" and isinstance(e, m.SadEntry)]
+    assert sorted(deleted) == sorted([OUT_SA.spi, IN_SA.spi])  # not the hand-keyed SA
+    ops = [op for op, _ in journal]
+    # gated first, the dead charon's SAs out before the new one is fed, counters moved
+    # before the new charon is activated and outbound opens
+    assert ops.index("gate-close") < ops.index("delete_sa") < ops.index("charon-feed")
+    assert ops.index("charon-feed") < ops.index("set_replay") < ops.index("charon-activate")
+    assert ops.index("charon-activate") < ops.index("gate-open")
+    assert {e.spi for e in kernel.sad.values()} == {OUT_SA.spi, IN_SA.spi, HAND_OUT.spi}
+    assert report.removed == 2 and not gate.closed
+
+
+def test_no_orphans_drops_nothing() -> None:
+    executor, _kernel, _gate, _charon, journal = make()
+    executor.run(takeover())
+    journal.clear()
+    executor.run(with_charon(list(CHARON_RESTARTED)))
+    assert ("charon-orphans", []) in journal
+    assert not any(op == "delete_sa" for op, _ in journal)

@@ -304,3 +304,45 @@ def test_a_charon_that_does_not_answer_is_counted_not_raised(daemon: FailoverDae
     assert daemon.ike.safety_net(vici, lambda: True) is None  # type: ignore[arg-type]
     safety = daemon.ike.status()["safety_net"]
     assert safety["errors"] == 1 and "Connection refused" in safety["last"]["error"]
+
+
+def _resync() -> HaMessage:
+    """charon's RESYNC at start, as recorded."""
+    return next(m for m in messages("start") if m.type is HaMessageType.RESYNC)
+
+
+def test_a_charon_that_restarts_without_deleting_keeps_its_ike_sas_in_the_store(
+    tmp_path: Path,
+) -> None:
+    from appliance.strongswan.feed import child_kernel_spis
+
+    link, _ = charon_link(tmp_path)
+    restarts: list[None] = []
+    link.on_restart = lambda: restarts.append(None)
+    link.set_publishing(True)
+    for m in messages(*ESTABLISH):
+        link._on_events(link.book.handle(m))
+    (state,) = link.book.sas.values()
+    link.publisher.take()
+    # charon crashed and came back: its RESYNC empties the book, but no deletion is
+    # published, and the daemon is told to give the IKE SAs back
+    link._on_events(link.book.handle(_resync()))
+    assert link.book.sas == {} and len(link.publisher) == 0
+    assert restarts == [None] and link.status()["charon_restarts"] == 1
+    assert link.lost_connections() == {"gw"}
+    assert link.take_orphans() == child_kernel_spis(state) and len(child_kernel_spis(state)) == 4
+    assert link.take_orphans() == frozenset() and link.lost_connections() == set()
+
+
+def test_without_feed_a_restarted_charons_ike_sas_leave_the_store(tmp_path: Path) -> None:
+    import dataclasses
+
+    link, _ = charon_link(tmp_path)
+    link.config = dataclasses.replace(link.config, feed=False)
+    link.on_restart = lambda: pytest.fail("nothing to give back without feed")
+    link.set_publishing(True)
+    for m in messages(*ESTABLISH):
+        link._on_events(link.book.handle(m))
+    link.publisher.take()
+    link._on_events(link.book.handle(_resync()))
+    assert len(link.publisher.take().removed) == 1 and link.take_orphans() == frozenset()

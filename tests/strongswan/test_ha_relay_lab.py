@@ -204,6 +204,10 @@ def check_against_gateway(lab: CharonLab, state: IkeSaState) -> None:
     assert decode_record(encode_record(state)) == state
 
 
+# Extended since 2026-12-07, for the lab tier's time: the default set has the same relay
+# inside the daemon against a real charon through the same steps (test_ike_daemon_lab.py),
+# and the book of a real charon's IKE SA with two CHILD SAs (test_safety_net_lab.py).
+@pytest.mark.extended
 def test_relay_books_the_ike_sa_a_real_charon_syncs(lab: CharonLab, relay: RelayThread) -> None:
     gw_ns, cl_ns = lab.gw_ns, lab.cl_ns
     started = time.monotonic()

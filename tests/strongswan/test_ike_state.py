@@ -253,5 +253,5 @@ def test_charons_resync_at_start_empties_the_book_and_makes_it_complete() -> Non
     book = _book_after("add_child")
     book.complete = False
     (sa,) = book.sas.values()
-    assert book.handle(first) == [IkeSaRemoved(sa.spis)]
+    assert book.handle(first) == [IkeSaRemoved(sa.spis, lost=sa)]
     assert book.sas == {} and book.complete
