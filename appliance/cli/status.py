@@ -42,6 +42,14 @@ def _render(status: dict[str, Any]) -> str:
     ike = status.get("ike")
     if isinstance(ike, dict):
         lines.append(_render_ike(ike))
+        net = ike.get("safety_net")
+        if isinstance(net, dict) and net.get("checks"):
+            lines.append(_render_safety_net(net))
+        if ike.get("charon_restarts"):
+            lines.append(
+                f"charon restarted {ike['charon_restarts']} time(s) while active, its IKE SAs "
+                "given back from the store"
+            )
     lease = status.get("gate_lease")
     if isinstance(lease, dict):
         lines.append(_render_lease(lease))
@@ -67,6 +75,20 @@ def _render_ike(ike: dict[str, Any]) -> str:
         f"{heard}): {ike.get('ike_sas')} IKE SAs, {ike.get('child_sas')} CHILD SAs"
         f"{'' if ike.get('complete') else ' (incomplete: charon ran before the daemon)'}; "
         f"{ike.get('published')} published, {dropped} datagrams dropped"
+    )
+
+
+def _render_safety_net(net: dict[str, Any]) -> str:
+    last = net.get("last") or {}
+    if last.get("error"):
+        found = f"last check failed: {last['error']}"
+    else:
+        shown = ("kept", "replaced", "missing", "children_missing", "not_established", "lost")
+        found = "last check: " + ", ".join(f"{last.get(k, 0)} {k.replace('_', ' ')}"
+                                           for k in shown)  # fmt: skip
+    return (
+        f"safety net: {net.get('checks')} check(s), {net.get('initiated', 0)} initiated again, "
+        f"{net.get('initiate_failed', 0)} failed, {net.get('lost', 0)} lost; {found}"
     )
 
 

@@ -54,6 +54,23 @@ def test_status_shows_the_ike_relay(tmp_path: Path) -> None:
     ) in result.output
     never = run(tmp_path, {**GOOD, "ike": {**ike, "silent_s": None, "complete": True}})
     assert "(charon 127.0.0.1, never heard): 3 IKE SAs, 5 CHILD SAs; 9" in never.output
+    assert "safety net" not in never.output and "charon restarted" not in never.output
+
+
+def test_status_shows_the_safety_net_and_charon_restarts(tmp_path: Path) -> None:
+    last = {"kept": 2, "replaced": 0, "missing": 1, "children_missing": 0,
+            "not_established": 0, "lost": 1, "error": None}  # fmt: skip
+    net = {"checks": 3, "errors": 0, "initiated": 1, "initiate_failed": 0, "lost": 1, "last": last}
+    ike = {"daemon": "strongswan", "safety_net": net, "charon_restarts": 1}
+    out = run(tmp_path, {**GOOD, "ike": ike}).output
+    assert (
+        "safety net: 3 check(s), 1 initiated again, 0 failed, 1 lost; last check: 2 kept, "
+        "0 replaced, 1 missing, 0 children missing, 0 not established, 1 lost"
+    ) in out
+    assert "charon restarted 1 time(s) while active" in out
+    failed = {**net, "last": {"error": "charon's vici at unix:///x: Connection refused"}}
+    out = run(tmp_path, {**GOOD, "ike": {**ike, "safety_net": failed}}).output
+    assert "last check failed: charon's vici at unix:///x: Connection refused" in out
 
 
 def test_status_shows_the_gate_lease(tmp_path: Path) -> None:
