@@ -296,6 +296,16 @@ class DaemonCollector:
         yield _gauge("ipsec_ha_ike_charon_silent_seconds", "Seconds since charon's ha plugin "
                      "last sent anything (it sends a heartbeat every second).", ["server_id"],
                      silent)  # fmt: skip
+        net = st["safety_net"]
+        outcomes = {(sid, k): net[k] for k in ("checks", "errors", "initiated",
+                                               "initiate_failed", "lost")}  # fmt: skip
+        yield _counter("ipsec_ha_ike_safety_net", "The check of charon's IKE SAs after each "
+                       "takeover: checks, errors (charon not asked), IKE and CHILD SAs "
+                       "initiated again or failed, IKE SAs lost.", ["server_id", "outcome"],
+                       outcomes)  # fmt: skip
+        yield _counter("ipsec_ha_ike_charon_restarts", "charon restarts that lost IKE SAs while "
+                       "the node was active (given back from the store).", ["server_id"],
+                       {key: st["charon_restarts"]})  # fmt: skip
 
     @staticmethod
     def _gate_lease(d: Any, sid: str) -> Iterator[Metric]:

@@ -300,6 +300,9 @@ def test_the_ike_relays_figures_with_ike_configured() -> None:
     )
     assert m["ipsec_ha_ike_records_published_total"] == {(("server_id", SID),): 0}
     assert 0 <= one(m["ipsec_ha_ike_charon_silent_seconds"], server_id=SID) < 60
+    assert one(m["ipsec_ha_ike_safety_net_total"], server_id=SID, outcome="checks") == 0
+    assert len(m["ipsec_ha_ike_safety_net_total"]) == 5
+    assert m["ipsec_ha_ike_charon_restarts_total"] == {(("server_id", SID),): 0}
     assert "ipsec_ha_ike_sas" not in scrape(collector(fake_daemon(ondemand=False)))
 
 
