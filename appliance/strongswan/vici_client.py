@@ -91,7 +91,7 @@ class CharonVici:
         self.netns = netns
         self.timeout_s = timeout_s
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, timeout_s: float) -> socket.socket:
         a = self.address
         if a.path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -101,7 +101,7 @@ class CharonVici:
             family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             target = (a.host, a.port)
-        sock.settimeout(self.timeout_s)
+        sock.settimeout(timeout_s)
         try:
             sock.connect(target)
         except OSError:
@@ -109,9 +109,10 @@ class CharonVici:
             raise
         return sock
 
-    def _call(self, what: str, call: Callable[[Any], T]) -> T:
+    def _call(self, what: str, call: Callable[[Any], T], timeout_s: float | None = None) -> T:
+        wait = self.timeout_s if timeout_s is None else timeout_s
         try:
-            sock = run_in_netns(self.netns, self._connect)
+            sock = run_in_netns(self.netns, lambda: self._connect(wait))
         except OSError as exc:
             reason = exc.strerror or exc
             raise SafetyNetError(f"charon's vici at {self.address}: {reason}") from None
@@ -141,7 +142,9 @@ class CharonVici:
         if child is not None:
             request["child"] = child
         # The control-log events say how the exchange went; charon's errmsg says enough.
-        self._call("initiate", lambda s: [None for _ in s.initiate(request)])
+        # charon answers within timeout_ms; its log lines may come seconds apart till then.
+        self._call("initiate", lambda s: [None for _ in s.initiate(request)],
+                   timeout_s=self.timeout_s + timeout_ms / 1000)  # fmt: skip
 
 
 def wait_for_connections(
