@@ -170,8 +170,9 @@ MAX_FOLLOW_REST_S = 5.0
 CHARON_CONFIG_WAIT_S = 60.0
 """How long the answer to a restarted charon waits for it to load the connections of the
 IKE SAs it lost (swanctl --load-all runs after charon starts)."""
-CHARON_RESTART_ATTEMPTS = 5
-"""Tries of the answer to a restarted charon before the node is left gated (logged)."""
+CHARON_RESTART_RETRY_S = 5.0
+"""The wait before the answer to a restarted charon is tried again (it is, while the node
+stays ACTIVE: outbound stays gated meanwhile)."""
 SAFETY_NET_DELAY_S = 2.0
 """After a takeover, the wait before charon's IKE SAs are checked: charon flips the fed IKE
 SAs at the activation it read last, and its dispatcher thread may still be at it."""
@@ -233,7 +234,12 @@ class FailoverDaemon:
         """``[ike] feed``: charon's vici, asked after each takeover (``_safety_net``) and
         before a restarted charon is given its IKE SAs back (``_answer_charon_restart``)."""
         self._background: set[asyncio.Task[None]] = set()
+        """Tasks off the transitions' path: the safety net, the answer to a charon restart."""
         self._restart_answer: asyncio.Task[None] | None = None
+        self._plans = 0
+        """Plans run (transitions and the others): background work started after one stops
+        acting when another has run since."""
+        self._stopping = False
         if self.ike is not None and self.feeds_charon:
             self.ike.on_restart = self._charon_restarted
         self.executor = PlanExecutor(
@@ -657,15 +663,23 @@ class FailoverDaemon:
                     self.fenced = False
                     log.warning("reclaimed ownership of %s", self.config.node.server_id)
                     self._write_status(VrrpState.MASTER, last_reclaim, ok=True)
+                    self._start_safety_net()  # a reclaim feeds charon as a takeover does
 
     def _plan_for_node(self, actions: list[Step]) -> list[Step]:
         """``actions`` as this node runs them (with its charon's steps, if it feeds one)."""
         return with_charon(actions) if self.feeds_charon else actions
 
-    async def _run_plan(self, actions: list[Step], what: str, at: float) -> bool:
-        """Run the fenced or reclaim plan; counted as a transition of state FENCED or RECLAIM."""
+    async def _run_plan(
+        self, actions: list[Step], what: str, at: float, only_if: Callable[[], bool] | None = None
+    ) -> bool | None:
+        """Run a plan outside VRRP (fenced, reclaim, charon restart); counted as a transition
+        of state ``what`` (upper case).  With ``only_if``, checked once the kernel lock is
+        held, the plan runs only if it is still wanted (None if not)."""
         actions = self._plan_for_node(actions)
         async with self._kernel_lock:
+            if only_if is not None and not only_if():
+                return None
+            self._plans += 1
             try:
                 report = await asyncio.to_thread(self.executor.run, actions, at)
             except ExecutionError as exc:
@@ -689,6 +703,7 @@ class FailoverDaemon:
         # at its next page: the plan's fetch-state may want the follower's copy.
         self._follow_generation += 1
         async with self._kernel_lock:
+            self._plans += 1
             try:
                 report = await asyncio.to_thread(self.executor.run, actions, received_at)
             except ExecutionError as exc:
@@ -716,14 +731,23 @@ class FailoverDaemon:
             return
         if not self.ike.config.safety_net:
             return
-        self._spawn(self._safety_net(self._follow_generation))
+        self._spawn(self._safety_net(self._plans))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._loop is not None
         task = self._loop.create_task(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
         return task
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed: %s", task.get_coro().__qualname__, exc, exc_info=exc)  # type: ignore[union-attr]
+
+    def _active_here(self) -> bool:
+        """ACTIVE, not fenced, not stopping: background work for the active role may act."""
+        return self.role is Role.ACTIVE and not self.fenced and not self._stopping
 
     # -- a restarted charon (docs/strongswan.md, "charon restarts") ----------------------
 
@@ -737,24 +761,43 @@ class FailoverDaemon:
         assert self.ike is not None and self.vici is not None
         wanted = self.ike.lost_connections()
         loaded = await asyncio.to_thread(
-            wait_for_connections, self.vici, wanted, CHARON_CONFIG_WAIT_S
+            wait_for_connections, self.vici, wanted, CHARON_CONFIG_WAIT_S, self._active_here
         )
-        if not loaded:
+        if not loaded and self._active_here():
             log.warning(
                 "charon restart: charon has not loaded connection(s) %s after %g s; giving "
-                "the IKE SAs back anyway (those of a missing connection fail)",
-                ", ".join(sorted(wanted)), CHARON_CONFIG_WAIT_S,
+                "the IKE SAs back anyway (the answer fails, and is tried again, until they "
+                "are loaded)", ", ".join(sorted(wanted)), CHARON_CONFIG_WAIT_S,
             )  # fmt: skip
-        for attempt in range(1, CHARON_RESTART_ATTEMPTS + 1):
-            if self.role is not Role.ACTIVE or self.fenced:
+        attempt = 0
+        while True:
+            attempt += 1
+            done = await self._run_plan(
+                list(CHARON_RESTARTED), "charon-restart", time.monotonic(), self._active_here
+            )
+            if done is None:
                 log.warning("charon restart: the node is no longer active; not answered")
-                return
-            if await self._run_plan(list(CHARON_RESTARTED), "charon-restart", time.monotonic()):
+                self.ike.forget_lost()
+                break
+            if done:
+                log.warning("charon restart: its IKE SAs given back (attempt %d)", attempt)
+                self._set_status_error(None)
                 self._start_safety_net()
                 break
-            log.error("charon restart: answer %d of %d failed; outbound stays gated",
-                      attempt, CHARON_RESTART_ATTEMPTS)  # fmt: skip
-            await asyncio.sleep(RETRY_S)
+            # Outbound stays gated: traffic stops, and no ESP goes out with a counter the
+            # new charon's SAs would repeat. Until it works, or the node leaves ACTIVE.
+            self._set_status_error(
+                f"charon restart: giving its IKE SAs back failed (attempt {attempt}); "
+                "outbound stays gated (the daemon's log says why)"
+            )
+            await asyncio.sleep(CHARON_RESTART_RETRY_S)
+        self._refresh_ike_status()
+
+    def _set_status_error(self, error: str | None) -> None:
+        """Mark the status file failed with ``error`` (None: ok again), the rest as it is."""
+        if self._status is None:
+            return
+        self._status["ok"], self._status["error"] = error is None, error
         self._refresh_ike_status()
 
     def _refresh_ike_status(self) -> None:
@@ -771,12 +814,8 @@ class FailoverDaemon:
         assert self.ike is not None and self.vici is not None
 
         def still_active() -> bool:
-            # Any transition since moves the generation: its plan owns charon now.
-            return (
-                self.role is Role.ACTIVE
-                and not self.fenced
-                and self._follow_generation == generation
-            )
+            # Any plan run since (a transition, a charon restart's answer) owns charon now.
+            return self._active_here() and self._plans == generation
 
         if not still_active():
             return
@@ -1020,6 +1059,7 @@ class FailoverDaemon:
             for task in done:
                 task.result()
         finally:
+            self._stopping = True  # background threads stop at their next check
             for task in (*tasks, *self._background):
                 task.cancel()
             await asyncio.gather(*tasks, *self._background, return_exceptions=True)

@@ -299,9 +299,13 @@ class CharonControl(Protocol):
         the CHILD SAs charon is to remove with them."""
         ...
 
-    def take_orphans(self) -> frozenset[int]:
+    def orphans(self) -> frozenset[int]:
         """The kernel SPIs of the CHILD SAs a charon that restarted without deleting its
-        IKE SAs left behind (forgotten once taken)."""
+        IKE SAs left behind."""
+        ...
+
+    def forget_orphans(self, spis: frozenset[int]) -> None:
+        """``spis`` are out of the kernel: no longer orphans to drop."""
         ...
 
 
@@ -725,10 +729,12 @@ class PlanExecutor:
         # Only SAs whose SPIs the dead charon's IKE SAs named: it cannot remove them any
         # more, and the new charon, fed the same IKE SAs, installs them again. Their
         # policies stay: charon updates a policy it finds in place.
-        orphans = self._need_charon(Step.DROP_CHARON_ORPHANS).take_orphans()
+        charon = self._need_charon(Step.DROP_CHARON_ORPHANS)
+        orphans = charon.orphans()
         sad = [sa for sa in self.kernel.dump_sad() if sa.spi in orphans]
-        self._batch([Op(OpKind.DELETE_SA, sa) for sa in sad], "drop-charon-orphans", deadline)
         self._held = None
+        self._batch([Op(OpKind.DELETE_SA, sa) for sa in sad], "drop-charon-orphans", deadline)
+        charon.forget_orphans(orphans)  # only once gone: a failed batch is tried again
         report.removed += len(sad)
         return {"orphans": len(orphans), "removed": len(sad)}
 

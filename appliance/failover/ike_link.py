@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
@@ -71,6 +72,7 @@ from appliance.strongswan.safety_net import (
     Verdict,
     check,
     expected_from,
+    steady,
 )
 from appliance.strongswan.vici_client import CharonVici
 
@@ -111,13 +113,14 @@ class IkeLink:
             "last": None,
         }  # fmt: skip
         """The status file's ``ike.safety_net``: totals, and the last check's findings."""
+        self._safety_lock = threading.Lock()
         self.on_restart: Callable[[], None] | None = None
         """Called (on the loop) when charon restarted and lost IKE SAs while the node was
         publishing with ``feed``: the daemon answers with ``CHARON_RESTARTED``."""
         self.lost: dict[IkeSpis, IkeSaState] = {}
         """IKE SAs a restarted charon lost, not yet given back to it."""
-        self.orphans: frozenset[int] = frozenset()
-        """Kernel SPIs of their CHILD SAs (``take_orphans``)."""
+        self.orphaned: frozenset[int] = frozenset()
+        """Kernel SPIs of their CHILD SAs, until out of the kernel (``forget_orphans``)."""
         self.restarts = 0
         """charon restarts (RESYNC) that lost IKE SAs while this node was active."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -223,6 +226,10 @@ class IkeLink:
     def safety_net(self, charon: CharonVici, still_active: Callable[[], bool]) -> Verdict | None:
         """Check charon's IKE SAs against the book and initiate the missing ones (while
         ``still_active()``); None if charon could not be asked (logged and counted)."""
+        with self._safety_lock:  # one check at a time: they share the counters
+            return self._safety_net(charon, still_active)
+
+    def _safety_net(self, charon: CharonVici, still_active: Callable[[], bool]) -> Verdict | None:
         self.safety["checks"] += 1
         before = self._on_loop(self._expected)
         try:
@@ -233,10 +240,9 @@ class IkeLink:
             self.safety["errors"] += 1
             self.safety["last"] = {"error": str(exc)}
             return None
-        # Only what the book held before and after the listing: an IKE SA made or deleted
-        # while charon answered is not one charon lacks.
-        now = {e.spis for e in self._on_loop(self._expected)}
-        verdict = check([e for e in before if e.spis in now], held, connections)
+        # Only what the book held before and after the listing: an IKE or CHILD SA made,
+        # rekeyed or deleted while charon answered is not one charon lacks.
+        verdict = check(steady(before, self._on_loop(self._expected)), held, connections)
         for spis, state in verdict.not_established:
             log.error("safety net: charon holds IKE SA %s %s, not ESTABLISHED",
                       format_spis(spis), state)  # fmt: skip
@@ -285,26 +291,35 @@ class IkeLink:
             for e in lost:
                 assert e.lost is not None
                 self.lost[e.spis] = e.lost
-                self.orphans |= child_kernel_spis(e.lost)
+                self.orphaned |= child_kernel_spis(e.lost)
             self.restarts += 1
             log.error(
                 "charon restarted without deleting its %d IKE SAs (a crash?); giving them "
                 "back from the store", len(lost),
             )  # fmt: skip
-            events = [e for e in events if e not in lost]
+            events = [e for e in events if not (isinstance(e, IkeSaRemoved) and e.lost)]
             if self.on_restart is not None:
                 self.on_restart()
         if self.publishing:
             self.publisher.on_events(events)
             self._wake()
 
-    def take_orphans(self) -> frozenset[int]:
-        return self._on_loop(self._take_orphans)
+    def orphans(self) -> frozenset[int]:
+        return self._on_loop(lambda: self.orphaned)
 
-    def _take_orphans(self) -> frozenset[int]:
-        orphans, self.orphans = self.orphans, frozenset()
+    def forget_orphans(self, spis: frozenset[int]) -> None:
+        self._on_loop(functools.partial(self._forget_orphans, spis))
+
+    def _forget_orphans(self, spis: frozenset[int]) -> None:
+        self.orphaned -= spis
+        if not self.orphaned:
+            self.lost.clear()
+
+    def forget_lost(self) -> None:
+        """The node is no longer active: nothing of a restarted charon's is to be given
+        back by it (on the loop)."""
         self.lost.clear()
-        return orphans
+        self.orphaned = frozenset()
 
     def lost_connections(self) -> set[str]:
         """The connections of the IKE SAs a restarted charon lost (on the loop)."""

@@ -203,11 +203,12 @@ RECLAIM = (*_COLD_TAKEOVER, S.START_PUBLISHING)
 # charon restarted on the ACTIVE node (``[ike] feed``) without deleting its IKE SAs: a
 # crash. Its ha plugin asks for a resync; the peers and the kernel still hold the tunnels,
 # the new charon holds nothing. The answer is a takeover on the same node: outbound gated
-# and the counters flushed to the store, the dead charon's CHILD SAs out of the kernel
-# (the new charon's install of the same SPIs would fail), then RECLAIM, which feeds the
-# stored IKE SAs to the new charon and moves their counters past the stored ones.
+# and the counters flushed to the store; whatever an earlier, failed answer fed charon
+# retired (nothing, the first time); the dead charon's CHILD SAs out of the kernel (the
+# new charon's install of the same SPIs would fail); then RECLAIM, which feeds the stored
+# IKE SAs to the new charon and moves their counters past the stored ones.
 CHARON_RESTARTED = (
-    S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.DROP_CHARON_ORPHANS, *RECLAIM,
+    S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.RETIRE_CHARON, S.DROP_CHARON_ORPHANS, *RECLAIM,
 )  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from appliance.errors import ApplianceError
@@ -81,6 +81,17 @@ def expected_from(state: IkeSaState) -> ExpectedIkeSa:
     return ExpectedIkeSa(state.spis, state.config_name, remote, tuple(children))
 
 
+def steady(before: Iterable[ExpectedIkeSa], after: Iterable[ExpectedIkeSa]) -> list[ExpectedIkeSa]:
+    """What charon should hold according to two looks at the book, one before and one after
+    charon was asked: the IKE SAs in both, each with the CHILD SAs in both."""
+    now = {e.spis: set(e.children) for e in after}
+    return [
+        replace(e, children=tuple(c for c in e.children if c in now[e.spis]))
+        for e in before
+        if e.spis in now
+    ]
+
+
 @dataclass(frozen=True)
 class HeldIkeSa:
     """An IKE SA charon holds (one entry of vici's ``list-sas``)."""
@@ -108,12 +119,20 @@ class Connection:
 
 
 def _one_host(text: str) -> bool:
-    if text.startswith("%") or "/" in text or "-" in text:
-        return False  # %any, %any6, a subnet, a range
+    if text.startswith("%") or "/" in text:
+        return False  # %any, %any6, a subnet
+    if "-" in text:
+        first, _, last = text.partition("-")
+        try:
+            ipaddress.ip_address(first), ipaddress.ip_address(last)
+        except ValueError:
+            pass
+        else:
+            return False  # a range
     try:
         ipaddress.ip_address(text)
     except ValueError:
-        return all(c.isalnum() or c in ".-" for c in text)  # a DNS name
+        return bool(text) and all(c.isalnum() or c in ".-" for c in text)  # a DNS name
     return True
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import vici  # strongSwan's vici client (pip: vici)
 from vici.exception import CommandException, SessionException
 
-from appliance.errors import ConfigError
+from appliance.errors import ApplianceError, ConfigError
 from appliance.netns import run_in_netns
 from appliance.strongswan.safety_net import (
     Connection,
@@ -81,6 +81,34 @@ class ViciAddress:
         return f"tcp://{host}:{self.port}"
 
 
+class _TimedSocket:
+    """``sock`` with its timeout on every read: the vici package clears the timeout once a
+    frame's first bytes came (``settimeout(None)``), so a charon that stalls mid-frame
+    would block the reader for good."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def settimeout(self, value: float | None) -> None:
+        if value is not None:
+            self._sock.settimeout(value)
+
+    def gettimeout(self) -> float | None:
+        return self._sock.gettimeout()
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class CharonVici:
     """One charon's vici, reached from ``netns`` (None: the daemon's own namespace)."""
 
@@ -116,8 +144,10 @@ class CharonVici:
         except OSError as exc:
             reason = exc.strerror or exc
             raise SafetyNetError(f"charon's vici at {self.address}: {reason}") from None
+        except ApplianceError as exc:  # the namespace is gone
+            raise SafetyNetError(f"charon's vici at {self.address}: {exc}") from None
         try:
-            return call(vici.Session(sock))
+            return call(vici.Session(_TimedSocket(sock)))
         except SafetyNetError:
             raise
         except (OSError, SessionException, CommandException) as exc:
@@ -148,12 +178,17 @@ class CharonVici:
 
 
 def wait_for_connections(
-    charon: CharonVici, names: Collection[str], timeout_s: float, poll_s: float = 0.5
+    charon: CharonVici,
+    names: Collection[str],
+    timeout_s: float,
+    keep_waiting: Callable[[], bool] = lambda: True,
+    poll_s: float = 0.5,
 ) -> bool:
     """Wait until ``charon`` has every connection of ``names`` loaded (True), or
-    ``timeout_s`` passed (False).  A charon that does not answer yet is asked again."""
+    ``timeout_s`` passed or ``keep_waiting()`` is False (False).  A charon that does not
+    answer yet is asked again."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    while keep_waiting():
         try:
             loaded = {c.name for c in charon.list_conns()}
         except SafetyNetError:
@@ -163,3 +198,4 @@ def wait_for_connections(
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll_s)
+    return False

@@ -5,12 +5,19 @@ of theirs.  A fake charon installs into the fake kernel as the real one does: co
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from appliance import model as m
-from appliance.failover.executor import ExecutionTimeout, ExecutorSettings, PlanExecutor
+from appliance.failover.executor import (
+    ExecutionError,
+    ExecutionTimeout,
+    ExecutorSettings,
+    PlanExecutor,
+)
 from appliance.failover.transitions import (
     CHARON_RESTARTED,
     FENCED,
@@ -24,6 +31,7 @@ from appliance.failover.transitions import (
 from appliance.notify import VrrpState
 from appliance.planner import policy_identity, sa_identity
 from appliance.store.client import Retrieved
+from appliance.xfrm.types import BatchFailure
 from tests.failover.test_executor import (
     FWD_POL,
     GW,
@@ -84,20 +92,24 @@ class FakeCharon:
 
     def retire(self) -> frozenset[int]:
         self.journal.append(("charon-retire", None))
+        spis = frozenset(e.spi for e in self.held if isinstance(e, m.SadEntry))
         for entry in self.held:
             if isinstance(entry, m.SadEntry):
                 self.kernel.sad.pop(sa_identity(entry), None)
             else:
                 self.kernel.spd.pop(policy_identity(entry), None)
         self.held = []
-        return frozenset({OUT_SA.spi, IN_SA.spi})
+        return spis
 
-    orphans: frozenset[int] = frozenset()
+    left: frozenset[int] = frozenset()
+    """The dead charon's orphans (``orphans``)."""
 
-    def take_orphans(self) -> frozenset[int]:
-        self.journal.append(("charon-orphans", sorted(self.orphans)))
-        orphans, self.orphans = self.orphans, frozenset()
-        return orphans
+    def orphans(self) -> frozenset[int]:
+        self.journal.append(("charon-orphans", sorted(self.left)))
+        return self.left
+
+    def forget_orphans(self, spis: frozenset[int]) -> None:
+        self.left -= spis
 
 
 # The stored state: charon's tunnel (OUT_SA/IN_SA, reqids 1 and 2 on the old node) and one
@@ -148,7 +160,8 @@ def test_the_plans_with_charon() -> None:
     assert with_charon([]) == []
     # a restarted charon: gated, counters flushed, the dead charon's SAs out, then RECLAIM
     assert with_charon(list(CHARON_RESTARTED)) == [
-        S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.DROP_CHARON_ORPHANS, *takeover(),
+        S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.RETIRE_CHARON, S.DROP_CHARON_ORPHANS,
+        *takeover(),
     ]  # fmt: skip
 
 
@@ -222,7 +235,8 @@ def test_a_restarted_charon_gets_its_ike_sas_back_after_the_dead_ones_sas_are_go
     # counters are ahead of the store's); the restarted charon holds nothing
     for entry in (OUT_SA, IN_SA):
         kernel.sad[sa_identity(entry)] = entry
-    charon.orphans = frozenset({OUT_SA.spi, IN_SA.spi})
+    charon.held = []  # the new charon holds nothing
+    charon.left = frozenset({OUT_SA.spi, IN_SA.spi})
     journal.clear()
     report = executor.run(with_charon(list(CHARON_RESTARTED)))
     deleted = [e.spi for op, e in journal if op == "delete_sa" and isinstance(e, m.SadEntry)]
@@ -234,7 +248,23 @@ def test_a_restarted_charon_gets_its_ike_sas_back_after_the_dead_ones_sas_are_go
     assert ops.index("charon-feed") < ops.index("set_replay") < ops.index("charon-activate")
     assert ops.index("charon-activate") < ops.index("gate-open")
     assert {e.spi for e in kernel.sad.values()} == {OUT_SA.spi, IN_SA.spi, HAND_OUT.spi}
-    assert report.removed == 2 and not gate.closed
+    assert report.removed == 2 and not gate.closed and charon.left == frozenset()
+
+
+def test_orphans_the_kernel_refused_to_delete_are_tried_again() -> None:
+    executor, kernel, _gate, charon, _journal = make()
+    executor.run(takeover())
+    charon.held = []
+    charon.left = frozenset({OUT_SA.spi, IN_SA.spi})
+
+    def refuse_deletes(operations: Any, **kw: Any) -> list[BatchFailure]:
+        return [BatchFailure(i, errno.EPERM, "delete_sa: refused")
+                for i, (op, _) in enumerate(operations) if op == "delete_sa"]  # fmt: skip
+
+    kernel.install_batch = refuse_deletes  # type: ignore[method-assign]
+    with pytest.raises(ExecutionError, match="drop-charon-orphans: the kernel refused"):
+        executor.run(with_charon(list(CHARON_RESTARTED)))
+    assert charon.left == {OUT_SA.spi, IN_SA.spi}  # still to drop at the next answer
 
 
 def test_no_orphans_drops_nothing() -> None:

@@ -37,8 +37,9 @@ def client(tmp_path: Path) -> Iterator[LoopbackClient]:
     store.close()
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, client: LoopbackClient) -> FailoverDaemon:
+def make_daemon(tmp_path: Path, client: LoopbackClient, failover: str, rest: str) -> FailoverDaemon:
+    """A daemon on a fake kernel and the loopback store, with ``[failover]`` lines and the
+    tables in ``rest``."""
     psk = tmp_path / "cluster.psk"
     psk.write_text("ab" * 32)
     os.chmod(psk, 0o600)
@@ -46,13 +47,20 @@ def daemon(tmp_path: Path, client: LoopbackClient) -> FailoverDaemon:
     path.write_text(
         f'[node]\nid = "gw1"\nserver_id = "{SID}"\nnode_index = 0\n'
         f'[store]\nservers = ["198.51.100.10"]\npsk_file = "{psk}"\nmax_datagram = 65000\n'
-        f'[failover]\nstatus_file = "{tmp_path}/status.json"\n'
-        '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\nfeed = false\n'
+        f'[failover]\nstatus_file = "{tmp_path}/status.json"\n{failover}' + rest
     )
     client.max_datagram = 65000
     return FailoverDaemon(
         load_daemon_config(path), FakeKernel(), [client], notify_log=tmp_path / "notify.jsonl"
     )
+
+
+IKE = '[ike]\ndaemon = "strongswan"\nrelay = "127.0.0.2"\ncharon = "127.0.0.1"\n'
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, client: LoopbackClient) -> FailoverDaemon:
+    return make_daemon(tmp_path, client, "", IKE + "feed = false\n")
 
 
 def messages(*steps: str) -> list[HaMessage]:
@@ -330,8 +338,12 @@ def test_a_charon_that_restarts_without_deleting_keeps_its_ike_sas_in_the_store(
     assert link.book.sas == {} and len(link.publisher) == 0
     assert restarts == [None] and link.status()["charon_restarts"] == 1
     assert link.lost_connections() == {"gw"}
-    assert link.take_orphans() == child_kernel_spis(state) and len(child_kernel_spis(state)) == 4
-    assert link.take_orphans() == frozenset() and link.lost_connections() == set()
+    orphans = link.orphans()
+    assert orphans == child_kernel_spis(state) and len(orphans) == 4
+    link.forget_orphans(frozenset(list(orphans)[:1]))  # some still in the kernel: kept
+    assert len(link.orphans()) == 3 and link.lost_connections() == {"gw"}
+    link.forget_orphans(orphans)
+    assert link.orphans() == frozenset() and link.lost_connections() == set()
 
 
 def test_without_feed_a_restarted_charons_ike_sas_leave_the_store(tmp_path: Path) -> None:
@@ -345,4 +357,78 @@ def test_without_feed_a_restarted_charons_ike_sas_leave_the_store(tmp_path: Path
         link._on_events(link.book.handle(m))
     link.publisher.take()
     link._on_events(link.book.handle(_resync()))
-    assert len(link.publisher.take().removed) == 1 and link.take_orphans() == frozenset()
+    assert len(link.publisher.take().removed) == 1 and link.orphans() == frozenset()
+
+
+# -- the daemon's answer to a restarted charon (its scheduling; the plan: test_executor_charon)
+
+
+@pytest.fixture
+def feeding(tmp_path: Path, client: LoopbackClient) -> FailoverDaemon:
+    """A daemon with [ike] feed (cold, nft gate), its relay's book holding charon's IKE SA."""
+    nft = '[nft]\nvips = ["192.0.2.10"]\nha_relay = true\n'
+    d = make_daemon(tmp_path, client, 'gate = "nft"\n', nft + IKE)
+    assert d.ike is not None and d.ike.on_restart is not None
+    d.ike.set_publishing(True)
+    for m in messages(*ESTABLISH):
+        d.ike._on_events(d.ike.book.handle(m))
+    return d
+
+
+def answer(d: FailoverDaemon, results: list[bool], role: Any = None) -> list[Any]:
+    """Run the answer with plans that give ``results`` in turn; the plans asked for."""
+    import asyncio
+
+    from appliance.failover import daemon as daemon_module
+    from appliance.failover.transitions import Role
+
+    asked: list[Any] = []
+
+    async def run_plan(actions: Any, what: str, at: float, only_if: Any = None) -> bool | None:
+        if only_if is not None and not only_if():
+            return None
+        asked.append((list(actions), what))
+        return results.pop(0)
+
+    async def main() -> None:
+        d._loop = asyncio.get_running_loop()
+        d.role = role or Role.ACTIVE
+        d._write_status(None, None, ok=True)
+        d.ike._on_events(d.ike.book.handle(_resync()))  # type: ignore[union-attr]
+        assert d._restart_answer is not None
+        await d._restart_answer
+        for task in list(d._background):
+            task.cancel()
+
+    d._run_plan = run_plan  # type: ignore[method-assign]
+    d.vici = FakeVici([])  # type: ignore[assignment]
+    saved = daemon_module.CHARON_RESTART_RETRY_S
+    daemon_module.CHARON_RESTART_RETRY_S = 0.0
+    try:
+        asyncio.run(main())
+    finally:
+        daemon_module.CHARON_RESTART_RETRY_S = saved
+    return asked
+
+
+def test_a_failed_answer_is_tried_again_and_the_status_says_so_meanwhile(
+    feeding: FailoverDaemon,
+) -> None:
+    from appliance.failover.transitions import CHARON_RESTARTED
+
+    errors: list[Any] = []
+    save = feeding._save_status
+    feeding._save_status = lambda st: (errors.append(st["error"]), save(st))  # type: ignore[method-assign]
+    asked = answer(feeding, [False, False, True])
+    assert asked == [(list(CHARON_RESTARTED), "charon-restart")] * 3
+    assert any(e and "attempt 2" in e and "outbound stays gated" in e for e in errors), errors
+    assert feeding._status is not None and feeding._status["ok"] is True
+    assert feeding._status["error"] is None
+    assert feeding._status["ike"]["charon_restarts"] == 1
+
+
+def test_no_answer_once_the_node_is_not_active(feeding: FailoverDaemon) -> None:
+    from appliance.failover.transitions import Role
+
+    assert answer(feeding, [], role=Role.STANDBY) == []
+    assert feeding.ike is not None and feeding.ike.orphans() == frozenset()

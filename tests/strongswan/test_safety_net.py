@@ -4,6 +4,7 @@ against what charon's vici says it holds."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from appliance.strongswan.safety_net import (
     expected_from,
     parse_list_conns,
     parse_list_sas,
+    steady,
 )
 
 pytestmark = pytest.mark.unit
@@ -186,3 +188,27 @@ def test_any_answer_gives_held_sas_or_a_safety_net_error(body: dict[str, Any]) -
     for parse in (parse_list_sas, parse_list_conns):
         with contextlib.suppress(SafetyNetError):
             parse([{"gw": body}])
+
+
+@pytest.mark.parametrize(
+    ("remote", "initiable"),
+    [
+        (("192.0.2.2",), True), (("vpn-gw.example.com",), True), (("2001:db8::2",), True),
+        (("192.0.2.2", "%any"), False), (("192.0.2.2-192.0.2.9",), False),
+        (("192.0.2.0/24",), False), (("",), False), ((), False),
+    ],
+)  # fmt: skip
+def test_a_connection_can_be_initiated_when_every_remote_address_is_one_host(
+    remote: tuple[str, ...], initiable: bool
+) -> None:
+    assert Connection("gw", remote, ("net",)).can_initiate is initiable
+
+
+def test_only_what_the_book_held_before_and_after_charon_answered_is_expected() -> None:
+    e = recorded()
+    (net, _) = e.children
+    rekeyed = dataclasses.replace(e, children=(net, ("net2", 0x12345678)))
+    other = dataclasses.replace(e, spis=(1, 2))
+    # net2 was rekeyed while charon answered, and another IKE SA came: neither is expected
+    assert steady([e], [rekeyed, other]) == [dataclasses.replace(e, children=(net,))]
+    assert steady([e], []) == []

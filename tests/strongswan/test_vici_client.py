@@ -15,7 +15,7 @@ from vici.protocol import FiniteStream, Message
 
 from appliance.errors import ConfigError
 from appliance.strongswan.safety_net import SafetyNetError
-from appliance.strongswan.vici_client import CharonVici, ViciAddress
+from appliance.strongswan.vici_client import CharonVici, ViciAddress, wait_for_connections
 
 pytestmark = pytest.mark.unit
 
@@ -135,3 +135,16 @@ def test_no_charon_is_an_error_that_names_the_socket(tmp_path: Path) -> None:
     charon = CharonVici(ViciAddress(path=str(tmp_path / "none.vici")), timeout_s=1)
     with pytest.raises(SafetyNetError, match=r"charon's vici at unix://.*none\.vici: No such file"):
         charon.list_sas()
+
+
+def test_a_namespace_that_is_gone_is_an_error_that_names_the_socket(tmp_path: Path) -> None:
+    charon = CharonVici(ViciAddress(path=str(tmp_path / "x.vici")), "iha-gone-000000", 1)
+    with pytest.raises(SafetyNetError, match=r"charon's vici at unix://.*iha-gone-000000"):
+        charon.list_conns()
+
+
+def test_the_wait_for_connections_ends_when_they_are_loaded_or_when_told(fake: FakeVici) -> None:
+    charon = CharonVici(ViciAddress(path=str(fake.path)), timeout_s=5)
+    assert wait_for_connections(charon, {"gw"}, 5.0) is True
+    assert wait_for_connections(charon, {"gw", "other"}, 0.0) is False
+    assert wait_for_connections(charon, {"other"}, 60.0, keep_waiting=lambda: False) is False
