@@ -778,12 +778,13 @@ class FailoverDaemon:
             if done is None:
                 log.warning("charon restart: the node is no longer active; not answered")
                 self.ike.forget_lost()
-                break
+                self._refresh_ike_status()
+                return
             if done:
                 log.warning("charon restart: its IKE SAs given back (attempt %d)", attempt)
-                self._set_status_error(None)
+                self._set_status_error(None)  # writes the status file, ike included
                 self._start_safety_net()
-                break
+                return
             # Outbound stays gated: traffic stops, and no ESP goes out with a counter the
             # new charon's SAs would repeat. Until it works, or the node leaves ACTIVE.
             self._set_status_error(
@@ -791,7 +792,6 @@ class FailoverDaemon:
                 "outbound stays gated (the daemon's log says why)"
             )
             await asyncio.sleep(CHARON_RESTART_RETRY_S)
-        self._refresh_ike_status()
 
     def _set_status_error(self, error: str | None) -> None:
         """Mark the status file failed with ``error`` (None: ok again), the rest as it is."""

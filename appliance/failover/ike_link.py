@@ -61,7 +61,6 @@ from appliance.strongswan.ike_state import (
     IkeBook,
     IkeEvent,
     IkeSaRemoved,
-    IkeSaState,
     format_spis,
 )
 from appliance.strongswan.publisher import IkeBatch, IkePublisher, plan_ike_resync
@@ -117,8 +116,8 @@ class IkeLink:
         self.on_restart: Callable[[], None] | None = None
         """Called (on the loop) when charon restarted and lost IKE SAs while the node was
         publishing with ``feed``: the daemon answers with ``CHARON_RESTARTED``."""
-        self.lost: dict[IkeSpis, IkeSaState] = {}
-        """IKE SAs a restarted charon lost, not yet given back to it."""
+        self._lost_connections: set[str] = set()
+        """The connections of the IKE SAs a restarted charon lost, not yet given back."""
         self.orphaned: frozenset[int] = frozenset()
         """Kernel SPIs of their CHILD SAs, until out of the kernel (``forget_orphans``)."""
         self.restarts = 0
@@ -284,14 +283,14 @@ class IkeLink:
         return [expected_from(state) for state in self.book.sas.values()]
 
     def _on_events(self, events: list[IkeEvent]) -> None:
-        lost = [e for e in events if isinstance(e, IkeSaRemoved) and e.lost is not None]
+        lost = [e.lost for e in events if isinstance(e, IkeSaRemoved) and e.lost is not None]
         if lost and self.publishing and self.config.feed:
             # charon crashed and came back: its peers still hold these IKE SAs, and so does
             # the store, which keeps them (no deletion is published) for the answer.
-            for e in lost:
-                assert e.lost is not None
-                self.lost[e.spis] = e.lost
-                self.orphaned |= child_kernel_spis(e.lost)
+            for state in lost:
+                self.orphaned |= child_kernel_spis(state)
+                if state.config_name is not None:
+                    self._lost_connections.add(state.config_name)
             self.restarts += 1
             log.error(
                 "charon restarted without deleting its %d IKE SAs (a crash?); giving them "
@@ -313,17 +312,17 @@ class IkeLink:
     def _forget_orphans(self, spis: frozenset[int]) -> None:
         self.orphaned -= spis
         if not self.orphaned:
-            self.lost.clear()
+            self._lost_connections.clear()
 
     def forget_lost(self) -> None:
         """The node is no longer active: nothing of a restarted charon's is to be given
         back by it (on the loop)."""
-        self.lost.clear()
+        self._lost_connections.clear()
         self.orphaned = frozenset()
 
     def lost_connections(self) -> set[str]:
         """The connections of the IKE SAs a restarted charon lost (on the loop)."""
-        return {name for sa in self.lost.values() if (name := sa.config_name) is not None}
+        return set(self._lost_connections)
 
     # -- on the loop ----------------------------------------------------------------
 
