@@ -550,7 +550,9 @@ class Run:
         self.row.advanced = advanced
         if "outbound-opened" in steps:
             self.row.opened_ms = 1000 * (steps["outbound-opened"] - received)
-        fetch = next((t for t in report.get("timeline", []) if t["step"] == "fetch-state"), {})
+        fetch: dict[str, Any] = next(
+            (t for t in report.get("timeline", []) if t["step"] == "fetch-state"), {}
+        )
         self.row.followed = (fetch.get("detail") or {}).get("followed")
         say(f"{self.mode} N={n}: fetch-state from the follower's copy: {self.row.followed}")
         details = {t["step"]: t["detail"] for t in report.get("timeline", []) if t.get("detail")}

@@ -40,6 +40,14 @@ Two figures, both as percent of one core over a window:
   costs the daemon, plus whatever else changed between the windows (the
   follower's own load varies): read it together with the thread figure.
 
+Both windows are also split by thread group (``thread_group``: the event
+loop, the metrics threads, the unnamed pool threads, any other by name),
+and the follower's polls of each window are counted from gw2's status
+file: only when none brought changes or a whole retrieval ("follower quiet
+in every window") does the difference weigh the scrapes alone.
+``bench/metrics_cold.py`` runs the same windows (``measure``) on the host's
+own CPU, against a cold standby that follows the SAs in memory.
+
 The scraper's side: scrape size (bytes, series: sample lines) and the p50 and
 p99 of the scrape latency it saw (connect to last byte). Only ratios and
 percentages; no time is asserted. ``--record PATH`` writes every scrape (both
@@ -66,7 +74,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -167,6 +175,44 @@ def grown_ticks(before: Mapping[int, int], after: Mapping[int, int]) -> int:
     return sum(ticks - before.get(tid, 0) for tid, ticks in after.items())
 
 
+def thread_group(tid: int, comm: str, pid: int, main_comm: str) -> str:
+    """Which part of the daemon a thread is, for the per-thread table.
+
+    ``main`` is the event loop (the thread-group leader); ``metrics`` every
+    thread named ``ipsec-ha-metric*``; ``workers`` the unnamed ones (Python
+    leaves a thread's comm as its process's: ``asyncio.to_thread``'s pool,
+    the follower's fetches and follow runs among them); any other by its name.
+    """
+    if tid == pid:
+        return "main"
+    if comm.startswith(METRICS_THREAD_COMM):
+        return "metrics"
+    if comm == main_comm:
+        return "workers"
+    return comm
+
+
+def grown_by_group(
+    before: Mapping[int, tuple[str, int]], after: Mapping[int, tuple[str, int]], pid: int
+) -> dict[str, int]:
+    """The ticks each group of threads grew by between two snapshots (tid -> (comm, ticks)).
+
+    A thread born in between counts from zero; one that ended is lost (its
+    ticks went with it: a process's stat still has them, its own does not).
+    """
+    main_comm = (after.get(pid) or before.get(pid) or ("", 0))[0]
+    out: dict[str, int] = {}
+    for tid, (comm, ticks) in after.items():
+        group = thread_group(tid, comm, pid, main_comm)
+        out[group] = out.get(group, 0) + ticks - before.get(tid, (comm, 0))[1]
+    return out
+
+
+def counter_increase(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """How much each of a set of counters grew (one new since counts from zero)."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
 def calibrated_thread(
     idle: tuple[Mapping[int, int], Mapping[int, int]],
     burst: tuple[Mapping[int, int], Mapping[int, int]],
@@ -221,6 +267,19 @@ def thread_times(pid: int) -> dict[int, int]:
     for entry in os.listdir(f"/proc/{pid}/task"):
         try:
             out[int(entry)] = read_times(pid, int(entry)).own
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def thread_snapshot(pid: int) -> dict[int, tuple[str, int]]:
+    """Each live thread's comm and utime + stime (a thread may end while it is read: skipped)."""
+    out: dict[int, tuple[str, int]] = {}
+    for entry in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{entry}/comm") as f:
+                comm = f.read().strip()
+            out[int(entry)] = (comm, read_times(pid, int(entry)).own)
         except (OSError, ValueError):
             continue
     return out
@@ -427,6 +486,8 @@ class Result:
     pairs: int
     seconds: float
     ok: bool = False
+    followed_label: str = "SA pairs followed (hot standby)"
+    """What ``pairs`` counts (``bench/metrics_cold.py``: SAs, in a cold standby's memory)."""
     error: str | None = None
     hz: int = 100
     scrapes: int = 0
@@ -443,6 +504,13 @@ class Result:
     """How many threads the metrics thread figure sums (at the end of the scraped windows)."""
     daemon_scraped_pct: float | None = None
     daemon_reference_pct: float | None = None
+    threads_pct: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per window kind: each group of the daemon's threads (``thread_group``), % of one core."""
+    follow_polls: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per window kind: the hot standby's polls of the change feed, by what they brought (its
+    status file's ``health.follow_polls``): a whole retrieval costs far more than a poll."""
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    """Each window part in turn: kind, seconds, daemon % of one core, polls."""
     windows_s: dict[str, float] = field(default_factory=dict)
     """The measured windows' real lengths."""
     setup_s: dict[str, float] = field(default_factory=dict)
@@ -457,7 +525,19 @@ class Result:
     def daemon_difference_pct(self) -> float | None:
         if self.daemon_scraped_pct is None or self.daemon_reference_pct is None:
             return None
-        return self.daemon_scraped_pct - self.daemon_reference_pct
+        return round(self.daemon_scraped_pct - self.daemon_reference_pct, 3)
+
+    @property
+    def follower_quiet(self) -> bool | None:
+        """Every window's polls brought nothing (None: not known).
+
+        Only then does the difference weigh scraping alone: a poll that brings
+        changes or a whole retrieval costs the daemon far more than a scrape,
+        and in one kind of window only it would be read as the scrape's.
+        """
+        if not self.parts or any("follow_polls" not in part for part in self.parts):
+            return None
+        return all(set(part["follow_polls"]) <= {"unchanged"} for part in self.parts)
 
     @property
     def metrics_thread_ms_per_scrape(self) -> float | None:
@@ -504,7 +584,7 @@ def table(result: Result) -> str:
     )
     verdict = {True: "yes", False: "NO", None: "-"}[r.within_budget]
     rows = [
-        ("SA pairs followed (hot standby)", f"{r.pairs}"),
+        (r.followed_label, f"{r.pairs}"),
         ("windows: reference, scraped", f"{_fmt(r.windows_s.get('reference'), ' s', 1)}, "
                                          f"{_fmt(r.windows_s.get('scraped'), ' s', 1)}"),
         ("scrapes in the scraped window", f"{r.scrapes} ({r.failed_scrapes} failed)"),
@@ -518,6 +598,9 @@ def table(result: Result) -> str:
         ("daemon CPU, scraped window", _fmt(r.daemon_scraped_pct, " % of one core")),
         ("daemon CPU, reference window", _fmt(r.daemon_reference_pct, " % of one core")),
         ("daemon CPU, difference", _fmt(r.daemon_difference_pct, " % of one core")),
+        ("follower quiet in every window", {True: "yes", False: "NO: the difference is not "
+                                            "the scrapes' alone", None: "-"}[r.follower_quiet]),
+        *_thread_rows(r),
         (f"metrics thread under {BUDGET_PCT:g}% of one core", verdict),
         ("CPU probe (see --cpu-probe)", _fmt(r.cpu_probe_ms, " ms", 3)),
     ]  # fmt: skip
@@ -528,6 +611,25 @@ def table(result: Result) -> str:
         rows.append(("takeover while scraped", f"FAILED: {r.takeover_error}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _thread_rows(r: Result) -> list[tuple[str, str]]:
+    """The daemon's CPU by thread group, and the follower's polls, reference vs scraped."""
+    rows = []
+    ref, scr = r.threads_pct.get("reference", {}), r.threads_pct.get("scraped", {})
+    for group in sorted(set(ref) | set(scr), key=lambda g: -(scr.get(g, 0) + ref.get(g, 0))):
+        rows.append(
+            (
+                f"  threads '{group}': reference, scraped",
+                f"{_fmt(ref.get(group, 0.0), ' %')}, {_fmt(scr.get(group, 0.0), ' %')}",
+            )
+        )
+    for kind in ("reference", "scraped"):
+        polls = r.follow_polls.get(kind)
+        if polls is not None:
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(polls.items())) or "none"
+            rows.append((f"follower polls, {kind} windows", shown))
+    return rows  # fmt: skip
 
 
 # -- one run --------------------------------------------------------------------------
@@ -604,95 +706,144 @@ class MetricsRun(failover.Run):
         return self.row
 
     def _measure(self, lab: Any, services: Any, with_store: bool) -> None:
-        r = self.result
         pid = daemon_pid(services.procs["gw2-daemon"].pid)
         address = _inside_address("gw2")
         targets = {"daemon": (address, DAEMON_PORT)}
         if with_store:
             targets["store"] = (address, STORE_PORT)
         scraper = Scraper(lab.ns(SCRAPER_HOST), targets, self.args.interval, self.recording)
-        probe = scraper.burst("daemon", 0.2)
-        if not any(s.ok for s in probe):
-            raise LabError(f"gw2's metrics do not answer: {probe[-1].error or probe[-1].status}")
 
-        named = bool(named_threads(pid))
-        r.metrics_thread_found = "named" if named else None
-        calibrated: int | None = None
-        if not named:
-            failover.say(f"no thread named {METRICS_THREAD_COMM}*: calibrating with a burst")
-            idle0 = thread_times(pid)
-            time.sleep(CALIBRATION_S)
-            idle1 = thread_times(pid)
-            scraper.burst("daemon", CALIBRATION_S)
-            burst1 = thread_times(pid)
-            calibrated = calibrated_thread((idle0, idle1), (idle1, burst1))
-            r.metrics_thread_found = None if calibrated is None else "calibrated"
+        def follow_polls() -> dict[str, int]:
+            return status_follow_polls(services.status("gw2"))
 
-        def metrics_tids() -> list[int]:
-            """Listed anew each time: a helper thread may start at a scrape."""
-            if named:
-                return named_threads(pid)
-            return [] if calibrated is None else [calibrated]
+        def take_over() -> None:
+            failover.say(f"N={self.pairs}: takeover, still scraping")
+            try:
+                self._fail_over(lab, services)
+                self.result.takeover_ms = dict(self.row.timeline_ms)
+            except LabError as exc:  # the figures stand; the recording lacks a takeover
+                self.result.takeover_error = str(exc)
+                self._show_logs(services)
+            time.sleep(self.args.tail)
 
-        ticks = {"reference": 0, "scraped": 0}
-        thread_ticks = 0
-        r.windows_s = {"reference": 0.0, "scraped": 0.0}
+        measure(
+            self.result, pid, scraper, follow_polls, self.args.seconds, self.args.rounds,
+            while_scraped=take_over if self.args.takeover else None,
+            say=lambda text: failover.say(f"N={self.pairs}: {text}"),
+        )  # fmt: skip
+        self.result.setup_s = {k: round(v, 1) for k, v in self.row.setup_s.items()}
+        self.result.ok = True
 
-        def window(name: str, seconds: float) -> None:
-            """Sleep ``seconds``; add the daemon's CPU (and, when scraped, the metrics threads')
-            to ``name``'s totals."""
-            nonlocal thread_ticks
-            before = read_times(pid).with_children
-            threads_before = threads_ticks(pid, metrics_tids())
-            start = time.monotonic()
-            time.sleep(seconds)
-            r.windows_s[name] += time.monotonic() - start
-            ticks[name] += read_times(pid).with_children - before
-            if name == "scraped":
-                tids = metrics_tids()
-                r.metrics_threads = len(tids)
-                thread_ticks += grown_ticks(threads_before, threads_ticks(pid, tids))
 
-        # Alternating halves, so that a drift of the follower's own load weighs on both.
-        part = self.args.seconds / self.args.rounds
-        scraped: list[Scrape] = []
-        try:
-            for k in range(self.args.rounds):
-                failover.say(f"N={self.pairs}: round {k + 1}: reference ({part:g} s, no scrapes)")
-                window("reference", part)
-                failover.say(f"N={self.pairs}: round {k + 1}: scraped ({part:g} s)")
-                mark = scraper.mark()
-                scraper.start()
-                window("scraped", part)
-                scraped += scraper.since(mark, "daemon")
-                if k < self.args.rounds - 1 or not self.args.takeover:
-                    scraper.stop()
-            if self.args.takeover:
-                failover.say(f"N={self.pairs}: takeover, still scraping")
-                try:
-                    self._fail_over(lab, services)
-                    r.takeover_ms = dict(self.row.timeline_ms)
-                except LabError as exc:  # the figures stand; the recording lacks a takeover
-                    r.takeover_error = str(exc)
-                    self._show_logs(services)
-                time.sleep(self.args.tail)
-        finally:
-            scraper.stop()
-        summarize_scrapes(r, scraped)
-        r.cpu_probe_ms = round(1000 * cpu_probe(), 3)
-        r.windows_s = {k: round(v, 3) for k, v in r.windows_s.items()}
-        r.daemon_reference_pct = round(
-            percent_of_core(ticks["reference"], r.windows_s["reference"], r.hz), 3
-        )
-        r.daemon_scraped_pct = round(
-            percent_of_core(ticks["scraped"], r.windows_s["scraped"], r.hz), 3
-        )
-        if r.metrics_thread_found is not None:
-            r.metrics_thread_pct = round(
-                percent_of_core(thread_ticks, r.windows_s["scraped"], r.hz), 3
-            )
-        r.setup_s = {k: round(v, 1) for k, v in self.row.setup_s.items()}
-        r.ok = True
+def status_follow_polls(status: Mapping[str, Any] | None) -> dict[str, int]:
+    """A daemon status file's ``health.follow_polls`` ({} before the first)."""
+    health = (status or {}).get("health") or {}
+    return {str(k): int(v) for k, v in (health.get("follow_polls") or {}).items()}
+
+
+def measure(
+    r: Result,
+    pid: int,
+    scraper: Scraper,
+    follow_polls: Callable[[], dict[str, int]],
+    seconds: float,
+    rounds: int,
+    while_scraped: Callable[[], None] | None = None,
+    say: Callable[[str], None] = print,
+) -> None:
+    """The windows of the module docstring against the daemon ``pid``, into ``r``.
+
+    ``follow_polls``: the daemon's polls so far (its status file's);
+    ``while_scraped``: run after the last window, still scraping (a takeover).
+    """
+    probe = scraper.burst("daemon", 0.2)
+    if not any(s.ok for s in probe):
+        raise LabError(f"the daemon's metrics do not answer: {probe[-1].error or probe[-1].status}")
+
+    named = bool(named_threads(pid))
+    r.metrics_thread_found = "named" if named else None
+    calibrated: int | None = None
+    if not named:
+        say(f"no thread named {METRICS_THREAD_COMM}*: calibrating with a burst")
+        idle0 = thread_times(pid)
+        time.sleep(CALIBRATION_S)
+        idle1 = thread_times(pid)
+        scraper.burst("daemon", CALIBRATION_S)
+        burst1 = thread_times(pid)
+        calibrated = calibrated_thread((idle0, idle1), (idle1, burst1))
+        r.metrics_thread_found = None if calibrated is None else "calibrated"
+
+    def metrics_tids() -> list[int]:
+        """Listed anew each time: a helper thread may start at a scrape."""
+        if named:
+            return named_threads(pid)
+        return [] if calibrated is None else [calibrated]
+
+    ticks = {"reference": 0, "scraped": 0}
+    thread_ticks = 0
+    r.windows_s = {"reference": 0.0, "scraped": 0.0}
+    groups: dict[str, dict[str, int]] = {"reference": {}, "scraped": {}}
+    polls: dict[str, dict[str, int]] = {"reference": {}, "scraped": {}}
+
+    def window(name: str, seconds: float) -> None:
+        """Sleep ``seconds``; add the daemon's CPU (and, when scraped, the metrics threads')
+        to ``name``'s totals."""
+        nonlocal thread_ticks
+        polls_before = follow_polls()
+        snapshot_before = thread_snapshot(pid)
+        before = read_times(pid).with_children
+        threads_before = threads_ticks(pid, metrics_tids())
+        start = time.monotonic()
+        time.sleep(seconds)
+        length = time.monotonic() - start
+        r.windows_s[name] += length
+        grown = read_times(pid).with_children - before
+        ticks[name] += grown
+        if name == "scraped":
+            tids = metrics_tids()
+            r.metrics_threads = len(tids)
+            thread_ticks += grown_ticks(threads_before, threads_ticks(pid, tids))
+        for group, n in grown_by_group(snapshot_before, thread_snapshot(pid), pid).items():
+            groups[name][group] = groups[name].get(group, 0) + n
+        polled = counter_increase(polls_before, follow_polls())
+        for result, n in polled.items():
+            polls[name][result] = polls[name].get(result, 0) + n
+        r.parts.append({"window": name, "seconds": round(length, 3),
+                        "daemon_pct": round(percent_of_core(grown, length, r.hz), 3),
+                        "follow_polls": polled})  # fmt: skip
+
+    # Alternating halves, so that a drift of the follower's own load weighs on both.
+    part = seconds / rounds
+    scraped: list[Scrape] = []
+    try:
+        for k in range(rounds):
+            say(f"round {k + 1}: reference ({part:g} s, no scrapes)")
+            window("reference", part)
+            say(f"round {k + 1}: scraped ({part:g} s)")
+            mark = scraper.mark()
+            scraper.start()
+            window("scraped", part)
+            scraped += scraper.since(mark, "daemon")
+            if k < rounds - 1 or while_scraped is None:
+                scraper.stop()
+        if while_scraped is not None:
+            while_scraped()
+    finally:
+        scraper.stop()
+    summarize_scrapes(r, scraped)
+    r.cpu_probe_ms = round(1000 * cpu_probe(), 3)
+    r.windows_s = {k: round(v, 3) for k, v in r.windows_s.items()}
+    r.daemon_reference_pct = round(
+        percent_of_core(ticks["reference"], r.windows_s["reference"], r.hz), 3
+    )
+    r.daemon_scraped_pct = round(percent_of_core(ticks["scraped"], r.windows_s["scraped"], r.hz), 3)
+    r.threads_pct = {
+        kind: {g: round(percent_of_core(n, r.windows_s[kind], r.hz), 3) for g, n in gr.items()}
+        for kind, gr in groups.items()
+    }
+    r.follow_polls = polls
+    if r.metrics_thread_found is not None:
+        r.metrics_thread_pct = round(percent_of_core(thread_ticks, r.windows_s["scraped"], r.hz), 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -758,20 +909,25 @@ def main(argv: list[str] | None = None) -> int:
             recording.close()
     result = run.result
     result.recording = None if args.record is None else str(args.record)
-    wall = time.monotonic() - started
-    if args.json:
-        out = asdict(result)
-        out.update(
-            command=command,
-            wall_s=round(wall, 1),
-            daemon_difference_pct=result.daemon_difference_pct,
-            metrics_thread_ms_per_scrape=result.metrics_thread_ms_per_scrape,
-            within_budget=result.within_budget,
-        )
-        print(json.dumps(out, indent=2))
-    else:
-        print(f"command: {command}\n{table(result)}\nwall time {wall:.0f} s")
+    report(result, command, time.monotonic() - started, as_json=args.json)
     return 0 if result.ok else 1
+
+
+def report(result: Result, command: str, wall_s: float, as_json: bool) -> None:
+    """Print the result: the table, or JSON with the derived figures too."""
+    if not as_json:
+        print(f"command: {command}\n{table(result)}\nwall time {wall_s:.0f} s")
+        return
+    out = asdict(result)
+    out.update(
+        command=command,
+        wall_s=round(wall_s, 1),
+        daemon_difference_pct=result.daemon_difference_pct,
+        metrics_thread_ms_per_scrape=result.metrics_thread_ms_per_scrape,
+        follower_quiet=result.follower_quiet,
+        within_budget=result.within_budget,
+    )
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

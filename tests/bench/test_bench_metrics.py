@@ -107,6 +107,48 @@ def test_the_metrics_threads_growth_counts_a_thread_born_in_the_window_from_zero
     assert bm.grown_ticks({}, {}) == 0
 
 
+def test_the_daemons_threads_are_grouped_main_metrics_workers_and_by_name() -> None:
+    # pid 30 is the event loop; 31, 32: unnamed pool threads (the process's comm);
+    # 33: the endpoint; 34: a named helper; 35: a pool thread born in the window.
+    before = {30: ("python3", 100), 31: ("python3", 50), 32: ("python3", 5),
+              33: ("ipsec-ha-metric", 10), 34: ("xfrm-batch-send", 1)}  # fmt: skip
+    after = {30: ("python3", 160), 31: ("python3", 70), 33: ("ipsec-ha-metric", 13),
+             34: ("xfrm-batch-send", 1), 35: ("python3", 4)}  # fmt: skip
+    # 32 ended: its ticks are lost with it, as a thread's own stat goes with the thread.
+    assert bm.grown_by_group(before, after, pid=30) == {
+        "main": 60, "workers": 20 + 4, "metrics": 3, "xfrm-batch-send": 0,
+    }  # fmt: skip
+    assert bm.thread_group(33, "ipsec-ha-metric", 30, "python3") == "metrics"
+
+
+def test_a_counters_increase_leaves_out_the_unchanged_and_counts_new_ones_from_zero() -> None:
+    before = {"unchanged": 10, "changes": 3}
+    after = {"unchanged": 10, "changes": 5, "whole": 1}
+    assert bm.counter_increase(before, after) == {"changes": 2, "whole": 1}
+
+
+def test_the_table_shows_the_daemons_threads_and_polls_per_window_kind() -> None:
+    result = bm.Result(pairs=10, seconds=60.0, ok=True,
+                       threads_pct={"reference": {"main": 1.5, "workers": 2.0},
+                                    "scraped": {"main": 1.75, "metrics": 3.25, "workers": 2.0}},
+                       follow_polls={"reference": {"unchanged": 60}, "scraped": {}})  # fmt: skip
+    rows = dict(bm._thread_rows(result))
+    assert rows["  threads 'metrics': reference, scraped"] == "0.00 %, 3.25 %"
+    assert rows["  threads 'main': reference, scraped"] == "1.50 %, 1.75 %"
+    assert rows["follower polls, reference windows"] == "unchanged 60"
+    assert rows["follower polls, scraped windows"] == "none"
+
+
+def test_the_difference_is_comparable_only_while_the_follower_polls_bring_nothing() -> None:
+    quiet = {"window": "reference", "seconds": 40.0, "daemon_pct": 3.7,
+             "follow_polls": {"unchanged": 39}}  # fmt: skip
+    busy = {**quiet, "window": "scraped", "follow_polls": {"unchanged": 30, "whole": 1}}
+    idle = {**quiet, "follow_polls": {}}  # no poll at all brought nothing either
+    assert bm.Result(pairs=1, seconds=1.0, parts=[quiet, idle]).follower_quiet is True
+    assert bm.Result(pairs=1, seconds=1.0, parts=[quiet, busy]).follower_quiet is False
+    assert bm.Result(pairs=1, seconds=1.0).follower_quiet is None
+
+
 def test_an_http_reply_is_split_into_status_and_body() -> None:
     assert bm.parse_reply(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\na 1\n") == (200, "a 1\n")
     with pytest.raises(ValueError):
@@ -317,3 +359,19 @@ def test_the_dashboard_renders_from_a_recording(tmp_path: Path) -> None:
     out = tmp_path / "dashboard.png"
     dr.render(dashboard(), samples, out, points=30, skip_s=5.0)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--sas", "0"], ["--sas", "60001"], ["--seconds", "0"], ["--rounds", "0"],
+     ["--interval", "0"], ["--sync-timeout", "0"]],
+)  # fmt: skip
+def test_the_cold_bench_refuses_bad_arguments_before_it_makes_anything(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import metrics_cold
+
+    with pytest.raises(SystemExit) as exited:
+        metrics_cold.main(argv)
+    assert exited.value.code == 2
+    assert "must be" in capsys.readouterr().err
