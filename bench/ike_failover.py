@@ -51,7 +51,9 @@ Figures, all from the run (monotonic clock of the VM):
 - ``same IKE SAs``: how many of the client's IKE SAs kept their SPIs;
 - ``replay drops``: the client's ``XfrmInStateSeqError`` over the takeover
   and the pings after it, and ``pings``: the echo replies to the pings after
-  the takeover, of N x ``PINGS``.
+  the takeover, of N x ``PINGS``;
+- ipsec-ha only: ``safety net``, what gw2's first check after the takeover
+  found through charon's vici (``kept N``: charon holds every fed IKE SA).
 
 It needs root and a kernel with ESP: run it in the lab VM::
 
@@ -76,6 +78,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import ApplianceError, LabError
 from netns_lab.charon import CHILD, CONNECTION, HA_SECTION, HA_TEMPLATE, HEARTBEAT_WAIT_S, Charons
@@ -103,6 +106,9 @@ PING_WAIT_S = 5
 """Pings run ``PING_BATCH`` sources at once, each waiting ``PING_WAIT_S`` for its replies:
 100 at once with 2 s left 8 tunnels without a reply under TCG, before any takeover."""
 IKE_UP_TIMEOUT_S = 300.0
+SAFETY_NET_WAIT_S = 120.0
+"""For gw2's safety net check: it starts 2 s after the takeover, and listing N IKE SAs
+through vici is slow under emulation."""
 INITIATORS = 4
 """swanctl --initiate commands in flight at once, while the client sets the tunnels up."""
 IKE_NAME, CHILD_NAME = "t{i}", "c{i}"
@@ -210,6 +216,9 @@ class Row:
     pings_after: int | None = None
     pings_before: int | None = None
     advanced: int | None = None
+    safety_net: dict[str, Any] | None = None
+    """ipsec-ha: gw2's first safety net check after the takeover (its status file's
+    ``ike.safety_net.last``: what charon held of the fed IKE SAs, through vici)."""
     """ipsec-ha: outbound counters the daemon moved."""
     setup_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -342,9 +351,21 @@ class Run:
         self.row.kill_ike_up_s = up_at - killed
         client_after = {spis for _, spis in charons.ike_sas("client")}
         self.row.same_ike_sas = len(client_before & client_after)
+        if services is not None:
+            self.row.safety_net = self._safety_net(services)
         self.row.pings_after = sum(self._ping(lab).values())
         self.row.replay_drops = replay_errors(lab, "client")["XfrmInStateSeqError"] - replay_before
         say(f"{self.way} N={self.tunnels}: {row_line(self.row)}")
+
+    @staticmethod
+    def _safety_net(services: Services) -> dict[str, Any]:
+        """gw2's first safety net check (it runs 2 s after the takeover), once done."""
+
+        def checked() -> dict[str, Any] | None:
+            net = ((services.status("gw2") or {}).get("ike") or {}).get("safety_net") or {}
+            return net.get("last") if net.get("checks") else None
+
+        return wait_for("gw2's safety net check", checked, SAFETY_NET_WAIT_S, 0.25)
 
     def _wait_ike(self, charons: Charons, host: str, state: str, timeout: float) -> float:
         """Until ``host``'s charon lists N IKE SAs in ``state``; when (monotonic)."""
@@ -393,14 +414,29 @@ def row_line(row: Row) -> str:
         f"{s(row.master_ike_up_s):>16} "
         f"{s(row.ike_up_s):>13} {s(row.kill_ike_up_s):>15} "
         f"{row.same_ike_sas!s:>13} {row.replay_drops!s:>13} "
-        f"{row.pings_after!s:>6}/{row.tunnels * PINGS}"
+        f"{row.pings_after!s:>6}/{row.tunnels * PINGS}  {safety_net_cell(row.safety_net)}"
     )
+
+
+def safety_net_cell(last: dict[str, Any] | None) -> str:
+    """The safety net's findings, as "kept 100" or "error: ..." ("-": not run)."""
+    if last is None:
+        return "-"
+    if last.get("error"):
+        return f"error: {last['error']}"
+    skip = {"error", "initiated", "initiate_failed"}
+    found = [f"{k.replace('_', ' ')} {v}" for k, v in last.items() if k not in skip and v]
+    for k in ("initiated", "initiate_failed"):
+        if last.get(k):
+            found.append(f"{k.replace('_', ' ')} {last[k]}")
+    return ", ".join(found) or "nothing held"
 
 
 HEADER = (
     f"{'way':10} {'N':>5} {'VIP':>9} {'MASTER -> done':>14} {'MASTER -> IKE up':>16} "
     f"{'VIP -> IKE up':>13} "
     f"{'kill -> IKE up':>15} {'same IKE SAs':>13} {'replay drops':>13} {'pings':>10}"
+    "  safety net"
 )
 
 

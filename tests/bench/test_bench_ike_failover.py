@@ -69,3 +69,20 @@ def test_the_bench_refuses_a_tunnel_count_it_cannot_address(
     with pytest.raises(SystemExit):
         bi.main(["--n", "0"])
     assert "1 to 1000 tunnels" in capsys.readouterr().err
+
+
+def test_the_safety_net_cell_names_what_the_check_found() -> None:
+    safety_net_cell = bi.safety_net_cell
+    clean = {"kept": 100, "replaced": 0, "not_established": 0, "children_missing": 0,
+             "missing": 0, "to_initiate": 0, "lost": 0, "initiated": 0,
+             "initiate_failed": 0, "error": None}  # fmt: skip
+    assert safety_net_cell(clean) == "kept 100"
+    some = {**clean, "kept": 97, "missing": 3, "to_initiate": 3, "initiated": 2,
+            "initiate_failed": 1}  # fmt: skip
+    assert safety_net_cell(some) == (
+        "kept 97, missing 3, to initiate 3, initiated 2, initiate failed 1"
+    )
+    refused = "vici: connection refused"
+    assert safety_net_cell({"error": refused}) == f"error: {refused}"
+    assert safety_net_cell(None) == "-"
+    assert safety_net_cell({**clean, "kept": 0}) == "nothing held"
