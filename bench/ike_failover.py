@@ -216,10 +216,10 @@ class Row:
     pings_after: int | None = None
     pings_before: int | None = None
     advanced: int | None = None
+    """ipsec-ha: outbound counters the daemon moved."""
     safety_net: dict[str, Any] | None = None
     """ipsec-ha: gw2's first safety net check after the takeover (its status file's
     ``ike.safety_net.last``: what charon held of the fed IKE SAs, through vici)."""
-    """ipsec-ha: outbound counters the daemon moved."""
     setup_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -321,6 +321,7 @@ class Run:
 
     def _fail_over(self, lab: Lab, charons: Charons, services: Services | None) -> None:
         client_before = {spis for _, spis in charons.ike_sas("client")}
+        checks_before = safety_net_checks(services.status("gw2") if services else None)
         replay_before = replay_errors(lab, "client")["XfrmInStateSeqError"]
         killed = time.monotonic()
         lab.kill_keepalived("gw1", signal.SIGKILL, wait=False)
@@ -351,21 +352,27 @@ class Run:
         self.row.kill_ike_up_s = up_at - killed
         client_after = {spis for _, spis in charons.ike_sas("client")}
         self.row.same_ike_sas = len(client_before & client_after)
-        if services is not None:
-            self.row.safety_net = self._safety_net(services)
         self.row.pings_after = sum(self._ping(lab).values())
         self.row.replay_drops = replay_errors(lab, "client")["XfrmInStateSeqError"] - replay_before
+        if services is not None:  # read last: waiting for it must not delay the pings
+            self.row.safety_net = self._safety_net(services, checks_before)
         say(f"{self.way} N={self.tunnels}: {row_line(self.row)}")
 
     @staticmethod
-    def _safety_net(services: Services) -> dict[str, Any]:
-        """gw2's first safety net check (it runs 2 s after the takeover), once done."""
+    def _safety_net(services: Services, checks_before: int) -> dict[str, Any]:
+        """gw2's first safety net check since the kill (it runs 2 s after the takeover);
+        ``{"error": ...}`` if none came: the row keeps its other figures."""
 
         def checked() -> dict[str, Any] | None:
-            net = ((services.status("gw2") or {}).get("ike") or {}).get("safety_net") or {}
-            return net.get("last") if net.get("checks") else None
+            status = services.status("gw2")
+            net = ((status or {}).get("ike") or {}).get("safety_net") or {}
+            # The count moves before the findings are written: wait for both.
+            return net.get("last") if safety_net_checks(status) > checks_before else None
 
-        return wait_for("gw2's safety net check", checked, SAFETY_NET_WAIT_S, 0.25)
+        try:
+            return wait_for("gw2's safety net check", checked, SAFETY_NET_WAIT_S, 0.25)
+        except LabError:
+            return {"error": f"no check within {SAFETY_NET_WAIT_S:g} s"}
 
     def _wait_ike(self, charons: Charons, host: str, state: str, timeout: float) -> float:
         """Until ``host``'s charon lists N IKE SAs in ``state``; when (monotonic)."""
@@ -416,6 +423,12 @@ def row_line(row: Row) -> str:
         f"{row.same_ike_sas!s:>13} {row.replay_drops!s:>13} "
         f"{row.pings_after!s:>6}/{row.tunnels * PINGS}  {safety_net_cell(row.safety_net)}"
     )
+
+
+def safety_net_checks(status: dict[str, Any] | None) -> int:
+    """The safety net checks a daemon's status file counts (0 without ``[ike]``)."""
+    net = ((status or {}).get("ike") or {}).get("safety_net") or {}
+    return int(net.get("checks") or 0)
 
 
 def safety_net_cell(last: dict[str, Any] | None) -> str:

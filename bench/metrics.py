@@ -41,7 +41,8 @@ Two figures, both as percent of one core over a window:
   follower's own load varies): read it together with the thread figure.
 
 Both windows are also split by thread group (``thread_group``: the event
-loop, the metrics threads, the unnamed pool threads, any other by name),
+loop, the metrics threads, the unnamed pool threads, any other by name, and
+``rest``: threads that ended in the window and waited-for children),
 and the follower's polls of each window are counted from gw2's status
 file: only when none brought changes or a whole retrieval ("follower quiet
 in every window") does the difference weigh the scrapes alone.
@@ -89,6 +90,9 @@ from bench import failover
 DAEMON_PORT = 9641
 STORE_PORT = 9642
 """The contract's default ports: the daemon's and the store server's ``[metrics]``."""
+REST_GROUP = "rest"
+"""The daemon's CPU in a window that no live thread's own stat holds: threads that ended
+in it, and children it waited for (the whole process's figure minus the groups')."""
 METRICS_THREAD_COMM = "ipsec-ha-metric"
 """How the comm of every metrics thread starts (``ipsec-ha-metrics``, ``ipsec-ha-metrics-netns``:
 comm holds 15 characters)."""
@@ -96,6 +100,9 @@ SCRAPE_TIMEOUT_S = 10.0
 CALIBRATION_S = 5.0
 BUDGET_PCT = 5.0
 """The acceptance: under 5% of one core."""
+QUIET_POLLS_PER_S = 0.5
+"""A quiet follower polls about once a second (``follow_interval_s``; a poll that brings
+nothing is quick): a window part with fewer polls than this per second is not quiet."""
 SCRAPER_HOST = "server"
 """The lab host the scraper runs in: on the inside segment, as gw2's metrics address."""
 
@@ -187,7 +194,7 @@ def thread_group(tid: int, comm: str, pid: int, main_comm: str) -> str:
         return "main"
     if comm.startswith(METRICS_THREAD_COMM):
         return "metrics"
-    if comm == main_comm:
+    if comm == main_comm or comm.startswith("asyncio_"):  # Python 3.14 names its threads
         return "workers"
     return comm
 
@@ -537,7 +544,13 @@ class Result:
         """
         if not self.parts or any("follow_polls" not in part for part in self.parts):
             return None
-        return all(set(part["follow_polls"]) <= {"unchanged"} for part in self.parts)
+        return all(
+            set(part["follow_polls"]) <= {"unchanged"}
+            # A poll is counted when it ends: a part with few polls may hold a long one
+            # (a whole retrieval) that ended only after it.
+            and part["follow_polls"].get("unchanged", 0) >= QUIET_POLLS_PER_S * part["seconds"]
+            for part in self.parts
+        )
 
     @property
     def metrics_thread_ms_per_scrape(self) -> float | None:
@@ -785,25 +798,36 @@ def measure(
     groups: dict[str, dict[str, int]] = {"reference": {}, "scraped": {}}
     polls: dict[str, dict[str, int]] = {"reference": {}, "scraped": {}}
 
-    def window(name: str, seconds: float) -> None:
+    def window(
+        name: str, seconds: float, begin: Callable[[], None] | None = None
+    ) -> tuple[float, float]:
         """Sleep ``seconds``; add the daemon's CPU (and, when scraped, the metrics threads')
-        to ``name``'s totals."""
+        to ``name``'s totals. ``begin`` runs once the window has started (the scraper:
+        its first scrape is the window's). Returns its start and end (Unix time)."""
         nonlocal thread_ticks
         polls_before = follow_polls()
-        snapshot_before = thread_snapshot(pid)
-        before = read_times(pid).with_children
         threads_before = threads_ticks(pid, metrics_tids())
-        start = time.monotonic()
-        time.sleep(seconds)
-        length = time.monotonic() - start
-        r.windows_s[name] += length
+        # The process is read outside its threads' reads at both ends, so that "rest" is
+        # never below zero by the ticks that fell between the reads.
+        before = read_times(pid).with_children
+        snapshot_before = thread_snapshot(pid)
+        start, start_unix = time.monotonic(), time.time()
+        if begin is not None:
+            begin()
+        time.sleep(max(0.0, start + seconds - time.monotonic()))
+        snapshot_after = thread_snapshot(pid)
         grown = read_times(pid).with_children - before
+        length, end_unix = time.monotonic() - start, time.time()
+        r.windows_s[name] += length
         ticks[name] += grown
         if name == "scraped":
             tids = metrics_tids()
             r.metrics_threads = len(tids)
             thread_ticks += grown_ticks(threads_before, threads_ticks(pid, tids))
-        for group, n in grown_by_group(snapshot_before, thread_snapshot(pid), pid).items():
+        by_group = grown_by_group(snapshot_before, snapshot_after, pid)
+        # What no live thread's stat holds: threads that ended, and waited-for children.
+        by_group[REST_GROUP] = grown - sum(by_group.values())
+        for group, n in by_group.items():
             groups[name][group] = groups[name].get(group, 0) + n
         polled = counter_increase(polls_before, follow_polls())
         for result, n in polled.items():
@@ -811,6 +835,7 @@ def measure(
         r.parts.append({"window": name, "seconds": round(length, 3),
                         "daemon_pct": round(percent_of_core(grown, length, r.hz), 3),
                         "follow_polls": polled})  # fmt: skip
+        return start_unix, end_unix
 
     # Alternating halves, so that a drift of the follower's own load weighs on both.
     part = seconds / rounds
@@ -821,9 +846,9 @@ def measure(
             window("reference", part)
             say(f"round {k + 1}: scraped ({part:g} s)")
             mark = scraper.mark()
-            scraper.start()
-            window("scraped", part)
-            scraped += scraper.since(mark, "daemon")
+            begun, ended = window("scraped", part, begin=scraper.start)
+            # Only the scrapes begun in the window (the next may start as it ends).
+            scraped += [s for s in scraper.since(mark, "daemon") if begun <= s.time < ended]
             if k < rounds - 1 or while_scraped is None:
                 scraper.stop()
         if while_scraped is not None:

@@ -31,7 +31,9 @@ time is asserted. Needs root (namespaces)::
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -101,7 +103,11 @@ class ColdRig:
         )  # fmt: skip
         store = StoreProcess(config, self.ns["store"], self.tmp / "store.log")
         store.start()
-        wait_for("the store to answer", lambda: self._store_answers(store), 30)
+        try:
+            wait_for("the store to answer", lambda: self._store_answers(store), 30)
+        except BaseException:
+            store.kill()
+            raise
         return store
 
     def _store_answers(self, store: Any) -> bool:
@@ -161,7 +167,18 @@ class ColdRig:
         return daemon_pid(self.daemon.pid)
 
     def _notify(self, state: str) -> None:
-        fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        """keepalived's FIFO line, once the daemon reads the FIFO (it may open it only
+        after its first status: ENXIO until then)."""
+
+        def opened() -> int | None:
+            try:
+                return os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                return None
+
+        fd = wait_for("the daemon to read its keepalived FIFO", opened, 30)
         try:
             os.write(fd, f'GROUP "{GROUP}" {state} 0\n'.encode())
         finally:
@@ -208,9 +225,10 @@ class ColdRig:
         self.old_active(store_all)
         return time.monotonic() - started
 
-    def wait_followed(self) -> float:
-        """Until the follower's copy is the store's: a poll brought the state, and polls
-        since bring nothing. Seconds taken."""
+    def wait_followed(self, polls_before: dict[str, int]) -> float:
+        """Until the follower's copy is the store's: the store's probe counts every SA, a
+        poll since ``polls_before`` (taken before the SAs were stored) brought them, and
+        three polls after the probe's count brought nothing. Seconds taken."""
         started = time.monotonic()
 
         def store_holds_all() -> bool:
@@ -223,7 +241,7 @@ class ColdRig:
 
         def caught_up() -> bool:
             now = status_follow_polls(self.status())
-            brought = sum(now.get(k, 0) for k in ("whole", "changes")) > 0
+            brought = any(now.get(k, 0) > polls_before.get(k, 0) for k in ("whole", "changes"))
             quiet = now.get("unchanged", 0) - base.get("unchanged", 0) >= 3
             return brought and quiet
 
@@ -248,24 +266,28 @@ def rig(args: argparse.Namespace) -> Iterator[ColdRig]:
             yield ColdRig(args, Path(tmp), ns)
 
 
-def run(args: argparse.Namespace) -> Result:
+def new_result(args: argparse.Namespace) -> Result:
     result = Result(args.sas, args.seconds, hz=os.sysconf("SC_CLK_TCK"))
     result.followed_label = "SAs followed (cold standby, in memory)"
+    return result
+
+
+def run(args: argparse.Namespace, result: Result) -> None:
     with rig(args) as r:
         store = r.start_store()
         try:
             r.apply_guard()
             pid = r.start_daemon()
             say(f"daemon {pid} is a cold standby; storing {args.sas} SAs and policies")
+            polls_before = status_follow_polls(r.status())
             result.setup_s["store"] = round(r.store_state(), 1)
-            result.setup_s["standby"] = round(r.wait_followed(), 1)
+            result.setup_s["standby"] = round(r.wait_followed(polls_before), 1)
             say(f"the standby follows {args.sas} SAs ({result.setup_s['standby']} s)")
             r.measure(pid, result)
             result.ok = True
         finally:
             r.stop_daemon()
             store.kill()
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,17 +311,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # fmt: skip
     if not 1 <= args.sas <= MAX_SAS:
         parser.error(f"--sas must be 1..{MAX_SAS}")
-    if args.seconds < 1 or args.interval <= 0 or args.rounds < 1 or args.sync_timeout <= 0:
-        parser.error("--seconds must be >= 1, --interval > 0, --rounds >= 1, --sync-timeout > 0")
+    times = (args.seconds, args.interval, args.sync_timeout)
+    out_of_range = args.seconds < 1 or args.interval <= 0 or args.sync_timeout <= 0
+    if not all(map(math.isfinite, times)) or out_of_range or args.rounds < 1:
+        parser.error(
+            "--seconds must be >= 1, --interval > 0, --rounds >= 1, --sync-timeout > 0 "
+            "(finite numbers)"
+        )
     if os.geteuid() != 0:
         print("bench/metrics_cold.py: run as root (it makes namespaces)", file=sys.stderr)
         return 2
     command = shlex.join([sys.executable, *sys.argv])
     started = time.monotonic()
+    result = new_result(args)
     try:
-        result = run(args)
-    except (ApplianceError, OSError) as exc:
-        result = Result(args.sas, args.seconds, error=str(exc))
+        run(args, result)
+    except (ApplianceError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        result.ok, result.error = False, f"{type(exc).__name__}: {exc}"
     report(result, command, time.monotonic() - started, as_json=args.json)
     return 0 if result.ok else 1
 

@@ -86,3 +86,9 @@ def test_the_safety_net_cell_names_what_the_check_found() -> None:
     assert safety_net_cell({"error": refused}) == f"error: {refused}"
     assert safety_net_cell(None) == "-"
     assert safety_net_cell({**clean, "kept": 0}) == "nothing held"
+
+
+def test_the_safety_net_checks_are_read_from_a_status_file() -> None:
+    assert bi.safety_net_checks({"ike": {"safety_net": {"checks": 2, "last": None}}}) == 2
+    assert bi.safety_net_checks({"role": "standby"}) == 0  # no [ike]
+    assert bi.safety_net_checks(None) == 0  # no status file yet

@@ -119,6 +119,7 @@ def test_the_daemons_threads_are_grouped_main_metrics_workers_and_by_name() -> N
         "main": 60, "workers": 20 + 4, "metrics": 3, "xfrm-batch-send": 0,
     }  # fmt: skip
     assert bm.thread_group(33, "ipsec-ha-metric", 30, "python3") == "metrics"
+    assert bm.thread_group(36, "asyncio_0", 30, "python3") == "workers"
 
 
 def test_a_counters_increase_leaves_out_the_unchanged_and_counts_new_ones_from_zero() -> None:
@@ -143,9 +144,13 @@ def test_the_difference_is_comparable_only_while_the_follower_polls_bring_nothin
     quiet = {"window": "reference", "seconds": 40.0, "daemon_pct": 3.7,
              "follow_polls": {"unchanged": 39}}  # fmt: skip
     busy = {**quiet, "window": "scraped", "follow_polls": {"unchanged": 30, "whole": 1}}
-    idle = {**quiet, "follow_polls": {}}  # no poll at all brought nothing either
-    assert bm.Result(pairs=1, seconds=1.0, parts=[quiet, idle]).follower_quiet is True
+    # A poll is counted when it ends: too few in a part may hide one still running.
+    stalled = {**quiet, "follow_polls": {"unchanged": 12}}
+    idle = {**quiet, "follow_polls": {}}
+    assert bm.Result(pairs=1, seconds=1.0, parts=[quiet, quiet]).follower_quiet is True
     assert bm.Result(pairs=1, seconds=1.0, parts=[quiet, busy]).follower_quiet is False
+    assert bm.Result(pairs=1, seconds=1.0, parts=[quiet, stalled]).follower_quiet is False
+    assert bm.Result(pairs=1, seconds=1.0, parts=[quiet, idle]).follower_quiet is False
     assert bm.Result(pairs=1, seconds=1.0).follower_quiet is None
 
 
@@ -364,7 +369,8 @@ def test_the_dashboard_renders_from_a_recording(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [["--sas", "0"], ["--sas", "60001"], ["--seconds", "0"], ["--rounds", "0"],
-     ["--interval", "0"], ["--sync-timeout", "0"]],
+     ["--interval", "0"], ["--sync-timeout", "0"], ["--sync-timeout", "nan"],
+     ["--seconds", "inf"]],
 )  # fmt: skip
 def test_the_cold_bench_refuses_bad_arguments_before_it_makes_anything(
     argv: list[str], capsys: pytest.CaptureFixture[str]
