@@ -364,10 +364,9 @@ class Run:
         ``{"error": ...}`` if none came: the row keeps its other figures."""
 
         def checked() -> dict[str, Any] | None:
-            status = services.status("gw2")
-            net = ((status or {}).get("ike") or {}).get("safety_net") or {}
+            net = safety_net_status(services.status("gw2"))
             # The count moves before the findings are written: wait for both.
-            return net.get("last") if safety_net_checks(status) > checks_before else None
+            return net.get("last") if int(net.get("checks") or 0) > checks_before else None
 
         try:
             return wait_for("gw2's safety net check", checked, SAFETY_NET_WAIT_S, 0.25)
@@ -425,10 +424,14 @@ def row_line(row: Row) -> str:
     )
 
 
+def safety_net_status(status: dict[str, Any] | None) -> dict[str, Any]:
+    """A daemon status file's ``ike.safety_net`` ({} without ``[ike]`` or a status)."""
+    return ((status or {}).get("ike") or {}).get("safety_net") or {}
+
+
 def safety_net_checks(status: dict[str, Any] | None) -> int:
     """The safety net checks a daemon's status file counts (0 without ``[ike]``)."""
-    net = ((status or {}).get("ike") or {}).get("safety_net") or {}
-    return int(net.get("checks") or 0)
+    return int(safety_net_status(status).get("checks") or 0)
 
 
 def safety_net_cell(last: dict[str, Any] | None) -> str:

@@ -75,6 +75,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -268,17 +269,6 @@ def read_times(pid: int, tid: int | None = None) -> TaskTimes:
         return parse_stat(f.read())
 
 
-def thread_times(pid: int) -> dict[int, int]:
-    """Each live thread's utime + stime (a thread may end while it is read: skipped)."""
-    out: dict[int, int] = {}
-    for entry in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out[int(entry)] = read_times(pid, int(entry)).own
-        except (OSError, ValueError):
-            continue
-    return out
-
-
 def thread_snapshot(pid: int) -> dict[int, tuple[str, int]]:
     """Each live thread's comm and utime + stime (a thread may end while it is read: skipped)."""
     out: dict[int, tuple[str, int]] = {}
@@ -292,28 +282,16 @@ def thread_snapshot(pid: int) -> dict[int, tuple[str, int]]:
     return out
 
 
-def named_threads(pid: int, prefix: str = METRICS_THREAD_COMM) -> list[int]:
-    """The threads whose comm starts with ``prefix``."""
-    found = []
-    for entry in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{entry}/comm") as f:
-                if f.read().strip().startswith(prefix):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return sorted(found)
+def thread_times(pid: int) -> dict[int, int]:
+    """Each live thread's utime + stime."""
+    return {tid: ticks for tid, (_, ticks) in thread_snapshot(pid).items()}
 
 
-def threads_ticks(pid: int, tids: Sequence[int]) -> dict[int, int]:
-    """utime + stime of each of ``tids`` still alive."""
-    out: dict[int, int] = {}
-    for tid in tids:
-        try:
-            out[tid] = read_times(pid, tid).own
-        except (OSError, ValueError):
-            continue
-    return out
+def named_ticks(
+    snapshot: Mapping[int, tuple[str, int]], prefix: str = METRICS_THREAD_COMM
+) -> dict[int, int]:
+    """The ticks of a snapshot's threads whose comm starts with ``prefix``."""
+    return {tid: ticks for tid, (comm, ticks) in snapshot.items() if comm.startswith(prefix)}
 
 
 def daemon_pid(launcher_pid: int) -> int:
@@ -773,7 +751,7 @@ def measure(
     if not any(s.ok for s in probe):
         raise LabError(f"the daemon's metrics do not answer: {probe[-1].error or probe[-1].status}")
 
-    named = bool(named_threads(pid))
+    named = bool(named_ticks(thread_snapshot(pid)))
     r.metrics_thread_found = "named" if named else None
     calibrated: int | None = None
     if not named:
@@ -786,17 +764,18 @@ def measure(
         calibrated = calibrated_thread((idle0, idle1), (idle1, burst1))
         r.metrics_thread_found = None if calibrated is None else "calibrated"
 
-    def metrics_tids() -> list[int]:
-        """Listed anew each time: a helper thread may start at a scrape."""
+    def metrics_ticks(snapshot: Mapping[int, tuple[str, int]]) -> dict[int, int]:
+        """The metrics threads' ticks, found anew in each snapshot: a helper thread may
+        start at a scrape."""
         if named:
-            return named_threads(pid)
-        return [] if calibrated is None else [calibrated]
+            return named_ticks(snapshot)
+        return {tid: ticks for tid, (_, ticks) in snapshot.items() if tid == calibrated}
 
     ticks = {"reference": 0, "scraped": 0}
     thread_ticks = 0
     r.windows_s = {"reference": 0.0, "scraped": 0.0}
-    groups: dict[str, dict[str, int]] = {"reference": {}, "scraped": {}}
-    polls: dict[str, dict[str, int]] = {"reference": {}, "scraped": {}}
+    groups: dict[str, Counter[str]] = {"reference": Counter(), "scraped": Counter()}
+    polls: dict[str, Counter[str]] = {"reference": Counter(), "scraped": Counter()}
 
     def window(
         name: str, seconds: float, begin: Callable[[], None] | None = None
@@ -806,7 +785,6 @@ def measure(
         its first scrape is the window's). Returns its start and end (Unix time)."""
         nonlocal thread_ticks
         polls_before = follow_polls()
-        threads_before = threads_ticks(pid, metrics_tids())
         # The process is read outside its threads' reads at both ends, so that "rest" is
         # never below zero by the ticks that fell between the reads.
         before = read_times(pid).with_children
@@ -821,17 +799,15 @@ def measure(
         r.windows_s[name] += length
         ticks[name] += grown
         if name == "scraped":
-            tids = metrics_tids()
-            r.metrics_threads = len(tids)
-            thread_ticks += grown_ticks(threads_before, threads_ticks(pid, tids))
+            metrics_after = metrics_ticks(snapshot_after)
+            r.metrics_threads = len(metrics_after)
+            thread_ticks += grown_ticks(metrics_ticks(snapshot_before), metrics_after)
         by_group = grown_by_group(snapshot_before, snapshot_after, pid)
         # What no live thread's stat holds: threads that ended, and waited-for children.
         by_group[REST_GROUP] = grown - sum(by_group.values())
-        for group, n in by_group.items():
-            groups[name][group] = groups[name].get(group, 0) + n
+        groups[name].update(by_group)
         polled = counter_increase(polls_before, follow_polls())
-        for result, n in polled.items():
-            polls[name][result] = polls[name].get(result, 0) + n
+        polls[name].update(polled)
         r.parts.append({"window": name, "seconds": round(length, 3),
                         "daemon_pct": round(percent_of_core(grown, length, r.hz), 3),
                         "follow_polls": polled})  # fmt: skip
@@ -866,7 +842,7 @@ def measure(
         kind: {g: round(percent_of_core(n, r.windows_s[kind], r.hz), 3) for g, n in gr.items()}
         for kind, gr in groups.items()
     }
-    r.follow_polls = polls
+    r.follow_polls = {kind: dict(counted) for kind, counted in polls.items()}
     if r.metrics_thread_found is not None:
         r.metrics_thread_pct = round(percent_of_core(thread_ticks, r.windows_s["scraped"], r.hz), 3)
 

@@ -95,7 +95,7 @@ class ColdRig:
     # -- the parts ---------------------------------------------------------------------
 
     def start_store(self) -> Any:
-        from tests.store.store_process import StoreProcess, write_config
+        from tests.store.store_process import StoreProcess, wait_ready, write_config
 
         config = write_config(
             self.tmp / "store.toml", self.psk, STORE, STORE_PORT, "sqlite",
@@ -104,22 +104,14 @@ class ColdRig:
         store = StoreProcess(config, self.ns["store"], self.tmp / "store.log")
         store.start()
         try:
-            wait_for("the store to answer", lambda: self._store_answers(store), 30)
+            self.old_active(lambda client: wait_ready(client, store, timeout=30))
+        except RuntimeError as exc:  # wait_ready's: the store exited
+            store.kill()
+            raise LabError(str(exc)) from None
         except BaseException:
             store.kill()
             raise
         return store
-
-    def _store_answers(self, store: Any) -> bool:
-        from appliance.store.base import StoreError
-
-        if not store.alive():
-            raise LabError(f"the store exited: {store.log.read_text()[-2000:]}")
-        try:
-            self.old_active(lambda c: c.heartbeat())
-        except StoreError:
-            return False
-        return True
 
     def old_active(self, work: Callable[[Any], T]) -> T:
         """``work(client)`` with a store client in the scraper's namespace."""

@@ -122,6 +122,12 @@ def test_the_daemons_threads_are_grouped_main_metrics_workers_and_by_name() -> N
     assert bm.thread_group(36, "asyncio_0", 30, "python3") == "workers"
 
 
+def test_the_metrics_threads_are_found_by_their_comm_in_a_snapshot() -> None:
+    snapshot = {30: ("python3", 100), 33: ("ipsec-ha-metric", 10), 37: ("ipsec-ha-metric", 2)}
+    assert bm.named_ticks(snapshot) == {33: 10, 37: 2}
+    assert bm.named_ticks({30: ("python3", 100)}) == {}
+
+
 def test_a_counters_increase_leaves_out_the_unchanged_and_counts_new_ones_from_zero() -> None:
     before = {"unchanged": 10, "changes": 3}
     after = {"unchanged": 10, "changes": 5, "whole": 1}
