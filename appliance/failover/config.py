@@ -354,12 +354,6 @@ def load_daemon_config(path: str | os.PathLike[str]) -> DaemonConfig:
             "gate holds back until their counters have moved (set [ike] feed = false to store "
             "the IKE SAs only)"
         )
-    if ike is not None and ike.feed and failover.mode is not StandbyMode.COLD:
-        raise ConfigError(
-            f"config {path}: [failover].mode: [ike] feed = true works with the cold standby "
-            "only: a hot standby installs the SAs itself, and charon must be the only one to "
-            'install the CHILD SAs it is fed (set mode = "cold", or [ike] feed = false)'
-        )
     if ike is not None and store.max_datagram < MIN_IKE_DATAGRAM:
         raise ConfigError(
             f"config {path}: [store].max_datagram: {store.max_datagram} is too small for [ike]: "

@@ -61,7 +61,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +114,13 @@ from appliance.notify import VrrpState
 from appliance.planner import Op, OpKind, apply_ops, is_gate
 from appliance.store.base import (
     FetchCancelled,
+    IkeSaRecord,
+    IkeSpis,
     NotFoundError,
     StaleEpochError,
     StoreError,
 )
+from appliance.store.client import Retrieved
 from appliance.store.follow import Follower
 from appliance.strongswan.vici_client import CharonVici, wait_for_connections
 from appliance.xfrm import constants as c
@@ -204,6 +207,8 @@ class FailoverDaemon:
         fetches without the kernel lock, so a takeover never waits for a background
         fetch (clients are not thread-safe)."""
         self._follow_generation = 0
+        self._charon_followed: tuple[int, Mapping[IkeSpis, IkeSaRecord]] | None = None
+        """charon's starts and the IKE SAs at the last follow run (``_charon_behind``)."""
         """Moves at every start/stop of following: a fetch from before is stale."""
         self.probe_clients = list(probe_stores)
         """The health probe's own store clients (none: no probe runs)."""
@@ -557,6 +562,8 @@ class FailoverDaemon:
 
     async def _follower(self) -> None:
         apply = [Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY]
+        if self.feeds_charon:  # a hot standby's charon holds the stored IKE SAs, passive
+            apply.insert(0, Step.FEED_CHARON)
         last_cycle = 0.0
         while True:
             # Rest as long as the last cycle took (up to MAX_FOLLOW_REST_S): a cycle that
@@ -590,9 +597,15 @@ class FailoverDaemon:
                 async with self._kernel_lock:
                     if overtaken():
                         continue  # a transition ran meanwhile: this fetch is stale
-                    if fetched is None or not self.executor.kernel_holds(fetched):
+                    if (
+                        fetched is None
+                        or not self.executor.kernel_holds(fetched)
+                        or self._charon_behind(fetched)
+                    ):
                         actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
                         held = await asyncio.to_thread(self._follow_once, actions, fetched)
+                        if fetched is not None and self.ike is not None:
+                            self._charon_followed = (self.ike.relay.resyncs, fetched.ike_sas)
                     else:
                         held = None  # nothing new: the kernel holds what it held
                 # In step with the store as of the fetch's start, holding this much of it.
@@ -606,6 +619,19 @@ class FailoverDaemon:
             except ExecutionError as exc:
                 log.warning("hot standby: %s", exc)
             last_cycle = time.monotonic() - started
+
+    def _charon_behind(self, fetched: Retrieved) -> bool:
+        """A hot standby's fed charon lacks what a follow run would give it: it started
+        again since (its RESYNC: it holds nothing), or the copy's IKE SAs changed (by
+        identity; they change without the kernel state, in an IKE rekey)."""
+        if self.ike is None or not self.feeds_charon:
+            return False
+        followed = self._charon_followed
+        return (
+            followed is None
+            or followed[0] != self.ike.relay.resyncs
+            or followed[1] is not fetched.ike_sas
+        )
 
     def _cold_standby_follows(self) -> bool:
         """A cold standby keeps the store's state in memory (not in its kernel): its

@@ -283,11 +283,17 @@ class CharonControl(Protocol):
     """The local charon, fed from the store (``ike_link.IkeLink``; ``[ike] feed``)."""
 
     def feed(
-        self, fetched: Retrieved, installed: Callable[[frozenset[int]], None]
-    ) -> frozenset[int]:
-        """Hand charon the fetched IKE SAs it does not hold yet, passive, in batches; after
-        each, ``installed(spis)`` returns once the kernel holds the batch's CHILD SAs (or
-        raises). Return the kernel SPIs of every CHILD SA charon is then to hold."""
+        self,
+        fetched: Retrieved,
+        installed: Callable[[frozenset[int]], None],
+        make_room: Callable[[frozenset[int]], None],
+    ) -> tuple[frozenset[int], frozenset[int]]:
+        """Make charon hold the fetched IKE SAs, passive: the ones it lacks in batches, and,
+        while it holds only what it was fed (a standby's), the changes and deletions too.
+        Before each batch, ``make_room(spis)`` deletes the served SAs with those SPIs
+        (ipsec-ha's, none of charon's); after it, ``installed(spis)`` returns once the
+        kernel holds the batch's CHILD SAs (or raises). Return the kernel SPIs of every
+        CHILD SA charon is then to hold, and of those it is removing."""
         ...
 
     def activate(self) -> None:
@@ -310,9 +316,12 @@ class CharonControl(Protocol):
 
 
 CHARON_RETIRE_WAIT_S = 10.0
-"""How long ``RETIRE_CHARON`` waits for charon to remove the CHILD SAs of the IKE SAs it
-deleted; what is left then is charon's still, and ``REMOVE_STATE`` leaves it alone."""
+"""How long ``RETIRE_CHARON`` (and a feed that deletes) waits for charon to remove the
+CHILD SAs it deleted; what is left then is charon's still, and ``REMOVE_STATE`` (or the
+follow) leaves it alone."""
 CHARON_POLL_S = 0.05
+FOLLOW_CHARON_WAIT_S = 5.0
+"""How long a hot standby's follow run waits for charon to install what it was fed."""
 
 
 @dataclass(frozen=True)
@@ -407,11 +416,13 @@ class PlanExecutor:
     ) -> None:
         self.kernel = kernel
         self.gate = gate
+        """The one-step gate (None: each ``out`` policy is its own block gate)."""
         self.charon = charon
         """The local charon when it is fed from the store (None: ipsec-ha installs all)."""
         self._charon_spis: frozenset[int] = frozenset()
         """SPIs of the SAs charon installs or still holds in this run: not ours to touch."""
-        """The one-step gate (None: each ``out`` policy is its own block gate)."""
+        self._fresh: frozenset[int] = frozenset()
+        """SPIs charon (re)installed in this run's feed, counters at 0."""
         self.store = store
         self.loops = loops
         self.settings = settings
@@ -479,6 +490,7 @@ class PlanExecutor:
         self._held = None
         self._kernel_holds_fetched = False
         self._charon_spis = frozenset()
+        self._fresh = frozenset()
         following = set(actions) <= _FOLLOW_ACTIONS
         # Counters a follow gave or checked are facts about the kernel only if the last
         # run was a completed follow run; any other run may have let traffic use the SAs.
@@ -682,11 +694,18 @@ class PlanExecutor:
 
     def _feed_charon(self, fetched: Retrieved, deadline: float) -> dict[str, Any]:
         charon = self._need_charon(Step.FEED_CHARON)
+        if self._following:
+            # A follow run holds the kernel lock, which a takeover waits for: a charon
+            # that does not install fails it soon (tried again at the next poll).
+            deadline = min(deadline, self.clock() + FOLLOW_CHARON_WAIT_S)
         if self.gate is not None:
             # Gated before charon installs them: charon's out policies go in open.
             self.gate.add({sa.spi for sa in fetched.sad})
+        fresh: set[int] = set()
+        """SPIs charon (re)installs in this feed: with counters at 0."""
+        cleared = 0
 
-        def installed(spis: frozenset[int]) -> None:
+        def wait_installed(spis: frozenset[int]) -> None:
             # charon's from now on, even if the wait fails: never ipsec-ha's to remove
             self._charon_spis |= spis
             self._held = None  # charon adds SAs: the next reader dumps
@@ -694,21 +713,65 @@ class PlanExecutor:
                 if self.clock() > deadline:
                     raise ExecutionTimeout(
                         f"feed-charon: {len(missing)} of {len(spis)} CHILD SAs charon was "
-                        f"fed are not in the kernel after {self.settings.timeout_s:g} s (is "
+                        f"fed are not in the kernel in time (is "
                         "charon running, with the ha plugin on the relay's address? its log "
                         "says why; outbound stays gated)"
                     )
                 time.sleep(CHARON_POLL_S)
 
+        def installed(spis: frozenset[int]) -> None:
+            fresh.update(spis)
+            wait_installed(spis)
+
+        def make_room(spis: frozenset[int]) -> None:
+            # Served SAs ipsec-ha installed (a hot follow, from the store, before the IKE
+            # record that names them came): charon's install of the same SPI would fail.
+            nonlocal cleared
+            served = {sa.spi for sa in fetched.sad} & spis
+            if not served:
+                return
+            ours = [sa for sa in self.kernel.dump_sad() if sa.spi in served]
+            self._held = None
+            self._mirror = None
+            self._batch([Op(OpKind.DELETE_SA, sa) for sa in ours], "feed-charon", deadline)
+            cleared += len(ours)
+
         self._charon_spis = frozenset()
-        spis = charon.feed(fetched, installed)
-        installed(spis)  # also the CHILD SAs of IKE SAs charon held already
-        self._charon_spis = spis
-        return {"ike_sas": len(fetched.ike_sas), "child_spis": len(spis)}
+        spis, removing = charon.feed(fetched, installed, make_room)
+        if not self._following:  # a takeover also checks what charon held already
+            wait_installed(spis - self._charon_spis)
+        # What charon removes stays charon's until it is gone.
+        self._charon_spis |= spis | self._wait_gone(removing, deadline)
+        if removing:
+            self._mirror = None  # the kernel changed under the mirror: the install dumps
+        self._fresh = frozenset(fresh)
+        if fresh:
+            # Their counters start again from 0: nothing a follow set or checked holds.
+            self._mirror = None
+            self._prep_run = None
+            for known in (self._follow_oseq, self._known_oseq, self._inbound_checked):
+                for identity in [i for i in known if i[2] in fresh]:
+                    del known[identity]
+        return {
+            "ike_sas": len(fetched.ike_sas),
+            "child_spis": len(spis),
+            "installed": len(fresh),
+            "cleared": cleared,
+        }
 
     def _retire_charon(self, deadline: float) -> dict[str, Any]:
         charon = self._need_charon(Step.RETIRE_CHARON)
         spis = charon.retire()
+        left = self._wait_gone(spis, deadline)
+        self._charon_spis = left
+        return {"child_spis": len(spis), "left": len(left)}
+
+    def _wait_gone(self, spis: frozenset[int], deadline: float) -> frozenset[int]:
+        """Wait (``CHARON_RETIRE_WAIT_S`` at most) until charon removed the SAs ``spis``
+        from the kernel; return those still there, which stay charon's."""
+        if not spis:
+            return spis
+        self._held = None
         until = min(deadline, self.clock() + CHARON_RETIRE_WAIT_S)
         left = spis & self._kernel_spis()
         while left and self.clock() < until:
@@ -716,14 +779,12 @@ class PlanExecutor:
             left = spis & self._kernel_spis()
         if left:
             log.warning(
-                "retire-charon: charon has not removed %d of the %d SAs of the IKE SAs it "
-                "deleted; they stay charon's, remove-state leaves them alone",
+                "charon has not removed %d of the %d SAs of the IKE and CHILD SAs it "
+                "deleted; they stay charon's, ipsec-ha leaves them alone",
                 len(left),
                 len(spis),
             )
-        self._charon_spis = frozenset(left)
-        self._held = None
-        return {"child_spis": len(spis), "left": len(left)}
+        return frozenset(left)
 
     def _drop_charon_orphans(self, report: ExecutionReport, deadline: float) -> dict[str, Any]:
         # Only SAs whose SPIs the dead charon's IKE SAs named: it cannot remove them any
@@ -1017,7 +1078,10 @@ class PlanExecutor:
             unchecked, outbound=False, action=Step.RESTORE_INBOUND_REPLAY, deadline=deadline
         ):
             for sa, wanted in checked:
-                self._inbound_checked[sa_identity(sa)] = wanted
+                # One charon reinstalls in this run may have been read before charon
+                # removed the SA it replaces: checked again by the next run.
+                if sa.spi not in self._fresh:
+                    self._inbound_checked[sa_identity(sa)] = wanted
             restored += len(done)
         report.restored_inbound += restored
         return {"restored": restored}
@@ -1049,7 +1113,9 @@ class PlanExecutor:
         return len(ops)
 
 
-_FOLLOW_ACTIONS = frozenset({Step.FETCH_STATE, Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY})
+_FOLLOW_ACTIONS = frozenset(
+    {Step.FETCH_STATE, Step.FEED_CHARON, Step.RECONCILE_STATE, Step.RESTORE_INBOUND_REPLAY}
+)
 """What a hot standby's follow runs; other plans may let traffic move inbound counters."""
 
 _MILESTONES = {

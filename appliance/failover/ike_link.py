@@ -19,7 +19,8 @@ stored IKE SA that an incomplete book does not know.
 
 With ``[ike] feed`` the link is also the executor's ``CharonControl``
 (docs/strongswan.md, "The takeover"): :meth:`feed` hands charon the stored
-IKE SAs at a takeover, :meth:`activate` makes them ESTABLISHED, and
+IKE SAs at a takeover (and, on a hot standby, at every follow run: only what
+changed, ``feed.plan_sync``), :meth:`activate` makes them ESTABLISHED, and
 :meth:`retire` makes charon delete every IKE SA it holds when the node stops
 being ACTIVE.  The book follows what charon is told, so that it keeps
 holding exactly charon's IKE SAs.  The executor calls these from its worker
@@ -46,8 +47,9 @@ from appliance.store.client import Retrieved
 from appliance.strongswan.config import IkeConfig
 from appliance.strongswan.feed import (
     CharonFeed,
+    CharonSync,
     child_kernel_spis,
-    feed_batches,
+    plan_sync,
     segment_active,
     segment_passive,
 )
@@ -81,6 +83,9 @@ SEGMENT = 1
 """With ``segment_count = 1`` every IKE SA is in segment 1 (docs/strongswan.md)."""
 LOOP_CALL_TIMEOUT_S = 30.0
 """How long the executor's thread waits for the loop to run a call to charon."""
+WATCHDOG_GRACE_S = 3.0
+"""How long after charon's start (its RESYNC) a feed waits: charon's plugin takes every
+segment when no heartbeat came for ``heartbeat_timeout`` (2.1 s by default)."""
 INITIATE_TIMEOUT_MS = 10_000
 """How long the safety net waits for charon to set one missing CHILD SA up."""
 
@@ -122,6 +127,20 @@ class IkeLink:
         """Kernel SPIs of their CHILD SAs, until out of the kernel (``forget_orphans``)."""
         self.restarts = 0
         """charon restarts (RESYNC) that lost IKE SAs while this node was active."""
+        self._fed: dict[IkeSpis, bytes] = {}
+        """The stored record each IKE SA charon holds was last fed from."""
+        self._pending_records: Mapping[IkeSpis, IkeSaRecord] = {}
+        """The records of the feed being sent."""
+        self._only_fed = True
+        """charon holds only IKE SAs it was fed, passive (since it started, or since its
+        IKE SAs were retired, and until it is activated): a feed may delete and change
+        them.  A daemon started beside a running charon feeds nothing (``book.complete``)."""
+        self._said_incomplete = False
+        self._resyncs_seen = 0
+        """``relay.resyncs`` when a feed was last planned."""
+        self._passive_since: int | None = None
+        """``relay.resyncs`` when the segment was last made passive (None: active, or not
+        made passive since)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -148,53 +167,111 @@ class IkeLink:
     # -- the executor's CharonControl ([ike] feed) -----------------------------------------
 
     def feed(
-        self, fetched: Retrieved, installed: Callable[[frozenset[int]], None]
-    ) -> frozenset[int]:
+        self,
+        fetched: Retrieved,
+        installed: Callable[[frozenset[int]], None],
+        make_room: Callable[[frozenset[int]], None],
+    ) -> tuple[frozenset[int], frozenset[int]]:
         # Planned and sent on the loop (which owns the relay and the book); the executor's
         # thread waits between batches (``installed``), so that charon's socket never
         # holds more than a batch (feed.FEED_BATCH).
-        batches = self._on_loop(lambda: self._plan_feed(fetched.ike_sas))
-        if batches is None:
-            return self._on_loop(self._charon_spis)
+        plan = self._on_loop(lambda: self._plan_sync(fetched.ike_sas))
+        if plan is None:
+            return self._on_loop(self._charon_spis), frozenset()
+        self._wait_for_watchdog()
+        before = self._on_loop(self._charon_spis)
         # The segment goes passive first, also when nothing is new (a reclaim): charon took
         # it when no heartbeat came, and only a passive segment flips its IKE SAs when
-        # activated (ha_segments.c).
-        self._on_loop(lambda: self.relay.send([segment_passive()]))
-        for batch in batches:
+        # activated (ha_segments.c).  Once per charon start or activation.
+        self._on_loop(self._make_passive)
+        if plan.first:
+            # CHILD SAs added to held IKE SAs: an SA of ours with such an SPI goes first
+            # (a hot follow installed it from the store before its IKE record came).
+            make_room(plan.installs - before)
+            self._on_loop(functools.partial(self._send_sync, plan))
+            installed(plan.installs)
+        for batch in plan.feeds:
+            make_room(batch.child_spis - before)
             self._on_loop(functools.partial(self._send_feed, batch))
             installed(batch.child_spis)
-        if batches:
-            log.info("feed-charon: %d IKE SAs with %d SAs handed to charon, in %d batches",
-                     sum(len(b.ike_sas) for b in batches),
-                     sum(len(b.child_spis) for b in batches), len(batches))  # fmt: skip
-        return self._on_loop(self._charon_spis)
+        if not plan.empty:
+            log.info("feed-charon: %d IKE SAs fed whole (%d SAs, %d batches), %d updated, "
+                     "%d deleted", sum(len(b.ike_sas) for b in plan.feeds),
+                     sum(len(b.child_spis) for b in plan.feeds), len(plan.feeds),
+                     len(plan.updated), len(plan.deleted))  # fmt: skip
+        return self._on_loop(self._charon_spis), plan.removes
 
-    def _plan_feed(self, records: Mapping[IkeSpis, IkeSaRecord]) -> list[CharonFeed] | None:
-        """The batches to feed (None: the book is not complete, so nothing goes, not even
-        the segment switch)."""
+    def _plan_sync(self, records: Mapping[IkeSpis, IkeSaRecord]) -> CharonSync | None:
+        """What to send (None: the book is not complete, so nothing goes, not even the
+        segment switch)."""
         if not self.book.complete:
             # charon may hold some of them already: a second IKE_ADD of one would give
-            # charon two IKE SAs with one ID.
-            log.warning(
+            # charon two IKE SAs with one ID.  Said once (a hot standby asks every poll).
+            (log.warning if not self._said_incomplete else log.debug)(
                 "feed-charon: this daemon has not seen charon start, so does not know which "
                 "IKE SAs charon holds; feeding none (start the daemon before charon)"
             )
+            self._said_incomplete = True
             return None
-        batches = feed_batches({k: v for k, v in records.items() if k not in self.book.sas})
-        for batch in batches:
-            for spis, why in batch.unreadable:
-                log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
-            self.unreadable += len(batch.unreadable)
-        return [b for b in batches if b.messages]
+        if self._resyncs_seen != self.relay.resyncs:
+            self._resyncs_seen = self.relay.resyncs
+            if not self.publishing:  # a standby's charon started: it holds nothing
+                self._only_fed = True
+                self._fed.clear()
+        if self._only_fed:
+            # charon holds only what it was fed, passive: make it hold exactly the store's.
+            fed = {k: v for k, v in self._fed.items() if k in self.book.sas}
+            plan = plan_sync(self.book.sas, fed, records)
+        else:
+            # charon's own IKE SAs (a reclaim, on the active node) are newer than the
+            # store's: it is only given what it lacks.
+            lacking = {k: v for k, v in records.items() if k not in self.book.sas}
+            plan = plan_sync({}, {}, lacking)
+        for spis, why in plan.unreadable:
+            log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
+        self.unreadable += len(plan.unreadable)
+        self._pending_records = records
+        return plan
+
+    def _wait_for_watchdog(self) -> None:
+        """Until charon's plugin has taken every segment after its start (in the executor's
+        thread): a segment made passive before that would be taken again, and with it the
+        IKE SAs fed, as if this node were active."""
+        started = self.relay.last_resync
+        if started is not None:
+            time.sleep(max(0.0, started + WATCHDOG_GRACE_S - time.monotonic()))
+
+    def _make_passive(self) -> None:
+        if self._passive_since == self.relay.resyncs:
+            return
+        self.relay.send([segment_passive()])
+        self._passive_since = self.relay.resyncs
+
+    def _send_sync(self, plan: CharonSync) -> None:
+        self.relay.send(plan.first)
+        for message in plan.first:
+            self.book.handle(message)
+        for spis in plan.deleted:
+            self._fed.pop(spis, None)
+        for spis in plan.updated:
+            self._fed[spis] = self._pending_records[spis].record
+        self.retired += len(plan.deleted)
 
     def _send_feed(self, batch: CharonFeed) -> None:
         self.relay.send(batch.messages)
         for message in batch.messages:
             self.book.handle(message)
+        for spis in batch.ike_sas:
+            self._fed[spis] = self._pending_records[spis].record
         self.fed += len(batch.ike_sas)
 
     def activate(self) -> None:
-        self._on_loop(lambda: self.relay.send([segment_active()]))
+        self._on_loop(self._activate)
+
+    def _activate(self) -> None:
+        self.relay.send([segment_active()])
+        self._passive_since = None
+        self._only_fed = False  # charon makes and changes IKE SAs of its own from now on
 
     def retire(self) -> frozenset[int]:
         return self._on_loop(self._retire)
@@ -207,8 +284,11 @@ class IkeLink:
             if (ike_id := sa.add.get(HaAttributeType.IKE_ID)) is not None
         ]
         self.relay.send([segment_passive(), *deletes])
+        self._passive_since = self.relay.resyncs
         for message in deletes:
             self.book.handle(message)
+        self._only_fed = True
+        self._fed.clear()
         self.retired += len(deletes)
         if deletes:
             log.info("retire-charon: charon deletes its %d IKE SAs", len(deletes))

@@ -219,7 +219,8 @@ def with_charon(actions: list[Step]) -> list[Step]:
     deletes those IKE SAs; ipsec-ha only moves their counters.  So: feed right after the
     fetch; restore the inbound windows (charon's are empty) and then activate charon
     before outbound opens; and retire charon's IKE SAs whenever a plan leaves ACTIVE or
-    holds nothing (right after publishing stopped, so no deletion reaches the store).
+    holds nothing (right after publishing stopped, so no deletion reaches the store; a hot
+    standby's charon, fed as it follows, after following stopped).
     """
     out: list[Step] = [a for a in actions if a is not S.RESTORE_INBOUND_REPLAY]
     if S.FETCH_STATE in out:
@@ -229,9 +230,10 @@ def with_charon(actions: list[Step]) -> list[Step]:
         out[at:at] = [S.RESTORE_INBOUND_REPLAY, S.ACTIVATE_CHARON]
     elif S.RESTORE_INBOUND_REPLAY in actions:
         out.append(S.RESTORE_INBOUND_REPLAY)
-    if S.CLOSE_OUTBOUND in out and S.OPEN_OUTBOUND not in out:
-        anchor = S.STOP_PUBLISHING if S.STOP_PUBLISHING in out else S.CLOSE_OUTBOUND
-        out.insert(out.index(anchor) + 1, S.RETIRE_CHARON)
+    if S.OPEN_OUTBOUND not in out and (S.CLOSE_OUTBOUND in out or S.REMOVE_STATE in out):
+        anchors = (S.STOP_PUBLISHING, S.CLOSE_OUTBOUND, S.STOP_FOLLOWING)
+        anchor = next((a for a in anchors if a in out), None)
+        out.insert(0 if anchor is None else out.index(anchor) + 1, S.RETIRE_CHARON)
     return out
 
 

@@ -85,6 +85,13 @@ class StateCopy:
     """``retrieved``'s tuples and the version they show: while nothing changes, every
     ``retrieved`` gives the same tuple objects, so a user can tell "the same state" by
     identity (the executor's follow-then-takeover, ``PlanExecutor.kernel_holds``)."""
+    _ike_version: int = field(default=0, init=False, repr=False, compare=False)
+    """Bumped by every change of ``ike_sas``."""
+    _ike_copy: tuple[int, dict[IkeSpis, IkeSaRecord]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """``retrieved``'s IKE SAs and the version they show, likewise by identity (a hot
+    standby's charon is fed when they change, ``FailoverDaemon._follower``)."""
 
     @classmethod
     def from_full(
@@ -131,6 +138,8 @@ class StateCopy:
         for pid in changes.removed_policies:
             self.policies.pop(pid, None)
             self.skipped.pop(_spd_place(pid), None)
+        if changes.removed_ike_sas:
+            self._ike_version += 1
         for spis in changes.removed_ike_sas:
             self.ike_sas.pop(spis, None)
         self._take(changes, stop)
@@ -145,7 +154,9 @@ class StateCopy:
         )
 
     def _take(self, state: RetrievedState, stop: Callable[[], bool] | None) -> None:
-        self.ike_sas.update(state.ike_sas)
+        if state.ike_sas:
+            self._ike_version += 1
+            self.ike_sas.update(state.ike_sas)
         if state.sad_entries or state.spd_entries or state.unreadable:
             self._version += 1
         for i, entry in enumerate(state.sad_entries):
@@ -196,6 +207,8 @@ class StateCopy:
                 tuple(self.policies.values()),
                 tuple(f"{place}: {why}" for place, why in self.skipped.items()),
             )
+        if self._ike_copy is None or self._ike_copy[0] != self._ike_version:
+            self._ike_copy = (self._ike_version, dict(self.ike_sas))
         _, sad, spd, skipped = self._tuples
         return Retrieved(
             sad,
@@ -205,7 +218,7 @@ class StateCopy:
             self.server_id,
             self.epoch,
             self.pages,
-            dict(self.ike_sas),
+            self._ike_copy[1],
         )
 
 

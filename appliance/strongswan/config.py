@@ -7,7 +7,7 @@ relayed; docs/operations.md says what that means for IKE).  With it::
     daemon = "strongswan"     # the only IKE daemon relayed
     relay = "127.0.0.2"       # charon's ha plugin `remote`: the relay binds it
     charon = "127.0.0.1"      # charon's ha plugin `local`: the only source accepted
-    feed = true               # at MASTER, hand charon the stored IKE SAs (default)
+    feed = true               # hand charon the stored IKE SAs (default; hot: as it follows)
     safety_net = true         # after a takeover, check charon's IKE SAs (default, with feed)
     reinitiate = true         # ... and set the missing ones up again where charon can
     vici = "unix:///var/run/charon.vici"   # charon's vici (default: charon's own default)
@@ -15,9 +15,11 @@ relayed; docs/operations.md says what that means for IKE).  With it::
 With ``feed`` (docs/strongswan.md, "The takeover") a MASTER transition hands
 the local charon the server ID's IKE SA records, charon installs their CHILD
 SAs, ipsec-ha moves their counters and activates charon; leaving ACTIVE makes
-charon's IKE SAs passive and deletes them in charon.  It needs the cold
-standby and the nftables gate ([failover] mode = "cold", gate = "nft"); the
-daemon's loader checks that.  ``feed = false`` only stores the IKE SAs.
+charon's IKE SAs passive and deletes them in charon.  A hot standby's charon
+is fed as the store changes, and holds every IKE SA passive until MASTER
+(docs/strongswan.md, "The hot standby's charon").  It needs the nftables gate
+([failover] gate = "nft"); the daemon's loader checks that.  ``feed = false``
+only stores the IKE SAs.
 
 With ``safety_net`` (and ``feed``) the daemon asks charon through vici, once a
 takeover is done, whether it holds every IKE SA it was fed

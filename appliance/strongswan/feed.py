@@ -1,4 +1,4 @@
-"""What a charon is fed from the store at a takeover, and its segment switch (sans-IO).
+"""What a charon is fed from the store, and its segment switch (sans-IO).
 
 A node taking over the tunnels of a server ID hands its local charon the IKE
 SA records the store holds (protocol.md 4.6).  Each record rebuilds one IKE
@@ -6,6 +6,14 @@ SA with its CHILD SAs (``IkeSaState.replay``).  charon's plugin makes each IKE
 SA ``IKE_PASSIVE`` at its IKE_UPDATE and installs each CHILD SA into the
 kernel at its CHILD_ADD, with outbound sequence number 0 and an empty replay
 window (docs/strongswan.md, "Feeding a charon").
+
+A hot standby's charon is fed as the store changes (:func:`plan_sync`): an
+IKE SA the store no longer holds is deleted (IKE_DELETE: charon removes its
+CHILD SAs from the kernel, with no message to the peer); a changed one gets
+only what changed (:func:`plan_update`: CHILD_DELETE, CHILD_ADD, the IKE_UPDATE
+or message IDs), or, when its IKE_ADD changed, a delete and a whole replay;
+a new one is replayed whole.  Deletes go first: charon's one dispatcher
+thread handles them before the CHILD_ADDs that may install the same SPIs.
 
 The segment is switched by the same socket, not by charon's FIFO: a
 SEGMENT_TAKE from the peer makes charon deactivate the segment (its
@@ -21,12 +29,18 @@ Pure functions: the relay (``relay.py``) sends the messages.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from appliance.store.base import IkeSaRecord, IkeSpis
-from appliance.strongswan.ha_message import HaAttributeType, HaMessage, HaMessageType, HaNumber
+from appliance.strongswan.ha_message import (
+    HaAttributeType,
+    HaIkeSaId,
+    HaMessage,
+    HaMessageType,
+    HaNumber,
+)
 from appliance.strongswan.ike_record import IkeRecordError, decode_record
-from appliance.strongswan.ike_state import IkeSaState, kernel_spi
+from appliance.strongswan.ike_state import ChildSa, IkeSaState, kernel_spi
 
 SEGMENT = 1
 """With ``segment_count = 1`` every IKE SA is in segment 1 (docs/strongswan.md)."""
@@ -54,13 +68,29 @@ class CharonFeed:
 
 def child_kernel_spis(state: IkeSaState) -> frozenset[int]:
     """The kernel SPIs of every CHILD SA of ``state``, both directions."""
+    return frozenset().union(*(_child_spis(c) for c in state.all_children))
+
+
+def _child_spis(child: ChildSa) -> frozenset[int]:
     spis: set[int] = set()
-    for child in state.all_children:
-        for attr in (HaAttributeType.INBOUND_SPI, HaAttributeType.OUTBOUND_SPI):
-            number = child.add.get(attr)
-            if isinstance(number, HaNumber):
-                spis.add(kernel_spi(number))
+    for attr in (HaAttributeType.INBOUND_SPI, HaAttributeType.OUTBOUND_SPI):
+        number = child.add.get(attr)
+        if isinstance(number, HaNumber):
+            spis.add(kernel_spi(number))
     return frozenset(spis)
+
+
+def read_record(spis: IkeSpis, record: IkeSaRecord) -> IkeSaState | str:
+    """The IKE SA the stored ``record`` of ``spis`` rebuilds, or why it does not."""
+    if record.unreadable is not None:
+        return record.unreadable
+    try:
+        state = decode_record(record.record)
+    except IkeRecordError as exc:
+        return str(exc)
+    if state.spis != spis:
+        return "the record rebuilds another IKE SA than its key names"
+    return state
 
 
 def plan_feed(records: Mapping[IkeSpis, IkeSaRecord]) -> CharonFeed:
@@ -71,17 +101,9 @@ def plan_feed(records: Mapping[IkeSpis, IkeSaRecord]) -> CharonFeed:
     child_spis: set[int] = set()
     unreadable: list[tuple[IkeSpis, str]] = []
     for spis in sorted(records):
-        record = records[spis]
-        if record.unreadable is not None:
-            unreadable.append((spis, record.unreadable))
-            continue
-        try:
-            state = decode_record(record.record)
-        except IkeRecordError as exc:
-            unreadable.append((spis, str(exc)))
-            continue
-        if state.spis != spis:
-            unreadable.append((spis, "the record rebuilds another IKE SA than its key names"))
+        state = read_record(spis, records[spis])
+        if isinstance(state, str):
+            unreadable.append((spis, state))
             continue
         messages.extend(state.replay())
         fed.append(spis)
@@ -113,3 +135,178 @@ def segment_active(segment: int = SEGMENT) -> HaMessage:
     (FIFO ``+N``).  Only a segment that was inactive flips anything (``ha_segments.c``:
     ``enable_disable``), so :func:`segment_passive` comes first."""
     return HaMessage(HaMessageType.SEGMENT_DROP, (HaNumber(HaAttributeType.SEGMENT, segment),))
+
+
+# -- a hot standby's charon, kept equal to the store ------------------------------------
+
+
+def _ike_id(state: IkeSaState) -> HaIkeSaId:
+    ike_id = state.add.get(HaAttributeType.IKE_ID)
+    if not isinstance(ike_id, HaIkeSaId):  # decode_record and the book refuse such an add
+        raise ValueError("an IKE SA's IKE_ADD names no IKE_ID")
+    return ike_id
+
+
+def ike_delete(state: IkeSaState) -> HaMessage:
+    """Make a passive charon delete ``state`` and its CHILD SAs (no message to the peer)."""
+    return HaMessage(HaMessageType.IKE_DELETE, (_ike_id(state),))
+
+
+def child_delete(state: IkeSaState, child: ChildSa) -> HaMessage:
+    """Make a passive charon delete one CHILD SA of ``state`` (as the plugin sends it)."""
+    return HaMessage(
+        HaMessageType.CHILD_DELETE,
+        (_ike_id(state), HaNumber(HaAttributeType.INBOUND_SPI, child.inbound_spi)),
+    )
+
+
+@dataclass(frozen=True)
+class IkeUpdate:
+    """What turns a passive charon's IKE SA into the stored one of the same SPIs."""
+
+    messages: tuple[HaMessage, ...]
+    installs: frozenset[int] = frozenset()
+    """Kernel SPIs of the CHILD SAs the messages add (charon installs them)."""
+    removes: frozenset[int] = frozenset()
+    """Kernel SPIs of the CHILD SAs the messages delete (charon removes them)."""
+
+
+def plan_update(old: IkeSaState, new: IkeSaState) -> IkeUpdate | None:
+    """The messages that turn ``old``, held passive by charon, into ``new`` (same SPIs);
+    None when only a delete and a whole replay can (another IKE_ADD, or a generation that
+    is not one of ``old``'s with the same IKE_ADD and IKE_UPDATE).
+
+    CHILD SAs are matched by INBOUND_SPI: one gone is deleted, one new is added, one whose
+    CHILD_ADD changed is deleted first and added again.  The IKE_UPDATEs, message IDs and
+    IV that changed are sent as they are now.  A new CHILD SA can only be the current IKE
+    SA's: an inherited one was created before the rekey, so ``old`` held it already.
+    """
+    if old.spis != new.spis or old.add != new.add:
+        return None
+    generations = {g.spis: (g.add, g.update) for g in old.ancestors}
+    if any(generations.get(g.spis) != (g.add, g.update) for g in new.ancestors):
+        return None
+    held = {c.inbound_spi: c for c in old.all_children}
+    inherited = {c.inbound_spi for g in new.ancestors for c in g.children}
+    replaced: list[ChildSa] = []
+    added: list[ChildSa] = []
+    for child in new.all_children:
+        before = held.get(child.inbound_spi)
+        if before == child:
+            continue
+        if child.inbound_spi in inherited:
+            return None
+        if before is not None:
+            replaced.append(before)
+        added.append(child)
+    wanted = {c.inbound_spi for c in new.all_children}
+    gone = [c for c in old.all_children if c.inbound_spi not in wanted]
+    changed = [
+        now
+        for was, now in (
+            (old.update, new.update),
+            (old.vips, new.vips),
+            (old.mid_initiator, new.mid_initiator),
+            (old.mid_responder, new.mid_responder),
+            (old.iv, new.iv),
+        )
+        if now is not None and now != was
+    ]
+    # Replaced CHILD SAs out before they go in again; the IKE SA's own state before its new
+    # CHILD SAs; CHILD SAs gone last, as charon's own rekey does (the policies stay).
+    messages = (
+        *(child_delete(old, c) for c in replaced),
+        *changed,
+        *(c.add for c in added),
+        *(child_delete(old, c) for c in gone),
+    )
+    return IkeUpdate(
+        tuple(messages),
+        frozenset().union(*(_child_spis(c) for c in added)),
+        frozenset().union(*(_child_spis(c) for c in (*replaced, *gone))),
+    )
+
+
+@dataclass(frozen=True)
+class CharonSync:
+    """What makes a passive charon hold exactly the stored IKE SAs (:func:`plan_sync`)."""
+
+    first: tuple[HaMessage, ...] = ()
+    """IKE_DELETEs and updates of held IKE SAs, sent before any feed."""
+    feeds: tuple[CharonFeed, ...] = ()
+    """IKE SAs to replay whole, in batches (:func:`feed_batches`)."""
+    installs: frozenset[int] = frozenset()
+    """Kernel SPIs of the CHILD SAs ``first`` adds."""
+    removes: frozenset[int] = frozenset()
+    """Kernel SPIs of the CHILD SAs ``first`` deletes (and no feed adds again)."""
+    deleted: tuple[IkeSpis, ...] = ()
+    """Held IKE SAs deleted (those replayed whole again included)."""
+    updated: tuple[IkeSpis, ...] = ()
+    unreadable: tuple[tuple[IkeSpis, str], ...] = field(default_factory=tuple)
+    """Stored records that do not rebuild an IKE SA: not fed (a held one is kept as is)."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.first and not any(f.messages for f in self.feeds)
+
+
+def plan_sync(
+    held: Mapping[IkeSpis, IkeSaState],
+    fed: Mapping[IkeSpis, bytes],
+    stored: Mapping[IkeSpis, IkeSaRecord],
+    batch: int = FEED_BATCH,
+) -> CharonSync:
+    """What makes charon, holding ``held`` passive, hold ``stored``.
+
+    ``fed`` has the record each held IKE SA was last fed from: an unchanged record costs
+    no decode and sends nothing.  A held IKE SA with no record there (charon's own) is
+    compared by what it holds.
+    """
+    first: list[HaMessage] = []
+    installs: set[int] = set()
+    removes: set[int] = set()
+    deleted: list[IkeSpis] = []
+    updated: list[IkeSpis] = []
+    unreadable: list[tuple[IkeSpis, str]] = []
+    whole: dict[IkeSpis, IkeSaRecord] = {}
+    for spis in sorted(held):
+        if spis not in stored:
+            first.append(ike_delete(held[spis]))
+            removes |= child_kernel_spis(held[spis])
+            deleted.append(spis)
+    for spis in sorted(stored):
+        record = stored[spis]
+        old = held.get(spis)
+        if old is None:
+            whole[spis] = record
+            continue
+        if fed.get(spis) == record.record and record.unreadable is None:
+            continue
+        new = read_record(spis, record)
+        if isinstance(new, str):
+            unreadable.append((spis, new))
+            continue
+        update = plan_update(old, new)
+        if update is None:
+            first.append(ike_delete(old))
+            removes |= child_kernel_spis(old)
+            deleted.append(spis)
+            whole[spis] = record
+        elif update.messages:
+            first.extend(update.messages)
+            installs |= update.installs
+            removes |= update.removes
+            updated.append(spis)
+    feeds = tuple(feed_batches(whole, batch)) if whole else ()
+    for f in feeds:
+        unreadable.extend(f.unreadable)
+    again = frozenset().union(installs, *(f.child_spis for f in feeds))
+    return CharonSync(
+        tuple(first),
+        tuple(f for f in feeds if f.messages),
+        frozenset(installs),
+        frozenset(removes - again),
+        tuple(deleted),
+        tuple(updated),
+        tuple(unreadable),
+    )

@@ -30,7 +30,14 @@ from typing import cast
 
 from appliance.errors import ConfigError
 from appliance.netns import run_in_netns
-from appliance.strongswan.ha_message import HA_PORT, HaMessage, HaMessageError, decode, encode
+from appliance.strongswan.ha_message import (
+    HA_PORT,
+    HaMessage,
+    HaMessageError,
+    HaMessageType,
+    decode,
+    encode,
+)
 from appliance.strongswan.ike_state import IkeBook, IkeEvent
 
 log = logging.getLogger("appliance.strongswan.relay")
@@ -90,6 +97,11 @@ class HaRelay(asyncio.DatagramProtocol):
         self.last_received: float | None = None
         """``time.monotonic()`` of the last datagram (charon's plugin sends a STATUS every
         second: silence means charon, or its plugin, is down)."""
+        self.resyncs = 0
+        """RESYNCs from charon: its plugin sends one when charon starts."""
+        self.last_resync: float | None = None
+        """``time.monotonic()`` of the last RESYNC: charon started then, and its plugin
+        takes every segment ``heartbeat_timeout`` later unless a STATUS comes."""
         self._transport: asyncio.DatagramTransport | None = None
 
     async def start(self, netns: str | None = None) -> None:
@@ -143,7 +155,11 @@ class HaRelay(asyncio.DatagramProtocol):
         self.received += 1
         self.last_received = time.monotonic()
         try:
-            events = self.book.handle(decode(data))
+            message = decode(data)
+            if message.type is HaMessageType.RESYNC:
+                self.resyncs += 1
+                self.last_resync = self.last_received
+            events = self.book.handle(message)
         except HaMessageError as exc:
             reason = type(exc).__name__
             self.drops[reason] += 1

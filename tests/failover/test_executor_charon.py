@@ -67,9 +67,16 @@ class FakeCharon:
         self.install = True
 
     def feed(
-        self, fetched: Retrieved, installed: Callable[[frozenset[int]], None]
-    ) -> frozenset[int]:
+        self,
+        fetched: Retrieved,
+        installed: Callable[[frozenset[int]], None],
+        make_room: Callable[[frozenset[int]], None],
+    ) -> tuple[frozenset[int], frozenset[int]]:
         self.journal.append(("charon-feed", sorted(fetched.ike_sas)))
+        spis = frozenset({OUT_SA.spi, IN_SA.spi})
+        if self.held:  # a hot standby's charon, fed before: nothing new
+            return spis, frozenset()
+        make_room(spis)
         if self.install:
             out_tmpl = dataclasses.replace(OUT_POL.templates[0], reqid=7)
             in_tmpl = dataclasses.replace(IN_POL.templates[0], reqid=8)
@@ -84,8 +91,8 @@ class FakeCharon:
                     self.kernel.sad[sa_identity(entry)] = entry
                 else:
                     self.kernel.spd[policy_identity(entry)] = entry
-        installed(frozenset({OUT_SA.spi, IN_SA.spi}))  # one batch
-        return frozenset({OUT_SA.spi, IN_SA.spi})
+        installed(spis)  # one batch
+        return spis, frozenset()
 
     def activate(self) -> None:
         self.journal.append(("charon-activate", None))
@@ -156,6 +163,18 @@ def test_the_plans_with_charon() -> None:
         S.CLOSE_OUTBOUND, S.RETIRE_CHARON, S.REMOVE_STATE,
     ]  # fmt: skip
     assert with_charon(list(FENCED)) == [S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.RETIRE_CHARON]
+    # A hot standby's charon holds the fed IKE SAs while it follows: retired when it stops.
+    assert with_charon(plan(Role.STANDBY, VrrpState.STOP, StandbyMode.HOT)) == [
+        S.STOP_FOLLOWING, S.RETIRE_CHARON, S.REMOVE_STATE,
+    ]  # fmt: skip
+    assert with_charon(plan(Role.ACTIVE, VrrpState.BACKUP, StandbyMode.HOT)) == [
+        S.CLOSE_OUTBOUND, S.STOP_PUBLISHING, S.RETIRE_CHARON, S.START_FOLLOWING,
+    ]  # fmt: skip
+    assert with_charon(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT)) == [
+        S.STOP_FOLLOWING, S.CLAIM_OWNERSHIP, S.FETCH_STATE, S.FEED_CHARON,
+        S.RECONCILE_STATE, S.ADVANCE_OUTBOUND_SEQ, S.RESTORE_INBOUND_REPLAY,
+        S.ACTIVATE_CHARON, S.OPEN_OUTBOUND, S.START_PUBLISHING,
+    ]  # fmt: skip
     assert with_charon(list(RECLAIM)) == takeover()
     assert with_charon([]) == []
     # a restarted charon: gated, counters flushed, the dead charon's SAs out, then RECLAIM
@@ -274,3 +293,71 @@ def test_no_orphans_drops_nothing() -> None:
     executor.run(with_charon(list(CHARON_RESTARTED)))
     assert ("charon-orphans", []) in journal
     assert not any(op == "delete_sa" for op, _ in journal)
+
+
+FOLLOW = [S.FETCH_STATE, S.FEED_CHARON, S.RECONCILE_STATE, S.RESTORE_INBOUND_REPLAY]
+"""A hot standby's follow run beside a fed charon (``FailoverDaemon._follower``)."""
+
+
+def test_a_hot_follow_leaves_charons_sas_to_charon_and_moves_only_inbound_counters() -> None:
+    executor, kernel, gate, _charon, journal = make()
+    executor.run(FOLLOW)
+    added = [e for op, e in journal if op == "add_sa"]
+    assert [e.spi for e in added if isinstance(e, m.SadEntry)] == [HAND_OUT.spi]
+    # charon's inbound SA gets its stored window; its outbound one waits for the takeover
+    replays = [e for op, e in journal if op == "set_replay" and isinstance(e, m.SadEntry)]
+    assert [e.spi for e in replays] == [IN_SA.spi]
+    assert kernel.sad[sa_identity(IN_SA)].replay == IN_SA.replay
+    assert not any(op == "delete_sa" for op, _ in journal)
+    # A second follow of the same state: charon is asked, nothing is touched.
+    journal.clear()
+    executor.run(FOLLOW)
+    assert [op for op, _ in journal if op in ("add_sa", "delete_sa", "set_replay")] == []
+    # The takeover from there: charon's outbound counter moves past the store's + the jump.
+    journal.clear()
+    takeover_plan = with_charon(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT))
+    executor.run(takeover_plan)
+    moved = [e for op, e in journal if op == "set_replay" and isinstance(e, m.SadEntry)]
+    assert [e.spi for e in moved] == [OUT_SA.spi]
+    assert moved[0].replay is not None and OUT_SA.replay is not None
+    assert moved[0].replay.oseq == OUT_SA.replay.oseq + JUMP
+    order = [op for op, _ in journal if op in ("set_replay", "charon-activate", "gate-open")]
+    assert order == ["set_replay", "charon-activate", "gate-open"]
+    assert not gate.closed
+
+
+def test_sas_a_hot_follow_installed_before_their_ike_sa_came_make_room_for_charons() -> None:
+    executor, kernel, _gate, charon, journal = make()
+    # The store's SAs came before the IKE record that names them: ipsec-ha installed them.
+    kernel.sad[sa_identity(OUT_SA)] = OUT_SA
+    kernel.sad[sa_identity(IN_SA)] = IN_SA
+    executor.run(FOLLOW)
+    deleted = [e.spi for op, e in journal if op == "delete_sa" and isinstance(e, m.SadEntry)]
+    assert sorted(deleted) == sorted([OUT_SA.spi, IN_SA.spi])
+    # the feed asked for room (the fake charon installs right after)
+    ops = [op for op, _ in journal]
+    assert ops.index("charon-feed") < ops.index("delete_sa")
+    # charon's now (reqids 7 and 8), with the inbound window restored from the store
+    assert kernel.sad[sa_identity(IN_SA)].reqid == 8
+    assert kernel.sad[sa_identity(IN_SA)].replay == IN_SA.replay
+    assert {e.spi for e in charon.held if isinstance(e, m.SadEntry)} == {OUT_SA.spi, IN_SA.spi}
+
+
+def test_what_a_feed_deletes_stays_charons_until_gone() -> None:
+    executor, kernel, _gate, charon, journal = make(timeout=100.0)
+    gone = frozenset({0x9999})
+    stale = dataclasses.replace(IN_SA, spi=0x9999)
+    kernel.sad[sa_identity(stale)] = stale  # charon is slow to remove it
+
+    def feed(
+        fetched: Retrieved,
+        installed: Callable[[frozenset[int]], None],
+        make_room: Callable[[frozenset[int]], None],
+    ) -> tuple[frozenset[int], frozenset[int]]:
+        return frozenset(), gone
+
+    charon.feed = feed  # type: ignore[method-assign]
+    executor.clock.step = 1.0  # type: ignore[attr-defined]  # the wait for charon ends
+    executor.run(FOLLOW)
+    assert sa_identity(stale) in kernel.sad  # not in the store, but not ipsec-ha's either
+    assert not any(op == "delete_sa" and getattr(e, "spi", 0) == 0x9999 for op, e in journal)

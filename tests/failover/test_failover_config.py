@@ -239,19 +239,15 @@ IKE_STORE_ONLY = IKE_FEED + "feed = false\n"
 NFT_GATE = '[nft]\nvips = ["192.0.2.10"]\nha_relay = true\n'
 
 
-def test_ike_feeds_charon_by_default_which_needs_the_nft_gate_and_the_cold_standby(
-    tmp_path: Path, psk: Path
-) -> None:
+def test_ike_feeds_charon_by_default_which_needs_the_nft_gate(tmp_path: Path, psk: Path) -> None:
     store = IKE_STORE.format(psk=psk)
     with pytest.raises(
         ConfigError, match=r'\[failover\]\.gate: \[ike\] feed = true needs gate = "nft"'
     ):
         load_daemon_config(write(tmp_path, psk, IKE_FEED, store=store))
     hot = '[failover]\nmode = "hot"\ngate = "nft"\n'
-    with pytest.raises(
-        ConfigError, match=r"\[failover\]\.mode: \[ike\] feed = true works with the cold"
-    ):
-        load_daemon_config(write(tmp_path, psk, hot + IKE_FEED + NFT_GATE, store=store))
+    cfg = load_daemon_config(write(tmp_path, psk, hot + IKE_FEED + NFT_GATE, store=store))
+    assert cfg.ike is not None and cfg.ike.feed and cfg.failover.mode is StandbyMode.HOT
     cold = '[failover]\ngate = "nft"\n'
     cfg = load_daemon_config(write(tmp_path, psk, cold + IKE_FEED + NFT_GATE, store=store))
     assert cfg.ike is not None and cfg.ike.feed is True

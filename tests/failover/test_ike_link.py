@@ -214,19 +214,25 @@ def test_feed_hands_charon_what_it_lacks_and_the_book_follows(tmp_path: Path) ->
     link.book.complete = True  # the relay saw charon start (its RESYNC)
     fetched = Retrieved((), (), "store", ike_sas=records)
     waits: list[frozenset[int]] = []
-    spis = link.feed(fetched, waits.append)
+    rooms: list[frozenset[int]] = []
+    spis, removing = link.feed(fetched, waits.append, rooms.append)
     assert sent.sent[0].type is HaMessageType.SEGMENT_TAKE
     assert tuple(sent.sent[1:]) == state.replay()
-    assert spis == child_kernel_spis(state) and len(spis) == 4
+    assert spis == child_kernel_spis(state) and len(spis) == 4 and removing == frozenset()
     assert waits == [spis]  # the one batch's CHILD SAs were waited for
+    assert rooms == [spis]  # room made for them first (none of them was charon's)
     assert set(link.book.sas) == set(records) and link.fed == 1
-    # Fed again (a reclaim): charon holds it already, so only the segment switch goes.
+    # Fed again (a hot standby's next poll): charon holds it already, nothing goes.
     sent.sent.clear()
-    assert link.feed(fetched, waits.append) == spis
-    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
+    assert link.feed(fetched, waits.append, rooms.append) == (spis, frozenset())
+    assert sent.sent == []
 
     link.activate()
     assert sent.sent[-1].type is HaMessageType.SEGMENT_DROP
+    # A reclaim once active: the segment goes passive again, charon's IKE SA stays as is.
+    sent.sent.clear()
+    assert link.feed(fetched, waits.append, rooms.append) == (spis, frozenset())
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
 
     sent.sent.clear()
     assert link.retire() == spis
@@ -248,7 +254,8 @@ def test_feed_with_an_incomplete_book_feeds_nothing(tmp_path: Path) -> None:
         active.book.handle(m)
     records = {s: ike_sa_record(state) for s, state in active.book.sas.items()}
     link, sent = charon_link(tmp_path)  # never saw charon start
-    assert link.feed(Retrieved((), (), "store", ike_sas=records), no_wait) == frozenset()
+    fetched = Retrieved((), (), "store", ike_sas=records)
+    assert link.feed(fetched, no_wait, no_wait) == (frozenset(), frozenset())
     assert sent.sent == [] and link.book.sas == {}
 
 
@@ -258,9 +265,66 @@ def test_a_record_that_does_not_decode_is_not_fed_and_counted(tmp_path: Path) ->
     link, sent = charon_link(tmp_path)
     link.book.complete = True
     bad = {(1, 2): IkeSaRecord((1, 2), (), b"\x01\x03 not a record")}
-    assert link.feed(Retrieved((), (), "store", ike_sas=bad), no_wait) == frozenset()
+    fetched = Retrieved((), (), "store", ike_sas=bad)
+    assert link.feed(fetched, no_wait, no_wait) == (frozenset(), frozenset())
     assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
     assert link.unreadable == 1 and link.fed == 0
+
+
+def test_a_hot_standbys_charon_gets_only_what_changed_in_the_store(tmp_path: Path) -> None:
+    from appliance.store.client import Retrieved
+    from appliance.strongswan.feed import child_kernel_spis
+
+    active, _ = charon_link(tmp_path)
+    standby, sent = charon_link(tmp_path)
+    standby.book.complete = True
+    rooms: list[frozenset[int]] = []
+
+    def step(*steps: str) -> tuple[frozenset[int], frozenset[int]]:
+        """The active charon does ``steps``; the standby is fed what the store then holds."""
+        for m in messages(*steps):
+            active.book.handle(m)
+        records = {s: ike_sa_record(state) for s, state in active.book.sas.items()}
+        sent.sent.clear()
+        return standby.feed(Retrieved((), (), "store", ike_sas=records), no_wait, rooms.append)
+
+    def same_as_active() -> None:
+        assert set(standby.book.sas) == set(active.book.sas)
+        for spis, state in active.book.sas.items():
+            held = standby.book.sas[spis]
+            assert child_kernel_spis(held) == child_kernel_spis(state)
+
+    step(*ESTABLISH)
+    same_as_active()
+    (first,) = active.book.sas
+    # A CHILD rekey by the client: the new CHILD SA and the message ID, no IKE_ADD.
+    spis, removing = step("rekey_child_client")
+    assert [m.type for m in sent.sent] == [HaMessageType.IKE_MID_RESPONDER,
+                                           HaMessageType.CHILD_ADD]  # fmt: skip
+    same_as_active()
+    assert removing == frozenset() and len(spis) == 6
+    # The gateway's CHILD rekey: one CHILD SA in, one deleted (charon removes it).
+    spis, removing = step("rekey_child_gateway")
+    types = [m.type for m in sent.sent]
+    assert HaMessageType.CHILD_ADD in types and types[-1] is HaMessageType.CHILD_DELETE
+    assert HaMessageType.IKE_ADD not in types and HaMessageType.IKE_DELETE not in types
+    assert len(removing) == 2 and not removing & spis
+    same_as_active()
+    # An IKE rekey: the old IKE SA deleted, the new one fed whole (it holds the CHILD SAs).
+    rooms.clear()
+    spis, removing = step("rekey_ike_client")
+    types = [m.type for m in sent.sent]
+    assert types[0] is HaMessageType.IKE_DELETE and sent.sent[0].ike_sa_id is not None
+    assert HaMessageType.IKE_ADD in types[1:]
+    assert first not in standby.book.sas
+    same_as_active()
+    # Room is never asked for the SPIs charon held: it removes those itself first.
+    assert all(not room & spis for room in rooms)
+    # The IKE SA terminated: deleted, and its CHILD SAs are charon's to remove.
+    spis, removing = step("terminate_child_client", "terminate_ike_client")
+    assert [m.type for m in sent.sent] == [HaMessageType.IKE_DELETE]
+    assert spis == frozenset() and len(removing) >= 2
+    assert standby.book.sas == {}
 
 
 class FakeVici:
@@ -432,3 +496,25 @@ def test_no_answer_once_the_node_is_not_active(feeding: FailoverDaemon) -> None:
 
     assert answer(feeding, [], role=Role.STANDBY) == []
     assert feeding.ike is not None and feeding.ike.orphans() == frozenset()
+
+
+def test_a_hot_standby_feeds_charon_when_its_ike_sas_change_or_charon_restarts(
+    tmp_path: Path, client: LoopbackClient
+) -> None:
+    from appliance.store.client import Retrieved
+
+    nft = '[nft]\nvips = ["192.0.2.10"]\nha_relay = true\n'
+    d = make_daemon(tmp_path, client, 'mode = "hot"\ngate = "nft"\n', nft + IKE)
+    assert d.ike is not None
+    first = Retrieved((), (), "store", ike_sas={})
+    assert d._charon_behind(first)  # never fed
+    d._charon_followed = (d.ike.relay.resyncs, first.ike_sas)
+    assert not d._charon_behind(first)
+    # Other IKE SAs, told by identity (an IKE rekey changes no ESP SA): feed.
+    assert d._charon_behind(Retrieved((), (), "store", ike_sas={}))
+    # charon started again: it holds nothing, feed whatever the store did.
+    d.ike.relay.resyncs += 1
+    assert d._charon_behind(first)
+    # Without [ike] feed nothing is ever behind.
+    plain = make_daemon(tmp_path, client, 'mode = "hot"\n', IKE + "feed = false\n")
+    assert not plain._charon_behind(first)

@@ -227,14 +227,19 @@ def test_ike_sas_are_followed_beside_the_kernel_state(client: LoopbackClient) ->
     write(client, [make_sa(n) for n in range(4)])
     assert client.put_ike_sas(SID, 1, [_ike(n) for n in range(4)]) == 1
     follower = Follower([client])
-    follower.poll(SID)
+    first = follower.poll(SID).state
     assert follower.state is not None
     assert follower.state.ike_sas == {_ike(n).spis: _ike(n) for n in range(4)}
+    # Unchanged, the copy hands out the same IKE SAs (a hot standby's charon is fed when
+    # they change, told by identity).
+    assert follower.poll(SID).state.ike_sas is first.ike_sas
 
     client.put_ike_sas(SID, 1, [_ike(1, b"rekeyed"), _ike(5)], removed=[_ike(2).spis])
     polled = follower.poll(SID)
-    # The IKE SAs changed, the kernel state did not: nothing for the kernel to do.
+    # The IKE SAs changed, the kernel state did not: nothing for the kernel to do, but
+    # other IKE SAs to hand charon.
     assert (polled.changed, polled.full) == (False, False)
+    assert polled.state.sad is first.sad and polled.state.ike_sas is not first.ike_sas
     assert follower.state.ike_sas == {
         i.spis: i for i in (_ike(0), _ike(1, b"rekeyed"), _ike(3), _ike(5))
     }
@@ -244,6 +249,10 @@ def test_ike_sas_are_followed_beside_the_kernel_state(client: LoopbackClient) ->
     assert follower.state.retrieved().ike_sas == whole.merged("x").ike_sas == whole.ike_sas
     answer = client.get_spi(make_sa(1).spi, str(make_sa(1).daddr))
     assert answer.ike_sa == _ike(1, b"rekeyed")
+    # A removal alone is a change of the IKE SAs too.
+    client.put_ike_sas(SID, 1, [], removed=[_ike(5).spis])
+    removed = follower.poll(SID).state
+    assert removed.ike_sas is not polled.state.ike_sas and _ike(5).spis not in removed.ike_sas
 
 
 def test_ike_sas_too_large_for_a_datagram_are_refused_by_name(client: LoopbackClient) -> None:

@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,14 +34,17 @@ from netns_lab.charon import VICI
 from tests.store.netns_star import in_netns
 from tests.store.store_process import IPSEC_HA, StoreProcess, write_config, write_psk
 from tests.strongswan.charon_lab import (
+    CL_ADDR,
     GW_ADDR,
     GW_SYNC,
     HA_LOCAL,
     HA_REMOTE,
+    HEARTBEAT_WAIT_S,
     CharonLab,
     charon_lab,
     run,
 )
+from tests.strongswan.charon_probe import CL_INNER, GW_INNER, ike_sas, route_inner
 
 T = TypeVar("T")
 SERVER_ID = GW_ADDR
@@ -214,15 +218,16 @@ def write_daemon_config(
     store: str = STORE,
     node: tuple[str, int] = ("gw-ike-lab", 1),
     feed: bool = False,
+    mode: str = "cold",
 ) -> Path:
-    """A cold daemon serving ``SERVER_ID`` with ``[ike]``; with ``feed``, it feeds charon
-    (and so has the nftables gate)."""
+    """A daemon (``mode``: cold or hot standby) serving ``SERVER_ID`` with ``[ike]``; with
+    ``feed``, it feeds charon (and so has the nftables gate)."""
     path.write_text(
         f'[node]\nid = "{node[0]}"\n'
         f'server_id = "{SERVER_ID}"\nnode_index = {node[1]}\n'
         f'[store]\nservers = ["{store}"]\nport = {STORE_PORT}\npsk_file = "{psk}"\n'
         f"timeout_s = 0.5\nretries = 5\nmax_datagram = {MAX_DATAGRAM}\n"
-        f'[failover]\nmode = "cold"\nkeepalived_fifo = "{fifo}"\n'
+        f'[failover]\nmode = "{mode}"\nkeepalived_fifo = "{fifo}"\n'
         f'status_file = "{status_file}"\nvrrp_name = "{GROUP}"\n'
         "notify_timeout_s = 60\nhealth_interval_s = 1.0\n"
         + ('gate = "nft"\n' if feed else "")
@@ -243,13 +248,14 @@ def start_daemon(
     node_index: int,
     store: str,
     feed: bool,
+    mode: str = "cold",
 ) -> tuple[Path, Path, Path, subprocess.Popen[bytes]]:
     """``ipsec-ha daemon`` in ``ns``: its keepalived FIFO, status file, log and process."""
     fifo, status_file = tmp_path / f"{name}-keepalived.fifo", tmp_path / f"{name}-status.json"
     os.mkfifo(fifo, 0o600)
     config = write_daemon_config(
         lab.work / f"{name}-daemon.toml", psk_file, fifo, status_file,
-        store=store, node=(f"{name}-ike-lab", node_index), feed=feed,
+        store=store, node=(f"{name}-ike-lab", node_index), feed=feed, mode=mode,
     )  # fmt: skip
     daemon_log = lab.work / ("daemon.log" if name == "gw" else f"{name}-daemon.log")
     cmd = [IPSEC_HA, "daemon", "--config", str(config), "--verbose"]
@@ -263,12 +269,17 @@ def start_daemon(
 
 @contextlib.contextmanager
 def ike_rig(
-    tmp_path: Path, standby: bool = False, standby_daemon: bool = False, feed: bool = False
+    tmp_path: Path,
+    standby: bool = False,
+    standby_daemon: bool = False,
+    feed: bool = False,
+    mode: str = "cold",
 ) -> Iterator[Rig]:
     """Store and daemon in the gateway's namespace (nothing of charon started yet);
     with ``standby``, the lab's standby gateway namespace too (``CharonLab.build``), the
     store then on the sync link; with ``standby_daemon`` a daemon there too
-    (``Rig.standby``); with ``feed``, the daemons feed charon (``[ike] feed``).
+    (``Rig.standby``); with ``feed``, the daemons feed charon (``[ike] feed``); ``mode``
+    is both daemons' standby mode.
 
     Everything started goes into ``lab.procs``: ``charon_lab`` stops it all, then removes
     the namespaces, whatever happens.  Logs and configurations live in ``lab.work`` (kept
@@ -296,7 +307,7 @@ def ike_rig(
 
         fifo, status_file, daemon_log, daemon = start_daemon(
             lab, gw_ns, psk_file, tmp_path, name="gw", node_index=1, store=store_address,
-            feed=feed,
+            feed=feed, mode=mode,
         )  # fmt: skip
         standby_rig = None
 
@@ -310,7 +321,7 @@ def ike_rig(
             if standby_daemon:
                 sb = start_daemon(
                     lab, lab.sb_ns, psk_file, tmp_path, name="sb", node_index=2,
-                    store=store_address, feed=feed,
+                    store=store_address, feed=feed, mode=mode,
                 )  # fmt: skip
                 standby_rig = Rig(lab, *sb[:3], store, sb[3], client)
             rig = Rig(lab, fifo, status_file, daemon_log, store, daemon, client, standby_rig)
@@ -321,3 +332,108 @@ def ike_rig(
             yield rig
         finally:
             client.close()
+
+
+# -- the steps the daemon-driven tests share (two daemons, keepalived played by the test) ------
+
+
+def transition(rig: Rig, state: str) -> dict[str, Any]:
+    """keepalived's line for ``state`` to the daemon of ``rig``; its status once done (ok)."""
+    at = rig.notify(state)
+    done = rig.wait_status(
+        f"{state} done", lambda st: st["state"] == state and (st["received"] or 0) >= at
+    )
+    assert done["ok"], f"{state} failed: {done['error']}{rig.diagnostics()}"
+    return done
+
+
+def steps_of(status: dict[str, Any]) -> list[str]:
+    """The steps of the plan a status file reports."""
+    return list((status.get("report") or {}).get("actions", []))
+
+
+def step_detail(status: dict[str, Any], step: str) -> dict[str, Any]:
+    """What one step of that plan reported (its timeline entry's detail)."""
+    for entry in (status.get("report") or {}).get("timeline", []):
+        if entry["step"] == step:
+            detail: dict[str, Any] = entry["detail"]
+            return detail
+    raise AssertionError(f"no {step} in the plan: {steps_of(status)}")
+
+
+def start_charons(rig: Rig) -> subprocess.Popen[bytes]:
+    """The gateway's, the client's and the standby's charon, their connections loaded, once
+    each daemon's relay saw its charon start and the plugins took their segment; the
+    gateway's charon process."""
+    lab = rig.lab
+    started = time.monotonic()
+    gw_charon = lab.start_charon(lab.gw_ns)
+    lab.start_charon(lab.cl_ns)
+    lab.start_charon(lab.sb_ns)
+    lab.load(lab.gw_ns, lab.cl_ns, lab.sb_ns)
+    for each in (rig, rig.standby):
+        if each is not None:
+            each.wait_status("the relay saw charon start", lambda st: st["ike"]["complete"])
+    time.sleep(max(0.0, started + HEARTBEAT_WAIT_S - time.monotonic()))
+    return gw_charon
+
+
+def crash_gateway(rig: Rig, gw_charon: subprocess.Popen[bytes]) -> None:
+    """The gateway's charon and daemon killed; its address moves to the standby."""
+    lab = rig.lab
+    for proc in (gw_charon, rig.daemon):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    lab.move_link(lab.sb_ns)
+    route_inner(lab.sb_ns, GW_INNER, CL_ADDR, "203.0.113.0/24")
+
+
+def gateway_back(rig: Rig, tmp_path: Path, mode: str = "cold") -> Rig:
+    """The crashed gateway restarted: a daemon (``mode``, feeding charon) started before its
+    charon, then charon with its connections; the new daemon's rig, its relay having seen
+    charon start and the plugin having taken its segment."""
+    lab = rig.lab
+    fifo, status_file, log, daemon = start_daemon(
+        lab, lab.gw_ns, tmp_path / "cluster.psk", tmp_path, name="gw-back", node_index=1,
+        store=GW_SYNC, feed=True, mode=mode,
+    )  # fmt: skip
+    back = Rig(lab, fifo, status_file, log, rig.store, daemon, rig.reader)
+    back.wait_status("written", lambda st: "ike" in st)
+    started = time.monotonic()
+    lab.start_charon(lab.gw_ns)
+    lab.load(lab.gw_ns)
+    back.wait_status("the relay saw charon start", lambda st: st["ike"]["complete"])
+    time.sleep(max(0.0, started + HEARTBEAT_WAIT_S - time.monotonic()))
+    return back
+
+
+def move_back(lab: CharonLab) -> None:
+    """The gateway's address back on the gateway (the failback's VIP move)."""
+    lab.move_link(lab.gw_ns)
+    run(["ip", "-n", lab.gw_ns, "route", "add", "203.0.113.0/24", "via", CL_ADDR,
+         "src", GW_INNER])  # fmt: skip
+
+
+def set_up_tunnel(rig: Rig) -> IkeSaRecord:
+    """The client's IKE SA with CHILD SAs ``net`` and ``net2`` to the gateway, routed; its
+    record, once the store holds the gateway's."""
+    lab = rig.lab
+    route_inner(lab.gw_ns, GW_INNER, CL_ADDR, "203.0.113.0/24")
+    route_inner(lab.cl_ns, CL_INNER, GW_ADDR, "198.51.100.0/24")
+    lab.swanctl(lab.cl_ns, "--initiate", "--child", "net")
+    lab.swanctl(lab.cl_ns, "--initiate", "--child", "net2")
+    record, _inbound = rig.wait_store_matches_gateway("the IKE SA with both CHILD SAs")
+    return record
+
+
+def rekey_ike(rig: Rig, old: IkeSpis) -> IkeSpis:
+    """The client rekeys its IKE SA ``old``; the new one's SPIs, once the client holds it
+    alone."""
+    lab = rig.lab
+    lab.swanctl(lab.cl_ns, "--rekey", "--ike", "gw")
+
+    def rekeyed() -> IkeSpis | None:
+        sas = ike_sas(lab, lab.cl_ns)
+        return sas[0][1] if len(sas) == 1 and sas[0][1] != old else None
+
+    return rig.wait("the IKE SA rekeyed by the client", rekeyed)

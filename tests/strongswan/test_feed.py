@@ -13,6 +13,8 @@ from appliance.strongswan.feed import (
     child_kernel_spis,
     feed_batches,
     plan_feed,
+    plan_sync,
+    plan_update,
     segment_active,
     segment_passive,
 )
@@ -135,3 +137,31 @@ def test_the_feed_goes_in_batches_cut_only_between_records() -> None:
     assert feed_batches({}) == []
     with pytest.raises(ValueError, match="at least one IKE SA"):
         feed_batches(real, size=0)
+
+
+def test_an_unchanged_record_sends_nothing_and_an_unreadable_one_keeps_what_charon_holds() -> None:
+    (state,) = _book_after("rekey_child_gateway").sas.values()
+    records = _records([state])
+    fed = {state.spis: records[state.spis].record}
+    assert plan_sync({state.spis: state}, fed, records).empty
+    assert plan_update(state, state) is not None and plan_update(state, state).messages == ()
+    # Without the record it was fed from, the held state is compared: still nothing.
+    assert plan_sync({state.spis: state}, {}, records).empty
+    broken = {state.spis: IkeSaRecord(state.spis, (), b"\x01\x03 broken")}
+    plan = plan_sync({state.spis: state}, fed, broken)
+    assert plan.empty and plan.deleted == () and len(plan.unreadable) == 1
+
+
+def test_another_ike_add_for_the_same_spis_is_a_delete_and_a_whole_replay() -> None:
+    (old,) = _book_after("add_child").sas.values()
+    (rekeyed,) = _book_after("rekey_ike_client").sas.values()
+    assert plan_update(old, rekeyed) is None  # other SPIs
+    # Old's SPIs with another IKE_ADD (the rekeyed SA's, for the test): only a replay.
+    assert plan_update(old, IkeSaState(old.spis, rekeyed.add, update=old.update)) is None
+    # The plan: IKE_DELETE first, then the whole record; nothing charon held is "removed"
+    # that the replay installs again.
+    plan = plan_sync({old.spis: old}, {}, _records([rekeyed]))
+    assert [m.type for m in plan.first] == [HaMessageType.IKE_DELETE]
+    assert plan.deleted == (old.spis,)
+    assert plan.feeds and plan.feeds[0].ike_sas == (rekeyed.spis,)
+    assert plan.removes == child_kernel_spis(old) - child_kernel_spis(rekeyed)

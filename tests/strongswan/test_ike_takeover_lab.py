@@ -27,21 +27,14 @@ gateway's veth end, with the gateway address, from one gateway to the other
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from appliance.store.base import IkeSaRecord
 from appliance.strongswan.ike_state import IkeSpis, format_spis
-from tests.strongswan.charon_lab import CL_ADDR, GW_ADDR, GW_SYNC, HEARTBEAT_WAIT_S, run
 from tests.strongswan.charon_probe import (
-    CL_INNER,
-    GW_INNER,
     PINGS,
     client_ike_sa_inits,
     counters_stored,
@@ -50,9 +43,20 @@ from tests.strongswan.charon_probe import (
     ping,
     rekey_net,
     replay_drops,
-    route_inner,
 )
-from tests.strongswan.ike_rig import SERVER_ID, Rig, ike_rig, start_daemon
+from tests.strongswan.ike_rig import (
+    SERVER_ID,
+    Rig,
+    crash_gateway,
+    gateway_back,
+    ike_rig,
+    move_back,
+    rekey_ike,
+    set_up_tunnel,
+    start_charons,
+    steps_of,
+    transition,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -61,21 +65,6 @@ pytestmark = pytest.mark.lab
 def rig(tmp_path: Path, require_root: None) -> Iterator[Rig]:
     with ike_rig(tmp_path, standby=True, standby_daemon=True, feed=True) as rig:
         yield rig
-
-
-def transition(rig: Rig, state: str) -> dict[str, Any]:
-    """keepalived's line for ``state`` to the daemon of ``rig``; its status once done (ok)."""
-    at = rig.notify(state)
-    done = rig.wait_status(
-        f"{state} done", lambda st: st["state"] == state and (st["received"] or 0) >= at
-    )
-    assert done["ok"], f"{state} failed: {done['error']}{rig.diagnostics()}"
-    return done
-
-
-def steps_of(status: dict[str, Any]) -> list[str]:
-    report = status.get("report") or {}
-    return list(report.get("actions", []))
 
 
 def stored_ike(rig: Rig) -> dict[IkeSpis, IkeSaRecord]:
@@ -88,21 +77,10 @@ def test_daemons_move_a_strongswan_tunnel_and_its_ike_sa_and_back(rig: Rig, tmp_
     gw_ns, cl_ns, sb_ns = lab.gw_ns, lab.cl_ns, lab.sb_ns
 
     # -- 1. gw active, sb standby; the tunnel --------------------------------------------------
-    started = time.monotonic()
-    gw_charon = lab.start_charon(gw_ns)
-    lab.start_charon(cl_ns)
-    lab.start_charon(sb_ns)
-    lab.load(gw_ns, cl_ns, sb_ns)
-    for each in (rig, sb):
-        each.wait_status("the relay saw charon start", lambda st: st["ike"]["complete"])
-    time.sleep(max(0.0, started + HEARTBEAT_WAIT_S - time.monotonic()))
+    gw_charon = start_charons(rig)
     transition(sb, "BACKUP")
     assert "feed-charon" in steps_of(transition(rig, "MASTER"))  # (the store holds none yet)
-    route_inner(gw_ns, GW_INNER, CL_ADDR, "203.0.113.0/24")
-    route_inner(cl_ns, CL_INNER, GW_ADDR, "198.51.100.0/24")
-    lab.swanctl(cl_ns, "--initiate", "--child", "net")
-    lab.swanctl(cl_ns, "--initiate", "--child", "net2")
-    record, _inbound = rig.wait_store_matches_gateway("the IKE SA with both CHILD SAs")
+    record = set_up_tunnel(rig)
     client_spis = kernel_spis(cl_ns)
     assert [spis for _s, spis in ike_sas(lab, cl_ns)] == [record.spis]
     assert ping(lab) == PINGS
@@ -113,11 +91,7 @@ def test_daemons_move_a_strongswan_tunnel_and_its_ike_sa_and_back(rig: Rig, tmp_
     drops = replay_drops(cl_ns)
 
     # -- 2. gw crashes; sb takes over, IKE SA included ------------------------------------------
-    for proc in (gw_charon, rig.daemon):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    lab.move_link(sb_ns)
-    route_inner(sb_ns, GW_INNER, CL_ADDR, "203.0.113.0/24")
+    crash_gateway(rig, gw_charon)
     done = transition(sb, "MASTER")
     steps = steps_of(done)
     for step in ("feed-charon", "restore-inbound-replay", "activate-charon", "open-outbound"):
@@ -133,13 +107,7 @@ def test_daemons_move_a_strongswan_tunnel_and_its_ike_sa_and_back(rig: Rig, tmp_
     # -- 3. rekeys through the new active, published by it ------------------------------------
     client_spis = rekey_net(lab, cl_ns, client_spis, sb.wait)
     client_spis = rekey_net(lab, sb_ns, client_spis, sb.wait)
-    lab.swanctl(cl_ns, "--rekey", "--ike", "gw")
-
-    def rekeyed_ike() -> IkeSpis | None:
-        sas = ike_sas(lab, cl_ns)
-        return sas[0][1] if len(sas) == 1 and sas[0][1] != record.spis else None
-
-    new_ike = sb.wait("the IKE SA rekeyed by the client", rekeyed_ike)
+    new_ike = rekey_ike(sb, record.spis)
     sb.wait(
         "sb to publish the rekeyed IKE SA with the CHILD SAs the client holds",
         lambda: (s := stored_ike(sb)) and list(s) == [new_ike]
@@ -154,24 +122,13 @@ def test_daemons_move_a_strongswan_tunnel_and_its_ike_sa_and_back(rig: Rig, tmp_
     )
 
     # -- 4. failback: gw returns as standby, then takes the tunnel back -------------------------
-    fifo, status_file, log, daemon = start_daemon(
-        lab, gw_ns, tmp_path / "cluster.psk", tmp_path, name="gw-back", node_index=1,
-        store=GW_SYNC, feed=True,
-    )  # fmt: skip
-    back = Rig(lab, fifo, status_file, log, rig.store, daemon, rig.reader)
-    back.wait_status("written", lambda st: "ike" in st)
-    started = time.monotonic()
-    lab.start_charon(gw_ns)
-    lab.load(gw_ns)
-    back.wait_status("the relay saw charon start", lambda st: st["ike"]["complete"])
-    time.sleep(max(0.0, started + HEARTBEAT_WAIT_S - time.monotonic()))
+    back = gateway_back(rig, tmp_path)
     transition(back, "BACKUP")
     left = steps_of(transition(sb, "BACKUP"))
     assert left[:3] == ["close-outbound", "stop-publishing", "retire-charon"], left
     sb.wait("sb's charon to hold no IKE SA", lambda: ike_sas(lab, sb_ns) == [] or None)
     assert kernel_spis(sb_ns) == set(), "sb's charon did not remove its CHILD SAs"
-    lab.move_link(gw_ns)
-    run(["ip", "-n", gw_ns, "route", "add", "203.0.113.0/24", "via", CL_ADDR, "src", GW_INNER])
+    move_back(lab)
     steps = steps_of(transition(back, "MASTER"))
     assert "feed-charon" in steps and "activate-charon" in steps, steps
     back.wait("the IKE SA ESTABLISHED on gw again",
