@@ -22,6 +22,10 @@ The ways (``--ways``):
   (``netns_lab.services``); each gateway's ha plugin talks to its daemon.
   gw2's daemon feeds its charon the stored IKE SAs at MASTER, moves the
   counters of the CHILD SAs charon installs, and activates charon.
+- ``ipsec-ha-hot``: the same with hot standbys. gw2's daemon follows the
+  store, and its charon holds every IKE SA passive (with the CHILD SAs it
+  installed) before the crash; at MASTER the daemon only moves counters and
+  activates charon.
 - ``ha-plugin``: strongSwan's ha plugin alone, peer to peer between the
   gateways' inside addresses (``segment_count = 1``, its heartbeat). gw1's
   charon starts first and takes the segment; gw2's holds the IKE SAs passive
@@ -88,7 +92,9 @@ from netns_lab.scenarios.ipsec_failover import IKE_MAX_DATAGRAM
 from netns_lab.services import Services, SyncSettings
 from netns_lab.tunnel import replay_errors
 
-WAYS = ("ipsec-ha", "ha-plugin", "none")
+WAYS = ("ipsec-ha", "ipsec-ha-hot", "ha-plugin", "none")
+MODES = {"ipsec-ha": "cold", "ipsec-ha-hot": "hot"}
+"""The ways with ipsec-ha, and their standby mode."""
 PROTECTED = ipaddress.IPv4Network("198.19.0.0/16")
 """The client's protected addresses, one /32 per tunnel (on its loopback)."""
 MAX_TUNNELS = 1000
@@ -164,7 +170,7 @@ def gateway_connections(vip: str, client: str, inside: str) -> str:
 
 def ha_section(way: str, gw: str) -> str:
     """A gateway's ha plugin: to its daemon (ipsec-ha), to the other gateway (ha-plugin)."""
-    if way == "ipsec-ha":
+    if way in MODES:
         return HA_SECTION
     if way == "ha-plugin":
         other = "gw2" if gw == "gw1" else "gw1"
@@ -240,8 +246,8 @@ class Run:
         t0 = time.monotonic()
         with Lab.create(advert_int=1.0, wait_notify=False) as lab:
             services = None
-            if self.way == "ipsec-ha":
-                settings = SyncSettings(mode="cold", gate="nft", ike=True,
+            if self.way in MODES:
+                settings = SyncSettings(mode=MODES[self.way], gate="nft", ike=True,
                                         store_max_datagram=IKE_MAX_DATAGRAM)  # fmt: skip
                 services = Services(lab, settings)
             charons = bench_charons(lab, self.way, self.tunnels)
@@ -315,7 +321,7 @@ class Run:
                 120.0,
                 1.0,
             )
-        elif self.way == "ha-plugin":
+        if self.way in ("ipsec-ha-hot", "ha-plugin"):  # gw2's charon holds them passive
             self._wait_ike(charons, "gw2", "PASSIVE", 120.0)
         self.row.setup_s["standby"] = time.monotonic() - t
 

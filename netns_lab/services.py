@@ -70,8 +70,8 @@ class SyncSettings:
     reachable from the client over the outside segment (None: no endpoint)."""
     ike: bool = False
     """``[ike]`` with ``feed = true``: each daemon relays its gateway's charon
-    (``netns_lab.charon``) and feeds it at a takeover; needs the cold standby, the nft
-    gate and a ``store_max_datagram`` of 16384 or more."""
+    (``netns_lab.charon``) and feeds it (at a takeover; a hot standby as it follows);
+    needs the nft gate and a ``store_max_datagram`` of 16384 or more."""
 
 
 @dataclass

@@ -603,9 +603,13 @@ class FailoverDaemon:
                         or self._charon_behind(fetched)
                     ):
                         actions = apply if fetched is not None else [Step.FETCH_STATE, *apply]
-                        held = await asyncio.to_thread(self._follow_once, actions, fetched)
+                        # Read before the run: a charon start during it is not fed by it.
+                        charon = None
                         if fetched is not None and self.ike is not None:
-                            self._charon_followed = (self.ike.relay.resyncs, fetched.ike_sas)
+                            charon = (self.ike.relay.resyncs, fetched.ike_sas)
+                        held = await asyncio.to_thread(self._follow_once, actions, fetched)
+                        if charon is not None:
+                            self._charon_followed = charon
                     else:
                         held = None  # nothing new: the kernel holds what it held
                 # In step with the store as of the fetch's start, holding this much of it.

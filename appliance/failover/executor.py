@@ -53,7 +53,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -305,6 +305,10 @@ class CharonControl(Protocol):
         the CHILD SAs charon is to remove with them."""
         ...
 
+    def refeed(self, spis: frozenset[int]) -> None:
+        """charon lacks these CHILD SAs it was fed: feed their IKE SAs whole again."""
+        ...
+
     def orphans(self) -> frozenset[int]:
         """The kernel SPIs of the CHILD SAs a charon that restarted without deleting its
         IKE SAs left behind."""
@@ -423,6 +427,9 @@ class PlanExecutor:
         """SPIs of the SAs charon installs or still holds in this run: not ours to touch."""
         self._fresh: frozenset[int] = frozenset()
         """SPIs charon (re)installed in this run's feed, counters at 0."""
+        self._charon_unverified = False
+        """A feed failed half way: the next follow checks that the kernel holds every
+        CHILD SA charon was fed."""
         self.store = store
         self.loops = loops
         self.settings = settings
@@ -721,43 +728,63 @@ class PlanExecutor:
 
         def installed(spis: frozenset[int]) -> None:
             fresh.update(spis)
+            self._forget_counters(spis)  # before the wait: it may fail
             wait_installed(spis)
 
         def make_room(spis: frozenset[int]) -> None:
             # Served SAs ipsec-ha installed (a hot follow, from the store, before the IKE
             # record that names them came): charon's install of the same SPI would fail.
             nonlocal cleared
-            served = {sa.spi for sa in fetched.sad} & spis
+            served = {sa_identity(sa) for sa in fetched.sad if sa.spi in spis}
             if not served:
                 return
-            ours = [sa for sa in self.kernel.dump_sad() if sa.spi in served]
+            ours = [sa for sa in self.kernel.dump_sad() if sa_identity(sa) in served]
             self._held = None
             self._mirror = None
+            self._forget_counters(spis)
             self._batch([Op(OpKind.DELETE_SA, sa) for sa in ours], "feed-charon", deadline)
             cleared += len(ours)
 
         self._charon_spis = frozenset()
-        spis, removing = charon.feed(fetched, installed, make_room)
+        unverified, self._charon_unverified = self._charon_unverified, True
+        try:
+            spis, removing = charon.feed(fetched, installed, make_room)
+        except (TimeoutError, RuntimeError, OSError) as exc:  # the loop or the relay socket
+            raise ExecutionError(
+                f"feed-charon: charon's relay did not take the feed: {exc}"
+            ) from exc
         if not self._following:  # a takeover also checks what charon held already
             wait_installed(spis - self._charon_spis)
+        elif unverified and (lacking := spis - self._charon_spis - self._kernel_spis()):
+            # A feed that failed half way may have left charon without SAs it was fed,
+            # which later feeds do not send again (the records did not change).
+            charon.refeed(lacking)
+            raise ExecutionError(
+                f"feed-charon: charon does not hold {len(lacking)} CHILD SAs it was fed; "
+                "their IKE SAs are fed again at the next poll"
+            )
+        self._charon_unverified = False
         # What charon removes stays charon's until it is gone.
         self._charon_spis |= spis | self._wait_gone(removing, deadline)
         if removing:
             self._mirror = None  # the kernel changed under the mirror: the install dumps
         self._fresh = frozenset(fresh)
         if fresh:
-            # Their counters start again from 0: nothing a follow set or checked holds.
             self._mirror = None
             self._prep_run = None
-            for known in (self._follow_oseq, self._known_oseq, self._inbound_checked):
-                for identity in [i for i in known if i[2] in fresh]:
-                    del known[identity]
         return {
             "ike_sas": len(fetched.ike_sas),
             "child_spis": len(spis),
             "installed": len(fresh),
             "cleared": cleared,
         }
+
+    def _forget_counters(self, spis: Collection[int]) -> None:
+        """SAs with these SPIs go or come again from charon, counters at 0: nothing a
+        follow set or checked of them holds any more."""
+        for known in (self._follow_oseq, self._known_oseq, self._inbound_checked):
+            for identity in [i for i in known if i[2] in spis]:
+                del known[identity]
 
     def _retire_charon(self, deadline: float) -> dict[str, Any]:
         charon = self._need_charon(Step.RETIRE_CHARON)

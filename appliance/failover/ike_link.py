@@ -128,19 +128,17 @@ class IkeLink:
         self.restarts = 0
         """charon restarts (RESYNC) that lost IKE SAs while this node was active."""
         self._fed: dict[IkeSpis, bytes] = {}
-        """The stored record each IKE SA charon holds was last fed from."""
+        """The stored record each IKE SA charon holds passive was last fed from; charon's
+        own IKE SAs (all of them once it is activated) have none, and a feed leaves them
+        alone."""
         self._pending_records: Mapping[IkeSpis, IkeSaRecord] = {}
         """The records of the feed being sent."""
-        self._only_fed = True
-        """charon holds only IKE SAs it was fed, passive (since it started, or since its
-        IKE SAs were retired, and until it is activated): a feed may delete and change
-        them.  A daemon started beside a running charon feeds nothing (``book.complete``)."""
+        self._refeed: set[IkeSpis] = set()
+        """Fed IKE SAs charon lacks CHILD SAs of: deleted and fed whole at the next feed."""
         self._said_incomplete = False
-        self._resyncs_seen = 0
-        """``relay.resyncs`` when a feed was last planned."""
-        self._passive_since: int | None = None
-        """``relay.resyncs`` when the segment was last made passive (None: active, or not
-        made passive since)."""
+        self._passive_since: tuple[int, int] | None = None
+        """``_segment_state()`` when the segment was last made passive (None: activated
+        since, or made passive before charon's watchdog could take it)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -213,25 +211,31 @@ class IkeLink:
             )
             self._said_incomplete = True
             return None
-        if self._resyncs_seen != self.relay.resyncs:
-            self._resyncs_seen = self.relay.resyncs
-            if not self.publishing:  # a standby's charon started: it holds nothing
-                self._only_fed = True
-                self._fed.clear()
-        if self._only_fed:
-            # charon holds only what it was fed, passive: make it hold exactly the store's.
-            fed = {k: v for k, v in self._fed.items() if k in self.book.sas}
-            plan = plan_sync(self.book.sas, fed, records)
-        else:
-            # charon's own IKE SAs (a reclaim, on the active node) are newer than the
-            # store's: it is only given what it lacks.
-            lacking = {k: v for k, v in records.items() if k not in self.book.sas}
-            plan = plan_sync({}, {}, lacking)
+        # Only what charon was fed (and holds still) is changed or deleted; the IKE SAs it
+        # made itself (a client's, on the active node) are its own.
+        self._fed = {k: v for k, v in self._fed.items() if k in self.book.sas}
+        held = {k: self.book.sas[k] for k in self._fed}
+        others = self.book.sas.keys() - held.keys()
+        refeed = self._refeed & held.keys()
+        self._refeed = set()
+        plan = plan_sync(held, self._fed, records, refeed=refeed, others=others)
         for spis, why in plan.unreadable:
             log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
         self.unreadable += len(plan.unreadable)
         self._pending_records = records
         return plan
+
+    def refeed(self, spis: frozenset[int]) -> None:
+        """charon does not hold these CHILD SAs it was fed: their IKE SAs are deleted and fed
+        whole at the next feed (from the executor's thread)."""
+        self._on_loop(functools.partial(self._mark_refeed, spis))
+
+    def _mark_refeed(self, spis: frozenset[int]) -> None:
+        owners = {k for k, sa in self.book.sas.items() if child_kernel_spis(sa) & spis}
+        for owner in owners:
+            log.warning("feed-charon: charon lacks CHILD SAs of IKE SA %s; feeding it again",
+                        format_spis(owner))  # fmt: skip
+        self._refeed |= owners
 
     def _wait_for_watchdog(self) -> None:
         """Until charon's plugin has taken every segment after its start (in the executor's
@@ -241,20 +245,29 @@ class IkeLink:
         if started is not None:
             time.sleep(max(0.0, started + WATCHDOG_GRACE_S - time.monotonic()))
 
+    def _segment_state(self) -> tuple[int, int] | None:
+        """What makes a passive segment stay so: no charon start, no SEGMENT_TAKE of charon's
+        since (None: charon's watchdog may still take it)."""
+        started = self.relay.last_resync
+        if started is not None and time.monotonic() < started + WATCHDOG_GRACE_S:
+            return None
+        return self.relay.resyncs, self.relay.segment_takes
+
     def _make_passive(self) -> None:
-        if self._passive_since == self.relay.resyncs:
+        now = self._segment_state()
+        if now is not None and self._passive_since == now:
             return
         self.relay.send([segment_passive()])
-        self._passive_since = self.relay.resyncs
+        self._passive_since = now
 
     def _send_sync(self, plan: CharonSync) -> None:
         self.relay.send(plan.first)
         for message in plan.first:
             self.book.handle(message)
-        for spis in plan.deleted:
-            self._fed.pop(spis, None)
         for spis in plan.updated:
             self._fed[spis] = self._pending_records[spis].record
+        for spis in plan.deleted:
+            self._fed.pop(spis, None)
         self.retired += len(plan.deleted)
 
     def _send_feed(self, batch: CharonFeed) -> None:
@@ -271,7 +284,7 @@ class IkeLink:
     def _activate(self) -> None:
         self.relay.send([segment_active()])
         self._passive_since = None
-        self._only_fed = False  # charon makes and changes IKE SAs of its own from now on
+        self._fed.clear()  # charon's own from now on: it rekeys and changes them itself
 
     def retire(self) -> frozenset[int]:
         return self._on_loop(self._retire)
@@ -284,10 +297,9 @@ class IkeLink:
             if (ike_id := sa.add.get(HaAttributeType.IKE_ID)) is not None
         ]
         self.relay.send([segment_passive(), *deletes])
-        self._passive_since = self.relay.resyncs
+        self._passive_since = self._segment_state()
         for message in deletes:
             self.book.handle(message)
-        self._only_fed = True
         self._fed.clear()
         self.retired += len(deletes)
         if deletes:

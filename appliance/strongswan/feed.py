@@ -28,7 +28,7 @@ Pure functions: the relay (``relay.py``) sends the messages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from appliance.store.base import IkeSaRecord, IkeSpis
@@ -255,12 +255,21 @@ def plan_sync(
     fed: Mapping[IkeSpis, bytes],
     stored: Mapping[IkeSpis, IkeSaRecord],
     batch: int = FEED_BATCH,
+    *,
+    refeed: Collection[IkeSpis] = (),
+    others: Collection[IkeSpis] = (),
 ) -> CharonSync:
-    """What makes charon, holding ``held`` passive, hold ``stored``.
+    """What makes charon, holding ``held`` passive (the IKE SAs it was fed), hold ``stored``.
 
     ``fed`` has the record each held IKE SA was last fed from: an unchanged record costs
-    no decode and sends nothing.  A held IKE SA with no record there (charon's own) is
-    compared by what it holds.
+    no decode and sends nothing; one missing there is compared by what is held.  Those in
+    ``refeed`` are deleted and fed whole again (charon lost some of their CHILD SAs).
+    ``others`` are IKE SAs charon holds of its own: never deleted or changed, and a stored
+    one that rebuilds one of them (itself or a generation) is not fed.
+
+    A new record whose generations include a held IKE SA supersedes it (the store holds
+    both halves of an IKE rekey): the held one is deleted, since the new one's replay
+    rebuilds it, and a stored record of a superseded IKE SA is not fed on its own.
     """
     first: list[HaMessage] = []
     installs: set[int] = set()
@@ -269,37 +278,45 @@ def plan_sync(
     updated: list[IkeSpis] = []
     unreadable: list[tuple[IkeSpis, str]] = []
     whole: dict[IkeSpis, IkeSaRecord] = {}
-    for spis in sorted(held):
-        if spis not in stored:
+
+    def delete(spis: IkeSpis) -> None:
+        if spis not in deleted:
             first.append(ike_delete(held[spis]))
-            removes |= child_kernel_spis(held[spis])
+            removes.update(child_kernel_spis(held[spis]))
             deleted.append(spis)
+
+    states: dict[IkeSpis, IkeSaState] = {}
     for spis in sorted(stored):
         record = stored[spis]
+        if spis in others:
+            continue
+        unchanged = fed.get(spis) == record.record and record.unreadable is None
+        if spis in held and spis not in refeed and unchanged:
+            continue
+        state = read_record(spis, record)
+        if isinstance(state, str):
+            unreadable.append((spis, state))
+        else:
+            states[spis] = state
+    superseded = {g.spis for k, st in states.items() if k not in held for g in st.ancestors}
+    for spis in sorted(held):
+        if spis not in stored or spis in superseded:
+            delete(spis)
+    for spis, state in states.items():
+        if spis in superseded or any(g.spis in others for g in state.ancestors):
+            continue
         old = held.get(spis)
-        if old is None:
-            whole[spis] = record
-            continue
-        if fed.get(spis) == record.record and record.unreadable is None:
-            continue
-        new = read_record(spis, record)
-        if isinstance(new, str):
-            unreadable.append((spis, new))
-            continue
-        update = plan_update(old, new)
+        update = None if old is None or spis in refeed else plan_update(old, state)
         if update is None:
-            first.append(ike_delete(old))
-            removes |= child_kernel_spis(old)
-            deleted.append(spis)
-            whole[spis] = record
+            if old is not None:
+                delete(spis)
+            whole[spis] = stored[spis]
         elif update.messages:
             first.extend(update.messages)
             installs |= update.installs
             removes |= update.removes
             updated.append(spis)
     feeds = tuple(feed_batches(whole, batch)) if whole else ()
-    for f in feeds:
-        unreadable.extend(f.unreadable)
     again = frozenset().union(installs, *(f.child_spis for f in feeds))
     return CharonSync(
         tuple(first),

@@ -102,6 +102,9 @@ class HaRelay(asyncio.DatagramProtocol):
         self.last_resync: float | None = None
         """``time.monotonic()`` of the last RESYNC: charon started then, and its plugin
         takes every segment ``heartbeat_timeout`` later unless a STATUS comes."""
+        self.segment_takes = 0
+        """SEGMENT_TAKEs from charon: it took a segment (its watchdog, when no heartbeat
+        came), and its IKE SAs there became ESTABLISHED."""
         self._transport: asyncio.DatagramTransport | None = None
 
     async def start(self, netns: str | None = None) -> None:
@@ -159,6 +162,8 @@ class HaRelay(asyncio.DatagramProtocol):
             if message.type is HaMessageType.RESYNC:
                 self.resyncs += 1
                 self.last_resync = self.last_received
+            elif message.type is HaMessageType.SEGMENT_TAKE:
+                self.segment_takes += 1
             events = self.book.handle(message)
         except HaMessageError as exc:
             reason = type(exc).__name__

@@ -37,6 +37,8 @@ def test_the_gateway_narrows_one_child_sa_to_each_client_proposal() -> None:
 
 def test_the_ha_plugin_talks_to_the_daemon_or_to_the_other_gateway() -> None:
     assert "remote = 127.0.0.2" in bi.ha_section("ipsec-ha", "gw1")
+    assert bi.ha_section("ipsec-ha-hot", "gw2") == bi.ha_section("ipsec-ha", "gw2")
+    assert bi.MODES == {"ipsec-ha": "cold", "ipsec-ha-hot": "hot"}
     peer = bi.ha_section("ha-plugin", "gw1")
     assert "local = 198.51.100.2" in peer and "remote = 198.51.100.3" in peer
     assert "local = 198.51.100.3" in bi.ha_section("ha-plugin", "gw2")

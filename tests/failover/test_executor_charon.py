@@ -110,6 +110,12 @@ class FakeCharon:
 
     left: frozenset[int] = frozenset()
     """The dead charon's orphans (``orphans``)."""
+    refed: frozenset[int] = frozenset()
+    """What ``refeed`` was told charon lacks."""
+
+    def refeed(self, spis: frozenset[int]) -> None:
+        self.refed |= spis
+        self.held = []  # fed whole again at the next feed
 
     def orphans(self) -> frozenset[int]:
         self.journal.append(("charon-orphans", sorted(self.left)))
@@ -361,3 +367,80 @@ def test_what_a_feed_deletes_stays_charons_until_gone() -> None:
     executor.run(FOLLOW)
     assert sa_identity(stale) in kernel.sad  # not in the store, but not ipsec-ha's either
     assert not any(op == "delete_sa" and getattr(e, "spi", 0) == 0x9999 for op, e in journal)
+
+
+def _charon_installs(kernel: JournalKernel) -> None:
+    """What the fake charon installs for the fed IKE SA (counters at 0)."""
+    out_tmpl = dataclasses.replace(OUT_POL.templates[0], reqid=7)
+    for entry in (
+        dataclasses.replace(OUT_SA, reqid=7, replay=m.ReplayState()),
+        dataclasses.replace(IN_SA, reqid=8, replay=m.ReplayState()),
+    ):
+        kernel.sad[sa_identity(entry)] = entry
+    pol = dataclasses.replace(OUT_POL, templates=(out_tmpl,))
+    kernel.spd[policy_identity(pol)] = pol
+
+
+def test_a_feed_that_fails_after_making_room_leaves_no_counter_believed_moved() -> None:
+    # A follow installed the store's SAs (counters moved past the store's + the jump);
+    # then their IKE record came: room is made, but charon installs them (counters 0) only
+    # after the wait gave up.  The takeover must still move the outbound counter.
+    executor, kernel, gate, charon, journal = make(timeout=100.0)
+    spis = frozenset({OUT_SA.spi, IN_SA.spi})
+    phase = {"n": 0}
+
+    def feed(
+        fetched: Retrieved,
+        installed: Callable[[frozenset[int]], None],
+        make_room: Callable[[frozenset[int]], None],
+    ) -> tuple[frozenset[int], frozenset[int]]:
+        if phase["n"] == 0:  # the IKE record has not come yet
+            return frozenset(), frozenset()
+        if phase["n"] == 1:
+            make_room(spis)
+            executor.clock.step = 1.0  # type: ignore[attr-defined]
+            try:
+                installed(spis)
+            finally:
+                executor.clock.step = 0.0  # type: ignore[attr-defined]
+                _charon_installs(kernel)  # charon, late
+        return spis, frozenset()
+
+    charon.feed = feed  # type: ignore[method-assign]
+    executor.run(FOLLOW)
+    assert any(i[2] == OUT_SA.spi for i in executor._follow_oseq)
+    phase["n"] = 1
+    with pytest.raises(ExecutionTimeout):
+        executor.run(FOLLOW)
+    phase["n"] = 2
+    executor.run(FOLLOW)  # charon holds them now: verified, nothing to feed
+    journal.clear()
+    executor.run(with_charon(plan(Role.STANDBY, VrrpState.MASTER, StandbyMode.HOT)))
+    moved = {e.spi: e for op, e in journal if op == "set_replay" and isinstance(e, m.SadEntry)}
+    assert OUT_SA.spi in moved and OUT_SA.replay is not None
+    assert kernel.sad[sa_identity(OUT_SA)].replay.oseq == OUT_SA.replay.oseq + JUMP  # type: ignore[union-attr]
+    assert not gate.closed
+
+
+def test_after_a_failed_feed_a_follow_checks_charon_holds_what_it_was_fed() -> None:
+    executor, kernel, _gate, charon, _journal = make(timeout=100.0)
+    spis = frozenset({OUT_SA.spi, IN_SA.spi})
+
+    def fails(*args: Any) -> tuple[frozenset[int], frozenset[int]]:
+        raise ExecutionTimeout("feed-charon: not in the kernel in time")
+
+    def holds(*args: Any) -> tuple[frozenset[int], frozenset[int]]:
+        return spis, frozenset()  # what charon was fed, as the book says; nothing new
+
+    charon.feed = fails  # type: ignore[method-assign]
+    with pytest.raises(ExecutionTimeout):
+        executor.run(FOLLOW)
+    charon.feed = holds  # type: ignore[method-assign]
+    with pytest.raises(ExecutionError, match="charon does not hold 2 CHILD SAs it was fed"):
+        executor.run(FOLLOW)
+    assert charon.refed == spis
+    # Once the kernel holds them, the check passes and is not made again.
+    _charon_installs(kernel)
+    executor.run(FOLLOW)
+    kernel.sad.clear()
+    executor.run(FOLLOW)  # verified: no dump-and-compare any more

@@ -518,3 +518,97 @@ def test_a_hot_standby_feeds_charon_when_its_ike_sas_change_or_charon_restarts(
     # Without [ike] feed nothing is ever behind.
     plain = make_daemon(tmp_path, client, 'mode = "hot"\n', IKE + "feed = false\n")
     assert not plain._charon_behind(first)
+
+
+def test_a_feed_never_deletes_or_changes_an_ike_sa_charon_made_itself(tmp_path: Path) -> None:
+    from appliance.store.client import Retrieved
+
+    link, sent = charon_link(tmp_path)
+    link.book.complete = True
+    for m in messages(*ESTABLISH):  # charon's own, live, not in the store (yet)
+        link.book.handle(m)
+    own = dict(link.book.sas)
+    spis, removing = link.feed(Retrieved((), (), "store", ike_sas={}), no_wait, no_wait)
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
+    assert link.book.sas == own and removing == frozenset() and len(spis) == 4
+    # A stored record of it (older than what charon holds) is not fed either.
+    sent.sent.clear()
+    records = {s: ike_sa_record(state) for s, state in own.items()}
+    link.feed(Retrieved((), (), "store", ike_sas=records), no_wait, no_wait)
+    assert sent.sent == []
+
+
+def test_the_segment_goes_passive_again_when_charon_took_it(tmp_path: Path) -> None:
+    import time
+
+    from appliance.store.client import Retrieved
+
+    link, sent = charon_link(tmp_path)
+    link.book.complete = True
+    link.relay.resyncs, link.relay.last_resync = 1, time.monotonic() - 60.0
+    fetched = Retrieved((), (), "store", ike_sas={})
+    link.feed(fetched, no_wait, no_wait)
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
+    sent.sent.clear()
+    link.feed(fetched, no_wait, no_wait)
+    assert sent.sent == []  # passive already
+    link.relay.segment_takes += 1  # charon took the segment (its watchdog)
+    link.feed(fetched, no_wait, no_wait)
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
+    # A retire before charon's watchdog could fire does not count as passive for long.
+    sent.sent.clear()
+    link.relay.resyncs, link.relay.last_resync = 2, time.monotonic()
+    link.retire()
+    assert link._passive_since is None
+    link.relay.last_resync = time.monotonic() - 60.0  # (the feed would wait for it)
+    sent.sent.clear()
+    link.feed(fetched, no_wait, no_wait)
+    assert [m.type for m in sent.sent] == [HaMessageType.SEGMENT_TAKE]
+
+
+def test_both_halves_of_an_ike_rekey_in_the_store_leave_charon_one_ike_sa(tmp_path: Path) -> None:
+    from appliance.store.client import Retrieved
+    from appliance.strongswan.feed import child_kernel_spis
+
+    active, _ = charon_link(tmp_path)
+    standby, sent = charon_link(tmp_path)
+    standby.book.complete = True
+    for m in messages(*ESTABLISH, "rekey_child_client"):
+        active.book.handle(m)
+    old = {s: ike_sa_record(st) for s, st in active.book.sas.items()}
+    standby.feed(Retrieved((), (), "store", ike_sas=old), no_wait, no_wait)
+    for m in messages("rekey_ike_client"):
+        active.book.handle(m)
+    new = {s: ike_sa_record(st) for s, st in active.book.sas.items()}
+    # The store between the successor's put and the old one's delete: it holds both.
+    sent.sent.clear()
+    standby.feed(Retrieved((), (), "store", ike_sas={**old, **new}), no_wait, no_wait)
+    types = [m.type for m in sent.sent]
+    assert types[0] is HaMessageType.IKE_DELETE and types.count(HaMessageType.IKE_DELETE) == 1
+    assert set(standby.book.sas) == set(new)
+    (state,) = active.book.sas.values()
+    assert child_kernel_spis(standby.book.sas[state.spis]) == child_kernel_spis(state)
+    # The old record's deletion lands: nothing more to send.
+    sent.sent.clear()
+    standby.feed(Retrieved((), (), "store", ike_sas=new), no_wait, no_wait)
+    assert sent.sent == []
+
+
+def test_an_ike_sa_charon_lost_child_sas_of_is_fed_again_whole(tmp_path: Path) -> None:
+    from appliance.store.client import Retrieved
+    from appliance.strongswan.feed import child_kernel_spis
+
+    active, _ = charon_link(tmp_path)
+    for m in messages(*ESTABLISH):
+        active.book.handle(m)
+    records = {s: ike_sa_record(st) for s, st in active.book.sas.items()}
+    (state,) = active.book.sas.values()
+    link, sent = charon_link(tmp_path)
+    link.book.complete = True
+    fetched = Retrieved((), (), "store", ike_sas=records)
+    link.feed(fetched, no_wait, no_wait)
+    link.refeed(frozenset(list(child_kernel_spis(state))[:1]))
+    sent.sent.clear()
+    link.feed(fetched, no_wait, no_wait)
+    assert sent.sent[0].type is HaMessageType.IKE_DELETE
+    assert tuple(sent.sent[1:]) == state.replay()
