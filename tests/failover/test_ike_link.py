@@ -199,15 +199,20 @@ def _ip(text: str) -> Any:
     return ipaddress.ip_address(text)
 
 
+def published(tmp_path: Path, *steps: str) -> tuple[Any, dict[Any, IkeSaRecord]]:
+    """An active node's link after the recorded ``steps``, and the records it published."""
+    active, _ = charon_link(tmp_path)
+    for m in messages(*steps):
+        active.book.handle(m)
+    return active, {s: ike_sa_record(state) for s, state in active.book.sas.items()}
+
+
 def test_feed_hands_charon_what_it_lacks_and_the_book_follows(tmp_path: Path) -> None:
     from appliance.store.client import Retrieved
     from appliance.strongswan.feed import child_kernel_spis
 
     # What an active node published: the IKE SA with both CHILD SAs.
-    active, _ = charon_link(tmp_path)
-    for m in messages(*ESTABLISH):
-        active.book.handle(m)
-    records = {s: ike_sa_record(state) for s, state in active.book.sas.items()}
+    active, records = published(tmp_path, *ESTABLISH)
     (state,) = active.book.sas.values()
 
     link, sent = charon_link(tmp_path)
@@ -249,10 +254,7 @@ def no_wait(spis: frozenset[int]) -> None:
 def test_feed_with_an_incomplete_book_feeds_nothing(tmp_path: Path) -> None:
     from appliance.store.client import Retrieved
 
-    active, _ = charon_link(tmp_path)
-    for m in messages(*ESTABLISH):
-        active.book.handle(m)
-    records = {s: ike_sa_record(state) for s, state in active.book.sas.items()}
+    _active, records = published(tmp_path, *ESTABLISH)
     link, sent = charon_link(tmp_path)  # never saw charon start
     fetched = Retrieved((), (), "store", ike_sas=records)
     assert link.feed(fetched, no_wait, no_wait) == (frozenset(), frozenset())
@@ -598,10 +600,7 @@ def test_an_ike_sa_charon_lost_child_sas_of_is_fed_again_whole(tmp_path: Path) -
     from appliance.store.client import Retrieved
     from appliance.strongswan.feed import child_kernel_spis
 
-    active, _ = charon_link(tmp_path)
-    for m in messages(*ESTABLISH):
-        active.book.handle(m)
-    records = {s: ike_sa_record(st) for s, st in active.book.sas.items()}
+    active, records = published(tmp_path, *ESTABLISH)
     (state,) = active.book.sas.values()
     link, sent = charon_link(tmp_path)
     link.book.complete = True
