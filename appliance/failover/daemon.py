@@ -207,9 +207,9 @@ class FailoverDaemon:
         fetches without the kernel lock, so a takeover never waits for a background
         fetch (clients are not thread-safe)."""
         self._follow_generation = 0
+        """Moves at every start/stop of following: a fetch from before is stale."""
         self._charon_followed: tuple[int, Mapping[IkeSpis, IkeSaRecord]] | None = None
         """charon's starts and the IKE SAs at the last follow run (``_charon_behind``)."""
-        """Moves at every start/stop of following: a fetch from before is stale."""
         self.probe_clients = list(probe_stores)
         """The health probe's own store clients (none: no probe runs)."""
         self.health = DaemonHealth()

@@ -288,8 +288,8 @@ class CharonControl(Protocol):
         installed: Callable[[frozenset[int]], None],
         make_room: Callable[[frozenset[int]], None],
     ) -> tuple[frozenset[int], frozenset[int]]:
-        """Make charon hold the fetched IKE SAs, passive: the ones it lacks in batches, and,
-        while it holds only what it was fed (a standby's), the changes and deletions too.
+        """Make charon hold the fetched IKE SAs, passive: the ones it lacks in batches, and
+        the changes and deletions of those it was fed (charon's own are left alone).
         Before each batch, ``make_room(spis)`` deletes the served SAs with those SPIs
         (ipsec-ha's, none of charon's); after it, ``installed(spis)`` returns once the
         kernel holds the batch's CHILD SAs (or raises). Return the kernel SPIs of every

@@ -464,5 +464,9 @@ async def xfrm_events(
                 raise
             for event in parse_events(data):
                 yield event
+            # While notifications keep coming, sock_recv returns at once and never lets
+            # the loop run other tasks: yield once per datagram read (a burst of async
+            # events after a takeover held a daemon's loop for 11 to 14 s in the lab).
+            await asyncio.sleep(0)
     finally:
         sock.close()

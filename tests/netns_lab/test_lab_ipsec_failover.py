@@ -226,6 +226,20 @@ def test_strongswan_tunnel_keeps_its_ike_sa_through_a_link_failure_and_the_failb
     assert_ike_sa_kept(outcome)
 
 
+def test_strongswan_tunnel_keeps_its_ike_sa_with_hot_standbys_through_a_link_failure() -> None:
+    # Hot standbys: gw2's charon holds the IKE SA passive before the failure, so the
+    # takeovers feed it nothing; the link failure and the failback, under keepalived.
+    outcome = run("hot", "link", failback=True, gate="nft", ike=True)
+    assert_tunnel_kept(outcome, takeovers=2)
+    for take in outcome.takeovers:
+        # The old gateway sent nothing after the takeover. As a hot standby again its
+        # charon deletes the SA (retire) and installs it anew as it follows, at 0 (-1:
+        # not held at that moment).
+        at_done, after = take.counters["old_oseq_at_done"], take.counters["old_oseq_after"]
+        assert after <= max(at_done, 0), take.counters
+    assert_ike_sa_kept(outcome)
+
+
 @pytest.mark.extended
 def test_split_brain_with_strongswan_heals_to_one_holder_of_the_ike_sa() -> None:
     outcome = run("cold", "split", failback=False, gate="nft", ike=True)

@@ -12,19 +12,21 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"mode": "hot", "gate": "nft"},  # [ike] feed works with the cold standby only
-        {"gate": "policy"},  # charon's out policies are held back by the nft gate only
+        {"mode": "hot", "gate": "policy"},  # charon's out policies: the nft gate only
+        {"gate": "policy"},
         {"gate": "nft", "naive": True},
+        {"mode": "hot", "gate": "nft", "store_gap": "recovered"},
     ],
 )
-def test_the_strongswan_variant_needs_cold_and_nft(
+def test_the_strongswan_variant_needs_nft(
     kwargs: dict[str, object],
 ) -> None:
-    with pytest.raises(ValueError, match="ike needs the cold standby and the nft gate"):
+    with pytest.raises(ValueError, match="ike needs the nft gate"):
         Scenario(ike=True, **kwargs)  # type: ignore[arg-type]
 
 
 def test_the_strongswan_variant_itself() -> None:
-    for how in ("kill", "link", "split"):
-        scenario = Scenario("cold", how, gate="nft", ike=True)
-        assert scenario.ike and scenario.charons is None  # charon starts with the run
+    for mode in ("cold", "hot"):
+        for how in ("kill", "link", "split"):
+            scenario = Scenario(mode, how, gate="nft", ike=True)
+            assert scenario.ike and scenario.charons is None  # charon starts with the run
