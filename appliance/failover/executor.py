@@ -708,8 +708,7 @@ class PlanExecutor:
         if self.gate is not None:
             # Gated before charon installs them: charon's out policies go in open.
             self.gate.add({sa.spi for sa in fetched.sad})
-        fresh: set[int] = set()
-        """SPIs charon (re)installs in this feed: with counters at 0."""
+        fresh: set[int] = set()  # SPIs charon (re)installs in this feed: counters at 0
         cleared = 0
 
         def wait_installed(spis: frozenset[int]) -> None:

@@ -39,7 +39,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from appliance.store.base import IkeSaRecord, IkeSpis
@@ -131,8 +131,6 @@ class IkeLink:
         """The stored record each IKE SA charon holds passive was last fed from; charon's
         own IKE SAs (all of them once it is activated) have none, and a feed leaves them
         alone."""
-        self._pending_records: Mapping[IkeSpis, IkeSaRecord] = {}
-        """The records of the feed being sent."""
         self._refeed: set[IkeSpis] = set()
         """Fed IKE SAs charon lacks CHILD SAs of: deleted and fed whole at the next feed."""
         self._said_incomplete = False
@@ -186,11 +184,11 @@ class IkeLink:
             # CHILD SAs added to held IKE SAs: an SA of ours with such an SPI goes first
             # (a hot follow installed it from the store before its IKE record came).
             make_room(plan.installs - before)
-            self._on_loop(functools.partial(self._send_sync, plan))
+            self._on_loop(functools.partial(self._send_sync, plan, fetched.ike_sas))
             installed(plan.installs)
         for batch in plan.feeds:
             make_room(batch.child_spis - before)
-            self._on_loop(functools.partial(self._send_feed, batch))
+            self._on_loop(functools.partial(self._send_feed, batch, fetched.ike_sas))
             installed(batch.child_spis)
         if not plan.empty:
             log.info("feed-charon: %d IKE SAs fed whole (%d SAs, %d batches), %d updated, "
@@ -222,7 +220,6 @@ class IkeLink:
         for spis, why in plan.unreadable:
             log.error("feed-charon: stored IKE SA %s not fed: %s", format_spis(spis), why)
         self.unreadable += len(plan.unreadable)
-        self._pending_records = records
         return plan
 
     def refeed(self, spis: frozenset[int]) -> None:
@@ -260,22 +257,24 @@ class IkeLink:
         self.relay.send([segment_passive()])
         self._passive_since = now
 
-    def _send_sync(self, plan: CharonSync) -> None:
-        self.relay.send(plan.first)
-        for message in plan.first:
+    def _tell(self, messages: Sequence[HaMessage]) -> None:
+        """Send charon ``messages``; the book takes them too, so it holds what charon does."""
+        self.relay.send(messages)
+        for message in messages:
             self.book.handle(message)
+
+    def _send_sync(self, plan: CharonSync, records: Mapping[IkeSpis, IkeSaRecord]) -> None:
+        self._tell(plan.first)
         for spis in plan.updated:
-            self._fed[spis] = self._pending_records[spis].record
+            self._fed[spis] = records[spis].record
         for spis in plan.deleted:
             self._fed.pop(spis, None)
         self.retired += len(plan.deleted)
 
-    def _send_feed(self, batch: CharonFeed) -> None:
-        self.relay.send(batch.messages)
-        for message in batch.messages:
-            self.book.handle(message)
+    def _send_feed(self, batch: CharonFeed, records: Mapping[IkeSpis, IkeSaRecord]) -> None:
+        self._tell(batch.messages)
         for spis in batch.ike_sas:
-            self._fed[spis] = self._pending_records[spis].record
+            self._fed[spis] = records[spis].record
         self.fed += len(batch.ike_sas)
 
     def activate(self) -> None:
@@ -296,10 +295,8 @@ class IkeLink:
             for sa in self.book.sas.values()
             if (ike_id := sa.add.get(HaAttributeType.IKE_ID)) is not None
         ]
-        self.relay.send([segment_passive(), *deletes])
+        self._tell([segment_passive(), *deletes])
         self._passive_since = self._segment_state()
-        for message in deletes:
-            self.book.handle(message)
         self._fed.clear()
         self.retired += len(deletes)
         if deletes:

@@ -29,7 +29,7 @@ Pure functions: the relay (``relay.py``) sends the messages.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from appliance.store.base import IkeSaRecord, IkeSpis
 from appliance.strongswan.ha_message import (
@@ -242,7 +242,7 @@ class CharonSync:
     deleted: tuple[IkeSpis, ...] = ()
     """Held IKE SAs deleted (those replayed whole again included)."""
     updated: tuple[IkeSpis, ...] = ()
-    unreadable: tuple[tuple[IkeSpis, str], ...] = field(default_factory=tuple)
+    unreadable: tuple[tuple[IkeSpis, str], ...] = ()
     """Stored records that do not rebuild an IKE SA: not fed (a held one is kept as is)."""
 
     @property
